@@ -1,0 +1,153 @@
+"""Throughput of the lenssim forward model and its likelihood gradient.
+
+Prints images per second for the forward model F(source, kappa, psf) and for forward +
+gradient of the log-likelihood with respect to the source and kappa pixels, at 128^2 with an
+11 x 11 PSF, batch 1 and 16, on the CPU (and CUDA when present). When caustics is installed it
+runs the same workload (PixelatedConvergence + Pixelated + LensSource, vmapped over the batch)
+in the same process and prints lenssim's speed-up over it. Never fails for being slow.
+
+    python benchmarks/bench_lenssim.py [--repeats 20] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+
+import lenssim
+
+N = 128
+PSF_SIZE = 11
+
+
+def _time(fn, repeats: int, device: torch.device) -> float:
+    """Median seconds per call after two warm-up calls."""
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(2):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def _inputs(batch: int, device: torch.device):
+    g = torch.Generator().manual_seed(0)
+    params = lenssim.sample_sie_parameters(batch, generator=g)
+    kappa = lenssim.sie_convergence(params).to(device)
+    source = torch.rand(batch, 1, N, N, generator=g).to(device)
+    fwhm = lenssim.sample_psf_fwhm(batch, generator=g)
+    pixel = lenssim.IMAGE_FOV / N
+    psf = lenssim.gaussian_psf(fwhm, pixel, PSF_SIZE).to(device)
+    sep = lenssim.SeparablePSF.gaussian(fwhm, pixel, PSF_SIZE).to(device)
+    sigma = torch.full((batch,), 0.03, device=device)
+    obs = lenssim.add_noise(lenssim.lens_image(source, kappa, psf=psf), sigma, generator=None)
+    return source, kappa, psf, sep, sigma, obs
+
+
+def bench_lenssim(batch: int, device: torch.device, repeats: int) -> dict[str, float]:
+    source, kappa, psf, sep, sigma, obs = _inputs(batch, device)
+    out = {}
+    for name, p in (("psf2d", psf), ("separable", sep)):
+
+        def fwd(p=p):
+            with torch.no_grad():
+                lenssim.lens_image(source, kappa, psf=p)
+
+        def grad(p=p):
+            lenssim.likelihood_gradient(obs, source, kappa, sigma, psf=p)
+
+        out[f"forward_{name}"] = batch / _time(fwd, repeats, device)
+        out[f"grad_{name}"] = batch / _time(grad, repeats, device)
+    return out
+
+
+def bench_caustics(batch: int, device: torch.device, repeats: int) -> dict[str, float] | None:
+    try:
+        import caustics
+    except ImportError:
+        return None
+    source, kappa, psf, _, sigma, obs = _inputs(batch, device)
+    cosmo = caustics.FlatLambdaCDM(name="cosmo")
+    lens = caustics.PixelatedConvergence(
+        pixelscale=lenssim.IMAGE_FOV / N, cosmology=cosmo, z_l=0.5, z_s=1.5, shape=(N, N), name="lens"
+    )
+    src = caustics.Pixelated(x0=0.0, y0=0.0, pixelscale=lenssim.SOURCE_FOV / N, shape=(N, N), name="src")
+    sim = caustics.LensSource(
+        lens, src, pixelscale=lenssim.IMAGE_FOV / N, pixels_x=N, psf_mode="conv2d", psf_shape=(PSF_SIZE, PSF_SIZE)
+    )
+    sim.psf.to_dynamic()
+    lens.convergence_map.to_dynamic()
+    src.image.to_dynamic()
+    sim.to(device)
+    vsim = torch.vmap(sim)
+    p, k, s, y = psf[:, 0], kappa[:, 0], source[:, 0], obs[:, 0]
+
+    def fwd():
+        with torch.no_grad():
+            vsim([p, k, s])
+
+    def grad():
+        kk = k.detach().requires_grad_(True)
+        ss = s.detach().requires_grad_(True)
+        model = vsim([p, kk, ss])
+        logp = -0.5 * (((y - model) / sigma[:, None, None]) ** 2).sum()
+        torch.autograd.grad(logp, (ss, kk))
+
+    return {"forward": batch / _time(fwd, repeats, device), "grad": batch / _time(grad, repeats, device)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--json", help="also write the figures to this file")
+    args = ap.parse_args()
+
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    results = []
+    print(
+        f"lenssim {lenssim.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} CPU threads; {N}^2 pixels, {PSF_SIZE}x{PSF_SIZE} PSF; images per second"
+    )
+    for device in devices:
+        for batch in args.batches:
+            ours = bench_lenssim(batch, device, args.repeats)
+            theirs = bench_caustics(batch, device, args.repeats)
+            row = {"device": device.type, "batch": batch, "lenssim": ours, "caustics": theirs}
+            results.append(row)
+            line = (
+                f"{device.type:4s} B={batch:<3d} forward {ours['forward_psf2d']:8.1f} (separable "
+                f"{ours['forward_separable']:8.1f})  fwd+grad {ours['grad_psf2d']:8.1f} (separable "
+                f"{ours['grad_separable']:8.1f})"
+            )
+            if theirs is not None:
+                line += (
+                    f" | caustics forward {theirs['forward']:7.1f} fwd+grad {theirs['grad']:7.1f}"
+                    f" | speed-up forward x{ours['forward_psf2d'] / theirs['forward']:.1f}"
+                    f" fwd+grad x{ours['grad_psf2d'] / theirs['grad']:.1f}"
+                    f" (separable x{ours['grad_separable'] / theirs['grad']:.1f})"
+                )
+            else:
+                line += " | caustics not installed"
+            print(line, flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Argument checks that turn a user's mistake into one clear line."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def check_size(name: str, n: int) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{name} must be a positive integer, got {n!r}")
+
+
+def check_positive(name: str, value: float) -> None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+
+def check_square(name: str, t: torch.Tensor, *, min_dim: int = 2) -> int:
+    """Check that the last two axes of ``t`` form a square map; return its side."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() < min_dim or t.shape[-1] != t.shape[-2]:
+        raise ValueError(f"{name} must end in two equal axes (..., N, N), got shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    return int(t.shape[-1])
+
+
+def check_bchw(name: str, t: torch.Tensor) -> int:
+    """Check a ``(B, 1, N, N)`` tensor; return ``N``."""
+    n = check_square(name, t, min_dim=4)
+    if t.dim() != 4 or t.shape[1] != 1:
+        raise ValueError(f"{name} must have shape (B, 1, N, N), got {tuple(t.shape)}")
+    return n

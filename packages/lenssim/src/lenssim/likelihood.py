@@ -1,0 +1,111 @@
+"""Noise, the Gaussian log-likelihood and its gradients (eq. 1 and 3, SPEC section 1).
+
+All reductions are per example: a ``(B, 1, N, N)`` image gives ``(B,)`` values, and the
+gradient of their sum with respect to a batch of parameters is the batch of per-example
+gradients, since examples do not interact.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from lenssim._checks import check_bchw
+from lenssim.psf import SeparablePSF
+from lenssim.raytrace import IMAGE_FOV, SOURCE_FOV, lens_image
+
+__all__ = [
+    "add_noise",
+    "chi_squared",
+    "likelihood_gradient",
+    "log_likelihood",
+    "reduced_chi_squared",
+]
+
+
+def _per_example(sigma: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    s = torch.as_tensor(sigma, dtype=like.dtype, device=like.device)
+    if s.dim() == 0:
+        s = s.expand(like.shape[0])
+    if s.dim() != 1 or s.shape[0] not in (1, like.shape[0]):
+        raise ValueError(f"noise sigma must be a scalar or (B,) with B = {like.shape[0]}, got {tuple(s.shape)}")
+    return s.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def add_noise(
+    image: torch.Tensor, sigma: torch.Tensor | float, *, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``image + eta`` with white Gaussian ``eta`` of standard deviation ``sigma`` per example.
+
+    ``sigma`` is a scalar or ``(B,)``; ``generator`` (on ``image``'s device) makes it
+    reproducible.
+    """
+    s = _per_example(sigma, image)
+    noise = torch.randn(image.shape, generator=generator, dtype=image.dtype, device=image.device)
+    return image + s * noise
+
+
+def chi_squared(observation: torch.Tensor, model: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """chi^2 = sum_i (y_i - F(x)_i)^2 / sigma^2 per example, ``(B,)``."""
+    if observation.shape != model.shape:
+        raise ValueError(f"observation {tuple(observation.shape)} and model {tuple(model.shape)} differ in shape")
+    s = _per_example(sigma, observation)
+    r = (observation - model) / s
+    return r.pow(2).flatten(1).sum(dim=1)
+
+
+def reduced_chi_squared(observation: torch.Tensor, model: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """chi^2_nu = chi^2 / N^2 (the number of image pixels), ``(B,)``."""
+    return chi_squared(observation, model, sigma) / observation[0].numel()
+
+
+def log_likelihood(observation: torch.Tensor, model: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """log p(y | x) = -chi^2 / 2 per example (eq. 3, up to a constant), ``(B,)``."""
+    return -0.5 * chi_squared(observation, model, sigma)
+
+
+def likelihood_gradient(
+    observation: torch.Tensor,
+    source: torch.Tensor,
+    kappa: torch.Tensor,
+    sigma: torch.Tensor | float,
+    *,
+    psf: torch.Tensor | SeparablePSF | None = None,
+    image_fov: float = IMAGE_FOV,
+    source_fov: float = SOURCE_FOV,
+    kappa_param: Literal["kappa", "log10"] = "kappa",
+    create_graph: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradient of log p(y | source, kappa) through the whole ray tracer.
+
+    Parameters
+    ----------
+    observation
+        ``(B, 1, N, N)`` data y.
+    source
+        ``(B, 1, Ns, Ns)`` source pixels.
+    kappa
+        ``(B, 1, N, N)``: the convergence when ``kappa_param="kappa"``, or xi = log10 kappa
+        when ``kappa_param="log10"`` (the RIM's parametrisation, kappa = 10^xi).
+    create_graph
+        Keep the graph of the gradient (for second derivatives); by default the returned
+        tensors are detached from the inputs' graph.
+
+    Returns
+    -------
+    (grad_source, grad_kappa, log_likelihood)
+        The gradients have the shapes of ``source`` and ``kappa`` (the latter with respect to
+        whatever ``kappa_param`` names); the log-likelihood is ``(B,)``.
+    """
+    check_bchw("observation", observation)
+    if kappa_param not in ("kappa", "log10"):
+        raise ValueError(f"kappa_param must be 'kappa' or 'log10', got {kappa_param!r}")
+    with torch.enable_grad():
+        s = source if (create_graph and source.requires_grad) else source.detach().requires_grad_(True)
+        k = kappa if (create_graph and kappa.requires_grad) else kappa.detach().requires_grad_(True)
+        conv = torch.pow(10.0, k) if kappa_param == "log10" else k
+        model = lens_image(s, conv, image_fov=image_fov, source_fov=source_fov, psf=psf)
+        logp = log_likelihood(observation, model, sigma)
+        gs, gk = torch.autograd.grad(logp.sum(), (s, k), create_graph=create_graph)
+    return gs, gk, logp.detach() if not create_graph else logp

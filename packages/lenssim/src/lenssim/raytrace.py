@@ -1,0 +1,128 @@
+"""Ray tracing through the lens equation and the noiseless forward model (eq. 4, SPEC 1)."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from lenssim._checks import check_bchw, check_positive
+from lenssim.deflection import deflection_angles
+from lenssim.grid import pixel_grid
+from lenssim.psf import SeparablePSF, convolve_psf
+
+__all__ = ["IMAGE_FOV", "SOURCE_FOV", "lens_equation", "lens_image", "ray_trace"]
+
+IMAGE_FOV = 7.69
+"""Default image (and convergence) field of view, arcsec (Table 1)."""
+SOURCE_FOV = 3.0
+"""Default source field of view, arcsec (Table 1)."""
+
+
+def lens_equation(kappa: torch.Tensor, fov: float) -> torch.Tensor:
+    """Source-plane positions beta = theta - alpha(theta) of the image pixel centres (eq. 4).
+
+    Parameters
+    ----------
+    kappa
+        ``(..., N, N)`` convergence on the image grid of side ``fov`` arcsec.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., 2, N, N)`` arcsec, channel 0 = beta_x, 1 = beta_y.
+    """
+    alpha = deflection_angles(kappa, fov)
+    return _image_plane(kappa.shape[-1], float(fov), kappa.dtype, kappa.device, 1.0, False) - alpha
+
+
+@functools.lru_cache(maxsize=32)
+def _image_plane(
+    n: int, fov: float, dtype: torch.dtype, device: torch.device, scale: float, channels_last: bool
+) -> torch.Tensor:
+    """Pixel-centre positions theta times ``scale``: ``(2, n, n)``, or ``(n, n, 2)``."""
+    x, y = pixel_grid(n, fov, dtype=torch.float64)
+    theta = torch.stack([x, y], dim=-1 if channels_last else 0) * scale
+    return theta.to(dtype=dtype, device=device)
+
+
+def _sample(source: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of ``source (B or 1, 1, Ns, Ns)`` at normalised positions ``grid (B, N, N, 2)``.
+
+    grid_sample with align_corners=False maps -1 and +1 to the outer edges of the source grid,
+    which is exactly the pixel-centred convention; grid[..., 0] indexes columns (x). Outside
+    the source the value is zero.
+    """
+    b = grid.shape[0]
+    if source.shape[0] not in (1, b):
+        raise ValueError(f"source batch {source.shape[0]} does not match the kappa batch {b}")
+    if source.shape[0] != b:
+        source = source.expand(b, -1, -1, -1)
+    return F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def ray_trace(source: torch.Tensor, beta: torch.Tensor, source_fov: float = SOURCE_FOV) -> torch.Tensor:
+    """Sample the source surface brightness at source-plane positions ``beta``.
+
+    Bilinear interpolation on the pixel-centred source grid, zero outside it; surface
+    brightness is conserved (a pixel takes the source's value where its ray lands).
+
+    Parameters
+    ----------
+    source
+        ``(B, 1, Ns, Ns)`` or ``(1, 1, Ns, Ns)`` surface brightness on a grid of side
+        ``source_fov`` arcsec.
+    beta
+        ``(B, 2, N, N)`` positions, arcsec (channel 0 = x, 1 = y).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, 1, N, N)``.
+    """
+    check_bchw("source", source)
+    check_positive("source_fov", source_fov)
+    if beta.dim() != 4 or beta.shape[1] != 2:
+        raise ValueError(f"beta must have shape (B, 2, N, N), got {tuple(beta.shape)}")
+    return _sample(source, (beta * (2.0 / source_fov)).permute(0, 2, 3, 1))
+
+
+def lens_image(
+    source: torch.Tensor,
+    kappa: torch.Tensor,
+    *,
+    image_fov: float = IMAGE_FOV,
+    source_fov: float = SOURCE_FOV,
+    psf: torch.Tensor | SeparablePSF | None = None,
+) -> torch.Tensor:
+    """Noiseless lensed image F(source, kappa) (eq. 4-5), blurred by ``psf`` if given.
+
+    Parameters
+    ----------
+    source
+        ``(B, 1, Ns, Ns)`` (or batch 1, shared) source surface brightness, grid side
+        ``source_fov`` arcsec.
+    kappa
+        ``(B, 1, N, N)`` convergence on the image grid of side ``image_fov`` arcsec.
+    psf
+        ``(B, 1, k, k)`` or ``(1, 1, k, k)`` with ``k`` odd, or a :class:`SeparablePSF`.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, 1, N, N)``, differentiable with respect to ``source`` and ``kappa``.
+    """
+    n = check_bchw("kappa", kappa)
+    check_bchw("source", source)
+    check_positive("image_fov", image_fov)
+    check_positive("source_fov", source_fov)
+    alpha = deflection_angles(kappa[:, 0], image_fov)
+    # beta = theta - alpha, built directly in grid_sample's (B, N, N, 2) layout and normalised
+    # units: one pass instead of a subtraction, a scaling and a permuted copy.
+    scale = 2.0 / source_fov
+    theta = _image_plane(n, float(image_fov), kappa.dtype, kappa.device, scale, True)
+    image = _sample(source, torch.sub(theta, alpha.permute(0, 2, 3, 1), alpha=scale))
+    if psf is not None:
+        image = convolve_psf(image, psf)
+    return image

@@ -1,0 +1,111 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import lenssim
+
+
+def _problem(b=3, n=16, ns=12, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    p = lenssim.sample_sie_parameters(b, generator=g, dtype=dtype)
+    p = p._replace(theta_e=p.theta_e * 0.5)
+    kappa = lenssim.sie_convergence(p, n=n, fov=3.0)
+    source = torch.rand(b, 1, ns, ns, generator=g, dtype=dtype)
+    psf = lenssim.gaussian_psf(torch.full((b,), 0.3, dtype=dtype), 3.0 / n, 5)
+    sigma = torch.linspace(0.05, 0.1, b, dtype=dtype)
+    kw = dict(image_fov=3.0, source_fov=2.0, psf=psf)
+    obs = lenssim.add_noise(lenssim.lens_image(source, kappa, **kw), sigma, generator=g)
+    return obs, source, kappa, sigma, kw
+
+
+def test_chi2_and_loglikelihood_against_numpy():
+    obs, source, kappa, sigma, kw = _problem()
+    model = lenssim.lens_image(source, kappa, **kw)
+    ref = (((obs - model).numpy() / sigma.numpy()[:, None, None, None]) ** 2).sum(axis=(1, 2, 3))
+    assert np.allclose(lenssim.chi_squared(obs, model, sigma).numpy(), ref)
+    assert np.allclose(lenssim.log_likelihood(obs, model, sigma).numpy(), -ref / 2)
+    assert np.allclose(lenssim.reduced_chi_squared(obs, model, sigma).numpy(), ref / 16**2)
+
+
+def test_noise_has_the_requested_sigma_and_chi2_nu_is_one():
+    g = torch.Generator().manual_seed(1)
+    clean = torch.zeros(3, 1, 128, 128, dtype=torch.float64)
+    sigma = torch.tensor([0.01, 0.03, 0.1], dtype=torch.float64)
+    noisy = lenssim.add_noise(clean, sigma, generator=g)
+    std = noisy.flatten(1).std(dim=1)
+    assert torch.allclose(std, sigma, rtol=0.02)
+    chi2_nu = lenssim.reduced_chi_squared(noisy, clean, sigma)
+    # chi2 of 16384 unit normals: mean 1, std sqrt(2 / 16384) ~ 0.011
+    assert torch.all((chi2_nu - 1).abs() < 0.05)
+    again = lenssim.add_noise(clean, sigma, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(noisy, again)
+
+
+@pytest.mark.parametrize("kappa_param", ["kappa", "log10"])
+def test_gradient_against_finite_differences(kappa_param):
+    obs, source, kappa, sigma, kw = _problem(b=2, n=10, ns=8)
+    k = kappa.log10() if kappa_param == "log10" else kappa
+    gs, gk, logp = lenssim.likelihood_gradient(obs, source, k, sigma, kappa_param=kappa_param, **kw)
+
+    def f(s, kk):
+        conv = 10**kk if kappa_param == "log10" else kk
+        return lenssim.log_likelihood(obs, lenssim.lens_image(s, conv, **kw), sigma).sum()
+
+    eps = 1e-6
+    g = torch.Generator().manual_seed(5)
+    for _ in range(6):
+        b, i, j = (int(torch.randint(0, m, (1,), generator=g)) for m in (2, 8, 8))
+        d = torch.zeros_like(source)
+        d[b, 0, i, j] = eps
+        fd = (f(source + d, k) - f(source - d, k)) / (2 * eps)
+        assert gs[b, 0, i, j].item() == pytest.approx(fd.item(), rel=1e-5, abs=1e-6)
+        i, j = (int(torch.randint(0, 10, (1,), generator=g)) for _ in range(2))
+        d = torch.zeros_like(k)
+        d[b, 0, i, j] = eps
+        fd = (f(source, k + d) - f(source, k - d)) / (2 * eps)
+        assert gk[b, 0, i, j].item() == pytest.approx(fd.item(), rel=1e-5, abs=1e-6)
+    assert torch.allclose(logp, lenssim.log_likelihood(obs, lenssim.lens_image(source, kappa, **kw), sigma))
+
+
+def test_log10_gradient_is_the_chain_rule():
+    obs, source, kappa, sigma, kw = _problem()
+    _, gk, _ = lenssim.likelihood_gradient(obs, source, kappa, sigma, **kw)
+    _, gxi, _ = lenssim.likelihood_gradient(obs, source, kappa.log10(), sigma, kappa_param="log10", **kw)
+    assert torch.allclose(gxi, gk * kappa * math.log(10), rtol=1e-8, atol=1e-10)
+
+
+def test_gradient_vanishes_at_the_truth_without_noise():
+    obs, source, kappa, sigma, kw = _problem()
+    clean = lenssim.lens_image(source, kappa, **kw)
+    gs, gk, logp = lenssim.likelihood_gradient(clean, source, kappa, sigma, **kw)
+    assert gs.abs().max() == 0 and gk.abs().max() == 0 and torch.all(logp == 0)
+
+
+def test_per_example_gradients_are_independent():
+    obs, source, kappa, sigma, kw = _problem(b=3)
+    gs, gk, _ = lenssim.likelihood_gradient(obs, source, kappa, sigma, **kw)
+    kw1 = dict(kw, psf=kw["psf"][1:2])
+    gs1, gk1, _ = lenssim.likelihood_gradient(obs[1:2], source[1:2], kappa[1:2], sigma[1:2], **kw1)
+    assert torch.allclose(gs[1:2], gs1, atol=1e-12) and torch.allclose(gk[1:2], gk1, atol=1e-12)
+
+
+def test_gradients_are_detached_unless_asked():
+    obs, source, kappa, sigma, kw = _problem()
+    s = source.clone().requires_grad_(True)
+    gs, gk, logp = lenssim.likelihood_gradient(obs, s, kappa, sigma, **kw)
+    assert not gs.requires_grad and not gk.requires_grad and not logp.requires_grad
+    gs, _, _ = lenssim.likelihood_gradient(obs, s, kappa, sigma, create_graph=True, **kw)
+    assert gs.requires_grad
+
+
+def test_bad_sigma_and_shapes():
+    obs, source, kappa, sigma, kw = _problem()
+    model = lenssim.lens_image(source, kappa, **kw)
+    with pytest.raises(ValueError, match="sigma"):
+        lenssim.chi_squared(obs, model, torch.ones(2))
+    with pytest.raises(ValueError, match="shape"):
+        lenssim.chi_squared(obs, model[:, :, :8], sigma)
+    with pytest.raises(ValueError, match="kappa_param"):
+        lenssim.likelihood_gradient(obs, source, kappa, sigma, kappa_param="ln", **kw)

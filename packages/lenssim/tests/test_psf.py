@@ -1,0 +1,84 @@
+import math
+
+import pytest
+import torch
+
+import lenssim
+
+
+def test_unit_sum_centred_and_right_width():
+    fwhm = torch.tensor([0.08, 0.2, 0.3], dtype=torch.float64)
+    pix = 7.69 / 128
+    psf = lenssim.gaussian_psf(fwhm, pix, 31)
+    assert psf.shape == (3, 1, 31, 31)
+    assert torch.allclose(psf.sum(dim=(-1, -2)), torch.ones(3, 1, dtype=torch.float64))
+    off = (torch.arange(31, dtype=torch.float64) - 15) * pix
+    for b in range(3):
+        p = psf[b, 0]
+        assert p.argmax().item() == 15 * 31 + 15  # peak on the central pixel
+        assert (p * off[None, :]).sum().abs() < 1e-15 and (p * off[:, None]).sum().abs() < 1e-15
+        assert torch.allclose(p, p.flip(0)) and torch.allclose(p, p.T)
+    # second moment of a well-sampled wide PSF is sigma^2
+    var = (psf[2, 0] * off[None, :] ** 2).sum()
+    assert var.item() == pytest.approx((0.3 / (2 * math.sqrt(2 * math.log(2)))) ** 2, rel=1e-3)
+
+
+def test_half_maximum_at_half_the_fwhm():
+    # Sample finely so that the profile crosses 1/2 of its peak at fwhm / 2.
+    fwhm, pix = 0.3, 0.001
+    g = lenssim.gaussian_psf_1d(fwhm, pix, 601, dtype=torch.float64)[0]
+    half_index = round(fwhm / 2 / pix)
+    assert (g[300 + half_index] / g[300]).item() == pytest.approx(0.5, rel=1e-3)
+
+
+@pytest.mark.parametrize("size", [0, 4, 20, -3])
+def test_even_or_bad_sizes_are_refused(size):
+    with pytest.raises(ValueError, match="odd"):
+        lenssim.gaussian_psf(0.1, 0.06, size)
+
+
+def test_bad_fwhm_is_refused():
+    with pytest.raises(ValueError, match="FWHM"):
+        lenssim.gaussian_psf(torch.tensor([0.1, -0.1]), 0.06, 11)
+
+
+def test_convolution_places_the_kernel_at_a_point_source():
+    # An asymmetric kernel catches a flipped (correlation instead of convolution) or shifted
+    # implementation: the image of a delta at (i, j) is the kernel centred at (i, j).
+    g = torch.Generator().manual_seed(0)
+    kernel = torch.rand(2, 1, 5, 5, generator=g, dtype=torch.float64)
+    image = torch.zeros(2, 1, 16, 16, dtype=torch.float64)
+    image[0, 0, 6, 9] = 1.0
+    image[1, 0, 3, 4] = 2.0
+    out = lenssim.convolve_psf(image, kernel)
+    assert torch.allclose(out[0, 0, 4:9, 7:12], kernel[0, 0])
+    assert torch.allclose(out[1, 0, 1:6, 2:7], 2 * kernel[1, 0])
+    assert out[0, 0].sum().item() == pytest.approx(kernel[0].sum().item())
+
+
+def test_separable_equals_full_kernel():
+    fwhm = torch.tensor([0.1, 0.25], dtype=torch.float64)
+    full = lenssim.gaussian_psf(fwhm, 0.06, 11)
+    sep = lenssim.SeparablePSF.gaussian(fwhm, 0.06, 11)
+    assert torch.allclose(sep.kernel(), full)
+    image = torch.rand(2, 1, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(lenssim.convolve_psf(image, sep), lenssim.convolve_psf(image, full), atol=1e-14)
+
+
+def test_shared_psf_and_gradients():
+    image = torch.rand(3, 1, 12, 12, dtype=torch.float64, requires_grad=True)
+    psf = torch.rand(1, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda i, p: lenssim.convolve_psf(i, p), (image, psf))
+    fixed = torch.rand(3, 1, 5, 5, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda i: lenssim.convolve_psf(i, fixed), (image,))
+    assert torch.autograd.gradgradcheck(lambda i: lenssim.convolve_psf(i, fixed), (image,))
+
+
+def test_psf_shape_errors():
+    image = torch.zeros(2, 1, 8, 8)
+    with pytest.raises(ValueError, match="psf must have shape"):
+        lenssim.convolve_psf(image, torch.zeros(2, 3, 3))
+    with pytest.raises(ValueError, match="batch"):
+        lenssim.convolve_psf(image, torch.zeros(3, 1, 3, 3))
+    with pytest.raises(ValueError, match="odd"):
+        lenssim.convolve_psf(image, torch.zeros(2, 1, 4, 4))
