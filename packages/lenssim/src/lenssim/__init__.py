@@ -6,6 +6,8 @@ CUDA, and differentiable end to end.
 
 from lenssim.deflection import deflection_angles, deflection_kernel
 from lenssim.grid import pixel_coordinates, pixel_grid, pixel_scale
+from lenssim.io import LENS_FIELDS, DatasetError, read_lens_dataset, write_lens_dataset
+from lenssim.lenses import AcceptanceCriteria, LensBatch, acceptance, sersic_sources, simulate_sie_lenses
 from lenssim.likelihood import (
     add_noise,
     chi_squared,
@@ -28,6 +30,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "IMAGE_FOV",
+    "LENS_FIELDS",
+    "AcceptanceCriteria",
+    "DatasetError",
+    "LensBatch",
+    "acceptance",
+    "read_lens_dataset",
+    "sersic_sources",
+    "simulate_sie_lenses",
+    "write_lens_dataset",
     "SOURCE_FOV",
     "ObservationConfig",
     "SIEParameters",

@@ -1,0 +1,240 @@
+"""Simulated observations: analytic sources, lens acceptance, and batches of SIE lenses.
+
+The analytic Sersic sources here are the light-weight built-in default that needs nothing but
+torch; COSMOS and GalSim-drawn sources come from :mod:`lenssim`'s source readers when present.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from lenssim.grid import pixel_grid
+from lenssim.likelihood import add_noise
+from lenssim.psf import gaussian_psf
+from lenssim.raytrace import lens_equation, lens_image
+from lenssim.sampling import ObservationConfig, sample_noise_sigma, sample_psf_fwhm
+from lenssim.sie import SIEPrior, sample_sie_parameters, sie_convergence
+
+__all__ = [
+    "AcceptanceCriteria",
+    "LensBatch",
+    "acceptance",
+    "sersic_sources",
+    "simulate_sie_lenses",
+]
+
+
+def _sersic_b(n: torch.Tensor) -> torch.Tensor:
+    # Ciotti & Bertin (1999) expansion of the half-light constant, accurate for n > 0.36.
+    return 2 * n - 1 / 3 + 4 / (405 * n) + 46 / (25515 * n * n)
+
+
+def sersic_sources(
+    n: int,
+    *,
+    pixels: int = 128,
+    fov: float = 3.0,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Random elliptical Sersic galaxies with a few star-forming knots, peak 1, ``(n, 1, P, P)``.
+
+    Sersic index U(0.5, 4), effective radius U(0.08, 0.35) arcsec, axis ratio U(0.4, 1),
+    centre within 0.25 arcsec of the field's centre, and 0-4 Gaussian knots of 0.02-0.06 arcsec
+    within 1.5 effective radii, each at 10-60 % of the peak. Draws come from ``generator`` on
+    the CPU, so a seed gives the same sources on every device.
+    """
+
+    def u(lo, hi, *shape):
+        return lo + (hi - lo) * torch.rand(n, *shape, generator=generator, dtype=torch.float64)
+
+    idx, re, q, phi = u(0.5, 4.0), u(0.08, 0.35), u(0.4, 1.0), u(0, math.pi)
+    r0, a0 = u(0, 0.25), u(0, 2 * math.pi)
+    n_knots = torch.randint(0, 5, (n,), generator=generator)
+    k_r, k_a = u(0, 1.5, 4), u(0, 2 * math.pi, 4)
+    k_w, k_amp = u(0.02, 0.06, 4), u(0.1, 0.6, 4)
+
+    def col(t):
+        return t.to(device=device).reshape(n, *([1] * 2))
+
+    x, y = pixel_grid(pixels, fov, dtype=torch.float64, device=device)
+    xc, yc = col(r0 * torch.cos(a0)), col(r0 * torch.sin(a0))
+    c, s = torch.cos(col(phi)), torch.sin(col(phi))
+    dx, dy = x - xc, y - yc
+    xr, yr = c * dx + s * dy, -s * dx + c * dy
+    r = torch.sqrt(q.to(device).reshape(n, 1, 1) * xr**2 + yr**2 / q.to(device).reshape(n, 1, 1))
+    nn = col(idx)
+    img = torch.exp(-_sersic_b(nn) * ((r / col(re)) ** (1 / nn) - 1))
+    img = img / img.amax(dim=(-1, -2), keepdim=True)
+    for k in range(4):
+        on = (n_knots > k).to(torch.float64)
+        kx = xc + col(k_r[:, k] * re * torch.cos(k_a[:, k]))
+        ky = yc + col(k_r[:, k] * re * torch.sin(k_a[:, k]))
+        w = col(k_w[:, k])
+        img = img + col(on * k_amp[:, k]) * torch.exp(-((x - kx) ** 2 + (y - ky) ** 2) / (2 * w * w))
+    img = img / img.amax(dim=(-1, -2), keepdim=True)
+    return img.unsqueeze(1).to(dtype)
+
+
+@dataclass(frozen=True)
+class AcceptanceCriteria:
+    """The checks a simulated lens must pass (SPEC section 1; the original validate_lenses.py).
+
+    Attributes
+    ----------
+    threshold
+        Surface brightness above which a pixel counts as lit (sources peak at 1).
+    min_magnification
+        Minimum of (lit image area) / (lit source area), both in arcsec^2.
+    border_pixels, max_border
+        The brightest pixel in the outer ``border_pixels`` of the image must not exceed
+        ``max_border`` (no ring cropped by the field).
+    min_source_pixels
+        Minimum number of lit source pixels.
+    min_max_kappa
+        The map must reach this convergence somewhere (strong lensing).
+    min_rays_inside
+        Minimum fraction of image-plane rays that land inside the source field. The paper asks
+        for "most"; but with the Table 1 geometry an isothermal lens sends only the disc
+        |theta| < theta_E + 1.5" into the 3" source field, about 20 % of the 7.69" image at
+        theta_E = 0.5", so a cut at one half would remove every lens below theta_E ~ 1.8" and
+        bias the Einstein radii of Table 2. The default 0.2 keeps that range and still rejects
+        maps whose rays mostly miss the source.
+    """
+
+    threshold: float = 0.1
+    min_magnification: float = 3.0
+    border_pixels: int = 5
+    max_border: float = 0.2
+    min_source_pixels: int = 10
+    min_max_kappa: float = 1.0
+    min_rays_inside: float = 0.2
+
+
+def acceptance(
+    source: torch.Tensor,
+    kappa: torch.Tensor,
+    image: torch.Tensor,
+    *,
+    image_fov: float,
+    source_fov: float,
+    criteria: AcceptanceCriteria = AcceptanceCriteria(),
+) -> dict[str, torch.Tensor]:
+    """Evaluate the acceptance checks on a batch; every entry is a ``(B,)`` boolean tensor.
+
+    ``image`` is the noiseless lensed image. The key ``"accepted"`` is the conjunction of the
+    others, which name the individual checks (for rejection statistics).
+    """
+    c = criteria
+    n, ns = image.shape[-1], source.shape[-1]
+    lit_image = (image > c.threshold).flatten(1).sum(1)
+    lit_source = (source > c.threshold).flatten(1).sum(1)
+    area_image = lit_image * (image_fov / n) ** 2
+    area_source = lit_source.clamp_min(1) * (source_fov / ns) ** 2
+    b = c.border_pixels
+    border = torch.ones_like(image[0, 0], dtype=torch.bool)
+    border[b:-b, b:-b] = False
+    beta = lens_equation(kappa[:, 0], image_fov)
+    inside = (beta.abs() < source_fov / 2).all(dim=1).flatten(1).float().mean(1)
+    checks = {
+        "magnification": area_image / area_source >= c.min_magnification,
+        "border": image[:, 0][:, border].amax(dim=1) <= c.max_border,
+        "source_size": lit_source >= c.min_source_pixels,
+        "strong_lensing": kappa.flatten(1).amax(1) >= c.min_max_kappa,
+        "rays_inside": inside >= c.min_rays_inside,
+    }
+    accepted = torch.ones_like(checks["border"])
+    for v in checks.values():
+        accepted &= v
+    checks["accepted"] = accepted
+    return checks
+
+
+@dataclass
+class LensBatch:
+    """Accepted simulated lenses (tensors on the CPU) and the rejection counts."""
+
+    source: torch.Tensor
+    kappa: torch.Tensor
+    observation: torch.Tensor
+    psf: torch.Tensor
+    noise_sigma: torch.Tensor
+    rejected: dict[str, int] = field(default_factory=dict)
+    tried: int = 0
+
+    def __len__(self) -> int:
+        return self.source.shape[0]
+
+
+def simulate_sie_lenses(
+    n: int,
+    *,
+    config: ObservationConfig = ObservationConfig(),
+    prior: SIEPrior = SIEPrior(),
+    criteria: AcceptanceCriteria = AcceptanceCriteria(),
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    max_tries: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> LensBatch:
+    """Simulate ``n`` accepted lenses: SIE kappa (Table 2), Sersic sources, PSF and noise (Table 1).
+
+    Parameters
+    ----------
+    generator
+        CPU generator for every draw; the same seed gives the same lenses bit for bit on a
+        given device.
+    max_tries
+        Give up (``RuntimeError``) after this many candidates; default ``50 * n``.
+    progress
+        Called with the number of newly accepted lenses after each batch.
+    """
+    if n < 1:
+        raise ValueError(f"number of lenses must be positive, got {n}")
+    device = torch.device(device)
+    max_tries = 50 * n if max_tries is None else max_tries
+    keep: dict[str, list[torch.Tensor]] = {k: [] for k in ("source", "kappa", "observation", "psf", "noise_sigma")}
+    rejected: dict[str, int] = {}
+    tried = accepted = 0
+    batch = batch_size
+    while accepted < n:
+        if tried >= max_tries:
+            raise RuntimeError(
+                f"only {accepted} of {n} lenses passed the acceptance checks in {tried} tries; rejections: {rejected}"
+            )
+        params = sample_sie_parameters(batch, prior, generator=generator, dtype=torch.float64)
+        kappa = sie_convergence(params, n=config.image_pixels, fov=config.image_fov).to(device, torch.float32)
+        source = sersic_sources(
+            batch, pixels=config.source_pixels, fov=config.source_fov, generator=generator, device=device
+        )
+        fwhm = sample_psf_fwhm(batch, config, generator=generator)
+        psf = gaussian_psf(fwhm, config.pixel_scale, config.psf_size).to(device)
+        sigma = sample_noise_sigma(batch, config, generator=generator)
+        noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        with torch.no_grad():
+            clean = lens_image(source, kappa, image_fov=config.image_fov, source_fov=config.source_fov, psf=psf)
+            checks = acceptance(
+                source, kappa, clean, image_fov=config.image_fov, source_fov=config.source_fov, criteria=criteria
+            )
+            noise_gen = torch.Generator(device=device).manual_seed(noise_seed)
+            obs = add_noise(clean, sigma.to(device), generator=noise_gen)
+        tried += batch
+        for k, v in checks.items():
+            if k != "accepted":
+                rejected[k] = rejected.get(k, 0) + int((~v).sum())
+        ok = checks["accepted"].cpu()
+        take = min(int(ok.sum()), n - accepted)
+        sel = torch.nonzero(ok).flatten()[:take]
+        for k, v in (("source", source), ("kappa", kappa), ("observation", obs), ("psf", psf)):
+            keep[k].append(v.cpu()[sel])
+        keep["noise_sigma"].append(sigma[sel])
+        accepted += take
+        if progress is not None:
+            progress(take)
+    return LensBatch(**{k: torch.cat(v) for k, v in keep.items()}, rejected=rejected, tried=tried)
