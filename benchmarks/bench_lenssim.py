@@ -25,7 +25,7 @@ PSF_SIZE = 11
 
 
 def _time(fn, repeats: int, device: torch.device) -> float:
-    """Median seconds per call after two warm-up calls."""
+    """Median seconds per call after two warm-up calls (the median resists a noisy machine)."""
 
     def sync():
         if device.type == "cuda":
@@ -110,9 +110,15 @@ def bench_caustics(batch: int, device: torch.device, repeats: int) -> dict[str, 
     return {"forward": batch / _time(fwd, repeats, device), "grad": batch / _time(grad, repeats, device)}
 
 
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=10, help="timed calls per round")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of lenssim and caustics")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
@@ -120,29 +126,40 @@ def main() -> None:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     results = []
     print(
-        f"lenssim {lenssim.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} CPU threads; {N}^2 pixels, {PSF_SIZE}x{PSF_SIZE} PSF; images per second"
+        f"lenssim {lenssim.__version__}, torch {torch.__version__}, {platform.machine()}, "
+        f"{torch.get_num_threads()} CPU threads; {N}^2 pixels, {PSF_SIZE}x{PSF_SIZE} PSF; images per second, "
+        f"median of {args.rounds} interleaved rounds"
     )
     for device in devices:
         for batch in args.batches:
-            ours = bench_lenssim(batch, device, args.repeats)
-            theirs = bench_caustics(batch, device, args.repeats)
+            rounds = []
+            for _ in range(args.rounds):  # interleave, so that both see the same machine state
+                rounds.append((bench_lenssim(batch, device, args.repeats), bench_caustics(batch, device, args.repeats)))
+            ours = {k: _median([r[0][k] for r in rounds]) for k in rounds[0][0]}
+            theirs = None
+            if rounds[0][1] is not None:
+                theirs = {k: _median([r[1][k] for r in rounds]) for k in rounds[0][1]}
+                ratios = {
+                    "forward": _median([r[0]["forward_psf2d"] / r[1]["forward"] for r in rounds]),
+                    "grad": _median([r[0]["grad_psf2d"] / r[1]["grad"] for r in rounds]),
+                    "grad_separable": _median([r[0]["grad_separable"] / r[1]["grad"] for r in rounds]),
+                }
             row = {"device": device.type, "batch": batch, "lenssim": ours, "caustics": theirs}
-            results.append(row)
             line = (
                 f"{device.type:4s} B={batch:<3d} forward {ours['forward_psf2d']:8.1f} (separable "
                 f"{ours['forward_separable']:8.1f})  fwd+grad {ours['grad_psf2d']:8.1f} (separable "
                 f"{ours['grad_separable']:8.1f})"
             )
             if theirs is not None:
+                row["speedup"] = ratios
                 line += (
                     f" | caustics forward {theirs['forward']:7.1f} fwd+grad {theirs['grad']:7.1f}"
-                    f" | speed-up forward x{ours['forward_psf2d'] / theirs['forward']:.1f}"
-                    f" fwd+grad x{ours['grad_psf2d'] / theirs['grad']:.1f}"
-                    f" (separable x{ours['grad_separable'] / theirs['grad']:.1f})"
+                    f" | speed-up forward x{ratios['forward']:.1f} fwd+grad x{ratios['grad']:.1f}"
+                    f" (separable x{ratios['grad_separable']:.1f})"
                 )
             else:
                 line += " | caustics not installed"
+            results.append(row)
             print(line, flush=True)
     if args.json:
         with open(args.json, "w") as f:
