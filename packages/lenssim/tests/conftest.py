@@ -44,3 +44,13 @@ def direct_deflection(kappa: np.ndarray, fov: float) -> np.ndarray:
     ax = flat @ (dx / r2).T * h * h / np.pi
     ay = flat @ (dy / r2).T * h * h / np.pi
     return np.stack([ax, ay], axis=-2).reshape(*kappa.shape[:-2], 2, n, n)
+
+
+def shared_cosmos_dir():
+    """../shared/data/cosmos beside the repository (or $LENS_SHARED_DATA/cosmos)."""
+    import os
+    from pathlib import Path
+
+    root = os.environ.get("LENS_SHARED_DATA")
+    d = Path(root) / "cosmos" if root else Path(__file__).resolve().parents[3].parent / "shared" / "data" / "cosmos"
+    return d if d.is_dir() else None

@@ -113,5 +113,10 @@ def demo(output: Path, n_lenses: int, seed: int, device: str) -> None:
         click.echo(f"acceptance: {stats['accepted']} of {stats['tried']} candidates; rejections {stats['rejected_by']}")
 
 
+from lens_cli.simulate import simulate  # noqa: E402
+
+cli.add_command(simulate)
+
+
 if __name__ == "__main__":  # pragma: no cover
     cli()

@@ -1,13 +1,44 @@
 """lenssim: the physics of lens: grids, deflection, ray tracing, PSF, noise and likelihood.
 
-Everything here is a plain function of torch tensors: batched, float32 or float64, CPU or
-CUDA, and differentiable end to end.
+The ray tracer is plain functions of torch tensors: batched, float32 or float64, CPU or CUDA,
+and differentiable end to end. Around it: particle halos to convergence maps (Numba KDE), COSMOS
+and synthetic sources (GalSim), lens acceptance and resumable HDF5 datasets. The submodules
+``tng`` (IllustrisTNG readers), ``sources`` (COSMOS) and ``kde`` hold the rest.
 """
 
+from lenssim.convergence import (
+    KappaMapConfig,
+    angular_diameter_distance_kpc,
+    augment_kappa,
+    center_crop,
+    critical_surface_density,
+    einstein_radius,
+    kappa_maps,
+)
 from lenssim.deflection import deflection_angles, deflection_kernel
 from lenssim.grid import pixel_coordinates, pixel_grid, pixel_scale
-from lenssim.io import LENS_FIELDS, DatasetError, read_lens_dataset, write_lens_dataset
-from lenssim.lenses import AcceptanceCriteria, LensBatch, acceptance, sersic_sources, simulate_sie_lenses
+from lenssim.io import (
+    LENS_FIELDS,
+    DatasetError,
+    LensDataset,
+    read_dataset,
+    read_lens_dataset,
+    write_dataset,
+    write_in_blocks,
+    write_lens_dataset,
+)
+from lenssim.kde import smoothing_lengths, surface_density, surface_density_brute_force
+from lenssim.lenses import (
+    AcceptanceCriteria,
+    LensBatch,
+    acceptance,
+    pool_sampler,
+    sersic_source_sampler,
+    sersic_sources,
+    sie_kappa_sampler,
+    simulate_lenses,
+    simulate_sie_lenses,
+)
 from lenssim.likelihood import (
     add_noise,
     chi_squared,
@@ -25,11 +56,41 @@ from lenssim.sampling import (
     truncated_normal,
 )
 from lenssim.sie import SIEParameters, SIEPrior, sample_sie_parameters, sie_convergence, sie_deflection
+from lenssim.simulate import (
+    HaloSource,
+    h5_pool_sampler,
+    simulate_kappa_dataset,
+    simulate_lens_dataset,
+    simulate_source_dataset,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "IMAGE_FOV",
+    "HaloSource",
+    "KappaMapConfig",
+    "LensDataset",
+    "angular_diameter_distance_kpc",
+    "augment_kappa",
+    "center_crop",
+    "critical_surface_density",
+    "einstein_radius",
+    "h5_pool_sampler",
+    "kappa_maps",
+    "pool_sampler",
+    "read_dataset",
+    "sersic_source_sampler",
+    "sie_kappa_sampler",
+    "simulate_kappa_dataset",
+    "simulate_lens_dataset",
+    "simulate_lenses",
+    "simulate_source_dataset",
+    "smoothing_lengths",
+    "surface_density",
+    "surface_density_brute_force",
+    "write_dataset",
+    "write_in_blocks",
     "LENS_FIELDS",
     "AcceptanceCriteria",
     "DatasetError",

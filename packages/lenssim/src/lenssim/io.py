@@ -1,28 +1,63 @@
-"""HDF5 lens datasets (SPEC section 9): atomic writes and validated reads.
+"""HDF5 datasets (SPEC section 9): atomic, resumable, sharded writes and validated reads.
 
-Layout: ``source (n, 1, Ns, Ns)``, ``kappa (n, 1, N, N)``, ``observation (n, 1, N, N)``,
-``psf (n, 1, k, k)``, ``noise_sigma (n,)``, float32, chunked one example per chunk; file
-attributes ``image_fov``, ``source_fov``, ``z_lens``, ``z_source``, ``config`` (JSON),
-``seed`` and ``versions`` (JSON). Files are written under a temporary name and renamed, so an
-interrupted write never leaves a half-written file under the final name, and writing the same
-data twice gives identical bytes.
+A lens dataset holds ``source (n, 1, Ns, Ns)``, ``kappa (n, 1, N, N)``, ``observation (n, 1,
+N, N)``, ``psf (n, 1, k, k)`` and ``noise_sigma (n,)``; kappa and source datasets hold
+``kappa`` or ``source`` with their own extra fields (``theta_e``, ``halo_id``, ``split``,
+``catalog_index``). Images are float32, one example per chunk; the file attributes carry
+``image_fov``, ``source_fov``, ``z_lens``, ``z_source`` (as relevant), ``config`` (JSON),
+``seed`` and ``versions`` (JSON).
+
+Writes go to a temporary name and are renamed when complete, so an interrupted write never
+leaves a half-written file under the final name, and the same data give identical bytes.
+Long generations (:func:`write_in_blocks`) write fixed-size blocks, each drawn from its own
+seed, into a hidden directory beside the output; a rerun skips the finished blocks, so a
+resumed run gives the same bytes as an uninterrupted one, and shards of a job array hold exactly
+the slices of the unsharded dataset.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import shutil
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["LENS_FIELDS", "DatasetError", "read_lens_dataset", "write_lens_dataset"]
+__all__ = [
+    "FIELD_NDIM",
+    "LENS_FIELDS",
+    "DatasetError",
+    "LensDataset",
+    "read_dataset",
+    "read_lens_dataset",
+    "shard_range",
+    "write_dataset",
+    "write_in_blocks",
+    "write_lens_dataset",
+]
 
 LENS_FIELDS = ("source", "kappa", "observation", "psf", "noise_sigma")
-_REQUIRED_ATTRS = ("image_fov", "source_fov", "z_lens", "z_source")
+FIELD_NDIM = {
+    "source": 4,
+    "kappa": 4,
+    "observation": 4,
+    "psf": 4,
+    "noise_sigma": 1,
+    "theta_e": 1,
+    "halo_id": 1,
+    "split": 1,
+    "catalog_index": 1,
+    "projection": 1,
+    "source_pred": 4,
+    "kappa_pred": 4,
+    "chi2_nu": 1,
+}
+"""Expected number of axes of every known field; images are ``(n, 1, M, M)``."""
+_LENS_ATTRS = ("image_fov", "source_fov", "z_lens", "z_source")
 
 
 class DatasetError(ValueError):
@@ -41,9 +76,63 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _as_numpy(v) -> np.ndarray:
+    a = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+    if a.dtype.kind == "f":
+        return a.astype(np.float32)
+    if a.dtype.kind in "iub":
+        return a.astype(np.int64) if a.dtype.kind != "b" else a.astype(np.uint8)
+    raise TypeError(f"cannot store an array of dtype {a.dtype}")
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _create(f, name: str, shape: tuple, dtype) -> Any:
+    chunks = (1, *shape[1:]) if len(shape) > 1 else (max(1, min(shape[0], 4096)),)
+    return f.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks if shape[0] else None, track_times=False)
+
+
+def _write_attrs(f, attrs: Mapping[str, Any]) -> None:
+    for k, v in attrs.items():
+        if isinstance(v, dict | list | tuple) or v is None:
+            v = json.dumps(v, sort_keys=True)
+        f.attrs[k] = v
+    if "versions" not in attrs:
+        f.attrs["versions"] = json.dumps(_versions(), sort_keys=True)
+
+
+def write_dataset(path: str | os.PathLike, arrays: Mapping[str, Any], attrs: Mapping[str, Any]) -> Path:
+    """Write ``arrays`` (same first dimension) and ``attrs`` to ``path`` atomically.
+
+    Floating-point arrays are stored as float32, integers as int64. Dict or list attributes are
+    stored as JSON.
+    """
+    import h5py
+
+    path = Path(path)
+    data = {k: _as_numpy(v) for k, v in arrays.items()}
+    lengths = {k: v.shape[0] for k, v in data.items()}
+    if len(set(lengths.values())) > 1:
+        raise DatasetError(f"cannot write {path}: fields have different lengths {lengths}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    try:
+        with h5py.File(tmp, "w", track_order=True) as f:
+            for k, v in data.items():
+                _create(f, k, v.shape, v.dtype)[...] = v
+            _write_attrs(f, attrs)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
 def write_lens_dataset(
     path: str | os.PathLike,
-    arrays: Mapping[str, torch.Tensor | np.ndarray],
+    arrays: Mapping[str, Any],
     *,
     image_fov: float,
     source_fov: float,
@@ -53,90 +142,293 @@ def write_lens_dataset(
     seed: int | None = None,
     extra_attrs: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write a lens dataset atomically; return its path.
-
-    ``arrays`` holds at least the fields of :data:`LENS_FIELDS` (more, such as predictions,
-    may follow), all with the same first dimension.
-    """
-    import h5py
-
+    """Write a lens dataset (at least the fields of :data:`LENS_FIELDS`) atomically."""
     path = Path(path)
     missing = [k for k in LENS_FIELDS if k not in arrays]
     if missing:
         raise DatasetError(f"cannot write {path}: missing fields {missing}")
-    data = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in arrays.items()}
-    n = {k: v.shape[0] for k, v in data.items()}
-    if len(set(n.values())) != 1:
-        raise DatasetError(f"cannot write {path}: fields have different lengths {n}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    attrs = {
+        "image_fov": float(image_fov),
+        "source_fov": float(source_fov),
+        "z_lens": float(z_lens),
+        "z_source": float(z_source),
+        "config": dict(config or {}),
+        "seed": -1 if seed is None else int(seed),
+        **dict(extra_attrs or {}),
+    }
+    return write_dataset(path, arrays, attrs)
+
+
+def _open(path: Path):
+    import h5py
+
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
     try:
-        with h5py.File(tmp, "w", track_order=True) as f:
-            for k, v in data.items():
-                v = v.astype(np.float32)
-                chunks = (1, *v.shape[1:]) if v.ndim > 1 else (max(1, min(v.shape[0], 4096)),)
-                f.create_dataset(k, data=v, chunks=chunks if v.shape[0] else None, track_times=False)
-            f.attrs["image_fov"] = float(image_fov)
-            f.attrs["source_fov"] = float(source_fov)
-            f.attrs["z_lens"] = float(z_lens)
-            f.attrs["z_source"] = float(z_source)
-            f.attrs["config"] = json.dumps(dict(config or {}), sort_keys=True)
-            f.attrs["seed"] = -1 if seed is None else int(seed)
-            f.attrs["versions"] = json.dumps(_versions(), sort_keys=True)
-            for k, v in (extra_attrs or {}).items():
-                f.attrs[k] = v
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise DatasetError(f"{path}: not a readable HDF5 file ({e})") from None
 
 
-def read_lens_dataset(path: str | os.PathLike, *, fields: tuple[str, ...] = LENS_FIELDS) -> dict[str, Any]:
-    """Read and validate a lens dataset written by :func:`write_lens_dataset`.
+def _check_fields(f, path: Path, fields: Sequence[str], required_attrs: Sequence[str]) -> int:
+    """Validate shapes, dtypes and attributes without reading the arrays; return n."""
+    missing = [k for k in fields if k not in f]
+    if missing:
+        raise DatasetError(f"{path}: missing datasets {missing}")
+    absent = [a for a in required_attrs if a not in f.attrs]
+    if absent:
+        raise DatasetError(f"{path}: missing attributes {absent}")
+    for a in required_attrs:
+        if a.endswith("_fov") and not float(f.attrs[a]) > 0:
+            raise DatasetError(f"{path}: attribute {a} must be positive, got {f.attrs[a]}")
+    n = None
+    for k in fields:
+        d = f[k]
+        want = FIELD_NDIM.get(k)
+        if want == 4 and (d.ndim != 4 or d.shape[1] != 1 or d.shape[2] != d.shape[3]):
+            raise DatasetError(f"{path}: dataset {k!r} has shape {d.shape}, expected (n, 1, M, M)")
+        if want == 1 and d.ndim != 1:
+            raise DatasetError(f"{path}: dataset {k!r} has shape {d.shape}, expected (n,)")
+        if want == 4 and d.dtype.kind != "f":
+            raise DatasetError(f"{path}: dataset {k!r} has dtype {d.dtype}, expected floating point")
+        if d.dtype.kind not in "fiu":
+            raise DatasetError(f"{path}: dataset {k!r} has dtype {d.dtype}, expected numbers")
+        if n is not None and d.shape[0] != n:
+            raise DatasetError(f"{path}: dataset {k!r} has {d.shape[0]} examples, others have {n}")
+        n = d.shape[0]
+    return 0 if n is None else n
 
-    Returns a dict of float32 tensors for ``fields`` plus ``"attrs"``. Raises
-    :class:`DatasetError` with a one-line reason for a missing file, a file that is not HDF5, a
-    missing field or attribute, or inconsistent shapes.
+
+def _attrs(f) -> dict[str, Any]:
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+
+
+def read_dataset(
+    path: str | os.PathLike, fields: Sequence[str], *, required_attrs: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Read and validate ``fields`` of a dataset: a dict of tensors plus ``"attrs"``.
+
+    Raises :class:`DatasetError` with a one-line reason for a missing file, a file that is not
+    HDF5, a missing field or attribute, wrong shapes or dtypes, or non-finite values.
+    """
+    path = Path(path)
+    with _open(path) as f:
+        _check_fields(f, path, fields, required_attrs)
+        out: dict[str, Any] = {}
+        for k in fields:
+            arr = f[k][()]
+            if arr.dtype.kind == "f":
+                if not np.isfinite(arr).all():
+                    raise DatasetError(f"{path}: dataset {k!r} contains NaN or infinite values")
+                out[k] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+            else:
+                out[k] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64))
+        out["attrs"] = _attrs(f)
+    if "kappa" in fields and (out["kappa"] < 0).any():
+        raise DatasetError(f"{path}: dataset 'kappa' has negative convergence")
+    return out
+
+
+def read_lens_dataset(path: str | os.PathLike, *, fields: Sequence[str] = LENS_FIELDS) -> dict[str, Any]:
+    """Read and validate a lens dataset (:func:`read_dataset` with the lens attributes)."""
+    return read_dataset(path, fields, required_attrs=_LENS_ATTRS)
+
+
+def dataset_info(path: str | os.PathLike) -> dict[str, Any]:
+    """The fields (name -> shape) and attributes of a dataset, without reading its arrays."""
+    path = Path(path)
+    with _open(path) as f:
+        return {"fields": {k: tuple(f[k].shape) for k in f.keys()}, "attrs": _attrs(f)}
+
+
+def shard_range(n_blocks: int, shard: int, n_shards: int) -> range:
+    """The contiguous blocks of shard ``shard`` (0-based) out of ``n_shards``."""
+    if not (n_shards >= 1 and 0 <= shard < n_shards):
+        raise ValueError(f"shard must be I/N with 1 <= I <= N, got {shard + 1}/{n_shards}")
+    return range(shard * n_blocks // n_shards, (shard + 1) * n_blocks // n_shards)
+
+
+def _make_blocks(work: Path, sizes: dict[int, int], make_block, seed: int, progress) -> None:
+    for k, count in sizes.items():
+        bp = work / f"block-{k:06d}.h5"
+        if bp.is_file():
+            try:
+                if next(iter(dataset_info(bp)["fields"].values()))[0] == count:
+                    if progress is not None:
+                        progress(count)
+                    continue
+            except (DatasetError, StopIteration):
+                pass
+        result = make_block(k, count, np.random.SeedSequence(int(seed), spawn_key=(k,)))
+        data, stats = result if isinstance(result, tuple) else (result, {})
+        got = {name: np.shape(v)[0] for name, v in data.items()}
+        if set(got.values()) != {count}:
+            raise RuntimeError(f"block {k} produced {got} examples, expected {count}")
+        write_dataset(bp, data, {"block": k, "stats": dict(stats)})
+        if progress is not None:
+            progress(count)
+
+
+def write_in_blocks(
+    path: str | os.PathLike,
+    n: int,
+    make_block: Callable[[int, int, np.random.SeedSequence], Mapping[str, Any]],
+    *,
+    attrs: Mapping[str, Any],
+    seed: int,
+    block_size: int = 256,
+    blocks: range | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Generate a dataset block by block, resumably, and assemble it at ``path``.
+
+    ``make_block(k, count, seedseq)`` returns ``count`` examples of global block ``k``, drawn
+    only from ``seedseq`` (``SeedSequence(seed, spawn_key=(k,))``), as a dict of arrays or as
+    ``(arrays, stats)`` with integer statistics that are summed over the blocks into the
+    ``stats`` attribute. The n examples form
+    ``ceil(n / block_size)`` blocks; ``blocks`` restricts the run to some of them (a shard).
+    Finished blocks live in ``.NAME.blocks/`` beside ``path`` until the assembly; if ``path``
+    already holds the finished dataset with the same attributes, nothing is done.
     """
     import h5py
 
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
+    if n < 1 or block_size < 1:
+        raise ValueError(f"need n >= 1 and block_size >= 1, got {n} and {block_size}")
+    n_blocks = -(-n // block_size)
+    blocks = range(n_blocks) if blocks is None else blocks
+    sizes = {k: min(block_size, n - k * block_size) for k in blocks}
+    manifest = json.loads(
+        json.dumps(
+            {
+                **dict(attrs),
+                "seed": int(seed),
+                "n_total": n,
+                "block_size": block_size,
+                "blocks": [blocks.start, blocks.stop],
+            },
+            sort_keys=True,
+            default=str,
+        )
+    )
+    if path.is_file():
+        try:
+            info = dataset_info(path)
+            if json.loads(info["attrs"].get("manifest", "null")) == manifest:
+                if progress is not None:
+                    progress(sum(sizes.values()))
+                return path
+        except (DatasetError, json.JSONDecodeError):
+            pass
+    work = path.with_name(f".{path.name}.blocks")
+    mfile = work / "manifest.json"
+    if work.is_dir() and (not mfile.is_file() or json.loads(mfile.read_text()) != manifest):
+        shutil.rmtree(work)  # left by a run with other options: not ours to resume
+    work.mkdir(parents=True, exist_ok=True)
+    if not mfile.is_file():
+        tmp = _tmp(mfile)
+        tmp.write_text(json.dumps(manifest, sort_keys=True))
+        os.replace(tmp, mfile)
     try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise DatasetError(f"{path}: not a readable HDF5 file ({e})") from None
-    with f:
-        missing = [k for k in fields if k not in f]
-        if missing:
-            raise DatasetError(f"{path}: missing datasets {missing}")
-        absent = [a for a in _REQUIRED_ATTRS if a not in f.attrs]
-        if absent:
-            raise DatasetError(f"{path}: missing attributes {absent}")
-        out: dict[str, Any] = {}
-        n = None
-        for k in fields:
-            d = f[k]
-            want = 1 if k == "noise_sigma" else 4
-            if d.ndim != want or (want == 4 and (d.shape[1] != 1 or d.shape[2] != d.shape[3])):
-                raise DatasetError(
-                    f"{path}: dataset {k!r} has shape {d.shape}, expected (n, 1, M, M)"
-                    if want == 4
-                    else f"{path}: dataset {k!r} has shape {d.shape}, expected (n,)"
-                )
-            if d.dtype.kind != "f":
-                raise DatasetError(f"{path}: dataset {k!r} has dtype {d.dtype}, expected floating point")
-            if n is not None and d.shape[0] != n:
-                raise DatasetError(f"{path}: dataset {k!r} has {d.shape[0]} examples, others have {n}")
-            n = d.shape[0]
-            arr = d[()]
-            if not np.isfinite(arr).all():
-                raise DatasetError(f"{path}: dataset {k!r} contains NaN or infinite values")
-            out[k] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-        out["attrs"] = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
-    for k in ("image_fov", "source_fov"):
-        if not float(out["attrs"][k]) > 0:
-            raise DatasetError(f"{path}: attribute {k} must be positive, got {out['attrs'][k]}")
-    return out
+        _make_blocks(work, sizes, make_block, seed, progress)
+    except Exception:
+        if not any(work.glob("block-*.h5")):
+            shutil.rmtree(work, ignore_errors=True)  # nothing to resume: leave nothing behind
+        raise
+    # assemble
+    first = dataset_info(work / f"block-{blocks.start:06d}.h5")["fields"]
+    total = sum(sizes.values())
+    tmp = _tmp(path)
+    try:
+        with h5py.File(tmp, "w", track_order=True) as out:
+            dsets = {}
+            for name, shape in first.items():
+                with _open(work / f"block-{blocks.start:06d}.h5") as b:
+                    dtype = b[name].dtype
+                dsets[name] = _create(out, name, (total, *shape[1:]), dtype)
+            at = 0
+            stats: dict[str, int] = {}
+            for k, count in sizes.items():
+                with _open(work / f"block-{k:06d}.h5") as b:
+                    for name, d in dsets.items():
+                        d[at : at + count] = b[name][()]
+                    for key, v in json.loads(b.attrs.get("stats", "{}")).items():
+                        stats[key] = stats.get(key, 0) + v
+                at += count
+            _write_attrs(out, {**dict(attrs), "seed": int(seed), "stats": stats, "manifest": manifest})
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    shutil.rmtree(work, ignore_errors=True)
+    return path
+
+
+class LensDataset(torch.utils.data.Dataset):
+    """A torch ``Dataset`` over one HDF5 file or a directory of shards (``*.h5``, sorted).
+
+    Every file is validated (fields, shapes, dtypes, attributes) when the dataset is built;
+    files are opened lazily in each worker process, so it works with ``num_workers > 0``.
+    Items are dicts of float32 tensors (``noise_sigma`` a 0-d tensor).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        fields: Sequence[str] = LENS_FIELDS,
+        *,
+        required_attrs: Sequence[str] = _LENS_ATTRS,
+    ) -> None:
+        p = Path(path)
+        if p.is_dir():
+            files = sorted(q for q in p.glob("*.h5") if not q.name.startswith("."))
+            if not files:
+                raise DatasetError(f"{p}: no *.h5 shards in this directory")
+        else:
+            files = [p]
+        self.files = files
+        self.fields = tuple(fields)
+        self.lengths = []
+        self.attrs = None
+        for q in files:
+            with _open(q) as f:
+                self.lengths.append(_check_fields(f, q, self.fields, required_attrs))
+                attrs = {a: _attrs(f)[a] for a in required_attrs}
+            if self.attrs is not None and attrs != self.attrs:
+                raise DatasetError(f"{q}: attributes {attrs} differ from the other shards' {self.attrs}")
+            self.attrs = attrs
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
+        self._handles: dict[int, Any] = {}
+        self._pid = None
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def _file(self, i: int):
+        import h5py
+
+        if self._pid != os.getpid():  # a new worker: never share handles across processes
+            self._handles, self._pid = {}, os.getpid()
+        if i not in self._handles:
+            self._handles[i] = h5py.File(self.files[i], "r")
+        return self._handles[i]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} examples")
+        index %= len(self)
+        i = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        f = self._file(i)
+        j = index - int(self.offsets[i])
+        out = {}
+        for k in self.fields:
+            a = np.asarray(f[k][j], dtype=np.float32)
+            if not np.isfinite(a).all():
+                raise DatasetError(f"{self.files[i]}: {k}[{j}] contains NaN or infinite values")
+            out[k] = torch.from_numpy(a)
+        return out
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_handles"], state["_pid"] = {}, None
+        return state

@@ -22,8 +22,13 @@ from lenssim.sie import SIEPrior, sample_sie_parameters, sie_convergence
 __all__ = [
     "AcceptanceCriteria",
     "LensBatch",
+    "Sampler",
     "acceptance",
+    "pool_sampler",
+    "sersic_source_sampler",
     "sersic_sources",
+    "sie_kappa_sampler",
+    "simulate_lenses",
     "simulate_sie_lenses",
 ]
 
@@ -171,11 +176,53 @@ class LensBatch:
         return self.source.shape[0]
 
 
-def simulate_sie_lenses(
+Sampler = Callable[[int, torch.Generator], torch.Tensor]
+"""``sampler(count, generator) -> (count, 1, M, M)`` tensor: draws kappa maps or sources."""
+
+
+def sie_kappa_sampler(
+    prior: SIEPrior = SIEPrior(), config: ObservationConfig = ObservationConfig(), device: torch.device | str = "cpu"
+) -> Sampler:
+    """Pixel-averaged SIE convergence maps with Table 2 parameters."""
+
+    def draw(count: int, generator: torch.Generator) -> torch.Tensor:
+        params = sample_sie_parameters(count, prior, generator=generator, dtype=torch.float64)
+        return sie_convergence(params, n=config.image_pixels, fov=config.image_fov).to(device, torch.float32)
+
+    return draw
+
+
+def sersic_source_sampler(
+    config: ObservationConfig = ObservationConfig(), device: torch.device | str = "cpu"
+) -> Sampler:
+    """:func:`sersic_sources` on the source grid."""
+
+    def draw(count: int, generator: torch.Generator) -> torch.Tensor:
+        return sersic_sources(
+            count, pixels=config.source_pixels, fov=config.source_fov, generator=generator, device=device
+        )
+
+    return draw
+
+
+def pool_sampler(pool: torch.Tensor, device: torch.device | str = "cpu") -> Sampler:
+    """Uniform random draws (with replacement) from a pool of maps ``(P, 1, M, M)``."""
+    if pool.dim() != 4 or pool.shape[0] == 0:
+        raise ValueError(f"a pool must be a non-empty (P, 1, M, M) tensor, got {tuple(pool.shape)}")
+
+    def draw(count: int, generator: torch.Generator) -> torch.Tensor:
+        idx = torch.randint(0, pool.shape[0], (count,), generator=generator)
+        return pool[idx].to(device, torch.float32)
+
+    return draw
+
+
+def simulate_lenses(
     n: int,
+    kappa_sampler: Sampler,
+    source_sampler: Sampler,
     *,
     config: ObservationConfig = ObservationConfig(),
-    prior: SIEPrior = SIEPrior(),
     criteria: AcceptanceCriteria = AcceptanceCriteria(),
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
@@ -183,7 +230,10 @@ def simulate_sie_lenses(
     max_tries: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> LensBatch:
-    """Simulate ``n`` accepted lenses: SIE kappa (Table 2), Sersic sources, PSF and noise (Table 1).
+    """Simulate ``n`` accepted lenses from random pairs of kappa maps and sources.
+
+    PSF FWHM and noise sigma are drawn from Table 1, the noiseless image goes through the
+    acceptance checks, and noise is added. Candidates are drawn in batches of ``batch_size``.
 
     Parameters
     ----------
@@ -191,7 +241,8 @@ def simulate_sie_lenses(
         CPU generator for every draw; the same seed gives the same lenses bit for bit on a
         given device.
     max_tries
-        Give up (``RuntimeError``) after this many candidates; default ``50 * n``.
+        Give up (``RuntimeError``, with the rejection counts) after this many candidates;
+        default ``50 * n``.
     progress
         Called with the number of newly accepted lenses after each batch.
     """
@@ -202,17 +253,14 @@ def simulate_sie_lenses(
     keep: dict[str, list[torch.Tensor]] = {k: [] for k in ("source", "kappa", "observation", "psf", "noise_sigma")}
     rejected: dict[str, int] = {}
     tried = accepted = 0
-    batch = batch_size
     while accepted < n:
         if tried >= max_tries:
             raise RuntimeError(
                 f"only {accepted} of {n} lenses passed the acceptance checks in {tried} tries; rejections: {rejected}"
             )
-        params = sample_sie_parameters(batch, prior, generator=generator, dtype=torch.float64)
-        kappa = sie_convergence(params, n=config.image_pixels, fov=config.image_fov).to(device, torch.float32)
-        source = sersic_sources(
-            batch, pixels=config.source_pixels, fov=config.source_fov, generator=generator, device=device
-        )
+        batch = batch_size
+        kappa = kappa_sampler(batch, generator).to(device)
+        source = source_sampler(batch, generator).to(device)
         fwhm = sample_psf_fwhm(batch, config, generator=generator)
         psf = gaussian_psf(fwhm, config.pixel_scale, config.psf_size).to(device)
         sigma = sample_noise_sigma(batch, config, generator=generator)
@@ -235,6 +283,33 @@ def simulate_sie_lenses(
             keep[k].append(v.cpu()[sel])
         keep["noise_sigma"].append(sigma[sel])
         accepted += take
-        if progress is not None:
+        if progress is not None and take:
             progress(take)
     return LensBatch(**{k: torch.cat(v) for k, v in keep.items()}, rejected=rejected, tried=tried)
+
+
+def simulate_sie_lenses(
+    n: int,
+    *,
+    config: ObservationConfig = ObservationConfig(),
+    prior: SIEPrior = SIEPrior(),
+    criteria: AcceptanceCriteria = AcceptanceCriteria(),
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    max_tries: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> LensBatch:
+    """:func:`simulate_lenses` with SIE kappa maps (Table 2) and Sersic sources."""
+    return simulate_lenses(
+        n,
+        sie_kappa_sampler(prior, config, device),
+        sersic_source_sampler(config, device),
+        config=config,
+        criteria=criteria,
+        generator=generator,
+        device=device,
+        batch_size=batch_size,
+        max_tries=max_tries,
+        progress=progress,
+    )

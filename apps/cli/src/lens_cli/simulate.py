@@ -1,0 +1,324 @@
+"""`lens simulate kappa | sources | lenses`: datasets for training and testing."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+from tqdm.auto import tqdm
+
+from lens_cli.common import device_option, one_line_errors, resolve_device, seed_option
+
+
+def parse_shard(ctx, param, value: str | None) -> tuple[int, int]:
+    """``I/N`` (1-based, as job arrays number tasks) -> (I - 1, N)."""
+    if value is None:
+        return (0, 1)
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
+    if not m or not (1 <= int(m.group(1)) <= int(m.group(2))):
+        raise click.BadParameter(f"{value!r}: expected I/N with 1 <= I <= N, e.g. 3/10", param=param)
+    return int(m.group(1)) - 1, int(m.group(2))
+
+
+def shard_option(f):
+    return click.option(
+        "--shard",
+        callback=parse_shard,
+        metavar="I/N",
+        help="Write only shard I of N (1-based; for job arrays). OUTPUT is then a directory that "
+        "receives part-IIIII-of-NNNNN.h5; the shards together equal the unsharded dataset.",
+    )(f)
+
+
+def output_option(f):
+    return click.option(
+        "-o",
+        "--output",
+        required=True,
+        type=click.Path(path_type=Path),
+        help="Output HDF5 file (or directory with --shard).",
+    )(f)
+
+
+def _target(output: Path, shard: tuple[int, int]) -> Path:
+    if output.exists() and output.is_dir() and shard == (0, 1):
+        raise click.BadParameter(f"{output} is a directory; give a file name (or use --shard)", param_hint="--output")
+    if shard == (0, 1):
+        return output
+    if output.exists() and not output.is_dir():
+        raise click.BadParameter(f"{output} is a file; with --shard, OUTPUT is a directory", param_hint="--output")
+    return output / f"part-{shard[0] + 1:05d}-of-{shard[1]:05d}.h5"
+
+
+def _bar(total: int, what: str):
+    return tqdm(total=total, desc=what, unit=what.split()[-1], disable=None)
+
+
+@click.group()
+def simulate() -> None:
+    """Simulate kappa maps, source images and lensed observations (HDF5 datasets)."""
+
+
+@simulate.command("kappa")
+@click.option(
+    "--tng", "cutouts", multiple=True, type=click.Path(path_type=Path), help="TNG web-API cutout file(s) (repeatable)."
+)
+@click.option(
+    "--tng-base", type=click.Path(path_type=Path), help="TNG output directory holding snapdir_NNN and groups_NNN."
+)
+@click.option(
+    "--snapshot", default=99, show_default=True, type=click.IntRange(0), help="Snapshot number (with --tng-base)."
+)
+@click.option(
+    "--halo", "halo_ids", multiple=True, type=click.IntRange(0), help="FoF halo index (repeatable; with --tng-base)."
+)
+@click.option(
+    "--subhalo",
+    "subhalo_ids",
+    multiple=True,
+    type=click.IntRange(0),
+    help="Subhalo index (repeatable; with --tng-base).",
+)
+@click.option("--synthetic", type=click.IntRange(1), help="Use N built-in synthetic halos (no download).")
+@click.option(
+    "--maps-per-halo",
+    default=12,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Augmented maps per halo (cycling xy, xz, yz).",
+)
+@click.option(
+    "--test-fraction",
+    default=0.1,
+    show_default=True,
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Fraction of halos held out (split by halo).",
+)
+@click.option(
+    "--theta-e-min",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Einstein radius range, arcsec.",
+)
+@click.option("--theta-e-max", default=2.5, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option(
+    "--max-shift",
+    default=0.3,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Largest random shift of a map, arcsec.",
+)
+@click.option(
+    "--render-kpc",
+    type=click.FloatRange(0, min_open=True),
+    help="Physical side of the 188-pixel render (default: from 7.69\" at z_l). The paper's maps: 105 / h.",
+)
+@output_option
+@shard_option
+@seed_option
+@device_option
+@one_line_errors
+def simulate_kappa(
+    cutouts, tng_base, snapshot, halo_ids, subhalo_ids, synthetic, maps_per_halo, test_fraction,
+    theta_e_min, theta_e_max, max_shift, render_kpc, output, shard, seed, device,
+) -> None:  # fmt: skip
+    """Convergence maps from particle halos: adaptive KDE (Numba), three projections, augmentation.
+
+    Exactly one input: --tng cutout files, --tng-base with --halo/--subhalo ids, or --synthetic N.
+    The KDE runs on the CPU (Numba, all cores); --device is accepted for uniformity.
+    """
+    import lenssim
+    from lenssim import tng
+
+    resolve_device(device)
+    given = [bool(cutouts), tng_base is not None, synthetic is not None]
+    if sum(given) != 1:
+        raise click.UsageError("give exactly one of --tng, --tng-base (with --halo/--subhalo) or --synthetic")
+    if (halo_ids or subhalo_ids) and tng_base is None:
+        raise click.UsageError("--halo and --subhalo need --tng-base")
+    if tng_base is not None and not (halo_ids or subhalo_ids):
+        raise click.UsageError("--tng-base needs at least one --halo or --subhalo")
+    if theta_e_min > theta_e_max:
+        raise click.BadParameter(f"--theta-e-min {theta_e_min} exceeds --theta-e-max {theta_e_max}")
+    if cutouts:
+        for c in cutouts:
+            if not c.is_file():
+                raise click.BadParameter(f"{c}: no such file", param_hint="--tng")
+        halos = [lenssim.HaloSource(c.name, (lambda c=c: tng.read_cutout(c))) for c in cutouts]
+    elif tng_base is not None:
+        halos = [
+            lenssim.HaloSource(
+                f"snap{snapshot:03d}-halo{h}", (lambda h=h: tng.read_snapshot_halo(tng_base, snapshot, halo=h))
+            )
+            for h in halo_ids
+        ] + [
+            lenssim.HaloSource(
+                f"snap{snapshot:03d}-subhalo{s}", (lambda s=s: tng.read_snapshot_halo(tng_base, snapshot, subhalo=s))
+            )
+            for s in subhalo_ids
+        ]
+    else:
+        halos = [
+            lenssim.HaloSource(f"synthetic-{seed}-{i}", (lambda i=i: tng.synthetic_particles([seed, i])))
+            for i in range(synthetic)
+        ]
+    config = lenssim.KappaMapConfig(render_fov_kpc=render_kpc)
+    target = _target(output, shard)
+    from lenssim.io import shard_range
+
+    n = len(shard_range(len(halos), *shard)) * maps_per_halo
+    with _bar(n, "kappa maps") as bar:
+        path = lenssim.simulate_kappa_dataset(
+            target, halos, maps_per_halo=maps_per_halo, config=config, theta_e_range=(theta_e_min, theta_e_max),
+            max_shift=max_shift, test_fraction=test_fraction, seed=seed, shard=shard, progress=bar.update,
+        )  # fmt: skip
+    click.echo(f"wrote {path} ({n} maps from {len(shard_range(len(halos), *shard))} halos)")
+
+
+@simulate.command("sources")
+@click.option(
+    "--cosmos-dir",
+    type=click.Path(path_type=Path),
+    help="GalSim COSMOS catalogue directory (galsim_download_cosmos -s 23.5).",
+)
+@click.option("--sample", default="23.5", show_default=True, type=click.Choice(["23.5", "25.2"]), help="COSMOS sample.")
+@click.option("--catalog-file", help="Catalogue file name in --cosmos-dir (default real_galaxy_catalog_SAMPLE.fits).")
+@click.option(
+    "--exclusion-level",
+    default="marginal",
+    show_default=True,
+    type=click.Choice(["none", "bad_stamp", "bad_fits", "marginal"]),
+)
+@click.option("--min-flux", default=50.0, show_default=True, type=click.FloatRange(0), help="Minimum Sersic-fit flux.")
+@click.option("--parametric", is_flag=True, help="Draw the COSMOS parametric fits instead of the real images.")
+@click.option("--synthetic", type=click.IntRange(1), help="Draw N GalSim synthetic galaxies instead (no download).")
+@click.option(
+    "-n", "--n-sources", type=click.IntRange(1), help="Stamps to draw from COSMOS (default: one per catalogue galaxy)."
+)
+@click.option(
+    "--pixel-scale",
+    default=0.03,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Arcsec per stamp pixel (the paper's 0.03; 3.0/128 keeps angular sizes).",
+)
+@click.option("--test-fraction", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True))
+@output_option
+@shard_option
+@seed_option
+@device_option
+@one_line_errors
+def simulate_sources(
+    cosmos_dir, sample, catalog_file, exclusion_level, min_flux, parametric, synthetic, n_sources, pixel_scale,
+    test_fraction, output, shard, seed, device,
+) -> None:  # fmt: skip
+    """Source images: COSMOS galaxies through GalSim, or GalSim synthetic galaxies.
+
+    Stamps of 158^2 at --pixel-scale, background subtracted, rotated, shifted, cropped to 128^2
+    and normalised to [0, 1]. GalSim draws on the CPU; --device is accepted for uniformity.
+    """
+    import lenssim
+    from lenssim.sources import CosmosSources, SourceStampConfig
+
+    resolve_device(device)
+    if (cosmos_dir is None) == (synthetic is None):
+        raise click.UsageError("give exactly one of --cosmos-dir or --synthetic")
+    stamp = SourceStampConfig(pixel_scale=pixel_scale)
+    cosmos = None
+    if cosmos_dir is not None:
+        cosmos = CosmosSources(
+            cosmos_dir, sample=sample, file_name=catalog_file, exclusion_level=exclusion_level, min_flux=min_flux,
+            use_real=not parametric, config=stamp,
+        )  # fmt: skip
+        n = n_sources or len(cosmos)
+    else:
+        if n_sources is not None:
+            raise click.UsageError("-n applies to --cosmos-dir; --synthetic N already gives the number")
+        n = synthetic
+    target = _target(output, shard)
+    with _bar(n, "source stamps") as bar:
+        path = lenssim.simulate_source_dataset(
+            target,
+            n,
+            cosmos=cosmos,
+            stamp=stamp,
+            test_fraction=test_fraction,
+            seed=seed,
+            shard=shard,
+            progress=bar.update,
+        )
+    click.echo(f"wrote {path}")
+
+
+@simulate.command("lenses")
+@click.option(
+    "--kappa", "kappa_in", required=True, help="Kappa dataset (file or shard directory), or 'sie' for Table 2 SIE maps."
+)
+@click.option(
+    "--sources",
+    "sources_in",
+    required=True,
+    help="Source dataset (file or shard directory), or 'sersic' for analytic Sersic sources.",
+)
+@click.option(
+    "-n", "--n-lenses", required=True, type=click.IntRange(1), help="Accepted lenses to simulate (all shards together)."
+)
+@click.option(
+    "--split",
+    default="train",
+    show_default=True,
+    type=click.Choice(["train", "test", "all"]),
+    help="Which split of the kappa and source datasets to draw from.",
+)
+@click.option(
+    "--block-size", default=256, show_default=True, type=click.IntRange(1), help="Lenses per resumable block."
+)
+@output_option
+@shard_option
+@seed_option
+@device_option
+@one_line_errors
+def simulate_lenses(kappa_in, sources_in, n_lenses, split, block_size, output, shard, seed, device) -> None:
+    """Lensed observations: random kappa-source pairs, Table 1 PSF and noise, acceptance checks.
+
+    Rejection counts per check are printed and stored in the file's `stats` attribute. Killed
+    runs resume from their last finished block when run again with the same options.
+    """
+    import json
+
+    import lenssim
+    from lenssim.io import dataset_info, shard_range
+
+    dev = resolve_device(device)
+    cfg = lenssim.ObservationConfig()
+    provenance = {"kappa": kappa_in, "sources": sources_in, "split": split}
+    if kappa_in == "sie":
+        ksampler = lenssim.sie_kappa_sampler(config=cfg, device=dev)
+    else:
+        ksampler, attrs = lenssim.h5_pool_sampler(
+            Path(kappa_in), "kappa", split=split, expected_pixels=cfg.image_pixels, device=dev
+        )
+        if abs(float(attrs.get("image_fov", cfg.image_fov)) - cfg.image_fov) > 1e-6:
+            raise click.BadParameter(
+                f"{kappa_in}: image_fov {attrs['image_fov']} differs from {cfg.image_fov}", param_hint="--kappa"
+            )
+    if sources_in == "sersic":
+        ssampler = lenssim.sersic_source_sampler(config=cfg, device=dev)
+    else:
+        ssampler, _ = lenssim.h5_pool_sampler(
+            Path(sources_in), "source", split=split, expected_pixels=cfg.source_pixels, device=dev
+        )
+    target = _target(output, shard)
+    n_blocks = -(-n_lenses // block_size)
+    mine = shard_range(n_blocks, *shard)
+    n_mine = sum(min(block_size, n_lenses - k * block_size) for k in mine)
+    with _bar(n_mine, "lenses") as bar:
+        path = lenssim.simulate_lens_dataset(
+            target, n_lenses, ksampler, ssampler, config=cfg, provenance=provenance, seed=seed, device=dev,
+            block_size=block_size, shard=shard, progress=bar.update,
+        )  # fmt: skip
+    stats = json.loads(dataset_info(path)["attrs"].get("stats", "{}"))
+    tried = stats.pop("tried", 0)
+    click.echo(f"wrote {path} ({n_mine} lenses accepted of {tried} tried; rejections: {stats})")
