@@ -87,6 +87,7 @@ def bench(session: nox.Session) -> None:
     except nox.command.CommandFailed:
         session.warn("caustics could not be installed: benchmarking lenssim alone")
     session.run("python", "benchmarks/bench_lenssim.py", *session.posargs)
+    session.run("python", "benchmarks/bench_kde.py")
 
 
 @nox.session

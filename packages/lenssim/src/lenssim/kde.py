@@ -75,7 +75,7 @@ def smoothing_lengths(positions3d: np.ndarray, k: int = 64, factor: float = math
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if pos.shape[0] <= k:
         raise ValueError(f"need more than k = {k} particles for a {k}-th neighbour, got {pos.shape[0]}")
-    nn = NearestNeighbors(n_neighbors=k + 1, algorithm="kd_tree").fit(pos)
+    nn = NearestNeighbors(n_neighbors=k + 1, algorithm="kd_tree", n_jobs=-1).fit(pos)
     dist, _ = nn.kneighbors(pos)
     return factor * dist[:, k]
 
