@@ -37,6 +37,30 @@ def _best(fn, repeats: int = 3) -> float:
     return best
 
 
+def bench_one(size: int, subset: int, n: int, fov: float, rng: np.random.Generator) -> str:
+    parts = _halo(size)
+    t0 = time.perf_counter()
+    sl = lenssim.smoothing_lengths(parts.positions)
+    t_nn = time.perf_counter() - t0
+    pos, m = parts.positions[:, :2], parts.masses
+    surface_density(pos[:100], m[:100], sl[:100], n=n, fov=fov)  # compile outside the timing
+    t_fast = _best(lambda: surface_density(pos, m, sl, n=n, fov=fov, normalize=False))
+    t_norm = _best(lambda: surface_density(pos, m, sl, n=n, fov=fov))
+    idx = np.arange(len(parts)) if len(parts) <= subset else rng.choice(len(parts), subset, replace=False)
+    t_sub = _best(lambda: surface_density_brute_force(pos[idx], m[idx], sl[idx], n=n, fov=fov), repeats=1)
+    t_slow = t_sub * len(parts) / len(idx)  # the brute force is exactly linear in the particles
+    slow = surface_density_brute_force(pos[idx], m[idx], sl[idx], n=n, fov=fov)
+    fast = surface_density(pos[idx], m[idx], sl[idx], n=n, fov=fov, normalize=False)
+    how = "measured" if len(idx) == len(parts) else f"scaled from {len(idx)} particles"
+    on = "" if len(idx) == len(parts) else " on the subset"
+    return (
+        f"{len(parts):>8d} particles: KDE {t_fast * 1e3:8.1f} ms (normalised {t_norm * 1e3:8.1f} ms) | "
+        f"brute force {t_slow:8.2f} s ({how}) | speed-up x{t_slow / t_fast:,.0f} | "
+        f"max |diff| / peak{on} {np.abs(fast - slow).max() / slow.max():.1e} | "
+        f"64-NN smoothing lengths {t_nn:.2f} s"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[20_000, 1_000_000])
@@ -45,35 +69,13 @@ def main() -> None:
 
     cfg = lenssim.KappaMapConfig()
     n, fov = cfg.render_pixels, cfg.render_fov()
-    print(f"lenssim {lenssim.__version__}, numba {numba.__version__} ({numba.get_num_threads()} threads); "
-          f"{n}^2 pixels over {fov:.1f} kpc")
+    print(
+        f"lenssim {lenssim.__version__}, numba {numba.__version__} ({numba.get_num_threads()} threads); "
+        f"{n}^2 pixels over {fov:.1f} kpc"
+    )
     rng = np.random.default_rng(0)
     for size in args.sizes:
-        parts = _halo(size)
-        t0 = time.perf_counter()
-        sl = lenssim.smoothing_lengths(parts.positions)
-        t_nn = time.perf_counter() - t0
-        pos, m = parts.positions[:, :2], parts.masses
-        surface_density(pos[:100], m[:100], sl[:100], n=n, fov=fov)  # compile outside the timing
-        t_fast = _best(lambda: surface_density(pos, m, sl, n=n, fov=fov, normalize=False))
-        t_norm = _best(lambda: surface_density(pos, m, sl, n=n, fov=fov))
-        if len(parts) <= args.subset:
-            t_slow = _best(lambda: surface_density_brute_force(pos, m, sl, n=n, fov=fov), repeats=1)
-            slow = surface_density_brute_force(pos, m, sl, n=n, fov=fov)
-            fast = surface_density(pos, m, sl, n=n, fov=fov, normalize=False)
-            agree = f"max |diff| / peak {np.abs(fast - slow).max() / slow.max():.1e}"
-            how = "measured"
-        else:
-            idx = rng.choice(len(parts), args.subset, replace=False)
-            t_sub = _best(lambda: surface_density_brute_force(pos[idx], m[idx], sl[idx], n=n, fov=fov), repeats=1)
-            t_slow = t_sub * len(parts) / args.subset
-            slow = surface_density_brute_force(pos[idx], m[idx], sl[idx], n=n, fov=fov)
-            fast = surface_density(pos[idx], m[idx], sl[idx], n=n, fov=fov, normalize=False)
-            agree = f"max |diff| / peak on the subset {np.abs(fast - slow).max() / slow.max():.1e}"
-            how = f"scaled from {args.subset} particles"
-        print(f"{len(parts):>8d} particles: KDE {t_fast * 1e3:8.1f} ms (normalised {t_norm * 1e3:8.1f} ms) | "
-              f"brute force {t_slow:8.2f} s ({how}) | speed-up x{t_slow / t_fast:,.0f} | {agree} | "
-              f"64-NN smoothing lengths {t_nn:.2f} s", flush=True)
+        print(bench_one(size, args.subset, n, fov, rng), flush=True)
 
 
 if __name__ == "__main__":
