@@ -106,3 +106,19 @@ def test_split_by_halo_is_disjoint(rng):
     assert len(test) == 5 and not set(train) & set(test) and sorted(train + test) == list(range(50))
     with pytest.raises(ValueError):
         split_by_halo([1, 2], 1.0, rng)
+
+
+def test_particles_beyond_the_field_whose_kernels_reach_it_count(rng):
+    cfg = lenssim.KappaMapConfig()
+    half = cfg.render_fov() / 2
+    core = _clump(rng, 3000, (0, 0, 0), 1.0, 1e11)
+    outside = Particles(np.array([[half * 1.05 + 3.0, 0.0, 0.0]]), np.array([1e10]), np.array([1], dtype=np.int8))
+    parts = Particles(
+        np.concatenate([core.positions, outside.positions]),
+        np.concatenate([core.masses, outside.masses]),
+        np.concatenate([core.types, outside.types]),
+    )
+    widths = np.concatenate([np.full(3000, 0.5), [4.0]])
+    maps = lenssim.kappa_maps(parts, cfg, projections=("xy",), smoothing=widths)
+    edge = maps[0][:, -3:].sum() * (cfg.render_fov() / cfg.render_pixels) ** 2 * lenssim.critical_surface_density()
+    assert edge > 1e8  # a good part of the outside particle's 1e10 Msun lands on the right edge

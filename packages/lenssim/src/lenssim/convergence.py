@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-from lenssim.kde import smoothing_lengths, surface_density
+from lenssim.kde import smoothing_lengths, surface_density, truncation_radius
 from lenssim.tng import Particles
 
 __all__ = [
@@ -151,8 +151,10 @@ def kappa_maps(
         pos = particles.positions[:, [a, b]]
         centre = _centre_2d(pos, particles.masses, config.centre, fov)
         pos = pos - centre
-        half = fov / 2 * (1 + config.margin)
-        sel = (np.abs(pos[:, 0]) < half) & (np.abs(pos[:, 1]) < half)
+        # every particle whose (truncated) kernel reaches the grid, at any depth: this includes
+        # the paper's field + margin cylinder and the wide kernels of particles beyond it
+        reach = fov / 2 * (1 + config.margin) + truncation_radius(config.truncation) * smoothing
+        sel = (np.abs(pos[:, 0]) < reach) & (np.abs(pos[:, 1]) < reach)
         if not sel.any():
             raise ValueError(f"projection {p}: no particle falls in the {fov:.1f} kpc field")
         sigma = surface_density(
