@@ -113,9 +113,12 @@ def demo(output: Path, n_lenses: int, seed: int, device: str) -> None:
         click.echo(f"acceptance: {stats['accepted']} of {stats['tried']} candidates; rejections {stats['rejected_by']}")
 
 
+from lens_cli.priors import sample, train  # noqa: E402
 from lens_cli.simulate import simulate  # noqa: E402
 
 cli.add_command(simulate)
+cli.add_command(train)
+cli.add_command(sample)
 
 
 if __name__ == "__main__":  # pragma: no cover

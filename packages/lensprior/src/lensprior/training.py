@@ -1,0 +1,222 @@
+"""Training loops with exact resume: checkpoints, configs as JSON, metrics as JSON lines.
+
+Randomness is a function of (seed, step): the minibatch of step t and its reparameterisation
+noise come from generators seeded with both, so a run stopped at step t and resumed from its
+checkpoint takes exactly the steps an uninterrupted run takes. Checkpoints hold state dicts only
+and are read with ``torch.load(weights_only=True)``: a shared run directory cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lensprior.vae import VAE, VAEConfig
+
+__all__ = [
+    "RunError",
+    "load_field",
+    "load_vae",
+    "save_checkpoint",
+    "step_generator",
+    "train_vae",
+]
+
+CONFIG = "config.json"
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+class RunError(ValueError):
+    """A run directory or data file is missing, corrupt or inconsistent."""
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator determined by (seed, step, stream) alone."""
+    state = np.random.SeedSequence([int(seed), int(step), int(stream)]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state >> 1))
+
+
+def load_field(path: str | os.PathLike, field: str, *, split: str = "all", pixels: int | None = None) -> torch.Tensor:
+    """Images ``(n, 1, P, P)`` of ``field`` from an HDF5 dataset, validated.
+
+    ``split`` selects "train" (0), "test" (1) or "all" via the file's ``split`` field.
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"{path}: no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise RunError(f"{path}: not a readable HDF5 file ({e})") from None
+    with f:
+        if field not in f:
+            raise RunError(f"{path}: no {field!r} dataset (fields: {sorted(f.keys())})")
+        d = f[field]
+        if d.ndim != 4 or d.shape[1] != 1 or d.shape[2] != d.shape[3] or d.dtype.kind != "f":
+            raise RunError(f"{path}: {field!r} has shape {d.shape} and dtype {d.dtype}, expected (n, 1, P, P) floats")
+        if pixels is not None and d.shape[-1] != pixels:
+            raise RunError(f"{path}: {field!r} maps are {d.shape[-1]} pixels wide, the model needs {pixels}")
+        if split == "all":
+            data = d[()]
+        else:
+            if "split" not in f:
+                raise RunError(f"{path}: no 'split' field to select the {split} set from")
+            idx = np.flatnonzero(f["split"][()] == (1 if split == "test" else 0))
+            if idx.size == 0:
+                raise RunError(f"{path}: no {split} examples")
+            data = d[idx]
+    if not np.isfinite(data).all():
+        raise RunError(f"{path}: {field!r} contains NaN or infinite values")
+    if field == "kappa" and (data < 0).any():
+        raise RunError(f"{path}: 'kappa' contains negative values")
+    if data.shape[0] == 0:
+        raise RunError(f"{path}: {field!r} is empty")
+    return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
+    """Write the checkpoint atomically (a kill mid-write leaves the previous one)."""
+    path = run_dir / CHECKPOINT
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint gets the same message
+        raise RunError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+
+
+def _read_config(run_dir: Path) -> VAEConfig:
+    path = run_dir / CONFIG
+    if not path.is_file():
+        raise RunError(f"{run_dir}: no {CONFIG} (not a VAE run directory)")
+    try:
+        return VAEConfig.from_json(path.read_text())
+    except (ValueError, TypeError) as e:
+        raise RunError(f"{path}: invalid VAE configuration ({e})") from None
+
+
+def load_vae(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[VAE, dict[str, Any]]:
+    """The trained VAE of a run directory (weights from its checkpoint) and the run's metadata."""
+    run_dir = Path(run_dir)
+    config = _read_config(run_dir)
+    state = _load_checkpoint(run_dir)
+    if state is None:
+        raise RunError(f"{run_dir}: no {CHECKPOINT} (has the run started?)")
+    model = VAE(config)
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as e:
+        raise RunError(f"{run_dir / CHECKPOINT}: weights do not fit the configuration ({e})") from None
+    meta = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    meta["step"] = int(state.get("step", 0))
+    return model.to(device).eval(), meta
+
+
+def _trim_metrics(run_dir: Path, step: int) -> None:
+    path = run_dir / METRICS
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    _atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def train_vae(
+    config: VAEConfig,
+    data: torch.Tensor,
+    run_dir: str | os.PathLike,
+    *,
+    steps: int | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    checkpoint_every: int = 1000,
+    log_every: int = 100,
+    validation: torch.Tensor | None = None,
+    metadata: dict[str, Any] | None = None,
+    progress: Callable[[int, dict[str, float]], None] | None = None,
+) -> VAE:
+    """Train (or resume training) a VAE in ``run_dir`` up to ``steps`` (default ``config.steps``).
+
+    The run directory holds ``config.json``, ``checkpoint.pt`` (model, optimiser and step),
+    ``metrics.jsonl`` and ``run.json`` (``metadata``, e.g. the data's attributes). An existing
+    run resumes from its checkpoint; a run directory made with another configuration is refused.
+    Adam with the config's exponential learning-rate decay and gradient clipping.
+    """
+    run_dir = Path(run_dir)
+    device = torch.device(device)
+    steps = config.steps if steps is None else steps
+    p = config.pixels
+    if data.dim() != 4 or data.shape[1:] != (1, p, p):
+        raise RunError(f"training data must be (n, 1, {p}, {p}), got {tuple(data.shape)}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if (run_dir / CONFIG).is_file():
+        existing = _read_config(run_dir)
+        # the number of steps may grow between sessions (nothing else depends on it)
+        if replace(existing, steps=config.steps) != config:
+            raise RunError(f"{run_dir} holds a run with another configuration; use a new directory")
+    _atomic_write_text(run_dir / CONFIG, replace(config, steps=steps).to_json())
+    if metadata is not None:
+        _atomic_write_text(run_dir / "run.json", json.dumps({**metadata, "seed": seed}, indent=2, sort_keys=True))
+
+    with torch.random.fork_rng(devices=[]):  # initial weights from the seed, globals untouched
+        torch.manual_seed(seed)
+        model = VAE(config).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    start = 0
+    state = _load_checkpoint(run_dir)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+        _trim_metrics(run_dir, start)
+    data = data.to(device)
+    n = data.shape[0]
+    model.train()
+    with open(run_dir / METRICS, "a") as log:
+        for step in range(start, steps):
+            idx = torch.randint(0, n, (config.batch_size,), generator=step_generator(seed, step, 0)).to(device)
+            for g in opt.param_groups:
+                g["lr"] = config.learning_rate_at(step)
+            loss, terms = model.loss(data[idx], step, generator=step_generator(seed, step, 1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+            opt.step()
+            done = step + 1
+            if done % log_every == 0 or done == steps:
+                terms.update(step=done, lr=config.learning_rate_at(step), grad_norm=float(grad_norm))
+                if validation is not None:
+                    model.eval()
+                    with torch.no_grad():
+                        _, val = model.loss(validation.to(device), step, generator=step_generator(seed, 0, 2))
+                    model.train()
+                    terms["val_loss"] = val["loss"]
+                log.write(json.dumps(terms, sort_keys=True) + "\n")
+                log.flush()
+            if done % checkpoint_every == 0 or done == steps:
+                save_checkpoint(run_dir, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done})
+            if progress is not None:
+                progress(done, terms)
+    return model.eval()

@@ -1,0 +1,72 @@
+"""`lens train vae` and `lens sample` end to end."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+import lenssim
+
+LENS = shutil.which("lens")
+pytestmark = pytest.mark.skipif(LENS is None, reason="the lens script is not installed")
+
+
+def run(*args, check=True):
+    proc = subprocess.run([LENS, *map(str, args)], capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"lens {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def kappa_file(tmp_path_factory):
+    d = tmp_path_factory.mktemp("priors")
+    run("simulate", "kappa", "--synthetic", 2, "--maps-per-halo", 4, "--test-fraction", 0.5, "-o", d / "kappa.h5")
+    return d / "kappa.h5"
+
+
+def _train(kappa_file, out, steps):
+    return run("train", "vae", "--kind", "kappa", "--data", kappa_file, "-o", out, "--preset", "small",
+               "--steps", steps, "--batch-size", 2, "--checkpoint-every", 5, "--log-every", 5)  # fmt: skip
+
+
+def test_train_resume_sample_and_use(kappa_file, tmp_path):
+    _train(kappa_file, tmp_path / "whole", 20)
+    _train(kappa_file, tmp_path / "part", 10)
+    _train(kappa_file, tmp_path / "part", 20)  # resumes at 10
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    metrics = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [5, 10, 15, 20] and "val_loss" in metrics[-1]
+    assert (tmp_path / "part" / "samples.png").read_bytes()[:4] == b"\x89PNG"
+    run("sample", "--vae", tmp_path / "whole", "-n", 5, "-o", tmp_path / "draws.h5", "--seed", 1)
+    d = lenssim.read_dataset(tmp_path / "draws.h5", ["kappa", "split"])
+    assert d["kappa"].shape == (5, 1, 128, 128) and (d["kappa"] > 0).all()
+    assert d["attrs"]["image_fov"] == pytest.approx(7.69)
+    sampler, _ = lenssim.h5_pool_sampler(tmp_path / "draws.h5", "kappa", split="train", expected_pixels=128)
+    assert sampler(3, torch.Generator().manual_seed(0)).shape == (3, 1, 128, 128)  # usable by simulate lenses
+    run("sample", "--vae", tmp_path / "whole", "-n", 5, "-o", tmp_path / "again.h5", "--seed", 1)
+    assert (tmp_path / "draws.h5").read_bytes() == (tmp_path / "again.h5").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "vae", "--kind", "source", "--data", "KAPPA", "-o", "run"], "no 'source' dataset"),
+        (["train", "vae", "--kind", "kappa", "--data", "missing.h5", "-o", "run"], "no such file"),
+        (["sample", "--vae", "nowhere", "-n", 2, "-o", "x.h5"], "not a VAE run directory"),
+    ],
+)
+def test_errors_are_one_line(kappa_file, tmp_path, args, message):
+    args = [
+        str(kappa_file) if a == "KAPPA" else str(tmp_path / a) if a in ("run", "missing.h5", "nowhere", "x.h5") else a
+        for a in args
+    ]
+    proc = run(*args, check=False)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and message in errors[0]
+    assert not (tmp_path / "x.h5").exists()
