@@ -70,3 +70,16 @@ def test_errors_are_one_line(kappa_file, tmp_path, args, message):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error")]
     assert len(errors) == 1 and message in errors[0]
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_denoiser_trains_and_cleans_sources(tmp_path):
+    run("simulate", "sources", "--synthetic", 8, "-o", tmp_path / "clean.h5")
+    run("train", "denoiser", "--data", tmp_path / "clean.h5", "-o", tmp_path / "den", "--steps", 10)
+    out = run("simulate", "sources", "--synthetic", 3, "--denoiser", tmp_path / "den", "-o", tmp_path / "s.h5")
+    assert "denoised with" in out.stdout
+    d = lenssim.read_dataset(tmp_path / "s.h5", ["source"])
+    assert json.loads(d["attrs"]["config"])["denoiser"] == str(tmp_path / "den")
+    plain = lenssim.read_dataset(tmp_path / "clean.h5", ["source"])["source"][:3]
+    assert not torch.equal(d["source"], plain)  # the denoiser was applied (same seed, other pixels)
+    bad = run("simulate", "sources", "--synthetic", 2, "--denoiser", tmp_path, "-o", tmp_path / "x.h5", check=False)
+    assert bad.returncode == 1 and "not a denoiser run directory" in bad.stderr

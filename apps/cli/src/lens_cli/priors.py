@@ -113,6 +113,55 @@ def train_vae(
     click.echo(f"trained {output} to step {config.steps}: {json.loads(last)}; figure {fig}")
 
 
+@train.command("denoiser")
+@click.option(
+    "--data",
+    "data_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Clean sources (e.g. lens simulate sources --synthetic).",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run directory (resumed if it exists).",
+)
+@click.option("--steps", default=3000, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--noise-min",
+    default=0.01,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Training noise sigma range, in units of the stamp's peak.",
+)
+@click.option("--noise-max", default=0.25, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--checkpoint-every", default=500, show_default=True, type=click.IntRange(1))
+@seed_option
+@device_option
+@one_line_errors
+def train_denoiser(data_path, output, steps, noise_min, noise_max, checkpoint_every, seed, device) -> None:
+    """Train the COSMOS stamp denoiser on clean sources plus COSMOS-like correlated noise."""
+    import lensprior
+
+    dev = resolve_device(device)
+    config = lensprior.DenoiserConfig(steps=steps, noise_min=noise_min, noise_max=noise_max)
+    clean = lensprior.load_field(data_path, "source", split="train")
+    with tqdm(total=steps, desc="training denoiser", unit="step", disable=None) as bar:
+
+        def progress(done, terms):
+            bar.n = done
+            bar.set_postfix(mse=f"{terms['mse']:.3g}", refresh=False)
+            bar.refresh()
+
+        lensprior.train_denoiser(
+            config, clean, output, seed=seed, device=dev, checkpoint_every=checkpoint_every,
+            metadata={"data": str(data_path)}, progress=progress,
+        )  # fmt: skip
+    click.echo(f"trained {output} to step {steps}; use it with lens simulate sources --denoiser {output}")
+
+
 @click.command("sample")
 @click.option(
     "--vae", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="A VAE run directory."

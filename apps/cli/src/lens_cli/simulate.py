@@ -205,6 +205,11 @@ def simulate_kappa(
     help="Arcsec per stamp pixel (the paper's 0.03; 3.0/128 keeps angular sizes).",
 )
 @click.option("--test-fraction", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True))
+@click.option(
+    "--denoiser",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A `lens train denoiser` run to clean every stamp.",
+)
 @output_option
 @shard_option
 @seed_option
@@ -212,7 +217,7 @@ def simulate_kappa(
 @one_line_errors
 def simulate_sources(
     cosmos_dir, sample, catalog_file, exclusion_level, min_flux, parametric, synthetic, n_sources, pixel_scale,
-    test_fraction, output, shard, seed, device,
+    test_fraction, denoiser, output, shard, seed, device,
 ) -> None:  # fmt: skip
     """Source images: COSMOS galaxies through GalSim, or GalSim synthetic galaxies.
 
@@ -222,7 +227,7 @@ def simulate_sources(
     import lenssim
     from lenssim.sources import CosmosSources, SourceStampConfig
 
-    resolve_device(device)
+    dev = resolve_device(device)
     if (cosmos_dir is None) == (synthetic is None):
         raise click.UsageError("give exactly one of --cosmos-dir or --synthetic")
     stamp = SourceStampConfig(pixel_scale=pixel_scale)
@@ -237,19 +242,25 @@ def simulate_sources(
         if n_sources is not None:
             raise click.UsageError("-n applies to --cosmos-dir; --synthetic N already gives the number")
         n = synthetic
+    denoise, provenance = None, {}
+    if denoiser is not None:
+        import torch
+
+        import lensprior
+
+        model = lensprior.load_denoiser(denoiser, device=dev)
+        provenance = {"denoiser": str(denoiser)}
+
+        def denoise(img):
+            return model.denoise(torch.from_numpy(img).float()[None, None])[0, 0].double().numpy()
+
     target = _target(output, shard)
     with _bar(n, "source stamps") as bar:
         path = lenssim.simulate_source_dataset(
-            target,
-            n,
-            cosmos=cosmos,
-            stamp=stamp,
-            test_fraction=test_fraction,
-            seed=seed,
-            shard=shard,
-            progress=bar.update,
-        )
-    click.echo(f"wrote {path}")
+            target, n, cosmos=cosmos, stamp=stamp, test_fraction=test_fraction, seed=seed, shard=shard,
+            denoise=denoise, provenance=provenance, progress=bar.update,
+        )  # fmt: skip
+    click.echo(f"wrote {path}" + (f" (denoised with {denoiser})" if denoiser else ""))
 
 
 @simulate.command("lenses")

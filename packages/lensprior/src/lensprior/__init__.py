@@ -4,13 +4,19 @@ The source VAE (Table 5) and the kappa VAE (Table 6) of Adam et al. (2022), thei
 exact resume, and sampling. Needs only torch, numpy and h5py: no lensing code.
 """
 
-from lensprior.training import RunError, load_field, load_vae, step_generator, train_vae
+from lensprior.denoiser import Denoiser, DenoiserConfig, load_denoiser, train_denoiser
+from lensprior.training import RunError, fit, load_field, load_vae, step_generator, train_vae
 from lensprior.vae import VAE, VAEConfig, kappa_vae, kappa_vae_config, source_vae, source_vae_config
 
 __version__ = "0.1.0"
 
 __all__ = [
     "VAE",
+    "Denoiser",
+    "DenoiserConfig",
+    "fit",
+    "load_denoiser",
+    "train_denoiser",
     "RunError",
     "VAEConfig",
     "__version__",

@@ -22,6 +22,7 @@ from lensprior.vae import VAE, VAEConfig
 
 __all__ = [
     "RunError",
+    "fit",
     "load_field",
     "load_vae",
     "save_checkpoint",
@@ -143,12 +144,13 @@ def _trim_metrics(run_dir: Path, step: int) -> None:
     _atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
-def train_vae(
-    config: VAEConfig,
+def fit(
+    model: torch.nn.Module,
+    config: Any,
     data: torch.Tensor,
     run_dir: str | os.PathLike,
     *,
-    steps: int | None = None,
+    steps: int,
     seed: int = 0,
     device: str | torch.device = "cpu",
     checkpoint_every: int = 1000,
@@ -156,34 +158,33 @@ def train_vae(
     validation: torch.Tensor | None = None,
     metadata: dict[str, Any] | None = None,
     progress: Callable[[int, dict[str, float]], None] | None = None,
-) -> VAE:
-    """Train (or resume training) a VAE in ``run_dir`` up to ``steps`` (default ``config.steps``).
+) -> torch.nn.Module:
+    """The shared training loop: Adam, the config's learning-rate schedule, gradient clipping,
+    checkpoints, metrics, exact resume.
 
-    The run directory holds ``config.json``, ``checkpoint.pt`` (model, optimiser and step),
-    ``metrics.jsonl`` and ``run.json`` (``metadata``, e.g. the data's attributes). An existing
-    run resumes from its checkpoint; a run directory made with another configuration is refused.
-    Adam with the config's exponential learning-rate decay and gradient clipping.
+    ``config`` is a frozen dataclass with ``to_json``, ``from_json``, ``batch_size``,
+    ``clip_norm`` and ``learning_rate_at(step)``; ``model.loss(batch, step, generator=...)``
+    returns the loss and a dict of floats. ``model`` holds freshly initialised weights; an
+    existing run directory with the same configuration (the number of steps may differ) resumes
+    from its checkpoint, one with another configuration is refused.
     """
     run_dir = Path(run_dir)
     device = torch.device(device)
-    steps = config.steps if steps is None else steps
-    p = config.pixels
-    if data.dim() != 4 or data.shape[1:] != (1, p, p):
-        raise RunError(f"training data must be (n, 1, {p}, {p}), got {tuple(data.shape)}")
     run_dir.mkdir(parents=True, exist_ok=True)
+    cls = type(config)
     if (run_dir / CONFIG).is_file():
-        existing = _read_config(run_dir)
+        try:
+            existing = cls.from_json((run_dir / CONFIG).read_text())
+        except (ValueError, TypeError) as e:
+            raise RunError(f"{run_dir / CONFIG}: not a {cls.__name__} run ({e})") from None
         # the number of steps may grow between sessions (nothing else depends on it)
         if replace(existing, steps=config.steps) != config:
             raise RunError(f"{run_dir} holds a run with another configuration; use a new directory")
     _atomic_write_text(run_dir / CONFIG, replace(config, steps=steps).to_json())
     if metadata is not None:
         _atomic_write_text(run_dir / "run.json", json.dumps({**metadata, "seed": seed}, indent=2, sort_keys=True))
-
-    with torch.random.fork_rng(devices=[]):  # initial weights from the seed, globals untouched
-        torch.manual_seed(seed)
-        model = VAE(config).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    model = model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=config.learning_rate_at(0))
     start = 0
     state = _load_checkpoint(run_dir)
     if state is not None:
@@ -220,3 +221,32 @@ def train_vae(
             if progress is not None:
                 progress(done, terms)
     return model.eval()
+
+
+def _init(build: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Module:
+    with torch.random.fork_rng(devices=[]):  # initial weights from the seed, globals untouched
+        torch.manual_seed(seed)
+        return build()
+
+
+def train_vae(
+    config: VAEConfig,
+    data: torch.Tensor,
+    run_dir: str | os.PathLike,
+    *,
+    steps: int | None = None,
+    seed: int = 0,
+    **kwargs: Any,
+) -> VAE:
+    """Train (or resume training) a VAE in ``run_dir`` up to ``steps`` (default ``config.steps``).
+
+    The run directory holds ``config.json``, ``checkpoint.pt`` (model, optimiser and step),
+    ``metrics.jsonl`` and ``run.json`` (``metadata``, e.g. the data's attributes); see
+    :func:`fit` for the keywords (device, checkpoint_every, log_every, validation, metadata,
+    progress).
+    """
+    p = config.pixels
+    if data.dim() != 4 or data.shape[1:] != (1, p, p):
+        raise RunError(f"training data must be (n, 1, {p}, {p}), got {tuple(data.shape)}")
+    model = _init(lambda: VAE(config), seed)
+    return fit(model, config, data, run_dir, steps=config.steps if steps is None else steps, seed=seed, **kwargs)

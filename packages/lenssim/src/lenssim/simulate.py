@@ -162,6 +162,8 @@ def simulate_source_dataset(
     seed: int = 0,
     block_size: int = 64,
     shard: tuple[int, int] = (0, 1),
+    denoise: Callable[[np.ndarray], np.ndarray] | None = None,
+    provenance: dict | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Path:
     """``n`` prepared source stamps, from COSMOS galaxies (``cosmos``) or GalSim synthetic ones.
@@ -170,6 +172,8 @@ def simulate_source_dataset(
     each stamp draws a random galaxy of the catalogue, so galaxies repeat with new rotations,
     shifts and noise padding. Synthetic galaxies are all distinct; their split is random.
     Fields: ``source (n, 1, P, P)``, ``catalog_index`` (-1 for synthetic) and ``split``.
+    ``denoise`` is applied to every stamp before it is clipped (see :func:`prepare_source`);
+    ``provenance`` (e.g. the denoiser's run) is stored in the ``config`` attribute.
     """
     from lenssim.io import shard_range
 
@@ -183,11 +187,11 @@ def simulate_source_dataset(
         while len(out) < count:
             if cosmos is not None:
                 gi = int(rng.integers(len(cosmos)))
-                img = prepare_source(cosmos.stamp(gi, rng), rng, stamp)
+                img = prepare_source(cosmos.stamp(gi, rng), rng, stamp, denoise=denoise)
                 lab = int(labels[gi])
             else:
                 gi = -1
-                img = prepare_source(synthetic_galaxy_stamp(rng, stamp), rng, stamp)
+                img = prepare_source(synthetic_galaxy_stamp(rng, stamp), rng, stamp, denoise=denoise)
                 lab = int(rng.random() < test_fraction)
             if img is None:
                 continue
@@ -208,6 +212,7 @@ def simulate_source_dataset(
             "test_fraction": test_fraction,
             "catalogue": None if cosmos is None else str(cosmos.path),
             "use_real": None if cosmos is None else cosmos.use_real,
+            **(provenance or {}),
         },
     }
     n_blocks = math.ceil(n / block_size)

@@ -12,6 +12,7 @@ away). That is the default, for fidelity; ``pixel_scale=3.0 / 128`` keeps angula
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,9 +53,17 @@ class SourceStampConfig:
             )
 
 
-def prepare_source(stamp: np.ndarray, rng: np.random.Generator, config: SourceStampConfig = SourceStampConfig()):
+def prepare_source(
+    stamp: np.ndarray,
+    rng: np.random.Generator,
+    config: SourceStampConfig = SourceStampConfig(),
+    *,
+    denoise: Callable[[np.ndarray], np.ndarray] | None = None,
+):
     """Background-subtract, rotate, shift, crop and normalise one stamp to ``(pixels, pixels)`` in [0, 1].
 
+    ``denoise`` (e.g. a trained lensprior denoiser) maps the cropped stamp, divided by its peak and
+    not yet clipped, to a denoised one; the result is then renormalised and clipped to [0, 1].
     Returns ``None`` for a stamp with no positive signal after background subtraction.
     """
     img = np.asarray(stamp, dtype=np.float64)
@@ -72,7 +81,16 @@ def prepare_source(stamp: np.ndarray, rng: np.random.Generator, config: SourceSt
     peak = crop.max()
     if not peak > 0:
         return None
-    return np.clip(crop / peak, 0.0, 1.0)
+    img = crop / peak
+    if denoise is not None:
+        img = np.asarray(denoise(img), dtype=np.float64)
+        if img.shape != crop.shape or not np.isfinite(img).all():
+            raise ValueError(f"the denoiser returned {img.shape} (or non-finite values) for a {crop.shape} stamp")
+        peak = img.max()
+        if not peak > 0:
+            return None
+        img = img / peak
+    return np.clip(img, 0.0, 1.0)
 
 
 def synthetic_galaxy_stamp(rng: np.random.Generator, config: SourceStampConfig = SourceStampConfig()) -> np.ndarray:
