@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,8 @@ __all__ = ["Denoiser", "DenoiserConfig", "load_denoiser", "train_denoiser"]
 @dataclass(frozen=True)
 class DenoiserConfig:
     """The denoiser's network, noise model and optimisation."""
+
+    RUN_KIND: ClassVar[str] = "denoiser"
 
     filters: int = 24
     levels: int = 2
@@ -184,24 +186,6 @@ def train_denoiser(
 
 def load_denoiser(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> Denoiser:
     """The trained denoiser of a run directory."""
-    from pathlib import Path
+    from lensprior.training import load_run
 
-    from lensprior.training import CONFIG, RunError, _load_checkpoint
-
-    run_dir = Path(run_dir)
-    path = run_dir / CONFIG
-    if not path.is_file():
-        raise RunError(f"{run_dir}: no {CONFIG} (not a denoiser run directory)")
-    try:
-        config = DenoiserConfig.from_json(path.read_text())
-    except (ValueError, TypeError) as e:
-        raise RunError(f"{path}: not a denoiser configuration ({e})") from None
-    state = _load_checkpoint(run_dir)
-    if state is None:
-        raise RunError(f"{run_dir}: no checkpoint")
-    model = Denoiser(config)
-    try:
-        model.load_state_dict(state["model"])
-    except (KeyError, RuntimeError) as e:
-        raise RunError(f"{run_dir}: weights do not fit the configuration ({e})") from None
-    return model.to(device).eval()
+    return load_run(run_dir, DenoiserConfig, Denoiser, device=device)[0]

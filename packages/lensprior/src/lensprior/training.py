@@ -109,24 +109,28 @@ def _load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
         raise RunError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
 
 
-def _read_config(run_dir: Path) -> VAEConfig:
+def load_run(
+    run_dir: str | os.PathLike,
+    config_class: type,
+    build: Callable[[Any], torch.nn.Module],
+    *,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The trained model of a run directory: its JSON config, its checkpoint's weights and the
+    run's metadata (``run.json`` plus the checkpoint's step), each checked with a one-line error."""
+    run_dir = Path(run_dir)
+    what = getattr(config_class, "RUN_KIND", config_class.__name__)
     path = run_dir / CONFIG
     if not path.is_file():
-        raise RunError(f"{run_dir}: no {CONFIG} (not a VAE run directory)")
+        raise RunError(f"{run_dir}: no {CONFIG} (not a {what} run directory)")
     try:
-        return VAEConfig.from_json(path.read_text())
+        config = config_class.from_json(path.read_text())
     except (ValueError, TypeError) as e:
-        raise RunError(f"{path}: invalid VAE configuration ({e})") from None
-
-
-def load_vae(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[VAE, dict[str, Any]]:
-    """The trained VAE of a run directory (weights from its checkpoint) and the run's metadata."""
-    run_dir = Path(run_dir)
-    config = _read_config(run_dir)
+        raise RunError(f"{path}: not a {what} configuration ({e})") from None
     state = _load_checkpoint(run_dir)
     if state is None:
         raise RunError(f"{run_dir}: no {CHECKPOINT} (has the run started?)")
-    model = VAE(config)
+    model = build(config)
     try:
         model.load_state_dict(state["model"])
     except (KeyError, RuntimeError) as e:
@@ -134,6 +138,11 @@ def load_vae(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") 
     meta = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
     meta["step"] = int(state.get("step", 0))
     return model.to(device).eval(), meta
+
+
+def load_vae(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[VAE, dict[str, Any]]:
+    """The trained VAE of a run directory (weights from its checkpoint) and the run's metadata."""
+    return load_run(run_dir, VAEConfig, VAE, device=device)
 
 
 def _trim_metrics(run_dir: Path, step: int) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -37,6 +37,8 @@ KAPPA_FLOOR = 1e-4
 @dataclass(frozen=True)
 class VAEConfig:
     """Architecture and optimisation of one VAE; the defaults of each kind are the paper's."""
+
+    RUN_KIND: ClassVar[str] = "VAE"
 
     kind: Literal["source", "kappa"] = "source"
     pixels: int = 128
