@@ -1,5 +1,25 @@
-"""lensrim: the Recurrent Inference Machine for pixelated lens reconstruction (in progress)."""
+"""lensrim: the Recurrent Inference Machine for pixelated lens reconstruction.
+
+A ConvGRU U-net that learns to optimise the lensing likelihood (Adam et al. 2022, sections
+2.3-2.4, appendix C): the model, its gradient preprocessing and loss, and the forward models it
+runs with.
+"""
+
+from lensrim.model import PRESETS, RIM, ConvGRU, ForwardModel, RIMConfig, build_rim, preprocess_gradients, rim_loss
+from lensrim.physics import LensingPhysics, LinearPhysics
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "PRESETS",
+    "RIM",
+    "ConvGRU",
+    "ForwardModel",
+    "LensingPhysics",
+    "LinearPhysics",
+    "RIMConfig",
+    "__version__",
+    "build_rim",
+    "preprocess_gradients",
+    "rim_loss",
+]

@@ -1,0 +1,310 @@
+"""The Recurrent Inference Machine: a ConvGRU U-net fed preprocessed likelihood gradients.
+
+(sections 2.3-2.4, appendix C, Table 7; SPEC section 5)
+
+State x = (s, xi): the source s (identity link) and xi = log10 kappa (link kappa = 10^xi), both
+on N x N grids. Step 0 sees only the data, x^(0) = g(0, y, 0); then
+x^(t+1) = x^(t) + g(x^(t), y, grad log p(y | x^(t))) for T - 1 more steps, so a call returns T
+estimates. The network sees the 5 channels [y, s, xi, g_s, g_xi] and outputs 2 (delta s,
+delta xi) through a linear 1x1 convolution.
+
+The likelihood gradient is computed by the forward model on detached inputs: it is an input to
+the network, never differentiated through (Figure 1's dashed arrows). It is preprocessed with
+Adam moments accumulated over the steps of one call and reset at every call (RMSProp and the raw
+gradient are options).
+
+U-net: an 11x11 input convolution; per level ``convs_per_level`` 3x3 convolutions, a ConvGRU on
+the skip connection, a 3x3 stride-2 convolution to the next level's width; a ConvGRU at the
+bottleneck; per level on the way up a 3x3 stride-2 transposed convolution, concatenation with
+the skip GRU's state and ``convs_per_level`` 3x3 convolutions; tanh after every convolution but
+the output. Each GRU carries its hidden state across the T steps. The paper preset (128 filters,
+x2 per level capped at 1024, 5 levels) has exactly 348,546,818 parameters.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from typing import ClassVar, Literal, Protocol
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    "PRESETS",
+    "RIM",
+    "ConvGRU",
+    "ForwardModel",
+    "RIMConfig",
+    "build_rim",
+    "preprocess_gradients",
+    "rim_loss",
+]
+
+
+class ForwardModel(Protocol):
+    """What the RIM needs of a forward model: the likelihood gradient at a state.
+
+    ``gradient(y, source, xi)`` returns ``(grad_source, grad_xi)``, the gradient of
+    log p(y | source, kappa = 10^xi), detached, each ``(B, 1, N, N)``.
+    """
+
+    def gradient(
+        self, y: torch.Tensor, source: torch.Tensor, xi: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class RIMConfig:
+    """Architecture, recurrence and optimisation of the RIM (Table 7 for ``preset="paper"``)."""
+
+    RUN_KIND: ClassVar[str] = "RIM"
+
+    pixels: int = 128
+    filters: int = 32
+    filter_scaling: int = 2
+    max_filters: int = 256
+    levels: int = 4
+    convs_per_level: int = 2
+    input_kernel: int = 11
+    steps: int = 8
+    gradient_preprocessing: Literal["adam", "rmsprop", "raw"] = "adam"
+    beta1: float = 0.9
+    beta2: float = 0.99
+    epsilon: float = 1e-8
+    # optimisation (Table 7, first stage)
+    learning_rate: float = 1e-4
+    decay_rate: float = 0.95
+    decay_steps: int = 100_000
+    train_steps: int = 610_000
+    batch_size: int = 1
+    clip_norm: float = 5.0
+    activation_checkpointing: bool = False
+    bf16: bool = False
+
+    def __post_init__(self) -> None:
+        if self.gradient_preprocessing not in ("adam", "rmsprop", "raw"):
+            raise ValueError(
+                f"gradient_preprocessing must be adam, rmsprop or raw, got {self.gradient_preprocessing!r}"
+            )
+        if self.pixels % (2**self.levels):
+            raise ValueError(f"pixels ({self.pixels}) must be divisible by 2^levels ({2**self.levels})")
+        if self.steps < 1:
+            raise ValueError(f"the RIM needs at least one step, got {self.steps}")
+        if self.input_kernel % 2 == 0:
+            raise ValueError(f"input_kernel must be odd, got {self.input_kernel}")
+        for name in ("filters", "levels", "batch_size", "decay_steps", "train_steps", "max_filters"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def widths(self) -> list[int]:
+        """Channels of each level, then of the bottleneck."""
+        return [min(self.filters * self.filter_scaling**i, self.max_filters) for i in range(self.levels + 1)]
+
+    def learning_rate_at(self, step: int) -> float:
+        return self.learning_rate * self.decay_rate ** (step / self.decay_steps)
+
+    def to_json(self) -> str:
+        return json.dumps({"model": "rim", **asdict(self)}, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RIMConfig:
+        data = json.loads(text)
+        if data.pop("model", None) != "rim":
+            raise ValueError("not a RIM configuration")
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown RIM configuration keys {sorted(unknown)}")
+        return cls(**data)
+
+
+PRESETS: dict[str, RIMConfig] = {
+    "paper": RIMConfig(filters=128, max_filters=1024, levels=5),
+    "small": RIMConfig(filters=16, max_filters=128, levels=4, learning_rate=3e-4, decay_steps=20_000, batch_size=4),
+    "tiny": RIMConfig(
+        pixels=32, filters=8, max_filters=32, levels=2, learning_rate=1e-3, decay_steps=5_000, batch_size=4
+    ),
+}
+"""Named configurations: ``paper`` (348,546,818 parameters, Table 7), ``small`` (a few million,
+trains on a CPU), ``tiny`` (32^2 maps, for tests)."""
+
+
+def build_rim(preset: str = "small", **overrides) -> RIM:
+    """A RIM from a named preset, with keyword overrides of any :class:`RIMConfig` field."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    return RIM(replace(PRESETS[preset], **overrides))
+
+
+class ConvGRU(nn.Module):
+    """Convolutional GRU: z = sigma(W_z [x, h]), r = sigma(W_r [x, h]),
+    h~ = tanh(W_h [x, r * h]), h' = z * h + (1 - z) * h~."""
+
+    def __init__(self, channels: int, hidden: int, kernel: int = 3) -> None:
+        super().__init__()
+        pad = kernel // 2
+        self.gates = nn.Conv2d(channels + hidden, 2 * hidden, kernel, padding=pad)  # z and r together
+        self.candidate = nn.Conv2d(channels + hidden, hidden, kernel, padding=pad)
+        self.hidden = hidden
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
+        if h is None:
+            h = torch.zeros(x.shape[0], self.hidden, *x.shape[-2:], dtype=x.dtype, device=x.device)
+        z, r = torch.sigmoid(self.gates(torch.cat([x, h], dim=1))).chunk(2, dim=1)
+        cand = torch.tanh(self.candidate(torch.cat([x, r * h], dim=1)))
+        return z * h + (1 - z) * cand
+
+
+class _UNet(nn.Module):
+    def __init__(self, c: RIMConfig) -> None:
+        super().__init__()
+        w = c.widths()
+        self.inp = nn.Conv2d(5, w[0], c.input_kernel, padding=c.input_kernel // 2)
+        self.enc = nn.ModuleList()
+        self.skip_gru = nn.ModuleList()
+        self.down = nn.ModuleList()
+        ch = w[0]
+        for i in range(c.levels):
+            convs = []
+            for _ in range(c.convs_per_level):
+                convs.append(nn.Conv2d(ch, w[i], 3, padding=1))
+                ch = w[i]
+            self.enc.append(nn.ModuleList(convs))
+            self.skip_gru.append(ConvGRU(ch, ch))
+            self.down.append(nn.Conv2d(ch, w[i + 1], 3, stride=2, padding=1))
+            ch = w[i + 1]
+        self.bottleneck_gru = ConvGRU(ch, ch)
+        self.up = nn.ModuleList()
+        self.dec = nn.ModuleList()
+        for i in reversed(range(c.levels)):
+            self.up.append(nn.ConvTranspose2d(ch, w[i], 3, stride=2, padding=1, output_padding=1))
+            convs, cin = [], 2 * w[i]
+            for _ in range(c.convs_per_level):
+                convs.append(nn.Conv2d(cin, w[i], 3, padding=1))
+                cin = w[i]
+            self.dec.append(nn.ModuleList(convs))
+            ch = w[i]
+        self.out = nn.Conv2d(ch, 2, 1)
+
+    def forward(self, x: torch.Tensor, hidden: list[torch.Tensor | None]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        h = torch.tanh(self.inp(x))
+        new_hidden = []
+        skips = []
+        for convs, gru, down, state in zip(self.enc, self.skip_gru, self.down, hidden, strict=False):
+            for conv in convs:
+                h = torch.tanh(conv(h))
+            s = gru(h, state)
+            new_hidden.append(s)
+            skips.append(s)
+            h = torch.tanh(down(h))
+        b = self.bottleneck_gru(h, hidden[-1])
+        new_hidden.append(b)
+        h = b
+        for up, convs in zip(self.up, self.dec, strict=True):
+            h = torch.cat([torch.tanh(up(h)), skips.pop()], dim=1)
+            for conv in convs:
+                h = torch.tanh(conv(h))
+        return self.out(h), new_hidden
+
+
+def preprocess_gradients(
+    grads: list[torch.Tensor], method: str, beta1: float = 0.9, beta2: float = 0.99, eps: float = 1e-8
+) -> torch.Tensor:
+    """The preprocessed gradient of the last step, given the raw gradients of steps 1..t.
+
+    ``adam``: (m_t / (1 - b1^t)) / (sqrt(v_t / (1 - b2^t)) + eps) with the moments
+    m_t = b1 m + (1 - b1) g, v_t = b2 v + (1 - b2) g^2 started at zero; ``rmsprop``:
+    g_t / (sqrt(v_t / (1 - b2^t)) + eps); ``raw``: g_t. (A reference implementation over the
+    whole history; the RIM updates its moments incrementally.)
+    """
+    m = torch.zeros_like(grads[0])
+    v = torch.zeros_like(grads[0])
+    for g in grads:
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+    t = len(grads)
+    if method == "raw":
+        return grads[-1]
+    denom = torch.sqrt(v / (1 - beta2**t)) + eps
+    if method == "rmsprop":
+        return grads[-1] / denom
+    return (m / (1 - beta1**t)) / denom
+
+
+class RIM(nn.Module):
+    """The recurrent inference machine; call it with an observation and a :class:`ForwardModel`."""
+
+    def __init__(self, config: RIMConfig = RIMConfig()) -> None:
+        super().__init__()
+        self.config = config
+        self.unet = _UNet(config)
+
+    def _step(self, inputs: torch.Tensor, hidden: list[torch.Tensor | None]):
+        c = self.config
+        use_ckpt = c.activation_checkpointing and self.training and torch.is_grad_enabled()
+        with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=c.bf16 and inputs.is_cuda):
+            if use_ckpt:
+                # recompute each step's activations in the backward pass instead of storing them
+                flat = [h for h in hidden if h is not None]
+                n_none = len(hidden) - len(flat)
+
+                def run(x, *hs):
+                    return self.unet(x, [None] * n_none + list(hs) if n_none else list(hs))
+
+                out, new_hidden = checkpoint(run, inputs, *flat, use_reentrant=False)
+            else:
+                out, new_hidden = self.unet(inputs, hidden)
+        return out.float(), new_hidden
+
+    def forward(self, y: torch.Tensor, physics: ForwardModel, *, steps: int | None = None) -> torch.Tensor:
+        """Estimates of (s, xi) after each of the ``T`` steps: ``(T, B, 2, N, N)``.
+
+        ``y`` is ``(B, 1, N, N)``; channel 0 of the result is the source, channel 1 is log10 kappa.
+        """
+        c = self.config
+        n = c.pixels
+        if y.dim() != 4 or y.shape[1:] != (1, n, n):
+            raise ValueError(f"observation must be (B, 1, {n}, {n}), got {tuple(y.shape)}")
+        steps = c.steps if steps is None else steps
+        zeros = torch.zeros_like(y)
+        hidden: list[torch.Tensor | None] = [None] * (c.levels + 1)
+        out, hidden = self._step(torch.cat([y, zeros, zeros, zeros, zeros], dim=1), hidden)
+        x = out  # x^(0) = g(0, y, 0)
+        estimates = [x]
+        m = v = None
+        for t in range(1, steps):
+            s, xi = x[:, :1], x[:, 1:]
+            gs, gxi = physics.gradient(y, s.detach(), xi.detach())
+            g = torch.cat([gs, gxi], dim=1).detach()
+            if c.gradient_preprocessing != "raw":
+                if m is None:
+                    m, v = torch.zeros_like(g), torch.zeros_like(g)
+                m = c.beta1 * m + (1 - c.beta1) * g
+                v = c.beta2 * v + (1 - c.beta2) * g * g
+                denom = torch.sqrt(v / (1 - c.beta2**t)) + c.epsilon
+                g = (m / (1 - c.beta1**t)) / denom if c.gradient_preprocessing == "adam" else g / denom
+            delta, hidden = self._step(torch.cat([y, x, g], dim=1), hidden)
+            x = x + delta
+            estimates.append(x)
+        return torch.stack(estimates)
+
+
+def rim_loss(estimates: torch.Tensor, source: torch.Tensor, kappa: torch.Tensor) -> torch.Tensor:
+    """Eq. 7 with uniform time weights, per example ``(B,)``.
+
+    mean over t of [ sum_i (s_t - s)^2 / N^2 + sum_i w_i (xi_t - log10 kappa)^2 ] with
+    w_i = sqrt(kappa_i) / sum_j sqrt(kappa_j) (computed in the xi space, appendix C).
+    """
+    if estimates.dim() != 5 or estimates.shape[2] != 2:
+        raise ValueError(f"estimates must be (T, B, 2, N, N), got {tuple(estimates.shape)}")
+    if (kappa <= 0).any():
+        raise ValueError("kappa must be positive for the log10 link")
+    s_true = source[:, 0]
+    xi_true = torch.log10(kappa[:, 0])
+    w = torch.sqrt(kappa[:, 0])
+    w = w / w.sum(dim=(-1, -2), keepdim=True)
+    n2 = s_true[0].numel()
+    ls = (estimates[:, :, 0] - s_true).pow(2).sum(dim=(-1, -2)) / n2
+    lk = (w * (estimates[:, :, 1] - xi_true).pow(2)).sum(dim=(-1, -2))
+    return (ls + lk).mean(dim=0)

@@ -1,0 +1,65 @@
+"""Two processes under DistributedDataParallel (gloo, CPU) take the steps of one process with the
+same global batch."""
+
+import os
+import socket
+from dataclasses import replace
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import lenssim
+from lensrim import PRESETS, RIM
+from lensrim.training import train_rim
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    n = 32
+    kappa = lenssim.sie_convergence(lenssim.sample_sie_parameters(4, generator=g), n=n, fov=7.69)
+    src = lenssim.sersic_sources(4, pixels=n, fov=3.0, generator=g)
+    psf = lenssim.gaussian_psf(torch.full((4,), 0.15), 7.69 / n, 5)
+    sig = torch.full((4,), 0.02)
+    obs = lenssim.add_noise(lenssim.lens_image(src, kappa, psf=psf), sig, generator=g)
+    return {"observation": obs, "source": src, "kappa": kappa, "psf": psf, "noise_sigma": sig}
+
+
+def _batches(step, size, seed):
+    data = _data()
+    idx = torch.randint(0, 4, (size,), generator=torch.Generator().manual_seed(seed * 1000 + step))
+    return {k: v[idx] for k, v in data.items()}
+
+
+CFG = replace(PRESETS["tiny"], steps=2, batch_size=2, learning_rate=3e-3)
+
+
+def _worker(rank, world, port, run_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        train_rim(CFG, _batches, run_dir, steps=4, seed=2, checkpoint_every=4, log_every=1)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_equals_a_single_process(tmp_path):
+    torch.set_num_threads(1)
+    single = train_rim(CFG, _batches, tmp_path / "single", steps=4, seed=2, checkpoint_every=4, log_every=1)
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
+    ddp = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)
+    assert ddp["step"] == 4
+    for name, w in single.state_dict().items():
+        assert torch.allclose(ddp["model"][name], w, rtol=1e-4, atol=1e-6), name
+    torch.manual_seed(2)  # the initial weights train_rim draws for seed 2
+    init = RIM(CFG)
+    assert any(
+        not torch.equal(a, b) for a, b in zip(init.state_dict().values(), single.state_dict().values(), strict=True)
+    )

@@ -1,0 +1,159 @@
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+import lensrim
+import lenssim
+from lensrim import PRESETS, LinearPhysics, build_rim, preprocess_gradients, rim_loss
+from lensrim.training import load_rim, train_rim
+
+
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_paper_preset_has_the_papers_parameter_count():
+    with torch.device("meta"):
+        assert n_params(build_rim("paper")) == 348_546_818
+        assert 1_000_000 < n_params(build_rim("small")) < 10_000_000
+    assert PRESETS["paper"].steps == 8 and PRESETS["paper"].learning_rate == 1e-4
+    with pytest.raises(ValueError, match="unknown preset"):
+        build_rim("huge")
+
+
+@pytest.mark.parametrize("method", ["adam", "rmsprop", "raw"])
+@pytest.mark.parametrize("convs", [1, 2])
+@pytest.mark.parametrize("ckpt", [False, True])
+def test_every_flag_runs_and_checkpointing_changes_nothing(method, convs, ckpt):
+    cfg = replace(PRESETS["tiny"], gradient_preprocessing=method, convs_per_level=convs, steps=3)
+    torch.manual_seed(0)
+    m = lensrim.RIM(cfg).train()
+    m_ckpt = lensrim.RIM(replace(cfg, activation_checkpointing=ckpt)).train()
+    m_ckpt.load_state_dict(m.state_dict())
+    y = torch.rand(2, 1, 32, 32)
+    physics = LinearPhysics()
+    out = m(y, physics)
+    assert out.shape == (3, 2, 2, 32, 32)
+    out2 = m_ckpt(y, physics)
+    assert torch.allclose(out, out2, atol=1e-6)
+    g1 = torch.autograd.grad(out.sum(), list(m.parameters()))
+    g2 = torch.autograd.grad(out2.sum(), list(m_ckpt.parameters()))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g1, g2, strict=True))
+
+
+class RecordingPhysics(torch.nn.Module):
+    """A linear forward model with a trainable-looking parameter, recording what it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(1.3))
+        self.grads = []
+
+    def gradient(self, y, source, xi):
+        assert not source.requires_grad and not xi.requires_grad  # detached inputs
+        with torch.enable_grad():
+            r = (y - self.a * source - 0.5 * xi) / 0.1**2
+        g = (self.a * r, 0.5 * r)
+        self.grads.append(torch.cat([g[0], g[1]], dim=1).detach())
+        return g
+
+
+def test_no_gradient_flows_through_the_likelihood_gradient():
+    m = build_rim("tiny", steps=4)
+    physics = RecordingPhysics()
+    out = m(torch.rand(2, 1, 32, 32), physics)
+    out.sum().backward()
+    assert physics.a.grad is None  # the loss is not differentiated through the forward model
+    assert all(p.grad is not None for p in m.parameters())
+
+
+def test_first_step_sees_only_the_data():
+    m = build_rim("tiny", steps=3).eval()
+    y = torch.rand(1, 1, 32, 32)
+    a = m(y, LinearPhysics(a=1.0))
+    b = m(y, LinearPhysics(a=-5.0, b=3.0))
+    assert torch.equal(a[0], b[0]) and not torch.allclose(a[1], b[1])
+
+
+def test_adam_preprocessing_against_a_hand_computation():
+    g1, g2 = torch.tensor([2.0, -1.0]), torch.tensor([1.0, 3.0])
+    b1, b2, eps = 0.9, 0.99, 1e-8
+    m1, v1 = 0.1 * g1, 0.01 * g1**2
+    m2, v2 = 0.9 * m1 + 0.1 * g2, 0.99 * v1 + 0.01 * g2**2
+    hand1 = (m1 / 0.1) / (torch.sqrt(v1 / 0.01) + eps)  # = sign(g1)
+    hand2 = (m2 / (1 - 0.81)) / (torch.sqrt(v2 / (1 - 0.9801)) + eps)
+    assert torch.allclose(preprocess_gradients([g1], "adam"), hand1)
+    assert torch.allclose(hand1, torch.sign(g1))
+    assert torch.allclose(preprocess_gradients([g1, g2], "adam", b1, b2, eps), hand2)
+    assert torch.allclose(preprocess_gradients([g1, g2], "rmsprop"), g2 / (torch.sqrt(v2 / (1 - 0.9801)) + eps))
+    assert torch.equal(preprocess_gradients([g1, g2], "raw"), g2)
+
+
+@pytest.mark.parametrize("method", ["adam", "rmsprop", "raw"])
+def test_rim_feeds_the_preprocessed_gradients_and_resets_each_call(method):
+    m = build_rim("tiny", steps=4, gradient_preprocessing=method).eval()
+    seen = []
+    m.unet.register_forward_pre_hook(lambda mod, args: seen.append(args[0][:, 3:5].clone()))
+    physics = RecordingPhysics()
+    y = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        m(y, physics)
+        m(y, physics)  # a second call starts from fresh moments
+    raw = physics.grads
+    assert len(seen) == 8 and torch.equal(seen[0], torch.zeros_like(seen[0]))
+    for call in range(2):
+        for t in range(1, 4):
+            expected = preprocess_gradients(raw[3 * call : 3 * call + t], method)
+            assert torch.allclose(seen[4 * call + t], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_loss_is_eq7():
+    n = 8
+    s = torch.rand(1, 1, n, n)
+    kappa = torch.rand(1, 1, n, n) + 0.1
+    est = torch.stack([torch.cat([s + 0.1, kappa.log10()], dim=1), torch.cat([s, kappa.log10() + 0.2], dim=1)])
+    w = kappa.sqrt() / kappa.sqrt().sum()
+    expected = 0.5 * ((0.1**2 * n * n) / (n * n) + 0.0) + 0.5 * (0.0 + (w * 0.2**2).sum())
+    assert rim_loss(est, s, kappa).item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="positive"):
+        rim_loss(est, s, torch.zeros_like(kappa))
+
+
+def _four_lenses(n=32):
+    g = torch.Generator().manual_seed(0)
+    kappa = lenssim.sie_convergence(lenssim.sample_sie_parameters(4, generator=g), n=n, fov=7.69)
+    src = lenssim.sersic_sources(4, pixels=n, fov=3.0, generator=g)
+    psf = lenssim.gaussian_psf(torch.full((4,), 0.15), 7.69 / n, 5)
+    sig = torch.full((4,), 0.02)
+    obs = lenssim.add_noise(lenssim.lens_image(src, kappa, psf=psf), sig, generator=g)
+    return {"observation": obs, "source": src, "kappa": kappa, "psf": psf, "noise_sigma": sig}
+
+
+def test_overfitting_four_lenses_lowers_the_loss_tenfold(tmp_path):
+    data = _four_lenses()
+    cfg = replace(PRESETS["tiny"], steps=4, learning_rate=1e-2)
+    train_rim(cfg, lambda step, size, seed: data, tmp_path, steps=400, log_every=1, checkpoint_every=400)
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert sum(losses[-10:]) / 10 < 0.1 * losses[0]
+
+
+def test_resumed_training_equals_uninterrupted(tmp_path):
+    data = _four_lenses()
+    cfg = replace(PRESETS["tiny"], steps=2, batch_size=2)
+
+    def batches(step, size, seed):
+        idx = torch.randint(0, 4, (size,), generator=torch.Generator().manual_seed(seed * 1000 + step))
+        return {k: v[idx] for k, v in data.items()}
+
+    whole = train_rim(cfg, batches, tmp_path / "a", steps=12, seed=1, checkpoint_every=4, log_every=2)
+    train_rim(cfg, batches, tmp_path / "b", steps=8, seed=1, checkpoint_every=4, log_every=2)
+    resumed = train_rim(cfg, batches, tmp_path / "b", steps=12, seed=1, checkpoint_every=4, log_every=2)
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert (tmp_path / "a" / "metrics.jsonl").read_text() == (tmp_path / "b" / "metrics.jsonl").read_text()
+    loaded, meta = load_rim(tmp_path / "b")
+    assert meta["step"] == 12
+    with pytest.raises(lensrim.training.RunError, match="another configuration"):
+        train_rim(replace(cfg, filters=4), batches, tmp_path / "b", steps=13)
