@@ -114,11 +114,13 @@ def demo(output: Path, n_lenses: int, seed: int, device: str) -> None:
 
 
 from lens_cli.priors import sample, train  # noqa: E402
+from lens_cli.rim import reconstruct  # noqa: E402,F401  (registers `train rim`)
 from lens_cli.simulate import simulate  # noqa: E402
 
 cli.add_command(simulate)
 cli.add_command(train)
 cli.add_command(sample)
+cli.add_command(reconstruct)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,7 @@ runs with.
 
 from lensrim.model import PRESETS, RIM, ConvGRU, ForwardModel, RIMConfig, build_rim, preprocess_gradients, rim_loss
 from lensrim.physics import LensingPhysics, LinearPhysics
+from lensrim.training import DatasetBatches, SimulatedBatches, load_rim, train_rim
 
 __version__ = "0.1.0"
 
@@ -14,6 +15,10 @@ __all__ = [
     "PRESETS",
     "RIM",
     "ConvGRU",
+    "DatasetBatches",
+    "SimulatedBatches",
+    "load_rim",
+    "train_rim",
     "ForwardModel",
     "LensingPhysics",
     "LinearPhysics",

@@ -1,0 +1,47 @@
+"""`lens train rim` and `lens reconstruct` end to end."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+import lenssim
+
+LENS = shutil.which("lens")
+pytestmark = pytest.mark.skipif(LENS is None, reason="the lens script is not installed")
+
+
+def run(*args, check=True):
+    proc = subprocess.run([LENS, *map(str, args)], capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"lens {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def test_train_resume_and_reconstruct(tmp_path):
+    run("simulate", "lenses", "--kappa", "sie", "--sources", "sersic", "-n", 4, "-o", tmp_path / "lenses.h5")
+    common = ["--data", tmp_path / "lenses.h5", "--preset", "small", "--batch-size", 1, "--log-every", 1]
+    run("train", "rim", *common, "--steps", 3, "-o", tmp_path / "whole")
+    run("train", "rim", *common, "--steps", 2, "--checkpoint-every", 1, "-o", tmp_path / "part")
+    run("train", "rim", *common, "--steps", 3, "-o", tmp_path / "part")
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    out = run("reconstruct", "--rim", tmp_path / "whole", "--data", tmp_path / "lenses.h5", "-o", tmp_path / "r.h5")
+    assert "chi2_nu median" in out.stdout
+    d = lenssim.read_dataset(tmp_path / "r.h5", ["source_pred", "kappa_pred", "chi2_nu", "observation"])
+    assert d["source_pred"].shape == (4, 1, 128, 128) and (d["kappa_pred"] > 0).all() and (d["chi2_nu"] > 0).all()
+
+
+def test_train_rim_errors(tmp_path):
+    run("simulate", "lenses", "--kappa", "sie", "--sources", "sersic", "-n", 2, "-o", tmp_path / "l.h5")
+    bad = run("train", "rim", "--data", tmp_path / "l.h5", "--preset", "tiny", "-o", tmp_path / "r", check=False)
+    assert bad.returncode == 2 and "needs 32" in bad.stderr
+    bad = run("train", "rim", "-o", tmp_path / "r", check=False)
+    assert bad.returncode == 2 and "--data" in bad.stderr
+    bad = run("reconstruct", "--rim", tmp_path, "--data", tmp_path / "l.h5", "-o", tmp_path / "x.h5", check=False)
+    assert bad.returncode == 1 and "not a RIM run directory" in bad.stderr and not (tmp_path / "x.h5").exists()
