@@ -81,13 +81,14 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Throughput figures; with caustics installed (optional), the same workload through it."""
-    _install(session, LENSSIM)
+    _install(session, LENSSIM, LENSPRIOR, LENSRIM)
     try:
         session.install("caustics==1.7.1")
     except nox.command.CommandFailed:
         session.warn("caustics could not be installed: benchmarking lenssim alone")
     session.run("python", "benchmarks/bench_lenssim.py", *session.posargs)
     session.run("python", "benchmarks/bench_kde.py")
+    session.run("python", "benchmarks/bench_rim.py")
 
 
 @nox.session

@@ -157,3 +157,25 @@ def test_resumed_training_equals_uninterrupted(tmp_path):
     assert meta["step"] == 12
     with pytest.raises(lensrim.training.RunError, match="another configuration"):
         train_rim(replace(cfg, filters=4), batches, tmp_path / "b", steps=13)
+
+
+def test_mixed_batches_and_vae_samplers():
+    import lensprior
+    from lensrim.training import MixedBatches, SimulatedBatches, vae_sampler
+
+    data = _four_lenses()
+    base = lambda step, size, seed: {k: v[:size] for k, v in data.items()}  # noqa: E731
+    vae = lensprior.source_vae(pixels=32, levels=2, filters=4, latent_dim=4).eval()
+    draw = vae_sampler(vae)
+    a, b = draw(3, torch.Generator().manual_seed(1)), draw(3, torch.Generator().manual_seed(1))
+    assert a.shape == (3, 1, 32, 32) and torch.equal(a, b) and (a >= 0).all() and (a <= 1).all()
+    mix = MixedBatches(base, lambda step, size, seed: {k: v[:size] + 100 for k, v in data.items()}, 0.25)
+    batch = mix(0, 4, 0)
+    assert batch["observation"].shape[0] == 4
+    assert (batch["source"][:3] < 100).all() and (batch["source"][3] >= 100).all()  # 3 from base, 1 extra
+    obs = lenssim.ObservationConfig(image_pixels=32, source_pixels=32)
+    sim = SimulatedBatches(lenssim.sie_kappa_sampler(config=obs), lenssim.sersic_source_sampler(config=obs), obs)
+    x, y = sim(5, 2, 3), sim(5, 2, 3)
+    assert all(torch.equal(x[k], y[k]) for k in x) and x["observation"].shape == (2, 1, 32, 32)
+    with pytest.raises(ValueError, match="fraction"):
+        MixedBatches(base, base, 1.5)

@@ -36,6 +36,17 @@ def _distributed(device: str):
 @click.option("--kappa", "kappa_in", help="On the fly: kappa dataset, or 'sie' (instead of --data).")
 @click.option("--sources", "sources_in", help="On the fly: source dataset, or 'sersic' (with --kappa).")
 @click.option(
+    "--kappa-vae", type=click.Path(file_okay=False, path_type=Path), help="Draw kappa maps from this VAE run."
+)
+@click.option("--source-vae", type=click.Path(file_okay=False, path_type=Path), help="Draw sources from this VAE run.")
+@click.option(
+    "--vae-fraction",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="With --data and VAEs: the share of each batch simulated from VAE draws.",
+)
+@click.option(
     "-o",
     "--output",
     required=True,
@@ -68,10 +79,14 @@ def _distributed(device: str):
 @device_option
 @one_line_errors
 def train_rim(
-    data_path, kappa_in, sources_in, output, preset, steps, batch_size, learning_rate, val_path, checkpointing,
-    bf16, checkpoint_every, log_every, seed, device,
+    data_path, kappa_in, sources_in, kappa_vae, source_vae, vae_fraction, output, preset, steps, batch_size,
+    learning_rate, val_path, checkpointing, bf16, checkpoint_every, log_every, seed, device,
 ) -> None:  # fmt: skip
-    """Train the RIM (eq. 7, Adamax, Table 7) from a lens dataset or on the fly.
+    """Train the RIM (eq. 7, Adamax, Table 7) from a lens dataset, on the fly, or both.
+
+    On the fly, each batch is simulated from --kappa (a dataset or 'sie') or --kappa-vae, and
+    --sources (a dataset or 'sersic') or --source-vae; with --data and VAEs, --vae-fraction of
+    each batch comes from VAE draws (the paper's VAE-enlarged training set).
 
     Multi-GPU and multi-node: launch with torchrun, e.g. `torchrun --nproc-per-node 4 $(which
     lens) train rim --data train/ --preset paper --device cuda -o run`; the global batch is split
@@ -79,15 +94,21 @@ def train_rim(
     """
     from dataclasses import replace
 
+    import lensprior
     import lensrim
     import lenssim
     from lensrim.training import DatasetBatches, SimulatedBatches
 
     dev, rank, world = _distributed(device)
-    if (data_path is None) == (kappa_in is None):
-        raise click.UsageError("give --data, or --kappa with --sources for on-the-fly training")
-    if (kappa_in is None) != (sources_in is None):
-        raise click.UsageError("--kappa and --sources go together")
+    use_vae = kappa_vae is not None or source_vae is not None
+    if data_path is None and kappa_in is None and not use_vae:
+        raise click.UsageError(
+            "give --data, or --kappa/--kappa-vae with --sources/--source-vae for on-the-fly training"
+        )
+    if data_path is not None and kappa_in is not None:
+        raise click.UsageError("give --data or --kappa/--sources, not both")
+    if kappa_in is not None and kappa_vae is not None or sources_in is not None and source_vae is not None:
+        raise click.UsageError("--kappa and --kappa-vae (or --sources and --source-vae) exclude each other")
     config = lensrim.PRESETS[preset]
     overrides = {"activation_checkpointing": checkpointing, "bf16": bf16}
     if steps is not None:
@@ -97,23 +118,35 @@ def train_rim(
     if learning_rate is not None:
         overrides["learning_rate"] = learning_rate
     config = replace(config, **overrides)
+    obs = lenssim.ObservationConfig(image_pixels=config.pixels, source_pixels=config.pixels)
+
+    def kappa_sampler():
+        if kappa_vae is not None:
+            return lensrim.vae_sampler(lensprior.load_vae(kappa_vae, device=dev)[0], dev)
+        if kappa_in in (None, "sie"):
+            return lenssim.sie_kappa_sampler(config=obs, device=dev)
+        return lenssim.h5_pool_sampler(Path(kappa_in), "kappa", expected_pixels=config.pixels, device=dev)[0]
+
+    def source_sampler():
+        if source_vae is not None:
+            return lensrim.vae_sampler(lensprior.load_vae(source_vae, device=dev)[0], dev)
+        if sources_in in (None, "sersic"):
+            return lenssim.sersic_source_sampler(config=obs, device=dev)
+        return lenssim.h5_pool_sampler(Path(sources_in), "source", expected_pixels=config.pixels, device=dev)[0]
+
+    source = {"kappa": kappa_in, "sources": sources_in, "kappa_vae": kappa_vae, "source_vae": source_vae}
+    source = {k: str(v) for k, v in source.items() if v is not None}
+    n = config.pixels
     if data_path is not None:
         batches = DatasetBatches(data_path)
         n = batches.dataset[0]["observation"].shape[-1]
-        source = {"data": str(data_path)}
+        source["data"] = str(data_path)
+        if use_vae:
+            simulated = SimulatedBatches(kappa_sampler(), source_sampler(), obs, device=dev)
+            batches = lensrim.MixedBatches(batches, simulated, vae_fraction)
+            source["vae_fraction"] = vae_fraction
     else:
-        obs = lenssim.ObservationConfig(image_pixels=config.pixels, source_pixels=config.pixels)
-        if kappa_in == "sie":
-            ks = lenssim.sie_kappa_sampler(config=obs, device=dev)
-        else:
-            ks, _ = lenssim.h5_pool_sampler(Path(kappa_in), "kappa", expected_pixels=config.pixels, device=dev)
-        if sources_in == "sersic":
-            ss = lenssim.sersic_source_sampler(config=obs, device=dev)
-        else:
-            ss, _ = lenssim.h5_pool_sampler(Path(sources_in), "source", expected_pixels=config.pixels, device=dev)
-        batches = SimulatedBatches(ks, ss, obs, device=dev)
-        n = config.pixels
-        source = {"kappa": kappa_in, "sources": sources_in}
+        batches = SimulatedBatches(kappa_sampler(), source_sampler(), obs, device=dev)
     if n != config.pixels:
         raise click.BadParameter(f"the data's maps are {n} pixels wide, the {preset} preset needs {config.pixels}")
     validation = None

@@ -7,7 +7,7 @@ runs with.
 
 from lensrim.model import PRESETS, RIM, ConvGRU, ForwardModel, RIMConfig, build_rim, preprocess_gradients, rim_loss
 from lensrim.physics import LensingPhysics, LinearPhysics
-from lensrim.training import DatasetBatches, SimulatedBatches, load_rim, train_rim
+from lensrim.training import DatasetBatches, MixedBatches, SimulatedBatches, load_rim, train_rim, vae_sampler
 
 __version__ = "0.1.0"
 
@@ -16,6 +16,8 @@ __all__ = [
     "RIM",
     "ConvGRU",
     "DatasetBatches",
+    "MixedBatches",
+    "vae_sampler",
     "SimulatedBatches",
     "load_rim",
     "train_rim",

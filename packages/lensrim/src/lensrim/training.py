@@ -34,7 +34,7 @@ from lensprior.training import (
 from lensrim.model import RIM, RIMConfig, rim_loss
 from lensrim.physics import LensingPhysics
 
-__all__ = ["Batch", "DatasetBatches", "SimulatedBatches", "load_rim", "train_rim"]
+__all__ = ["Batch", "DatasetBatches", "MixedBatches", "SimulatedBatches", "load_rim", "train_rim", "vae_sampler"]
 
 Batch = dict[str, torch.Tensor]
 """``observation``, ``source``, ``kappa``, ``psf`` (each ``(B, 1, ., .)``) and ``noise_sigma (B,)``."""
@@ -77,6 +77,35 @@ class SimulatedBatches:
             generator=step_generator(seed, step, 0), device=self.device, batch_size=max(2 * size, 8),
         )  # fmt: skip
         return {k: getattr(b, k) for k in lenssim.LENS_FIELDS}
+
+
+def vae_sampler(model: torch.nn.Module, device: torch.device | str = "cpu") -> lenssim.lenses.Sampler:
+    """Draws from a trained lensprior VAE (sources in [0, 1], or kappa) as a lenssim sampler."""
+
+    def draw(count: int, generator: torch.Generator) -> torch.Tensor:
+        return model.sample(count, generator=generator).to(device)
+
+    return draw
+
+
+class MixedBatches:
+    """Each global batch takes ``round(fraction * size)`` examples from ``extra`` (e.g. lenses
+    simulated from VAE samples) and the rest from ``base`` (e.g. a dataset)."""
+
+    def __init__(self, base, extra, fraction: float) -> None:
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
+        self.base, self.extra, self.fraction = base, extra, fraction
+        self.attrs = getattr(base, "attrs", {})
+
+    def __call__(self, step: int, size: int, seed: int) -> Batch:
+        k = round(self.fraction * size)
+        parts = []
+        if size - k:
+            parts.append(self.base(step, size - k, seed))
+        if k:
+            parts.append(self.extra(step, k, seed + 1))
+        return {key: torch.cat([p[key].cpu() for p in parts]) for key in parts[0]}
 
 
 def _rank_world() -> tuple[int, int]:

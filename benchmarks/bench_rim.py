@@ -1,0 +1,96 @@
+"""RIM throughput: training steps per second and inference lenses per second, with peak memory.
+
+The small preset runs on the CPU (and the GPU when present); the paper preset (348.5M
+parameters) only on a GPU. Inputs are simulated SIE lenses with Sersic sources (128^2, T = 8).
+Never fails for being slow.
+
+    python benchmarks/bench_rim.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from dataclasses import replace
+
+import torch
+
+import lenssim
+import lensrim
+from lensrim.training import batch_loss
+
+
+def _batch(n: int, device: torch.device) -> dict[str, torch.Tensor]:
+    b = lenssim.simulate_sie_lenses(n, generator=torch.Generator().manual_seed(0), batch_size=max(8, 2 * n))
+    return {k: getattr(b, k).to(device) for k in lenssim.LENS_FIELDS}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench(preset: str, device: torch.device, train_batch: int, infer_batch: int, repeats: int, **flags) -> str:
+    config = replace(lensrim.PRESETS[preset], batch_size=train_batch, **flags)
+    torch.manual_seed(0)
+    model = lensrim.RIM(config).to(device)
+    opt = torch.optim.Adamax(model.parameters(), lr=1e-4)
+    attrs = {"image_fov": lenssim.IMAGE_FOV, "source_fov": lenssim.SOURCE_FOV}
+    train = _batch(train_batch, device)
+    infer = _batch(infer_batch, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def step():
+        loss, _ = batch_loss(model, train, config, attrs)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def predict():
+        with torch.no_grad():
+            model(infer["observation"], lensrim.LensingPhysics(infer["psf"], infer["noise_sigma"]))
+
+    times = {}
+    for name, fn in (("train", step), ("infer", predict)):
+        fn()
+        _sync(device)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            best = min(best, time.perf_counter() - t0)
+        times[name] = best
+    if device.type == "cuda":
+        peak = f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    else:
+        peak = f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+    n_params = sum(p.numel() for p in model.parameters())
+    extra = "".join(f" {k}={v}" for k, v in flags.items())
+    return (
+        f"{preset:5s} ({n_params / 1e6:.1f}M){extra} on {device.type}: training {1 / times['train']:.2f} steps/s "
+        f"(batch {train_batch}), inference {infer_batch / times['infer']:.1f} lenses/s (batch {infer_batch}), {peak}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    print(
+        f"lensrim {lensrim.__version__}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; T = 8, 128^2"
+    )
+    print(bench("small", torch.device("cpu"), 4, 8, args.repeats), flush=True)
+    if torch.cuda.is_available():
+        gpu = torch.device("cuda")
+        print(bench("small", gpu, 16, 64, args.repeats), flush=True)
+        print(bench("paper", gpu, 1, 8, args.repeats), flush=True)
+        print(bench("paper", gpu, 1, 8, args.repeats, activation_checkpointing=True, bf16=True), flush=True)
+    else:
+        print("paper preset: GPU only (no CUDA device here)")
+
+
+if __name__ == "__main__":
+    main()
