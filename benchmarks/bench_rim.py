@@ -16,8 +16,8 @@ from dataclasses import replace
 
 import torch
 
-import lenssim
 import lensrim
+import lenssim
 from lensrim.training import batch_loss
 
 
