@@ -179,3 +179,18 @@ def test_mixed_batches_and_vae_samplers():
     assert all(torch.equal(x[k], y[k]) for k in x) and x["observation"].shape == (2, 1, 32, 32)
     with pytest.raises(ValueError, match="fraction"):
         MixedBatches(base, base, 1.5)
+
+
+def test_second_stage_schedule_and_resume(tmp_path):
+    cfg = PRESETS["paper"]
+    assert cfg.learning_rate_at(100_000) == pytest.approx(0.95e-4)
+    two = cfg.second_stage(610_000)
+    assert two.learning_rate_at(610_000) == pytest.approx(6e-5)
+    assert two.learning_rate_at(710_000) == pytest.approx(0.9 * 6e-5)
+    assert two.train_steps == 610_000 + 870_000
+    data = _four_lenses()
+    tiny = replace(PRESETS["tiny"], steps=2)
+    train_rim(tiny, lambda s, n, seed: data, tmp_path, steps=2, checkpoint_every=1)
+    train_rim(tiny.second_stage(2, 1), lambda s, n, seed: data, tmp_path, checkpoint_every=1)  # accepted
+    stored = lensrim.RIMConfig.from_json((tmp_path / "config.json").read_text())
+    assert stored.learning_rate == 6e-5 and stored.schedule_start == 2 and stored.train_steps == 3

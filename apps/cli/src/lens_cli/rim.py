@@ -73,6 +73,12 @@ def _distributed(device: str):
     "--checkpointing", is_flag=True, help="Activation checkpointing per time step (less memory, more compute)."
 )
 @click.option("--bf16", is_flag=True, help="bfloat16 autocast on GPU.")
+@click.option(
+    "--second-stage",
+    is_flag=True,
+    help="Continue a run with Table 7's second stage (Adamax from 6e-5, x0.9 per 100k steps; "
+    "--steps more steps, default 870k).",
+)
 @click.option("--checkpoint-every", default=200, show_default=True, type=click.IntRange(1))
 @click.option("--log-every", default=20, show_default=True, type=click.IntRange(1))
 @seed_option
@@ -80,7 +86,7 @@ def _distributed(device: str):
 @one_line_errors
 def train_rim(
     data_path, kappa_in, sources_in, kappa_vae, source_vae, vae_fraction, output, preset, steps, batch_size,
-    learning_rate, val_path, checkpointing, bf16, checkpoint_every, log_every, seed, device,
+    learning_rate, val_path, checkpointing, bf16, second_stage, checkpoint_every, log_every, seed, device,
 ) -> None:  # fmt: skip
     """Train the RIM (eq. 7, Adamax, Table 7) from a lens dataset, on the fly, or both.
 
@@ -111,13 +117,27 @@ def train_rim(
         raise click.UsageError("--kappa and --kappa-vae (or --sources and --source-vae) exclude each other")
     config = lensrim.PRESETS[preset]
     overrides = {"activation_checkpointing": checkpointing, "bf16": bf16}
-    if steps is not None:
+    if steps is not None and not second_stage:
         overrides["train_steps"] = steps
     if batch_size is not None:
         overrides["batch_size"] = batch_size
     if learning_rate is not None:
         overrides["learning_rate"] = learning_rate
     config = replace(config, **overrides)
+    stored = output / "config.json"
+    if stored.is_file() and not second_stage:
+        # resuming: keep the run's own schedule (a second stage stays a second stage)
+        try:
+            existing = lensrim.RIMConfig.from_json(stored.read_text())
+        except (ValueError, TypeError) as e:
+            raise click.BadParameter(f"{stored}: not a RIM configuration ({e})", param_hint="--output") from None
+        keep = {k: getattr(existing, k) for k in lensrim.RIMConfig.OPTIMISATION_FIELDS if k not in overrides}
+        config = replace(config, **keep)
+    if second_stage:
+        done = lensrim.training.checkpoint_step(output)
+        if done is None:
+            raise click.BadParameter(f"{output} has no checkpoint to continue", param_hint="--second-stage")
+        config = config.second_stage(done, steps or 870_000)
     obs = lenssim.ObservationConfig(image_pixels=config.pixels, source_pixels=config.pixels)
 
     def kappa_sampler():

@@ -77,6 +77,7 @@ class RIMConfig:
     learning_rate: float = 1e-4
     decay_rate: float = 0.95
     decay_steps: int = 100_000
+    schedule_start: int = 0
     train_steps: int = 610_000
     batch_size: int = 1
     clip_norm: float = 5.0
@@ -102,8 +103,29 @@ class RIMConfig:
         """Channels of each level, then of the bottleneck."""
         return [min(self.filters * self.filter_scaling**i, self.max_filters) for i in range(self.levels + 1)]
 
+    OPTIMISATION_FIELDS: ClassVar[tuple[str, ...]] = (
+        "learning_rate",
+        "decay_rate",
+        "decay_steps",
+        "schedule_start",
+        "train_steps",
+    )
+    """Fields a resumed run may change (a new training stage); the others define the model."""
+
     def learning_rate_at(self, step: int) -> float:
-        return self.learning_rate * self.decay_rate ** (step / self.decay_steps)
+        """Exponential decay from ``learning_rate`` at ``schedule_start`` (the stage's first step)."""
+        return self.learning_rate * self.decay_rate ** (max(0, step - self.schedule_start) / self.decay_steps)
+
+    def second_stage(self, start: int, steps: int = 870_000) -> RIMConfig:
+        """Table 7's second stage: Adamax from 6e-5, x0.9 per 100k steps, from step ``start``."""
+        return replace(
+            self,
+            learning_rate=6e-5,
+            decay_rate=0.9,
+            decay_steps=100_000,
+            schedule_start=start,
+            train_steps=start + steps,
+        )
 
     def to_json(self) -> str:
         return json.dumps({"model": "rim", **asdict(self)}, indent=2, sort_keys=True)

@@ -34,7 +34,16 @@ from lensprior.training import (
 from lensrim.model import RIM, RIMConfig, rim_loss
 from lensrim.physics import LensingPhysics
 
-__all__ = ["Batch", "DatasetBatches", "MixedBatches", "SimulatedBatches", "load_rim", "train_rim", "vae_sampler"]
+__all__ = [
+    "Batch",
+    "checkpoint_step",
+    "DatasetBatches",
+    "MixedBatches",
+    "SimulatedBatches",
+    "load_rim",
+    "train_rim",
+    "vae_sampler",
+]
 
 Batch = dict[str, torch.Tensor]
 """``observation``, ``source``, ``kappa``, ``psf`` (each ``(B, 1, ., .)``) and ``noise_sigma (B,)``."""
@@ -127,6 +136,12 @@ def batch_loss(
     return loss, chi2
 
 
+def checkpoint_step(run_dir: str | os.PathLike) -> int | None:
+    """The step of a run directory's checkpoint, or None when it has none."""
+    state = _load_checkpoint(Path(run_dir))
+    return None if state is None else int(state["step"])
+
+
 def load_rim(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[RIM, dict[str, Any]]:
     """The trained RIM of a run directory and its metadata."""
     return load_run(run_dir, RIMConfig, RIM, device=device)
@@ -167,7 +182,8 @@ def train_rim(
                 existing = RIMConfig.from_json((run_dir / CONFIG).read_text())
             except (ValueError, TypeError) as e:
                 raise RunError(f"{run_dir / CONFIG}: not a RIM run ({e})") from None
-            if replace(existing, train_steps=config.train_steps) != config:
+            same = {k: getattr(config, k) for k in RIMConfig.OPTIMISATION_FIELDS}
+            if replace(existing, **same) != config:
                 raise RunError(f"{run_dir} holds a run with another configuration; use a new directory")
         _atomic_write_text(run_dir / CONFIG, replace(config, train_steps=steps).to_json())
         if metadata is not None:
