@@ -44,11 +44,15 @@ __all__ = [
 
 
 class ForwardModel(Protocol):
-    """What the RIM needs of a forward model: the likelihood gradient at a state.
+    """What the RIM needs of a forward model: its image and the likelihood gradient at a state.
 
+    ``simulate(source, xi)`` is the noiseless image F(source, kappa = 10^xi), ``(B, 1, N, N)``;
     ``gradient(y, source, xi)`` returns ``(grad_source, grad_xi)``, the gradient of
-    log p(y | source, kappa = 10^xi), detached, each ``(B, 1, N, N)``.
+    log p(y | source, kappa = 10^xi), detached, each ``(B, 1, N, N)``. The RIM itself calls only
+    ``gradient``; training and evaluation use ``simulate`` for chi^2.
     """
+
+    def simulate(self, source: torch.Tensor, xi: torch.Tensor) -> torch.Tensor: ...
 
     def gradient(
         self, y: torch.Tensor, source: torch.Tensor, xi: torch.Tensor
