@@ -6,7 +6,8 @@ import torch
 from scipy import integrate
 
 import lenssim
-from lenssim.convergence import center_crop, split_by_halo
+from lenssim.convergence import center_crop
+from lenssim.simulate import split_labels
 from lenssim.tng import Particles
 
 
@@ -101,11 +102,13 @@ def test_kappa_maps_hold_the_projected_mass_and_orientation(rng):
     assert center_crop(maps, 128).shape == (2, 128, 128)
 
 
-def test_split_by_halo_is_disjoint(rng):
-    train, test = split_by_halo(list(range(50)), 0.1, rng)
-    assert len(test) == 5 and not set(train) & set(test) and sorted(train + test) == list(range(50))
+def test_split_labels_hold_out_the_stated_fraction_of_halos():
+    labels = split_labels(50, 0.1, seed=3)
+    assert labels.sum() == 5 and set(labels.tolist()) == {0, 1}
+    assert np.array_equal(labels, split_labels(50, 0.1, seed=3))
+    assert not np.array_equal(labels, split_labels(50, 0.1, seed=4))
     with pytest.raises(ValueError):
-        split_by_halo([1, 2], 1.0, rng)
+        split_labels(2, 1.0, seed=0)
 
 
 def test_particles_beyond_the_field_whose_kernels_reach_it_count(rng):

@@ -27,7 +27,6 @@ __all__ = [
     "critical_surface_density",
     "einstein_radius",
     "kappa_maps",
-    "split_by_halo",
 ]
 
 PROJECTIONS = {"xy": (0, 1), "xz": (0, 2), "yz": (1, 2)}
@@ -241,15 +240,3 @@ def augment_kappa(
                 "theta_e": float(einstein_radius(out, pixel_scale)),
             }
     return None
-
-
-def split_by_halo(halo_ids: list, test_fraction: float, rng: np.random.Generator) -> tuple[list, list]:
-    """Split halos (not maps) into train and test, so no halo is seen in both (section 3.2.2)."""
-    if not 0 <= test_fraction < 1:
-        raise ValueError(f"test fraction must lie in [0, 1), got {test_fraction}")
-    ids = list(halo_ids)
-    order = rng.permutation(len(ids))
-    n_test = int(round(test_fraction * len(ids)))
-    test = sorted(ids[i] for i in order[:n_test])
-    train = sorted(ids[i] for i in order[n_test:])
-    return train, test
