@@ -47,7 +47,7 @@ def test_config_validation_and_json_roundtrip():
     with pytest.raises(ValueError, match="divisible"):
         VAEConfig(pixels=100, levels=3)
     with pytest.raises(ValueError, match="unknown"):
-        VAEConfig.from_json('{"kind": "source", "evil": 1}')
+        VAEConfig.from_json('{"model": "VAE", "kind": "source", "evil": 1}')
 
 
 def test_schedules_follow_the_tables():

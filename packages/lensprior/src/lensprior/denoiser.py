@@ -32,20 +32,21 @@ Fully convolutional: trained on crops, applied to whole stamps (sides divisible 
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lensprior.config import JsonConfig
+
 __all__ = ["Denoiser", "DenoiserConfig", "load_denoiser", "train_denoiser"]
 
 
 @dataclass(frozen=True)
-class DenoiserConfig:
+class DenoiserConfig(JsonConfig):
     """The denoiser's network, noise model and optimisation."""
 
     RUN_KIND: ClassVar[str] = "denoiser"
@@ -72,19 +73,6 @@ class DenoiserConfig:
             raise ValueError(f"correlation must lie in [0, 1), got {self.correlation}")
         if self.crop % (2**self.levels) or self.crop % self.flux_block:
             raise ValueError(f"crop ({self.crop}) must be divisible by 2^levels and by flux_block")
-
-    def to_json(self) -> str:
-        return json.dumps({"model": "denoiser", **asdict(self)}, indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> DenoiserConfig:
-        data = json.loads(text)
-        if data.pop("model", None) != "denoiser":
-            raise ValueError("not a denoiser configuration")
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown denoiser configuration keys {sorted(unknown)}")
-        return cls(**data)
 
     def learning_rate_at(self, step: int) -> float:
         return self.learning_rate * self.decay_rate ** (step / self.decay_steps)

@@ -20,13 +20,14 @@ returns images in [0, 1] (sigmoid output).
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
 import torch
 from torch import nn
+
+from lensprior.config import JsonConfig
 
 __all__ = ["VAE", "VAEConfig", "kappa_vae", "source_vae"]
 
@@ -35,7 +36,7 @@ KAPPA_FLOOR = 1e-4
 
 
 @dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(JsonConfig):
     """Architecture and optimisation of one VAE; the defaults of each kind are the paper's."""
 
     RUN_KIND: ClassVar[str] = "VAE"
@@ -71,18 +72,6 @@ class VAEConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.convs_per_level < 0:
             raise ValueError(f"convs_per_level must be >= 0, got {self.convs_per_level}")
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> VAEConfig:
-        data = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown VAE configuration keys {sorted(unknown)}")
-        return cls(**data)
 
     def beta(self, step: int) -> float:
         """KL weight: linear warm-up from ``beta_start`` to ``beta_max`` over ``beta_warmup_steps``."""

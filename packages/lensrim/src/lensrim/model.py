@@ -23,13 +23,14 @@ x2 per level capped at 1024, 5 levels) has exactly 348,546,818 parameters.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal, Protocol
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from lensprior.config import JsonConfig
 
 __all__ = [
     "PRESETS",
@@ -60,7 +61,7 @@ class ForwardModel(Protocol):
 
 
 @dataclass(frozen=True)
-class RIMConfig:
+class RIMConfig(JsonConfig):
     """Architecture, recurrence and optimisation of the RIM (Table 7 for ``preset="paper"``)."""
 
     RUN_KIND: ClassVar[str] = "RIM"
@@ -130,19 +131,6 @@ class RIMConfig:
             schedule_start=start,
             train_steps=start + steps,
         )
-
-    def to_json(self) -> str:
-        return json.dumps({"model": "rim", **asdict(self)}, indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> RIMConfig:
-        data = json.loads(text)
-        if data.pop("model", None) != "rim":
-            raise ValueError("not a RIM configuration")
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown RIM configuration keys {sorted(unknown)}")
-        return cls(**data)
 
 
 PRESETS: dict[str, RIMConfig] = {

@@ -1,0 +1,32 @@
+"""Configs saved next to every checkpoint as JSON (never pickled), and read back strictly."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields
+from typing import Any, ClassVar, TypeVar
+
+__all__ = ["JsonConfig"]
+
+C = TypeVar("C", bound="JsonConfig")
+
+
+class JsonConfig:
+    """Mixin for frozen dataclass configs: ``to_json`` tags the document with ``RUN_KIND``;
+    ``from_json`` refuses another kind and unknown keys with a one-line ``ValueError``."""
+
+    RUN_KIND: ClassVar[str] = ""
+
+    def to_json(self) -> str:
+        return json.dumps({"model": self.RUN_KIND, **asdict(self)}, indent=2, sort_keys=True)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls: type[C], text: str) -> C:
+        data: dict[str, Any] = json.loads(text)
+        kind = data.pop("model", None)
+        if kind != cls.RUN_KIND:
+            raise ValueError(f"not a {cls.RUN_KIND} configuration (model: {kind!r})")
+        unknown = set(data) - {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        if unknown:
+            raise ValueError(f"unknown {cls.RUN_KIND} configuration keys {sorted(unknown)}")
+        return cls(**data)
