@@ -152,7 +152,7 @@ def train_denoiser(data_path, output, steps, noise_min, noise_max, checkpoint_ev
 
         def progress(done, terms):
             bar.n = done
-            bar.set_postfix(mse=f"{terms['mse']:.3g}", refresh=False)
+            bar.set_postfix(error=f"{terms['error']:.3g}", refresh=False)
             bar.refresh()
 
         lensprior.train_denoiser(
