@@ -40,6 +40,7 @@ def _worker(rank, world, port, run_dir):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         train_rim(CFG, _batches, run_dir, steps=4, seed=2, checkpoint_every=4, log_every=1)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

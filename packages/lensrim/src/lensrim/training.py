@@ -246,4 +246,6 @@ def train_rim(
     finally:
         if log is not None:
             log.close()
+    if world > 1:
+        dist.barrier()  # every rank leaves after rank 0 has written the last checkpoint
     return model.eval()
