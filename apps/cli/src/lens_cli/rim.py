@@ -88,7 +88,9 @@ def train_rim(
     data_path, kappa_in, sources_in, kappa_vae, source_vae, vae_fraction, output, preset, steps, batch_size,
     learning_rate, val_path, checkpointing, bf16, second_stage, checkpoint_every, log_every, seed, device,
 ) -> None:  # fmt: skip
-    """Train the RIM from a lens dataset, on the fly, or both (loss eq. 7; Adamax, Table 7).
+    """Train the RIM from a lens dataset, on the fly, or both.
+
+    The loss is eq. 7, the optimiser Adamax with the schedules of Table 7.
 
     On the fly, each batch is simulated from --kappa (a dataset or 'sie') or --kappa-vae, and
     --sources (a dataset or 'sersic') or --source-vae; with --data and VAEs, --vae-fraction of
