@@ -33,6 +33,17 @@ def device_option(f: Callable) -> Callable:
     return click.option("--device", default="cpu", show_default=True, help="Torch device: cpu, cuda or cuda:N.")(f)
 
 
+def run_dir_option(f: Callable) -> Callable:
+    """``-o/--output``: a training run directory, resumed when it exists."""
+    return click.option(
+        "-o",
+        "--output",
+        required=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Run directory (resumed if it exists).",
+    )(f)
+
+
 def seed_option(f: Callable) -> Callable:
     return click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1), help="Random seed.")(
         f

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from tqdm.auto import tqdm
 
-from lens_cli.common import device_option, one_line_errors, resolve_device, seed_option
+from lens_cli.common import device_option, one_line_errors, resolve_device, run_dir_option, seed_option
 
 PRESETS = {
     "paper": {},
@@ -29,13 +29,7 @@ def train() -> None:
 @click.option(
     "--data", "data_path", required=True, type=click.Path(path_type=Path), help="Source or kappa HDF5 dataset."
 )
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Run directory (resumed if it exists).",
-)
+@run_dir_option
 @click.option(
     "--preset",
     default="paper",
@@ -121,13 +115,7 @@ def train_vae(
     type=click.Path(path_type=Path),
     help="Clean sources (e.g. lens simulate sources --synthetic).",
 )
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Run directory (resumed if it exists).",
-)
+@run_dir_option
 @click.option("--steps", default=3000, show_default=True, type=click.IntRange(1))
 @click.option(
     "--noise-min",

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from tqdm.auto import tqdm
 
-from lens_cli.common import device_option, one_line_errors, resolve_device, seed_option
+from lens_cli.common import device_option, one_line_errors, resolve_device, run_dir_option, seed_option
 from lens_cli.priors import train
 
 
@@ -46,13 +46,7 @@ def _distributed(device: str):
     type=click.FloatRange(0, 1),
     help="With --data and VAEs: the share of each batch simulated from VAE draws.",
 )
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Run directory (resumed if it exists).",
-)
+@run_dir_option
 @click.option(
     "--preset",
     default="small",

@@ -153,6 +153,47 @@ def _trim_metrics(run_dir: Path, step: int) -> None:
     _atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
+def prepare_run(
+    run_dir: Path,
+    config: Any,
+    mutable: tuple[str, ...],
+    *,
+    metadata: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> None:
+    """Create or reopen a run directory: refuse one whose stored configuration differs from
+    ``config`` in anything but the ``mutable`` fields (steps, schedules), then store ``config``
+    and the run's ``metadata`` (with the seed) as JSON."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cls = type(config)
+    if (run_dir / CONFIG).is_file():
+        try:
+            existing = cls.from_json((run_dir / CONFIG).read_text())
+        except (ValueError, TypeError) as e:
+            raise RunError(f"{run_dir / CONFIG}: not a {cls.RUN_KIND} run ({e})") from None
+        if replace(existing, **{k: getattr(config, k) for k in mutable}) != config:
+            raise RunError(f"{run_dir} holds a run with another configuration; use a new directory")
+    _atomic_write_text(run_dir / CONFIG, config.to_json())
+    if metadata is not None:
+        _atomic_write_text(run_dir / "run.json", json.dumps({**metadata, "seed": seed}, indent=2, sort_keys=True))
+
+
+def restore(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, trim: bool = True) -> int:
+    """Load the run's checkpoint (if any) into ``model`` and ``optimizer``; return its step.
+
+    With ``trim``, metrics logged after the checkpoint (by a run killed before its next one)
+    are dropped, so that the resumed run logs them again exactly once."""
+    state = _load_checkpoint(run_dir)
+    if state is None:
+        return 0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    step = int(state["step"])
+    if trim:
+        _trim_metrics(run_dir, step)
+    return step
+
+
 def fit(
     model: torch.nn.Module,
     config: Any,
@@ -179,28 +220,10 @@ def fit(
     """
     run_dir = Path(run_dir)
     device = torch.device(device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cls = type(config)
-    if (run_dir / CONFIG).is_file():
-        try:
-            existing = cls.from_json((run_dir / CONFIG).read_text())
-        except (ValueError, TypeError) as e:
-            raise RunError(f"{run_dir / CONFIG}: not a {cls.__name__} run ({e})") from None
-        # the number of steps may grow between sessions (nothing else depends on it)
-        if replace(existing, steps=config.steps) != config:
-            raise RunError(f"{run_dir} holds a run with another configuration; use a new directory")
-    _atomic_write_text(run_dir / CONFIG, replace(config, steps=steps).to_json())
-    if metadata is not None:
-        _atomic_write_text(run_dir / "run.json", json.dumps({**metadata, "seed": seed}, indent=2, sort_keys=True))
+    prepare_run(run_dir, replace(config, steps=steps), ("steps",), metadata=metadata, seed=seed)
     model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.learning_rate_at(0))
-    start = 0
-    state = _load_checkpoint(run_dir)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start = int(state["step"])
-        _trim_metrics(run_dir, start)
+    start = restore(run_dir, model, opt)
     data = data.to(device)
     n = data.shape[0]
     model.train()

@@ -21,13 +21,13 @@ import torch.distributed as dist
 
 import lenssim
 from lensprior.training import (
-    CONFIG,
     METRICS,
     RunError,
-    _atomic_write_text,
+    _init,
     _load_checkpoint,
-    _trim_metrics,
     load_run,
+    prepare_run,
+    restore,
     save_checkpoint,
     step_generator,
 )
@@ -176,33 +176,14 @@ def train_rim(
         raise RunError(f"batch size {config.batch_size} is not divisible by the {world} processes")
     attrs = getattr(batches, "attrs", {})
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if (run_dir / CONFIG).is_file():
-            try:
-                existing = RIMConfig.from_json((run_dir / CONFIG).read_text())
-            except (ValueError, TypeError) as e:
-                raise RunError(f"{run_dir / CONFIG}: not a RIM run ({e})") from None
-            same = {k: getattr(config, k) for k in RIMConfig.OPTIMISATION_FIELDS}
-            if replace(existing, **same) != config:
-                raise RunError(f"{run_dir} holds a run with another configuration; use a new directory")
-        _atomic_write_text(run_dir / CONFIG, replace(config, train_steps=steps).to_json())
-        if metadata is not None:
-            _atomic_write_text(run_dir / "run.json", json.dumps({**metadata, "seed": seed}, indent=2, sort_keys=True))
+        prepare_run(
+            run_dir, replace(config, train_steps=steps), RIMConfig.OPTIMISATION_FIELDS, metadata=metadata, seed=seed
+        )
     if world > 1:
         dist.barrier()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = RIM(config)
-    model = model.to(device)
+    model = _init(lambda: RIM(config), seed).to(device)
     opt = torch.optim.Adamax(model.parameters(), lr=config.learning_rate_at(0))
-    start = 0
-    state = _load_checkpoint(run_dir)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start = int(state["step"])
-        if rank == 0:
-            _trim_metrics(run_dir, start)
+    start = restore(run_dir, model, opt, trim=rank == 0)
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
