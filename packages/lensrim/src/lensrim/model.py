@@ -23,11 +23,13 @@ x2 per level capped at 1024, 5 levels) has exactly 348,546,818 parameters.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import ClassVar, Literal, Protocol
 
 import torch
 from torch import nn
+from torch.func import functional_call, vmap
 from torch.utils.checkpoint import checkpoint
 
 from lensprior.config import JsonConfig
@@ -271,10 +273,49 @@ class RIM(nn.Module):
                 out, new_hidden = self.unet(inputs, hidden)
         return out.float(), new_hidden
 
-    def forward(self, y: torch.Tensor, physics: ForwardModel, *, steps: int | None = None) -> torch.Tensor:
+    def hidden_shapes(self) -> list[tuple[int, int, int]]:
+        """``(channels, height, width)`` of each GRU's hidden state, skips first, bottleneck last."""
+        c = self.config
+        w = c.widths()
+        return [(w[i], c.pixels >> i, c.pixels >> i) for i in range(c.levels)] + [
+            (w[-1], c.pixels >> c.levels, c.pixels >> c.levels)
+        ]
+
+    def _functional_step(
+        self, params: dict[str, torch.Tensor], inputs: torch.Tensor, hidden: list[torch.Tensor | None]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One U-net step with one set of weights per example: ``params[name]`` is ``(B, *shape)``.
+
+        The U-net runs under :func:`torch.func.vmap` over (weights, inputs, hidden states), so B
+        independent networks (e.g. one per lens being fine-tuned) take one batched call.
+        """
+        b = inputs.shape[0]
+        hs = [
+            torch.zeros(b, *shape, dtype=inputs.dtype, device=inputs.device) if h is None else h
+            for h, shape in zip(hidden, self.hidden_shapes(), strict=True)
+        ]
+
+        def one(p, x, *h):
+            out, new = functional_call(self.unet, p, (x.unsqueeze(0), [t.unsqueeze(0) for t in h]))
+            return out.squeeze(0), tuple(t.squeeze(0) for t in new)
+
+        with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=self.config.bf16 and inputs.is_cuda):
+            out, new_hidden = vmap(one)(params, inputs, *hs)
+        return out.float(), list(new_hidden)
+
+    def forward(
+        self,
+        y: torch.Tensor,
+        physics: ForwardModel,
+        *,
+        steps: int | None = None,
+        params: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Estimates of (s, xi) after each of the ``T`` steps: ``(T, B, 2, N, N)``.
 
         ``y`` is ``(B, 1, N, N)``; channel 0 of the result is the source, channel 1 is log10 kappa.
+        ``params`` (optional) gives every example its own U-net weights: a dict from the names of
+        ``self.unet.named_parameters()`` to tensors ``(B, *shape)`` (see :mod:`lensrim.finetune`).
         """
         c = self.config
         n = c.pixels
@@ -283,7 +324,11 @@ class RIM(nn.Module):
         steps = c.steps if steps is None else steps
         zeros = torch.zeros_like(y)
         hidden: list[torch.Tensor | None] = [None] * (c.levels + 1)
-        out, hidden = self._step(torch.cat([y, zeros, zeros, zeros, zeros], dim=1), hidden)
+        if params is not None:
+            step = functools.partial(self._functional_step, params)
+        else:
+            step = self._step
+        out, hidden = step(torch.cat([y, zeros, zeros, zeros, zeros], dim=1), hidden)
         x = out  # x^(0) = g(0, y, 0)
         estimates = [x]
         m = v = None
@@ -298,7 +343,7 @@ class RIM(nn.Module):
                 v = c.beta2 * v + (1 - c.beta2) * g * g
                 denom = torch.sqrt(v / (1 - c.beta2**t)) + c.epsilon
                 g = (m / (1 - c.beta1**t)) / denom if c.gradient_preprocessing == "adam" else g / denom
-            delta, hidden = self._step(torch.cat([y, x, g], dim=1), hidden)
+            delta, hidden = step(torch.cat([y, x, g], dim=1), hidden)
             x = x + delta
             estimates.append(x)
         return torch.stack(estimates)

@@ -1,0 +1,308 @@
+"""Fine-tuning the RIM on each observation with an EWC prior (section 2.5, appendix A, Table 3).
+
+For one observation y (with its PSF and noise sigma), and the trained weights phi*:
+
+1. the baseline x_hat = RIM(y); its source and kappa are encoded by the two VAEs, z_s and z_k;
+2. the Fisher diagonal at phi*: ``fisher_samples`` draws z ~ N(z_hat, latent_sigma^2 I) of each
+   VAE are decoded and lensed into noisy observations with the same PSF and sigma; the RIM is run
+   on each; F_j is the mean over draws of the squared derivative of the per-draw loss (eq. 7 plus
+   the mean over steps of chi^2 / 2, eq. A5 with l2 = 0) with respect to weight j;
+3. the weights are optimised on
+   L(phi) = (1/T) sum_t chi^2(y, F(x_t)) / 2 + (lambda / 2) sum_j F_j (phi_j - phi*_j)^2
+   with RMSProp, for at most ``max_steps`` steps, stopping early once chi2_nu <= ``target_chi2_nu``;
+   the iterate with the best chi2_nu of the final RIM estimate is kept (the baseline included, so
+   fine-tuning never returns a worse fit than it started from).
+
+Labels are never used. Many lenses are fine-tuned at once: each has its own copy of the weights,
+stacked along a leading dimension and run through one :func:`torch.func.vmap` call per RIM step
+(:meth:`lensrim.model.RIM.forward` with ``params``); the likelihood gradients and chi^2 are
+batched across lenses as usual. The per-draw gradients of the Fisher diagonal come from the same
+mechanism: the weights are expanded over a chunk of draws and differentiated per copy. Finished
+lenses leave the batch, so the remaining ones run faster. A lens's result depends only on its own
+random generator, never on the lenses it shares a batch with.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+import lenssim
+from lensprior.config import JsonConfig
+from lensrim.model import RIM, rim_loss
+from lensrim.physics import LensingPhysics
+
+__all__ = [
+    "FineTuneConfig",
+    "FineTuneResult",
+    "encode_prediction",
+    "ewc_penalty",
+    "finetune",
+    "fisher_diagonal",
+    "stacked_params",
+]
+
+
+@dataclass(frozen=True)
+class FineTuneConfig(JsonConfig):
+    """Table 3 by default: RMSProp at 1e-6, at most 2000 steps, lambda 2e5, 200 VAE draws at 0.3."""
+
+    RUN_KIND: ClassVar[str] = "fine-tuning"
+
+    ewc_lambda: float = 2e5
+    fisher_samples: int = 200
+    latent_sigma: float = 0.3
+    learning_rate: float = 1e-6
+    max_steps: int = 2000
+    target_chi2_nu: float = 1.0
+    rmsprop_alpha: float = 0.99
+    rmsprop_eps: float = 1e-8
+    fisher_chunk: int = 8
+    """Draws differentiated together (memory: one weight copy per draw)."""
+
+    def __post_init__(self) -> None:
+        for name in ("ewc_lambda", "latent_sigma", "target_chi2_nu", "max_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+        for name in ("fisher_samples", "fisher_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not 0 <= self.rmsprop_alpha < 1:
+            raise ValueError(f"rmsprop_alpha must lie in [0, 1), got {self.rmsprop_alpha}")
+
+
+@dataclass
+class FineTuneResult:
+    """Per-lens outcome of :func:`finetune`; maps are ``(B, 1, N, N)``, the rest ``(B,)``."""
+
+    source_baseline: torch.Tensor
+    kappa_baseline: torch.Tensor
+    chi2_nu_baseline: torch.Tensor
+    source: torch.Tensor
+    kappa: torch.Tensor
+    chi2_nu: torch.Tensor
+    best_step: torch.Tensor
+    """The update count of the kept iterate (0: the baseline was not improved)."""
+    steps: torch.Tensor
+    """Updates made before the lens stopped (early stop or ``max_steps``)."""
+
+
+def stacked_params(model: RIM, copies: int) -> dict[str, torch.Tensor]:
+    """Independent copies of the U-net's weights, ``(copies, *shape)`` each, as leaf tensors."""
+    return {
+        k: v.detach().unsqueeze(0).repeat(copies, *([1] * v.dim())).requires_grad_(True)
+        for k, v in model.unet.named_parameters()
+    }
+
+
+def _physics(psf: torch.Tensor, sigma: torch.Tensor, image_fov: float, source_fov: float) -> LensingPhysics:
+    return LensingPhysics(psf, sigma, image_fov, source_fov)
+
+
+def _mean_half_chi2(estimates: torch.Tensor, y: torch.Tensor, physics: LensingPhysics) -> torch.Tensor:
+    """(1/T) sum_t chi^2(y, F(x_t)) / 2 per example, differentiable, ``(B,)``."""
+    terms = [lenssim.chi_squared(y, physics.simulate(est[:, :1], est[:, 1:]), physics.sigma) for est in estimates]
+    return 0.5 * torch.stack(terms).mean(dim=0)
+
+
+def _check_vaes(model: RIM, source_vae: torch.nn.Module, kappa_vae: torch.nn.Module) -> None:
+    n = model.config.pixels
+    for name, vae in (("source", source_vae), ("kappa", kappa_vae)):
+        if vae.config.pixels != n:
+            raise ValueError(f"the {name} VAE works on {vae.config.pixels}^2 maps, the RIM on {n}^2")
+    if source_vae.config.kind != "source" or kappa_vae.config.kind != "kappa":
+        raise ValueError(
+            f"expected a source VAE and a kappa VAE, got {source_vae.config.kind!r} and {kappa_vae.config.kind!r}"
+        )
+
+
+@torch.no_grad()
+def encode_prediction(
+    source_vae: torch.nn.Module, kappa_vae: torch.nn.Module, source: torch.Tensor, kappa: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latent means of a predicted source (clipped to the VAE's [0, 1]) and kappa (floored at 1e-6)."""
+    z_s, _ = source_vae.encode(source.clamp(0.0, 1.0))
+    z_k, _ = kappa_vae.encode(kappa.clamp_min(1e-6))
+    return z_s, z_k
+
+
+def fisher_diagonal(
+    model: RIM,
+    source_vae: torch.nn.Module,
+    kappa_vae: torch.nn.Module,
+    z_source: torch.Tensor,
+    z_kappa: torch.Tensor,
+    psf: torch.Tensor,
+    sigma: torch.Tensor,
+    *,
+    samples: int = 200,
+    latent_sigma: float = 0.3,
+    generators: Sequence[torch.Generator],
+    image_fov: float = lenssim.IMAGE_FOV,
+    source_fov: float = lenssim.SOURCE_FOV,
+    chunk: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Diagonal of the empirical Fisher information of the RIM's weights, per lens.
+
+    For each of the B lenses (latent codes ``z_source (B, Ds)``, ``z_kappa (B, Dk)``, PSF
+    ``(B, 1, k, k)`` and noise ``sigma (B,)``), ``samples`` simulated tasks near its baseline are
+    drawn with its own generator (on the CPU; ``progress(done, total)`` counts draws); returns,
+    for every U-net weight, the mean over draws
+    of the squared gradient of the per-draw loss, ``(B, *shape)``.
+    """
+    b = z_source.shape[0]
+    if len(generators) != b or z_kappa.shape[0] != b:
+        raise ValueError(
+            f"need one latent code pair and one generator per lens, got {b}, {z_kappa.shape[0]}, {len(generators)}"
+        )
+    device = z_source.device
+    n = model.config.pixels
+    # every random number of lens i comes from generators[i] alone, drawn up front
+    eps_s, eps_k, noise = [], [], []
+    for g in generators:
+        eps_s.append(torch.randn(samples, z_source.shape[1], generator=g))
+        eps_k.append(torch.randn(samples, z_kappa.shape[1], generator=g))
+        noise.append(torch.randn(samples, 1, n, n, generator=g))
+    eps_s, eps_k, noise = (torch.cat(t).to(device) for t in (eps_s, eps_k, noise))
+    lens_of = torch.arange(b, device=device).repeat_interleave(samples)
+    anchor = dict(model.unet.named_parameters())
+    fisher = {k: torch.zeros(b, *v.shape, device=device, dtype=v.dtype) for k, v in anchor.items()}
+    for start in range(0, b * samples, chunk):
+        idx = torch.arange(start, min(start + chunk, b * samples), device=device)
+        lens = lens_of[idx]
+        with torch.no_grad():
+            src = source_vae.decode(z_source[lens] + latent_sigma * eps_s[idx])
+            kap = kappa_vae.decode(z_kappa[lens] + latent_sigma * eps_k[idx])
+            physics = _physics(psf[lens], sigma[lens], image_fov, source_fov)
+            y = physics.simulate(src, torch.log10(kap)) + sigma[lens].view(-1, 1, 1, 1) * noise[idx]
+        copies = {k: v.unsqueeze(0).expand(len(idx), *v.shape) for k, v in anchor.items()}
+        est = model(y, physics, params=copies)
+        loss = rim_loss(est, src, kap) + _mean_half_chi2(est, y, physics)
+        grads = torch.autograd.grad(loss.sum(), list(copies.values()))
+        for f, g in zip(fisher.values(), grads, strict=True):
+            f.index_add_(0, lens, g.detach().pow(2))
+        if progress is not None:
+            progress(int(idx[-1]) + 1, b * samples)
+    return {k: f / samples for k, f in fisher.items()}
+
+
+def ewc_penalty(
+    params: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor], fisher: dict[str, torch.Tensor], lam: float
+) -> torch.Tensor:
+    """(lambda / 2) sum_j F_j (phi_j - phi*_j)^2 per copy, ``(B,)``; ``params`` and ``fisher`` are
+    stacked ``(B, *shape)``, ``anchor`` holds phi* unstacked."""
+    total = 0.0
+    for k, p in params.items():
+        total = total + (fisher[k] * (p - anchor[k].unsqueeze(0)).pow(2)).flatten(1).sum(dim=1)
+    return 0.5 * lam * total
+
+
+def finetune(
+    model: RIM,
+    source_vae: torch.nn.Module,
+    kappa_vae: torch.nn.Module,
+    observation: torch.Tensor,
+    psf: torch.Tensor,
+    sigma: torch.Tensor,
+    config: FineTuneConfig = FineTuneConfig(),
+    *,
+    generators: Sequence[torch.Generator],
+    image_fov: float = lenssim.IMAGE_FOV,
+    source_fov: float = lenssim.SOURCE_FOV,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> FineTuneResult:
+    """Fine-tune the RIM on B observations at once (each with its own weight copy); see the module.
+
+    ``observation (B, 1, N, N)``, ``psf (B, 1, k, k)``, ``sigma (B,)`` (or a noise map of the
+    observation's shape), one CPU ``torch.Generator`` per lens for the Fisher draws. ``progress``
+    is called as ``progress(stage, done, total)`` with stage ``"fisher"`` or ``"optimise"``.
+    """
+    _check_vaes(model, source_vae, kappa_vae)
+    b = observation.shape[0]
+    if psf.shape[0] not in (1, b):
+        raise ValueError(f"psf must be (1 or {b}, 1, k, k), got {tuple(psf.shape)}")
+    psf = psf.expand(b, *psf.shape[1:])
+    sigma = torch.as_tensor(sigma, dtype=observation.dtype, device=observation.device)
+    if sigma.dim() == 0:
+        sigma = sigma.expand(b)
+    if not torch.isfinite(observation).all():
+        raise ValueError("the observation holds NaN or infinite pixels")
+    if (sigma <= 0).any():
+        raise ValueError("noise sigma must be positive")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+
+    physics = _physics(psf, sigma, image_fov, source_fov)
+    with torch.no_grad():
+        base = model(observation, physics)[-1]
+        chi2_base = physics.reduced_chi_squared(observation, base[:, :1], base[:, 1:])
+    z_s, z_k = encode_prediction(source_vae, kappa_vae, base[:, :1], torch.pow(10.0, base[:, 1:]))
+
+    result = FineTuneResult(
+        source_baseline=base[:, :1].clone(),
+        kappa_baseline=torch.pow(10.0, base[:, 1:]),
+        chi2_nu_baseline=chi2_base.clone(),
+        source=base[:, :1].clone(),
+        kappa=torch.pow(10.0, base[:, 1:]),
+        chi2_nu=chi2_base.clone(),
+        best_step=torch.zeros(b, dtype=torch.long),
+        steps=torch.zeros(b, dtype=torch.long),
+    )
+    active = (chi2_base > config.target_chi2_nu).nonzero().flatten()
+    if config.max_steps == 0 or len(active) == 0:
+        return result
+
+    fisher = fisher_diagonal(
+        model, source_vae, kappa_vae, z_s[active], z_k[active], psf[active], sigma[active],
+        samples=config.fisher_samples, latent_sigma=config.latent_sigma,
+        generators=[generators[j] for j in active.tolist()], image_fov=image_fov, source_fov=source_fov,
+        chunk=config.fisher_chunk, progress=None if progress is None else functools.partial(progress, "fisher"),
+    )  # fmt: skip
+    anchor = {k: v.detach() for k, v in model.unet.named_parameters()}
+    params = stacked_params(model, len(active))
+    square_avg = {k: torch.zeros_like(v) for k, v in params.items()}
+
+    if progress is not None:
+        progress("optimise", 0, config.max_steps)
+    for k in range(config.max_steps + 1):
+        sub = _physics(psf[active], sigma[active], image_fov, source_fov)
+        y = observation[active]
+        est = model(y, sub, params=params)
+        data = _mean_half_chi2(est, y, sub)
+        with torch.no_grad():
+            chi2 = sub.reduced_chi_squared(y, est[-1, :, :1], est[-1, :, 1:])
+            better = chi2 < result.chi2_nu[active]
+            if better.any():
+                ids = active[better]
+                result.chi2_nu[ids] = chi2[better]
+                result.source[ids] = est[-1, better, :1]
+                result.kappa[ids] = torch.pow(10.0, est[-1, better, 1:])
+                result.best_step[ids.cpu()] = k
+            result.steps[active.cpu()] = k
+            keep = (chi2 > config.target_chi2_nu).nonzero().flatten()
+        if k == config.max_steps or len(keep) == 0:
+            break
+        loss = (data + ewc_penalty(params, anchor, fisher, config.ewc_lambda))[keep].sum()
+        grads = torch.autograd.grad(loss, list(params.values()))
+        with torch.no_grad():
+            a, lr, eps = config.rmsprop_alpha, config.learning_rate, config.rmsprop_eps
+            for (name, p), g in zip(params.items(), grads, strict=True):
+                s = square_avg[name]
+                s.mul_(a).addcmul_(g, g, value=1 - a)
+                p.addcdiv_(g, s.sqrt().add_(eps), value=-lr)
+        if len(keep) < len(active):  # finished lenses leave the batch
+            active = active[keep]
+            params = {n: p.detach()[keep].requires_grad_(True) for n, p in params.items()}
+            square_avg = {n: s[keep] for n, s in square_avg.items()}
+            fisher = {n: f[keep] for n, f in fisher.items()}
+        if progress is not None:
+            progress("optimise", k + 1, config.max_steps)
+    return result

@@ -1,0 +1,182 @@
+"""EWC fine-tuning: the Fisher diagonal, the penalty, the optimisation and its batching."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+import lenssim
+from lensprior import kappa_vae, source_vae
+from lensrim import PRESETS, RIM, rim_loss
+from lensrim.finetune import (
+    FineTuneConfig,
+    encode_prediction,
+    ewc_penalty,
+    finetune,
+    fisher_diagonal,
+    stacked_params,
+)
+from lensrim.physics import LensingPhysics
+
+TINY_VAE = dict(pixels=32, levels=2, filters=4, latent_dim=4)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    rim = RIM(replace(PRESETS["tiny"], steps=3)).eval()
+    svae, kvae = source_vae(**TINY_VAE).eval(), kappa_vae(**TINY_VAE).eval()
+    obs = lenssim.ObservationConfig(image_pixels=32, source_pixels=32, psf_size=5)
+    lenses = lenssim.simulate_sie_lenses(3, config=obs, generator=torch.Generator().manual_seed(1))
+    return rim, svae, kvae, lenses
+
+
+def gens(n, seed=0):
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+
+
+def test_fisher_diagonal_equals_brute_force_per_sample_gradients(setup):
+    rim, svae, kvae, lenses = setup
+    psf, sigma = lenses.psf[:2], lenses.noise_sigma[:2]
+    z_s, z_k = torch.randn(2, 4), torch.randn(2, 4)
+    samples = 3
+    fisher = fisher_diagonal(
+        rim, svae, kvae, z_s, z_k, psf, sigma, samples=samples, latent_sigma=0.3, generators=gens(2), chunk=4
+    )
+    # brute force: one draw at a time through the ordinary module, the same random numbers
+    names = [k for k, _ in rim.unet.named_parameters()]
+    for lens in range(2):
+        g = torch.Generator().manual_seed(lens)
+        eps_s, eps_k = torch.randn(samples, 4, generator=g), torch.randn(samples, 4, generator=g)
+        noise = torch.randn(samples, 1, 32, 32, generator=g)
+        acc = {k: torch.zeros_like(v) for k, v in rim.unet.named_parameters()}
+        for i in range(samples):
+            with torch.no_grad():
+                src = svae.decode(z_s[lens : lens + 1] + 0.3 * eps_s[i : i + 1])
+                kap = kvae.decode(z_k[lens : lens + 1] + 0.3 * eps_k[i : i + 1])
+                y = lenssim.lens_image(src, kap, psf=psf[lens : lens + 1]) + sigma[lens] * noise[i : i + 1]
+            physics = LensingPhysics(psf[lens : lens + 1], sigma[lens : lens + 1])
+            est = rim(y, physics)
+            chi2 = torch.stack(
+                [lenssim.chi_squared(y, physics.simulate(e[:, :1], e[:, 1:]), physics.sigma) for e in est]
+            )
+            loss = rim_loss(est, src, kap).sum() + 0.5 * chi2.mean()
+            grads = torch.autograd.grad(loss, [p for _, p in rim.unet.named_parameters()])
+            for k, gr in zip(names, grads, strict=True):
+                acc[k] += gr.pow(2) / samples
+        for k in names:
+            torch.testing.assert_close(fisher[k][lens], acc[k], rtol=2e-3, atol=1e-6 * acc[k].abs().max().item())
+    assert all((f >= 0).all() for f in fisher.values())
+    assert sum(f.sum() for f in fisher.values()) > 0
+
+
+def test_penalty_is_a_weighted_squared_distance_and_pulls_toward_the_anchor(setup):
+    rim = setup[0]
+    anchor = {k: v.detach() for k, v in rim.unet.named_parameters()}
+    params = stacked_params(rim, 2)
+    fisher = {k: torch.rand(2, *v.shape) for k, v in anchor.items()}
+    assert torch.equal(ewc_penalty(params, anchor, fisher, 2e5), torch.zeros(2))  # zero at phi*
+    with torch.no_grad():
+        for p in params.values():
+            p.add_(0.1 * torch.randn_like(p))
+    expected = torch.stack(
+        [sum((fisher[k][i] * (params[k][i] - anchor[k]) ** 2).sum() for k in anchor) * 1e3 for i in range(2)]
+    )
+    torch.testing.assert_close(ewc_penalty(params, anchor, fisher, 2e3), expected)
+    # gradient descent on the penalty alone moves every weight toward phi*
+    before = sum((params[k] - anchor[k]).pow(2).sum() for k in anchor)
+    pen = ewc_penalty(params, anchor, fisher, 1.0).sum()
+    grads = torch.autograd.grad(pen, list(params.values()))
+    with torch.no_grad():
+        for p, g in zip(params.values(), grads, strict=True):
+            p.sub_(0.5 * g)
+    assert sum((params[k] - anchor[k]).pow(2).sum() for k in anchor) < 0.8 * before
+
+
+def test_finetuning_lowers_chi2_without_labels_and_keeps_the_best_iterate(setup):
+    rim, svae, kvae, lenses = setup
+    cfg = FineTuneConfig(fisher_samples=2, learning_rate=1e-3, max_steps=15, target_chi2_nu=0.0, ewc_lambda=1.0)
+    res = finetune(
+        rim, svae, kvae, lenses.observation[:1], lenses.psf[:1], lenses.noise_sigma[:1], cfg, generators=gens(1)
+    )
+    assert res.chi2_nu[0] < 0.9 * res.chi2_nu_baseline[0]
+    assert res.best_step[0] > 0 and res.steps[0] == 15
+    # the reported chi2 is the chi2 of the reported maps
+    physics = LensingPhysics(lenses.psf[:1], lenses.noise_sigma[:1])
+    chi2 = physics.reduced_chi_squared(lenses.observation[:1], res.source, torch.log10(res.kappa))
+    torch.testing.assert_close(chi2, res.chi2_nu, rtol=1e-4, atol=0)
+    # the weights of the trained model are untouched
+    base = rim(lenses.observation[:1], physics)[-1]
+    torch.testing.assert_close(base[:, :1], res.source_baseline)
+
+
+def test_a_huge_lambda_holds_the_weights_at_the_baseline(setup):
+    # RMSProp normalises step sizes, so lambda acts through the direction: the penalty's pull
+    # back to phi* dominates and the prediction barely moves
+    rim, svae, kvae, lenses = setup
+    free = FineTuneConfig(fisher_samples=2, learning_rate=1e-3, max_steps=5, target_chi2_nu=0.0, ewc_lambda=0.0)
+    held = replace(free, ewc_lambda=1e12)
+    args = (rim, svae, kvae, lenses.observation[:1], lenses.psf[:1], lenses.noise_sigma[:1])
+    r_free = finetune(*args, free, generators=gens(1))
+    r_held = finetune(*args, held, generators=gens(1))
+    move_free = (r_free.source - r_free.source_baseline).abs().max()
+    move_held = (r_held.source - r_held.source_baseline).abs().max()
+    assert move_held < 0.05 * move_free
+
+
+def test_batched_finetuning_equals_one_lens_at_a_time(setup):
+    rim, svae, kvae, lenses = setup
+    cfg = FineTuneConfig(fisher_samples=2, learning_rate=1e-3, max_steps=6, target_chi2_nu=0.0, ewc_lambda=10.0)
+    together = finetune(rim, svae, kvae, lenses.observation, lenses.psf, lenses.noise_sigma, cfg, generators=gens(3))
+    for i in range(3):
+        sl = slice(i, i + 1)
+        alone = finetune(
+            rim, svae, kvae, lenses.observation[sl], lenses.psf[sl], lenses.noise_sigma[sl], cfg,
+            generators=gens(1, seed=i),
+        )  # fmt: skip
+        torch.testing.assert_close(alone.chi2_nu, together.chi2_nu[sl], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(alone.source, together.source[sl], rtol=0, atol=2e-4)
+        torch.testing.assert_close(alone.kappa, together.kappa[sl], rtol=1e-3, atol=2e-4)
+
+
+def test_early_stop_at_the_target_and_lenses_leave_the_batch(setup):
+    rim, svae, kvae, lenses = setup
+    cfg = FineTuneConfig(fisher_samples=2, learning_rate=1e-3, max_steps=8, ewc_lambda=1.0)
+    base = finetune(
+        rim, svae, kvae, lenses.observation, lenses.psf, lenses.noise_sigma, replace(cfg, max_steps=0),
+        generators=gens(3),
+    )  # fmt: skip
+    # a target between the lenses' baselines: the lenses already below it take no step
+    target = float(base.chi2_nu_baseline.median())
+    res = finetune(
+        rim, svae, kvae, lenses.observation, lenses.psf, lenses.noise_sigma, replace(cfg, target_chi2_nu=target),
+        generators=gens(3),
+    )  # fmt: skip
+    below = base.chi2_nu_baseline <= target
+    assert below.any() and (~below).any()
+    assert (res.steps[below] == 0).all() and torch.equal(res.chi2_nu[below], base.chi2_nu_baseline[below])
+    assert ((res.chi2_nu[~below] <= target) | (res.steps[~below] == 8)).all()
+
+
+def test_bad_inputs_are_refused(setup):
+    rim, svae, kvae, lenses = setup
+    y = lenses.observation[:1].clone()
+    y[0, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        finetune(rim, svae, kvae, y, lenses.psf[:1], lenses.noise_sigma[:1], generators=gens(1))
+    with pytest.raises(ValueError, match="kappa VAE"):
+        finetune(rim, svae, svae, lenses.observation[:1], lenses.psf[:1], lenses.noise_sigma[:1], generators=gens(1))
+    with pytest.raises(ValueError, match="64"):
+        big = source_vae(**{**TINY_VAE, "pixels": 64})
+        finetune(rim, big, kvae, lenses.observation[:1], lenses.psf[:1], lenses.noise_sigma[:1], generators=gens(1))
+    with pytest.raises(ValueError, match="fisher_samples"):
+        FineTuneConfig(fisher_samples=0)
+
+
+def test_encoding_clips_to_the_vae_domain(setup):
+    _, svae, kvae, _ = setup
+    s = torch.full((1, 1, 32, 32), 2.0)
+    k = torch.full((1, 1, 32, 32), -1.0)
+    z_s, z_k = encode_prediction(svae, kvae, s, k)
+    torch.testing.assert_close(z_s, svae.encode(torch.ones_like(s))[0])
+    assert torch.isfinite(z_k).all()
