@@ -29,6 +29,19 @@ def test_chi2_and_loglikelihood_against_numpy():
     assert np.allclose(lenssim.reduced_chi_squared(obs, model, sigma).numpy(), ref / 16**2)
 
 
+def test_a_noise_map_weights_each_pixel():
+    obs, source, kappa, sigma, kw = _problem()
+    model = lenssim.lens_image(source, kappa, **kw)
+    g = torch.Generator().manual_seed(3)
+    noise_map = 0.05 + torch.rand(obs.shape, generator=g, dtype=obs.dtype)
+    ref = (((obs - model).numpy() / noise_map.numpy()) ** 2).sum(axis=(1, 2, 3))
+    assert np.allclose(lenssim.chi_squared(obs, model, noise_map).numpy(), ref)
+    flat = sigma.view(-1, 1, 1, 1).expand_as(obs)
+    assert np.allclose(lenssim.chi_squared(obs, model, flat).numpy(), lenssim.chi_squared(obs, model, sigma).numpy())
+    with pytest.raises(ValueError, match="noise map"):
+        lenssim.chi_squared(obs, model, noise_map[..., :-1, :-1])
+
+
 def test_noise_has_the_requested_sigma_and_chi2_nu_is_one():
     g = torch.Generator().manual_seed(1)
     clean = torch.zeros(3, 1, 128, 128, dtype=torch.float64)

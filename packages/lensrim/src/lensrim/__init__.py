@@ -1,10 +1,12 @@
 """lensrim: the Recurrent Inference Machine for pixelated lens reconstruction.
 
 A ConvGRU U-net that learns to optimise the lensing likelihood (Adam et al. 2022, sections
-2.3-2.4, appendix C): the model, its gradient preprocessing and loss, and the forward models it
-runs with.
+2.3-2.4, appendix C): the model, its gradient preprocessing and loss, the forward models it
+runs with, its training, EWC fine-tuning on each observation (:mod:`lensrim.finetune`) and the
+evaluation metrics (:mod:`lensrim.metrics`).
 """
 
+from lensrim.finetune import FineTuneConfig, FineTuneResult, finetune, fisher_diagonal
 from lensrim.model import PRESETS, RIM, ConvGRU, ForwardModel, RIMConfig, build_rim, preprocess_gradients, rim_loss
 from lensrim.physics import LensingPhysics, LinearPhysics
 from lensrim.training import DatasetBatches, MixedBatches, SimulatedBatches, load_rim, train_rim, vae_sampler
@@ -12,6 +14,10 @@ from lensrim.training import DatasetBatches, MixedBatches, SimulatedBatches, loa
 __version__ = "0.1.0"
 
 __all__ = [
+    "FineTuneConfig",
+    "FineTuneResult",
+    "finetune",
+    "fisher_diagonal",
     "PRESETS",
     "RIM",
     "ConvGRU",

@@ -55,6 +55,12 @@ FIELD_NDIM = {
     "source_pred": 4,
     "kappa_pred": 4,
     "chi2_nu": 1,
+    "source_baseline": 4,
+    "kappa_baseline": 4,
+    "chi2_nu_baseline": 1,
+    "finetune_steps": 1,
+    "best_step": 1,
+    "noise_map": 4,
 }
 """Expected number of axes of every known field; images are ``(n, 1, M, M)``."""
 _LENS_ATTRS = ("image_fov", "source_fov", "z_lens", "z_source")

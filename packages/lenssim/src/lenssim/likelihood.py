@@ -26,10 +26,16 @@ __all__ = [
 
 def _per_example(sigma: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
     s = torch.as_tensor(sigma, dtype=like.dtype, device=like.device)
+    if s.dim() == like.dim() and s.dim() > 1:  # a noise map, one sigma per pixel
+        if s.shape[1:] != like.shape[1:] or s.shape[0] not in (1, like.shape[0]):
+            raise ValueError(f"a noise map must have the image's shape {tuple(like.shape)}, got {tuple(s.shape)}")
+        return s
     if s.dim() == 0:
         s = s.expand(like.shape[0])
     if s.dim() != 1 or s.shape[0] not in (1, like.shape[0]):
-        raise ValueError(f"noise sigma must be a scalar or (B,) with B = {like.shape[0]}, got {tuple(s.shape)}")
+        raise ValueError(
+            f"noise sigma must be a scalar, (B,) with B = {like.shape[0]} or a noise map, got {tuple(s.shape)}"
+        )
     return s.reshape(-1, *([1] * (like.dim() - 1)))
 
 
@@ -47,7 +53,10 @@ def add_noise(
 
 
 def chi_squared(observation: torch.Tensor, model: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-    """chi^2 = sum_i (y_i - F(x)_i)^2 / sigma^2 per example, ``(B,)``."""
+    """chi^2 = sum_i (y_i - F(x)_i)^2 / sigma_i^2 per example, ``(B,)``.
+
+    ``sigma`` is a scalar, one value per example ``(B,)``, or a noise map of the image's shape.
+    """
     if observation.shape != model.shape:
         raise ValueError(f"observation {tuple(observation.shape)} and model {tuple(model.shape)} differ in shape")
     s = _per_example(sigma, observation)
