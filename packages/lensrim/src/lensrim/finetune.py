@@ -105,6 +105,11 @@ def _physics(psf: torch.Tensor, sigma: torch.Tensor, image_fov: float, source_fo
     return LensingPhysics(psf, sigma, image_fov, source_fov)
 
 
+def _per_pixel(sigma: torch.Tensor) -> torch.Tensor:
+    """Noise sigma ``(B,)`` or a noise map ``(B, 1, N, N)`` as something to multiply images by."""
+    return sigma.view(-1, 1, 1, 1) if sigma.dim() == 1 else sigma
+
+
 def _mean_half_chi2(estimates: torch.Tensor, y: torch.Tensor, physics: LensingPhysics) -> torch.Tensor:
     """(1/T) sum_t chi^2(y, F(x_t)) / 2 per example, differentiable, ``(B,)``."""
     terms = [lenssim.chi_squared(y, physics.simulate(est[:, :1], est[:, 1:]), physics.sigma) for est in estimates]
@@ -181,7 +186,7 @@ def fisher_diagonal(
             src = source_vae.decode(z_source[lens] + latent_sigma * eps_s[idx])
             kap = kappa_vae.decode(z_kappa[lens] + latent_sigma * eps_k[idx])
             physics = _physics(psf[lens], sigma[lens], image_fov, source_fov)
-            y = physics.simulate(src, torch.log10(kap)) + sigma[lens].view(-1, 1, 1, 1) * noise[idx]
+            y = physics.simulate(src, torch.log10(kap)) + _per_pixel(sigma[lens]) * noise[idx]
         copies = {k: v.unsqueeze(0).expand(len(idx), *v.shape) for k, v in anchor.items()}
         est = model(y, physics, params=copies)
         loss = rim_loss(est, src, kap) + _mean_half_chi2(est, y, physics)

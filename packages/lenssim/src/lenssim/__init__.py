@@ -16,6 +16,7 @@ from lenssim.convergence import (
     kappa_maps,
 )
 from lenssim.deflection import deflection_angles, deflection_kernel
+from lenssim.fits import FitsError, FitsObservation, read_fits_observation, write_fits_reconstruction
 from lenssim.grid import pixel_coordinates, pixel_grid, pixel_scale
 from lenssim.io import (
     LENS_FIELDS,
@@ -67,6 +68,10 @@ from lenssim.simulate import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "FitsError",
+    "FitsObservation",
+    "read_fits_observation",
+    "write_fits_reconstruction",
     "IMAGE_FOV",
     "HaloSource",
     "KappaMapConfig",

@@ -1,0 +1,207 @@
+"""Real observations in and reconstructions out as FITS.
+
+An observation is a 2-D image HDU (the primary HDU, or the first image extension, preferring
+one named ``SCI``), centred on the lens. Its pixel scale comes from the header (``CD2_2`` or
+``CDELT2`` in degrees, or ``PIXSCALE`` in arcsec) unless given. The PSF is an image HDU named
+``PSF`` (odd, square, on the image's pixel scale) or a Gaussian FWHM; the noise is a sigma (in the
+image's units) or a noise-map HDU named ``NOISE``, ``SIGMA`` or ``ERR``.
+
+The image is cut and resampled onto the model's grid (``pixels`` across ``image_fov``) by exact
+pixel-area overlap, which conserves surface brightness; the noise map goes through the same
+weights (the standard deviation of each resampled pixel for independent input noise; the
+correlations that resampling introduces between neighbours are not modelled). The PSF is
+resampled the same way and renormalised. Finally image and noise are divided by a flux scale
+(by default the image's peak) so that, like the training data, the lensed arcs peak near 1.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lenssim.psf import gaussian_psf
+
+__all__ = ["FitsObservation", "FitsError", "read_fits_observation", "resample_matrix", "write_fits_reconstruction"]
+
+NOISE_HDUS = ("NOISE", "SIGMA", "ERR")
+
+
+class FitsError(ValueError):
+    """A FITS input that cannot be used, with a one-line reason."""
+
+
+@dataclass
+class FitsObservation:
+    """An observation on the model's grid: ``observation (1, 1, N, N)``, ``psf (1, 1, k, k)``,
+    ``noise`` either ``(1,)`` (one sigma) or ``(1, 1, N, N)`` (a noise map), all divided by
+    ``flux_scale``; ``pixel_scale`` is the input's (arcsec)."""
+
+    observation: torch.Tensor
+    psf: torch.Tensor
+    noise: torch.Tensor
+    flux_scale: float
+    pixel_scale: float
+    resampled: bool
+
+
+def resample_matrix(n_in: int, scale_in: float, n_out: int, scale_out: float) -> np.ndarray:
+    """``(n_out, n_in)`` weights of 1-D area-overlap resampling between two grids sharing their
+    centre: row j holds the fraction of output pixel j covered by each input pixel."""
+    a = (np.arange(n_in + 1) - n_in / 2) * scale_in  # input pixel edges
+    b = (np.arange(n_out + 1) - n_out / 2) * scale_out
+    lo = np.maximum(b[:-1, None], a[None, :-1])
+    hi = np.minimum(b[1:, None], a[None, 1:])
+    return np.clip(hi - lo, 0.0, None) / scale_out
+
+
+def _image_hdu(hdul, path: Path):
+    candidates = [h for h in hdul if h.is_image and h.data is not None and h.name not in ("PSF", *NOISE_HDUS)]
+    named = [h for h in candidates if h.name == "SCI"]
+    if not (named or candidates):
+        raise FitsError(f"{path}: no image HDU with data")
+    return (named or candidates)[0]
+
+
+def _pixel_scale(header, path: Path) -> float:
+    for key in ("CD2_2", "CDELT2"):
+        if key in header and header[key]:
+            return abs(float(header[key])) * 3600.0
+    if "PIXSCALE" in header:
+        return float(header["PIXSCALE"])
+    raise FitsError(f"{path}: the header gives no pixel scale (CD2_2, CDELT2 or PIXSCALE); pass one")
+
+
+def _array(hdu, path: Path, what: str) -> np.ndarray:
+    data = np.asarray(hdu.data)
+    if data.ndim != 2:
+        raise FitsError(f"{path}: the {what} HDU {hdu.name!r} is {data.ndim}-D, expected a 2-D image")
+    if data.dtype.kind not in "fiu":
+        raise FitsError(f"{path}: the {what} HDU {hdu.name!r} holds {data.dtype}, expected numbers")
+    data = data.astype(np.float64)
+    if not np.isfinite(data).all():
+        raise FitsError(f"{path}: the {what} HDU {hdu.name!r} contains NaN or infinite pixels")
+    return data
+
+
+def read_fits_observation(
+    path: str | os.PathLike,
+    *,
+    pixels: int,
+    image_fov: float,
+    pixel_scale: float | None = None,
+    psf_fwhm: float | None = None,
+    noise_sigma: float | None = None,
+    flux_scale: float | None = None,
+    psf_size: int = 21,
+) -> FitsObservation:
+    """Read a lens observation from FITS onto the model's ``pixels`` x ``pixels`` grid of side
+    ``image_fov`` arcsec (see the module). Explicit ``pixel_scale``, ``psf_fwhm`` (arcsec) and
+    ``noise_sigma`` (image units) override the file."""
+    from astropy.io import fits
+
+    path = Path(path)
+    if not path.is_file():
+        raise FitsError(f"{path}: no such file")
+    try:
+        hdul = fits.open(path, memmap=False)
+    except OSError as e:
+        raise FitsError(f"{path}: not a readable FITS file ({e})") from None
+    with hdul:
+        sci = _image_hdu(hdul, path)
+        image = _array(sci, path, "image")
+        if image.shape[0] != image.shape[1]:
+            raise FitsError(f"{path}: the image is {image.shape[1]}x{image.shape[0]}, expected a square cutout")
+        scale_in = float(pixel_scale) if pixel_scale is not None else _pixel_scale(sci.header, path)
+        if not scale_in > 0:
+            raise FitsError(f"{path}: pixel scale must be positive, got {scale_in}")
+        names = {h.name for h in hdul}
+        psf_in = _array(hdul["PSF"], path, "PSF") if psf_fwhm is None and "PSF" in names else None
+        noise_map = None
+        if noise_sigma is None:
+            found = [n for n in NOISE_HDUS if n in names]
+            if not found:
+                raise FitsError(f"{path}: no noise given: pass a sigma or add a NOISE/SIGMA/ERR HDU")
+            noise_map = _array(hdul[found[0]], path, "noise")
+            if noise_map.shape != image.shape:
+                raise FitsError(f"{path}: the noise map is {noise_map.shape}, the image {image.shape}")
+            if (noise_map <= 0).any():
+                raise FitsError(f"{path}: the noise map has non-positive pixels")
+        elif not noise_sigma > 0:
+            raise FitsError(f"noise sigma must be positive, got {noise_sigma}")
+    if psf_in is None and psf_fwhm is None:
+        raise FitsError(f"{path}: no PSF given: pass a FWHM or add a PSF HDU")
+
+    n_in = image.shape[0]
+    scale_out = image_fov / pixels
+    if n_in * scale_in < image_fov * (1 - 1e-6):
+        raise FitsError(
+            f"{path}: the image covers {n_in * scale_in:.3g} arcsec, less than the model's field of {image_fov} arcsec"
+        )
+    resampled = not (np.isclose(scale_in, scale_out, rtol=1e-6) and (n_in - pixels) % 2 == 0)
+    w = resample_matrix(n_in, scale_in, pixels, scale_out)
+    obs = w @ image @ w.T
+    if noise_map is not None:
+        noise = np.sqrt((w**2) @ noise_map**2 @ (w**2).T)
+    else:
+        noise = np.sqrt((w**2).sum(axis=1)[:, None] * (w**2).sum(axis=1)[None, :]) * noise_sigma
+        if not resampled:
+            noise = np.array([noise_sigma])
+
+    if psf_in is not None:
+        k = psf_in.shape[0]
+        if psf_in.shape[0] != psf_in.shape[1] or k % 2 == 0:
+            raise FitsError(f"{path}: the PSF HDU is {psf_in.shape}, expected an odd square")
+        if np.isclose(scale_in, scale_out, rtol=1e-6):
+            psf = psf_in
+        else:
+            k_out = int(np.ceil(k * scale_in / scale_out)) | 1
+            wp = resample_matrix(k, scale_in, k_out, scale_out)
+            psf = wp @ psf_in @ wp.T
+        if psf.sum() <= 0:
+            raise FitsError(f"{path}: the PSF has no positive flux")
+        psf_t = torch.from_numpy(psf / psf.sum()).float()[None, None]
+    else:
+        if not psf_fwhm > 0:
+            raise FitsError(f"PSF FWHM must be positive, got {psf_fwhm}")
+        psf_t = gaussian_psf(torch.tensor([float(psf_fwhm)]), scale_out, psf_size)
+
+    scale = float(flux_scale) if flux_scale is not None else float(obs.max())
+    if not scale > 0:
+        raise FitsError(f"{path}: the image has no positive flux to normalise by; pass a flux scale")
+    noise_t = torch.from_numpy(noise / scale).float()
+    if noise_t.dim() == 2:
+        noise_t = noise_t[None, None]
+    return FitsObservation(
+        observation=torch.from_numpy(obs / scale).float()[None, None],
+        psf=psf_t,
+        noise=noise_t,
+        flux_scale=scale,
+        pixel_scale=scale_in,
+        resampled=bool(resampled),
+    )
+
+
+def write_fits_reconstruction(
+    path: str | os.PathLike, maps: dict[str, np.ndarray], header: dict[str, float | int | str]
+) -> Path:
+    """Write named 2-D maps as image extensions (after an empty primary HDU holding ``header``),
+    atomically."""
+    from astropy.io import fits
+
+    path = Path(path)
+    primary = fits.PrimaryHDU()
+    for k, v in header.items():
+        primary.header[k[:8].upper()] = v
+    hdus = [primary] + [fits.ImageHDU(np.asarray(v, dtype=np.float32), name=k.upper()) for k, v in maps.items()]
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+from astropy.io import fits
+
+import lenssim
+from lenssim.fits import resample_matrix
+
+
+def _write(path, image, *, scale=None, psf=None, noise=None, cdelt=True):
+    hdr = fits.Header()
+    if scale is not None:
+        hdr["CDELT1" if cdelt else "PIXSCALE"] = -scale / 3600 if cdelt else scale
+        if cdelt:
+            hdr["CDELT2"] = scale / 3600
+    hdus = [fits.PrimaryHDU(image, header=hdr)]
+    if psf is not None:
+        hdus.append(fits.ImageHDU(psf, name="PSF"))
+    if noise is not None:
+        hdus.append(fits.ImageHDU(noise, name="NOISE"))
+    fits.HDUList(hdus).writeto(path)
+    return path
+
+
+def test_same_pixel_scale_is_an_exact_central_crop(tmp_path):
+    rng = np.random.default_rng(0)
+    img = rng.random((40, 40))
+    p = _write(tmp_path / "o.fits", img, scale=0.25)
+    obs = lenssim.read_fits_observation(p, pixels=32, image_fov=8.0, psf_fwhm=0.3, noise_sigma=0.1)
+    peak = img[4:36, 4:36].max()
+    assert not obs.resampled and obs.flux_scale == pytest.approx(peak)
+    np.testing.assert_allclose(obs.observation[0, 0].numpy(), img[4:36, 4:36] / peak, rtol=1e-6)
+    assert obs.noise.shape == (1,) and obs.noise.item() == pytest.approx(0.1 / peak)
+    assert obs.psf.shape == (1, 1, 21, 21) and obs.psf.sum().item() == pytest.approx(1.0)
+
+
+def test_resampling_averages_areas_and_carries_the_noise(tmp_path):
+    rng = np.random.default_rng(1)
+    img = rng.random((64, 64)) + 1.0
+    noise = np.full((64, 64), 0.2)
+    p = _write(tmp_path / "o.fits", img, scale=0.125, noise=noise, psf=np.outer([1, 2, 1], [1, 2, 1]).astype(float))
+    obs = lenssim.read_fits_observation(p, pixels=32, image_fov=8.0, flux_scale=1.0)
+    blocks = img.reshape(32, 2, 32, 2).mean(axis=(1, 3))  # 2x2 averages
+    np.testing.assert_allclose(obs.observation[0, 0].numpy(), blocks, rtol=1e-6)
+    np.testing.assert_allclose(obs.noise[0, 0].numpy(), 0.1, rtol=1e-6)  # 0.2 / sqrt(4)
+    assert obs.resampled and obs.psf.sum().item() == pytest.approx(1.0)
+    k = obs.psf.shape[-1]
+    c = np.arange(k) - k // 2
+    assert abs((obs.psf[0, 0].numpy() * c[None, :]).sum()) < 1e-6  # still centred
+
+
+def test_resampling_matches_a_dense_numerical_integral_and_conserves_flux(tmp_path):
+    n_in, s_in = 50, 0.2  # 10 arcsec
+    rng = np.random.default_rng(2)
+    img = rng.random((n_in, n_in))
+    p = _write(tmp_path / "o.fits", img, scale=s_in, cdelt=False)
+    obs = lenssim.read_fits_observation(p, pixels=24, image_fov=7.69, psf_fwhm=0.2, noise_sigma=0.05, flux_scale=1)
+    s_out = 7.69 / 24
+    for j, i in [(0, 0), (5, 17), (23, 11)]:  # mean of the piecewise-constant input over the output pixel
+        u = (np.arange(400) + 0.5) / 400
+        ys = (j - 12 + u) * s_out
+        xs = (i - 12 + u) * s_out
+        rows = np.floor(ys / s_in + n_in / 2).astype(int)
+        cols = np.floor(xs / s_in + n_in / 2).astype(int)
+        assert obs.observation[0, 0, j, i].item() == pytest.approx(img[np.ix_(rows, cols)].mean(), rel=3e-3)
+    # white noise through the weights: sigma * sqrt(sum w^2) per axis
+    w = resample_matrix(n_in, s_in, 24, s_out)
+    expected = 0.05 * np.sqrt(np.outer((w**2).sum(1), (w**2).sum(1)))
+    np.testing.assert_allclose(obs.noise[0, 0].numpy(), expected, rtol=1e-5)
+    assert np.allclose(w.sum(axis=1), 1.0)  # every output pixel is fully covered
+    # a field that covers the whole input conserves the total flux
+    whole = lenssim.read_fits_observation(p, pixels=24, image_fov=10.0, psf_fwhm=0.2, noise_sigma=0.05, flux_scale=1)
+    assert whole.observation.sum().item() * (10.0 / 24) ** 2 == pytest.approx(img.sum() * s_in**2, rel=1e-5)
+
+
+def test_bad_inputs_get_one_line_reasons(tmp_path):
+    img = np.ones((40, 40))
+    p = _write(tmp_path / "a.fits", img, scale=0.25)
+    kw = dict(pixels=32, image_fov=8.0)
+    with pytest.raises(lenssim.FitsError, match="no noise"):
+        lenssim.read_fits_observation(p, psf_fwhm=0.3, **kw)
+    with pytest.raises(lenssim.FitsError, match="no PSF"):
+        lenssim.read_fits_observation(p, noise_sigma=0.1, **kw)
+    with pytest.raises(lenssim.FitsError, match="less than the model's field"):
+        lenssim.read_fits_observation(p, psf_fwhm=0.3, noise_sigma=0.1, pixels=32, image_fov=12.0)
+    bad = img.copy()
+    bad[3, 3] = np.nan
+    with pytest.raises(lenssim.FitsError, match="NaN"):
+        lenssim.read_fits_observation(_write(tmp_path / "b.fits", bad, scale=0.25), psf_fwhm=0.3, noise_sigma=0.1, **kw)
+    with pytest.raises(lenssim.FitsError, match="pixel scale"):
+        lenssim.read_fits_observation(_write(tmp_path / "c.fits", img), psf_fwhm=0.3, noise_sigma=0.1, **kw)
+    (tmp_path / "d.fits").write_text("not fits")
+    with pytest.raises(lenssim.FitsError, match="not a readable FITS"):
+        lenssim.read_fits_observation(tmp_path / "d.fits", psf_fwhm=0.3, noise_sigma=0.1, **kw)
+    with pytest.raises(lenssim.FitsError, match="no such file"):
+        lenssim.read_fits_observation(tmp_path / "e.fits", psf_fwhm=0.3, noise_sigma=0.1, **kw)
+
+
+def test_reconstruction_round_trips(tmp_path):
+    maps = {"source": np.random.default_rng(0).random((8, 8)), "kappa": np.ones((8, 8))}
+    out = lenssim.write_fits_reconstruction(tmp_path / "r.fits", maps, {"fluxscl": 2.5, "chi2nu": 1.1})
+    with fits.open(out) as h:
+        assert h[0].header["FLUXSCL"] == 2.5
+        np.testing.assert_allclose(h["SOURCE"].data, maps["source"], rtol=1e-6)
+    assert not list(tmp_path.glob(".*tmp"))
