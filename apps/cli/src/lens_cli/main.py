@@ -113,6 +113,7 @@ def demo(output: Path, n_lenses: int, seed: int, device: str) -> None:
         click.echo(f"acceptance: {stats['accepted']} of {stats['tried']} candidates; rejections {stats['rejected_by']}")
 
 
+from lens_cli.finetune import evaluate, finetune  # noqa: E402
 from lens_cli.priors import sample, train  # noqa: E402
 from lens_cli.rim import reconstruct  # noqa: E402,F401  (registers `train rim`)
 from lens_cli.simulate import simulate  # noqa: E402
@@ -121,6 +122,8 @@ cli.add_command(simulate)
 cli.add_command(train)
 cli.add_command(sample)
 cli.add_command(reconstruct)
+cli.add_command(finetune)
+cli.add_command(evaluate)
 
 
 if __name__ == "__main__":  # pragma: no cover

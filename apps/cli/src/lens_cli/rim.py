@@ -169,7 +169,9 @@ def train_rim(
     if val_path is not None:
         d = lenssim.read_lens_dataset(val_path)
         validation = {k: d[k][:16] for k in lenssim.LENS_FIELDS}
-    meta = {**source, "preset": preset, "world_size": world}
+    attrs = getattr(batches, "attrs", {}) or {}
+    fovs = {k: float(attrs[k]) for k in ("image_fov", "source_fov") if k in attrs}
+    meta = {**source, **fovs, "preset": preset, "world_size": world}
     with tqdm(total=config.train_steps, desc="training RIM", unit="step", disable=None if rank == 0 else True) as bar:
 
         def progress(done, terms):

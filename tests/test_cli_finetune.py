@@ -1,0 +1,129 @@
+"""`lens finetune` (HDF5 and FITS, resume) and `lens evaluate` end to end on tiny 32^2 models."""
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from astropy.io import fits
+
+import lensprior
+import lensrim
+import lenssim
+from lensrim.training import SimulatedBatches, train_rim
+
+LENS = shutil.which("lens")
+pytestmark = pytest.mark.skipif(LENS is None, reason="the lens script is not installed")
+OBS = lenssim.ObservationConfig(image_pixels=32, source_pixels=32, psf_size=5)
+TINY_VAE = dict(pixels=32, levels=2, filters=4, latent_dim=4, batch_size=4)
+
+
+def run(*args, check=True):
+    proc = subprocess.run([LENS, *map(str, args)], capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"lens {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    lenses = lenssim.simulate_sie_lenses(16, config=OBS, generator=torch.Generator().manual_seed(0))
+    arrays = {k: getattr(lenses, k) for k in lenssim.LENS_FIELDS}
+    lenssim.write_lens_dataset(
+        root / "lenses.h5", {k: v[:5] for k, v in arrays.items()}, image_fov=OBS.image_fov,
+        source_fov=OBS.source_fov, z_lens=0.5, z_source=1.5, config={"test": True}, seed=0,
+    )  # fmt: skip
+    lensprior.train_vae(lensprior.source_vae_config(**TINY_VAE, steps=3), arrays["source"], root / "svae")
+    lensprior.train_vae(lensprior.kappa_vae_config(**TINY_VAE, steps=3), arrays["kappa"], root / "kvae")
+    batches = SimulatedBatches(lenssim.sie_kappa_sampler(config=OBS), lenssim.sersic_source_sampler(config=OBS), OBS)
+    train_rim(replace(lensrim.PRESETS["tiny"], steps=3), batches, root / "rim", steps=3)
+    return root
+
+
+def finetune_args(root, data, out, *extra):
+    return ["finetune", "--rim", root / "rim", "--source-vae", root / "svae", "--kappa-vae", root / "kvae",
+            "--data", data, "-o", out, "--fisher-samples", 2, "--learning-rate", 1e-3, "--max-steps", 4,
+            "--target-chi2", 0, *extra]  # fmt: skip
+
+
+def test_finetune_resumes_after_a_kill_and_evaluate_writes_the_report(models, tmp_path):
+    whole = tmp_path / "whole.h5"
+    out = run(*finetune_args(models, models / "lenses.h5", whole, "--batch-size", 2))
+    assert "fine-tuned" in out.stdout
+    fields = ["source_pred", "kappa_pred", "chi2_nu", "chi2_nu_baseline", "finetune_steps", "source", "kappa"]
+    d = lenssim.read_dataset(whole, fields)
+    assert d["source_pred"].shape == (5, 1, 32, 32)
+    assert (d["chi2_nu"] <= d["chi2_nu_baseline"]).all() and (d["chi2_nu"] < d["chi2_nu_baseline"]).any()
+    assert (d["finetune_steps"] == 4).all()
+
+    killed = tmp_path / "killed.h5"
+    args = finetune_args(models, models / "lenses.h5", killed, "--batch-size", 1)
+    proc = subprocess.Popen([LENS, *map(str, args)], stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    blocks = tmp_path / ".killed.h5.blocks"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(blocks.glob("block-*.h5"))) < 2 and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not killed.exists() and len(list(blocks.glob("block-*.h5"))) >= 2
+    run(*args)
+    k = lenssim.read_dataset(killed, fields)
+    for f in fields:  # the batch size does not change any lens's result
+        torch.testing.assert_close(k[f], d[f], rtol=1e-4, atol=2e-4)
+    assert not blocks.exists()
+
+    report = tmp_path / "report"
+    out = run("evaluate", whole, "-o", report)
+    assert "chi2_nu median" in out.stdout
+    m = json.loads((report / "metrics.json").read_text())
+    assert m["lenses"] == 5
+    assert m["chi2_nu"]["final"]["median"] == pytest.approx(float(d["chi2_nu"].median()), rel=1e-5)
+    assert set(m["log10_loss"]) == {"baseline", "final"} and np.isfinite(m["log10_loss"]["final"]["mu"])
+    assert len(m["coherence"]["final"]["source"]["mean"]) == 16
+    page = (report / "index.html").read_text()
+    for name in ("lenses.png", "chi2_histogram.png", "chi2_vs_snr.png", "coherence.png"):
+        assert (report / name).stat().st_size > 1000 and f'src="{name}"' in page
+
+
+def test_finetune_a_fits_observation(models, tmp_path):
+    d = lenssim.read_lens_dataset(models / "lenses.h5")
+    scale = OBS.image_fov / 32
+    # a 40^2 cutout at twice the model's resolution (80^2), in counts: resampled and normalised
+    img = np.kron(d["observation"][0, 0].numpy(), np.ones((2, 2)))
+    img = np.pad(img, 8, mode="edge") * 250.0
+    hdr = fits.Header()
+    hdr["CDELT2"] = scale / 2 / 3600
+    fits.HDUList([fits.PrimaryHDU(img, header=hdr), fits.ImageHDU(np.full_like(img, 2.0), name="NOISE")]).writeto(
+        tmp_path / "obs.fits"
+    )
+    out = tmp_path / "recon.h5"
+    run(*finetune_args(models, tmp_path / "obs.fits", out, "--psf-fwhm", 0.2))
+    r = lenssim.read_dataset(out, ["observation", "noise_map", "chi2_nu", "chi2_nu_baseline"])
+    peak = float(d["observation"][0, 0].max())
+    torch.testing.assert_close(r["observation"][0, 0], d["observation"][0, 0] / peak, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(r["noise_map"], torch.full_like(r["noise_map"], 1.0 / 250 / peak), rtol=1e-5, atol=0)
+    with fits.open(tmp_path / "recon.fits") as h:
+        assert h["SOURCE"].data.shape == (32, 32) and h[0].header["CHI2NU"] == pytest.approx(float(r["chi2_nu"][0]))
+        np.testing.assert_allclose(h["OBSERVATION"].data, d["observation"][0, 0].numpy() * 250, rtol=1e-4)
+    bad = run(*finetune_args(models, tmp_path / "obs.fits", tmp_path / "x.h5"), check=False)
+    assert bad.returncode == 1 and "no PSF" in bad.stderr and not (tmp_path / "x.h5").exists()
+
+
+def test_finetune_and_evaluate_errors(models, tmp_path):
+    bad = run(*finetune_args(models, tmp_path / "nope.h5", tmp_path / "x.h5"), check=False)
+    assert bad.returncode == 2 and "no such file" in bad.stderr
+    bad = run(*finetune_args(models, models / "lenses.h5", tmp_path / "x.h5", "--psf-fwhm", 0.1), check=False)
+    assert bad.returncode == 2 and "FITS input only" in bad.stderr
+    swapped = ["finetune", "--rim", models / "rim", "--source-vae", models / "kvae", "--kappa-vae", models / "svae",
+               "--data", models / "lenses.h5", "-o", tmp_path / "x.h5"]  # fmt: skip
+    bad = run(*swapped, check=False)
+    assert bad.returncode == 1 and "expected a source VAE and a kappa VAE" in bad.stderr
+    bad = run("evaluate", models / "lenses.h5", "-o", tmp_path / "rep", check=False)
+    assert bad.returncode == 1 and "not a reconstruction" in bad.stderr
+    assert not (tmp_path / "x.h5").exists()
