@@ -75,6 +75,52 @@ def bench(preset: str, device: torch.device, train_batch: int, infer_batch: int,
     )
 
 
+def bench_finetune(preset: str, device: torch.device, lenses: int, steps: int, pixels: int | None = None) -> str:
+    """Fine-tuning throughput: ``lenses`` lenses together (one weight copy each, vmap) against
+    the same lenses one at a time; Fisher (16 draws) and ``steps`` RMSProp steps per lens, no
+    early stop. Lenses per hour extrapolate to Table 3's 200 draws and 2000 steps."""
+    from lensprior import kappa_vae, source_vae
+    from lensrim.finetune import FineTuneConfig, finetune
+
+    config = lensrim.PRESETS[preset] if pixels is None else replace(lensrim.PRESETS[preset], pixels=pixels)
+    n = config.pixels
+    torch.manual_seed(0)
+    model = lensrim.RIM(config).to(device).eval()
+    vae_kw = dict(pixels=n, levels=3, filters=8, latent_dim=16)
+    svae, kvae = source_vae(**vae_kw).to(device).eval(), kappa_vae(**vae_kw).to(device).eval()
+    obs = lenssim.ObservationConfig(image_pixels=n, source_pixels=n)
+    b = lenssim.simulate_sie_lenses(lenses, config=obs, generator=torch.Generator().manual_seed(0))
+    y, psf, sigma = b.observation.to(device), b.psf.to(device), b.noise_sigma.to(device)
+    draws = 16
+
+    def run(sl, count_steps):
+        cfg = FineTuneConfig(fisher_samples=draws, max_steps=count_steps, target_chi2_nu=0.0, fisher_chunk=8)
+        gens = [torch.Generator().manual_seed(i) for i in range(sl.start, sl.stop)]
+        t0 = time.perf_counter()
+        finetune(model, svae, kvae, y[sl], psf[sl], sigma[sl], cfg, generators=gens)
+        _sync(device)
+        return time.perf_counter() - t0
+
+    run(slice(0, 1), 1)  # warm-up
+    # time = Fisher + steps * step: two step counts separate the two
+    t_batch = {k: run(slice(0, lenses), k) for k in (1, steps + 1)}
+    t_one = {k: sum(run(slice(i, i + 1), k) for i in range(lenses)) for k in (1, steps + 1)}
+
+    def per_hour(t):
+        step = (t[steps + 1] - t[1]) / steps
+        fisher = t[1] - step
+        full = fisher * 200 / draws + 2000 * step
+        return lenses * 3600 / full, step / lenses, fisher / lenses / draws
+
+    ph_b, st_b, fi_b = per_hour(t_batch)
+    ph_1, st_1, fi_1 = per_hour(t_one)
+    return (
+        f"fine-tuning {preset} {n}^2 on {device.type}: {lenses} lenses together {ph_b:.2f} lenses/h vs one at a time "
+        f"{ph_1:.2f} lenses/h (x{ph_b / ph_1:.2f}); per lens: step {1e3 * st_b:.0f} vs {1e3 * st_1:.0f} ms, "
+        f"Fisher draw {1e3 * fi_b:.0f} vs {1e3 * fi_1:.0f} ms (Table 3 budget: 200 draws, 2000 steps)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
@@ -83,11 +129,13 @@ def main() -> None:
         f"lensrim {lensrim.__version__}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; T = 8, 128^2"
     )
     print(bench("small", torch.device("cpu"), 4, 8, args.repeats), flush=True)
+    print(bench_finetune("small", torch.device("cpu"), 4, 3, pixels=64), flush=True)
     if torch.cuda.is_available():
         gpu = torch.device("cuda")
         print(bench("small", gpu, 16, 64, args.repeats), flush=True)
         print(bench("paper", gpu, 1, 8, args.repeats), flush=True)
         print(bench("paper", gpu, 1, 8, args.repeats, activation_checkpointing=True, bf16=True), flush=True)
+        print(bench_finetune("small", gpu, 16, 5), flush=True)
     else:
         print("paper preset: GPU only (no CUDA device here)")
 
