@@ -60,6 +60,46 @@ def load_observations(path: Path, *, pixels: int, image_fov: float, source_fov: 
     return {k: (v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in data.items()}
 
 
+def finetune_to_file(
+    model, svae, kvae, data: dict, output: Path, cfg, *, attrs: dict, batch_size: int, seed: int, device
+) -> Path:
+    """Fine-tune every lens of ``data`` (tensors: observation, psf, noise_sigma, optional
+    noise_map and truth) into the reconstruction file ``output``, ``batch_size`` lenses at a time,
+    resumably (one block per batch). Lens i draws its Fisher samples from (seed, i) alone."""
+    import lensrim
+    import lenssim
+    from lensprior.training import step_generator
+
+    n, dev, out_attrs = data["observation"].shape[0], device, attrs
+    ifov, sfov = float(attrs["image_fov"]), float(attrs["source_fov"])
+    with tqdm(total=n, desc="fine-tuning", unit="lens", disable=None) as bar:
+
+        def make_block(k: int, count: int, _seedseq) -> dict:
+            sl = slice(k * batch_size, k * batch_size + count)
+            noise = data["noise_map"][sl] if "noise_map" in data else data["noise_sigma"][sl]
+            gens = [step_generator(seed, i, 7) for i in range(sl.start, sl.stop)]
+
+            def stage(name, done, total):
+                bar.set_postfix_str(f"lenses {sl.start}-{sl.stop - 1}: {name} {done}/{total}", refresh=True)
+
+            res = lensrim.finetune(
+                model, svae, kvae, data["observation"][sl].to(dev), data["psf"][sl].to(dev), noise.to(dev), cfg,
+                generators=gens, image_fov=ifov, source_fov=sfov, progress=stage,
+            )  # fmt: skip
+            arrays = {key: v[sl].numpy() for key, v in data.items()}
+            arrays.update(
+                source_pred=res.source.cpu().numpy(), kappa_pred=res.kappa.cpu().numpy(),
+                chi2_nu=res.chi2_nu.cpu().numpy(), source_baseline=res.source_baseline.cpu().numpy(),
+                kappa_baseline=res.kappa_baseline.cpu().numpy(), chi2_nu_baseline=res.chi2_nu_baseline.cpu().numpy(),
+                finetune_steps=res.steps.numpy(), best_step=res.best_step.numpy(),
+            )  # fmt: skip
+            return arrays
+
+        return lenssim.write_in_blocks(
+            output, n, make_block, attrs=out_attrs, seed=seed, block_size=batch_size, progress=bar.update
+        )
+
+
 @click.command("finetune")
 @click.option("--rim", "rim_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="RIM run.")
 @click.option("--source-vae", required=True, type=click.Path(file_okay=False, path_type=Path), help="Source VAE run.")
@@ -107,7 +147,6 @@ def finetune(
     import lensprior
     import lensrim
     import lenssim
-    from lensprior.training import step_generator
 
     dev = resolve_device(device)
     if not data_path.exists():
@@ -143,32 +182,10 @@ def finetune(
     if "fits" in attrs:
         out_attrs["fits"] = attrs["fits"]
 
-    with tqdm(total=n, desc="fine-tuning", unit="lens", disable=None) as bar:
-
-        def make_block(k: int, count: int, _seedseq) -> dict:
-            sl = slice(k * batch_size, k * batch_size + count)
-            noise = data["noise_map"][sl] if "noise_map" in data else data["noise_sigma"][sl]
-            gens = [step_generator(seed, i, 7) for i in range(sl.start, sl.stop)]
-
-            def stage(name, done, total):
-                bar.set_postfix_str(f"lenses {sl.start}-{sl.stop - 1}: {name} {done}/{total}", refresh=True)
-
-            res = lensrim.finetune(
-                model, svae, kvae, data["observation"][sl].to(dev), data["psf"][sl].to(dev), noise.to(dev), cfg,
-                generators=gens, image_fov=ifov, source_fov=sfov, progress=stage,
-            )  # fmt: skip
-            arrays = {key: v[sl].numpy() for key, v in data.items()}
-            arrays.update(
-                source_pred=res.source.cpu().numpy(), kappa_pred=res.kappa.cpu().numpy(),
-                chi2_nu=res.chi2_nu.cpu().numpy(), source_baseline=res.source_baseline.cpu().numpy(),
-                kappa_baseline=res.kappa_baseline.cpu().numpy(), chi2_nu_baseline=res.chi2_nu_baseline.cpu().numpy(),
-                finetune_steps=res.steps.numpy(), best_step=res.best_step.numpy(),
-            )  # fmt: skip
-            return arrays
-
-        lenssim.write_in_blocks(
-            output, n, make_block, attrs=out_attrs, seed=seed, block_size=batch_size, progress=bar.update
-        )
+    finetune_to_file(
+        model, svae, kvae, {k: v[:n] for k, v in data.items()}, output, cfg, attrs=out_attrs, batch_size=batch_size,
+        seed=seed, device=dev,
+    )  # fmt: skip
     rec = lenssim.read_dataset(output, ["chi2_nu", "chi2_nu_baseline", "finetune_steps"])
     click.echo(
         f"wrote {output}: {n} lenses, chi2_nu median {np.median(rec['chi2_nu_baseline'].numpy()):.3g} (baseline) -> "
