@@ -64,3 +64,28 @@ def test_loss_moments_and_chi2_summary_against_hand_computations():
     assert s["median"] == pytest.approx(1.025) and s["fraction_at_or_below_1"] == 0.5
     assert s["fraction_at_or_below_1.1"] == 0.75
     assert np.allclose(snr([0.01, 0.1]), [100, 10])
+
+
+def test_adam_on_the_likelihood_reaches_the_optimum_of_a_linear_problem():
+    from lensrim import LinearPhysics
+    from lensrim.baseline import optimise_likelihood
+
+    g = torch.Generator().manual_seed(0)
+    physics = LinearPhysics(a=1.0, b=0.0, sigma=0.1)
+    truth = torch.rand(2, 1, 8, 8, generator=g)
+    y = truth + 0.1 * torch.randn(truth.shape, generator=g)
+    zeros = torch.zeros_like(y)
+    s, xi = optimise_likelihood(y, physics, zeros, zeros, steps=400, learning_rate=0.02)
+    assert (s - y).abs().max() < 1e-2  # the maximum-likelihood source is the data itself
+    assert torch.equal(xi, zeros)  # no gradient, no move
+    s0, _ = optimise_likelihood(y, physics, zeros, zeros, steps=0, learning_rate=0.02)
+    assert torch.equal(s0, zeros)
+    # compare against torch.optim.Adam on the same objective
+    p = zeros.clone().requires_grad_(True)
+    opt = torch.optim.Adam([p], lr=0.02)
+    for _ in range(5):
+        opt.zero_grad()
+        (0.5 * ((y - p) / 0.1) ** 2).sum().backward()
+        opt.step()
+    s5, _ = optimise_likelihood(y, physics, zeros, zeros, steps=5, learning_rate=0.02)
+    torch.testing.assert_close(s5, p.detach(), rtol=1e-5, atol=1e-6)
