@@ -71,6 +71,7 @@ class SimulatedBatches:
         source_sampler: lenssim.lenses.Sampler,
         config: lenssim.ObservationConfig = lenssim.ObservationConfig(),
         device: torch.device | str = "cpu",
+        criteria: lenssim.AcceptanceCriteria = lenssim.AcceptanceCriteria(),
     ) -> None:
         self.kappa_sampler, self.source_sampler, self.config, self.device = (
             kappa_sampler,
@@ -78,11 +79,12 @@ class SimulatedBatches:
             config,
             device,
         )
+        self.criteria = criteria
         self.attrs = {"image_fov": config.image_fov, "source_fov": config.source_fov}
 
     def __call__(self, step: int, size: int, seed: int) -> Batch:
         b = lenssim.simulate_lenses(
-            size, self.kappa_sampler, self.source_sampler, config=self.config,
+            size, self.kappa_sampler, self.source_sampler, config=self.config, criteria=self.criteria,
             generator=step_generator(seed, step, 0), device=self.device, batch_size=max(2 * size, 8),
         )  # fmt: skip
         return {k: getattr(b, k) for k in lenssim.LENS_FIELDS}
