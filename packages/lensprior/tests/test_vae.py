@@ -151,3 +151,27 @@ def test_load_field_validates(tmp_path):
     with pytest.raises(lensprior.RunError, match="negative"):
         lensprior.load_field(tmp_path / "n.h5", "kappa")
     assert math.isfinite(float(lensprior.load_field(p, "kappa").sum()))
+
+
+def test_source_vae_encodes_sparse_galaxies_instead_of_collapsing(tmp_path):
+    # compact blobs at random places on an empty 32^2 sky (3 % of pixels lit, like real stamps):
+    # a collapsed VAE (decoder ignoring z) cannot beat the mean image
+    g = torch.Generator().manual_seed(0)
+    n = 64
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    cx, cy = 8 + 16 * torch.rand(n, 1, 1, generator=g), 8 + 16 * torch.rand(n, 1, 1, generator=g)
+    width = 1.0 + 1.5 * torch.rand(n, 1, 1, generator=g)
+    data = torch.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * width**2)).unsqueeze(1)
+    cfg = lensprior.source_vae_config(
+        **{**TINY, "latent_dim": 8, "filters": 8, "batch_size": 16}, steps=300, learning_rate=1e-3
+    )
+    model = lensprior.train_vae(cfg, data, tmp_path / "run", log_every=300).eval()
+    with torch.no_grad():
+        mu, _ = model.encode(data)
+        err = (model.decode(mu) - data).pow(2).sum((1, 2, 3)).mean()
+    mean_err = (data - data.mean(0)).pow(2).sum((1, 2, 3)).mean()
+    assert err < 0.6 * mean_err
+    import json
+
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["kl"] > 0.5

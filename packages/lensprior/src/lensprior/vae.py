@@ -139,6 +139,15 @@ class VAE(nn.Module):
         dec += [nn.Conv2d(ch, 1, 3, padding=1)]
         self.decoder_convs = nn.Sequential(*dec)
         self.act = act
+        with torch.no_grad():
+            # Start near an empty sky (sigmoid(-4) = 0.018) with small latent codes. A source decoder
+            # that starts at 0.5 everywhere is driven by its first steps into a saturated sigmoid
+            # on sparse galaxy images and never leaves it: the decoder outputs zeros, ignores z, and
+            # KL falls to zero (posterior collapse), whatever the learning rate or beta.
+            if c.kind == "source":
+                self.decoder_convs[-1].bias.fill_(-4.0)
+            self.encoder_dense.weight.mul_(0.1)
+            self.encoder_dense.bias.zero_()
 
     # --- data space <-> network space ---------------------------------------------------------
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
