@@ -1,9 +1,10 @@
-"""The `lens` command end to end, as a user runs it (a subprocess, the installed script)."""
+"""`lens demo` end to end, as a user runs it (the installed script), on its quick preset."""
 
 import json
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 
 import lenssim
@@ -13,37 +14,72 @@ pytestmark = pytest.mark.skipif(LENS is None, reason="the lens script is not ins
 
 
 def run(*args, check=True):
-    proc = subprocess.run([LENS, *args], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([LENS, *map(str, args)], capture_output=True, text=True, timeout=900)
     if check and proc.returncode != 0:
-        raise AssertionError(f"lens {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+        raise AssertionError(f"lens {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
 
 
-def test_demo_writes_a_valid_dataset_a_figure_and_resumes(tmp_path):
-    out = tmp_path / "demo"
-    first = run("demo", "-o", str(out), "--n-lenses", "6", "--seed", "3")
-    assert "wrote" in first.stdout
-    data = lenssim.read_lens_dataset(out / "lenses.h5")
-    assert data["observation"].shape == (6, 1, 128, 128)
-    assert data["attrs"]["seed"] == 3
-    assert (out / "lenses.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["accepted"] == 6 and summary["tried"] >= 6
-    # the stored observations are consistent with the stored truth, PSF and noise
-    model = lenssim.lens_image(data["source"], data["kappa"], psf=data["psf"])
-    chi2_nu = lenssim.reduced_chi_squared(data["observation"], model, data["noise_sigma"])
-    assert ((chi2_nu - 1).abs() < 0.06).all()
-    before = (out / "lenses.h5").stat().st_mtime_ns
-    again = run("demo", "-o", str(out), "--n-lenses", "6", "--seed", "3")
-    assert "up to date" in again.stdout
-    assert (out / "lenses.h5").stat().st_mtime_ns == before
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "quick"
+    proc = run("demo", "--preset", "quick", "-o", out, "--seed", 3)
+    return out, proc
 
 
-def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
-    for name, seed in (("a", "5"), ("b", "5"), ("c", "6")):
-        run("demo", "-o", str(tmp_path / name), "--n-lenses", "3", "--seed", seed)
-    a, b, c = ((tmp_path / n / "lenses.h5").read_bytes() for n in "abc")
-    assert a == b and a != c
+def test_quick_demo_runs_the_whole_pipeline_and_reports(demo_dir):
+    out, proc = demo_dir
+    assert "[7/7]" in proc.stdout and "report:" in proc.stdout
+    for name in ("kappa.h5", "sources.h5", "lenses-train.h5", "lenses-test.h5", "recon.h5"):
+        assert (out / name).is_file(), name
+    for run_dir in ("vae-source", "vae-kappa", "rim"):
+        assert (out / run_dir / "checkpoint.pt").is_file()
+    recon = lenssim.read_dataset(
+        out / "recon.h5", ["observation", "source", "kappa", "source_pred", "kappa_pred", "chi2_nu", "chi2_nu_baseline"]
+    )
+    assert recon["source_pred"].shape == (3, 1, 32, 32)
+    assert (recon["chi2_nu"] <= recon["chi2_nu_baseline"]).all()  # the best iterate is kept
+    # the report's numbers are the file's numbers
+    m = json.loads((out / "report" / "metrics.json").read_text())
+    assert m["chi2_nu"]["final"]["median"] == pytest.approx(float(recon["chi2_nu"].median()), rel=1e-5)
+    assert np.isfinite(m["log10_loss"]["baseline"]["mu"]) and "coherence" in m
+    methods = list(m["comparison"])
+    assert any(k.startswith("Adam from the same start (7 gradients") for k in methods)
+    assert any(k.startswith("RIM (T-1 = 7 gradients)") for k in methods)
+    assert set(m["notes"]) >= {"RIM vs Adam, same budget", "fine-tuning"}
+    for line in m["notes"].values():
+        assert line in proc.stdout
+    page = (out / "report" / "index.html").read_text()
+    for fig in ("lenses.png", "chi2_histogram.png", "chi2_vs_snr.png", "coherence.png"):
+        assert (out / "report" / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and fig in page
+    assert (out / "report" / "comparison.png").is_file()
+    # the test lenses come from held-out halos and galaxies only
+    kappa = lenssim.read_dataset(out / "kappa.h5", ["split"])
+    assert set(kappa["split"].tolist()) == {0, 1}
+
+
+def test_running_again_resumes_and_reuses_every_stage(demo_dir):
+    out, _ = demo_dir
+    stamps = {p: p.stat().st_mtime_ns for p in [out / "lenses-train.h5", out / "recon.h5", out / "rim" / "checkpoint.pt"]}
+    again = run("demo", "--preset", "quick", "-o", out, "--seed", 3)
+    assert "report:" in again.stdout
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+
+
+def test_same_seed_same_reconstruction(demo_dir, tmp_path):
+    out, _ = demo_dir
+    run("demo", "--preset", "quick", "-o", tmp_path / "again", "--seed", 3)
+    fields = ["source_pred", "kappa_pred", "chi2_nu"]
+    a = lenssim.read_dataset(out / "recon.h5", fields)
+    b = lenssim.read_dataset(tmp_path / "again" / "recon.h5", fields)
+    for f in fields:
+        assert np.array_equal(a[f].numpy(), b[f].numpy()), f
+
+
+def test_other_settings_in_the_same_directory_are_refused(demo_dir):
+    out, _ = demo_dir
+    proc = run("demo", "--preset", "quick", "-o", out, "--seed", 4, check=False)
+    assert proc.returncode == 2 and "other settings" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -51,28 +87,28 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     [
         (["--device", "cuda:7"], "--device"),
         (["--device", "tpu"], "--device"),
-        (["--n-lenses", "0"], "--n-lenses"),
+        (["--preset", "huge"], "--preset"),
         (["--seed", "-1"], "--seed"),
     ],
 )
 def test_bad_options_fail_in_one_line(tmp_path, args, message):
-    proc = run("demo", "-o", str(tmp_path / "x"), *args, check=False)
+    proc = run("demo", "-o", tmp_path / "x", *args, check=False)
     assert proc.returncode != 0
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("Error")]
     assert len(error_lines) == 1 and message in error_lines[0]
     assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "x" / "lenses.h5").exists()
+    assert not (tmp_path / "x").exists()
 
 
 def test_output_that_is_a_file_is_refused(tmp_path):
     f = tmp_path / "file"
     f.write_text("")
-    proc = run("demo", "-o", str(f), check=False)
+    proc = run("demo", "-o", f, check=False)
     assert proc.returncode == 2 and "is a file" in proc.stderr
 
 
 def test_help_documents_every_option():
     out = run("demo", "--help").stdout
-    for opt in ("--output", "--n-lenses", "--seed", "--device"):
+    for opt in ("--output", "--preset", "--seed", "--device"):
         assert opt in out
     assert "0.1.0" in run("--version").stdout

@@ -100,7 +100,7 @@ def finetune_to_file(
         )
 
 
-@click.command("finetune")
+@click.command("finetune", short_help="EWC fine-tuning of the RIM on each observation (HDF5 or FITS).")
 @click.option("--rim", "rim_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="RIM run.")
 @click.option("--source-vae", required=True, type=click.Path(file_okay=False, path_type=Path), help="Source VAE run.")
 @click.option("--kappa-vae", required=True, type=click.Path(file_okay=False, path_type=Path), help="Kappa VAE run.")
@@ -225,7 +225,7 @@ def _write_fits(output: Path, attrs: dict) -> None:
     click.echo(f"wrote {path} (observation, model, residual, source, kappa; image units as the input)")
 
 
-@click.command("evaluate")
+@click.command("evaluate", short_help="Metrics, figures and a summary page of a reconstruction.")
 @click.argument("recon", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report dir.")
 @one_line_errors

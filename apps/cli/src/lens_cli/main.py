@@ -22,7 +22,7 @@ def cli() -> None:
     """
 
 
-@cli.command()
+@cli.command(short_help="The whole pipeline, small, on built-in data (a CPU is enough).")
 @click.option(
     "-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory."
 )

@@ -150,7 +150,7 @@ def train_denoiser(data_path, output, steps, noise_min, noise_max, checkpoint_ev
     click.echo(f"trained {output} to step {steps}; use it with lens simulate sources --denoiser {output}")
 
 
-@click.command("sample")
+@click.command("sample", short_help="Draw sources or kappa maps from a trained VAE.")
 @click.option(
     "--vae", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="A VAE run directory."
 )

@@ -188,7 +188,7 @@ def train_rim(
         click.echo(f"trained {output} to step {config.train_steps}: {last}")
 
 
-@click.command("reconstruct")
+@click.command("reconstruct", short_help="Baseline RIM predictions for every lens of a dataset.")
 @click.option(
     "--rim", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="A RIM run directory."
 )

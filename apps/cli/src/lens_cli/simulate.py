@@ -55,7 +55,7 @@ def _bar(total: int, what: str):
     return tqdm(total=total, desc=what, unit=what.split()[-1], disable=None)
 
 
-@click.group()
+@click.group(short_help="Simulate kappa maps, source images and lenses.")
 def simulate() -> None:
     """Simulate kappa maps, source images and lensed observations (HDF5 datasets)."""
 
