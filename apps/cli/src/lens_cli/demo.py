@@ -143,6 +143,7 @@ def run_demo(output: Path, config: DemoConfig, *, seed: int, device: torch.devic
         )
     _write_json(stored, settings)
     timings: dict = {}
+    notes: dict = {}
     stage = Stages(timings)
     n = c.pixels
     obs = lenssim.ObservationConfig(image_pixels=n, source_pixels=n, psf_size=min(21, n // 2 - 1 | 1))
@@ -210,7 +211,15 @@ def run_demo(output: Path, config: DemoConfig, *, seed: int, device: torch.devic
         # VAE draws of a few-minute VAE can be broad: keep every check but the image border's
         loose = lenssim.AcceptanceCriteria(max_border=1.0)
         vae_lenses = SimulatedBatches(vae_sampler(vaes["kappa"]), vae_sampler(vaes["source"]), obs, criteria=loose)
-        batches = MixedBatches(DatasetBatches(output / "lenses-train.h5"), vae_lenses, c.vae_lens_fraction)
+        vae_fraction = c.vae_lens_fraction
+        if vae_fraction > 0:
+            try:
+                vae_lenses(0, 4, seed)  # can the VAEs' draws make acceptable lenses at all?
+            except RuntimeError as e:
+                vae_fraction = 0.0
+                notes["VAE lenses"] = f"none in training: the VAEs' draws made no acceptable lens ({e})"
+                click.echo(f"note: {notes['VAE lenses']}")
+        batches = MixedBatches(DatasetBatches(output / "lenses-train.h5"), vae_lenses, vae_fraction)
         test = lenssim.read_lens_dataset(output / "lenses-test.h5")
         with tqdm(total=c.rim_steps, desc="RIM", unit="step", disable=None) as bar:
 
@@ -282,7 +291,7 @@ def run_demo(output: Path, config: DemoConfig, *, seed: int, device: torch.devic
                 "coherence_source_mean": float(np.nanmean(gs)),
                 "coherence_kappa_mean": float(np.nanmean(gk)),
             }
-        verdict = _verdict(comparison, budget)
+        verdict = {**_verdict(comparison, budget), **notes}
         metrics = write_report(
             recon, output / "report", title="lens demo: RIM reconstruction of held-out lenses",
             extra={"comparison": comparison, "timings_s": timings, "notes": verdict, "demo": asdict(c)},
