@@ -60,7 +60,8 @@ def test_quick_demo_runs_the_whole_pipeline_and_reports(demo_dir):
 
 def test_running_again_resumes_and_reuses_every_stage(demo_dir):
     out, _ = demo_dir
-    stamps = {p: p.stat().st_mtime_ns for p in [out / "lenses-train.h5", out / "recon.h5", out / "rim" / "checkpoint.pt"]}
+    files = [out / "lenses-train.h5", out / "recon.h5", out / "rim" / "checkpoint.pt"]
+    stamps = {p: p.stat().st_mtime_ns for p in files}
     again = run("demo", "--preset", "quick", "-o", out, "--seed", 3)
     assert "report:" in again.stdout
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
