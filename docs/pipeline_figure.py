@@ -21,8 +21,17 @@ BOXES = {
     "eval": (10.4, 4.2, "evaluation\nchi2_nu, Table 4 loss,\ncoherence, figures", "#ffe"),
 }
 ARROWS = [
-    ("tng", "kappa"), ("cosmos", "sources"), ("kappa", "vaes"), ("sources", "vaes"), ("kappa", "lenses"),
-    ("sources", "lenses"), ("vaes", "lenses"), ("lenses", "rim"), ("rim", "ft"), ("obs", "ft"), ("vaes", "ft"),
+    ("tng", "kappa"),
+    ("cosmos", "sources"),
+    ("kappa", "vaes"),
+    ("sources", "vaes"),
+    ("kappa", "lenses"),
+    ("sources", "lenses"),
+    ("vaes", "lenses"),
+    ("lenses", "rim"),
+    ("rim", "ft"),
+    ("obs", "ft"),
+    ("vaes", "ft"),
     ("ft", "eval"),
 ]
 PACKAGE = {"lenssim": "#eef", "lensprior": "#efe", "lensrim": "#fee"}
