@@ -48,7 +48,7 @@ def models(tmp_path_factory):
 
 def finetune_args(root, data, out, *extra):
     return ["finetune", "--rim", root / "rim", "--source-vae", root / "svae", "--kappa-vae", root / "kvae",
-            "--data", data, "-o", out, "--fisher-samples", 2, "--learning-rate", 1e-3, "--max-steps", 4,
+            "--data", data, "-o", out, "--fisher-samples", 2, "--learning-rate", 1e-4, "--max-steps", 4,
             "--target-chi2", 0, *extra]  # fmt: skip
 
 

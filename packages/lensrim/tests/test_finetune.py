@@ -126,7 +126,9 @@ def test_a_huge_lambda_holds_the_weights_at_the_baseline(setup):
 
 def test_batched_finetuning_equals_one_lens_at_a_time(setup):
     rim, svae, kvae, lenses = setup
-    cfg = FineTuneConfig(fisher_samples=2, learning_rate=1e-3, max_steps=6, target_chi2_nu=0.0, ewc_lambda=10.0)
+    # at lr 1e-3 the tiny RIM's fine-tuning is chaotic (rounding differences between batched and
+    # single convolutions grow to 1e-2 in six steps); at 1e-4 the two agree to float precision
+    cfg = FineTuneConfig(fisher_samples=2, learning_rate=1e-4, max_steps=6, target_chi2_nu=0.0, ewc_lambda=10.0)
     together = finetune(rim, svae, kvae, lenses.observation, lenses.psf, lenses.noise_sigma, cfg, generators=gens(3))
     for i in range(3):
         sl = slice(i, i + 1)
@@ -137,6 +139,7 @@ def test_batched_finetuning_equals_one_lens_at_a_time(setup):
         torch.testing.assert_close(alone.chi2_nu, together.chi2_nu[sl], rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(alone.source, together.source[sl], rtol=0, atol=2e-4)
         torch.testing.assert_close(alone.kappa, together.kappa[sl], rtol=1e-3, atol=2e-4)
+    assert (together.chi2_nu < 0.95 * together.chi2_nu_baseline).all()  # the comparison is not trivial
 
 
 def test_early_stop_at_the_target_and_lenses_leave_the_batch(setup):
