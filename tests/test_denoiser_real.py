@@ -34,7 +34,7 @@ def test_denoiser_lowers_border_noise_and_keeps_flux_on_real_stamps(tmp_path):
         return torch.cat([a[:, 0, :10].flatten(1), a[:, 0, -10:].flatten(1)], 1).std(1)
 
     noise_ratio = border(den) / border(noisy)
-    assert noise_ratio.median() < 0.3 and noise_ratio.max() < 0.6
+    assert noise_ratio.median() < 0.25 and noise_ratio.max() < 0.5
     assert torch.allclose(den.sum(dim=(-1, -2)), noisy.sum(dim=(-1, -2)), rtol=1e-3, atol=1e-2)
     yy, xx = torch.meshgrid(torch.arange(128), torch.arange(128), indexing="ij")
     aperture = (yy - 64) ** 2 + (xx - 64) ** 2 < 25**2
@@ -42,4 +42,5 @@ def test_denoiser_lowers_border_noise_and_keeps_flux_on_real_stamps(tmp_path):
     snr = f_noisy / (border(noisy) * (aperture.sum() * 2.5) ** 0.5)  # 2.5: correlated noise
     ratio = (f_den / f_noisy)[snr > 30]
     assert len(ratio) >= 15
-    assert abs(ratio.median().item() - 1) < 0.05  # median flux kept (individual galaxies: see docs)
+    # each galaxy's flux within a few percent (the noise-limited error of these fluxes is <= 3.3 %)
+    assert (ratio - 1).abs().max() < 0.05 and abs(ratio.median().item() - 1) < 0.02

@@ -27,6 +27,41 @@ def test_total_flux_is_conserved_by_construction():
         m(torch.rand(1, 1, 30, 30))
 
 
+def test_the_highpass_blur_is_a_unit_sum_gaussian_and_removes_the_smooth_part_of_the_noise_estimate():
+    import numpy as np
+
+    from lensprior.denoiser import _gaussian_blur
+
+    x = torch.rand(2, 1, 48, 40, dtype=torch.float64)
+    # direct circular convolution with a normalised Gaussian, one axis after the other
+    offsets = np.arange(-30, 31)
+    kernel = np.exp(-(offsets**2) / (2 * 3.0**2))
+    kernel /= kernel.sum()
+    ref = x.numpy()
+    for axis in (-1, -2):
+        ref = sum(w * np.roll(ref, d, axis=axis) for d, w in zip(offsets, kernel, strict=True))
+    np.testing.assert_allclose(_gaussian_blur(x, 3.0).numpy(), ref, atol=1e-6)
+    # the same weights with and without the high-pass
+    torch.manual_seed(0)
+    raw = Denoiser(DenoiserConfig(filters=4, highpass=0.0)).eval()
+    torch.manual_seed(0)
+    hp = Denoiser(DenoiserConfig(filters=4, highpass=3.0)).eval()
+    with torch.no_grad():
+        for p in raw.out.parameters():
+            p.mul_(30.0)  # a large, structured "noise" estimate
+        hp.load_state_dict(raw.state_dict())
+        x = _blobs(4, size=64)
+        n_raw, n_hp = raw.noise(x).double(), hp.noise(x).double()
+        assert torch.allclose(hp(x).sum(dim=(-1, -2)), x.sum(dim=(-1, -2)), rtol=0, atol=1e-2)  # float32, |n| ~ 30
+    # the high-passed estimate is the raw one with its Fourier modes scaled by 1 - exp(-2 pi^2 s^2 k^2):
+    # nothing left at k = 0, 4 % left at the lowest frequency, so no flux moves across wide apertures
+    k = torch.fft.fftfreq(64, dtype=torch.float64)
+    keep = 1 - torch.exp(-2 * (torch.pi * 3.0) ** 2 * (k[:, None] ** 2 + k[None, :] ** 2))
+    f_raw, f_hp = torch.fft.fft2(n_raw), torch.fft.fft2(n_hp)
+    assert torch.allclose(f_hp, f_raw * keep, atol=1e-3 * f_raw.abs().max().item())
+    assert keep[0, 1] < 0.2 and (f_hp[..., 0, 0].abs() < 1e-5 * n_hp.abs().sum(dim=(-1, -2))).all()
+
+
 def test_training_lowers_the_error_on_held_out_images(tmp_path):
     cfg = DenoiserConfig(filters=8, crop=32, steps=300, batch_size=8, noise_min=0.05, noise_max=0.1)
     model = lensprior.train_denoiser(cfg, _blobs(32), tmp_path, seed=0, log_every=50)
