@@ -125,16 +125,23 @@ def train_vae(
     help="Training noise sigma range, in units of the stamp's peak.",
 )
 @click.option("--noise-max", default=0.25, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option(
+    "--highpass",
+    default=3.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Remove only noise structure below this scale (pixels), so fluxes are kept; 0: any scale.",
+)
 @click.option("--checkpoint-every", default=500, show_default=True, type=click.IntRange(1))
 @seed_option
 @device_option
 @one_line_errors
-def train_denoiser(data_path, output, steps, noise_min, noise_max, checkpoint_every, seed, device) -> None:
+def train_denoiser(data_path, output, steps, noise_min, noise_max, highpass, checkpoint_every, seed, device) -> None:
     """Train the COSMOS stamp denoiser on clean sources plus COSMOS-like correlated noise."""
     import lensprior
 
     dev = resolve_device(device)
-    config = lensprior.DenoiserConfig(steps=steps, noise_min=noise_min, noise_max=noise_max)
+    config = lensprior.DenoiserConfig(steps=steps, noise_min=noise_min, noise_max=noise_max, highpass=highpass)
     clean = lensprior.load_field(data_path, "source", split="train")
     with tqdm(total=steps, desc="training denoiser", unit="step", disable=None) as bar:
 
