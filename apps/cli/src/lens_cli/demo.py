@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -78,6 +79,11 @@ PRESETS = {
         test_fraction=0.25,
     ),  # fmt: skip
 }
+
+
+def _bar(**kwargs) -> tqdm:
+    """A progress bar that also shows in logs (not a terminal), there every 20 s."""
+    return tqdm(**kwargs, mininterval=0.1 if sys.stderr.isatty() else 20.0)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -160,12 +166,12 @@ def run_demo(output: Path, config: DemoConfig, *, seed: int, device: torch.devic
             lenssim.HaloSource(f"synthetic-{seed}-{i}", (lambda i=i: tng.synthetic_particles([seed, i])))
             for i in range(c.halos)
         ]
-        with tqdm(total=c.halos * c.maps_per_halo, desc="kappa maps", unit="map", disable=None) as bar:
+        with _bar(total=c.halos * c.maps_per_halo, desc="kappa maps", unit="map") as bar:
             lenssim.simulate_kappa_dataset(
                 output / "kappa.h5", halos, maps_per_halo=c.maps_per_halo, config=kappa_cfg,
                 test_fraction=c.test_fraction, seed=seed, progress=bar.update,
             )  # fmt: skip
-        with tqdm(total=c.sources, desc="sources", unit="galaxy", disable=None) as bar:
+        with _bar(total=c.sources, desc="sources", unit="galaxy") as bar:
             lenssim.simulate_source_dataset(
                 output / "sources.h5", c.sources, stamp=stamp_cfg, source_fov=obs.source_fov,
                 test_fraction=c.test_fraction, seed=seed, block_size=64, progress=bar.update,
@@ -178,7 +184,7 @@ def run_demo(output: Path, config: DemoConfig, *, seed: int, device: torch.devic
             cfg = make(pixels=n, latent_dim=c.vae_latent, filters=c.vae_filters, batch_size=16, steps=c.vae_steps)
             cfg = replace(cfg, levels=min(cfg.levels, int(np.log2(n)) - 2), learning_rate=1e-3)
             data = lensprior.load_field(field_file, kind, split="train", pixels=n)
-            with tqdm(total=c.vae_steps, desc=f"{kind} VAE", unit="step", disable=None) as bar:
+            with _bar(total=c.vae_steps, desc=f"{kind} VAE", unit="step") as bar:
                 vaes[kind] = lensprior.train_vae(
                     cfg, data, output / f"vae-{kind}", seed=seed, device=device, log_every=50,
                     checkpoint_every=100, progress=lambda done, terms, bar=bar: bar.update(done - bar.n),
@@ -195,7 +201,7 @@ def run_demo(output: Path, config: DemoConfig, *, seed: int, device: torch.devic
             ("lenses-train.h5", c.train_lenses, kappa_mix, src_train, seed),
             ("lenses-test.h5", c.test_lenses, kappa_test, src_test, seed + 1),
         ):
-            with tqdm(total=count, desc=name, unit="lens", disable=None) as bar:
+            with _bar(total=count, desc=name, unit="lens") as bar:
                 lenssim.simulate_lens_dataset(
                     output / name, count, ks, ss, config=obs, seed=s, block_size=128,
                     provenance={"demo": name}, progress=bar.update,
@@ -221,7 +227,7 @@ def run_demo(output: Path, config: DemoConfig, *, seed: int, device: torch.devic
                 click.echo(f"note: {notes['VAE lenses']}")
         batches = MixedBatches(DatasetBatches(output / "lenses-train.h5"), vae_lenses, vae_fraction)
         test = lenssim.read_lens_dataset(output / "lenses-test.h5")
-        with tqdm(total=c.rim_steps, desc="RIM", unit="step", disable=None) as bar:
+        with _bar(total=c.rim_steps, desc="RIM", unit="step") as bar:
 
             def progress(done, terms):
                 bar.update(done - bar.n)

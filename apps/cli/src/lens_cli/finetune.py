@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -72,7 +73,8 @@ def finetune_to_file(
 
     n, dev, out_attrs = data["observation"].shape[0], device, attrs
     ifov, sfov = float(attrs["image_fov"]), float(attrs["source_fov"])
-    with tqdm(total=n, desc="fine-tuning", unit="lens", disable=None) as bar:
+    interval = 0.1 if sys.stderr.isatty() else 20.0  # in logs too, every 20 s
+    with tqdm(total=n, desc="fine-tuning", unit="lens", mininterval=interval) as bar:
 
         def make_block(k: int, count: int, _seedseq) -> dict:
             sl = slice(k * batch_size, k * batch_size + count)
@@ -80,7 +82,7 @@ def finetune_to_file(
             gens = [step_generator(seed, i, 7) for i in range(sl.start, sl.stop)]
 
             def stage(name, done, total):
-                bar.set_postfix_str(f"lenses {sl.start}-{sl.stop - 1}: {name} {done}/{total}", refresh=True)
+                bar.set_postfix_str(f"lenses {sl.start}-{sl.stop - 1}: {name} {done}/{total}", refresh=interval < 1)
 
             res = lensrim.finetune(
                 model, svae, kvae, data["observation"][sl].to(dev), data["psf"][sl].to(dev), noise.to(dev), cfg,
