@@ -1,7 +1,6 @@
 """`lens finetune` (HDF5 and FITS, resume) and `lens evaluate` end to end on tiny 32^2 models."""
 
 import json
-import shutil
 import signal
 import subprocess
 import time
@@ -11,23 +10,16 @@ import numpy as np
 import pytest
 import torch
 from astropy.io import fits
+from lens_runner import LENS, requires_lens, run
 
 import lensprior
 import lensrim
 import lenssim
 from lensrim.training import SimulatedBatches, train_rim
 
-LENS = shutil.which("lens")
-pytestmark = pytest.mark.skipif(LENS is None, reason="the lens script is not installed")
+pytestmark = requires_lens
 OBS = lenssim.ObservationConfig(image_pixels=32, source_pixels=32, psf_size=5)
 TINY_VAE = dict(pixels=32, levels=2, filters=4, latent_dim=4, batch_size=4)
-
-
-def run(*args, check=True):
-    proc = subprocess.run([LENS, *map(str, args)], capture_output=True, text=True, timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"lens {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
-    return proc
 
 
 @pytest.fixture(scope="module")

@@ -1,23 +1,14 @@
 """`lens train vae` and `lens sample` end to end."""
 
 import json
-import shutil
-import subprocess
 
 import pytest
 import torch
+from lens_runner import requires_lens, run
 
 import lenssim
 
-LENS = shutil.which("lens")
-pytestmark = pytest.mark.skipif(LENS is None, reason="the lens script is not installed")
-
-
-def run(*args, check=True):
-    proc = subprocess.run([LENS, *map(str, args)], capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"lens {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
-    return proc
+pytestmark = requires_lens
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """`lens simulate` end to end: files, determinism, shards, resume after a kill, one-line errors."""
 
-import shutil
 import signal
 import subprocess
 import time
@@ -9,19 +8,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from lens_runner import LENS, requires_lens, run
 
 import lenssim
 
-LENS = shutil.which("lens")
-pytestmark = pytest.mark.skipif(LENS is None, reason="the lens script is not installed")
+pytestmark = requires_lens
 COSMOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cosmos"
-
-
-def run(*args, check=True, cwd=None):
-    proc = subprocess.run([LENS, *map(str, args)], capture_output=True, text=True, timeout=600, cwd=cwd)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"lens {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
-    return proc
 
 
 @pytest.fixture(scope="module")
