@@ -16,6 +16,7 @@ fine-tuning per batch of lenses):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -112,20 +113,13 @@ class Stages:
         self.timings = timings
         self.count = 0
 
+    @contextlib.contextmanager
     def __call__(self, name: str):
         self.count += 1
         click.echo(f"[{self.count}/7] {name}")
-        stages = self
-
-        class _Timer:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                if exc[0] is None:
-                    stages.timings[name] = round(time.perf_counter() - self.t0, 1)
-
-        return _Timer()
+        t0 = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - t0, 1)
 
 
 def run_demo(output: Path, config: DemoConfig, *, seed: int, device: torch.device) -> dict:

@@ -93,20 +93,22 @@ def figures(data: dict, metrics: dict, report: Path, *, count: int = 4) -> list[
     n = data["observation"].shape[0]
     noise = data.get("noise_map", data["noise_sigma"])
     physics_sigma = noise if noise.dim() == 4 else noise.view(-1, 1, 1, 1)
-    model = lenssim.lens_image(
-        data["source_pred"], data["kappa_pred"].clamp_min(1e-6), image_fov=ifov, source_fov=sfov, psf=data["psf"]
-    )
     order = np.argsort(data["chi2_nu"].numpy())
     rows = order[np.linspace(0, n - 1, min(count, n)).round().astype(int)]  # best to worst
+    shown = torch.as_tensor(rows)
+    model = lenssim.lens_image(  # only the lenses on the figure
+        data["source_pred"][shown], data["kappa_pred"][shown].clamp_min(1e-6), image_fov=ifov, source_fov=sfov,
+        psf=data["psf"][shown],
+    )  # fmt: skip
     has_truth = "source" in data
     cols = 7 if has_truth else 5
     fig, axes = plt.subplots(len(rows), cols, figsize=(2.4 * cols, 2.4 * len(rows)), squeeze=False)
     ext_i, ext_s = [-ifov / 2, ifov / 2] * 2, [-sfov / 2, sfov / 2] * 2
     for r, i in enumerate(rows):
-        resid = ((data["observation"][i, 0] - model[i, 0]) / physics_sigma[i, 0]).numpy()
+        resid = ((data["observation"][i, 0] - model[r, 0]) / physics_sigma[i, 0]).numpy()
         panels = [
             (data["observation"][i, 0], ext_i, "observation", "magma", None),
-            (model[i, 0], ext_i, "model", "magma", None),
+            (model[r, 0], ext_i, "model", "magma", None),
             (resid, ext_i, rf"residual/$\sigma$ ($\chi^2_\nu$={float(data['chi2_nu'][i]):.2f})", "RdBu_r", (-4, 4)),
             (data["source_pred"][i, 0], ext_s, "source", "magma", None),
         ]

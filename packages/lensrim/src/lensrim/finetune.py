@@ -177,7 +177,7 @@ def fisher_diagonal(
         noise.append(torch.randn(samples, 1, n, n, generator=g))
     eps_s, eps_k, noise = (torch.cat(t).to(device) for t in (eps_s, eps_k, noise))
     lens_of = torch.arange(b, device=device).repeat_interleave(samples)
-    anchor = dict(model.unet.named_parameters())
+    anchor = {k: v.detach() for k, v in model.unet.named_parameters()}
     fisher = {k: torch.zeros(b, *v.shape, device=device, dtype=v.dtype) for k, v in anchor.items()}
     for start in range(0, b * samples, chunk):
         idx = torch.arange(start, min(start + chunk, b * samples), device=device)
@@ -187,7 +187,8 @@ def fisher_diagonal(
             kap = kappa_vae.decode(z_kappa[lens] + latent_sigma * eps_k[idx])
             physics = _physics(psf[lens], sigma[lens], image_fov, source_fov)
             y = physics.simulate(src, torch.log10(kap)) + _per_pixel(sigma[lens]) * noise[idx]
-        copies = {k: v.unsqueeze(0).expand(len(idx), *v.shape) for k, v in anchor.items()}
+        # one (expanded, not copied) view of the weights per draw: its gradient is the per-draw one
+        copies = {k: v.unsqueeze(0).expand(len(idx), *v.shape).requires_grad_(True) for k, v in anchor.items()}
         est = model(y, physics, params=copies)
         loss = rim_loss(est, src, kap) + _mean_half_chi2(est, y, physics)
         grads = torch.autograd.grad(loss.sum(), list(copies.values()))
@@ -242,9 +243,6 @@ def finetune(
     if (sigma <= 0).any():
         raise ValueError("noise sigma must be positive")
     model.eval()
-    for p in model.parameters():
-        p.requires_grad_(True)
-
     physics = _physics(psf, sigma, image_fov, source_fov)
     with torch.no_grad():
         base = model(observation, physics)[-1]
