@@ -2,6 +2,8 @@
 
 - chi2_nu per example (from :mod:`lenssim`), summarised before and after fine-tuning;
 - the log10 moments of the eq. 7 loss over a test set (the layout of the paper's Table 4);
+- the constant predictor, the reference every loss is judged against: source 0 and the single
+  constant log10 kappa that minimises eq. 7 on the same lenses;
 - the coherence spectrum gamma(k) = Re P12(k) / sqrt(P11(k) P22(k)) of a reconstruction against
   the truth in radial wavenumber bins. The real part of the cross spectrum keeps phase errors
   (a map against its negative has gamma = -1, against a shifted copy gamma < 1); the modulus
@@ -11,11 +13,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 __all__ = [
+    "ConstantReference",
+    "constant_reference",
     "coherence_spectrum",
     "coherence_bands",
     "log_loss_moments",
@@ -105,3 +110,37 @@ def chi2_summary(chi2_nu: torch.Tensor | np.ndarray) -> dict[str, float]:
 def snr(noise_sigma: torch.Tensor | np.ndarray) -> np.ndarray:
     """The paper's peak SNR, 1 / sigma (sources peak at 1)."""
     return 1.0 / np.asarray(noise_sigma, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class ConstantReference:
+    """The constant predictor on a set of lenses: ``log10_kappa`` is the constant, ``loss``
+    the eq. 7 loss of (source 0, that constant) per lens ``(B,)``."""
+
+    log10_kappa: float
+    loss: torch.Tensor
+
+    @property
+    def log10_loss(self) -> float:
+        """Mean over the lenses of log10 of the loss (Table 4's statistic)."""
+        return float(torch.log10(self.loss.double()).mean())
+
+
+def constant_reference(source: torch.Tensor, kappa: torch.Tensor) -> ConstantReference:
+    """Source 0 and the one constant log10 kappa c that minimises the mean eq. 7 loss over
+    the lenses ``source, kappa (B, 1, ., .)``.
+
+    The kappa term of lens b is sum_i w_bi (c - xi_bi)^2 with weights summing to 1, so its mean
+    over the lenses is least at c = mean_b sum_i w_bi xi_bi (closed form); the source term of
+    a zero source is the mean of s^2. A model that does not beat this has learned nothing
+    beyond the mean of the training set.
+    """
+    if source.dim() != 4 or kappa.dim() != 4 or source.shape[0] != kappa.shape[0]:
+        raise ValueError(f"expected (B, 1, N, N) source and kappa, got {tuple(source.shape)}, {tuple(kappa.shape)}")
+    k = kappa[:, 0].double().clamp_min(1e-6)
+    xi = torch.log10(k)
+    w = torch.sqrt(k)
+    w = w / w.sum(dim=(-1, -2), keepdim=True)
+    c = float((w * xi).sum(dim=(-1, -2)).mean())
+    loss = source[:, 0].double().pow(2).mean(dim=(-1, -2)) + (w * (c - xi).pow(2)).sum(dim=(-1, -2))
+    return ConstantReference(c, loss.to(source.dtype))

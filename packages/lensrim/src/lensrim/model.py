@@ -43,6 +43,7 @@ __all__ = [
     "build_rim",
     "preprocess_gradients",
     "rim_loss",
+    "rim_loss_terms",
 ]
 
 
@@ -90,8 +91,13 @@ class RIMConfig(JsonConfig):
     clip_norm: float = 5.0
     activation_checkpointing: bool = False
     bf16: bool = False
+    init: Literal["torch", "glorot"] = "torch"
+    """Initial weights: PyTorch's defaults, or the original (Keras) code's Glorot-uniform
+    weights with zero biases."""
 
     def __post_init__(self) -> None:
+        if self.init not in ("torch", "glorot"):
+            raise ValueError(f"init must be torch or glorot, got {self.init!r}")
         if self.gradient_preprocessing not in ("adam", "rmsprop", "raw"):
             raise ValueError(
                 f"gradient_preprocessing must be adam, rmsprop or raw, got {self.gradient_preprocessing!r}"
@@ -255,6 +261,12 @@ class RIM(nn.Module):
         super().__init__()
         self.config = config
         self.unet = _UNet(config)
+        if config.init == "glorot":
+            for m in self.unet.modules():
+                if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+                    nn.init.xavier_uniform_(m.weight)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
 
     def _step(self, inputs: torch.Tensor, hidden: list[torch.Tensor | None]):
         c = self.config
@@ -355,6 +367,15 @@ def rim_loss(estimates: torch.Tensor, source: torch.Tensor, kappa: torch.Tensor)
     mean over t of [ sum_i (s_t - s)^2 / N^2 + sum_i w_i (xi_t - log10 kappa)^2 ] with
     w_i = sqrt(kappa_i) / sum_j sqrt(kappa_j) (computed in the xi space, appendix C).
     """
+    ls, lk = rim_loss_terms(estimates, source, kappa)
+    return (ls + lk).mean(dim=0)
+
+
+def rim_loss_terms(
+    estimates: torch.Tensor, source: torch.Tensor, kappa: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The source and kappa terms of eq. 7 at every time step, each ``(T, B)``:
+    ``sum_i (s_t - s)^2 / N^2`` and ``sum_i w_i (xi_t - log10 kappa)^2``."""
     if estimates.dim() != 5 or estimates.shape[2] != 2:
         raise ValueError(f"estimates must be (T, B, 2, N, N), got {tuple(estimates.shape)}")
     if (kappa <= 0).any():
@@ -366,4 +387,4 @@ def rim_loss(estimates: torch.Tensor, source: torch.Tensor, kappa: torch.Tensor)
     n2 = s_true[0].numel()
     ls = (estimates[:, :, 0] - s_true).pow(2).sum(dim=(-1, -2)) / n2
     lk = (w * (estimates[:, :, 1] - xi_true).pow(2)).sum(dim=(-1, -2))
-    return (ls + lk).mean(dim=0)
+    return ls, lk

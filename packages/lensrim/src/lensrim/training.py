@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import queue
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,13 +35,15 @@ from lensprior.training import (
     save_checkpoint,
     step_generator,
 )
-from lensrim.model import RIM, RIMConfig, rim_loss
+from lensrim.metrics import constant_reference
+from lensrim.model import RIM, RIMConfig, rim_loss_terms
 from lensrim.physics import LensingPhysics
 
 __all__ = [
     "Batch",
     "checkpoint_step",
     "DatasetBatches",
+    "evaluate_rim",
     "MixedBatches",
     "SimulatedBatches",
     "load_rim",
@@ -49,21 +55,77 @@ Batch = dict[str, torch.Tensor]
 """``observation``, ``source``, ``kappa``, ``psf`` (each ``(B, 1, ., .)``) and ``noise_sigma (B,)``."""
 
 
-class DatasetBatches:
-    """Global minibatches drawn (with replacement) from an HDF5 lens dataset or shard directory."""
+def _collate(items: list[dict[str, torch.Tensor]]) -> Batch:
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
-    def __init__(self, path: str | os.PathLike) -> None:
+
+class _StepIndices:
+    """The dataset indices of steps ``start .. stop - 1``, one list per step (a batch sampler)."""
+
+    def __init__(self, batches: DatasetBatches, start: int, stop: int, size: int, seed: int) -> None:
+        self.batches, self.start, self.stop, self.size, self.seed = batches, start, stop, size, seed
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.stop):
+            yield self.batches.indices(step, self.size, self.seed)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+class DatasetBatches:
+    """Global minibatches drawn (with replacement) from an HDF5 lens dataset or shard directory.
+
+    The last ``holdout`` lenses (default: 10 % of the set, at most 32) are never drawn for
+    training: they are the automatic validation set (:meth:`held_out`). With ``workers > 0``
+    the reads run ahead in that many DataLoader worker processes (:meth:`stream`), so the
+    accelerator never waits on HDF5; the batches are the same either way.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, holdout: int | None = None, workers: int = 0) -> None:
         self.dataset = lenssim.LensDataset(path)
         self.attrs = self.dataset.attrs
+        n = len(self.dataset)
+        holdout = min(32, n // 10) if holdout is None else holdout
+        if not 0 <= holdout < n:
+            raise ValueError(f"{path}: cannot hold out {holdout} of its {n} lenses for validation")
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
+        self.holdout, self.train_size, self.workers = holdout, n - holdout, workers
+
+    def indices(self, step: int, size: int, seed: int) -> list[int]:
+        """The dataset indices of step ``step``'s global minibatch."""
+        return torch.randint(0, self.train_size, (size,), generator=step_generator(seed, step, 0)).tolist()
 
     def __call__(self, step: int, size: int, seed: int) -> Batch:
-        idx = torch.randint(0, len(self.dataset), (size,), generator=step_generator(seed, step, 0)).tolist()
-        items = [self.dataset[i] for i in idx]
-        return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+        return _collate([self.dataset[i] for i in self.indices(step, size, seed)])
+
+    def stream(self, start: int, stop: int, size: int, seed: int, *, pin_memory: bool = False) -> Iterator[Batch]:
+        """The batches of steps ``start .. stop - 1`` in order, read ahead by the workers."""
+        if self.workers == 0:
+            for step in range(start, stop):
+                yield self(step, size, seed)
+            return
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=_StepIndices(self, start, stop, size, seed), num_workers=self.workers,
+            collate_fn=_collate, pin_memory=pin_memory, prefetch_factor=4,
+        )  # fmt: skip
+        yield from loader
+
+    def held_out(self, size: int, seed: int) -> Batch | None:
+        """Up to ``size`` of the held-out lenses (None when none are held out)."""
+        if not self.holdout:
+            return None
+        return _collate([self.dataset[i] for i in range(self.train_size, self.train_size + min(size, self.holdout))])
 
 
 class SimulatedBatches:
-    """Global minibatches simulated on the fly from kappa and source samplers (lenssim)."""
+    """Global minibatches simulated on the fly from kappa and source samplers (lenssim).
+
+    Everything after the parameter draws runs on ``device`` and the batch stays there; the
+    draws come from a CPU generator seeded by (seed, step), so a seed gives the same batches
+    on a given device. The held-out set is simulated from its own stream of random numbers.
+    """
 
     def __init__(
         self,
@@ -82,12 +144,19 @@ class SimulatedBatches:
         self.criteria = criteria
         self.attrs = {"image_fov": config.image_fov, "source_fov": config.source_fov}
 
-    def __call__(self, step: int, size: int, seed: int) -> Batch:
+    def _simulate(self, size: int, generator: torch.Generator) -> Batch:
         b = lenssim.simulate_lenses(
             size, self.kappa_sampler, self.source_sampler, config=self.config, criteria=self.criteria,
-            generator=step_generator(seed, step, 0), device=self.device, batch_size=max(2 * size, 8),
+            generator=generator, device=self.device, batch_size=max(2 * size, 8), output_device=None,
         )  # fmt: skip
         return {k: getattr(b, k) for k in lenssim.LENS_FIELDS}
+
+    def __call__(self, step: int, size: int, seed: int) -> Batch:
+        return self._simulate(size, step_generator(seed, step, 0))
+
+    def held_out(self, size: int, seed: int) -> Batch:
+        """``size`` lenses from the training distribution that no training step draws."""
+        return self._simulate(size, step_generator(seed, 0, 1))
 
 
 def vae_sampler(model: torch.nn.Module, device: torch.device | str = "cpu") -> lenssim.lenses.Sampler:
@@ -116,7 +185,13 @@ class MixedBatches:
             parts.append(self.base(step, size - k, seed))
         if k:
             parts.append(self.extra(step, k, seed + 1))
-        return {key: torch.cat([p[key].cpu() for p in parts]) for key in parts[0]}
+        device = parts[-1]["observation"].device
+        return {key: torch.cat([p[key].to(device) for p in parts]) for key in parts[0]}
+
+    def held_out(self, size: int, seed: int) -> Batch | None:
+        """The base's held-out lenses."""
+        held = getattr(self.base, "held_out", None)
+        return None if held is None else held(size, seed)
 
 
 def _rank_world() -> tuple[int, int]:
@@ -125,17 +200,168 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def _physics(batch: Batch, attrs: dict) -> LensingPhysics:
+    return LensingPhysics(
+        batch["psf"], batch["noise_sigma"], float(attrs.get("image_fov", lenssim.IMAGE_FOV)),
+        float(attrs.get("source_fov", lenssim.SOURCE_FOV)),
+    )  # fmt: skip
+
+
 def batch_loss(
     model: torch.nn.Module, batch: Batch, config: RIMConfig, attrs: dict
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean eq. 7 loss of a batch, and the chi2_nu of the final estimates (detached)."""
-    physics = LensingPhysics(
-        batch["psf"], batch["noise_sigma"], float(attrs.get("image_fov", 7.69)), float(attrs.get("source_fov", 3.0))
-    )
+    loss, terms = _batch_terms(model, batch, attrs)
+    return loss, terms["chi2_nu"]
+
+
+def _batch_terms(model: torch.nn.Module, batch: Batch, attrs: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The mean eq. 7 loss of a batch (differentiable) and, detached, per example: its source and
+    kappa terms at every time step ``(T, B)``, the chi2_nu of the final estimates and the loss of
+    the constant predictor on these lenses."""
+    physics = _physics(batch, attrs)
+    kappa = batch["kappa"].clamp_min(1e-6)
     est = model(batch["observation"], physics)
-    loss = rim_loss(est, batch["source"], batch["kappa"].clamp_min(1e-6)).mean()
-    chi2 = physics.reduced_chi_squared(batch["observation"], est[-1, :, :1].detach(), est[-1, :, 1:].detach())
-    return loss, chi2
+    ls, lk = rim_loss_terms(est, batch["source"], kappa)
+    loss = (ls + lk).mean()
+    final = est[-1].detach()
+    terms = {
+        "source": ls.detach(),
+        "kappa": lk.detach(),
+        "chi2_nu": physics.reduced_chi_squared(batch["observation"], final[:, :1], final[:, 1:]),
+        "constant": constant_reference(batch["source"], kappa).loss,
+    }
+    return loss, terms
+
+
+def _summary(terms: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The logged figures of a set of lenses from :func:`_batch_terms`' per-example terms.
+
+    ``loss`` is eq. 7 (mean over the T steps and the lenses), ``loss_source`` and
+    ``loss_kappa`` its two terms, ``loss_t`` its value at each step; ``log10_loss`` is the mean
+    over the lenses of log10 of the final estimate's loss (Table 4's statistic); ``chi2_nu``
+    the median chi2_nu of the final estimates; ``constant_loss`` and ``constant_log10_loss``
+    the same two losses of the constant predictor (source 0, the best constant log10 kappa) on
+    the same lenses.
+    """
+    ls, lk = terms["source"].double(), terms["kappa"].double()
+    total = ls + lk
+    const = terms["constant"].double()
+    return {
+        "loss": float(total.mean()),
+        "loss_source": float(ls.mean()),
+        "loss_kappa": float(lk.mean()),
+        "loss_t": [round(float(v), 7) for v in total.mean(dim=1)],
+        "log10_loss": float(torch.log10(total[-1].clamp_min(1e-30)).mean()),
+        "chi2_nu": float(terms["chi2_nu"].double().median()),
+        "constant_loss": float(const.mean()),
+        "constant_log10_loss": float(torch.log10(const.clamp_min(1e-30)).mean()),
+    }
+
+
+@torch.no_grad()
+def evaluate_rim(model: torch.nn.Module, batch: Batch, attrs: dict | None = None, *, chunk: int = 16) -> dict[str, Any]:
+    """Loss, its terms per time step, median chi2_nu and the constant-predictor reference of a
+    model on a set of lenses (``chunk`` at a time); see the training log's keys."""
+    attrs = attrs or {}
+    device = next(model.parameters()).device
+    parts: dict[str, list[torch.Tensor]] = {}
+    n = batch["observation"].shape[0]
+    for i in range(0, n, chunk):
+        sub = {k: v[i : i + chunk].to(device) for k, v in batch.items()}
+        _, terms = _batch_terms(model, sub, attrs)
+        for k, v in terms.items():
+            parts.setdefault(k, []).append(v.cpu())
+    return _summary({k: torch.cat(v, dim=-1) for k, v in parts.items()})
+
+
+class _Prefetch:
+    """Runs an iterator ahead in a background thread, ``depth`` items deep.
+
+    Simulation and data loading then overlap the training step (torch releases the GIL in its
+    kernels, and a GPU runs the step's kernels while the thread prepares the next batch). The
+    items are the same as the iterator's, in the same order.
+    """
+
+    _END = object()
+
+    def __init__(self, it: Iterator[Any], depth: int) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(it,), daemon=True)
+        self._thread.start()
+
+    def _run(self, it: Iterator[Any]) -> None:
+        try:
+            for item in it:
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            self._queue.put(self._END)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            self._queue.put(e)
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            while True:
+                item = self._queue.get()
+                if item is self._END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self._stop.set()
+
+
+def _batch_stream(
+    batches: Callable[[int, int, int], Batch], start: int, stop: int, size: int, seed: int, device: torch.device,
+    prefetch: int,
+) -> Iterator[Batch]:  # fmt: skip
+    stream = getattr(batches, "stream", None)
+    if stream is not None:
+        it = stream(start, stop, size, seed, pin_memory=device.type == "cuda")
+    else:
+        it = (batches(step, size, seed) for step in range(start, stop))
+    return iter(_Prefetch(it, prefetch)) if prefetch > 0 else it
+
+
+def _tensorboard(run_dir: Path, purge_step: int):
+    """A TensorBoard writer in the run directory, or None (with a warning) without tensorboard."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # pragma: no cover - tensorboard is a dependency
+        warnings.warn("tensorboard is not installed: no event files are written", stacklevel=3)
+        return None
+    return SummaryWriter(log_dir=str(run_dir), purge_step=purge_step if purge_step > 0 else None)
+
+
+def _write_scalars(writer, prefix: str, terms: dict[str, Any], step: int) -> None:
+    if writer is None:
+        return
+    for key, value in terms.items():
+        if key == "loss_t":
+            for t, v in enumerate(value):
+                writer.add_scalar(f"{prefix}/loss_t/{t}", v, step)
+        elif isinstance(value, int | float) and key != "step":
+            writer.add_scalar(f"{prefix}/{key}", value, step)
+
+
+def _gather(terms: dict[str, torch.Tensor], world: int) -> dict[str, torch.Tensor]:
+    """Every rank's per-example terms, concatenated along the batch (DDP)."""
+    if world == 1:
+        return terms
+    out = {}
+    for k, v in terms.items():
+        parts = [torch.empty_like(v) for _ in range(world)]
+        dist.all_gather(parts, v.contiguous())
+        out[k] = torch.cat(parts, dim=-1)
+    return out
 
 
 def checkpoint_step(run_dir: str | os.PathLike) -> int | None:
@@ -160,15 +386,31 @@ def train_rim(
     checkpoint_every: int = 500,
     log_every: int = 50,
     validation: Batch | None = None,
+    validation_size: int = 32,
+    external: Batch | None = None,
+    prefetch: int | None = None,
+    tensorboard: bool = True,
     metadata: dict[str, Any] | None = None,
     progress: Callable[[int, dict[str, float]], None] | None = None,
 ) -> RIM:
     """Train (or resume) the RIM in ``run_dir`` up to ``steps`` (default ``config.train_steps``).
 
-    ``batches(step, size, seed)`` returns the global minibatch of a step (:class:`DatasetBatches`
-    or :class:`SimulatedBatches`). Adamax with Table 7's exponential decay, gradient clipping at
-    ``clip_norm``. Logs the training loss and chi2_nu, and on ``validation`` the loss and chi2_nu,
-    to ``metrics.jsonl``. Runs under DDP when ``torch.distributed`` is initialised.
+    ``batches(step, size, seed)`` returns the global minibatch of a step (:class:`DatasetBatches`,
+    :class:`SimulatedBatches` or :class:`MixedBatches`). Adamax with Table 7's exponential decay,
+    gradient clipping at ``clip_norm``. Runs under DDP when ``torch.distributed`` is initialised.
+
+    Every ``log_every`` steps, ``metrics.jsonl`` (and TensorBoard event files in ``run_dir``)
+    receive, for the training batch, for the validation lenses (``val_`` keys) and for the
+    ``external`` lenses (``ext_`` keys): the eq. 7 loss, its source and kappa terms, its value at
+    each RIM step (``loss_t``), the mean log10 loss of the final estimates, the median chi2_nu,
+    and beside them the same losses of the constant predictor on the same lenses
+    (``constant_loss``, ``constant_log10_loss``). ``validation`` defaults to
+    ``batches.held_out(validation_size, seed)``: lenses from the training distribution that
+    training never draws. TensorBoard also gets the training loss and chi2_nu at every step.
+
+    ``prefetch`` batches are prepared ahead in a background thread (default 2 on a GPU, 0 on the
+    CPU, where the simulation competes with the step for the same cores); the batches do not
+    depend on it.
     """
     rank, world = _rank_world()
     run_dir = Path(run_dir)
@@ -191,37 +433,52 @@ def train_rim(
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    if validation is None and rank == 0 and hasattr(batches, "held_out"):
+        validation = batches.held_out(validation_size, seed)
+    checks = {"val": validation, "ext": external} if rank == 0 else {}
+    checks = {k: {f: t.cpu() for f, t in v.items()} for k, v in checks.items() if v is not None}
     share = config.batch_size // world
+    prefetch = (2 if device.type == "cuda" else 0) if prefetch is None else prefetch
     model.train()
     log = open(run_dir / METRICS, "a") if rank == 0 else None
+    writer = _tensorboard(run_dir, start) if rank == 0 and tensorboard else None
+    stream = _batch_stream(batches, start, steps, config.batch_size, seed, device, prefetch)
+    clock = time.perf_counter()
     try:
-        for step in range(start, steps):
-            batch = batches(step, config.batch_size, seed)
-            batch = {k: v[rank * share : (rank + 1) * share].to(device) for k, v in batch.items()}
+        for step, batch in zip(range(start, steps), stream, strict=False):
+            batch = {k: v[rank * share : (rank + 1) * share].to(device, non_blocking=True) for k, v in batch.items()}
             for g in opt.param_groups:
                 g["lr"] = config.learning_rate_at(step)
-            loss, chi2 = batch_loss(net, batch, config, attrs)
+            loss, per_example = _batch_terms(net, batch, attrs)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
             opt.step()
             done = step + 1
-            terms = {"loss": loss.item(), "chi2_nu": float(chi2.mean()), "step": done}
-            if world > 1:
-                t = torch.tensor([terms["loss"], terms["chi2_nu"]], device=device)
-                dist.all_reduce(t)
-                terms["loss"], terms["chi2_nu"] = (t / world).tolist()
+            terms: dict[str, Any] = {**_summary(_gather(per_example, world)), "step": done}
+            if writer is not None:
+                writer.add_scalar("train/loss", terms["loss"], done)
+                writer.add_scalar("train/chi2_nu", terms["chi2_nu"], done)
             if rank == 0 and (done % log_every == 0 or done == steps):
+                now = time.perf_counter()
+                speed = log_every / max(now - clock, 1e-9)
                 terms.update(lr=config.learning_rate_at(step), grad_norm=float(grad_norm))
-                if validation is not None:
-                    model.eval()
-                    with torch.no_grad():
-                        vb = {k: v.to(device) for k, v in validation.items()}
-                        vloss, vchi2 = batch_loss(model, vb, config, attrs)
-                    model.train()
-                    terms.update(val_loss=vloss.item(), val_chi2_nu=float(vchi2.mean()))
+                model.eval()
+                for prefix, lenses in checks.items():
+                    terms.update({f"{prefix}_{k}": v for k, v in evaluate_rim(model, lenses, attrs).items()})
+                model.train()
                 log.write(json.dumps(terms, sort_keys=True) + "\n")
                 log.flush()
+                skip = ("val_", "ext_", "loss", "chi2_nu")  # loss and chi2_nu went in at every step
+                train_terms = {k: v for k, v in terms.items() if not k.startswith(skip) or k.startswith("loss_")}
+                _write_scalars(writer, "train", train_terms, done)
+                for prefix in checks:
+                    sub = {k[len(prefix) + 1 :]: v for k, v in terms.items() if k.startswith(prefix + "_")}
+                    _write_scalars(writer, {"val": "validation", "ext": "external"}[prefix], sub, done)
+                if writer is not None:
+                    writer.add_scalar("train/steps_per_s", speed, done)
+                    writer.flush()
+                clock = time.perf_counter()
             if rank == 0 and (done % checkpoint_every == 0 or done == steps):
                 save_checkpoint(run_dir, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done})
             if progress is not None and rank == 0:
@@ -229,6 +486,8 @@ def train_rim(
     finally:
         if log is not None:
             log.close()
+        if writer is not None:
+            writer.close()
     if world > 1:
         dist.barrier()  # every rank leaves after rank 0 has written the last checkpoint
     return model.eval()

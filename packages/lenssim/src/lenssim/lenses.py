@@ -14,7 +14,7 @@ import torch
 
 from lenssim.grid import pixel_grid
 from lenssim.likelihood import add_noise
-from lenssim.psf import gaussian_psf
+from lenssim.psf import SeparablePSF
 from lenssim.raytrace import lens_equation, lens_image
 from lenssim.sampling import ObservationConfig, sample_noise_sigma, sample_psf_fwhm
 from lenssim.sie import SIEPrior, sample_sie_parameters, sie_convergence
@@ -162,7 +162,7 @@ def acceptance(
 
 @dataclass
 class LensBatch:
-    """Accepted simulated lenses (tensors on the CPU) and the rejection counts."""
+    """Accepted simulated lenses and the rejection counts."""
 
     source: torch.Tensor
     kappa: torch.Tensor
@@ -183,11 +183,15 @@ Sampler = Callable[[int, torch.Generator], torch.Tensor]
 def sie_kappa_sampler(
     prior: SIEPrior = SIEPrior(), config: ObservationConfig = ObservationConfig(), device: torch.device | str = "cpu"
 ) -> Sampler:
-    """Pixel-averaged SIE convergence maps with Table 2 parameters."""
+    """Pixel-averaged SIE convergence maps with Table 2 parameters, rendered on ``device``.
+
+    The parameters are drawn from the CPU generator (the same on every device); the maps are
+    computed in float64 where they are used and returned in float32.
+    """
 
     def draw(count: int, generator: torch.Generator) -> torch.Tensor:
-        params = sample_sie_parameters(count, prior, generator=generator, dtype=torch.float64)
-        return sie_convergence(params, n=config.image_pixels, fov=config.image_fov).to(device, torch.float32)
+        params = sample_sie_parameters(count, prior, generator=generator, dtype=torch.float64, device=device)
+        return sie_convergence(params, n=config.image_pixels, fov=config.image_fov).to(torch.float32)
 
     return draw
 
@@ -206,13 +210,18 @@ def sersic_source_sampler(
 
 
 def pool_sampler(pool: torch.Tensor, device: torch.device | str = "cpu") -> Sampler:
-    """Uniform random draws (with replacement) from a pool of maps ``(P, 1, M, M)``."""
+    """Uniform random draws (with replacement) from a pool of maps ``(P, 1, M, M)``.
+
+    The pool is moved to ``device`` once, so draws are an index on the device; the indices
+    come from the CPU generator.
+    """
     if pool.dim() != 4 or pool.shape[0] == 0:
         raise ValueError(f"a pool must be a non-empty (P, 1, M, M) tensor, got {tuple(pool.shape)}")
+    pool = pool.to(device, torch.float32)
 
     def draw(count: int, generator: torch.Generator) -> torch.Tensor:
         idx = torch.randint(0, pool.shape[0], (count,), generator=generator)
-        return pool[idx].to(device, torch.float32)
+        return pool[idx.to(pool.device)]
 
     return draw
 
@@ -229,17 +238,22 @@ def simulate_lenses(
     batch_size: int = 64,
     max_tries: int | None = None,
     progress: Callable[[int], None] | None = None,
+    output_device: torch.device | str | None = "cpu",
 ) -> LensBatch:
     """Simulate ``n`` accepted lenses from random pairs of kappa maps and sources.
 
     PSF FWHM and noise sigma are drawn from Table 1, the noiseless image goes through the
     acceptance checks, and noise is added. Candidates are drawn in batches of ``batch_size``.
+    Everything after the parameter draws (PSFs, ray tracing, checks, noise) runs on ``device``.
 
     Parameters
     ----------
     generator
         CPU generator for every draw; the same seed gives the same lenses bit for bit on a
         given device.
+    output_device
+        Where the returned tensors live (default the CPU; ``None``: stay on ``device``, as
+        on-the-fly training wants).
     max_tries
         Give up (``RuntimeError``, with the rejection counts) after this many candidates;
         default ``50 * n``.
@@ -261,12 +275,14 @@ def simulate_lenses(
         batch = batch_size
         kappa = kappa_sampler(batch, generator).to(device)
         source = source_sampler(batch, generator).to(device)
-        fwhm = sample_psf_fwhm(batch, config, generator=generator)
-        psf = gaussian_psf(fwhm, config.pixel_scale, config.psf_size).to(device)
+        fwhm = sample_psf_fwhm(batch, config, generator=generator).to(device)
+        # the Gaussian is separable: convolve with two 1-D passes, store the 2-D kernel
+        blur = SeparablePSF.gaussian(fwhm, config.pixel_scale, config.psf_size)
+        psf = blur.kernel()
         sigma = sample_noise_sigma(batch, config, generator=generator)
         noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         with torch.no_grad():
-            clean = lens_image(source, kappa, image_fov=config.image_fov, source_fov=config.source_fov, psf=psf)
+            clean = lens_image(source, kappa, image_fov=config.image_fov, source_fov=config.source_fov, psf=blur)
             checks = acceptance(
                 source, kappa, clean, image_fov=config.image_fov, source_fov=config.source_fov, criteria=criteria
             )
@@ -276,16 +292,17 @@ def simulate_lenses(
         for k, v in checks.items():
             if k != "accepted":
                 rejected[k] = rejected.get(k, 0) + int((~v).sum())
-        ok = checks["accepted"].cpu()
+        ok = checks["accepted"]
         take = min(int(ok.sum()), n - accepted)
         sel = torch.nonzero(ok).flatten()[:take]
         for k, v in (("source", source), ("kappa", kappa), ("observation", obs), ("psf", psf)):
-            keep[k].append(v.cpu()[sel])
-        keep["noise_sigma"].append(sigma[sel])
+            keep[k].append(v[sel])
+        keep["noise_sigma"].append(sigma.to(device)[sel])
         accepted += take
         if progress is not None and take:
             progress(take)
-    return LensBatch(**{k: torch.cat(v) for k, v in keep.items()}, rejected=rejected, tried=tried)
+    out = output_device if output_device is not None else device
+    return LensBatch(**{k: torch.cat(v).to(out) for k, v in keep.items()}, rejected=rejected, tried=tried)
 
 
 def simulate_sie_lenses(

@@ -9,7 +9,9 @@ with the same result as the 2-D kernel from :func:`gaussian_psf`.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -126,15 +128,45 @@ class SeparablePSF(NamedTuple):
         return SeparablePSF(self.row_kernel.to(*args, **kwargs), self.column_kernel.to(*args, **kwargs))
 
 
+@contextlib.contextmanager
+def ieee_float32(device: torch.device) -> Iterator[None]:
+    """Full float32 precision for cuDNN convolutions on ``device`` while inside.
+
+    cuDNN may run float32 convolutions in TF32 (a 10-bit mantissa) by default, which makes a
+    PSF convolution on the GPU differ from the CPU's by ~1e-4 relative: physics in float32
+    must be float32 on every device. Nothing changes on other devices. (The flag is global:
+    the RIM's own convolutions outside this block keep whatever the user chose.)
+    """
+    if device.type != "cuda":
+        yield
+        return
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        old = conv.fp32_precision
+        conv.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision = old
+    else:  # older torch
+        old = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32 = old
+
+
 def _conv(image: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
     """Cross-correlate each example of ``image (B, 1, H, W)`` with its own kernel
-    ``(B or 1, 1, kh, kw)``, keeping the size."""
+    ``(B or 1, 1, kh, kw)``, keeping the size, in full float32 precision on every device."""
     b = image.shape[0]
-    if weight.shape[0] == 1:
-        return F.conv2d(image, weight, padding=padding)
-    if weight.shape[0] != b:
-        raise ValueError(f"PSF batch {weight.shape[0]} does not match image batch {b}")
-    out = F.conv2d(image.reshape(1, b, *image.shape[-2:]), weight, padding=padding, groups=b)
+    with ieee_float32(image.device):
+        if weight.shape[0] == 1:
+            return F.conv2d(image, weight, padding=padding)
+        if weight.shape[0] != b:
+            raise ValueError(f"PSF batch {weight.shape[0]} does not match image batch {b}")
+        out = F.conv2d(image.reshape(1, b, *image.shape[-2:]), weight, padding=padding, groups=b)
     return out.reshape(image.shape)
 
 

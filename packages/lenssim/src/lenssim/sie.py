@@ -89,10 +89,11 @@ def sample_sie_parameters(
     return SIEParameters(*(t.to(dtype=dtype, device=device) for t in out))
 
 
-def _rotated(x, y, p: SIEParameters):
-    # Broadcast (B,) parameters against coordinates of any shape.
+def _rotated(x, y, p: SIEParameters, paired: bool = False):
+    # Broadcast (B,) parameters against coordinates of any shape, or (paired) along their
+    # first axis, which is then the batch's.
     def col(t):
-        return t.reshape(-1, *([1] * x.dim()))
+        return t.reshape(-1, *([1] * (x.dim() - paired)))
 
     c, s = torch.cos(col(p.phi)), torch.sin(col(p.phi))
     dx, dy = x - col(p.x0), y - col(p.y0)
@@ -106,7 +107,9 @@ def sie_convergence(
     fov: float = 7.69,
     core: float = DEFAULT_CORE,
     sampling: Literal["pixel_average", "center"] = "pixel_average",
-    quadrature_order: int = 8,
+    quadrature_order: int = 4,
+    core_order: int = 32,
+    core_window: int = 4,
 ) -> torch.Tensor:
     """SIE convergence on the pixel-centred grid, ``(B, 1, n, n)``.
 
@@ -116,8 +119,14 @@ def sie_convergence(
         ``"pixel_average"`` (default): the mean convergence over each pixel, i.e. the pixel's
         mass over its area, computed exactly from Gauss's theorem (div alpha = 2 kappa) as the
         flux of the analytic deflection through the pixel's edges (Gauss-Legendre with
-        ``quadrature_order`` nodes per edge). The map then holds the right mass in every
-        pixel, the cusp included, and its FFT deflection matches the analytic SIE's.
+        ``quadrature_order`` nodes per edge, and ``core_order`` nodes on the edges within
+        ``core_window`` pixels of the lens centre, where the deflection turns sharply). The map
+        then holds the right mass in every pixel, the cusp included, and its FFT deflection
+        matches the analytic SIE's. The fluxes telescope, so the total mass is exact whatever
+        the orders; the defaults agree with 64-node quadrature everywhere to < 1e-3 of the
+        pixel's value (the cusp pixel) and to < 1e-6 beyond the window.
+    Maps are computed in float64 on the parameters' device (draw the parameters on the CPU
+    with a generator and move them to the GPU to render there).
         ``"center"``: the formula evaluated at pixel centres, as the original code did; near
         the cusp this misplaces mass (a pixel centre close to the centre samples a value of up
         to theta_E / (2 s)), which biases the deflection of the whole map.
@@ -134,21 +143,52 @@ def sie_convergence(
         return kappa.unsqueeze(1)
     if sampling != "pixel_average":
         raise ValueError(f"sampling must be 'pixel_average' or 'center', got {sampling!r}")
+    for name, value in (("quadrature_order", quadrature_order), ("core_order", core_order)):
+        if value < 1:
+            raise ValueError(f"{name} must be positive, got {value}")
+    if core_window < 0:
+        raise ValueError(f"core_window must be >= 0, got {core_window}")
     p64 = SIEParameters(*(t.to(torch.float64) for t in params))
     h = float(fov) / n
     centres = pixel_coordinates(n, fov, dtype=torch.float64, device=device)
     edges = torch.arange(n + 1, dtype=torch.float64, device=device) * h - float(fov) / 2
-    t, w = np.polynomial.legendre.leggauss(quadrature_order)
-    t = torch.as_tensor(t, device=device) * (h / 2)
-    w = torch.as_tensor(w, device=device) * (h / 2)
-    # Flux of alpha_x through the vertical edges: [row i, edge k, node g].
-    xv = edges[None, :, None].expand(n, n + 1, quadrature_order)
-    yv = (centres[:, None, None] + t).expand(n, n + 1, quadrature_order)
-    flux_v = (sie_deflection(xv, yv, p64, core=core)[:, 0] * w).sum(-1)
-    # Flux of alpha_y through the horizontal edges: [edge k, column j, node g].
-    xh = (centres[None, :, None] + t).expand(n + 1, n, quadrature_order)
-    yh = edges[:, None, None].expand(n + 1, n, quadrature_order)
-    flux_h = (sie_deflection(xh, yh, p64, core=core)[:, 1] * w).sum(-1)
+
+    def nodes(order: int) -> tuple[torch.Tensor, torch.Tensor]:
+        t, w = np.polynomial.legendre.leggauss(order)
+        return torch.as_tensor(t, device=device) * (h / 2), torch.as_tensor(w, device=device) * (h / 2)
+
+    def fluxes(rows: torch.Tensor, cols: torch.Tensor, order: int, params: SIEParameters, paired: bool = False):
+        """Flux of alpha_x through vertical edges ``cols`` of pixel rows ``rows``, and of
+        alpha_y through horizontal edges ``rows`` of pixel columns ``cols`` (index tensors
+        broadcastable against each other; ``paired``: their first axis is the batch's)."""
+        t, w = nodes(order)
+        rows, cols = torch.broadcast_tensors(rows, cols)
+        yv = centres[rows.clamp(max=n - 1)][..., None] + t
+        xv = edges[cols][..., None].expand_as(yv)
+        fv = (_deflection(xv, yv, params, core, paired)[:, 0] * w).sum(-1)
+        xh = centres[cols.clamp(max=n - 1)][..., None] + t
+        yh = edges[rows][..., None].expand_as(xh)
+        fh = (_deflection(xh, yh, params, core, paired)[:, 1] * w).sum(-1)
+        return fv, fh
+
+    idx = torch.arange(n + 1, device=device)
+    # [row i, edge k] for alpha_x, [edge k, column j] for alpha_y (the (n+1)-th row of flux_v
+    # and column of flux_h are padding, dropped below)
+    flux_v, flux_h = fluxes(idx[:, None], idx[None, :], quadrature_order, p64)
+    if core_window > 0 and core_order != quadrature_order:
+        # recompute the edges around each lens centre with many nodes: one window per example,
+        # evaluated with that example's parameters only (clamped indices repeat identical values)
+        half = float(fov) / 2
+        ic = torch.floor((p64.y0 + half) / h).long().clamp(0, n - 1)
+        jc = torch.floor((p64.x0 + half) / h).long().clamp(0, n - 1)
+        off = torch.arange(-core_window, core_window + 2, device=device)
+        rows = (ic[:, None] + off).clamp(0, n)[:, :, None]
+        cols = (jc[:, None] + off).clamp(0, n)[:, None, :]
+        fv, fh = fluxes(rows, cols, core_order, p64, paired=True)
+        bi = torch.arange(p64.q.shape[0], device=device)[:, None, None]
+        flux_v[bi, rows, cols] = fv
+        flux_h[bi, rows, cols] = fh
+    flux_v, flux_h = flux_v[:, :n, :], flux_h[:, :, :n]
     div = flux_v[:, :, 1:] - flux_v[:, :, :-1] + flux_h[:, 1:, :] - flux_h[:, :-1, :]
     return (div / (2 * h * h)).unsqueeze(1).to(dtype)
 
@@ -163,9 +203,14 @@ def sie_deflection(
     The formula of the module docstring; the q -> 1 limit (the cored isothermal
     sphere) is taken where 1 - q^2 < 1e-8.
     """
-    xr, yr, c, s = _rotated(x, y, params)
-    q = params.q.reshape(-1, *([1] * x.dim()))
-    b = params.theta_e.reshape(-1, *([1] * x.dim())) * torch.sqrt(q)
+    return _deflection(x, y, params, core, paired=False)
+
+
+def _deflection(x: torch.Tensor, y: torch.Tensor, params: SIEParameters, core: float, paired: bool) -> torch.Tensor:
+    xr, yr, c, s = _rotated(x, y, params, paired)
+    shape = (-1, *([1] * (x.dim() - paired)))
+    q = params.q.reshape(shape)
+    b = params.theta_e.reshape(shape) * torch.sqrt(q)
     psi = torch.sqrt(q * q * (core * core + xr * xr) + yr * yr)
     e2 = 1 - q * q
     round_ = e2 < 1e-8
