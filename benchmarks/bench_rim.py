@@ -121,6 +121,42 @@ def bench_finetune(preset: str, device: torch.device, lenses: int, steps: int, p
     )
 
 
+def bench_on_the_fly(preset: str, device: torch.device, batch: int, steps: int, pixels: int = 128) -> str:
+    """Training through :func:`lensrim.train_rim` (logging and TensorBoard included) on lenses
+    simulated on the fly, against the same loop on one fixed batch, same model, same run.
+    Rates are taken between the first and the last step (warm-up excluded)."""
+    import tempfile
+
+    from lensrim.training import SimulatedBatches
+
+    obs = lenssim.ObservationConfig(image_pixels=pixels, source_pixels=pixels, psf_size=min(21, pixels // 2 - 1 | 1))
+    cfg = replace(lensrim.PRESETS[preset], pixels=pixels, batch_size=batch)
+    sim = SimulatedBatches(
+        lenssim.sie_kappa_sampler(config=obs, device=device), lenssim.sersic_source_sampler(obs, device=device),
+        obs, device=device,
+    )  # fmt: skip
+    fixed = sim(0, batch, 0)
+    rates = {}
+    for name, source in (("fixed", lambda step, size, seed: fixed), ("on the fly", sim)):
+        stamps = []
+
+        def progress(done, terms, stamps=stamps):
+            _sync(device)
+            stamps.append(time.perf_counter())
+
+        with tempfile.TemporaryDirectory() as tmp:
+            lensrim.train_rim(
+                cfg, source, tmp, steps=steps + 1, device=device, log_every=10**9, checkpoint_every=10**9,
+                validation_size=0, progress=progress,
+            )  # fmt: skip
+        rates[name] = steps / (stamps[-1] - stamps[0])
+    ratio = rates["on the fly"] / rates["fixed"]
+    return (
+        f"training {preset} {pixels}^2 batch {batch} on {device.type}: on the fly {rates['on the fly']:.2f} steps/s, "
+        f"fixed batch {rates['fixed']:.2f} steps/s ({100 * ratio:.0f} %)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
@@ -129,10 +165,12 @@ def main() -> None:
         f"lensrim {lensrim.__version__}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; T = 8, 128^2"
     )
     print(bench("small", torch.device("cpu"), 4, 8, args.repeats), flush=True)
+    print(bench_on_the_fly("small", torch.device("cpu"), 4, 10, pixels=64), flush=True)
     print(bench_finetune("small", torch.device("cpu"), 4, 3, pixels=64), flush=True)
     if torch.cuda.is_available():
         gpu = torch.device("cuda")
         print(bench("small", gpu, 16, 64, args.repeats), flush=True)
+        print(bench_on_the_fly("small", gpu, 16, 50), flush=True)
         print(bench("paper", gpu, 1, 8, args.repeats), flush=True)
         print(bench("paper", gpu, 1, 8, args.repeats, activation_checkpointing=True, bf16=True), flush=True)
         print(bench_finetune("small", gpu, 16, 5), flush=True)

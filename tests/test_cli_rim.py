@@ -35,3 +35,18 @@ def test_train_rim_errors(tmp_path):
     assert bad.returncode == 2 and "--data" in bad.stderr
     bad = run("reconstruct", "--rim", tmp_path, "--data", tmp_path / "l.h5", "-o", tmp_path / "x.h5", check=False)
     assert bad.returncode == 1 and "not a RIM run directory" in bad.stderr and not (tmp_path / "x.h5").exists()
+
+
+def test_train_rim_on_the_fly_reports_the_constant_reference(tmp_path):
+    ext = tmp_path / "ext.h5"
+    run("simulate", "lenses", "--kappa", "sie", "--sources", "sersic", "-n", 3, "--pixels", 32, "-o", ext)
+    out = run(
+        "train", "rim", "--kappa", "sie", "--sources", "sersic", "--preset", "tiny", "--steps", 4, "--log-every", 2,
+        "--batch-size", 2, "--validation-size", 3, "--external", ext, "--init", "glorot", "-o", tmp_path / "run",
+    )  # fmt: skip
+    assert "against the constant predictor" in out.stdout and "external" in out.stdout
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("loss_t", "loss_source", "loss_kappa", "val_log10_loss", "val_constant_log10_loss", "ext_loss"):
+        assert key in last
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["init"] == "glorot"
+    assert list((tmp_path / "run").glob("events.out.tfevents.*"))

@@ -61,7 +61,32 @@ def _distributed(device: str):
     "--validation",
     "val_path",
     type=click.Path(path_type=Path),
-    help="Lens dataset for the validation loss and chi2_nu (first 16).",
+    help="Validation lenses from the training distribution (default: held out from --data, or simulated).",
+)
+@click.option(
+    "--external",
+    "ext_path",
+    type=click.Path(path_type=Path),
+    help="A second, external validation set (e.g. another simulator's lenses), logged as ext_*.",
+)
+@click.option(
+    "--validation-size",
+    default=32,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Lenses in each validation set (held out from --data: at most 10 % of it).",
+)
+@click.option(
+    "--workers",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="DataLoader worker processes reading --data ahead of the training step.",
+)
+@click.option(
+    "--init",
+    type=click.Choice(["torch", "glorot"]),
+    help="Initial weights: PyTorch's defaults or Glorot-uniform with zero biases (default: the preset's).",
 )
 @click.option(
     "--checkpointing", is_flag=True, help="Activation checkpointing per time step (less memory, more compute)."
@@ -80,7 +105,8 @@ def _distributed(device: str):
 @one_line_errors
 def train_rim(
     data_path, kappa_in, sources_in, kappa_vae, source_vae, vae_fraction, output, preset, steps, batch_size,
-    learning_rate, val_path, checkpointing, bf16, second_stage, checkpoint_every, log_every, seed, device,
+    learning_rate, val_path, ext_path, validation_size, workers, init, checkpointing, bf16, second_stage,
+    checkpoint_every, log_every, seed, device,
 ) -> None:  # fmt: skip
     """Train the RIM from a lens dataset, on the fly, or both.
 
@@ -89,6 +115,11 @@ def train_rim(
     On the fly, each batch is simulated from --kappa (a dataset or 'sie') or --kappa-vae, and
     --sources (a dataset or 'sersic') or --source-vae; with --data and VAEs, --vae-fraction of
     each batch comes from VAE draws (the paper's VAE-enlarged training set).
+
+    Every --log-every steps, metrics.jsonl and TensorBoard event files in the run directory
+    (`tensorboard --logdir runs/`) get the loss (and its source and kappa terms, and its value
+    at each RIM step), the median chi2_nu and, on the validation lenses, the same beside the
+    constant predictor's (source 0, best constant log10 kappa).
 
     Multi-GPU and multi-node: launch with torchrun, e.g. `torchrun --nproc-per-node 4 $(which
     lens) train rim --data train/ --preset paper --device cuda -o run`; the global batch is split
@@ -119,6 +150,8 @@ def train_rim(
         overrides["batch_size"] = batch_size
     if learning_rate is not None:
         overrides["learning_rate"] = learning_rate
+    if init is not None:
+        overrides["init"] = init
     config = replace(config, **overrides)
     stored = output / "config.json"
     if stored.is_file() and not second_stage:
@@ -154,7 +187,8 @@ def train_rim(
     source = {k: str(v) for k, v in source.items() if v is not None}
     n = config.pixels
     if data_path is not None:
-        batches = DatasetBatches(data_path)
+        holdout = 0 if val_path is not None else None  # held out only when no validation set is given
+        batches = DatasetBatches(data_path, holdout=holdout, max_holdout=validation_size, workers=workers)
         n = batches.dataset[0]["observation"].shape[-1]
         source["data"] = str(data_path)
         if use_vae:
@@ -165,10 +199,15 @@ def train_rim(
         batches = SimulatedBatches(kappa_sampler(), source_sampler(), obs, device=dev)
     if n != config.pixels:
         raise click.BadParameter(f"the data's maps are {n} pixels wide, the {preset} preset needs {config.pixels}")
-    validation = None
-    if val_path is not None:
-        d = lenssim.read_lens_dataset(val_path)
-        validation = {k: d[k][:16] for k in lenssim.LENS_FIELDS}
+
+    def lenses(path):
+        d = lenssim.read_lens_dataset(path)
+        if d["observation"].shape[-1] != config.pixels:
+            raise click.BadParameter(f"{path}: maps are {d['observation'].shape[-1]} pixels wide, the RIM needs {n}")
+        return {k: d[k][:validation_size] for k in lenssim.LENS_FIELDS}
+
+    validation = None if val_path is None else lenses(val_path)
+    external = None if ext_path is None else lenses(ext_path)
     attrs = getattr(batches, "attrs", {}) or {}
     fovs = {k: float(attrs[k]) for k in ("image_fov", "source_fov") if k in attrs}
     meta = {**source, **fovs, "preset": preset, "world_size": world}
@@ -176,16 +215,28 @@ def train_rim(
 
         def progress(done, terms):
             bar.n = done
-            bar.set_postfix(loss=f"{terms['loss']:.3g}", chi2_nu=f"{terms['chi2_nu']:.3g}", refresh=False)
+            post = {"loss": f"{terms['loss']:.3g}", "chi2_nu(med)": f"{terms['chi2_nu']:.3g}"}
+            if "val_log10_loss" in terms:
+                post["val log10"] = f"{terms['val_log10_loss']:.2f} (const {terms['val_constant_log10_loss']:.2f})"
+            bar.set_postfix(post, refresh=False)
             bar.refresh()
 
         lensrim.train_rim(
             config, batches, output, seed=seed, device=dev, checkpoint_every=checkpoint_every, log_every=log_every,
-            validation=validation, metadata=meta, progress=progress,
+            validation=validation, validation_size=validation_size, external=external, metadata=meta,
+            progress=progress,
         )  # fmt: skip
     if rank == 0:
         last = json.loads((output / "metrics.jsonl").read_text().splitlines()[-1])
-        click.echo(f"trained {output} to step {config.train_steps}: {last}")
+        line = f"trained {output} to step {config.train_steps}: loss {last['loss']:.4g}"
+        for prefix, name in (("val_", "validation"), ("ext_", "external")):
+            if prefix + "log10_loss" in last:
+                gap = last[prefix + "constant_log10_loss"] - last[prefix + "log10_loss"]
+                line += (
+                    f"; {name} mean log10 loss {last[prefix + 'log10_loss']:.3f} against the constant predictor's "
+                    f"{last[prefix + 'constant_log10_loss']:.3f} ({gap:+.3f} dex better)"
+                )
+        click.echo(line)
 
 
 @click.command("reconstruct", short_help="Baseline RIM predictions for every lens of a dataset.")

@@ -286,12 +286,19 @@ def simulate_sources(
 @click.option(
     "--block-size", default=256, show_default=True, type=click.IntRange(1), help="Lenses per resumable block."
 )
+@click.option(
+    "--pixels",
+    default=128,
+    show_default=True,
+    type=click.IntRange(8),
+    help='Pixels across the image and source grids (the fields of view stay 7.69" and 3").',
+)
 @output_option
 @shard_option
 @seed_option
 @device_option
 @one_line_errors
-def simulate_lenses(kappa_in, sources_in, n_lenses, split, block_size, output, shard, seed, device) -> None:
+def simulate_lenses(kappa_in, sources_in, n_lenses, split, block_size, pixels, output, shard, seed, device) -> None:
     """Lensed observations: random kappa-source pairs, Table 1 PSF and noise, acceptance checks.
 
     Rejection counts per check are printed and stored in the file's `stats` attribute. Killed
@@ -303,7 +310,7 @@ def simulate_lenses(kappa_in, sources_in, n_lenses, split, block_size, output, s
     from lenssim.io import dataset_info, shard_range
 
     dev = resolve_device(device)
-    cfg = lenssim.ObservationConfig()
+    cfg = lenssim.ObservationConfig(image_pixels=pixels, source_pixels=pixels, psf_size=min(21, pixels // 2 - 1 | 1))
     provenance = {"kappa": kappa_in, "sources": sources_in, "split": split}
     if kappa_in == "sie":
         ksampler = lenssim.sie_kappa_sampler(config=cfg, device=dev)

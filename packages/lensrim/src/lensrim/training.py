@@ -76,17 +76,19 @@ class _StepIndices:
 class DatasetBatches:
     """Global minibatches drawn (with replacement) from an HDF5 lens dataset or shard directory.
 
-    The last ``holdout`` lenses (default: 10 % of the set, at most 32) are never drawn for
+    The last ``holdout`` lenses (default: 10 % of the set, at most ``max_holdout``) are never drawn for
     training: they are the automatic validation set (:meth:`held_out`). With ``workers > 0``
     the reads run ahead in that many DataLoader worker processes (:meth:`stream`), so the
     accelerator never waits on HDF5; the batches are the same either way.
     """
 
-    def __init__(self, path: str | os.PathLike, *, holdout: int | None = None, workers: int = 0) -> None:
+    def __init__(
+        self, path: str | os.PathLike, *, holdout: int | None = None, max_holdout: int = 32, workers: int = 0
+    ) -> None:
         self.dataset = lenssim.LensDataset(path)
         self.attrs = self.dataset.attrs
         n = len(self.dataset)
-        holdout = min(32, n // 10) if holdout is None else holdout
+        holdout = min(max_holdout, n // 10) if holdout is None else holdout
         if not 0 <= holdout < n:
             raise ValueError(f"{path}: cannot hold out {holdout} of its {n} lenses for validation")
         if workers < 0:
@@ -405,7 +407,7 @@ def train_rim(
     each RIM step (``loss_t``), the mean log10 loss of the final estimates, the median chi2_nu,
     and beside them the same losses of the constant predictor on the same lenses
     (``constant_loss``, ``constant_log10_loss``). ``validation`` defaults to
-    ``batches.held_out(validation_size, seed)``: lenses from the training distribution that
+    ``batches.held_out(validation_size, seed)`` (none when 0): lenses from the training distribution that
     training never draws. TensorBoard also gets the training loss and chi2_nu at every step.
 
     ``prefetch`` batches are prepared ahead in a background thread (default 2 on a GPU, 0 on the
@@ -433,7 +435,7 @@ def train_rim(
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    if validation is None and rank == 0 and hasattr(batches, "held_out"):
+    if validation is None and validation_size > 0 and rank == 0 and hasattr(batches, "held_out"):
         validation = batches.held_out(validation_size, seed)
     checks = {"val": validation, "ext": external} if rank == 0 else {}
     checks = {k: {f: t.cpu() for f, t in v.items()} for k, v in checks.items() if v is not None}
