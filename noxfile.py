@@ -4,6 +4,7 @@
     nox -s lenssim      # one package
     nox -s demo         # the main job on built-in data
     nox -s bench        # benchmark figures (never fails for being slow)
+    nox -s gpu          # on a CUDA machine: CUDA tests, GPU throughput, 3 minutes of 128^2 training
 
 Each session installs the pinned PyTorch first (LENS_TORCH, default torch==2.13.0) so that
 resolving the packages' open `torch>=2.1` range never pulls a different, multi-GB build.
@@ -89,6 +90,14 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_lenssim.py", *session.posargs)
     session.run("python", "benchmarks/bench_kde.py")
     session.run("python", "benchmarks/bench_rim.py")
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """On a CUDA machine (LENS_TORCH picks the CUDA build): CUDA tests, GPU throughput rows and
+    3 minutes of 128^2 on-the-fly training against the constant predictor (about 8 min on an H100)."""
+    _install(session, f"{LENSSIM}[test]", LENSPRIOR, f"{LENSRIM}[test]")
+    session.run("python", "benchmarks/gpu_session.py", *session.posargs)
 
 
 @nox.session

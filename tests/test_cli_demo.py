@@ -37,7 +37,14 @@ def test_quick_demo_runs_the_whole_pipeline_and_reports(demo_dir):
     methods = list(m["comparison"])
     assert any(k.startswith("Adam from the same start (7 gradients") for k in methods)
     assert any(k.startswith("RIM (T-1 = 7 gradients)") for k in methods)
-    assert set(m["notes"]) >= {"RIM vs Adam, same budget", "fine-tuning"}
+    assert set(m["notes"]) >= {"RIM vs constant predictor", "RIM vs Adam, same budget", "fine-tuning"}
+    # the constant predictor is the reference on the same lenses, in the comparison and the metrics
+    const = m["comparison"]["constant predictor (source 0, best constant log10 kappa)"]
+    assert const["log10_loss"]["mu"] == pytest.approx(m["constant_predictor"]["log10_loss"]["mu"], rel=1e-5)
+    gain = m["log10_loss_gain_over_constant"]["baseline"]
+    assert gain == pytest.approx(m["constant_predictor"]["log10_loss"]["mu"] - m["log10_loss"]["baseline"]["mu"])
+    rim_log = [json.loads(x) for x in (out / "rim" / "metrics.jsonl").read_text().splitlines()]
+    assert "val_constant_log10_loss" in rim_log[-1] and "ext_constant_log10_loss" in rim_log[-1]
     for line in m["notes"].values():
         assert line in proc.stdout
     page = (out / "report" / "index.html").read_text()

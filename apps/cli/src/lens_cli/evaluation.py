@@ -13,7 +13,14 @@ import torch
 
 import lenssim
 from lens_cli.common import atomic_path
-from lensrim.metrics import chi2_summary, coherence_bands, coherence_spectrum, log_loss_moments, snr
+from lensrim.metrics import (
+    chi2_summary,
+    coherence_bands,
+    coherence_spectrum,
+    constant_reference,
+    log_loss_moments,
+    snr,
+)
 from lensrim.model import rim_loss
 
 REQUIRED = ("observation", "psf", "noise_sigma", "source_pred", "kappa_pred", "chi2_nu")
@@ -59,6 +66,20 @@ def compute_metrics(data: dict) -> dict:
                 "source": {"k_per_arcsec": ks.tolist(), **coherence_bands(gs)},
                 "kappa": {"k_per_arcsec": kk.tolist(), **coherence_bands(gk)},
             }
+        # the reference every loss is judged against: source 0 and the best constant log10 kappa
+        ref = constant_reference(data["source"], data["kappa"])
+        sigma = data["noise_map"] if "noise_map" in data else data["noise_sigma"]
+        y = data["observation"]
+        chi2 = lenssim.reduced_chi_squared(y, torch.zeros_like(y), sigma)
+        out["constant_predictor"] = {
+            "log10_kappa": ref.log10_kappa,
+            "log10_loss": log_loss_moments(ref.loss.numpy()),
+            "chi2_nu": chi2_summary(chi2),
+        }
+        per_lens["loss_constant"] = ref.loss.tolist()
+        out["log10_loss_gain_over_constant"] = {
+            stage: out["constant_predictor"]["log10_loss"]["mu"] - m["mu"] for stage, m in out["log10_loss"].items()
+        }
     out["per_lens"] = per_lens
     return out
 
@@ -193,7 +214,16 @@ def summary_page(report: Path, metrics: dict, images: list[Path], title: str) ->
             f"{100 * s['fraction_at_or_below_1.1']:.0f} % at or below 1.1</td></tr>"
         )
     for stage, m in metrics.get("log10_loss", {}).items():
-        rows.append(f"<tr><td>log10 loss, {stage}</td><td>{m['mu']:.3f} &plusmn; {m['sigma']:.3f}</td></tr>")
+        gain = metrics.get("log10_loss_gain_over_constant", {}).get(stage)
+        beside = "" if gain is None else f" ({gain:+.3f} dex better than the constant predictor)"
+        rows.append(f"<tr><td>log10 loss, {stage}</td><td>{m['mu']:.3f} &plusmn; {m['sigma']:.3f}{beside}</td></tr>")
+    if "constant_predictor" in metrics:
+        c = metrics["constant_predictor"]
+        rows.append(
+            f"<tr><td>constant predictor (source 0, log10 kappa = {c['log10_kappa']:.3f})</td><td>log10 loss "
+            f"{c['log10_loss']['mu']:.3f} &plusmn; {c['log10_loss']['sigma']:.3f}; median chi2_nu "
+            f"{c['chi2_nu']['median']:.3g}</td></tr>"
+        )
     for stage, c in metrics.get("coherence", {}).items():
         rows.append(
             f"<tr><td>mean coherence, {stage}</td><td>source {np.mean(c['source']['mean']):.3f}, "

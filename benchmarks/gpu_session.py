@@ -1,0 +1,114 @@
+"""The GPU session (`nox -s gpu`, or this script on any CUDA machine), in about 8 minutes on one
+H100:
+
+1. every test parametrised over CUDA (``-m gpu``): physics CUDA == CPU in float32 and float64,
+   RIM forward and backward, bf16 autocast, batched fine-tuning == one lens at a time,
+   on-the-fly simulation on the device;
+2. the GPU throughput rows: forward model, RIM training and inference, on-the-fly training
+   against fixed batches, batched fine-tuning;
+3. ``--train-seconds`` (default 180) of 128^2 on-the-fly training of the small RIM, printing its
+   held-out learning curve beside the constant predictor's loss on the same lenses.
+
+    python benchmarks/gpu_session.py [--train-seconds 180] [--out gpu-session]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def tests() -> int:
+    paths = [str(ROOT / p / "tests") for p in ("packages/lenssim", "packages/lensrim")]
+    return subprocess.call([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *paths])
+
+
+def throughput() -> float:
+    import bench_lenssim
+    import bench_rim
+
+    gpu = torch.device("cuda")
+    for batch in (1, 16):
+        rates = bench_lenssim.bench_lenssim(batch, gpu, 20)
+        print(f"lenssim 128^2 on cuda, batch {batch}: " + ", ".join(f"{k} {v:.0f} img/s" for k, v in rates.items()))
+    print(bench_rim.bench("small", gpu, 16, 64, 3), flush=True)
+    row = bench_rim.bench_on_the_fly("small", gpu, 16, 50)
+    print(row, flush=True)
+    print(bench_rim.bench_finetune("small", gpu, 16, 5), flush=True)
+    return float(row.split("on the fly ")[1].split(" steps/s")[0])
+
+
+def train(seconds: float, rate: float, out: Path, batch: int, learning_rate: float, init: str) -> None:
+    import lensrim
+    import lenssim
+    from lensrim.training import SimulatedBatches
+
+    dev = torch.device("cuda")
+    log_every = 50
+    steps = max(log_every, int(seconds * rate * 0.85) // log_every * log_every)  # validation takes the rest
+    obs = lenssim.ObservationConfig()
+    cfg = replace(lensrim.PRESETS["small"], batch_size=batch, learning_rate=learning_rate, init=init)
+    sim = SimulatedBatches(
+        lenssim.sie_kappa_sampler(config=obs, device=dev), lenssim.sersic_source_sampler(obs, device=dev), obs,
+        device=dev,
+    )  # fmt: skip
+    print(f"128^2 on-the-fly training: small preset, batch {batch}, lr {learning_rate:g}, init {init}, {steps} steps")
+    t0 = time.perf_counter()
+
+    def progress(done, terms):
+        if "val_log10_loss" in terms:
+            print(
+                f"  step {done:6d}  {time.perf_counter() - t0:6.0f} s  held-out log10 loss "
+                f"{terms['val_log10_loss']:.3f}  constant predictor {terms['val_constant_log10_loss']:.3f}  "
+                f"median chi2_nu {terms['val_chi2_nu']:.3g}",
+                flush=True,
+            )
+
+    lensrim.train_rim(
+        cfg, sim, out / "rim-128", steps=steps, device=dev, log_every=log_every, checkpoint_every=steps,
+        validation_size=64, progress=progress,
+    )  # fmt: skip
+    last = json.loads((out / "rim-128" / "metrics.jsonl").read_text().splitlines()[-1])
+    gap = last["val_constant_log10_loss"] - last["val_log10_loss"]
+    print(f"after {steps} steps ({time.perf_counter() - t0:.0f} s): {gap:+.3f} dex against the constant predictor")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train-seconds", type=float, default=180.0)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--learning-rate", type=float, default=None, help="default: the small preset's")
+    ap.add_argument("--init", default=None, choices=["torch", "glorot"], help="default: the small preset's")
+    ap.add_argument("--out", type=Path, default=Path("gpu-session"))
+    ap.add_argument("--skip-tests", action="store_true")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("gpu_session: no CUDA device")
+    import lensrim
+
+    small = lensrim.PRESETS["small"]
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
+    t0 = time.perf_counter()
+    failed = 0 if args.skip_tests else tests()
+    print(f"[tests: {'passed' if failed == 0 else 'FAILED'}, {time.perf_counter() - t0:.0f} s]", flush=True)
+    rate = throughput()
+    train(
+        args.train_seconds, rate, args.out, args.batch_size, args.learning_rate or small.learning_rate,
+        args.init or small.init,
+    )  # fmt: skip
+    print(f"[gpu session: {time.perf_counter() - t0:.0f} s]")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
