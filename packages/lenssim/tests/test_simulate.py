@@ -103,6 +103,11 @@ def test_lens_dataset_from_pools_respects_the_split(tmp_path, kappa_file):
         assert any(torch.equal(k, h) for h in held_out)  # every lens uses a held-out map
     with pytest.raises(lenssim.DatasetError, match="pixels wide"):
         lenssim.h5_pool_sampler(kappa_file, "kappa", expected_pixels=64)
+    # a pool loaded once into memory gives the same draws as reads on demand
+    mem, _ = lenssim.h5_pool_sampler(kappa_file, "kappa", split="test", in_memory=True)
+    auto, _ = lenssim.h5_pool_sampler(kappa_file, "kappa", split="test", in_memory=None)  # small: loaded
+    for sampler in (mem, auto):
+        assert torch.equal(sampler(7, torch.Generator().manual_seed(4)), ks(7, torch.Generator().manual_seed(4)))
 
 
 def test_torch_dataset_over_shards_with_workers(tmp_path):

@@ -174,14 +174,18 @@ def train_rim(
             return lensrim.vae_sampler(lensprior.load_vae(kappa_vae, device=dev)[0], dev)
         if kappa_in in (None, "sie"):
             return lenssim.sie_kappa_sampler(config=obs, device=dev)
-        return lenssim.h5_pool_sampler(Path(kappa_in), "kappa", expected_pixels=config.pixels, device=dev)[0]
+        return lenssim.h5_pool_sampler(
+            Path(kappa_in), "kappa", expected_pixels=config.pixels, device=dev, in_memory=None
+        )[0]
 
     def source_sampler():
         if source_vae is not None:
             return lensrim.vae_sampler(lensprior.load_vae(source_vae, device=dev)[0], dev)
         if sources_in in (None, "sersic"):
             return lenssim.sersic_source_sampler(config=obs, device=dev)
-        return lenssim.h5_pool_sampler(Path(sources_in), "source", expected_pixels=config.pixels, device=dev)[0]
+        return lenssim.h5_pool_sampler(
+            Path(sources_in), "source", expected_pixels=config.pixels, device=dev, in_memory=None
+        )[0]
 
     source = {"kappa": kappa_in, "sources": sources_in, "kappa_vae": kappa_vae, "source_vae": source_vae}
     source = {k: str(v) for k, v in source.items() if v is not None}

@@ -19,7 +19,7 @@ import torch
 
 from lenssim.convergence import KappaMapConfig, augment_kappa, einstein_radius, kappa_maps
 from lenssim.io import DatasetError, _check_fields, _open, write_in_blocks
-from lenssim.lenses import AcceptanceCriteria, Sampler, simulate_lenses
+from lenssim.lenses import AcceptanceCriteria, Sampler, pool_sampler, simulate_lenses
 from lenssim.sampling import ObservationConfig
 from lenssim.sources import CosmosSources, SourceStampConfig, prepare_source, synthetic_galaxy_stamp
 from lenssim.tng import Particles
@@ -244,12 +244,16 @@ def h5_pool_sampler(
     split: str = "all",
     expected_pixels: int | None = None,
     device: torch.device | str = "cpu",
+    in_memory: bool | None = False,
 ) -> tuple[Sampler, dict]:
-    """Random draws from the ``field`` maps of an HDF5 kappa or source dataset, read on demand.
+    """Random draws from the ``field`` maps of an HDF5 kappa or source dataset.
 
     ``path`` is a file or a directory of shards. ``split`` is "train", "test" or "all" (uses the
     files' ``split`` field). Returns the sampler and the first file's attributes. Every file is
-    validated first; the maps are never all loaded, so a pool can be larger than memory.
+    validated first. By default the maps are read on demand, so a pool can be larger than
+    memory; ``in_memory=True`` loads the pool once onto ``device`` (draws are then an index on
+    the device, as on-the-fly training on a GPU wants), ``None`` does so when it takes at most
+    1 GiB. The draws are the same either way.
     """
     import h5py
 
@@ -290,14 +294,27 @@ def h5_pool_sampler(
             raise DatasetError(f"{files[fi]}: kappa holds negative values")
         return maps
 
-    def draw(count: int, generator: torch.Generator) -> torch.Tensor:
-        pick = pool[torch.randint(0, pool.shape[0], (count,), generator=generator).numpy()]
-        out = np.empty((count, *read(int(pick[0, 0]), pick[:1, 1]).shape[1:]), dtype=np.float32)
+    def load(pick: np.ndarray) -> np.ndarray:
+        out = np.empty((pick.shape[0], *read(int(pick[0, 0]), pick[:1, 1]).shape[1:]), dtype=np.float32)
         for fi in np.unique(pick[:, 0]):
             rows = np.flatnonzero(pick[:, 0] == fi)
             uniq, inverse = np.unique(pick[rows, 1], return_inverse=True)
             out[rows] = read(int(fi), uniq)[inverse]
-        return torch.from_numpy(out).to(device)
+        return out
+
+    if in_memory is None:
+        with _open(files[0]) as f:
+            in_memory = pool.shape[0] * int(np.prod(f[field].shape[1:])) * 4 <= 2**30
+    if in_memory:
+        maps = torch.from_numpy(load(pool))
+        for h in handles.values():
+            h.close()
+        handles.clear()
+        return pool_sampler(maps, device), attrs
+
+    def draw(count: int, generator: torch.Generator) -> torch.Tensor:
+        pick = pool[torch.randint(0, pool.shape[0], (count,), generator=generator).numpy()]
+        return torch.from_numpy(load(pick)).to(device)
 
     return draw, attrs
 
