@@ -23,7 +23,7 @@ from pathlib import Path
 
 import lensrim
 import lenssim
-from lensrim.training import SimulatedBatches
+from lensrim.training import SimulatedBatches, constant_log10_kappa
 
 HERE = Path(__file__).resolve().parent
 
@@ -41,8 +41,8 @@ RUNS = {
         "64 torch lr1e-3 b4": (64, "small", 4, 1e-3, "torch", 300),
         "64 glorot lr3e-4 b4": (64, "small", 4, 3e-4, "glorot", 300),
         "64 glorot lr1e-3 b4": (64, "small", 4, 1e-3, "glorot", 300),
-        "128 torch lr1e-3 b4": (128, "small", 4, 1e-3, "torch", 150),
-        "128 glorot lr1e-3 b4": (128, "small", 4, 1e-3, "glorot", 150),
+        "64 torch lr1e-3 b4 offset": (64, "small", 4, 1e-3, "torch", 300, True),
+        "64 tiny-arch torch lr1e-3 b4": (64, "tiny", 4, 1e-3, "torch", 300),
         "32 torch lr1e-3 b32": (32, "tiny", 32, 1e-3, "torch", 400),
     },
     "gpu": {
@@ -56,7 +56,8 @@ RUNS = {
 
 
 def run(name: str, spec: tuple, work: Path, device: str, log_every: int, seed: int) -> dict:
-    pixels, preset, batch, lr, init, steps = spec
+    pixels, preset, batch, lr, init, steps, *rest = spec
+    offset = bool(rest and rest[0])
     obs = lenssim.ObservationConfig(image_pixels=pixels, source_pixels=pixels, psf_size=min(21, pixels // 2 - 1 | 1))
     cfg = replace(
         lensrim.PRESETS[preset], pixels=pixels, batch_size=batch, learning_rate=lr, init=init, train_steps=steps
@@ -65,6 +66,8 @@ def run(name: str, spec: tuple, work: Path, device: str, log_every: int, seed: i
         lenssim.sie_kappa_sampler(config=obs, device=device), lenssim.sersic_source_sampler(obs, device=device),
         obs, device=device,
     )  # fmt: skip
+    if offset:  # start at the constant predictor's log10 kappa
+        cfg = replace(cfg, initial_log10_kappa=constant_log10_kappa(batches, seed))
     run_dir = work / name.replace(" ", "_")
     t0 = time.perf_counter()
     lensrim.train_rim(cfg, batches, run_dir, seed=seed, device=device, log_every=log_every, checkpoint_every=steps)
@@ -72,7 +75,8 @@ def run(name: str, spec: tuple, work: Path, device: str, log_every: int, seed: i
     keys = ("step", "loss", "val_loss", "val_log10_loss", "val_constant_loss", "val_constant_log10_loss",
             "val_chi2_nu", "val_loss_t", "val_loss_source", "val_loss_kappa")  # fmt: skip
     return {
-        "pixels": pixels, "preset": preset, "batch": batch, "learning_rate": lr, "init": init,
+        "pixels": pixels, "preset": preset, "batch": batch, "learning_rate": lr, "init": init, "offset": offset,
+        "initial_log10_kappa": cfg.initial_log10_kappa,
         "seconds": round(time.perf_counter() - t0, 1), "device": str(device),
         "curve": [{k: m[k] for k in keys if k in m} for m in lines],
     }  # fmt: skip

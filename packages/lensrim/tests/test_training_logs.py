@@ -151,3 +151,21 @@ def test_prefetched_on_the_fly_training_equals_plain(tmp_path):
         assert torch.equal(x, y)
     assert (tmp_path / "a" / "metrics.jsonl").read_text() == (tmp_path / "b" / "metrics.jsonl").read_text()
     assert "val_constant_loss" in json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+def test_initial_log10_kappa_shifts_the_first_estimate_only_by_the_constant():
+    torch.manual_seed(0)
+    plain = RIM(replace(PRESETS["tiny"], steps=1))
+    shifted = RIM(replace(PRESETS["tiny"], steps=1, initial_log10_kappa=-0.6))
+    shifted.load_state_dict(plain.state_dict())
+    data = _lenses(2)
+    physics = lensrim.LensingPhysics(data["psf"], data["noise_sigma"])
+    with torch.no_grad():
+        a, b = plain(data["observation"], physics), shifted(data["observation"], physics)
+    torch.testing.assert_close(b[0, :, 0], a[0, :, 0])
+    torch.testing.assert_close(b[0, :, 1], a[0, :, 1] - 0.6)
+    batches = lambda step, size, seed: {k: v[:size] for k, v in data.items()}  # noqa: E731
+    c = lensrim.training.constant_log10_kappa(batches, lenses=2)
+    assert c == round(constant_reference(data["source"][:2], data["kappa"][:2]).log10_kappa, 3)
+    with pytest.raises(ValueError, match="finite"):
+        replace(PRESETS["tiny"], initial_log10_kappa=float("nan"))

@@ -24,6 +24,7 @@ x2 per level capped at 1024, 5 levels) has exactly 348,546,818 parameters.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, replace
 from typing import ClassVar, Literal, Protocol
 
@@ -94,6 +95,11 @@ class RIMConfig(JsonConfig):
     init: Literal["torch", "glorot"] = "torch"
     """Initial weights: PyTorch's defaults, or the original (Keras) code's Glorot-uniform
     weights with zero biases."""
+    initial_log10_kappa: float = 0.0
+    """A constant added to the first estimate's log10 kappa: x^(0) = g(0, y, 0) + (0, c). With c
+    the training set's best constant (the constant predictor's), an untrained RIM starts at that
+    trivial guess instead of kappa = 1 everywhere, which its output layer would otherwise take
+    hundreds of steps to unlearn (each weight moves about one learning rate per step)."""
 
     def __post_init__(self) -> None:
         if self.init not in ("torch", "glorot"):
@@ -108,6 +114,8 @@ class RIMConfig(JsonConfig):
             raise ValueError(f"the RIM needs at least one step, got {self.steps}")
         if self.input_kernel % 2 == 0:
             raise ValueError(f"input_kernel must be odd, got {self.input_kernel}")
+        if not math.isfinite(self.initial_log10_kappa):
+            raise ValueError(f"initial_log10_kappa must be finite, got {self.initial_log10_kappa}")
         for name in ("filters", "levels", "batch_size", "decay_steps", "train_steps", "max_filters"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -341,7 +349,9 @@ class RIM(nn.Module):
         else:
             step = self._step
         out, hidden = step(torch.cat([y, zeros, zeros, zeros, zeros], dim=1), hidden)
-        x = out  # x^(0) = g(0, y, 0)
+        x = out  # x^(0) = g(0, y, 0) (+ the constant log10 kappa offset)
+        if c.initial_log10_kappa:
+            x = x + torch.tensor([0.0, c.initial_log10_kappa], dtype=x.dtype, device=x.device).view(1, 2, 1, 1)
         estimates = [x]
         m = v = None
         for t in range(1, steps):

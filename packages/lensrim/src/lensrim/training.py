@@ -42,6 +42,7 @@ from lensrim.physics import LensingPhysics
 __all__ = [
     "Batch",
     "checkpoint_step",
+    "constant_log10_kappa",
     "DatasetBatches",
     "evaluate_rim",
     "MixedBatches",
@@ -200,6 +201,14 @@ def _rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def constant_log10_kappa(batches: Callable[[int, int, int], Batch], seed: int = 0, lenses: int = 64) -> float:
+    """The constant predictor's log10 kappa on ``lenses`` training lenses (drawn as step 0's
+    batch of that size), rounded to 3 decimals: the natural
+    :attr:`RIMConfig.initial_log10_kappa`."""
+    batch = batches(0, lenses, seed)
+    return round(constant_reference(batch["source"].cpu(), batch["kappa"].cpu()).log10_kappa, 3)
 
 
 def _physics(batch: Batch, attrs: dict) -> LensingPhysics:
