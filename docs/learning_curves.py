@@ -42,6 +42,8 @@ RUNS = {
         "64 glorot lr3e-4 b4": (64, "small", 4, 3e-4, "glorot", 300),
         "64 glorot lr1e-3 b4": (64, "small", 4, 1e-3, "glorot", 300),
         "64 torch lr1e-3 b4 offset": (64, "small", 4, 1e-3, "torch", 300, True),
+        "64 glorot lr1e-3 b4 offset": (64, "small", 4, 1e-3, "glorot", 300, True),
+        "64 glorot lr3e-4 b4 offset": (64, "small", 4, 3e-4, "glorot", 300, True),
         "64 tiny-arch torch lr1e-3 b4": (64, "tiny", 4, 1e-3, "torch", 300),
         "32 torch lr1e-3 b32": (32, "tiny", 32, 1e-3, "torch", 400),
     },

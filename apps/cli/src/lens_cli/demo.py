@@ -48,9 +48,11 @@ class DemoConfig:
     sie_fraction: float = 0.3
     vae_lens_fraction: float = 0.25
     rim_preset: str = "small"
-    rim_steps: int = 500
+    rim_steps: int = 600
     rim_batch: int = 4
     rim_learning_rate: float = 1e-3
+    rim_final_lr_factor: float = 0.25
+    """The learning rate decays exponentially to this fraction of its start over the run."""
     rim_log_every: int = 25
     rim_validation: int = 16
     fisher_samples: int = 16
@@ -132,7 +134,7 @@ def run_demo(output: Path, config: DemoConfig, *, seed: int, device: torch.devic
     from lens_cli.finetune import finetune_to_file
     from lensrim.baseline import optimise_likelihood
     from lensrim.metrics import chi2_summary, coherence_spectrum, constant_reference, log_loss_moments
-    from lensrim.training import DatasetBatches, MixedBatches, SimulatedBatches, vae_sampler
+    from lensrim.training import DatasetBatches, MixedBatches, SimulatedBatches, constant_log10_kappa, vae_sampler
     from lenssim import tng
 
     c = config
@@ -206,7 +208,7 @@ def run_demo(output: Path, config: DemoConfig, *, seed: int, device: torch.devic
     with stage("RIM training (dataset lenses mixed with VAE-drawn lenses)"):
         rim_cfg = replace(
             lensrim.PRESETS[c.rim_preset], pixels=n, batch_size=c.rim_batch, learning_rate=c.rim_learning_rate,
-            train_steps=c.rim_steps, decay_steps=max(1, c.rim_steps),
+            train_steps=c.rim_steps, decay_steps=max(1, c.rim_steps), decay_rate=c.rim_final_lr_factor,
         )  # fmt: skip
         if n % 2**rim_cfg.levels:
             rim_cfg = replace(rim_cfg, levels=int(np.log2(n)) - 2)
@@ -222,6 +224,8 @@ def run_demo(output: Path, config: DemoConfig, *, seed: int, device: torch.devic
                 notes["VAE lenses"] = f"none in training: the VAEs' draws made no acceptable lens ({e})"
                 click.echo(f"note: {notes['VAE lenses']}")
         batches = MixedBatches(DatasetBatches(output / "lenses-train.h5"), vae_lenses, vae_fraction)
+        # the first estimate starts at the constant predictor's log10 kappa (not kappa = 1)
+        rim_cfg = replace(rim_cfg, initial_log10_kappa=constant_log10_kappa(batches, seed))
         test = lenssim.read_lens_dataset(output / "lenses-test.h5")
         with _bar(total=c.rim_steps, desc="RIM", unit="step") as bar:
 
@@ -297,8 +301,8 @@ def run_demo(output: Path, config: DemoConfig, *, seed: int, device: torch.devic
             comparison[name] = {
                 "chi2_nu": chi2_summary(chi2),
                 "log10_loss": log_loss_moments(loss),
-                "coherence_source_mean": float(np.nanmean(gs)),
-                "coherence_kappa_mean": float(np.nanmean(gk)),
+                "coherence_source_mean": _mean_or_none(gs),
+                "coherence_kappa_mean": _mean_or_none(gk),
             }
         verdict = {**_verdict(comparison, budget), **notes}
         metrics = write_report(
@@ -308,6 +312,13 @@ def run_demo(output: Path, config: DemoConfig, *, seed: int, device: torch.devic
         _comparison_figure(output / "report" / "comparison.png", comparison)
     _write_json(output / "report" / "timings.json", timings)
     return {"metrics": metrics, "comparison": comparison, "verdict": verdict, "timings": timings}
+
+
+def _mean_or_none(gamma: np.ndarray) -> float | None:
+    """Mean coherence over lenses and bins, or None when a map has no power at all (a zero
+    source: coherence is undefined)."""
+    finite = gamma[np.isfinite(gamma)]
+    return float(finite.mean()) if finite.size else None
 
 
 CONSTANT = "constant predictor (source 0, best constant log10 kappa)"
@@ -385,8 +396,12 @@ def _comparison_figure(path: Path, comparison: dict) -> Path:
     axes[1].barh(y, [comparison[k]["log10_loss"]["mu"] for k in names], color="C1")
     axes[1].set_xlabel("mean log10 loss against the truth (lower is better)")
     w = 0.4
-    axes[2].barh(y - w / 2, [comparison[k]["coherence_source_mean"] for k in names], w, label="source")
-    axes[2].barh(y + w / 2, [comparison[k]["coherence_kappa_mean"] for k in names], w, label="kappa")
+
+    def coherence(key):  # None (no power: the constant predictor's source) draws no bar
+        return [np.nan if comparison[k][key] is None else comparison[k][key] for k in names]
+
+    axes[2].barh(y - w / 2, coherence("coherence_source_mean"), w, label="source")
+    axes[2].barh(y + w / 2, coherence("coherence_kappa_mean"), w, label="kappa")
     axes[2].set_xlabel("mean coherence with the truth")
     axes[2].legend(fontsize=8)
     for i, ax in enumerate(axes):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -84,6 +85,13 @@ def _distributed(device: str):
     help="DataLoader worker processes reading --data ahead of the training step.",
 )
 @click.option(
+    "--initial-log10-kappa",
+    default="auto",
+    show_default=True,
+    help="Constant added to the first estimate's log10 kappa; 'auto': the constant predictor's on 64 "
+    "training lenses (an untrained RIM then starts at the trivial guess, not at kappa = 1).",
+)
+@click.option(
     "--init",
     type=click.Choice(["torch", "glorot"]),
     help="Initial weights: PyTorch's defaults or Glorot-uniform with zero biases (default: the preset's).",
@@ -105,7 +113,8 @@ def _distributed(device: str):
 @one_line_errors
 def train_rim(
     data_path, kappa_in, sources_in, kappa_vae, source_vae, vae_fraction, output, preset, steps, batch_size,
-    learning_rate, val_path, ext_path, validation_size, workers, init, checkpointing, bf16, second_stage,
+    learning_rate, val_path, ext_path, validation_size, workers, initial_log10_kappa, init, checkpointing, bf16,
+    second_stage,
     checkpoint_every, log_every, seed, device,
 ) -> None:  # fmt: skip
     """Train the RIM from a lens dataset, on the fly, or both.
@@ -203,6 +212,20 @@ def train_rim(
         batches = SimulatedBatches(kappa_sampler(), source_sampler(), obs, device=dev)
     if n != config.pixels:
         raise click.BadParameter(f"the data's maps are {n} pixels wide, the {preset} preset needs {config.pixels}")
+    if stored.is_file() and initial_log10_kappa == "auto":
+        offset = lensrim.RIMConfig.from_json(stored.read_text()).initial_log10_kappa  # a resumed run keeps its own
+    elif initial_log10_kappa == "auto":
+        offset = lensrim.training.constant_log10_kappa(batches, seed)
+    else:
+        try:
+            offset = float(initial_log10_kappa)
+        except ValueError:
+            raise click.BadParameter(
+                f"{initial_log10_kappa!r} is neither a number nor 'auto'", param_hint="--initial-log10-kappa"
+            ) from None
+        if not math.isfinite(offset):
+            raise click.BadParameter("must be finite", param_hint="--initial-log10-kappa")
+    config = replace(config, initial_log10_kappa=offset)
 
     def lenses(path):
         d = lenssim.read_lens_dataset(path)
