@@ -84,6 +84,29 @@ def run(name: str, spec: tuple, work: Path, device: str, log_every: int, seed: i
     }  # fmt: skip
 
 
+def signal(preset: str = "small", pixels: int = 64, seed: int = 0) -> dict[str, list[float]]:
+    """Standard deviation of each encoder/decoder layer's tanh output at initialisation, for
+    unit-variance random inputs, under each initialisation (the signal a deep tanh U-net passes)."""
+    import torch
+
+    out = {}
+    for init in ("torch", "glorot"):
+        torch.manual_seed(seed)
+        model = lensrim.RIM(replace(lensrim.PRESETS[preset], pixels=pixels, init=init))
+        stds: list[float] = []
+        hooks = [
+            m.register_forward_hook(lambda mod, i, o, stds=stds: stds.append(float(torch.tanh(o).std())))
+            for name, m in model.unet.named_modules()
+            if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d) and "gru" not in name and name != "out"
+        ]
+        with torch.no_grad():
+            model.unet(torch.randn(2, 5, pixels, pixels), [None] * (model.config.levels + 1))
+        for h in hooks:
+            h.remove()
+        out[init] = [round(v, 3) for v in stds]
+    return out
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -103,14 +126,18 @@ def plot(results: dict, path: Path) -> None:
         for i, (_, r) in enumerate(sorted((k, v) for k, v in results.items() if keep(v))):
             steps = [m["step"] for m in r["curve"]]
             style = "-" if r["init"] == "torch" else "--"
+            arch = f" {r['preset']}" if r["preset"] != {32: "tiny"}.get(r["pixels"], "small") else ""
+            start = " start at constant" if r.get("offset") else ""
             ax.plot(steps, [m["val_log10_loss"] for m in r["curve"]], style, color=f"C{i % 10}",
-                    label=f"{r['init']} lr {r['learning_rate']:g} b{r['batch']} ({r['device']})")  # fmt: skip
+                    label=f"{r['init']} lr {r['learning_rate']:g} b{r['batch']}{arch}{start}")  # fmt: skip
             refs.append(r["curve"][-1]["val_constant_log10_loss"])
-        if refs:
-            ax.axhline(sum(refs) / len(refs), color="k", lw=1.2, ls=":", label="constant predictor")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("training step")
         ax.set_ylabel("held-out mean log10 loss (final estimate)")
+        if not refs:
+            ax.text(0.5, 0.5, "not run yet\n(a GPU run: --group gpu)", ha="center", va="center", transform=ax.transAxes)
+            continue
+        ax.axhline(sum(refs) / len(refs), color="k", lw=1.2, ls=":", label="constant predictor")
         ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -125,7 +152,12 @@ def main() -> None:
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--plot-only", action="store_true")
+    ap.add_argument("--signal", action="store_true", help="print the activation scale per layer at init")
     args = ap.parse_args()
+    if args.signal:
+        for init, stds in signal().items():
+            print(f"{init:6s} " + " ".join(f"{v:.3f}" for v in stds))
+        return
     out = HERE / "learning_curves.json"
     results = json.loads(out.read_text()) if out.is_file() else {}
     if not args.plot_only:
