@@ -231,10 +231,10 @@ def run_demo(output: Path, config: DemoConfig, *, seed: int, device: torch.devic
 
             def progress(done, terms):
                 bar.update(done - bar.n)
-                post = {"loss": f"{terms['loss']:.3g}"}
-                if "val_log10_loss" in terms:
+                if "val_log10_loss" in terms:  # a log step
+                    post = {"loss": f"{terms['loss']:.3g}"}
                     post["val log10"] = f"{terms['val_log10_loss']:.2f} (const {terms['val_constant_log10_loss']:.2f})"
-                bar.set_postfix(post, refresh=False)
+                    bar.set_postfix(post, refresh=False)
 
             # validation: lenses held out of the training set; external: the held-out test lenses
             rim = lensrim.train_rim(

@@ -242,10 +242,11 @@ def train_rim(
 
         def progress(done, terms):
             bar.n = done
-            post = {"loss": f"{terms['loss']:.3g}", "chi2_nu(med)": f"{terms['chi2_nu']:.3g}"}
-            if "val_log10_loss" in terms:
-                post["val log10"] = f"{terms['val_log10_loss']:.2f} (const {terms['val_constant_log10_loss']:.2f})"
-            bar.set_postfix(post, refresh=False)
+            if "loss" in terms:  # a log step
+                post = {"loss": f"{terms['loss']:.3g}", "chi2_nu(med)": f"{terms['chi2_nu']:.3g}"}
+                if "val_log10_loss" in terms:
+                    post["val log10"] = f"{terms['val_log10_loss']:.2f} (const {terms['val_constant_log10_loss']:.2f})"
+                bar.set_postfix(post, refresh=False)
             bar.refresh()
 
         lensrim.train_rim(

@@ -417,7 +417,10 @@ def train_rim(
     and beside them the same losses of the constant predictor on the same lenses
     (``constant_loss``, ``constant_log10_loss``). ``validation`` defaults to
     ``batches.held_out(validation_size, seed)`` (none when 0): lenses from the training distribution that
-    training never draws. TensorBoard also gets the training loss and chi2_nu at every step.
+    training never draws. TensorBoard also gets the training loss and median chi2_nu of every
+    step (kept on the device and written at the log steps, so training never waits for them).
+    ``progress(step, terms)`` is called after every step; ``terms`` holds the logged figures at
+    log steps and only ``step`` otherwise.
 
     ``prefetch`` batches are prepared ahead in a background thread (default 2 on a GPU, 0 on the
     CPU, where the simulation competes with the step for the same cores); the batches do not
@@ -454,6 +457,7 @@ def train_rim(
     log = open(run_dir / METRICS, "a") if rank == 0 else None
     writer = _tensorboard(run_dir, start) if rank == 0 and tensorboard else None
     stream = _batch_stream(batches, start, steps, config.batch_size, seed, device, prefetch)
+    history: list[torch.Tensor] = []
     clock = time.perf_counter()
     try:
         for step, batch in zip(range(start, steps), stream, strict=False):
@@ -466,13 +470,19 @@ def train_rim(
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
             opt.step()
             done = step + 1
-            terms: dict[str, Any] = {**_summary(_gather(per_example, world)), "step": done}
-            if writer is not None:
-                writer.add_scalar("train/loss", terms["loss"], done)
-                writer.add_scalar("train/chi2_nu", terms["chi2_nu"], done)
-            if rank == 0 and (done % log_every == 0 or done == steps):
+            # per-step figures stay on the device until the next log step: no synchronisation
+            history.append(torch.stack([loss.detach(), per_example["chi2_nu"].median()]))
+            terms: dict[str, Any] = {"step": done}
+            log_now = done % log_every == 0 or done == steps
+            if log_now:  # every rank: the summary gathers the whole global batch
+                terms.update(_summary(_gather(per_example, world)))
+            if rank == 0 and log_now:
                 now = time.perf_counter()
-                speed = log_every / max(now - clock, 1e-9)
+                speed = len(history) / max(now - clock, 1e-9)
+                if writer is not None:  # this process's share of each step's batch
+                    for i, (value, chi2) in enumerate(torch.stack(history).tolist()):
+                        writer.add_scalar("train/loss", value, done - len(history) + 1 + i)
+                        writer.add_scalar("train/chi2_nu", chi2, done - len(history) + 1 + i)
                 terms.update(lr=config.learning_rate_at(step), grad_norm=float(grad_norm))
                 model.eval()
                 for prefix, lenses in checks.items():
@@ -490,11 +500,15 @@ def train_rim(
                     writer.add_scalar("train/steps_per_s", speed, done)
                     writer.flush()
                 clock = time.perf_counter()
+            if log_now:
+                history.clear()
             if rank == 0 and (done % checkpoint_every == 0 or done == steps):
                 save_checkpoint(run_dir, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done})
             if progress is not None and rank == 0:
                 progress(done, terms)
     finally:
+        if hasattr(stream, "close"):
+            stream.close()  # stops a prefetching thread or DataLoader workers
         if log is not None:
             log.close()
         if writer is not None:
