@@ -165,7 +165,7 @@ def main() -> None:
         f"lensrim {lensrim.__version__}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; T = 8, 128^2"
     )
     print(bench("small", torch.device("cpu"), 4, 8, args.repeats), flush=True)
-    print(bench_on_the_fly("small", torch.device("cpu"), 4, 10, pixels=64), flush=True)
+    print(bench_on_the_fly("small", torch.device("cpu"), 4, 20, pixels=64), flush=True)
     print(bench_finetune("small", torch.device("cpu"), 4, 3, pixels=64), flush=True)
     if torch.cuda.is_available():
         gpu = torch.device("cuda")

@@ -34,7 +34,7 @@ from lens_cli.common import atomic_path
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes of the demo; ``standard`` fits in about 15 minutes on 2 CPU cores, ``quick`` in 1-2."""
+    """Sizes of the demo; ``standard`` takes about 13 minutes on 2 CPU cores, ``quick`` under one."""
 
     pixels: int = 64
     halos: int = 10
