@@ -51,7 +51,7 @@ def throughput() -> float:
 def train(seconds: float, rate: float, out: Path, batch: int, learning_rate: float, init: str) -> None:
     import lensrim
     import lenssim
-    from lensrim.training import SimulatedBatches
+    from lensrim.training import SimulatedBatches, constant_log10_kappa
 
     dev = torch.device("cuda")
     log_every = 50
@@ -62,7 +62,11 @@ def train(seconds: float, rate: float, out: Path, batch: int, learning_rate: flo
         lenssim.sie_kappa_sampler(config=obs, device=dev), lenssim.sersic_source_sampler(obs, device=dev), obs,
         device=dev,
     )  # fmt: skip
-    print(f"128^2 on-the-fly training: small preset, batch {batch}, lr {learning_rate:g}, init {init}, {steps} steps")
+    cfg = replace(cfg, initial_log10_kappa=constant_log10_kappa(sim))
+    print(
+        f"128^2 on-the-fly training: small preset, batch {batch}, lr {learning_rate:g}, init {init}, "
+        f"first estimate at log10 kappa {cfg.initial_log10_kappa}, {steps} steps"
+    )
     t0 = time.perf_counter()
 
     def progress(done, terms):
