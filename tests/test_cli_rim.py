@@ -50,3 +50,13 @@ def test_train_rim_on_the_fly_reports_the_constant_reference(tmp_path):
         assert key in last
     assert json.loads((tmp_path / "run" / "config.json").read_text())["init"] == "glorot"
     assert list((tmp_path / "run").glob("events.out.tfevents.*"))
+
+
+def test_initial_log10_kappa_must_be_a_number_or_auto(tmp_path):
+    for value in ("abc", "nan"):
+        bad = run(
+            "train", "rim", "--kappa", "sie", "--sources", "sersic", "--preset", "tiny", "--steps", 1,
+            "--initial-log10-kappa", value, "-o", tmp_path / "r", check=False,
+        )  # fmt: skip
+        assert bad.returncode == 2 and "--initial-log10-kappa" in bad.stderr and "Traceback" not in bad.stderr
+        assert not (tmp_path / "r").exists()

@@ -82,3 +82,22 @@ def test_psf_shape_errors():
         lenssim.convolve_psf(image, torch.zeros(3, 1, 3, 3))
     with pytest.raises(ValueError, match="odd"):
         lenssim.convolve_psf(image, torch.zeros(2, 1, 4, 4))
+
+
+def test_ieee_float32_switches_tf32_off_for_cuda_only_and_restores_it():
+    from lenssim.psf import ieee_float32
+
+    conv = torch.backends.cudnn.conv
+    before = conv.fp32_precision
+    conv.fp32_precision = "tf32"  # cuDNN's default for convolutions
+    try:
+        with ieee_float32(torch.device("cuda")):
+            assert conv.fp32_precision == "ieee"
+        assert conv.fp32_precision == "tf32"
+        with ieee_float32(torch.device("cpu")):
+            assert conv.fp32_precision == "tf32"  # nothing changes off the GPU
+        with pytest.raises(RuntimeError), ieee_float32(torch.device("cuda")):
+            raise RuntimeError("restored on errors too")
+        assert conv.fp32_precision == "tf32"
+    finally:
+        conv.fp32_precision = before
