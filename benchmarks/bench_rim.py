@@ -122,9 +122,20 @@ def bench_finetune(preset: str, device: torch.device, lenses: int, steps: int, p
 
 
 def bench_on_the_fly(preset: str, device: torch.device, batch: int, steps: int, pixels: int = 128) -> str:
-    """Training through :func:`lensrim.train_rim` (logging and TensorBoard included) on lenses
-    simulated on the fly, against the same loop on one fixed batch, same model, same run.
-    Rates are taken between the first and the last step (warm-up excluded)."""
+    """:func:`on_the_fly_rates` as a line of text."""
+    rates = on_the_fly_rates(preset, device, batch, steps, pixels)
+    ratio = rates["on the fly"] / rates["fixed"]
+    return (
+        f"training {preset} {pixels}^2 batch {batch} on {device.type}: on the fly {rates['on the fly']:.2f} steps/s, "
+        f"fixed batch {rates['fixed']:.2f} steps/s ({100 * ratio:.0f} %)"
+    )
+
+
+def on_the_fly_rates(preset: str, device: torch.device, batch: int, steps: int, pixels: int = 128) -> dict:
+    """Steps per second of training through :func:`lensrim.train_rim` (logging and TensorBoard
+    included) on lenses simulated on the fly (``"on the fly"``), against the same loop on one
+    fixed batch (``"fixed"``), same model, same run. Rates are taken between the first and the
+    last step (warm-up excluded)."""
     import tempfile
 
     from lensrim.training import SimulatedBatches
@@ -150,11 +161,7 @@ def bench_on_the_fly(preset: str, device: torch.device, batch: int, steps: int, 
                 validation_size=0, progress=progress,
             )  # fmt: skip
         rates[name] = steps / (stamps[-1] - stamps[0])
-    ratio = rates["on the fly"] / rates["fixed"]
-    return (
-        f"training {preset} {pixels}^2 batch {batch} on {device.type}: on the fly {rates['on the fly']:.2f} steps/s, "
-        f"fixed batch {rates['fixed']:.2f} steps/s ({100 * ratio:.0f} %)"
-    )
+    return rates
 
 
 def main() -> None:

@@ -42,10 +42,14 @@ def throughput() -> float:
         rates = bench_lenssim.bench_lenssim(batch, gpu, 20)
         print(f"lenssim 128^2 on cuda, batch {batch}: " + ", ".join(f"{k} {v:.0f} img/s" for k, v in rates.items()))
     print(bench_rim.bench("small", gpu, 16, 64, 3), flush=True)
-    row = bench_rim.bench_on_the_fly("small", gpu, 16, 50)
-    print(row, flush=True)
+    rates = bench_rim.on_the_fly_rates("small", gpu, 16, 50)
+    print(
+        f"training small 128^2 batch 16 on cuda: on the fly {rates['on the fly']:.2f} steps/s, fixed batch "
+        f"{rates['fixed']:.2f} steps/s ({100 * rates['on the fly'] / rates['fixed']:.0f} %)",
+        flush=True,
+    )
     print(bench_rim.bench_finetune("small", gpu, 16, 5), flush=True)
-    return float(row.split("on the fly ")[1].split(" steps/s")[0])
+    return rates["on the fly"]
 
 
 def train(seconds: float, rate: float, out: Path, batch: int, learning_rate: float, init: str) -> None:

@@ -60,3 +60,18 @@ def test_initial_log10_kappa_must_be_a_number_or_auto(tmp_path):
         )  # fmt: skip
         assert bad.returncode == 2 and "--initial-log10-kappa" in bad.stderr and "Traceback" not in bad.stderr
         assert not (tmp_path / "r").exists()
+
+
+def test_validation_lenses_of_another_geometry_are_refused(tmp_path):
+    ext = tmp_path / "ext.h5"
+    run("simulate", "lenses", "--kappa", "sie", "--sources", "sersic", "-n", 2, "--pixels", 32, "-o", ext)
+    d = lenssim.read_lens_dataset(ext)
+    wide = tmp_path / "wide.h5"
+    attrs = {k: d["attrs"][k] for k in ("image_fov", "source_fov", "z_lens", "z_source")}
+    lenssim.write_dataset(wide, {k: d[k] for k in lenssim.LENS_FIELDS}, {**attrs, "image_fov": 9.0})
+    bad = run(
+        "train", "rim", "--kappa", "sie", "--sources", "sersic", "--preset", "tiny", "--steps", 1,
+        "--external", wide, "-o", tmp_path / "r", check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "--external" in bad.stderr and "image_fov 9.0" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "r").exists()

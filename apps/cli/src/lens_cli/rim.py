@@ -212,6 +212,24 @@ def train_rim(
         batches = SimulatedBatches(kappa_sampler(), source_sampler(), obs, device=dev)
     if n != config.pixels:
         raise click.BadParameter(f"the data's maps are {n} pixels wide, the {preset} preset needs {config.pixels}")
+    train_attrs = getattr(batches, "attrs", {}) or {}
+
+    def lenses(path, option):
+        d = lenssim.read_lens_dataset(path)
+        if d["observation"].shape[-1] != config.pixels:
+            raise click.BadParameter(
+                f"{path}: maps are {d['observation'].shape[-1]} pixels wide, the RIM needs {n}", param_hint=option
+            )
+        for key in ("image_fov", "source_fov"):
+            if key in train_attrs and abs(float(d["attrs"][key]) - float(train_attrs[key])) > 1e-6:
+                raise click.BadParameter(
+                    f"{path}: {key} {d['attrs'][key]} differs from the training lenses' {train_attrs[key]}",
+                    param_hint=option,
+                )
+        return {k: d[k][:validation_size] for k in lenssim.LENS_FIELDS}
+
+    validation = None if val_path is None else lenses(val_path, "--validation")
+    external = None if ext_path is None else lenses(ext_path, "--external")
     if stored.is_file() and initial_log10_kappa == "auto":
         offset = lensrim.RIMConfig.from_json(stored.read_text()).initial_log10_kappa  # a resumed run keeps its own
     elif initial_log10_kappa == "auto":
@@ -226,17 +244,7 @@ def train_rim(
         if not math.isfinite(offset):
             raise click.BadParameter("must be finite", param_hint="--initial-log10-kappa")
     config = replace(config, initial_log10_kappa=offset)
-
-    def lenses(path):
-        d = lenssim.read_lens_dataset(path)
-        if d["observation"].shape[-1] != config.pixels:
-            raise click.BadParameter(f"{path}: maps are {d['observation'].shape[-1]} pixels wide, the RIM needs {n}")
-        return {k: d[k][:validation_size] for k in lenssim.LENS_FIELDS}
-
-    validation = None if val_path is None else lenses(val_path)
-    external = None if ext_path is None else lenses(ext_path)
-    attrs = getattr(batches, "attrs", {}) or {}
-    fovs = {k: float(attrs[k]) for k in ("image_fov", "source_fov") if k in attrs}
+    fovs = {k: float(train_attrs[k]) for k in ("image_fov", "source_fov") if k in train_attrs}
     meta = {**source, **fovs, "preset": preset, "world_size": world}
     with tqdm(total=config.train_steps, desc="training RIM", unit="step", disable=None if rank == 0 else True) as bar:
 

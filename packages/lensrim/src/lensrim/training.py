@@ -228,8 +228,7 @@ def batch_loss(
 
 def _batch_terms(model: torch.nn.Module, batch: Batch, attrs: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The mean eq. 7 loss of a batch (differentiable) and, detached, per example: its source and
-    kappa terms at every time step ``(T, B)``, the chi2_nu of the final estimates and the loss of
-    the constant predictor on these lenses."""
+    kappa terms at every time step ``(T, B)`` and the chi2_nu of the final estimates."""
     physics = _physics(batch, attrs)
     kappa = batch["kappa"].clamp_min(1e-6)
     est = model(batch["observation"], physics)
@@ -240,13 +239,18 @@ def _batch_terms(model: torch.nn.Module, batch: Batch, attrs: dict) -> tuple[tor
         "source": ls.detach(),
         "kappa": lk.detach(),
         "chi2_nu": physics.reduced_chi_squared(batch["observation"], final[:, :1], final[:, 1:]),
-        "constant": constant_reference(batch["source"], kappa).loss,
     }
     return loss, terms
 
 
+def _with_reference(terms: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
+    """``terms`` plus the constant predictor's loss per example on the same lenses."""
+    return {**terms, "constant": constant_reference(batch["source"], batch["kappa"]).loss.to(terms["chi2_nu"])}
+
+
 def _summary(terms: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """The logged figures of a set of lenses from :func:`_batch_terms`' per-example terms.
+    """The logged figures of a set of lenses from :func:`_batch_terms`' per-example terms (with
+    :func:`_with_reference`).
 
     ``loss`` is eq. 7 (mean over the T steps and the lenses), ``loss_source`` and
     ``loss_kappa`` its two terms, ``loss_t`` its value at each step; ``log10_loss`` is the mean
@@ -281,7 +285,7 @@ def evaluate_rim(model: torch.nn.Module, batch: Batch, attrs: dict | None = None
     for i in range(0, n, chunk):
         sub = {k: v[i : i + chunk].to(device) for k, v in batch.items()}
         _, terms = _batch_terms(model, sub, attrs)
-        for k, v in terms.items():
+        for k, v in _with_reference(terms, sub).items():
             parts.setdefault(k, []).append(v.cpu())
     return _summary({k: torch.cat(v, dim=-1) for k, v in parts.items()})
 
@@ -475,7 +479,7 @@ def train_rim(
             terms: dict[str, Any] = {"step": done}
             log_now = done % log_every == 0 or done == steps
             if log_now:  # every rank: the summary gathers the whole global batch
-                terms.update(_summary(_gather(per_example, world)))
+                terms.update(_summary(_gather(_with_reference(per_example, batch), world)))
             if rank == 0 and log_now:
                 now = time.perf_counter()
                 speed = len(history) / max(now - clock, 1e-9)
