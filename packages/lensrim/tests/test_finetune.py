@@ -13,10 +13,13 @@ from lensrim.finetune import (
     encode_prediction,
     ewc_penalty,
     finetune,
+    finetune_objective,
     fisher_diagonal,
+    peak_normalised,
+    rmsprop_step,
     stacked_params,
 )
-from lensrim.physics import LensingPhysics
+from lensrim.physics import LensingPhysics, LinearPhysics
 
 TINY_VAE = dict(pixels=32, levels=2, filters=4, latent_dim=4)
 
@@ -53,6 +56,7 @@ def test_fisher_diagonal_equals_brute_force_per_sample_gradients(setup):
         for i in range(samples):
             with torch.no_grad():
                 src = svae.decode(z_s[lens : lens + 1] + 0.3 * eps_s[i : i + 1])
+                src = torch.relu(src) / torch.relu(src).max()  # the original's peak-1 source draws
                 kap = kvae.decode(z_k[lens : lens + 1] + 0.3 * eps_k[i : i + 1])
                 y = lenssim.lens_image(src, kap, psf=psf[lens : lens + 1]) + sigma[lens] * noise[i : i + 1]
             physics = LensingPhysics(psf[lens : lens + 1], sigma[lens : lens + 1])
@@ -60,7 +64,8 @@ def test_fisher_diagonal_equals_brute_force_per_sample_gradients(setup):
             chi2 = torch.stack(
                 [lenssim.chi_squared(y, physics.simulate(e[:, :1], e[:, 1:]), physics.sigma) for e in est]
             )
-            loss = rim_loss(est, src, kap).sum() + 0.5 * chi2.mean()
+            # the original's units: eq. 7 plus the mean over steps of chi^2 / N^2 (not chi^2 / 2)
+            loss = rim_loss(est, src, kap).sum() + chi2.mean() / 32**2
             grads = torch.autograd.grad(loss, [p for _, p in rim.unet.named_parameters()])
             for k, gr in zip(names, grads, strict=True):
                 acc[k] += gr.pow(2) / samples
@@ -68,6 +73,38 @@ def test_fisher_diagonal_equals_brute_force_per_sample_gradients(setup):
             torch.testing.assert_close(fisher[k][lens], acc[k], rtol=2e-3, atol=1e-6 * acc[k].abs().max().item())
     assert all((f >= 0).all() for f in fisher.values())
     assert sum(f.sum() for f in fisher.values()) > 0
+
+
+def test_objective_units_are_reduced_chi2_and_half_lambda_as_in_table_3():
+    """The data term is chi^2 / N^2 averaged over the RIM's steps (the original code's unit, in
+    which Table 3's lambda = 2e5 was set), not chi^2 / 2; the penalty is eq. 10's lambda / 2."""
+    torch.manual_seed(3)
+    rim = RIM(replace(PRESETS["tiny"], steps=2)).eval()
+    a, b, sigma = 1.0, 0.5, 0.1
+    physics = LinearPhysics(a=a, b=b, sigma=sigma)
+    y = torch.rand(2, 1, 32, 32)
+    anchor = {k: v.detach() for k, v in rim.unet.named_parameters()}
+    params = stacked_params(rim, 2)
+    with torch.no_grad():
+        for v in params.values():
+            v[1].add_(0.01)  # lens 1's weights moved by 0.01 each, lens 0's at phi*
+    fisher = {k: torch.full((2, *v.shape), 3.0) for k, v in anchor.items()}
+    count = sum(v.numel() for v in anchor.values())
+    objective, est = finetune_objective(rim, params, y, physics, anchor, fisher, 2e5)
+    # by hand, in float64: sum_i ((y - a s - b xi) / sigma)^2 / 1024 pixels, averaged over T = 2 steps
+    e, yy = est.detach().double().numpy(), y.double().numpy()
+    chi2_nu = [(((yy[:, 0] - a * e[t, :, 0] - b * e[t, :, 1]) / sigma) ** 2).sum(axis=(1, 2)) / 1024 for t in (0, 1)]
+    data = (chi2_nu[0] + chi2_nu[1]) / 2
+    penalty = [0.0, 0.5 * 2e5 * 3.0 * 0.01**2 * count]
+    torch.testing.assert_close(objective.double(), torch.tensor(data + penalty), rtol=1e-4, atol=0)
+    assert data.min() > 1.0  # a real data term, far above float noise
+
+
+def test_fisher_source_draws_are_rescaled_to_peak_one():
+    s = torch.tensor([[[[-0.5, 0.2], [0.4, 0.1]]], [[[0.0, 0.0], [0.0, -1.0]]]])
+    out = peak_normalised(s)
+    torch.testing.assert_close(out[0, 0], torch.tensor([[0.0, 0.5], [1.0, 0.25]]))
+    assert torch.equal(out[1], torch.zeros(1, 2, 2))  # nothing positive: stays zero, no NaN
 
 
 def test_penalty_is_a_weighted_squared_distance_and_pulls_toward_the_anchor(setup):
@@ -174,6 +211,21 @@ def test_bad_inputs_are_refused(setup):
         finetune(rim, big, kvae, lenses.observation[:1], lenses.psf[:1], lenses.noise_sigma[:1], generators=gens(1))
     with pytest.raises(ValueError, match="fisher_samples"):
         FineTuneConfig(fisher_samples=0)
+
+
+def test_rmsprop_is_keras_rmsprop_by_hand():
+    cfg = FineTuneConfig(learning_rate=0.1)
+    assert (cfg.rmsprop_alpha, cfg.rmsprop_eps) == (0.9, 1e-7)  # Keras' defaults, the original's
+    p, v = torch.tensor([1.0, -2.0]), torch.zeros(2)
+    g1, g2 = torch.tensor([0.5, 1e-9]), torch.tensor([-0.2, 3.0])
+    rmsprop_step([p], [g1], [v], cfg)
+    v1 = 0.1 * g1**2
+    expect = torch.tensor([1.0, -2.0]) - 0.1 * g1 / (v1.sqrt() + 1e-7)
+    torch.testing.assert_close(p, expect)
+    rmsprop_step([p], [g2], [v], cfg)
+    v2 = 0.9 * v1 + 0.1 * g2**2
+    torch.testing.assert_close(v, v2)
+    torch.testing.assert_close(p, expect - 0.1 * g2 / (v2.sqrt() + 1e-7))
 
 
 def test_encoding_clips_to_the_vae_domain(setup):

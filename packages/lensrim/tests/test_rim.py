@@ -181,6 +181,14 @@ def test_mixed_batches_and_vae_samplers():
         MixedBatches(base, base, 1.5)
 
 
+def test_staircase_decay_steps_in_whole_periods():
+    smooth = replace(PRESETS["paper"], learning_rate=1.0, decay_rate=0.5, decay_steps=10)
+    stairs = replace(smooth, staircase=True)
+    assert smooth.learning_rate_at(5) == pytest.approx(0.5**0.5)
+    assert [stairs.learning_rate_at(k) for k in (0, 9, 10, 19, 20, 25)] == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    assert stairs.learning_rate_at(10) == smooth.learning_rate_at(10)  # they agree at period ends
+
+
 def test_second_stage_schedule_and_resume(tmp_path):
     cfg = PRESETS["paper"]
     assert cfg.learning_rate_at(100_000) == pytest.approx(0.95e-4)

@@ -4,14 +4,27 @@ For one observation y (with its PSF and noise sigma), and the trained weights ph
 
 1. the baseline x_hat = RIM(y); its source and kappa are encoded by the two VAEs, z_s and z_k;
 2. the Fisher diagonal at phi*: ``fisher_samples`` draws z ~ N(z_hat, latent_sigma^2 I) of each
-   VAE are decoded and lensed into noisy observations with the same PSF and sigma; the RIM is run
-   on each; F_j is the mean over draws of the squared derivative of the per-draw loss (eq. 7 plus
-   the mean over steps of chi^2 / 2, eq. A5 with l2 = 0) with respect to weight j;
+   VAE are decoded (each source draw rescaled to peak 1, ``relu(s) / max s``, as the original code
+   did) and lensed into noisy observations with the same PSF and sigma; the RIM is run on each;
+   F_j is the mean over draws of the squared derivative of the per-draw loss (eq. 7 plus the mean
+   over steps of chi2_nu, eq. A5 with l2 = 0) with respect to weight j;
 3. the weights are optimised on
-   L(phi) = (1/T) sum_t chi^2(y, F(x_t)) / 2 + (lambda / 2) sum_j F_j (phi_j - phi*_j)^2
+   L(phi) = (1/T) sum_t chi2_nu(y, F(x_t)) + (lambda / 2) sum_j F_j (phi_j - phi*_j)^2
    with RMSProp, for at most ``max_steps`` steps, stopping early once chi2_nu <= ``target_chi2_nu``;
    the iterate with the best chi2_nu of the final RIM estimate is kept (the baseline included, so
    fine-tuning never returns a worse fit than it started from).
+
+Units. The data term is the *reduced* chi-square, chi2_nu = chi^2 / N^2 (N^2 image pixels), in
+both the Fisher's per-draw loss and the objective, as in the original code (its RIM records
+``2 log L / N^2`` and both its Fisher and its fine-tuning cost take the mean of that). So Table 3's
+lambda = 2e5 means here what it meant for Table 3 and Fig. 8. With chi^2 / 2 instead (the
+likelihood's natural unit), the Fisher grows by (N^2 / 2)^2 and the data term by N^2 / 2: at
+128^2 the penalty would be ~8,000 times stiffer relative to the data. The penalty keeps eq. 10's
+lambda / 2 (the original code multiplied its penalty sum by lambda; if that sum lacked the 1/2, its
+lambda was twice ours).
+
+RMSProp as the original ran it (Keras, no momentum): v = rho v + (1 - rho) g^2,
+phi -= lr g / (sqrt(v) + eps), rho 0.9, eps 1e-7, the learning rate constant.
 
 Labels are never used. Many lenses are fine-tuned at once: each has its own copy of the weights,
 stacked along a leading dimension and run through one :func:`torch.func.vmap` call per RIM step
@@ -42,7 +55,11 @@ __all__ = [
     "encode_prediction",
     "ewc_penalty",
     "finetune",
+    "finetune_objective",
     "fisher_diagonal",
+    "mean_chi2_nu",
+    "peak_normalised",
+    "rmsprop_step",
     "stacked_params",
 ]
 
@@ -59,8 +76,10 @@ class FineTuneConfig(JsonConfig):
     learning_rate: float = 1e-6
     max_steps: int = 2000
     target_chi2_nu: float = 1.0
-    rmsprop_alpha: float = 0.99
-    rmsprop_eps: float = 1e-8
+    rmsprop_alpha: float = 0.9
+    """RMSProp's decay of the squared-gradient average (Keras' rho, 0.9 in the original run)."""
+    rmsprop_eps: float = 1e-7
+    """Added to sqrt(v) (Keras' epsilon)."""
     fisher_chunk: int = 8
     """Draws differentiated together (memory: one weight copy per draw)."""
 
@@ -91,6 +110,9 @@ class FineTuneResult:
     """The update count of the kept iterate (0: the baseline was not improved)."""
     steps: torch.Tensor
     """Updates made before the lens stopped (early stop or ``max_steps``)."""
+    chi2_nu_trace: torch.Tensor | None = None
+    """``(max_steps + 1, B)``: chi2_nu of the final RIM estimate after each update count (row 0:
+    the baseline), NaN once a lens has stopped (Fig. 8's goodness of fit, step by step)."""
 
 
 def stacked_params(model: RIM, copies: int) -> dict[str, torch.Tensor]:
@@ -110,10 +132,17 @@ def _per_pixel(sigma: torch.Tensor) -> torch.Tensor:
     return sigma.view(-1, 1, 1, 1) if sigma.dim() == 1 else sigma
 
 
-def _mean_half_chi2(estimates: torch.Tensor, y: torch.Tensor, physics: LensingPhysics) -> torch.Tensor:
-    """(1/T) sum_t chi^2(y, F(x_t)) / 2 per example, differentiable, ``(B,)``."""
-    terms = [lenssim.chi_squared(y, physics.simulate(est[:, :1], est[:, 1:]), physics.sigma) for est in estimates]
-    return 0.5 * torch.stack(terms).mean(dim=0)
+def mean_chi2_nu(estimates: torch.Tensor, y: torch.Tensor, physics: LensingPhysics) -> torch.Tensor:
+    """The data term: (1/T) sum_t chi2_nu(y, F(x_t)) per example over the RIM's ``(T, B, 2, N, N)``
+    estimates, differentiable, ``(B,)`` (chi2_nu = chi^2 / N^2: the original code's unit)."""
+    return torch.stack([physics.chi2_nu(y, est[:, :1], est[:, 1:]) for est in estimates]).mean(dim=0)
+
+
+def peak_normalised(source: torch.Tensor) -> torch.Tensor:
+    """``relu(s) / max(relu(s))`` per map: VAE source draws rescaled to peak 1, as the original
+    code did before lensing them for the Fisher (an all-zero draw stays zero)."""
+    s = source.clamp_min(0.0)
+    return s / s.amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(s.dtype).tiny)
 
 
 def _check_vaes(model: RIM, source_vae: torch.nn.Module, kappa_vae: torch.nn.Module) -> None:
@@ -183,14 +212,14 @@ def fisher_diagonal(
         idx = torch.arange(start, min(start + chunk, b * samples), device=device)
         lens = lens_of[idx]
         with torch.no_grad():
-            src = source_vae.decode(z_source[lens] + latent_sigma * eps_s[idx])
+            src = peak_normalised(source_vae.decode(z_source[lens] + latent_sigma * eps_s[idx]))
             kap = kappa_vae.decode(z_kappa[lens] + latent_sigma * eps_k[idx])
             physics = _physics(psf[lens], sigma[lens], image_fov, source_fov)
             y = physics.simulate(src, torch.log10(kap)) + _per_pixel(sigma[lens]) * noise[idx]
         # one (expanded, not copied) view of the weights per draw: its gradient is the per-draw one
         copies = {k: v.unsqueeze(0).expand(len(idx), *v.shape).requires_grad_(True) for k, v in anchor.items()}
         est = model(y, physics, params=copies)
-        loss = rim_loss(est, src, kap) + _mean_half_chi2(est, y, physics)
+        loss = rim_loss(est, src, kap) + mean_chi2_nu(est, y, physics)
         grads = torch.autograd.grad(loss.sum(), list(copies.values()))
         for f, g in zip(fisher.values(), grads, strict=True):
             f.index_add_(0, lens, g.detach().pow(2))
@@ -210,6 +239,34 @@ def ewc_penalty(
     return 0.5 * lam * total
 
 
+@torch.no_grad()
+def rmsprop_step(
+    params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], square_avg: Sequence[torch.Tensor], config
+) -> None:
+    """One in-place RMSProp update as Keras ran it without momentum: v = rho v + (1 - rho) g^2,
+    phi -= lr g / (sqrt(v) + eps), with rho, lr and eps from ``config`` (a :class:`FineTuneConfig`)."""
+    rho, lr, eps = config.rmsprop_alpha, config.learning_rate, config.rmsprop_eps
+    for p, g, v in zip(params, grads, square_avg, strict=True):
+        v.mul_(rho).addcmul_(g, g, value=1 - rho)
+        p.addcdiv_(g, v.sqrt().add_(eps), value=-lr)
+
+
+def finetune_objective(
+    model: RIM,
+    params: dict[str, torch.Tensor],
+    y: torch.Tensor,
+    physics: LensingPhysics,
+    anchor: dict[str, torch.Tensor],
+    fisher: dict[str, torch.Tensor],
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """L(phi) = (1/T) sum_t chi2_nu(y, F(x_t)) + (lambda / 2) sum_j F_j (phi_j - phi*_j)^2 per lens,
+    ``(B,)``, with the stacked weights ``params``; returns it and the RIM's estimates
+    ``(T, B, 2, N, N)``. ``physics`` needs ``chi2_nu`` (differentiable) besides the RIM's protocol."""
+    est = model(y, physics, params=params)
+    return mean_chi2_nu(est, y, physics) + ewc_penalty(params, anchor, fisher, lam), est
+
+
 def finetune(
     model: RIM,
     source_vae: torch.nn.Module,
@@ -223,12 +280,16 @@ def finetune(
     image_fov: float = lenssim.IMAGE_FOV,
     source_fov: float = lenssim.SOURCE_FOV,
     progress: Callable[[str, int, int], None] | None = None,
+    monitor: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> FineTuneResult:
     """Fine-tune the RIM on B observations at once (each with its own weight copy); see the module.
 
     ``observation (B, 1, N, N)``, ``psf (B, 1, k, k)``, ``sigma (B,)`` (or a noise map of the
     observation's shape), one CPU ``torch.Generator`` per lens for the Fisher draws. ``progress``
-    is called as ``progress(stage, done, total)`` with stage ``"fisher"`` or ``"optimise"``.
+    is called as ``progress(stage, done, total)`` with stage ``"fisher"`` or ``"optimise"``;
+    ``monitor(k, lenses, estimate)``, if given, sees after k updates the final RIM estimate
+    ``(len(lenses), 2, N, N)`` of the lenses still running (indices into the batch), e.g. to track
+    an oracle loss against the truth without the optimisation ever seeing it.
     """
     _check_vaes(model, source_vae, kappa_vae)
     b = observation.shape[0]
@@ -258,7 +319,11 @@ def finetune(
         chi2_nu=chi2_base.clone(),
         best_step=torch.zeros(b, dtype=torch.long),
         steps=torch.zeros(b, dtype=torch.long),
+        chi2_nu_trace=torch.full((config.max_steps + 1, b), float("nan")),
     )
+    result.chi2_nu_trace[0] = chi2_base.cpu()
+    if monitor is not None:
+        monitor(0, torch.arange(b), base)
     active = (chi2_base > config.target_chi2_nu).nonzero().flatten()
     if config.max_steps == 0 or len(active) == 0:
         return result
@@ -278,10 +343,12 @@ def finetune(
     for k in range(config.max_steps + 1):
         sub = _physics(psf[active], sigma[active], image_fov, source_fov)
         y = observation[active]
-        est = model(y, sub, params=params)
-        data = _mean_half_chi2(est, y, sub)
+        objective, est = finetune_objective(model, params, y, sub, anchor, fisher, config.ewc_lambda)
         with torch.no_grad():
             chi2 = sub.reduced_chi_squared(y, est[-1, :, :1], est[-1, :, 1:])
+            result.chi2_nu_trace[k, active.cpu()] = chi2.cpu()
+            if monitor is not None and k > 0:
+                monitor(k, active, est[-1])
             better = chi2 < result.chi2_nu[active]
             if better.any():
                 ids = active[better]
@@ -293,14 +360,9 @@ def finetune(
             keep = (chi2 > config.target_chi2_nu).nonzero().flatten()
         if k == config.max_steps or len(keep) == 0:
             break
-        loss = (data + ewc_penalty(params, anchor, fisher, config.ewc_lambda))[keep].sum()
+        loss = objective[keep].sum()
         grads = torch.autograd.grad(loss, list(params.values()))
-        with torch.no_grad():
-            a, lr, eps = config.rmsprop_alpha, config.learning_rate, config.rmsprop_eps
-            for (name, p), g in zip(params.items(), grads, strict=True):
-                s = square_avg[name]
-                s.mul_(a).addcmul_(g, g, value=1 - a)
-                p.addcdiv_(g, s.sqrt().add_(eps), value=-lr)
+        rmsprop_step(list(params.values()), grads, list(square_avg.values()), config)
         if len(keep) < len(active):  # finished lenses leave the batch
             active = active[keep]
             params = {n: p.detach()[keep].requires_grad_(True) for n, p in params.items()}

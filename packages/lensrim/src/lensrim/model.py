@@ -86,10 +86,16 @@ class RIMConfig(JsonConfig):
     learning_rate: float = 1e-4
     decay_rate: float = 0.95
     decay_steps: int = 100_000
+    staircase: bool = False
+    """Decay in whole steps of ``decay_rate`` every ``decay_steps`` (the original code's Keras
+    ``ExponentialDecay(staircase=True)``) instead of continuously."""
     schedule_start: int = 0
     train_steps: int = 610_000
     batch_size: int = 1
     clip_norm: float = 5.0
+    """Gradient clipping by the global norm of all weights' gradients together (one factor for the
+    whole step, so the update keeps its direction). The original Keras code clipped each weight
+    tensor to this norm separately (``clipnorm``), which bounds every layer's step on its own."""
     activation_checkpointing: bool = False
     bf16: bool = False
     init: Literal["torch", "glorot"] = "glorot"
@@ -131,14 +137,18 @@ class RIMConfig(JsonConfig):
         "learning_rate",
         "decay_rate",
         "decay_steps",
+        "staircase",
         "schedule_start",
         "train_steps",
     )
     """Fields a resumed run may change (a new training stage); the others define the model."""
 
     def learning_rate_at(self, step: int) -> float:
-        """Exponential decay from ``learning_rate`` at ``schedule_start`` (the stage's first step)."""
-        return self.learning_rate * self.decay_rate ** (max(0, step - self.schedule_start) / self.decay_steps)
+        """Exponential decay from ``learning_rate`` at ``schedule_start`` (the stage's first step):
+        lr * rate^(k / decay_steps) after k steps, with k // decay_steps if ``staircase``."""
+        k = max(0, step - self.schedule_start)
+        periods = k // self.decay_steps if self.staircase else k / self.decay_steps
+        return self.learning_rate * self.decay_rate**periods
 
     def second_stage(self, start: int, steps: int = 870_000) -> RIMConfig:
         """Table 7's second stage: Adamax from 6e-5, x0.9 per 100k steps, from step ``start``."""

@@ -37,10 +37,14 @@ class LensingPhysics:
             source, torch.pow(10.0, xi), image_fov=self.image_fov, source_fov=self.source_fov, psf=self.psf
         )
 
+    def chi2_nu(self, y: torch.Tensor, source: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        """chi^2 / N^2 per example, ``(B,)``, differentiable (fine-tuning's data term)."""
+        return lenssim.reduced_chi_squared(y, self.simulate(source, xi), self.sigma)
+
     def reduced_chi_squared(self, y: torch.Tensor, source: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
-        """chi^2 / N^2 per example, ``(B,)``."""
+        """chi^2 / N^2 per example, ``(B,)``, without a graph."""
         with torch.no_grad():
-            return lenssim.reduced_chi_squared(y, self.simulate(source, xi), self.sigma)
+            return self.chi2_nu(y, source, xi)
 
 
 @dataclass
@@ -58,3 +62,10 @@ class LinearPhysics:
     def gradient(self, y: torch.Tensor, source: torch.Tensor, xi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r = (y - self.simulate(source, xi)) / self.sigma**2
         return (self.a * r).detach(), (self.b * r).detach()
+
+    def chi2_nu(self, y: torch.Tensor, source: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        return ((y - self.simulate(source, xi)) / self.sigma).pow(2).flatten(1).mean(dim=1)
+
+    def reduced_chi_squared(self, y: torch.Tensor, source: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.chi2_nu(y, source, xi)
