@@ -101,6 +101,12 @@ def _distributed(device: str):
 )
 @click.option("--bf16", is_flag=True, help="bfloat16 autocast on GPU.")
 @click.option(
+    "--staircase",
+    is_flag=True,
+    help="Decay the learning rate in whole steps (x rate every decay period, as the original code did) "
+    "instead of continuously.",
+)
+@click.option(
     "--second-stage",
     is_flag=True,
     help="Continue a run with Table 7's second stage (Adamax from 6e-5, x0.9 per 100k steps; "
@@ -114,7 +120,7 @@ def _distributed(device: str):
 def train_rim(
     data_path, kappa_in, sources_in, kappa_vae, source_vae, vae_fraction, output, preset, steps, batch_size,
     learning_rate, val_path, ext_path, validation_size, workers, initial_log10_kappa, init, checkpointing, bf16,
-    second_stage,
+    staircase, second_stage,
     checkpoint_every, log_every, seed, device,
 ) -> None:  # fmt: skip
     """Train the RIM from a lens dataset, on the fly, or both.
@@ -161,6 +167,8 @@ def train_rim(
         overrides["learning_rate"] = learning_rate
     if init is not None:
         overrides["init"] = init
+    if staircase:
+        overrides["staircase"] = True
     config = replace(config, **overrides)
     stored = output / "config.json"
     if stored.is_file() and not second_stage:
