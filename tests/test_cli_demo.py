@@ -37,7 +37,15 @@ def test_quick_demo_runs_the_whole_pipeline_and_reports(demo_dir):
     methods = list(m["comparison"])
     assert any(k.startswith("Adam from the same start (7 gradients") for k in methods)
     assert any(k.startswith("RIM (T-1 = 7 gradients)") for k in methods)
-    assert set(m["notes"]) >= {"RIM vs constant predictor", "RIM vs Adam, same budget", "fine-tuning"}
+    assert set(m["notes"]) >= {
+        "RIM vs constant predictor", "RIM vs Adam, same budget", "fine-tuning", "fine-tuned vs references"
+    }  # fmt: skip
+    # both references under their own keys, the same figures as in the comparison
+    refs = m["references"]
+    assert refs["adam_same_gradients"]["gradients"] == 7 and refs["adam_long"]["gradients"] == 20
+    adam7 = next(v for k, v in m["comparison"].items() if k.startswith("Adam from the same start (7 gradients"))
+    assert refs["adam_same_gradients"]["log10_loss"] == adam7["log10_loss"]
+    assert refs["constant_predictor"]["log10_kappa"] == pytest.approx(m["constant_predictor"]["log10_kappa"])
     # the constant predictor is the reference on the same lenses, in the comparison and the metrics
     const = m["comparison"]["constant predictor (source 0, best constant log10 kappa)"]
     assert const["log10_loss"]["mu"] == pytest.approx(m["constant_predictor"]["log10_loss"]["mu"], rel=1e-5)
@@ -48,9 +56,9 @@ def test_quick_demo_runs_the_whole_pipeline_and_reports(demo_dir):
     for line in m["notes"].values():
         assert line in proc.stdout
     page = (out / "report" / "index.html").read_text()
-    for fig in ("lenses.png", "chi2_histogram.png", "chi2_vs_snr.png", "coherence.png"):
+    for fig in ("lenses.png", "chi2_histogram.png", "chi2_vs_snr.png", "coherence.png", "comparison.png"):
         assert (out / "report" / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and fig in page
-    assert (out / "report" / "comparison.png").is_file()
+    assert 'src="comparison.png"' in page and "How to read this" in page and "Against the references" in page
     # the test lenses come from held-out halos and galaxies only
     kappa = lenssim.read_dataset(out / "kappa.h5", ["split"])
     assert set(kappa["split"].tolist()) == {0, 1}
