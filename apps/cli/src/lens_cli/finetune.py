@@ -116,10 +116,23 @@ def finetune_to_file(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Output reconstruction (HDF5).",
 )
-@click.option("--lambda", "ewc_lambda", default=2e5, show_default=True, type=click.FloatRange(0), help="EWC strength.")
+@click.option(
+    "--lambda",
+    "ewc_lambda",
+    default=2e5,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="EWC strength: penalty (lambda/2) sum F (phi - phi*)^2 beside the mean chi2_nu (Table 3's units).",
+)
 @click.option("--fisher-samples", default=200, show_default=True, type=click.IntRange(1), help="VAE draws per lens.")
 @click.option("--latent-sigma", default=0.3, show_default=True, type=click.FloatRange(0), help="Latent draw width.")
-@click.option("--learning-rate", default=1e-6, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option(
+    "--learning-rate",
+    default=1e-6,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="RMSProp learning rate (Keras' rho 0.9, epsilon 1e-7).",
+)
 @click.option("--max-steps", default=2000, show_default=True, type=click.IntRange(0), help="RMSProp steps at most.")
 @click.option("--target-chi2", default=1.0, show_default=True, type=click.FloatRange(0), help="Early stop chi2_nu.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Lenses fine-tuned together.")
