@@ -198,6 +198,36 @@ def test_early_stop_at_the_target_and_lenses_leave_the_batch(setup):
     assert ((res.chi2_nu[~below] <= target) | (res.steps[~below] == 8)).all()
 
 
+def test_trace_and_monitor_follow_every_step_of_the_running_lenses(setup):
+    rim, svae, kvae, lenses = setup
+    cfg = FineTuneConfig(fisher_samples=2, learning_rate=1e-3, max_steps=6, ewc_lambda=1.0)
+    base = finetune(
+        rim, svae, kvae, lenses.observation, lenses.psf, lenses.noise_sigma, replace(cfg, max_steps=0),
+        generators=gens(3),
+    )  # fmt: skip
+    target = float(base.chi2_nu_baseline.median())  # one lens stops at once, the others run
+    seen = {}
+    res = finetune(
+        rim, svae, kvae, lenses.observation, lenses.psf, lenses.noise_sigma, replace(cfg, target_chi2_nu=target),
+        generators=gens(3), monitor=lambda k, ids, est: seen.setdefault(k, (ids.clone(), est.clone())),
+    )  # fmt: skip
+    trace = res.chi2_nu_trace
+    assert trace.shape == (7, 3)
+    torch.testing.assert_close(trace[0], res.chi2_nu_baseline)
+    stopped = base.chi2_nu_baseline <= target
+    assert torch.isnan(trace[1:, stopped]).all() and not torch.isnan(trace[1:, ~stopped]).any()
+    # the kept iterate is the best of the trace, at the step the trace says
+    for j in (~stopped).nonzero().flatten().tolist():
+        best = int(torch.argmin(trace[:, j]))
+        assert int(res.best_step[j]) == best and float(res.chi2_nu[j]) == pytest.approx(float(trace[best, j]))
+    # the monitor sees the running lenses' final estimates, whose chi2_nu is the trace's
+    ids, est = seen[3]
+    assert ids.tolist() == (~stopped).nonzero().flatten().tolist() and est.shape == (len(ids), 2, 32, 32)
+    physics = LensingPhysics(lenses.psf[ids], lenses.noise_sigma[ids])
+    chi2 = physics.reduced_chi_squared(lenses.observation[ids], est[:, :1], est[:, 1:])
+    torch.testing.assert_close(chi2, trace[3, ids], rtol=1e-4, atol=0)
+
+
 def test_bad_inputs_are_refused(setup):
     rim, svae, kvae, lenses = setup
     y = lenses.observation[:1].clone()
