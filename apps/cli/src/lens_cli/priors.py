@@ -51,8 +51,12 @@ def train() -> None:
     type=click.Choice(["train", "all"]),
     help="Examples to train on; the test split (if any) is the validation set.",
 )
-@click.option("--checkpoint-every", default=500, show_default=True, type=click.IntRange(1))
-@click.option("--log-every", default=50, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--checkpoint-every", default=500, show_default=True, type=click.IntRange(1), help="Steps between checkpoints."
+)
+@click.option(
+    "--log-every", default=50, show_default=True, type=click.IntRange(1), help="Steps between metrics.jsonl lines."
+)
 @seed_option
 @device_option
 @one_line_errors
@@ -124,7 +128,13 @@ def train_vae(
     type=click.FloatRange(0, min_open=True),
     help="Training noise sigma range, in units of the stamp's peak.",
 )
-@click.option("--noise-max", default=0.25, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option(
+    "--noise-max",
+    default=0.25,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Upper end of the training noise sigma range (stamp peak units).",
+)
 @click.option(
     "--highpass",
     default=3.0,
@@ -132,7 +142,9 @@ def train_vae(
     type=click.FloatRange(0),
     help="Remove only noise structure below this scale (pixels), so fluxes are kept; 0: any scale.",
 )
-@click.option("--checkpoint-every", default=500, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--checkpoint-every", default=500, show_default=True, type=click.IntRange(1), help="Steps between checkpoints."
+)
 @seed_option
 @device_option
 @one_line_errors

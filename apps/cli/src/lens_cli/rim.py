@@ -112,8 +112,16 @@ def _distributed(device: str):
     help="Continue a run with Table 7's second stage (Adamax from 6e-5, x0.9 per 100k steps; "
     "--steps more steps, default 870k).",
 )
-@click.option("--checkpoint-every", default=200, show_default=True, type=click.IntRange(1))
-@click.option("--log-every", default=20, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--checkpoint-every", default=200, show_default=True, type=click.IntRange(1), help="Steps between checkpoints."
+)
+@click.option(
+    "--log-every",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Steps between log lines (metrics.jsonl, TensorBoard, validation against the constant predictor).",
+)
 @seed_option
 @device_option
 @one_line_errors
@@ -176,7 +184,8 @@ def train_rim(
         try:
             existing = lensrim.RIMConfig.from_json(stored.read_text())
         except (ValueError, TypeError) as e:
-            raise click.BadParameter(f"{stored}: not a RIM configuration ({e})", param_hint="--output") from None
+            why = str(e) if "RIM configuration" in str(e) else f"not a RIM configuration ({e})"
+            raise click.BadParameter(f"{stored}: {why}", param_hint="--output") from None
         keep = {k: getattr(existing, k) for k in lensrim.RIMConfig.OPTIMISATION_FIELDS if k not in overrides}
         config = replace(config, **keep)
     if second_stage:

@@ -100,9 +100,15 @@ def simulate() -> None:
     default=0.5,
     show_default=True,
     type=click.FloatRange(0, min_open=True),
-    help="Einstein radius range, arcsec.",
+    help="Lower end of the uniform Einstein radius range of the rescaled maps, arcsec.",
 )
-@click.option("--theta-e-max", default=2.5, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option(
+    "--theta-e-max",
+    default=2.5,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Upper end of the Einstein radius range, arcsec.",
+)
 @click.option(
     "--max-shift",
     default=0.3,
@@ -204,7 +210,13 @@ def simulate_kappa(
     type=click.FloatRange(0, min_open=True),
     help="Arcsec per stamp pixel (the paper's 0.03; 3.0/128 keeps angular sizes).",
 )
-@click.option("--test-fraction", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True))
+@click.option(
+    "--test-fraction",
+    default=0.1,
+    show_default=True,
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Fraction of galaxies held out for the test split (split by catalogue galaxy).",
+)
 @click.option(
     "--denoiser",
     type=click.Path(file_okay=False, path_type=Path),
