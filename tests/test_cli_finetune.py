@@ -78,8 +78,17 @@ def test_finetune_resumes_after_a_kill_and_evaluate_writes_the_report(models, tm
     assert m["chi2_nu"]["final"]["median"] == pytest.approx(float(d["chi2_nu"].median()), rel=1e-5)
     assert set(m["log10_loss"]) == {"baseline", "final"} and np.isfinite(m["log10_loss"]["final"]["mu"])
     assert len(m["coherence"]["final"]["source"]["mean"]) == 16
+    # Fig. 8 (left): the per-lens change of log10 eq.-7 loss, from the file's maps
+    b = lenssim.read_dataset(whole, ["source_baseline", "kappa_baseline"])
+
+    def log_loss(s, k):
+        return torch.log10(lensrim.rim_loss(torch.cat([s, torch.log10(k)], dim=1)[None], d["source"], d["kappa"]))
+
+    change = log_loss(d["source_pred"], d["kappa_pred"]) - log_loss(b["source_baseline"], b["kappa_baseline"])
+    assert m["log10_loss_change"]["mean"] == pytest.approx(float(change.mean()), abs=1e-5)
+    assert m["log10_loss_change"]["std"] == pytest.approx(float(change.std()), abs=1e-5)
     page = (report / "index.html").read_text()
-    for name in ("lenses.png", "chi2_histogram.png", "chi2_vs_snr.png", "coherence.png"):
+    for name in ("lenses.png", "chi2_histogram.png", "chi2_vs_snr.png", "coherence.png", "loss_change.png"):
         assert (report / name).stat().st_size > 1000 and f'src="{name}"' in page
 
 

@@ -24,3 +24,15 @@ def test_library_errors_become_one_line_click_errors():
     with pytest.raises(click.ClickException) as e:
         f()
     assert e.value.message == "kappa must be positive"
+
+
+def test_help_does_not_wait_for_torch():
+    # `lens --help` must answer at once: the command modules import torch only when they run
+    import subprocess
+    import sys
+
+    code = "import sys, lens_cli.main; from click.testing import CliRunner; "
+    code += "r = CliRunner().invoke(lens_cli.main.cli, ['--help']); assert r.exit_code == 0 and 'demo' in r.output; "
+    code += "print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -6,13 +6,18 @@ import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def resolve_device(name: str) -> torch.device:
     """A torch device from a user string, refused in one line when it cannot be used."""
+    import torch  # here, not at the top: `lens --help` should not wait for torch
+
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):

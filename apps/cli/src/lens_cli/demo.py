@@ -23,11 +23,14 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
-import torch
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:  # torch loads when a command runs, not for `lens --help`
+    import torch
 
 from lens_cli.common import atomic_path
 
@@ -101,6 +104,8 @@ def _write_json(path: Path, obj) -> None:
 def _mix(a, b, fraction_b: float):
     """A sampler drawing from ``b`` with probability ``fraction_b`` and from ``a`` otherwise."""
 
+    import torch
+
     def draw(count: int, generator: torch.Generator) -> torch.Tensor:
         pick = torch.rand(count, generator=generator) < fraction_b
         out = a(count, generator)
@@ -132,6 +137,8 @@ class Stages:
 
 
 def run_demo(output: Path, config: DemoConfig, *, seed: int, device: torch.device) -> dict:
+    import torch
+
     import lensprior
     import lensrim
     import lenssim

@@ -81,6 +81,13 @@ def compute_metrics(data: dict) -> dict:
         out["log10_loss_gain_over_constant"] = {
             stage: out["constant_predictor"]["log10_loss"]["mu"] - m["mu"] for stage, m in out["log10_loss"].items()
         }
+    if "loss_baseline" in per_lens:
+        # Fig. 8 (left): the per-lens change of log10 loss by fine-tuning (the paper: scatter 0.28)
+        change = np.log10(per_lens["loss_final"]) - np.log10(per_lens["loss_baseline"])
+        out["log10_loss_change"] = {
+            "mean": float(change.mean()),
+            "std": float(change.std(ddof=1) if change.size > 1 else 0.0),
+        }
     out["per_lens"] = per_lens
     return out
 
@@ -207,6 +214,19 @@ def figures(data: dict, metrics: dict, report: Path, *, count: int = 8) -> list[
     ax.legend(fontsize=8)
     fig.tight_layout()
     paths.append(_save(fig, report / "chi2_vs_snr.png"))
+
+    if "log10_loss_change" in metrics:
+        per = metrics["per_lens"]
+        change = np.log10(per["loss_final"]) - np.log10(per["loss_baseline"])
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.hist(change, bins=max(5, min(30, len(change) // 2)), color="C2")
+        ax.axvline(0.0, color="k", lw=0.8)
+        m = metrics["log10_loss_change"]
+        ax.set_title(f"mean {m['mean']:+.3f} dex, std {m['std']:.3f} dex", fontsize=9)
+        ax.set_xlabel(r"$\log_{10}$ loss fine-tuned $-$ $\log_{10}$ loss baseline (< 0: closer to the truth)")
+        ax.set_ylabel("lenses")
+        fig.tight_layout()
+        paths.append(_save(fig, report / "loss_change.png"))
 
     if "coherence" in metrics:
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
