@@ -74,3 +74,26 @@ def one_line_errors(f: Callable) -> Callable:
 def atomic_path(path: Path) -> Path:
     """A temporary sibling of ``path``: write there, then :func:`os.replace` it onto ``path``."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def refuse_overwriting_inputs(outputs: dict[str, Path], inputs: dict[str, str | Path | None]) -> None:
+    """Refuse, in one line and before anything is written, an output that is (through symlinks
+    too) one of the command's input files, or lies inside an input run directory or dataset
+    directory. ``outputs`` and ``inputs`` map option names to paths (None and keywords such as
+    'sie' that name no file are skipped)."""
+    resolved = {}
+    for option, value in inputs.items():
+        if value is None:
+            continue
+        path = Path(value)
+        if path.exists():
+            resolved[option] = path.resolve()
+    for out_option, out in outputs.items():
+        target = Path(out).resolve()
+        for option, src in resolved.items():
+            if target == src or src.is_dir() and src in target.parents:
+                where = "is" if target == src else "lies inside"
+                raise click.BadParameter(
+                    f"{out} {where} the input {option} {inputs[option]}: it would be overwritten; choose another path",
+                    param_hint=out_option,
+                )

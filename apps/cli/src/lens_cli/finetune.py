@@ -10,7 +10,13 @@ import click
 import numpy as np
 from tqdm.auto import tqdm
 
-from lens_cli.common import device_option, one_line_errors, resolve_device, seed_option
+from lens_cli.common import (
+    device_option,
+    one_line_errors,
+    refuse_overwriting_inputs,
+    resolve_device,
+    seed_option,
+)
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz")
 
@@ -166,6 +172,11 @@ def finetune(
     dev = resolve_device(device)
     if not data_path.exists():
         raise click.BadParameter(f"{data_path}: no such file", param_hint="--data")
+    outputs = {"--output": output}
+    if _is_fits(data_path):
+        outputs["--output (its FITS copy)"] = output.with_suffix(".fits")
+    inputs = {"--data": data_path, "--rim": rim_dir, "--source-vae": source_vae, "--kappa-vae": kappa_vae}
+    refuse_overwriting_inputs(outputs, inputs)
     model, meta = lensrim.load_rim(rim_dir, device=dev)
     svae, smeta = lensprior.load_vae(source_vae, device=dev)
     kvae, kmeta = lensprior.load_vae(kappa_vae, device=dev)

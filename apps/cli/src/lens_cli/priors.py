@@ -8,7 +8,14 @@ from pathlib import Path
 import click
 from tqdm.auto import tqdm
 
-from lens_cli.common import device_option, one_line_errors, resolve_device, run_dir_option, seed_option
+from lens_cli.common import (
+    device_option,
+    one_line_errors,
+    refuse_overwriting_inputs,
+    resolve_device,
+    run_dir_option,
+    seed_option,
+)
 
 PRESETS = {
     "paper": {},
@@ -190,6 +197,7 @@ def sample(run_dir, n_samples, output, batch_size, seed, device) -> None:
     import lensprior
     import lenssim
 
+    refuse_overwriting_inputs({"--output": output}, {"--vae": run_dir})
     dev = resolve_device(device)
     model, meta = lensprior.load_vae(run_dir, device=dev)
     kind = model.config.kind

@@ -10,7 +10,14 @@ from pathlib import Path
 import click
 from tqdm.auto import tqdm
 
-from lens_cli.common import device_option, one_line_errors, resolve_device, run_dir_option, seed_option
+from lens_cli.common import (
+    device_option,
+    one_line_errors,
+    refuse_overwriting_inputs,
+    resolve_device,
+    run_dir_option,
+    seed_option,
+)
 from lens_cli.priors import train
 
 
@@ -318,6 +325,7 @@ def reconstruct(run_dir, data_path, output, batch_size, seed, device) -> None:
     import lensrim
     import lenssim
 
+    refuse_overwriting_inputs({"--output": output}, {"--data": data_path, "--rim": run_dir})
     dev = resolve_device(device)
     model, meta = lensrim.load_rim(run_dir, device=dev)
     data = lenssim.read_lens_dataset(data_path)

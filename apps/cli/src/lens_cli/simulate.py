@@ -8,7 +8,13 @@ from pathlib import Path
 import click
 from tqdm.auto import tqdm
 
-from lens_cli.common import device_option, one_line_errors, resolve_device, seed_option
+from lens_cli.common import (
+    device_option,
+    one_line_errors,
+    refuse_overwriting_inputs,
+    resolve_device,
+    seed_option,
+)
 
 
 def parse_shard(ctx, param, value: str | None) -> tuple[int, int]:
@@ -322,6 +328,13 @@ def simulate_lenses(kappa_in, sources_in, n_lenses, split, block_size, pixels, o
     from lenssim.io import dataset_info, shard_range
 
     dev = resolve_device(device)
+    refuse_overwriting_inputs(
+        {"--output": output},
+        {
+            "--kappa": None if kappa_in == "sie" else kappa_in,
+            "--sources": None if sources_in == "sersic" else sources_in,
+        },
+    )
     cfg = lenssim.ObservationConfig(image_pixels=pixels, source_pixels=pixels, psf_size=min(21, pixels // 2 - 1 | 1))
     provenance = {"kappa": kappa_in, "sources": sources_in, "split": split}
     if kappa_in == "sie":
