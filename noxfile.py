@@ -4,6 +4,7 @@
     nox -s lenssim      # one package
     nox -s demo         # the main job on built-in data
     nox -s bench        # benchmark figures (never fails for being slow)
+    nox -s bench_finetune   # does EWC fine-tuning reach the noise? (Table 3, Fig. 8; ~30 min on 2 cores)
     nox -s gpu          # on a CUDA machine: CUDA tests, GPU throughput, 3 minutes of 128^2 training
 
 Each session installs the pinned PyTorch first (LENS_TORCH, default torch==2.13.0) so that
@@ -90,6 +91,13 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_lenssim.py", *session.posargs)
     session.run("python", "benchmarks/bench_kde.py")
     session.run("python", "benchmarks/bench_rim.py")
+
+
+@nox.session
+def bench_finetune(session: nox.Session) -> None:
+    """EWC fine-tuning against the constant predictor and plain Adam on a 32^2 case (README figures)."""
+    _install(session, LENSSIM, LENSPRIOR, LENSRIM, "matplotlib")
+    session.run("python", "benchmarks/bench_finetune.py", *session.posargs)
 
 
 @nox.session
