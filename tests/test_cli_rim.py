@@ -33,7 +33,10 @@ def test_train_rim_errors(tmp_path):
     assert bad.returncode == 2 and "needs 32" in bad.stderr
     bad = run("train", "rim", "-o", tmp_path / "r", check=False)
     assert bad.returncode == 2 and "--data" in bad.stderr
-    bad = run("reconstruct", "--rim", tmp_path, "--data", tmp_path / "l.h5", "-o", tmp_path / "x.h5", check=False)
+    (tmp_path / "empty").mkdir()
+    bad = run(
+        "reconstruct", "--rim", tmp_path / "empty", "--data", tmp_path / "l.h5", "-o", tmp_path / "x.h5", check=False
+    )
     assert bad.returncode == 1 and "not a RIM run directory" in bad.stderr and not (tmp_path / "x.h5").exists()
 
 
