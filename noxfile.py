@@ -7,13 +7,20 @@
     nox -s bench_finetune   # does EWC fine-tuning reach the noise? (Table 3, Fig. 8; ~30 min on 2 cores)
     nox -s gpu          # on a CUDA machine: CUDA tests, GPU throughput, 3 minutes of 128^2 training
 
-Each session installs the pinned PyTorch first (LENS_TORCH, default torch==2.13.0) so that
-resolving the packages' open `torch>=2.1` range never pulls a different, multi-GB build.
+PyTorch is pinned (LENS_TORCH, default torch==2.13.0) so that resolving the packages' open
+`torch>=2.1` range never pulls a different, multi-GB build. It is installed once, into
+`.nox/_torch`, and every session's virtualenv sees it through a `.pth` file: the sessions stay
+separate for the project's own packages and everything else they install, but share the one
+large dependency (about 1 GB each otherwise). LENS_SHARED_TORCH=0 installs it in every session.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import nox
 
@@ -27,8 +34,38 @@ LENSRIM = "packages/lensrim"
 CLI = "apps/cli"
 
 
+SHARED_TORCH = os.environ.get("LENS_SHARED_TORCH", "1") != "0"
+
+
+def _purelib(python: str) -> str:
+    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    return subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _shared_torch(session: nox.Session) -> str:
+    """The site-packages of `.nox/_torch`, a virtualenv holding only TORCH (built on first use;
+    rebuilt when TORCH or the Python version changes)."""
+    python = str(Path(session.virtualenv.location, "bin", "python"))
+    code = "import sys; print(sys._base_executable, *sys.version_info[:2])"
+    base, *version = subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    home = Path(session.virtualenv.location).parent / "_torch"
+    marker = home / "lens-torch.txt"
+    wanted = f"{TORCH}\n{'.'.join(version)}\n"
+    if not (marker.is_file() and marker.read_text() == wanted):
+        shutil.rmtree(home, ignore_errors=True)
+        session.run(base, "-m", "venv", str(home), external=True)
+        session.run(str(home / "bin" / "python"), "-m", "pip", "install", "-q", TORCH, external=True)
+        marker.write_text(wanted)
+    return _purelib(str(home / "bin" / "python"))
+
+
 def _install(session: nox.Session, *paths: str) -> None:
-    session.install(TORCH)
+    if SHARED_TORCH and sys.platform != "win32":
+        shared = _shared_torch(session)
+        site = _purelib(str(Path(session.virtualenv.location, "bin", "python")))
+        # after the session's own site-packages on sys.path: whatever the session installs wins
+        Path(site, "lens_shared_torch.pth").write_text(shared + "\n")
+    session.install(TORCH)  # already satisfied through the .pth when shared: pip installs nothing
     # All in-repo packages in one call, so pip takes them from here and never from an index.
     session.install(*paths)
 
