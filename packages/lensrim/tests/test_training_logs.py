@@ -11,6 +11,7 @@ import torch
 
 import lensrim
 import lenssim
+from lensprior import RunError
 from lensrim import PRESETS, RIM, train_rim
 from lensrim.metrics import constant_reference
 from lensrim.model import rim_loss, rim_loss_terms
@@ -100,6 +101,28 @@ def test_training_logs_terms_references_and_tensorboard(tmp_path):
     assert {"train/loss", "validation/loss", "validation/constant_loss", "external/loss", "train/loss_t/2"} <= tags
     assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]
     assert acc.Scalars("validation/loss")[-1].value == pytest.approx(m["val_loss"], rel=1e-5)
+    # the bar's chi2_nu: the median over the steps since the last log of each step's median
+    per_step = [e.value for e in acc.Scalars("train/chi2_nu")]
+    assert m["chi2_nu_window"] == pytest.approx(float(torch.tensor(per_step[2:4]).median()), rel=1e-6)
+    assert lines[0]["chi2_nu_window"] == pytest.approx(float(torch.tensor(per_step[0:2]).median()), rel=1e-6)
+
+
+def test_a_non_finite_loss_stops_rim_training_before_a_checkpoint(tmp_path):
+    data = _lenses(4)
+    cfg = replace(PRESETS["tiny"], steps=2, batch_size=2)
+
+    def batches(step, size, seed):  # the third step's lenses are NaN
+        batch = {k: v[:size].clone() for k, v in data.items()}
+        if step == 2:
+            batch["observation"][0, 0, 3, 3] = float("nan")
+        return batch
+
+    with pytest.raises(RunError, match=r"step 4: the loss is not finite.*checkpoint of step 2 is kept"):
+        train_rim(cfg, batches, tmp_path, steps=6, log_every=4, checkpoint_every=2, validation_size=0,
+                  tensorboard=False)  # fmt: skip
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
 def _write_lenses(path, n=20):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, fields
 from typing import Any, ClassVar, TypeVar
 
@@ -17,12 +18,28 @@ class JsonConfig:
 
     RUN_KIND: ClassVar[str] = ""
 
+    def check_numbers(self) -> None:
+        """Refuse a field declared ``int`` that holds anything but an integer, and one declared
+        ``float`` that holds a non-number, NaN or infinity (a learning rate of inf trains
+        nothing and says nothing). Called by each config's ``__post_init__``."""
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{f.name} must be an integer, got {value!r}")
+            if f.type == "float":
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(f"{f.name} must be a number, got {value!r}")
+                if not math.isfinite(value):
+                    raise ValueError(f"{f.name} must be finite, got {value}")
+
     def to_json(self) -> str:
         return json.dumps({"model": self.RUN_KIND, **asdict(self)}, indent=2, sort_keys=True)  # type: ignore[call-overload]
 
     @classmethod
     def from_json(cls: type[C], text: str) -> C:
         data: dict[str, Any] = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"not a {cls.RUN_KIND} configuration (a JSON {type(data).__name__}, not an object)")
         kind = data.pop("model", None)
         if kind != cls.RUN_KIND:
             raise ValueError(f"not a {cls.RUN_KIND} configuration (model: {kind!r})")

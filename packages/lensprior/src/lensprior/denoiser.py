@@ -79,6 +79,7 @@ class DenoiserConfig(JsonConfig):
     clip_norm: float = 5.0
 
     def __post_init__(self) -> None:
+        self.check_numbers()
         if not 0 < self.noise_min <= self.noise_max:
             raise ValueError(f"need 0 < noise_min <= noise_max, got {self.noise_min}, {self.noise_max}")
         if self.loss not in ("l1", "mse"):

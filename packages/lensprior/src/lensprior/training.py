@@ -92,11 +92,46 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
-    """Write the checkpoint atomically (a kill mid-write leaves the previous one)."""
+    """Write the checkpoint atomically (a kill mid-write leaves the previous one). Its bytes are
+    a function of ``state`` alone: torch names the archive's inner folder after a path it is
+    given, so it is given an open file instead of the (process-specific) temporary name."""
     path = run_dir / CHECKPOINT
+    bad = [k for k, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:  # an update that produced NaN or inf from a finite loss (too large a step)
+        kept = _load_checkpoint(run_dir)
+        where = f"the checkpoint of step {kept['step']} is kept" if kept else "no checkpoint was written"
+        raise RunError(
+            f"step {state.get('step')}: weights {bad[0]!r} are not finite; training stopped ({where}): lower the "
+            "learning rate"
+        )
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
     os.replace(tmp, path)
+
+
+def _check_state(path: Path, state: Any) -> dict[str, Any]:
+    """The structure every checkpoint has: a dict with a ``model`` state dict of tensors, a
+    non-negative integer ``step`` and, when present, an ``optimizer`` state dict."""
+    if not isinstance(state, dict):
+        raise RunError(f"{path}: not a checkpoint (holds a {type(state).__name__}, not a dict)")
+    missing = [k for k in ("model", "step") if k not in state]
+    if missing:
+        raise RunError(f"{path}: not a checkpoint (no {', '.join(missing)}; keys: {sorted(map(str, state))})")
+    model = state["model"]
+    if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        raise RunError(f"{path}: 'model' is not a state dict of tensors")
+    bad = [k for k, v in model.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise RunError(f"{path}: weights {bad[0]!r} hold NaN or infinite values")
+    step = state["step"]
+    if isinstance(step, torch.Tensor) and step.numel() == 1:
+        step = step.item()
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise RunError(f"{path}: 'step' is {step!r}, not a non-negative integer")
+    if "optimizer" in state and not isinstance(state["optimizer"], dict):
+        raise RunError(f"{path}: 'optimizer' is not a state dict")
+    return {**state, "step": step}
 
 
 def _load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
@@ -104,9 +139,30 @@ def _load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint gets the same message
-        raise RunError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise RunError(f"{path}: unreadable checkpoint ({type(e).__name__}: {why})") from None
+    return _check_state(path, state)
+
+
+def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """``module.load_state_dict(state)``, with a mismatch of names, shapes or dtypes refused
+    in one line naming ``path`` before anything is copied."""
+    own = module.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or extra:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
+        raise RunError(f"{path}: weights do not fit the configuration ({what})")
+    for k, v in own.items():
+        if state[k].shape != v.shape:
+            raise RunError(
+                f"{path}: weights do not fit the configuration ({k} is {tuple(state[k].shape)}, "
+                f"the model's {tuple(v.shape)})"
+            )
+        if state[k].dtype != v.dtype:
+            raise RunError(f"{path}: {k} is {state[k].dtype}, the model's {v.dtype}")
+    module.load_state_dict(state)
 
 
 def load_run(
@@ -131,12 +187,11 @@ def load_run(
     if state is None:
         raise RunError(f"{run_dir}: no {CHECKPOINT} (has the run started?)")
     model = build(config)
-    try:
-        model.load_state_dict(state["model"])
-    except (KeyError, RuntimeError) as e:
-        raise RunError(f"{run_dir / CHECKPOINT}: weights do not fit the configuration ({e})") from None
-    meta = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
-    meta["step"] = int(state.get("step", 0))
+    load_weights(model, state["model"], run_dir / CHECKPOINT)
+    meta = _read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
+    if not isinstance(meta, dict):
+        raise RunError(f"{run_dir / 'run.json'}: not a JSON object")
+    meta["step"] = state["step"]
     return model.to(device).eval(), meta
 
 
@@ -145,12 +200,42 @@ def load_vae(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") 
     return load_run(run_dir, VAEConfig, VAE, device=device)
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``. A half-written last line (a run killed mid-write) is
+    dropped with a warning; a malformed line before it is refused, naming the line."""
+    import warnings
+
+    lines = path.read_text().splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("no integer 'step'")
+        except ValueError as e:
+            if i == len(lines) - 1:
+                warnings.warn(f"{path}: dropped a half-written last line ({e})", stacklevel=2)
+                break
+            raise RunError(f"{path}: line {i + 1} is not a metrics record ({e})") from None
+        records.append(record)
+    return records
+
+
 def _trim_metrics(run_dir: Path, step: int) -> None:
     path = run_dir / METRICS
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    _atomic_write_text(path, "".join(line + "\n" for line in keep))
+    keep = [r for r in read_metrics(path) if r["step"] <= step]
+    _atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
 
 
 def prepare_run(
@@ -182,16 +267,36 @@ def restore(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
     """Load the run's checkpoint (if any) into ``model`` and ``optimizer``; return its step.
 
     With ``trim``, metrics logged after the checkpoint (by a run killed before its next one)
-    are dropped, so that the resumed run logs them again exactly once."""
+    are dropped (all of them when there is no checkpoint yet), so that the resumed run logs them
+    again exactly once."""
     state = _load_checkpoint(run_dir)
-    if state is None:
-        return 0
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    step = int(state["step"])
+    step = 0
+    if state is not None:
+        path = run_dir / CHECKPOINT
+        if "optimizer" not in state:
+            raise RunError(f"{path}: no optimizer state to resume from")
+        load_weights(model, state["model"], path)
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise RunError(f"{path}: optimizer state does not fit the model ({e})") from None
+        step = state["step"]
     if trim:
         _trim_metrics(run_dir, step)
     return step
+
+
+def check_finite(step: int, run_dir: Path, **values: float | torch.Tensor) -> None:
+    """Stop training at a non-finite loss or gradient, before it reaches the weights or a
+    checkpoint: the last good checkpoint stays."""
+    for name, value in values.items():
+        if not bool(torch.isfinite(torch.as_tensor(value)).all()):
+            kept = _load_checkpoint(run_dir)
+            where = f"the checkpoint of step {kept['step']} is kept" if kept else "no checkpoint was written"
+            raise RunError(
+                f"step {step}: the {name} is not finite; training stopped ({where}): lower the learning rate "
+                "or check the data"
+            )
 
 
 def fit(
@@ -236,6 +341,7 @@ def fit(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+            check_finite(step + 1, run_dir, loss=loss, gradient=grad_norm)
             opt.step()
             done = step + 1
             if done % log_every == 0 or done == steps:

@@ -63,6 +63,7 @@ class VAEConfig(JsonConfig):
     clip_norm: float = 5.0
 
     def __post_init__(self) -> None:
+        self.check_numbers()
         if self.kind not in ("source", "kappa"):
             raise ValueError(f"kind must be 'source' or 'kappa', got {self.kind!r}")
         if self.pixels % (2**self.levels):

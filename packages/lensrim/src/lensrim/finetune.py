@@ -84,6 +84,7 @@ class FineTuneConfig(JsonConfig):
     """Draws differentiated together (memory: one weight copy per draw)."""
 
     def __post_init__(self) -> None:
+        self.check_numbers()
         for name in ("ewc_lambda", "latent_sigma", "target_chi2_nu", "max_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")

@@ -111,6 +111,7 @@ class RIMConfig(JsonConfig):
     hundreds of steps to unlearn (each weight moves about one learning rate per step)."""
 
     def __post_init__(self) -> None:
+        self.check_numbers()
         if self.init not in ("torch", "glorot"):
             raise ValueError(f"init must be torch or glorot, got {self.init!r}")
         if self.gradient_preprocessing not in ("adam", "rmsprop", "raw"):

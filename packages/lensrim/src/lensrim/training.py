@@ -29,6 +29,7 @@ from lensprior.training import (
     RunError,
     _init,
     _load_checkpoint,
+    check_finite,
     load_run,
     prepare_run,
     restore,
@@ -475,16 +476,24 @@ def train_rim(
             opt.step()
             done = step + 1
             # per-step figures stay on the device until the next log step: no synchronisation
-            history.append(torch.stack([loss.detach(), per_example["chi2_nu"].median()]))
+            history.append(torch.stack([loss.detach(), per_example["chi2_nu"].median(), grad_norm.detach()]))
             terms: dict[str, Any] = {"step": done}
             log_now = done % log_every == 0 or done == steps
+            save_now = done % checkpoint_every == 0 or done == steps
+            if log_now or save_now:  # a non-finite loss or gradient never reaches a checkpoint
+                # (every rank: the all-reduced gradient is non-finite on all of them at once)
+                recent = torch.stack(history)
+                check_finite(done, run_dir, loss=recent[:, 0], gradient=recent[:, 2])
             if log_now:  # every rank: the summary gathers the whole global batch
                 terms.update(_summary(_gather(_with_reference(per_example, batch), world)))
+                # one batch's median jumps by orders of magnitude between lenses: the median
+                # over the steps since the last log is the figure to watch
+                terms["chi2_nu_window"] = float(torch.stack(history)[:, 1].median())
             if rank == 0 and log_now:
                 now = time.perf_counter()
                 speed = len(history) / max(now - clock, 1e-9)
                 if writer is not None:  # this process's share of each step's batch
-                    for i, (value, chi2) in enumerate(torch.stack(history).tolist()):
+                    for i, (value, chi2, _) in enumerate(torch.stack(history).tolist()):
                         writer.add_scalar("train/loss", value, done - len(history) + 1 + i)
                         writer.add_scalar("train/chi2_nu", chi2, done - len(history) + 1 + i)
                 terms.update(lr=config.learning_rate_at(step), grad_norm=float(grad_norm))
@@ -506,7 +515,7 @@ def train_rim(
                 clock = time.perf_counter()
             if log_now:
                 history.clear()
-            if rank == 0 and (done % checkpoint_every == 0 or done == steps):
+            if rank == 0 and save_now:
                 save_checkpoint(run_dir, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done})
             if progress is not None and rank == 0:
                 progress(done, terms)
