@@ -14,7 +14,7 @@ pytestmark = requires_lens
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "quick"
-    proc = run("demo", "--preset", "quick", "-o", out, "--seed", 3)
+    proc = run("demo", "--preset", "quick", "-o", out, "--seed", 3, "--threads", 2)
     return out, proc
 
 
@@ -65,17 +65,22 @@ def test_quick_demo_runs_the_whole_pipeline_and_reports(demo_dir):
 
 
 def test_running_again_resumes_and_reuses_every_stage(demo_dir):
-    out, _ = demo_dir
-    files = [out / "lenses-train.h5", out / "recon.h5", out / "rim" / "checkpoint.pt"]
+    out, first = demo_dir
+    files = [out / "lenses-train.h5", out / "recon.h5", out / "rim" / "checkpoint.pt", out / "adam.pt"]
     stamps = {p: p.stat().st_mtime_ns for p in files}
-    again = run("demo", "--preset", "quick", "-o", out, "--seed", 3)
-    assert "report:" in again.stdout
+    report = {p.name: p.read_bytes() for p in (out / "report").iterdir() if p.suffix in (".json", ".html")}
+    assert "(about " in first.stdout and "on 2 CPU cores" in first.stdout  # each stage's ETA
+    again = run("demo", "--preset", "quick", "-o", out, "--seed", 3)  # threads: the first call's
+    assert "report:" in again.stdout and again.stdout.count("finished before") == 7
+    # nothing recomputed (the Adam reference included), the same report to the byte
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    assert report == {p: (out / "report" / p).read_bytes() for p in report}
+    assert (out / "threads.txt").read_text().strip() == "2"
 
 
 def test_same_seed_same_reconstruction(demo_dir, tmp_path):
     out, _ = demo_dir
-    run("demo", "--preset", "quick", "-o", tmp_path / "again", "--seed", 3)
+    run("demo", "--preset", "quick", "-o", tmp_path / "again", "--seed", 3, "--threads", 2)
     fields = ["source_pred", "kappa_pred", "chi2_nu"]
     a = lenssim.read_dataset(out / "recon.h5", fields)
     b = lenssim.read_dataset(tmp_path / "again" / "recon.h5", fields)

@@ -48,6 +48,7 @@ def test_finetune_resumes_after_a_kill_and_evaluate_writes_the_report(models, tm
     whole = tmp_path / "whole.h5"
     out = run(*finetune_args(models, models / "lenses.h5", whole, "--batch-size", 2))
     assert "fine-tuned" in out.stdout
+    assert "fine-tuning cost here: Fisher" in out.stderr and "for all 3 batches" in out.stderr
     fields = ["source_pred", "kappa_pred", "chi2_nu", "chi2_nu_baseline", "finetune_steps", "source", "kappa"]
     d = lenssim.read_dataset(whole, fields)
     assert d["source_pred"].shape == (5, 1, 32, 32)

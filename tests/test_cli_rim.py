@@ -13,10 +13,15 @@ pytestmark = requires_lens
 def test_train_resume_and_reconstruct(tmp_path):
     run("simulate", "lenses", "--kappa", "sie", "--sources", "sersic", "-n", 4, "-o", tmp_path / "lenses.h5")
     common = ["--data", tmp_path / "lenses.h5", "--preset", "small", "--batch-size", 1, "--log-every", 1]
-    run("train", "rim", *common, "--steps", 3, "-o", tmp_path / "whole")
+    out = run("train", "rim", *common, "--steps", 5, "-o", tmp_path / "whole")
+    # in a log (not a terminal) too: where it goes, what it will cost, the progress bar
+    assert "training to step 5, from step 0" in out.stderr
+    assert "s per step here: the 1 left take about" in out.stderr and "training RIM: 100%" in out.stderr
+    assert "chi2_nu(median)" in out.stderr
+    out = run("train", "rim", *common, "--steps", 3, "-o", tmp_path / "whole3")
     run("train", "rim", *common, "--steps", 2, "--checkpoint-every", 1, "-o", tmp_path / "part")
     run("train", "rim", *common, "--steps", 3, "-o", tmp_path / "part")
-    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["model"]
+    a = torch.load(tmp_path / "whole3" / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(x)["step"] for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]

@@ -1,5 +1,6 @@
 """`lens simulate` end to end: files, determinism, shards, resume after a kill, one-line errors."""
 
+import re
 import signal
 import subprocess
 import time
@@ -31,13 +32,37 @@ def test_kappa_and_sources_files(inputs):
     assert s["source"].shape == (6, 1, 128, 128) and float(s["source"].max()) == 1.0
 
 
+def test_pixels_option_and_empty_split_warning(tmp_path):
+    out = run("simulate", "kappa", "--synthetic", 2, "--maps-per-halo", 1, "--pixels", 32, "-o", tmp_path / "k.h5")
+    # 2 halos at the default test fraction 0.1: the test split is empty, and the user is told
+    assert "test split" in out.stderr and "empty" in out.stderr and "--test-fraction" in out.stderr
+    run("simulate", "sources", "--synthetic", 4, "--pixels", 32, "--test-fraction", 0.5, "-o", tmp_path / "s.h5")
+    k = lenssim.read_dataset(tmp_path / "k.h5", ["kappa", "split"])
+    s = lenssim.read_dataset(tmp_path / "s.h5", ["source", "split"])
+    assert k["kappa"].shape == (2, 1, 32, 32) and (k["split"] == 0).all()
+    assert s["source"].shape == (4, 1, 32, 32) and sorted(set(s["split"].tolist())) == [0, 1]
+    # the same angle is covered: the 32^2 stamp config is the 128^2 one scaled by 4
+    cfg = lenssim.sources.SourceStampConfig.at_resolution(32)
+    full = lenssim.sources.SourceStampConfig()
+    assert cfg.pixels * cfg.pixel_scale == pytest.approx(full.pixels * full.pixel_scale)
+    kc = lenssim.KappaMapConfig.at_resolution(32)
+    assert kc.pixel_scale * 32 == pytest.approx(7.69) and (kc.render_pixels - 32) % 2 == 0
+    assert abs(kc.render_pixels / 32 - 188 / 128) < 2 / 32
+    run("simulate", "lenses", "--kappa", tmp_path / "k.h5", "--sources", tmp_path / "s.h5", "--split", "all",
+        "--pixels", 32, "-n", 2, "-o", tmp_path / "l.h5")  # fmt: skip
+    assert lenssim.read_lens_dataset(tmp_path / "l.h5")["observation"].shape == (2, 1, 32, 32)
+
+
 def test_lenses_from_files_same_seed_same_bytes(inputs, tmp_path):
     for name in ("a", "b"):
         out = run(
             "simulate", "lenses", "--kappa", inputs / "kappa.h5", "--sources", inputs / "sources.h5",
             "-n", 5, "--split", "all", "--block-size", 2, "-o", tmp_path / f"{name}.h5", "--seed", 3,
         )  # fmt: skip
-        assert "accepted" in out.stdout and "rejections" in out.stdout
+        # every drawn lens is accounted for in the printed counts
+        m = re.search(r"(\d+) lenses kept of (\d+) drawn \((\d+) rejected, (\d+) accepted beyond", out.stdout)
+        kept, drawn, rejected, surplus = map(int, m.groups())
+        assert kept == 5 and kept + rejected + surplus == drawn
     assert (tmp_path / "a.h5").read_bytes() == (tmp_path / "b.h5").read_bytes()
     d = lenssim.read_lens_dataset(tmp_path / "a.h5")
     model = lenssim.lens_image(d["source"], d["kappa"], psf=d["psf"])

@@ -1,6 +1,7 @@
 import click
 import pytest
 import torch
+from click.testing import CliRunner
 
 from lens_cli.common import one_line_errors, resolve_device
 
@@ -36,3 +37,58 @@ def test_help_does_not_wait_for_torch():
     code += "print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400"])
+def test_finite_float_options_refuse_nan_and_infinity(value):
+    from lens_cli.common import FiniteFloat
+
+    @click.command()
+    @click.option("--rate", type=FiniteFloat())
+    def cmd(rate):
+        click.echo(rate)
+
+    result = CliRunner().invoke(cmd, ["--rate", value])
+    assert result.exit_code == 2 and "is not a finite number" in result.output
+    assert CliRunner().invoke(cmd, ["--rate", "0.5"]).output == "0.5\n"
+
+
+def test_durations_read_as_a_person_would_say_them():
+    from lens_cli.common import duration
+
+    assert [duration(s) for s in (40, 720, 3.5 * 3600, 3 * 86400)] == ["40 s", "12 min", "3.5 h", "3.0 days"]
+
+
+def test_cost_estimate_prints_once_from_the_steps_after_the_first(capsys, monkeypatch):
+    from lens_cli import common
+
+    # times after each step: the first step's warm-up happened before the first call; 2 s per step after it
+    clock = iter([100.0, 102.0, 104.0, 106.0, 108.0])
+    monkeypatch.setattr(common.time, "perf_counter", lambda: next(clock))
+    estimate = common.CostEstimate(1000, "step", "--steps sets fewer", after=3)
+    for done in range(1, 6):
+        estimate(done)
+    err = capsys.readouterr().err
+    assert err.count("s per step") == 1
+    assert "2 s per step here: the 996 left take about 33 min (--steps sets fewer)" in err
+
+
+def test_idle_cores_leaves_out_a_core_another_job_keeps_busy():
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from lens_cli.main import idle_cores
+
+    cores = len(os.sched_getaffinity(0))
+    assert 1 <= idle_cores(0.2) <= cores
+    if cores < 2:
+        pytest.skip("needs two cores")
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert idle_cores(1.0) <= cores - 1
+    finally:
+        busy.kill()
+        busy.wait()

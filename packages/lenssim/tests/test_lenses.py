@@ -55,6 +55,9 @@ def test_simulate_sie_lenses_is_reproducible_and_accepted():
     a = lenssim.simulate_sie_lenses(5, generator=torch.Generator().manual_seed(3), **kw)
     b = lenssim.simulate_sie_lenses(5, generator=torch.Generator().manual_seed(3), **kw)
     assert len(a) == 5 and a.tried >= 5
+    # every drawn lens is accounted for: kept, rejected, or accepted beyond the 5 asked for
+    assert a.tried == len(a) + a.rejected_lenses + a.surplus
+    assert a.surplus < 4 and max(a.rejected.values(), default=0) <= a.rejected_lenses <= sum(a.rejected.values())
     for k in lenssim.LENS_FIELDS:
         assert torch.equal(getattr(a, k), getattr(b, k))
     assert a.observation.shape == (5, 1, 128, 128) and a.psf.shape == (5, 1, 21, 21)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +15,72 @@ import click
 
 if TYPE_CHECKING:
     import torch
+    from tqdm import tqdm
+
+LOG_INTERVAL = 20.0
+"""Seconds between progress lines when stderr is not a terminal (a log file, a batch job)."""
+
+
+def progress_bar(*, enabled: bool = True, **kwargs) -> tqdm:
+    """A tqdm bar that shows on a terminal and, every LOG_INTERVAL seconds, in logs too."""
+    from tqdm.auto import tqdm
+
+    tty = sys.stderr.isatty()
+    return tqdm(**kwargs, disable=not enabled, mininterval=0.1 if tty else LOG_INTERVAL)
+
+
+def refresh_when_due(bar: tqdm) -> None:
+    """Redraw ``bar`` (after a postfix change without an update) once its interval has passed."""
+    if not bar.disable and time.time() - bar.last_print_t >= bar.mininterval:
+        bar.refresh()
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` as a human reads a cost: 40 s, 12 min, 3.5 h, 2.1 days."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+class CostEstimate:
+    """Print, once, what ``total`` units will take at the speed of the first few (the very
+    first, which warms caches up, is left out): ``estimate(done)`` after each unit."""
+
+    def __init__(self, total: int, what: str, hint: str = "", *, after: int = 3) -> None:
+        self.total, self.what, self.hint, self.after = total, what, hint, after
+        self.start: tuple[int, float] | None = None
+        self.done = False
+
+    def __call__(self, done: int) -> None:
+        if self.done:
+            return
+        now = time.perf_counter()
+        if self.start is None:
+            self.start = (done, now)
+            return
+        first, t0 = self.start
+        if done - first >= self.after or done >= self.total:
+            self.done = True
+            per = (now - t0) / max(done - first, 1)
+            left = max(self.total - done, 0)
+            line = f"{per:.3g} s per {self.what} here: the {left} left take about {duration(per * left)}"
+            click.echo(line + (f" ({self.hint})" if self.hint else ""), err=True)
+
+
+class FiniteFloat(click.FloatRange):
+    """``click.FloatRange`` that also refuses NaN and infinity (which pass its bounds checks)."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 def resolve_device(name: str) -> torch.device:
@@ -69,6 +138,15 @@ def one_line_errors(f: Callable) -> Callable:
             raise click.ClickException(msg) from None
 
     return wrapper
+
+
+def other_resolution(where: str, n: int, pixels: int) -> str:
+    """The message for data at another resolution than the model, with the two ways around it."""
+    return (
+        f"{where}: maps are {n} pixels wide, the RIM expects {pixels}: simulate at its resolution "
+        f"(`lens simulate lenses --pixels {pixels}`), or give the observation as FITS, which is resampled onto "
+        "the model's grid"
+    )
 
 
 def atomic_path(path: Path) -> Path:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 import click
 import numpy as np
-from tqdm.auto import tqdm
 
 from lens_cli.common import (
+    FiniteFloat,
     device_option,
+    duration,
     one_line_errors,
+    other_resolution,
+    progress_bar,
+    refresh_when_due,
     refuse_overwriting_inputs,
     resolve_device,
     seed_option,
@@ -60,7 +64,7 @@ def load_observations(path: Path, *, pixels: int, image_fov: float, source_fov: 
     data = lenssim.read_dataset(path, wanted, required_attrs=("image_fov", "source_fov", "z_lens", "z_source"))
     n = data["observation"].shape[-1]
     if n != pixels:
-        raise click.BadParameter(f"{path}: maps are {n} pixels wide, the RIM expects {pixels}", param_hint="--data")
+        raise click.BadParameter(other_resolution(str(path), n, pixels), param_hint="--data")
     if (data["noise_sigma"] <= 0).any():
         raise click.BadParameter(f"{path}: noise_sigma has non-positive values", param_hint="--data")
     data["attrs"].pop("manifest", None)
@@ -79,8 +83,9 @@ def finetune_to_file(
 
     n, dev, out_attrs = data["observation"].shape[0], device, attrs
     ifov, sfov = float(attrs["image_fov"]), float(attrs["source_fov"])
-    interval = 0.1 if sys.stderr.isatty() else 20.0  # in logs too, every 20 s
-    with tqdm(total=n, desc="fine-tuning", unit="lens", mininterval=interval) as bar:
+    batches = -(-n // batch_size)
+    clock: dict = {}  # the first batch's phase times, for the cost estimate
+    with progress_bar(total=n, desc="fine-tuning", unit="lens") as bar:
 
         def make_block(k: int, count: int, _seedseq) -> dict:
             sl = slice(k * batch_size, k * batch_size + count)
@@ -88,7 +93,23 @@ def finetune_to_file(
             gens = [step_generator(seed, i, 7) for i in range(sl.start, sl.stop)]
 
             def stage(name, done, total):
-                bar.set_postfix_str(f"lenses {sl.start}-{sl.stop - 1}: {name} {done}/{total}", refresh=interval < 1)
+                bar.set_postfix_str(f"lenses {sl.start}-{sl.stop - 1}: {name} {done}/{total}", refresh=False)
+                refresh_when_due(bar)  # in logs too, while the lens count stands still
+                now = time.perf_counter()
+                clock.setdefault(name, now)
+                if name == "optimise" and done == min(3, total) and "said" not in clock:
+                    clock["said"] = True
+                    fisher = clock["optimise"] - clock["fisher"]
+                    per_step = (now - clock["optimise"]) / done
+                    per_batch = fisher + per_step * total
+                    click.echo(
+                        f"fine-tuning cost here: Fisher {duration(fisher)} ({cfg.fisher_samples} draws per lens), "
+                        f"{per_step:.3g} s per step; up to {cfg.max_steps} steps make about {duration(per_batch)} per "
+                        f"batch of {count}, {duration(per_batch * batches)} for all {batches} batches (an early stop "
+                        f"at chi2_nu <= {cfg.target_chi2_nu:g} ends a batch sooner; --max-steps and --fisher-samples "
+                        "set fewer)",
+                        err=True,
+                    )
 
             res = lensrim.finetune(
                 model, svae, kvae, data["observation"][sl].to(dev), data["psf"][sl].to(dev), noise.to(dev), cfg,
@@ -127,28 +148,28 @@ def finetune_to_file(
     "ewc_lambda",
     default=2e5,
     show_default=True,
-    type=click.FloatRange(0),
+    type=FiniteFloat(0),
     help="EWC strength: penalty (lambda/2) sum F (phi - phi*)^2 beside the mean chi2_nu (Table 3's units).",
 )
 @click.option("--fisher-samples", default=200, show_default=True, type=click.IntRange(1), help="VAE draws per lens.")
-@click.option("--latent-sigma", default=0.3, show_default=True, type=click.FloatRange(0), help="Latent draw width.")
+@click.option("--latent-sigma", default=0.3, show_default=True, type=FiniteFloat(0), help="Latent draw width.")
 @click.option(
     "--learning-rate",
     default=1e-6,
     show_default=True,
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteFloat(0, min_open=True),
     help="RMSProp learning rate (Keras' rho 0.9, epsilon 1e-7).",
 )
 @click.option("--max-steps", default=2000, show_default=True, type=click.IntRange(0), help="RMSProp steps at most.")
-@click.option("--target-chi2", default=1.0, show_default=True, type=click.FloatRange(0), help="Early stop chi2_nu.")
+@click.option("--target-chi2", default=1.0, show_default=True, type=FiniteFloat(0), help="Early stop chi2_nu.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Lenses fine-tuned together.")
 @click.option("--fisher-chunk", default=8, show_default=True, type=click.IntRange(1), help="Draws per Fisher pass.")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N lenses of the dataset.")
-@click.option("--image-fov", type=click.FloatRange(0, min_open=True), help="FITS: model field (default: the RIM's).")
-@click.option("--pixel-scale", type=click.FloatRange(0, min_open=True), help="FITS: arcsec per pixel (else header).")
-@click.option("--psf-fwhm", type=click.FloatRange(0, min_open=True), help="FITS: Gaussian PSF FWHM, arcsec.")
-@click.option("--noise-sigma", type=click.FloatRange(0, min_open=True), help="FITS: noise sigma, image units.")
-@click.option("--flux-scale", type=click.FloatRange(0, min_open=True), help="FITS: divide by this (default: peak).")
+@click.option("--image-fov", type=FiniteFloat(0, min_open=True), help="FITS: model field (default: the RIM's).")
+@click.option("--pixel-scale", type=FiniteFloat(0, min_open=True), help="FITS: arcsec per pixel (else header).")
+@click.option("--psf-fwhm", type=FiniteFloat(0, min_open=True), help="FITS: Gaussian PSF FWHM, arcsec.")
+@click.option("--noise-sigma", type=FiniteFloat(0, min_open=True), help="FITS: noise sigma, image units.")
+@click.option("--flux-scale", type=FiniteFloat(0, min_open=True), help="FITS: divide by this (default: peak).")
 @seed_option
 @device_option
 @one_line_errors

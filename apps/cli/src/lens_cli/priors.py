@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import click
-from tqdm.auto import tqdm
 
 from lens_cli.common import (
+    FiniteFloat,
     device_option,
     one_line_errors,
+    progress_bar,
     refuse_overwriting_inputs,
     resolve_device,
     run_dir_option,
@@ -48,9 +49,7 @@ def train() -> None:
 @click.option("--batch-size", type=click.IntRange(1), help="Minibatch size (default: the table's, 20 or 32).")
 @click.option("--latent-dim", type=click.IntRange(1), help="Latent dimension (default 32 or 16).")
 @click.option("--filters", type=click.IntRange(1), help="Filters at the first level (default 16).")
-@click.option(
-    "--learning-rate", type=click.FloatRange(0, min_open=True), help="Initial Adam learning rate (default 1e-4)."
-)
+@click.option("--learning-rate", type=FiniteFloat(0, min_open=True), help="Initial Adam learning rate (default 1e-4).")
 @click.option(
     "--split",
     default="train",
@@ -98,24 +97,24 @@ def train_vae(
     with h5py.File(data_path, "r") as f:
         attrs = {k: float(f.attrs[k]) for k in _DATA_ATTRS if k in f.attrs}
     meta = {"kind": kind, "data": str(data_path), "data_attrs": attrs, "n_train": int(data.shape[0]), "preset": preset}
-    with tqdm(total=config.steps, desc=f"training {kind} VAE", unit="step", disable=None) as bar:
+    with progress_bar(total=config.steps, desc=f"training {kind} VAE", unit="step") as bar:
 
         def progress(done, terms):
-            bar.n = done
             bar.set_postfix(loss=f"{terms['loss']:.3g}", refresh=False)
-            bar.refresh()
+            bar.update(done - bar.n)
 
         model = lensprior.train_vae(
             config, data, output, seed=seed, device=dev, checkpoint_every=checkpoint_every, log_every=log_every,
             validation=validation, metadata=meta, progress=progress,
         )  # fmt: skip
     from lens_cli.figures import samples_beside_data
+    from lensprior.training import read_metrics
 
     with torch.no_grad():
         samples = model.sample(6, generator=torch.Generator().manual_seed(seed)).cpu()
     fig = samples_beside_data(output / "samples.png", data[:6], samples, log10=(kind == "kappa"))
-    last = (output / "metrics.jsonl").read_text().splitlines()[-1]
-    click.echo(f"trained {output} to step {config.steps}: {json.loads(last)}; figure {fig}")
+    last = read_metrics(output / "metrics.jsonl")[-1]
+    click.echo(f"trained {output} to step {config.steps}: {last}; figure {fig}")
 
 
 @train.command("denoiser")
@@ -132,21 +131,21 @@ def train_vae(
     "--noise-min",
     default=0.01,
     show_default=True,
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteFloat(0, min_open=True),
     help="Training noise sigma range, in units of the stamp's peak.",
 )
 @click.option(
     "--noise-max",
     default=0.25,
     show_default=True,
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteFloat(0, min_open=True),
     help="Upper end of the training noise sigma range (stamp peak units).",
 )
 @click.option(
     "--highpass",
     default=3.0,
     show_default=True,
-    type=click.FloatRange(0),
+    type=FiniteFloat(0),
     help="Remove only noise structure below this scale (pixels), so fluxes are kept; 0: any scale.",
 )
 @click.option(
@@ -162,12 +161,11 @@ def train_denoiser(data_path, output, steps, noise_min, noise_max, highpass, che
     dev = resolve_device(device)
     config = lensprior.DenoiserConfig(steps=steps, noise_min=noise_min, noise_max=noise_max, highpass=highpass)
     clean = lensprior.load_field(data_path, "source", split="train")
-    with tqdm(total=steps, desc="training denoiser", unit="step", disable=None) as bar:
+    with progress_bar(total=steps, desc="training denoiser", unit="step") as bar:
 
         def progress(done, terms):
-            bar.n = done
             bar.set_postfix(error=f"{terms['error']:.3g}", refresh=False)
-            bar.refresh()
+            bar.update(done - bar.n)
 
         lensprior.train_denoiser(
             config, clean, output, seed=seed, device=dev, checkpoint_every=checkpoint_every,
@@ -203,7 +201,7 @@ def sample(run_dir, n_samples, output, batch_size, seed, device) -> None:
     kind = model.config.kind
     g = torch.Generator().manual_seed(seed)
     out = []
-    with tqdm(total=n_samples, desc=f"sampling {kind}", unit=kind, disable=None) as bar:
+    with progress_bar(total=n_samples, desc=f"sampling {kind}", unit=kind) as bar:
         for start in range(0, n_samples, batch_size):
             count = min(batch_size, n_samples - start)
             out.append(model.sample(count, generator=g).cpu())

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 
 import click
-from tqdm.auto import tqdm
 
 from lens_cli.common import (
+    CostEstimate,
+    FiniteFloat,
     device_option,
     one_line_errors,
+    other_resolution,
+    progress_bar,
     refuse_overwriting_inputs,
     resolve_device,
     run_dir_option,
@@ -51,7 +53,7 @@ def _distributed(device: str):
     "--vae-fraction",
     default=0.5,
     show_default=True,
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     help="With --data and VAEs: the share of each batch simulated from VAE draws.",
 )
 @run_dir_option
@@ -64,7 +66,7 @@ def _distributed(device: str):
 )
 @click.option("--steps", type=click.IntRange(1), help="Training steps (default: the preset's).")
 @click.option("--batch-size", type=click.IntRange(1), help="Global minibatch (all processes together).")
-@click.option("--learning-rate", type=click.FloatRange(0, min_open=True), help="Initial Adamax learning rate.")
+@click.option("--learning-rate", type=FiniteFloat(0, min_open=True), help="Initial Adamax learning rate.")
 @click.option(
     "--validation",
     "val_path",
@@ -160,6 +162,7 @@ def train_rim(
     import lensprior
     import lensrim
     import lenssim
+    from lensprior.training import read_metrics
     from lensrim.training import DatasetBatches, SimulatedBatches
 
     dev, rank, world = _distributed(device)
@@ -270,16 +273,22 @@ def train_rim(
     config = replace(config, initial_log10_kappa=offset)
     fovs = {k: float(train_attrs[k]) for k in ("image_fov", "source_fov") if k in train_attrs}
     meta = {**source, **fovs, "preset": preset, "world_size": world}
-    with tqdm(total=config.train_steps, desc="training RIM", unit="step", disable=None if rank == 0 else True) as bar:
+    start = lensrim.training.checkpoint_step(output) or 0
+    if rank == 0 and start < config.train_steps:
+        default = " (the preset's; --steps sets fewer)" if steps is None and not second_stage else ""
+        click.echo(f"training to step {config.train_steps:,}{default}, from step {start:,}", err=True)
+    estimate = CostEstimate(config.train_steps, "step", "--steps sets fewer; on a GPU: --device cuda")
+    bar = progress_bar(total=config.train_steps, initial=start, desc="training RIM", unit="step", enabled=rank == 0)
+    with bar:
 
         def progress(done, terms):
-            bar.n = done
-            if "loss" in terms:  # a log step
-                post = {"loss": f"{terms['loss']:.3g}", "chi2_nu(med)": f"{terms['chi2_nu']:.3g}"}
+            estimate(done)
+            if "loss" in terms:  # a log step: the median chi2_nu over the steps since the last one
+                post = {"loss": f"{terms['loss']:.3g}", "chi2_nu(median)": f"{terms['chi2_nu_window']:.3g}"}
                 if "val_log10_loss" in terms:
                     post["val log10"] = f"{terms['val_log10_loss']:.2f} (const {terms['val_constant_log10_loss']:.2f})"
                 bar.set_postfix(post, refresh=False)
-            bar.refresh()
+            bar.update(done - bar.n)
 
         lensrim.train_rim(
             config, batches, output, seed=seed, device=dev, checkpoint_every=checkpoint_every, log_every=log_every,
@@ -287,7 +296,7 @@ def train_rim(
             progress=progress,
         )  # fmt: skip
     if rank == 0:
-        last = json.loads((output / "metrics.jsonl").read_text().splitlines()[-1])
+        last = read_metrics(output / "metrics.jsonl")[-1]
         line = f"trained {output} to step {config.train_steps}: loss {last['loss']:.4g}"
         for prefix, name in (("val_", "validation"), ("ext_", "external")):
             if prefix + "log10_loss" in last:
@@ -331,11 +340,11 @@ def reconstruct(run_dir, data_path, output, batch_size, seed, device) -> None:
     data = lenssim.read_lens_dataset(data_path)
     n = data["observation"].shape[-1]
     if n != model.config.pixels:
-        raise click.BadParameter(f"{data_path}: maps are {n} pixels wide, the RIM expects {model.config.pixels}")
+        raise click.BadParameter(other_resolution(str(data_path), n, model.config.pixels), param_hint="--data")
     attrs = data["attrs"]
     preds_s, preds_k, chi2 = [], [], []
     total = data["observation"].shape[0]
-    with tqdm(total=total, desc="reconstructing", unit="lens", disable=None) as bar, torch.no_grad():
+    with progress_bar(total=total, desc="reconstructing", unit="lens") as bar, torch.no_grad():
         for i in range(0, total, batch_size):
             sl = slice(i, i + batch_size)
             physics = lensrim.LensingPhysics(

@@ -6,11 +6,12 @@ import re
 from pathlib import Path
 
 import click
-from tqdm.auto import tqdm
 
 from lens_cli.common import (
+    FiniteFloat,
     device_option,
     one_line_errors,
+    progress_bar,
     refuse_overwriting_inputs,
     resolve_device,
     seed_option,
@@ -57,8 +58,29 @@ def _target(output: Path, shard: tuple[int, int]) -> Path:
     return output / f"part-{shard[0] + 1:05d}-of-{shard[1]:05d}.h5"
 
 
+def _warn_empty_split(path: Path, unit: str, option_hint: str) -> None:
+    """Say so when a split came out empty: `simulate lenses --split` on it would fail later."""
+    import h5py
+    import numpy as np
+
+    paths = sorted(path.glob("part-*.h5")) if path.is_dir() else [path]
+    counts = np.zeros(2, dtype=int)
+    for p in paths:
+        with h5py.File(p, "r") as f:
+            if "split" not in f:
+                return
+            counts += np.bincount(f["split"][()].astype(int).clip(0, 1), minlength=2)
+    for name, count in zip(("train", "test"), counts, strict=True):
+        if count == 0:
+            click.echo(
+                f"warning: the {name} split of {path} is empty ({counts.sum()} {unit} in all): "
+                f"`lens simulate lenses --split {name}` cannot draw from it; {option_hint}",
+                err=True,
+            )
+
+
 def _bar(total: int, what: str):
-    return tqdm(total=total, desc=what, unit=what.split()[-1], disable=None)
+    return progress_bar(total=total, desc=what, unit=what.split()[-1])
 
 
 @click.group(short_help="Simulate kappa maps, source images and lenses.")
@@ -98,34 +120,41 @@ def simulate() -> None:
     "--test-fraction",
     default=0.1,
     show_default=True,
-    type=click.FloatRange(0, 1, max_open=True),
+    type=FiniteFloat(0, 1, max_open=True),
     help="Fraction of halos held out (split by halo).",
 )
 @click.option(
     "--theta-e-min",
     default=0.5,
     show_default=True,
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteFloat(0, min_open=True),
     help="Lower end of the uniform Einstein radius range of the rescaled maps, arcsec.",
 )
 @click.option(
     "--theta-e-max",
     default=2.5,
     show_default=True,
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteFloat(0, min_open=True),
     help="Upper end of the Einstein radius range, arcsec.",
 )
 @click.option(
     "--max-shift",
     default=0.3,
     show_default=True,
-    type=click.FloatRange(0),
+    type=FiniteFloat(0),
     help="Largest random shift of a map, arcsec.",
 )
 @click.option(
     "--render-kpc",
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteFloat(0, min_open=True),
     help="Physical side of the 188-pixel render (default: from 7.69\" at z_l). The paper's maps: 105 / h.",
+)
+@click.option(
+    "--pixels",
+    default=128,
+    show_default=True,
+    type=click.IntRange(8, 4096),
+    help='Pixels across each map (the field of view stays 7.69"; the render grid scales with it).',
 )
 @output_option
 @shard_option
@@ -134,7 +163,7 @@ def simulate() -> None:
 @one_line_errors
 def simulate_kappa(
     cutouts, tng_base, snapshot, halo_ids, subhalo_ids, synthetic, maps_per_halo, test_fraction,
-    theta_e_min, theta_e_max, max_shift, render_kpc, output, shard, seed, device,
+    theta_e_min, theta_e_max, max_shift, render_kpc, pixels, output, shard, seed, device,
 ) -> None:  # fmt: skip
     """Convergence maps from particle halos: adaptive KDE (Numba), three projections, augmentation.
 
@@ -176,7 +205,7 @@ def simulate_kappa(
             lenssim.HaloSource(f"synthetic-{seed}-{i}", (lambda i=i: tng.synthetic_particles([seed, i])))
             for i in range(synthetic)
         ]
-    config = lenssim.KappaMapConfig(render_fov_kpc=render_kpc)
+    config = lenssim.KappaMapConfig.at_resolution(pixels, render_fov_kpc=render_kpc)
     target = _target(output, shard)
     from lenssim.io import shard_range
 
@@ -187,6 +216,8 @@ def simulate_kappa(
             max_shift=max_shift, test_fraction=test_fraction, seed=seed, shard=shard, progress=bar.update,
         )  # fmt: skip
     click.echo(f"wrote {path} ({n} maps from {len(shard_range(len(halos), *shard))} halos)")
+    if shard == (0, 1):
+        _warn_empty_split(path, "maps", "use more halos or change --test-fraction (the split is by halo)")
 
 
 @simulate.command("sources")
@@ -203,7 +234,7 @@ def simulate_kappa(
     show_default=True,
     type=click.Choice(["none", "bad_stamp", "bad_fits", "marginal"]),
 )
-@click.option("--min-flux", default=50.0, show_default=True, type=click.FloatRange(0), help="Minimum Sersic-fit flux.")
+@click.option("--min-flux", default=50.0, show_default=True, type=FiniteFloat(0), help="Minimum Sersic-fit flux.")
 @click.option("--parametric", is_flag=True, help="Draw the COSMOS parametric fits instead of the real images.")
 @click.option("--synthetic", type=click.IntRange(1), help="Draw N GalSim synthetic galaxies instead (no download).")
 @click.option(
@@ -211,22 +242,28 @@ def simulate_kappa(
 )
 @click.option(
     "--pixel-scale",
-    default=0.03,
-    show_default=True,
-    type=click.FloatRange(0, min_open=True),
-    help="Arcsec per stamp pixel (the paper's 0.03; 3.0/128 keeps angular sizes).",
+    type=FiniteFloat(0, min_open=True),
+    help="Arcsec per stamp pixel (default: the paper's 0.03 at 128 pixels, 0.03 x 128 / --pixels otherwise; "
+    "3.0/128 keeps angular sizes).",
 )
 @click.option(
     "--test-fraction",
     default=0.1,
     show_default=True,
-    type=click.FloatRange(0, 1, max_open=True),
+    type=FiniteFloat(0, 1, max_open=True),
     help="Fraction of galaxies held out for the test split (split by catalogue galaxy).",
 )
 @click.option(
     "--denoiser",
     type=click.Path(file_okay=False, path_type=Path),
     help="A `lens train denoiser` run to clean every stamp.",
+)
+@click.option(
+    "--pixels",
+    default=128,
+    show_default=True,
+    type=click.IntRange(8, 4096),
+    help="Pixels across each stamp (the angle covered stays the same: stamp, border and shift scale with it).",
 )
 @output_option
 @shard_option
@@ -235,7 +272,7 @@ def simulate_kappa(
 @one_line_errors
 def simulate_sources(
     cosmos_dir, sample, catalog_file, exclusion_level, min_flux, parametric, synthetic, n_sources, pixel_scale,
-    test_fraction, denoiser, output, shard, seed, device,
+    test_fraction, denoiser, pixels, output, shard, seed, device,
 ) -> None:  # fmt: skip
     """Source images: COSMOS galaxies through GalSim, or GalSim synthetic galaxies.
 
@@ -248,7 +285,7 @@ def simulate_sources(
     dev = resolve_device(device)
     if (cosmos_dir is None) == (synthetic is None):
         raise click.UsageError("give exactly one of --cosmos-dir or --synthetic")
-    stamp = SourceStampConfig(pixel_scale=pixel_scale)
+    stamp = SourceStampConfig.at_resolution(pixels, **({} if pixel_scale is None else {"pixel_scale": pixel_scale}))
     cosmos = None
     if cosmos_dir is not None:
         cosmos = CosmosSources(
@@ -279,6 +316,8 @@ def simulate_sources(
             denoise=denoise, provenance=provenance, progress=bar.update,
         )  # fmt: skip
     click.echo(f"wrote {path}" + (f" (denoised with {denoiser})" if denoiser else ""))
+    if shard == (0, 1):
+        _warn_empty_split(path, "stamps", "draw more galaxies or change --test-fraction")
 
 
 @simulate.command("lenses")
@@ -363,5 +402,9 @@ def simulate_lenses(kappa_in, sources_in, n_lenses, split, block_size, pixels, o
             block_size=block_size, shard=shard, progress=bar.update,
         )  # fmt: skip
     stats = json.loads(dataset_info(path)["attrs"].get("stats", "{}"))
-    tried = stats.pop("tried", 0)
-    click.echo(f"wrote {path} ({n_mine} lenses accepted of {tried} tried; rejections: {stats})")
+    tried, rejected, surplus = (stats.pop(k, 0) for k in ("tried", "rejected", "surplus"))
+    checks = ", ".join(f"{k.removeprefix('rejected_')} {v}" for k, v in stats.items() if v)
+    click.echo(
+        f"wrote {path}: {n_mine} lenses kept of {tried} drawn ({rejected} rejected, {surplus} accepted beyond the "
+        f"count asked for); failed checks (a lens can fail several): {checks or 'none'}"
+    )

@@ -59,6 +59,13 @@ class KappaMapConfig:
         if self.centre not in ("peak", "com"):
             raise ValueError(f"centre must be 'peak' or 'com', got {self.centre!r}")
 
+    @classmethod
+    def at_resolution(cls, pixels: int, **overrides) -> KappaMapConfig:
+        """The paper's maps on ``pixels`` pixels across the same field of view: the render grid
+        keeps the paper's 188/128 margin, rounded so that the crop stays centred."""
+        render = round(188 * pixels / 128)
+        return cls(pixels=pixels, render_pixels=render + (render - pixels) % 2, **overrides)
+
     @property
     def pixel_scale(self) -> float:
         """Arcsec per pixel."""

@@ -162,7 +162,11 @@ def acceptance(
 
 @dataclass
 class LensBatch:
-    """Accepted simulated lenses and the rejection counts."""
+    """Accepted simulated lenses and the rejection counts.
+
+    ``tried`` = ``len(self)`` + ``rejected_lenses`` + ``surplus``: every drawn lens is kept,
+    rejected (failed at least one check), or accepted beyond the count asked for (the last
+    batch's extra). ``rejected`` counts failures per check; a lens can fail several."""
 
     source: torch.Tensor
     kappa: torch.Tensor
@@ -171,6 +175,8 @@ class LensBatch:
     noise_sigma: torch.Tensor
     rejected: dict[str, int] = field(default_factory=dict)
     tried: int = 0
+    rejected_lenses: int = 0
+    surplus: int = 0
 
     def __len__(self) -> int:
         return self.source.shape[0]
@@ -266,7 +272,7 @@ def simulate_lenses(
     max_tries = 50 * n if max_tries is None else max_tries
     keep: dict[str, list[torch.Tensor]] = {k: [] for k in ("source", "kappa", "observation", "psf", "noise_sigma")}
     rejected: dict[str, int] = {}
-    tried = accepted = 0
+    tried = accepted = failed = surplus = 0
     while accepted < n:
         if tried >= max_tries:
             raise RuntimeError(
@@ -294,6 +300,8 @@ def simulate_lenses(
                 rejected[k] = rejected.get(k, 0) + int((~v).sum())
         ok = checks["accepted"]
         take = min(int(ok.sum()), n - accepted)
+        failed += batch - int(ok.sum())
+        surplus += int(ok.sum()) - take
         sel = torch.nonzero(ok).flatten()[:take]
         for k, v in (("source", source), ("kappa", kappa), ("observation", obs), ("psf", psf)):
             keep[k].append(v[sel])
@@ -302,7 +310,10 @@ def simulate_lenses(
         if progress is not None and take:
             progress(take)
     out = output_device if output_device is not None else device
-    return LensBatch(**{k: torch.cat(v).to(out) for k, v in keep.items()}, rejected=rejected, tried=tried)
+    return LensBatch(
+        **{k: torch.cat(v).to(out) for k, v in keep.items()}, rejected=rejected, tried=tried,
+        rejected_lenses=failed, surplus=surplus,
+    )  # fmt: skip
 
 
 def simulate_sie_lenses(

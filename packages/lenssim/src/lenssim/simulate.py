@@ -336,8 +336,10 @@ def simulate_lens_dataset(
 ) -> Path:
     """``n`` accepted lenses from random kappa-source pairs, with Table 1 PSFs and noise.
 
-    Rejection counts per acceptance check are summed over the blocks into the ``stats``
-    attribute. ``provenance`` (e.g. the input files) is stored in the ``config`` attribute.
+    The ``stats`` attribute sums over the blocks: ``tried`` lenses drawn = ``n`` kept +
+    ``rejected`` (failed a check) + ``surplus`` (accepted beyond a block's count), and per
+    check the ``rejected_CHECK`` failures (a lens can fail several). ``provenance`` (e.g. the
+    input files) is stored in the ``config`` attribute.
     """
     from lenssim.io import shard_range
 
@@ -353,7 +355,10 @@ def simulate_lens_dataset(
             batch_size=min(64, 2 * count),
         )
         arrays = {k_: getattr(batch, k_).numpy() for k_ in ("source", "kappa", "observation", "psf", "noise_sigma")}
-        stats = {"tried": batch.tried, **{f"rejected_{k_}": v for k_, v in batch.rejected.items()}}
+        stats = {
+            "tried": batch.tried, "rejected": batch.rejected_lenses, "surplus": batch.surplus,
+            **{f"rejected_{k_}": v for k_, v in batch.rejected.items()},
+        }  # fmt: skip
         return arrays, stats
 
     attrs = {

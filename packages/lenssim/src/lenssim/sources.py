@@ -44,6 +44,17 @@ class SourceStampConfig:
     max_shift: int = 8
     hst_psf_fwhm: float = 0.09
 
+    @classmethod
+    def at_resolution(cls, pixels: int, **overrides) -> SourceStampConfig:
+        """The paper's stamps on ``pixels`` pixels covering the same angle: the stamp, the
+        border and the largest shift scale with ``pixels / 128``, the pixel scale inversely."""
+        factor = 128 / pixels
+        scaled = {
+            "stamp": round(158 / factor), "pixels": pixels, "pixel_scale": 0.03 * factor,
+            "border": max(2, round(8 / factor)), "max_shift": max(1, round(8 / factor)),
+        }  # fmt: skip
+        return cls(**{**scaled, **overrides})
+
     def __post_init__(self) -> None:
         if self.stamp < self.pixels:
             raise ValueError(f"stamp ({self.stamp}) must be at least pixels ({self.pixels})")
