@@ -92,3 +92,22 @@ def test_idle_cores_leaves_out_a_core_another_job_keeps_busy():
     finally:
         busy.kill()
         busy.wait()
+
+
+def test_every_command_and_option_has_help():
+    from lens_cli.main import cli
+
+    def walk(cmd, path):
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, [*path, name])
+        yield path, cmd
+
+    missing = [
+        f"{' '.join(path)} {'/'.join(p.opts)}"
+        for path, cmd in walk(cli, ["lens"])
+        for p in cmd.params
+        if isinstance(p, click.Option) and not p.help
+    ]
+    assert not missing, missing
+    assert all(cmd.help for _, cmd in walk(cli, ["lens"]))

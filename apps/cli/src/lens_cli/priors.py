@@ -126,7 +126,7 @@ def train_vae(
     help="Clean sources (e.g. lens simulate sources --synthetic).",
 )
 @run_dir_option
-@click.option("--steps", default=3000, show_default=True, type=click.IntRange(1))
+@click.option("--steps", default=3000, show_default=True, type=click.IntRange(1), help="Training steps.")
 @click.option(
     "--noise-min",
     default=0.01,
@@ -182,7 +182,9 @@ def train_denoiser(data_path, output, steps, noise_min, noise_max, highpass, che
 @click.option(
     "-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output HDF5 dataset."
 )
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--batch-size", default=64, show_default=True, type=click.IntRange(1), help="Draws decoded at a time (memory)."
+)
 @seed_option
 @device_option
 @one_line_errors

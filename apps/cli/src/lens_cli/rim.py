@@ -322,7 +322,9 @@ def train_rim(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Output HDF5 (the inputs plus source_pred, kappa_pred, chi2_nu).",
 )
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Lenses reconstructed at a time."
+)
 @seed_option
 @device_option
 @one_line_errors

@@ -233,6 +233,7 @@ def simulate_kappa(
     default="marginal",
     show_default=True,
     type=click.Choice(["none", "bad_stamp", "bad_fits", "marginal"]),
+    help="GalSim's COSMOS selection: drop galaxies flagged up to this level (the paper's: marginal).",
 )
 @click.option("--min-flux", default=50.0, show_default=True, type=FiniteFloat(0), help="Minimum Sersic-fit flux.")
 @click.option("--parametric", is_flag=True, help="Draw the COSMOS parametric fits instead of the real images.")
