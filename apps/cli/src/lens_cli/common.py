@@ -35,6 +35,14 @@ def refresh_when_due(bar: tqdm) -> None:
         bar.refresh()
 
 
+def say(line: str) -> None:
+    """A line on stderr that does not run into a progress bar's line (in logs, bars end without
+    a newline)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+
+
 def duration(seconds: float) -> str:
     """``seconds`` as a human reads a cost: 40 s, 12 min, 3.5 h, 2.1 days."""
     if seconds < 90:
@@ -68,7 +76,7 @@ class CostEstimate:
             per = (now - t0) / max(done - first, 1)
             left = max(self.total - done, 0)
             line = f"{per:.3g} s per {self.what} here: the {left} left take about {duration(per * left)}"
-            click.echo(line + (f" ({self.hint})" if self.hint else ""), err=True)
+            say(line + (f" ({self.hint})" if self.hint else ""))
 
 
 class FiniteFloat(click.FloatRange):

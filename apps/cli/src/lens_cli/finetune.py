@@ -19,6 +19,7 @@ from lens_cli.common import (
     refresh_when_due,
     refuse_overwriting_inputs,
     resolve_device,
+    say,
     seed_option,
 )
 
@@ -102,13 +103,12 @@ def finetune_to_file(
                     fisher = clock["optimise"] - clock["fisher"]
                     per_step = (now - clock["optimise"]) / done
                     per_batch = fisher + per_step * total
-                    click.echo(
+                    say(
                         f"fine-tuning cost here: Fisher {duration(fisher)} ({cfg.fisher_samples} draws per lens), "
                         f"{per_step:.3g} s per step; up to {cfg.max_steps} steps make about {duration(per_batch)} per "
                         f"batch of {count}, {duration(per_batch * batches)} for all {batches} batches (an early stop "
                         f"at chi2_nu <= {cfg.target_chi2_nu:g} ends a batch sooner; --max-steps and --fisher-samples "
-                        "set fewer)",
-                        err=True,
+                        "set fewer)"
                     )
 
             res = lensrim.finetune(
