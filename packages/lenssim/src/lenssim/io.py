@@ -30,8 +30,11 @@ import torch
 __all__ = [
     "FIELD_NDIM",
     "LENS_FIELDS",
+    "MAX_ABS",
     "DatasetError",
     "LensDataset",
+    "check_dataset_values",
+    "check_values",
     "read_dataset",
     "read_lens_dataset",
     "shard_range",
@@ -176,19 +179,107 @@ def _open(path: Path):
         raise DatasetError(f"{path}: not a readable HDF5 file ({e})") from None
 
 
-def _check_fields(f, path: Path, fields: Sequence[str], required_attrs: Sequence[str]) -> int:
-    """Validate shapes, dtypes and attributes without reading the arrays; return n."""
-    missing = [k for k in fields if k not in f]
-    if missing:
-        raise DatasetError(f"{path}: missing datasets {missing}")
+MAX_ABS = 1e6
+"""Largest magnitude a stored map may hold: images are normalised to peak ~1, kappa is O(1)."""
+
+
+def _check_storage(f, path: Path, name: str) -> None:
+    """Refuse a dataset whose bytes are not in this file, or that claims more data than it
+    holds: an external link, external raw storage (it would read any local file), a virtual
+    dataset, or unwritten chunks (a few-KB file that expands to gigabytes of fill value)."""
+    import h5py
+
+    link = f.get(name, getlink=True)
+    if isinstance(link, h5py.ExternalLink):
+        raise DatasetError(f"{path}: {name!r} is a link to another file ({link.filename}); refused")
+    d = f[name]
+    if not isinstance(d, h5py.Dataset):
+        raise DatasetError(f"{path}: {name!r} is a group, not a dataset")
+    if d.is_virtual:
+        raise DatasetError(f"{path}: {name!r} is a virtual dataset (its data live in other files); refused")
+    if d.id.get_create_plist().get_external_count():
+        raise DatasetError(f"{path}: {name!r} keeps its data in an external file; refused")
+    if d.size == 0:
+        return
+    if d.chunks is not None:
+        expected = int(np.prod([-(-n // c) for n, c in zip(d.shape, d.chunks, strict=True)]))
+        written = d.id.get_num_chunks()
+        if written < expected:
+            raise DatasetError(
+                f"{path}: {name!r} claims {d.shape} but holds {written} of its {expected} chunks (a truncated "
+                "or forged file); refused"
+            )
+    elif d.id.get_storage_size() < d.size * d.dtype.itemsize:
+        raise DatasetError(f"{path}: {name!r} claims {d.shape} but its file holds fewer bytes; refused")
+
+
+def _float_attr(f, path: Path, name: str) -> float:
+    try:
+        value = float(f.attrs[name])
+    except (TypeError, ValueError):
+        raise DatasetError(f"{path}: attribute {name} is {f.attrs[name]!r}, not a number") from None
+    if not np.isfinite(value):
+        raise DatasetError(f"{path}: attribute {name} is {value}, not a finite number")
+    return value
+
+
+def _check_attrs(f, path: Path, required_attrs: Sequence[str]) -> None:
     absent = [a for a in required_attrs if a not in f.attrs]
     if absent:
         raise DatasetError(f"{path}: missing attributes {absent}")
-    for a in required_attrs:
-        if a.endswith("_fov") and not float(f.attrs[a]) > 0:
-            raise DatasetError(f"{path}: attribute {a} must be positive, got {f.attrs[a]}")
+    values = {a: _float_attr(f, path, a) for a in required_attrs if a in _LENS_ATTRS}
+    for a, v in values.items():
+        if not v > 0:
+            raise DatasetError(f"{path}: attribute {a} must be positive, got {v}")
+    if "image_fov" in values and "source_fov" in values and values["source_fov"] > values["image_fov"]:
+        raise DatasetError(
+            f"{path}: source_fov {values['source_fov']} exceeds image_fov {values['image_fov']} (arcsec): the lensed "
+            "source plane is smaller than the image; is it in other units?"
+        )
+    if "z_lens" in values and "z_source" in values and not values["z_lens"] < values["z_source"]:
+        raise DatasetError(f"{path}: z_lens {values['z_lens']} is not below z_source {values['z_source']}")
+
+
+def check_values(path: Path | str, name: str, arr: np.ndarray, *, image_pixels: int | None = None) -> None:
+    """What a field's values must mean, checked on (a chunk of) its rows: finite and within
+    MAX_ABS; kappa non-negative; noise sigma and noise maps positive; PSFs non-negative, odd, no
+    larger than the image, each summing to 1 within 1e-3."""
+    if arr.dtype.kind != "f" or arr.size == 0:
+        return
+    if not np.isfinite(arr).all():
+        raise DatasetError(f"{path}: dataset {name!r} contains NaN or infinite values")
+    if np.abs(arr).max() > MAX_ABS:
+        raise DatasetError(
+            f"{path}: dataset {name!r} holds values up to {np.abs(arr).max():.3g}, beyond {MAX_ABS:g} (normalise the "
+            "images to a peak near 1)"
+        )
+    if name in ("kappa", "kappa_pred", "kappa_baseline") and (arr < 0).any():
+        raise DatasetError(f"{path}: dataset {name!r} has negative convergence")
+    if name in ("noise_sigma", "noise_map") and not (arr > 0).all():
+        raise DatasetError(f"{path}: dataset {name!r} has values <= 0 (noise must be positive)")
+    if name == "psf":
+        k = arr.shape[-1]
+        if k % 2 == 0:
+            raise DatasetError(f"{path}: the PSF kernels are {k}x{k}, expected an odd size (centred)")
+        if image_pixels is not None and k > image_pixels:
+            raise DatasetError(f"{path}: the PSF kernels ({k}x{k}) are larger than the images ({image_pixels}^2)")
+        if (arr < 0).any():
+            raise DatasetError(f"{path}: dataset 'psf' has negative values")
+        sums = arr.reshape(arr.shape[0], -1).sum(axis=1, dtype=np.float64)
+        worst = float(np.abs(sums - 1).max())
+        if worst > 1e-3:
+            raise DatasetError(f"{path}: a PSF sums to {sums[np.abs(sums - 1).argmax()]:.6g}, expected 1 (within 1e-3)")
+
+
+def _check_fields(f, path: Path, fields: Sequence[str], required_attrs: Sequence[str]) -> int:
+    """Validate storage, shapes, dtypes and attributes without reading the arrays; return n."""
+    missing = [k for k in fields if k not in f]
+    if missing:
+        raise DatasetError(f"{path}: missing datasets {missing}")
+    _check_attrs(f, path, required_attrs)
     n = None
     for k in fields:
+        _check_storage(f, path, k)
         d = f[k]
         want = FIELD_NDIM.get(k)
         if want == 4 and (d.ndim != 4 or d.shape[1] != 1 or d.shape[2] != d.shape[3]):
@@ -197,6 +288,8 @@ def _check_fields(f, path: Path, fields: Sequence[str], required_attrs: Sequence
             raise DatasetError(f"{path}: dataset {k!r} has shape {d.shape}, expected (n,)")
         if want == 4 and d.dtype.kind != "f":
             raise DatasetError(f"{path}: dataset {k!r} has dtype {d.dtype}, expected floating point")
+        if d.dtype.kind == "f" and d.dtype.itemsize not in (4, 8):
+            raise DatasetError(f"{path}: dataset {k!r} has dtype {d.dtype}, expected float32 or float64")
         if d.dtype.kind not in "fiu":
             raise DatasetError(f"{path}: dataset {k!r} has dtype {d.dtype}, expected numbers")
         if n is not None and d.shape[0] != n:
@@ -221,18 +314,27 @@ def read_dataset(
     with _open(path) as f:
         _check_fields(f, path, fields, required_attrs)
         out: dict[str, Any] = {}
+        pixels = f["observation"].shape[-1] if "observation" in f and f["observation"].ndim == 4 else None
         for k in fields:
             arr = f[k][()]
             if arr.dtype.kind == "f":
-                if not np.isfinite(arr).all():
-                    raise DatasetError(f"{path}: dataset {k!r} contains NaN or infinite values")
+                check_values(path, k, arr, image_pixels=pixels)
                 out[k] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
             else:
                 out[k] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64))
         out["attrs"] = _attrs(f)
-    if "kappa" in fields and (out["kappa"] < 0).any():
-        raise DatasetError(f"{path}: dataset 'kappa' has negative convergence")
     return out
+
+
+def check_dataset_values(path: str | os.PathLike, name: str, *, rows: int = 256) -> None:
+    """:func:`check_values` over every row of one field, ``rows`` at a time (memory stays flat
+    whatever the file's size): a bad map anywhere is found before any work starts."""
+    path = Path(path)
+    with _open(path) as f:
+        _check_fields(f, path, [name], ())
+        d = f[name]
+        for start in range(0, d.shape[0], rows):
+            check_values(path, name, d[start : start + rows])
 
 
 def read_lens_dataset(path: str | os.PathLike, *, fields: Sequence[str] = LENS_FIELDS) -> dict[str, Any]:
@@ -429,8 +531,10 @@ class LensDataset(torch.utils.data.Dataset):
         out = {}
         for k in self.fields:
             a = np.asarray(f[k][j], dtype=np.float32)
-            if not np.isfinite(a).all():
-                raise DatasetError(f"{self.files[i]}: {k}[{j}] contains NaN or infinite values")
+            try:
+                check_values(self.files[i], k, a[None])
+            except DatasetError as e:
+                raise DatasetError(f"{e} (example {j})") from None
             out[k] = torch.from_numpy(a)
         return out
 

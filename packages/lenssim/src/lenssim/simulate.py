@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from lenssim.convergence import KappaMapConfig, augment_kappa, einstein_radius, kappa_maps
-from lenssim.io import DatasetError, _check_fields, _open, write_in_blocks
+from lenssim.io import DatasetError, _check_fields, _open, check_dataset_values, write_in_blocks
 from lenssim.lenses import AcceptanceCriteria, Sampler, pool_sampler, simulate_lenses
 from lenssim.sampling import ObservationConfig
 from lenssim.sources import CosmosSources, SourceStampConfig, prepare_source, synthetic_galaxy_stamp
@@ -281,6 +281,8 @@ def h5_pool_sampler(
     pool = np.concatenate(index)
     if pool.shape[0] == 0:
         raise DatasetError(f"{path}: no {split} examples of {field}")
+    for q in files:  # every map, before the first draw: a bad one fails now, not hours in
+        check_dataset_values(q, field)
     handles: dict[tuple[int, int], h5py.File] = {}
 
     def read(fi: int, rows: np.ndarray) -> np.ndarray:
