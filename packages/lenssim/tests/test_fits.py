@@ -38,7 +38,8 @@ def test_resampling_averages_areas_and_carries_the_noise(tmp_path):
     img = rng.random((64, 64)) + 1.0
     noise = np.full((64, 64), 0.2)
     p = _write(tmp_path / "o.fits", img, scale=0.125, noise=noise, psf=np.outer([1, 2, 1], [1, 2, 1]).astype(float))
-    obs = lenssim.read_fits_observation(p, pixels=32, image_fov=8.0, flux_scale=1.0)
+    with pytest.warns(UserWarning, match="the PSF HDU sums to 16; renormalised to 1"):
+        obs = lenssim.read_fits_observation(p, pixels=32, image_fov=8.0, flux_scale=1.0)
     blocks = img.reshape(32, 2, 32, 2).mean(axis=(1, 3))  # 2x2 averages
     np.testing.assert_allclose(obs.observation[0, 0].numpy(), blocks, rtol=1e-6)
     np.testing.assert_allclose(obs.noise[0, 0].numpy(), 0.1, rtol=1e-6)  # 0.2 / sqrt(4)
@@ -93,6 +94,41 @@ def test_bad_inputs_get_one_line_reasons(tmp_path):
         lenssim.read_fits_observation(tmp_path / "d.fits", psf_fwhm=0.3, noise_sigma=0.1, **kw)
     with pytest.raises(lenssim.FitsError, match="no such file"):
         lenssim.read_fits_observation(tmp_path / "e.fits", psf_fwhm=0.3, noise_sigma=0.1, **kw)
+
+
+def test_meaningless_or_hostile_fits_get_one_line_reasons(tmp_path):
+    img = np.ones((40, 40))
+    kw = dict(pixels=32, image_fov=8.0, noise_sigma=0.1)
+    delta = np.zeros((5, 5))
+    delta[2, 2] = 1.0
+    cases = {
+        "PSF HDU has negative pixels": (_write(tmp_path / "neg.fits", img, scale=0.25, psf=delta - 0.01), {}),
+        "PSF HDU spans 10.2 arcsec": (_write(tmp_path / "big.fits", img, scale=0.25, psf=np.ones((41, 41))), {}),
+        # a huge pixel scale used to resample the PSF onto millions of pixels (killed for memory)
+        "PSF HDU spans 5e+06 arcsec": (_write(tmp_path / "huge.fits", img, scale=1e6, psf=delta), {}),
+        "reaches 1e+30, beyond 1e+06": (_write(tmp_path / "bright.fits", img * 1e30, scale=0.25), {"flux_scale": 1.0}),
+    }
+    for message, (path, extra) in cases.items():
+        psf = {} if "PSF" in message else {"psf_fwhm": 0.3}  # the PSF cases read their HDU
+        with pytest.raises(lenssim.FitsError, match=message.replace("+", r"\+")) as e:
+            lenssim.read_fits_observation(path, **kw, **extra, **psf)
+        assert str(path) in str(e.value)
+    hdr = fits.Header()
+    hdr["PIXSCALE"] = "abc"
+    fits.PrimaryHDU(img, header=hdr).writeto(tmp_path / "abc.fits")
+    with pytest.raises(lenssim.FitsError, match="PIXSCALE is 'abc', not a number"):
+        lenssim.read_fits_observation(tmp_path / "abc.fits", psf_fwhm=0.3, **kw)
+    whole = _write(tmp_path / "whole.fits", np.ones((64, 64)), scale=0.25)
+    (tmp_path / "cut.fits").write_bytes(whole.read_bytes()[: 2880 + 1000])  # header and a fraction of the data
+    with pytest.raises(lenssim.FitsError, match="cut.fits: truncated or corrupt FITS data"):
+        lenssim.read_fits_observation(tmp_path / "cut.fits", psf_fwhm=0.3, **kw)
+    hdr = fits.Header()
+    hdr["NAXIS"], hdr["NAXIS1"], hdr["NAXIS2"] = 2, 100_000, 100_000
+    huge = fits.PrimaryHDU(np.ones((2, 2)), header=hdr)
+    huge.header["NAXIS1"] = huge.header["NAXIS2"] = 100_000  # claims 1e10 pixels, holds 4
+    (tmp_path / "claims.fits").write_bytes(huge.header.tostring().encode() + b"\0" * 2880)
+    with pytest.raises(lenssim.FitsError, match="beyond 8192: cut out the lens first"):
+        lenssim.read_fits_observation(tmp_path / "claims.fits", psf_fwhm=0.3, **kw)
 
 
 def test_reconstruction_round_trips(tmp_path):

@@ -17,12 +17,14 @@ resampled the same way and renormalised. Finally image and noise are divided by 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lenssim.io import MAX_ABS
 from lenssim.psf import gaussian_psf
 
 __all__ = ["FitsObservation", "FitsError", "read_fits_observation", "resample_matrix", "write_fits_reconstruction"]
@@ -58,24 +60,45 @@ def resample_matrix(n_in: int, scale_in: float, n_out: int, scale_out: float) ->
     return np.clip(hi - lo, 0.0, None) / scale_out
 
 
+MAX_SIDE = 8192
+"""Largest FITS image side read (a cutout of the lens, not a survey tile)."""
+
+
 def _image_hdu(hdul, path: Path):
-    candidates = [h for h in hdul if h.is_image and h.data is not None and h.name not in ("PSF", *NOISE_HDUS)]
+    candidates = [
+        h for h in hdul if h.is_image and h.header.get("NAXIS", 0) >= 2 and h.name not in ("PSF", *NOISE_HDUS)
+    ]
     named = [h for h in candidates if h.name == "SCI"]
     if not (named or candidates):
         raise FitsError(f"{path}: no image HDU with data")
     return (named or candidates)[0]
 
 
+def _header_number(header, key: str, path: Path) -> float:
+    try:
+        value = float(header[key])
+    except (TypeError, ValueError):
+        raise FitsError(f"{path}: header keyword {key} is {header[key]!r}, not a number") from None
+    if not np.isfinite(value):
+        raise FitsError(f"{path}: header keyword {key} is {value}, not a finite number")
+    return value
+
+
 def _pixel_scale(header, path: Path) -> float:
     for key in ("CD2_2", "CDELT2"):
         if key in header and header[key]:
-            return abs(float(header[key])) * 3600.0
+            return abs(_header_number(header, key, path)) * 3600.0
     if "PIXSCALE" in header:
-        return float(header["PIXSCALE"])
+        return _header_number(header, "PIXSCALE", path)
     raise FitsError(f"{path}: the header gives no pixel scale (CD2_2, CDELT2 or PIXSCALE); pass one")
 
 
 def _array(hdu, path: Path, what: str) -> np.ndarray:
+    sides = [int(hdu.header.get(f"NAXIS{i}", 0)) for i in range(1, int(hdu.header.get("NAXIS", 0)) + 1)]
+    if any(side > MAX_SIDE for side in sides):
+        raise FitsError(
+            f"{path}: the {what} HDU {hdu.name!r} is {sides} pixels, beyond {MAX_SIDE}: cut out the lens first"
+        )
     data = np.asarray(hdu.data)
     if data.ndim != 2:
         raise FitsError(f"{path}: the {what} HDU {hdu.name!r} is {data.ndim}-D, expected a 2-D image")
@@ -85,6 +108,32 @@ def _array(hdu, path: Path, what: str) -> np.ndarray:
     if not np.isfinite(data).all():
         raise FitsError(f"{path}: the {what} HDU {hdu.name!r} contains NaN or infinite pixels")
     return data
+
+
+def _read_hdus(hdul, path: Path, pixel_scale, psf_fwhm, noise_sigma):
+    """The image, its pixel scale, the PSF HDU (or None) and the noise map (or None), validated."""
+    sci = _image_hdu(hdul, path)
+    image = _array(sci, path, "image")
+    if image.shape[0] != image.shape[1]:
+        raise FitsError(f"{path}: the image is {image.shape[1]}x{image.shape[0]}, expected a square cutout")
+    scale_in = float(pixel_scale) if pixel_scale is not None else _pixel_scale(sci.header, path)
+    if not (np.isfinite(scale_in) and scale_in > 0):
+        raise FitsError(f"{path}: pixel scale must be a positive finite number, got {scale_in}")
+    names = {h.name for h in hdul}
+    psf_in = _array(hdul["PSF"], path, "PSF") if psf_fwhm is None and "PSF" in names else None
+    noise_map = None
+    if noise_sigma is None:
+        found = [n for n in NOISE_HDUS if n in names]
+        if not found:
+            raise FitsError(f"{path}: no noise given: pass a sigma or add a NOISE/SIGMA/ERR HDU")
+        noise_map = _array(hdul[found[0]], path, "noise")
+        if noise_map.shape != image.shape:
+            raise FitsError(f"{path}: the noise map is {noise_map.shape}, the image {image.shape}")
+        if (noise_map <= 0).any():
+            raise FitsError(f"{path}: the noise map has non-positive pixels")
+    elif not noise_sigma > 0:
+        raise FitsError(f"noise sigma must be positive, got {noise_sigma}")
+    return image, scale_in, psf_in, noise_map
 
 
 def read_fits_observation(
@@ -110,28 +159,13 @@ def read_fits_observation(
         hdul = fits.open(path, memmap=False)
     except OSError as e:
         raise FitsError(f"{path}: not a readable FITS file ({e})") from None
-    with hdul:
-        sci = _image_hdu(hdul, path)
-        image = _array(sci, path, "image")
-        if image.shape[0] != image.shape[1]:
-            raise FitsError(f"{path}: the image is {image.shape[1]}x{image.shape[0]}, expected a square cutout")
-        scale_in = float(pixel_scale) if pixel_scale is not None else _pixel_scale(sci.header, path)
-        if not scale_in > 0:
-            raise FitsError(f"{path}: pixel scale must be positive, got {scale_in}")
-        names = {h.name for h in hdul}
-        psf_in = _array(hdul["PSF"], path, "PSF") if psf_fwhm is None and "PSF" in names else None
-        noise_map = None
-        if noise_sigma is None:
-            found = [n for n in NOISE_HDUS if n in names]
-            if not found:
-                raise FitsError(f"{path}: no noise given: pass a sigma or add a NOISE/SIGMA/ERR HDU")
-            noise_map = _array(hdul[found[0]], path, "noise")
-            if noise_map.shape != image.shape:
-                raise FitsError(f"{path}: the noise map is {noise_map.shape}, the image {image.shape}")
-            if (noise_map <= 0).any():
-                raise FitsError(f"{path}: the noise map has non-positive pixels")
-        elif not noise_sigma > 0:
-            raise FitsError(f"noise sigma must be positive, got {noise_sigma}")
+    try:
+        with hdul:
+            image, scale_in, psf_in, noise_map = _read_hdus(hdul, path, pixel_scale, psf_fwhm, noise_sigma)
+    except (OSError, ValueError, TypeError, IndexError) as e:  # astropy on truncated or corrupt data
+        if isinstance(e, FitsError):
+            raise
+        raise FitsError(f"{path}: truncated or corrupt FITS data ({type(e).__name__}: {e})") from None
     if psf_in is None and psf_fwhm is None:
         raise FitsError(f"{path}: no PSF given: pass a FWHM or add a PSF HDU")
 
@@ -155,6 +189,15 @@ def read_fits_observation(
         k = psf_in.shape[0]
         if psf_in.shape[0] != psf_in.shape[1] or k % 2 == 0:
             raise FitsError(f"{path}: the PSF HDU is {psf_in.shape}, expected an odd square")
+        if (psf_in < 0).any():
+            raise FitsError(f"{path}: the PSF HDU has negative pixels")
+        if k * scale_in > image_fov:
+            raise FitsError(
+                f"{path}: the PSF HDU spans {k * scale_in:.3g} arcsec, more than the model's field of "
+                f"{image_fov} arcsec"
+            )
+        if abs(psf_in.sum() - 1) > 1e-3 and psf_in.sum() > 0:
+            warnings.warn(f"{path}: the PSF HDU sums to {psf_in.sum():.6g}; renormalised to 1", stacklevel=3)
         if np.isclose(scale_in, scale_out, rtol=1e-6):
             psf = psf_in
         else:
@@ -172,6 +215,12 @@ def read_fits_observation(
     scale = float(flux_scale) if flux_scale is not None else float(obs.max())
     if not scale > 0:
         raise FitsError(f"{path}: the image has no positive flux to normalise by; pass a flux scale")
+    peak = float(np.abs(obs).max()) / scale
+    if not peak <= MAX_ABS:
+        raise FitsError(
+            f"{path}: divided by the flux scale {scale:.3g} the image reaches {peak:.3g}, beyond {MAX_ABS:g}: "
+            "pass a flux scale near the arcs' peak"
+        )
     noise_t = torch.from_numpy(noise / scale).float()
     if noise_t.dim() == 2:
         noise_t = noise_t[None, None]
