@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -155,6 +156,41 @@ def other_resolution(where: str, n: int, pixels: int) -> str:
         f"(`lens simulate lenses --pixels {pixels}`), or give the observation as FITS, which is resampled onto "
         "the model's grid"
     )
+
+
+def leaves_nothing_on_failure(param: str = "output") -> Callable:
+    """Decorator: when the command fails, remove what it created at its ``param`` path, so a
+    refused run leaves no half-made run directory or block directory behind. A path that
+    existed before the command is never touched, nor one that holds work worth resuming (a
+    checkpoint, a finished block)."""
+
+    def decorate(f: Callable) -> Callable:
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            path = kwargs.get(param)
+            created = path is not None and not Path(path).exists()
+            blocks = None if path is None else Path(path).with_name(f".{Path(path).name}.blocks")
+            new_blocks = blocks is not None and not blocks.exists()
+            try:
+                return f(*args, **kwargs)
+            except Exception:
+                if created:
+                    _remove_unfinished(Path(path))
+                if new_blocks and blocks.is_dir() and not any(blocks.glob("block-*.h5")):
+                    shutil.rmtree(blocks, ignore_errors=True)
+                raise
+
+        return wrapper
+
+    return decorate
+
+
+def _remove_unfinished(path: Path) -> None:
+    if path.is_dir():
+        if not any(path.rglob("checkpoint.pt")) and not any(path.rglob("*.h5")):
+            shutil.rmtree(path, ignore_errors=True)
+    elif path.is_file():
+        pass  # outputs are renamed into place only when complete: a file here is finished work
 
 
 def atomic_path(path: Path) -> Path:

@@ -13,6 +13,7 @@ from lens_cli.common import (
     FiniteFloat,
     device_option,
     duration,
+    leaves_nothing_on_failure,
     one_line_errors,
     other_resolution,
     progress_bar,
@@ -173,6 +174,7 @@ def finetune_to_file(
 @seed_option
 @device_option
 @one_line_errors
+@leaves_nothing_on_failure()
 def finetune(
     rim_dir, source_vae, kappa_vae, data_path, output, ewc_lambda, fisher_samples, latent_sigma, learning_rate,
     max_steps, target_chi2, batch_size, fisher_chunk, limit, image_fov, pixel_scale, psf_fwhm, noise_sigma,

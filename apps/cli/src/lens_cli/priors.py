@@ -10,6 +10,7 @@ import click
 from lens_cli.common import (
     FiniteFloat,
     device_option,
+    leaves_nothing_on_failure,
     one_line_errors,
     progress_bar,
     refuse_overwriting_inputs,
@@ -66,6 +67,7 @@ def train() -> None:
 @seed_option
 @device_option
 @one_line_errors
+@leaves_nothing_on_failure()
 def train_vae(
     kind, data_path, output, preset, steps, batch_size, latent_dim, filters, learning_rate, split,
     checkpoint_every, log_every, seed, device,
@@ -154,6 +156,7 @@ def train_vae(
 @seed_option
 @device_option
 @one_line_errors
+@leaves_nothing_on_failure()
 def train_denoiser(data_path, output, steps, noise_min, noise_max, highpass, checkpoint_every, seed, device) -> None:
     """Train the COSMOS stamp denoiser on clean sources plus COSMOS-like correlated noise."""
     import lensprior

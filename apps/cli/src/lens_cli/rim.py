@@ -12,6 +12,7 @@ from lens_cli.common import (
     CostEstimate,
     FiniteFloat,
     device_option,
+    leaves_nothing_on_failure,
     one_line_errors,
     other_resolution,
     progress_bar,
@@ -139,6 +140,7 @@ def _distributed(device: str):
 @seed_option
 @device_option
 @one_line_errors
+@leaves_nothing_on_failure()
 def train_rim(
     data_path, kappa_in, sources_in, kappa_vae, source_vae, vae_fraction, output, preset, steps, batch_size,
     learning_rate, val_path, ext_path, validation_size, workers, initial_log10_kappa, init, checkpointing, bf16,
