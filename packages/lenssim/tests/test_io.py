@@ -1,3 +1,5 @@
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -193,3 +195,107 @@ def test_not_hdf5_and_missing(tmp_path):
         del f.attrs["z_lens"]
     with pytest.raises(lenssim.DatasetError, match="missing attributes"):
         lenssim.read_lens_dataset(path)
+
+
+def _blocks(count_calls):
+    def make_block(k, count, seedseq):
+        count_calls.append(k)
+        rng = np.random.default_rng(seedseq)
+        return {"x": rng.random((count, 1, 4, 4)).astype(np.float32)}
+
+    return make_block
+
+
+def test_a_second_writer_of_the_same_output_is_refused(tmp_path):
+    from lenssim.io import _Lock
+
+    out = tmp_path / "d.h5"
+    with _Lock(out):  # another process holds the output
+        import subprocess
+        import sys
+
+        code = (
+            "import numpy as np, lenssim, sys\n"
+            "try:\n"
+            f"    lenssim.write_in_blocks({str(out)!r}, 4, lambda k, c, s: {{'x': np.zeros((c, 1, 4, 4))}},"
+            " attrs={}, seed=0, block_size=2)\n"
+            "except lenssim.DatasetError as e:\n"
+            "    print(e); sys.exit(3)\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert proc.returncode == 3 and "another process is writing it" in proc.stdout
+        assert not out.exists()
+    lenssim.write_in_blocks(out, 4, _blocks([]), attrs={}, seed=0, block_size=2)  # free again
+    assert out.is_file() and not (tmp_path / ".d.h5.lock").exists()
+
+
+def test_a_resume_over_changed_inputs_is_refused(tmp_path):
+    src = tmp_path / "in.h5"
+    src.write_bytes(b"first version")
+    out = tmp_path / "d.h5"
+    calls = []
+
+    def killed_after_one(k, count, seedseq):
+        if calls:
+            raise KeyboardInterrupt
+        return _blocks(calls)(k, count, seedseq)
+
+    with pytest.raises(KeyboardInterrupt):
+        lenssim.write_in_blocks(out, 6, killed_after_one, attrs={}, seed=0, block_size=2, inputs=[src])
+    src.write_bytes(b"second version, longer")
+    with pytest.raises(lenssim.DatasetError, match="inputs that changed since") as e:
+        lenssim.write_in_blocks(out, 6, _blocks([]), attrs={}, seed=0, block_size=2, inputs=[src])
+    assert str(src.resolve()) in str(e.value)
+    src.write_bytes(b"first version")  # same size; a different mtime is still a change
+    with pytest.raises(lenssim.DatasetError, match="inputs that changed since"):
+        lenssim.write_in_blocks(out, 6, _blocks([]), attrs={}, seed=0, block_size=2, inputs=[src])
+
+
+def test_a_full_disk_stops_in_one_line_and_keeps_the_finished_blocks(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    import lenssim.io as io
+
+    out = tmp_path / "d.h5"
+    usage = shutil.disk_usage(tmp_path)
+    # too little room for the whole dataset: refused before the first block is written
+    monkeypatch.setattr(io.shutil, "disk_usage", lambda p: usage._replace(free=2**20))
+    with pytest.raises(lenssim.DatasetError, match="no space left on the device.*needs about"):
+        lenssim.write_in_blocks(out, 3 * 2**16, _blocks([]), attrs={}, seed=0, block_size=2**16)
+    assert not any(tmp_path.glob(".d.h5.blocks/block-*.h5"))
+    # the disk fills while writing (ENOSPC from HDF5): the finished blocks stay, the run resumes
+    monkeypatch.setattr(io.shutil, "disk_usage", lambda p: usage)
+    real = io.write_dataset
+    written = []
+
+    def filling(path, arrays, attrs):
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(path)
+        return real(path, arrays, attrs)
+
+    monkeypatch.setattr(io, "write_dataset", filling)
+    with pytest.raises(lenssim.DatasetError, match="no space left on the device.*while writing block 2"):
+        lenssim.write_in_blocks(out, 8, _blocks([]), attrs={}, seed=0, block_size=2)
+    assert len(list(tmp_path.glob(".d.h5.blocks/block-*.h5"))) == 2
+    monkeypatch.setattr(io, "write_dataset", real)
+    calls = []
+    lenssim.write_in_blocks(out, 8, _blocks(calls), attrs={}, seed=0, block_size=2)
+    assert calls == [2, 3]  # resumed from the finished blocks
+    whole = tmp_path / "whole.h5"
+    lenssim.write_in_blocks(whole, 8, _blocks([]), attrs={}, seed=0, block_size=2)
+    assert np.array_equal(lenssim.read_dataset(out, ["x"])["x"], lenssim.read_dataset(whole, ["x"])["x"])
+
+
+def test_temporary_files_of_dead_processes_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".d.h5.{int(dead.stdout)}.tmp"
+    stale.write_bytes(b"half a dataset")
+    live = tmp_path / f".d.h5.{os.getppid()}.tmp"  # a running process's: kept
+    live.write_bytes(b"in progress")
+    lenssim.write_in_blocks(tmp_path / "d.h5", 2, _blocks([]), attrs={}, seed=0, block_size=2)
+    assert not stale.exists() and live.exists()

@@ -74,8 +74,9 @@ def load_observations(path: Path, *, pixels: int, image_fov: float, source_fov: 
 
 
 def finetune_to_file(
-    model, svae, kvae, data: dict, output: Path, cfg, *, attrs: dict, batch_size: int, seed: int, device
-) -> Path:
+    model, svae, kvae, data: dict, output: Path, cfg, *, attrs: dict, batch_size: int, seed: int, device,
+    inputs: tuple = (),
+) -> Path:  # fmt: skip
     """Fine-tune every lens of ``data`` (tensors: observation, psf, noise_sigma, optional
     noise_map and truth) into the reconstruction file ``output``, ``batch_size`` lenses at a time,
     resumably (one block per batch). Lens i draws its Fisher samples from (seed, i) alone."""
@@ -126,8 +127,9 @@ def finetune_to_file(
             return arrays
 
         return lenssim.write_in_blocks(
-            output, n, make_block, attrs=out_attrs, seed=seed, block_size=batch_size, progress=bar.update
-        )
+            output, n, make_block, attrs=out_attrs, seed=seed, block_size=batch_size, progress=bar.update,
+            inputs=inputs,
+        )  # fmt: skip
 
 
 @click.command("finetune", short_help="EWC fine-tuning of the RIM on each observation (HDF5 or FITS).")
@@ -231,9 +233,10 @@ def finetune(
     if "fits" in attrs:
         out_attrs["fits"] = attrs["fits"]
 
+    runs = (rim_dir, source_vae, kappa_vae)
     finetune_to_file(
         model, svae, kvae, {k: v[:n] for k, v in data.items()}, output, cfg, attrs=out_attrs, batch_size=batch_size,
-        seed=seed, device=dev,
+        seed=seed, device=dev, inputs=(data_path, *(Path(r) / "checkpoint.pt" for r in runs)),
     )  # fmt: skip
     rec = lenssim.read_dataset(output, ["chi2_nu", "chi2_nu_baseline", "finetune_steps"])
     click.echo(

@@ -401,6 +401,7 @@ def simulate_lenses(kappa_in, sources_in, n_lenses, split, block_size, pixels, o
         path = lenssim.simulate_lens_dataset(
             target, n_lenses, ksampler, ssampler, config=cfg, provenance=provenance, seed=seed, device=dev,
             block_size=block_size, shard=shard, progress=bar.update,
+            inputs=tuple(p for p in (kappa_in, sources_in) if p not in ("sie", "sersic")),
         )  # fmt: skip
     stats = json.loads(dataset_info(path)["attrs"].get("stats", "{}"))
     tried, rejected, surplus = (stats.pop(k, 0) for k in ("tried", "rejected", "surplus"))

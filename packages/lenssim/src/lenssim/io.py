@@ -17,6 +17,7 @@ the slices of the unsharded dataset.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -356,7 +357,70 @@ def shard_range(n_blocks: int, shard: int, n_shards: int) -> range:
     return range(shard * n_blocks // n_shards, (shard + 1) * n_blocks // n_shards)
 
 
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete ``.NAME.PID.tmp`` files beside ``path`` left by processes that no longer run (a
+    kill during a write); a live process's temporary file is left alone."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 : -len(".tmp")]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
+class _Lock:
+    """An exclusive, non-blocking lock on ``path`` (a ``.NAME.lock`` file beside it): a second
+    writer of the same output is refused at once instead of mixing its data in."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file = path.with_name(f".{path.name}.lock")
+        self.handle = None
+
+    def __enter__(self) -> _Lock:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no locking
+            return self
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.file, "w")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            self.handle = None
+            raise DatasetError(
+                f"{self.path}: another process is writing it (lock {self.file}); wait for it to finish or choose "
+                "another output"
+            ) from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            self.file.unlink(missing_ok=True)
+            self.handle.close()
+
+
+def _nbytes(data: Mapping[str, Any]) -> int:
+    """Bytes the arrays take once stored (floats as float32, integers as int64)."""
+    return sum(int(np.prod(np.shape(v))) * (4 if np.asarray(v).dtype.kind == "f" else 8) for v in data.values())
+
+
+def _ensure_space(where: Path, need: int, what: str) -> None:
+    free = shutil.disk_usage(where).free
+    if free < need * 1.05 + 2**20:
+        raise DatasetError(
+            f"no space left on the device of {where}: {what} needs about {need / 2**20:.0f} MB, "
+            f"{free / 2**20:.0f} MB free; finished blocks are kept: free space and run the command again to resume"
+        )
+
+
 def _make_blocks(work: Path, sizes: dict[int, int], make_block, seed: int, progress) -> None:
+    projected = False
     for k, count in sizes.items():
         bp = work / f"block-{k:06d}.h5"
         if bp.is_file():
@@ -372,7 +436,21 @@ def _make_blocks(work: Path, sizes: dict[int, int], make_block, seed: int, progr
         got = {name: np.shape(v)[0] for name, v in data.items()}
         if set(got.values()) != {count}:
             raise RuntimeError(f"block {k} produced {got} examples, expected {count}")
-        write_dataset(bp, data, {"block": k, "stats": dict(stats)})
+        per_example = _nbytes(data) / count
+        if not projected:  # the rest of the blocks plus the assembled copy, before the first write
+            todo = sum(c for j, c in sizes.items() if not (work / f"block-{j:06d}.h5").is_file())
+            _ensure_space(work, int(per_example * (todo + sum(sizes.values()))), f"the {todo} examples left")
+            projected = True
+        _ensure_space(work, int(per_example * count), f"block {k}")
+        try:
+            write_dataset(bp, data, {"block": k, "stats": dict(stats)})
+        except OSError as e:
+            if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e):
+                raise DatasetError(
+                    f"no space left on the device of {work} while writing block {k} (about "
+                    f"{per_example * count / 2**20:.0f} MB); finished blocks are kept: free space and run again"
+                ) from None
+            raise
         if progress is not None:
             progress(count)
 
@@ -387,6 +465,7 @@ def write_in_blocks(
     block_size: int = 256,
     blocks: range | None = None,
     progress: Callable[[int], None] | None = None,
+    inputs: Sequence[str | os.PathLike] = (),
 ) -> Path:
     """Generate a dataset block by block, resumably, and assemble it at ``path``.
 
@@ -397,8 +476,13 @@ def write_in_blocks(
     ``ceil(n / block_size)`` blocks; ``blocks`` restricts the run to some of them (a shard).
     Finished blocks live in ``.NAME.blocks/`` beside ``path`` until the assembly; if ``path``
     already holds the finished dataset with the same attributes, nothing is done.
+
+    One process writes ``path`` at a time (a second is refused). The size and modification
+    time of the ``inputs`` files are kept with the blocks: a resume over inputs that changed since
+    is refused rather than mixing blocks of the old and new data. Free space is checked before
+    each block (and for the whole rest after the first); a full disk stops with one line and the
+    finished blocks kept. Temporary files of killed runs are removed.
     """
-    import h5py
 
     path = Path(path)
     if n < 1 or block_size < 1:
@@ -419,6 +503,21 @@ def write_in_blocks(
             default=str,
         )
     )
+    identity = {}
+    for q in inputs:
+        for f in sorted(Path(q).glob("*.h5")) if Path(q).is_dir() else [Path(q)]:
+            st = f.stat()
+            identity[str(f.resolve())] = [st.st_size, st.st_mtime_ns]
+    with _Lock(path):
+        return _write_in_blocks(
+            path, n, make_block, attrs, seed, block_size, blocks, sizes, manifest, identity, progress
+        )
+
+
+def _write_in_blocks(path, n, make_block, attrs, seed, block_size, blocks, sizes, manifest, identity, progress) -> Path:
+    import h5py
+
+    remove_stale_temporaries(path)
     if path.is_file():
         try:
             info = dataset_info(path)
@@ -430,12 +529,28 @@ def write_in_blocks(
             pass
     work = path.with_name(f".{path.name}.blocks")
     mfile = work / "manifest.json"
-    if work.is_dir() and (not mfile.is_file() or json.loads(mfile.read_text()) != manifest):
+    stored = None
+    if mfile.is_file():
+        try:
+            stored = json.loads(mfile.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            stored = None
+    if work.is_dir() and (not isinstance(stored, dict) or stored.get("options") != manifest):
         shutil.rmtree(work)  # left by a run with other options: not ours to resume
+        stored = None
+    if stored is not None and stored.get("inputs") != identity and any(work.glob("block-*.h5")):
+        changed = sorted(set(identity) ^ set(stored.get("inputs") or {}) | {
+            k for k in identity if (stored.get("inputs") or {}).get(k) != identity[k]
+        })  # fmt: skip
+        raise DatasetError(
+            f"{path}: the unfinished blocks in {work} were made from inputs that changed since ({', '.join(changed)}); "
+            f"resuming would mix old and new data: remove {work} to start again"
+        )
     work.mkdir(parents=True, exist_ok=True)
-    if not mfile.is_file():
+    remove_stale_temporaries(mfile)
+    if stored is None:
         tmp = _tmp(mfile)
-        tmp.write_text(json.dumps(manifest, sort_keys=True))
+        tmp.write_text(json.dumps({"options": manifest, "inputs": identity}, sort_keys=True))
         os.replace(tmp, mfile)
     try:
         _make_blocks(work, sizes, make_block, seed, progress)
@@ -446,6 +561,7 @@ def write_in_blocks(
     # assemble
     first = dataset_info(work / f"block-{blocks.start:06d}.h5")["fields"]
     total = sum(sizes.values())
+    _ensure_space(path.parent, sum(p.stat().st_size for p in work.glob("block-*.h5")), f"assembling {path.name}")
     tmp = _tmp(path)
     try:
         with h5py.File(tmp, "w", track_order=True) as out:

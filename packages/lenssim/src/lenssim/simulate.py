@@ -335,8 +335,11 @@ def simulate_lens_dataset(
     block_size: int = 256,
     shard: tuple[int, int] = (0, 1),
     progress: Callable[[int], None] | None = None,
+    inputs: tuple[str | os.PathLike, ...] = (),
 ) -> Path:
     """``n`` accepted lenses from random kappa-source pairs, with Table 1 PSFs and noise.
+
+    ``inputs``: the files the samplers read (a resume over changed inputs is refused).
 
     The ``stats`` attribute sums over the blocks: ``tried`` lenses drawn = ``n`` kept +
     ``rejected`` (failed a check) + ``surplus`` (accepted beyond a block's count), and per
@@ -381,4 +384,5 @@ def simulate_lens_dataset(
         block_size=block_size,
         blocks=shard_range(n_blocks, *shard),
         progress=progress,
+        inputs=inputs,
     )
