@@ -159,3 +159,22 @@ def test_configs_refuse_wrongly_typed_json():
         lensprior.VAEConfig.from_json(json.dumps(bad))
     with pytest.raises(ValueError, match="a JSON list, not an object"):
         lensprior.VAEConfig.from_json("[1, 2]")
+
+
+def test_a_second_process_on_a_run_directory_is_refused_and_stale_temporaries_go(tmp_path):
+    import subprocess
+    import sys
+
+    from lensprior.training import RunLock
+
+    cfg = lensprior.source_vae_config(**TINY, steps=2)
+    with RunLock(tmp_path):  # flock: a second open file description conflicts, as another process's would
+        with pytest.raises(lensprior.RunError, match="another process is training in this run directory"):
+            lensprior.train_vae(cfg, _data(), tmp_path)
+    assert not (tmp_path / "checkpoint.pt").exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".checkpoint.pt.{int(dead.stdout)}.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    lensprior.train_vae(cfg, _data(), tmp_path)
+    assert not stale.exists() and not (tmp_path / ".lock").exists()
+    assert (tmp_path / "checkpoint.pt").is_file()

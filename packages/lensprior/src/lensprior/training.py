@@ -22,6 +22,7 @@ from lensprior.vae import VAE, VAEConfig
 
 __all__ = [
     "RunError",
+    "RunLock",
     "fit",
     "load_field",
     "load_vae",
@@ -238,6 +239,51 @@ def _trim_metrics(run_dir: Path, step: int) -> None:
     _atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
 
 
+class RunLock:
+    """An exclusive, non-blocking lock on a run directory (``.lock`` inside it), held while a
+    process trains there: a second process on the same run is refused at once instead of
+    interleaving checkpoints and metrics. Stale ``.NAME.PID.tmp`` files of killed runs are
+    removed when the lock is taken."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.run_dir = Path(run_dir)
+        self.handle = None
+
+    def __enter__(self) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no locking
+            return self
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.run_dir / ".lock", "w")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            self.handle = None
+            raise RunError(f"{self.run_dir}: another process is training in this run directory") from None
+        for tmp in self.run_dir.glob(".*.tmp"):
+            pid = tmp.name.rsplit(".", 2)[-2]
+            if pid.isdigit() and not _alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            (self.run_dir / ".lock").unlink(missing_ok=True)
+            self.handle.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def prepare_run(
     run_dir: Path,
     config: Any,
@@ -323,7 +369,18 @@ def fit(
     existing run directory with the same configuration (the number of steps may differ) resumes
     from its checkpoint, one with another configuration is refused.
     """
-    run_dir = Path(run_dir)
+    with RunLock(run_dir):
+        return _fit(
+            model, config, data, Path(run_dir), steps=steps, seed=seed, device=device,
+            checkpoint_every=checkpoint_every, log_every=log_every, validation=validation, metadata=metadata,
+            progress=progress,
+        )  # fmt: skip
+
+
+def _fit(
+    model, config, data, run_dir: Path, *, steps, seed, device, checkpoint_every, log_every, validation, metadata,
+    progress,
+) -> torch.nn.Module:  # fmt: skip
     device = torch.device(device)
     prepare_run(run_dir, replace(config, steps=steps), ("steps",), metadata=metadata, seed=seed)
     model = model.to(device)

@@ -9,6 +9,7 @@ step) are written by rank 0, atomically, and read with ``weights_only=True``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -27,6 +28,7 @@ import lenssim
 from lensprior.training import (
     METRICS,
     RunError,
+    RunLock,
     _init,
     _load_checkpoint,
     check_finite,
@@ -432,7 +434,20 @@ def train_rim(
     depend on it.
     """
     rank, world = _rank_world()
-    run_dir = Path(run_dir)
+    lock = RunLock(run_dir) if rank == 0 else contextlib.nullcontext()
+    with lock:
+        return _train_rim(
+            config, batches, Path(run_dir), steps=steps, seed=seed, device=device, checkpoint_every=checkpoint_every,
+            log_every=log_every, validation=validation, validation_size=validation_size, external=external,
+            prefetch=prefetch, tensorboard=tensorboard, metadata=metadata, progress=progress,
+        )  # fmt: skip
+
+
+def _train_rim(
+    config, batches, run_dir: Path, *, steps, seed, device, checkpoint_every, log_every, validation, validation_size,
+    external, prefetch, tensorboard, metadata, progress,
+) -> RIM:  # fmt: skip
+    rank, world = _rank_world()
     device = torch.device(device)
     steps = config.train_steps if steps is None else steps
     if config.batch_size % world:
