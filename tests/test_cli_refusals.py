@@ -3,6 +3,7 @@ sum to 1, NaN weights, 1e30 images, a source field far beyond the image, impossi
 Each is one line naming the file or option, a non-zero exit, and no new or changed file."""
 
 import hashlib
+import json
 from dataclasses import replace
 
 import h5py
@@ -50,7 +51,23 @@ def root(tmp_path_factory):
     recon["noise_sigma"] = np.zeros(4, np.float32)
     lenssim.write_lens_dataset(root / "recon-sigma0.h5", recon, **attrs)
     batches = SimulatedBatches(lenssim.sie_kappa_sampler(config=OBS), lenssim.sersic_source_sampler(config=OBS), OBS)
-    train_rim(replace(lensrim.PRESETS["tiny"], steps=2), batches, root / "rim", steps=1, tensorboard=False)
+    geometry = {"image_fov": OBS.image_fov, "source_fov": OBS.source_fov}
+    train_rim(
+        replace(lensrim.PRESETS["tiny"], steps=2), batches, root / "rim", steps=1, tensorboard=False, metadata=geometry
+    )
+    lenssim.write_lens_dataset(root / "fov2.h5", good, **{**attrs, "source_fov": 2.0})
+    lenssim.write_dataset(
+        root / "sources-fov2.h5", {"source": good["source"], "split": np.zeros(4, np.int64)}, {"source_fov": 2.0}
+    )
+    with h5py.File(root / "nan-test.h5", "w") as f:  # only the test split is bad
+        stamps128 = np.zeros((4, 1, 128, 128), np.float32)
+        stamps128[3, 0, 60, 60] = np.nan
+        f["source"] = stamps128
+        f["split"] = np.array([0, 0, 0, 1])
+    (root / "rim-steps").mkdir()
+    config = json.loads((root / "rim" / "config.json").read_text())
+    (root / "rim-steps" / "config.json").write_text(json.dumps({**config, "steps": 10**9}))
+    (root / "rim-steps" / "checkpoint.pt").write_bytes((root / "rim" / "checkpoint.pt").read_bytes())
     (root / "nanvae").mkdir()
     (root / "nanvae" / "config.json").write_text((root / "svae" / "config.json").read_text())
     state = torch.load(root / "svae" / "checkpoint.pt", weights_only=True)
@@ -96,6 +113,90 @@ FT = ["finetune", "--rim", "{d}/rim", "--source-vae", "{d}/svae", "--kappa-vae",
         (["evaluate", "{d}/recon-sigma0.h5", "-o", "{d}/report"], 1, "noise must be positive"),
         (["simulate", "sources", "--synthetic", "2", "--pixel-scale", "nan", "-o", "{d}/out.h5"], 2, "finite"),
         (["simulate", "kappa", "--synthetic", "1", "--max-shift", "nan", "-o", "{d}/out.h5"], 2, "finite"),
+        # units against the run's geometry
+        (
+            ["reconstruct", "--rim", "{d}/rim", "--data", "{d}/fov2.h5", "-o", "{d}/out.h5"],
+            2,
+            "source_fov 2 differs from the RIM's 3 arcsec",
+        ),  # fmt: skip
+        ([*FT, "--data", "{d}/fov2.h5", "-o", "{d}/out.h5"], 2, "source_fov 2 differs from the RIM's 3"),
+        (
+            [
+                "simulate",
+                "lenses",
+                "--kappa",
+                "sie",
+                "--sources",
+                "{d}/sources-fov2.h5",
+                "--pixels",
+                "32",
+                "--split",
+                "all",
+                "-n",
+                "1",
+                "-o",
+                "{d}/out.h5",
+            ],
+            2,
+            "source_fov 2.0 differs from 3.0",
+        ),  # fmt: skip
+        (["train", "vae", "--kind", "source", "--data", "{d}/nan-test.h5", "-o", "{d}/run"], 1, "NaN"),
+        # impossible sizes fail at once, naming the option or field
+        (["simulate", "kappa", "--synthetic", "1", "--render-kpc", "1e-6", "-o", "{d}/out.h5"], 2, "--render-kpc"),
+        (
+            ["simulate", "kappa", "--synthetic", "1", "--maps-per-halo", "1000000000", "-o", "{d}/out.h5"],
+            2,
+            "--maps-per-halo",
+        ),  # fmt: skip
+        (["simulate", "kappa", "--synthetic", "1000000000", "-o", "{d}/out.h5"], 2, "--synthetic"),
+        (["simulate", "sources", "--synthetic", "2", "--pixel-scale", "1e6", "-o", "{d}/out.h5"], 2, "--pixel-scale"),
+        (
+            [
+                "simulate",
+                "lenses",
+                "--kappa",
+                "sie",
+                "--sources",
+                "sersic",
+                "-n",
+                "2",
+                "--block-size",
+                "1000000000",
+                "-o",
+                "{d}/out.h5",
+            ],
+            2,
+            "--block-size",
+        ),  # fmt: skip
+        (
+            [
+                "simulate",
+                "lenses",
+                "--kappa",
+                "sie",
+                "--sources",
+                "sersic",
+                "--pixels",
+                "32",
+                "-n",
+                "1000000000",
+                "-o",
+                "{d}/out.h5",
+            ],
+            1,
+            "no space left on the device",
+        ),  # fmt: skip
+        (["sample", "--vae", "{d}/svae", "-n", "1000000000", "-o", "{d}/out.h5"], 1, "no space left on the device"),
+        (
+            ["reconstruct", "--rim", "{d}/rim-steps", "--data", "{d}/good.h5", "-o", "{d}/out.h5"],
+            1,
+            "steps is 1000000000, beyond the largest sensible value 1000",
+        ),  # fmt: skip
+        (
+            ["simulate", "lenses", "--kappa", "sie", "--sources", "sersic", "-n", "1", "-o", "{d}/newdir/"],
+            2,
+            "ends in a slash",
+        ),  # fmt: skip
     ],
 )
 def test_meaningless_input_is_refused_in_one_line_and_changes_nothing(root, args, code, message):
@@ -108,3 +209,4 @@ def test_meaningless_input_is_refused_in_one_line_and_changes_nothing(root, args
     assert "Traceback" not in proc.stderr
     assert snapshot(root) == before  # no new file, no changed file, no leftover directory
     assert not (root / "run").exists() and not (root / ".out.h5.blocks").exists()
+    assert not (root / "newdir").exists()

@@ -149,6 +149,18 @@ def one_line_errors(f: Callable) -> Callable:
     return wrapper
 
 
+def check_geometry(where: str, attrs: dict, run: dict, option: str = "--data") -> None:
+    """Refuse data whose fields of view differ from those the RIM was trained at (its run.json):
+    a RIM has learned one pixel scale, and a source field in other units means nothing to it."""
+    for key in ("image_fov", "source_fov"):
+        if key in attrs and key in run and abs(float(attrs[key]) - float(run[key])) > 1e-6 * float(run[key]):
+            raise click.BadParameter(
+                f"{where}: {key} {float(attrs[key]):g} differs from the RIM's {float(run[key]):g} arcsec (its "
+                "run.json): simulate the data at the RIM's geometry",
+                param_hint=option,
+            )
+
+
 def other_resolution(where: str, n: int, pixels: int) -> str:
     """The message for data at another resolution than the model, with the two ways around it."""
     return (

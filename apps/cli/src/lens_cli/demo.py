@@ -111,6 +111,13 @@ def _bar(**kwargs) -> tqdm:
     return tqdm(**kwargs, mininterval=0.1 if sys.stderr.isatty() else 20.0)
 
 
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise click.ClickException(f"{path}: not valid JSON ({e}); remove it to start that part again") from None
+
+
 def _write_json(path: Path, obj) -> None:
     tmp = atomic_path(path)
     tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
@@ -184,13 +191,13 @@ def run_demo(output: Path, config: DemoConfig, *, seed: int, device: torch.devic
     output.mkdir(parents=True, exist_ok=True)
     stored = output / "demo.json"
     settings = {"config": asdict(c), "seed": seed}
-    if stored.is_file() and json.loads(stored.read_text()) != json.loads(json.dumps(settings)):
+    if stored.is_file() and _read_json(stored) != json.loads(json.dumps(settings)):
         raise click.BadParameter(
             f"{output} holds a demo run with other settings ({stored}); use another directory", param_hint="--output"
         )
     _write_json(stored, settings)
     timing_file = output / "timings.json"  # seconds per stage, summed over every call on this directory
-    timings: dict = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+    timings: dict = _read_json(timing_file) if timing_file.is_file() else {}
     notes: dict = {}
     preset = next((k for k, v in PRESETS.items() if v == c), None)
     expected = dict(zip(STAGES, MEASURED_S[preset], strict=True)) if preset else {}

@@ -11,6 +11,7 @@ import numpy as np
 
 from lens_cli.common import (
     FiniteFloat,
+    check_geometry,
     device_option,
     duration,
     leaves_nothing_on_failure,
@@ -205,6 +206,11 @@ def finetune(
     model, meta = lensrim.load_rim(rim_dir, device=dev)
     svae, smeta = lensprior.load_vae(source_vae, device=dev)
     kvae, kmeta = lensprior.load_vae(kappa_vae, device=dev)
+    if image_fov is not None and "image_fov" in meta and abs(image_fov - float(meta["image_fov"])) > 1e-6:
+        raise click.BadParameter(
+            f"{image_fov:g} differs from the field the RIM was trained at, {float(meta['image_fov']):g} arcsec",
+            param_hint="--image-fov",
+        )
     ifov = image_fov or float(meta.get("image_fov", lenssim.IMAGE_FOV))
     sfov = float(meta.get("source_fov", lenssim.SOURCE_FOV))
     fits_options = {
@@ -217,6 +223,17 @@ def finetune(
         data_path, pixels=model.config.pixels, image_fov=ifov, source_fov=sfov, fits_options=fits_options
     )
     attrs = data.pop("attrs")
+    if not _is_fits(data_path):  # FITS input is put onto the RIM's grid; a dataset must already be on it
+        check_geometry(str(data_path), attrs, meta)
+    for vae_meta, option, key in ((smeta, "--source-vae", "source_fov"), (kmeta, "--kappa-vae", "image_fov")):
+        trained_on = vae_meta.get("data_attrs", {})
+        if key in trained_on and key in meta and abs(float(trained_on[key]) - float(meta[key])) > 1e-6:
+            raise click.BadParameter(
+                f"the VAE was trained on maps of {key} {trained_on[key]:g}, the RIM on {float(meta[key]):g} arcsec",
+                param_hint=option,
+            )
+    if data["observation"].shape[0] == 0:
+        raise click.BadParameter(f"{data_path}: holds no lenses", param_hint="--data")
     n = data["observation"].shape[0] if limit is None else min(limit, data["observation"].shape[0])
     cfg = lensrim.FineTuneConfig(
         ewc_lambda=ewc_lambda, fisher_samples=fisher_samples, latent_sigma=latent_sigma, learning_rate=learning_rate,

@@ -16,6 +16,7 @@ from lens_cli.common import (
     refuse_overwriting_inputs,
     resolve_device,
     run_dir_option,
+    say,
     seed_option,
 )
 
@@ -92,12 +93,20 @@ def train_vae(
             overrides[key] = value
     config = (lensprior.source_vae_config if kind == "source" else lensprior.kappa_vae_config)(**overrides)
     data = lensprior.load_field(data_path, kind, split=split, pixels=config.pixels)
-    try:
-        validation = lensprior.load_field(data_path, kind, split="test", pixels=config.pixels)[:64]
-    except lensprior.RunError:
-        validation = None
+    validation = None
     with h5py.File(data_path, "r") as f:
-        attrs = {k: float(f.attrs[k]) for k in _DATA_ATTRS if k in f.attrs}
+        has_test = "split" in f and bool((f["split"][()] == 1).any())
+        attrs = {}
+        for k in _DATA_ATTRS:
+            if k in f.attrs:
+                try:
+                    attrs[k] = float(f.attrs[k])
+                except (TypeError, ValueError):
+                    raise click.BadParameter(f"{data_path}: attribute {k} is {f.attrs[k]!r}, not a number") from None
+    if has_test:  # a bad test split is an error, not a reason to skip validation
+        validation = lensprior.load_field(data_path, kind, split="test", pixels=config.pixels)[:64]
+    else:
+        say(f"note: {data_path} has no test split: no validation loss will be logged")
     meta = {"kind": kind, "data": str(data_path), "data_attrs": attrs, "n_train": int(data.shape[0]), "preset": preset}
     with progress_bar(total=config.steps, desc=f"training {kind} VAE", unit="step") as bar:
 
@@ -181,16 +190,23 @@ def train_denoiser(data_path, output, steps, noise_min, noise_max, highpass, che
 @click.option(
     "--vae", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="A VAE run directory."
 )
-@click.option("-n", "--n-samples", required=True, type=click.IntRange(1), help="Number of draws.")
+@click.option(
+    "-n", "--n-samples", required=True, type=click.IntRange(1), help="Number of draws (written in blocks: resumable)."
+)
 @click.option(
     "-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output HDF5 dataset."
 )
 @click.option(
-    "--batch-size", default=64, show_default=True, type=click.IntRange(1), help="Draws decoded at a time (memory)."
+    "--batch-size",
+    default=64,
+    show_default=True,
+    type=click.IntRange(1, 65536),
+    help="Draws decoded at a time, and per resumable block on disk.",
 )
 @seed_option
 @device_option
 @one_line_errors
+@leaves_nothing_on_failure()
 def sample(run_dir, n_samples, output, batch_size, seed, device) -> None:
     """Draw sources or kappa maps from a trained VAE into a dataset that `lens simulate lenses`
     accepts (--sources FILE or --kappa FILE; all draws are in the train split)."""
@@ -204,17 +220,8 @@ def sample(run_dir, n_samples, output, batch_size, seed, device) -> None:
     dev = resolve_device(device)
     model, meta = lensprior.load_vae(run_dir, device=dev)
     kind = model.config.kind
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    with progress_bar(total=n_samples, desc=f"sampling {kind}", unit=kind) as bar:
-        for start in range(0, n_samples, batch_size):
-            count = min(batch_size, n_samples - start)
-            out.append(model.sample(count, generator=g).cpu())
-            bar.update(count)
-    maps = torch.cat(out)
     attrs = {
         "kind": kind,
-        "seed": seed,
         "config": {"vae": str(run_dir), "step": meta.get("step"), "vae_config": json.loads(model.config.to_json())},
     }
     attrs.update(meta.get("data_attrs", {}))
@@ -222,5 +229,16 @@ def sample(run_dir, n_samples, output, batch_size, seed, device) -> None:
         attrs.setdefault("source_fov", lenssim.SOURCE_FOV)
     else:
         attrs.setdefault("image_fov", lenssim.IMAGE_FOV)
-    lenssim.write_dataset(output, {kind: maps, "split": np.zeros(n_samples, dtype=np.int64)}, attrs)
+
+    def make_block(k: int, count: int, seedseq) -> dict:  # blocks on disk: memory stays flat whatever -n
+        g = torch.Generator().manual_seed(int(seedseq.generate_state(1, np.uint64)[0] >> 1))
+        with torch.no_grad():
+            maps = model.sample(count, generator=g).cpu().numpy()
+        return {kind: maps, "split": np.zeros(count, dtype=np.int64)}
+
+    with progress_bar(total=n_samples, desc=f"sampling {kind}", unit=kind) as bar:
+        lenssim.write_in_blocks(
+            output, n_samples, make_block, attrs=attrs, seed=seed, block_size=batch_size, progress=bar.update,
+            inputs=(Path(run_dir) / "checkpoint.pt",),
+        )  # fmt: skip
     click.echo(f"wrote {output} ({n_samples} {kind} draws from {run_dir} at step {meta.get('step')})")

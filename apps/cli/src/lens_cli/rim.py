@@ -11,6 +11,7 @@ import click
 from lens_cli.common import (
     CostEstimate,
     FiniteFloat,
+    check_geometry,
     device_option,
     leaves_nothing_on_failure,
     one_line_errors,
@@ -352,6 +353,9 @@ def reconstruct(run_dir, data_path, output, batch_size, seed, device) -> None:
     if n != model.config.pixels:
         raise click.BadParameter(other_resolution(str(data_path), n, model.config.pixels), param_hint="--data")
     attrs = data["attrs"]
+    check_geometry(str(data_path), attrs, meta)
+    if data["observation"].shape[0] == 0:
+        raise click.BadParameter(f"{data_path}: holds no lenses", param_hint="--data")
     preds_s, preds_k, chi2 = [], [], []
     total = data["observation"].shape[0]
     with progress_bar(total=total, desc="reconstructing", unit="lens") as bar, torch.no_grad():

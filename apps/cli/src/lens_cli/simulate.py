@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -38,17 +39,31 @@ def shard_option(f):
     )(f)
 
 
+def _output_path(ctx, param, value: str | None) -> Path | None:
+    """A trailing slash means a directory: remembered, as Path drops it."""
+    if value is not None and value.endswith(("/", os.sep)):
+        ctx.meta["output_is_directory"] = True
+    return None if value is None else Path(value)
+
+
 def output_option(f):
     return click.option(
         "-o",
         "--output",
         required=True,
-        type=click.Path(path_type=Path),
+        type=click.Path(),
+        callback=_output_path,
         help="Output HDF5 file (or directory with --shard).",
     )(f)
 
 
 def _target(output: Path, shard: tuple[int, int]) -> Path:
+    meant_directory = click.get_current_context().meta.get("output_is_directory", False)
+    if meant_directory and shard == (0, 1):
+        raise click.BadParameter(
+            f"{output}/ ends in a slash, a directory: give a file name, or --shard I/N to write shards into it",
+            param_hint="--output",
+        )
     if output.exists() and output.is_dir() and shard == (0, 1):
         raise click.BadParameter(f"{output} is a directory; give a file name (or use --shard)", param_hint="--output")
     if shard == (0, 1):
@@ -108,13 +123,17 @@ def simulate() -> None:
     type=click.IntRange(0),
     help="Subhalo index (repeatable; with --tng-base).",
 )
-@click.option("--synthetic", type=click.IntRange(1), help="Use N built-in synthetic halos (no download).")
+@click.option(
+    "--synthetic",
+    type=click.IntRange(1, 100_000),
+    help="Use N built-in synthetic halos (no download; at most 100,000).",
+)
 @click.option(
     "--maps-per-halo",
     default=12,
     show_default=True,
-    type=click.IntRange(1),
-    help="Augmented maps per halo (cycling xy, xz, yz).",
+    type=click.IntRange(1, 1000),
+    help="Augmented maps per halo (cycling xy, xz, yz; one halo's maps are held in memory).",
 )
 @click.option(
     "--test-fraction",
@@ -146,8 +165,9 @@ def simulate() -> None:
 )
 @click.option(
     "--render-kpc",
-    type=FiniteFloat(0, min_open=True),
-    help="Physical side of the 188-pixel render (default: from 7.69\" at z_l). The paper's maps: 105 / h.",
+    type=FiniteFloat(1, 10_000),
+    help="Physical side of the 188-pixel render, kpc, 1-10,000 (default: from 7.69\" at z_l). The paper's "
+    "maps: 105 / h.",
 )
 @click.option(
     "--pixels",
@@ -237,15 +257,17 @@ def simulate_kappa(
 )
 @click.option("--min-flux", default=50.0, show_default=True, type=FiniteFloat(0), help="Minimum Sersic-fit flux.")
 @click.option("--parametric", is_flag=True, help="Draw the COSMOS parametric fits instead of the real images.")
-@click.option("--synthetic", type=click.IntRange(1), help="Draw N GalSim synthetic galaxies instead (no download).")
+@click.option(
+    "--synthetic", type=click.IntRange(1, 10_000_000), help="Draw N GalSim synthetic galaxies instead (no download)."
+)
 @click.option(
     "-n", "--n-sources", type=click.IntRange(1), help="Stamps to draw from COSMOS (default: one per catalogue galaxy)."
 )
 @click.option(
     "--pixel-scale",
-    type=FiniteFloat(0, min_open=True),
-    help="Arcsec per stamp pixel (default: the paper's 0.03 at 128 pixels, 0.03 x 128 / --pixels otherwise; "
-    "3.0/128 keeps angular sizes).",
+    type=FiniteFloat(0, 1, min_open=True),
+    help="Arcsec per stamp pixel, at most 1 (default: the paper's 0.03 at 128 pixels, 0.03 x 128 / --pixels "
+    "otherwise; 3.0/128 keeps angular sizes).",
 )
 @click.option(
     "--test-fraction",
@@ -342,7 +364,11 @@ def simulate_sources(
     help="Which split of the kappa and source datasets to draw from.",
 )
 @click.option(
-    "--block-size", default=256, show_default=True, type=click.IntRange(1), help="Lenses per resumable block."
+    "--block-size",
+    default=256,
+    show_default=True,
+    type=click.IntRange(1, 4096),
+    help="Lenses per resumable block (held in memory: about 0.2 MB per 128^2 lens).",
 )
 @click.option(
     "--pixels",
@@ -390,13 +416,17 @@ def simulate_lenses(kappa_in, sources_in, n_lenses, split, block_size, pixels, o
     if sources_in == "sersic":
         ssampler = lenssim.sersic_source_sampler(config=cfg, device=dev)
     else:
-        ssampler, _ = lenssim.h5_pool_sampler(
+        ssampler, sattrs = lenssim.h5_pool_sampler(
             Path(sources_in), "source", split=split, expected_pixels=cfg.source_pixels, device=dev
         )
+        if abs(float(sattrs.get("source_fov", cfg.source_fov)) - cfg.source_fov) > 1e-6:
+            raise click.BadParameter(
+                f"{sources_in}: source_fov {sattrs['source_fov']} differs from {cfg.source_fov}", param_hint="--sources"
+            )
     target = _target(output, shard)
     n_blocks = -(-n_lenses // block_size)
     mine = shard_range(n_blocks, *shard)
-    n_mine = sum(min(block_size, n_lenses - k * block_size) for k in mine)
+    n_mine = min(mine.stop * block_size, n_lenses) - mine.start * block_size if mine else 0
     with _bar(n_mine, "lenses") as bar:
         path = lenssim.simulate_lens_dataset(
             target, n_lenses, ksampler, ssampler, config=cfg, provenance=provenance, seed=seed, device=dev,

@@ -126,9 +126,15 @@ class RIMConfig(JsonConfig):
             raise ValueError(f"input_kernel must be odd, got {self.input_kernel}")
         if not math.isfinite(self.initial_log10_kappa):
             raise ValueError(f"initial_log10_kappa must be finite, got {self.initial_log10_kappa}")
-        for name in ("filters", "levels", "batch_size", "decay_steps", "train_steps", "max_filters"):
+        for name in ("filters", "levels", "batch_size", "decay_steps", "train_steps", "max_filters", "filter_scaling"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_filters < self.filters:
+            raise ValueError(f"max_filters ({self.max_filters}) must be at least filters ({self.filters})")
+        # sizes a file could otherwise set to anything: bounded so that a bad config fails at once
+        for name, most in (("steps", 1000), ("pixels", 4096), ("levels", 12), ("max_filters", 65536)):
+            if getattr(self, name) > most:
+                raise ValueError(f"{name} is {getattr(self, name)}, beyond the largest sensible value {most}")
 
     def widths(self) -> list[int]:
         """Channels of each level, then of the bottleneck."""

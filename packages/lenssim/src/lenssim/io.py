@@ -228,7 +228,7 @@ def _check_attrs(f, path: Path, required_attrs: Sequence[str]) -> None:
     absent = [a for a in required_attrs if a not in f.attrs]
     if absent:
         raise DatasetError(f"{path}: missing attributes {absent}")
-    values = {a: _float_attr(f, path, a) for a in required_attrs if a in _LENS_ATTRS}
+    values = {a: _float_attr(f, path, a) for a in _LENS_ATTRS if a in f.attrs}  # present ones too
     for a, v in values.items():
         if not v > 0:
             raise DatasetError(f"{path}: attribute {a} must be positive, got {v}")
@@ -419,7 +419,26 @@ def _ensure_space(where: Path, need: int, what: str) -> None:
         )
 
 
-def _make_blocks(work: Path, sizes: dict[int, int], make_block, seed: int, progress) -> None:
+class _Sizes:
+    """Examples per block of ``n`` in blocks of ``size``, over the blocks of ``blocks``, without
+    listing them (a request for 1e9 examples must fail at its first block, not build a table)."""
+
+    def __init__(self, n: int, size: int, blocks: range) -> None:
+        self.n, self.size, self.blocks = n, size, blocks
+
+    def __getitem__(self, k: int) -> int:
+        return min(self.size, self.n - k * self.size)
+
+    def items(self):
+        return ((k, self[k]) for k in self.blocks)
+
+    def total(self) -> int:
+        if not self.blocks:
+            return 0
+        return (len(self.blocks) - 1) * self.size + self[self.blocks[-1]]
+
+
+def _make_blocks(work: Path, sizes: _Sizes, make_block, seed: int, progress) -> None:
     projected = False
     for k, count in sizes.items():
         bp = work / f"block-{k:06d}.h5"
@@ -438,8 +457,9 @@ def _make_blocks(work: Path, sizes: dict[int, int], make_block, seed: int, progr
             raise RuntimeError(f"block {k} produced {got} examples, expected {count}")
         per_example = _nbytes(data) / count
         if not projected:  # the rest of the blocks plus the assembled copy, before the first write
-            todo = sum(c for j, c in sizes.items() if not (work / f"block-{j:06d}.h5").is_file())
-            _ensure_space(work, int(per_example * (todo + sum(sizes.values()))), f"the {todo} examples left")
+            finished = [int(p.stem.split("-")[1]) for p in work.glob("block-*.h5")]
+            todo = sizes.total() - sum(sizes[j] for j in finished if j in sizes.blocks)
+            _ensure_space(work, int(per_example * (todo + sizes.total())), f"the {todo} examples left")
             projected = True
         _ensure_space(work, int(per_example * count), f"block {k}")
         try:
@@ -489,7 +509,7 @@ def write_in_blocks(
         raise ValueError(f"need n >= 1 and block_size >= 1, got {n} and {block_size}")
     n_blocks = -(-n // block_size)
     blocks = range(n_blocks) if blocks is None else blocks
-    sizes = {k: min(block_size, n - k * block_size) for k in blocks}
+    sizes = _Sizes(n, block_size, blocks)
     manifest = json.loads(
         json.dumps(
             {
@@ -523,7 +543,7 @@ def _write_in_blocks(path, n, make_block, attrs, seed, block_size, blocks, sizes
             info = dataset_info(path)
             if json.loads(info["attrs"].get("manifest", "null")) == manifest:
                 if progress is not None:
-                    progress(sum(sizes.values()))
+                    progress(sizes.total())
                 return path
         except (DatasetError, json.JSONDecodeError):
             pass
@@ -560,7 +580,7 @@ def _write_in_blocks(path, n, make_block, attrs, seed, block_size, blocks, sizes
         raise
     # assemble
     first = dataset_info(work / f"block-{blocks.start:06d}.h5")["fields"]
-    total = sum(sizes.values())
+    total = sizes.total()
     _ensure_space(path.parent, sum(p.stat().st_size for p in work.glob("block-*.h5")), f"assembling {path.name}")
     tmp = _tmp(path)
     try:
