@@ -127,6 +127,7 @@ def write_dataset(path: str | os.PathLike, arrays: Mapping[str, Any], attrs: Map
     if len(set(lengths.values())) > 1:
         raise DatasetError(f"cannot write {path}: fields have different lengths {lengths}")
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = _tmp(path)
     try:
         with h5py.File(tmp, "w", track_order=True) as f:
