@@ -262,6 +262,7 @@ def run_demo(output: Path, config: DemoConfig, *, seed: int, device: torch.devic
         rim_cfg = replace(
             lensrim.PRESETS[c.rim_preset], pixels=n, batch_size=c.rim_batch, learning_rate=c.rim_learning_rate,
             train_steps=c.rim_steps, decay_steps=max(1, c.rim_steps), decay_rate=c.rim_final_lr_factor,
+            image_fov=obs.image_fov, source_fov=obs.source_fov,
         )  # fmt: skip
         if n % 2**rim_cfg.levels:
             rim_cfg = replace(rim_cfg, levels=int(np.log2(n)) - 2)

@@ -278,8 +278,8 @@ def train_rim(
             ) from None
         if not math.isfinite(offset):
             raise click.BadParameter("must be finite", param_hint="--initial-log10-kappa")
-    config = replace(config, initial_log10_kappa=offset)
     fovs = {k: float(train_attrs[k]) for k in ("image_fov", "source_fov") if k in train_attrs}
+    config = replace(config, initial_log10_kappa=offset, **fovs)  # the RIM keeps its data's geometry
     meta = {**source, **fovs, "preset": preset, "world_size": world}
     start = lensrim.training.checkpoint_step(output) or 0
     if rank == 0 and start < config.train_steps:
@@ -340,43 +340,37 @@ def train_rim(
 def reconstruct(run_dir, data_path, output, batch_size, seed, device) -> None:
     """Baseline RIM predictions (no fine-tuning) for every lens of a dataset."""
     import numpy as np
-    import torch
 
     import lensrim
     import lenssim
 
     refuse_overwriting_inputs({"--output": output}, {"--data": data_path, "--rim": run_dir})
     dev = resolve_device(device)
-    model, meta = lensrim.load_rim(run_dir, device=dev)
-    data = lenssim.read_lens_dataset(data_path)
-    n = data["observation"].shape[-1]
-    if n != model.config.pixels:
-        raise click.BadParameter(other_resolution(str(data_path), n, model.config.pixels), param_hint="--data")
-    attrs = data["attrs"]
-    check_geometry(str(data_path), attrs, meta)
-    if data["observation"].shape[0] == 0:
-        raise click.BadParameter(f"{data_path}: holds no lenses", param_hint="--data")
-    preds_s, preds_k, chi2 = [], [], []
-    total = data["observation"].shape[0]
-    with progress_bar(total=total, desc="reconstructing", unit="lens") as bar, torch.no_grad():
-        for i in range(0, total, batch_size):
-            sl = slice(i, i + batch_size)
-            physics = lensrim.LensingPhysics(
-                data["psf"][sl].to(dev), data["noise_sigma"][sl].to(dev), float(attrs["image_fov"]),
-                float(attrs["source_fov"]),
-            )  # fmt: skip
-            y = data["observation"][sl].to(dev)
-            est = model(y, physics)[-1]
-            preds_s.append(est[:, :1].cpu())
-            preds_k.append(torch.pow(10.0, est[:, 1:]).cpu())
-            chi2.append(physics.reduced_chi_squared(y, est[:, :1], est[:, 1:]).cpu())
-            bar.update(y.shape[0])
-    arrays = {k: data[k] for k in lenssim.LENS_FIELDS}
-    arrays.update(source_pred=torch.cat(preds_s), kappa_pred=torch.cat(preds_k), chi2_nu=torch.cat(chi2))
-    out_attrs = {k: attrs[k] for k in ("image_fov", "source_fov", "z_lens", "z_source")}
-    out_attrs.update(
-        kind="reconstruction", seed=seed, config={"rim": str(run_dir), "step": meta.get("step"), "data": str(data_path)}
-    )
-    lenssim.write_dataset(output, arrays, out_attrs)
-    c = torch.cat(chi2).numpy()
+    model = lensrim.load(run_dir, device=dev)
+    info = lenssim.io.dataset_info(data_path)
+    first = lenssim.Observation.from_dataset(data_path, rows=slice(0, 1))  # validates the file's layout
+    if first.pixels != model.config.pixels:
+        raise click.BadParameter(
+            other_resolution(str(data_path), first.pixels, model.config.pixels), param_hint="--data"
+        )
+    check_geometry(str(data_path), info["attrs"], vars(model.config))
+    total = info["fields"]["observation"][0]
+    for name in lenssim.LENS_FIELDS:  # every value, in chunks, before the first block
+        if name in info["fields"]:
+            lenssim.io.check_dataset_values(data_path, name)
+
+    def make_block(k: int, count: int, _seedseq) -> dict:  # blocks on disk: memory stays flat
+        rows = slice(k * batch_size, k * batch_size + count)
+        obs = lenssim.Observation.from_dataset(data_path, rows=rows)
+        return lensrim.reconstruct(model, obs, batch_size=batch_size).arrays()
+
+    out_attrs = {k: info["attrs"][k] for k in ("image_fov", "source_fov", "z_lens", "z_source")}
+    out_attrs.update(kind="reconstruction", config={"rim": str(run_dir), "step": model.meta.get("step"),
+                                                    "data": str(data_path)})  # fmt: skip
+    with progress_bar(total=total, desc="reconstructing", unit="lens") as bar:
+        lenssim.write_in_blocks(
+            output, total, make_block, attrs=out_attrs, seed=seed, block_size=batch_size, progress=bar.update,
+            inputs=(data_path, Path(run_dir) / "checkpoint.pt"),
+        )  # fmt: skip
+    c = lenssim.read_dataset(output, ["chi2_nu"])["chi2_nu"].numpy()
     click.echo(f"wrote {output}: {total} lenses, chi2_nu median {np.median(c):.3g} (baseline RIM)")

@@ -33,6 +33,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.utils.checkpoint import checkpoint
 
+import lenssim
 from lensprior.config import JsonConfig
 
 __all__ = [
@@ -71,6 +72,11 @@ class RIMConfig(JsonConfig):
     RUN_KIND: ClassVar[str] = "RIM"
 
     pixels: int = 128
+    image_fov: float = lenssim.IMAGE_FOV
+    """Side of the image (and kappa) grid, arcsec: with ``pixels``, the pixel scale the RIM
+    learns. Saved with every run, so a RIM loaded from a file knows its own geometry."""
+    source_fov: float = lenssim.SOURCE_FOV
+    """Side of the source grid, arcsec."""
     filters: int = 32
     filter_scaling: int = 2
     max_filters: int = 256
@@ -129,12 +135,21 @@ class RIMConfig(JsonConfig):
         for name in ("filters", "levels", "batch_size", "decay_steps", "train_steps", "max_filters", "filter_scaling"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not (0 < self.source_fov and 0 < self.image_fov):
+            raise ValueError(f"fields of view must be positive, got {self.image_fov} and {self.source_fov}")
         if self.max_filters < self.filters:
             raise ValueError(f"max_filters ({self.max_filters}) must be at least filters ({self.filters})")
         # sizes a file could otherwise set to anything: bounded so that a bad config fails at once
         for name, most in (("steps", 1000), ("pixels", 4096), ("levels", 12), ("max_filters", 65536)):
             if getattr(self, name) > most:
                 raise ValueError(f"{name} is {getattr(self, name)}, beyond the largest sensible value {most}")
+
+    def physics(self, psf: torch.Tensor, noise: torch.Tensor):
+        """The lensing forward model on this RIM's grid, for observations with these PSFs and
+        noise (a sigma per lens or a noise map)."""
+        from lensrim.physics import LensingPhysics
+
+        return LensingPhysics(psf, noise, self.image_fov, self.source_fov)
 
     def widths(self) -> list[int]:
         """Channels of each level, then of the bottleneck."""

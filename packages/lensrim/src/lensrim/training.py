@@ -281,7 +281,8 @@ def _summary(terms: dict[str, torch.Tensor]) -> dict[str, Any]:
 def evaluate_rim(model: torch.nn.Module, batch: Batch, attrs: dict | None = None, *, chunk: int = 16) -> dict[str, Any]:
     """Loss, its terms per time step, median chi2_nu and the constant-predictor reference of a
     model on a set of lenses (``chunk`` at a time); see the training log's keys."""
-    attrs = attrs or {}
+    cfg = getattr(model, "config", None)
+    attrs = attrs or ({"image_fov": cfg.image_fov, "source_fov": cfg.source_fov} if cfg is not None else {})
     device = next(model.parameters()).device
     parts: dict[str, list[torch.Tensor]] = {}
     n = batch["observation"].shape[0]
@@ -452,7 +453,14 @@ def _train_rim(
     steps = config.train_steps if steps is None else steps
     if config.batch_size % world:
         raise RunError(f"batch size {config.batch_size} is not divisible by the {world} processes")
-    attrs = getattr(batches, "attrs", {})
+    attrs = getattr(batches, "attrs", {}) or {}
+    for key in ("image_fov", "source_fov"):  # the lenses must be on the grid the config describes
+        if key in attrs and abs(float(attrs[key]) - getattr(config, key)) > 1e-6 * getattr(config, key):
+            raise RunError(
+                f"the training lenses' {key} is {float(attrs[key]):g} arcsec, the RIM's config says "
+                f"{getattr(config, key):g}: set RIMConfig.{key} to the data's"
+            )
+    attrs = {"image_fov": config.image_fov, "source_fov": config.source_fov}
     if rank == 0:
         prepare_run(
             run_dir, replace(config, train_steps=steps), RIMConfig.OPTIMISATION_FIELDS, metadata=metadata, seed=seed

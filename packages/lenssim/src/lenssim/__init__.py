@@ -47,6 +47,7 @@ from lenssim.likelihood import (
     log_likelihood,
     reduced_chi_squared,
 )
+from lenssim.observation import Observation
 from lenssim.psf import SeparablePSF, convolve_psf, fwhm_to_sigma, gaussian_psf, gaussian_psf_1d
 from lenssim.raytrace import IMAGE_FOV, SOURCE_FOV, lens_equation, lens_image, ray_trace
 from lenssim.sampling import (
@@ -71,6 +72,7 @@ __all__ = [
     "FitsError",
     "FitsObservation",
     "read_fits_observation",
+    "Observation",
     "write_fits_reconstruction",
     "IMAGE_FOV",
     "HaloSource",

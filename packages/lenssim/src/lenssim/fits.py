@@ -27,7 +27,15 @@ import torch
 from lenssim.io import MAX_ABS
 from lenssim.psf import gaussian_psf
 
-__all__ = ["FitsObservation", "FitsError", "read_fits_observation", "resample_matrix", "write_fits_reconstruction"]
+__all__ = [
+    "FitsError",
+    "FitsObservation",
+    "fits_onto_grid",
+    "load_fits",
+    "read_fits_observation",
+    "resample_matrix",
+    "write_fits_reconstruction",
+]
 
 NOISE_HDUS = ("NOISE", "SIGMA", "ERR")
 
@@ -150,6 +158,25 @@ def read_fits_observation(
     """Read a lens observation from FITS onto the model's ``pixels`` x ``pixels`` grid of side
     ``image_fov`` arcsec (see the module). Explicit ``pixel_scale``, ``psf_fwhm`` (arcsec) and
     ``noise_sigma`` (image units) override the file."""
+    image, scale_in, psf_in, noise_map = load_fits(
+        path, pixel_scale=pixel_scale, psf_fwhm=psf_fwhm, noise_sigma=noise_sigma
+    )
+    return fits_onto_grid(
+        Path(path), image, scale_in, psf_in, noise_map, pixels=pixels, image_fov=image_fov, psf_fwhm=psf_fwhm,
+        noise_sigma=noise_sigma, flux_scale=flux_scale, psf_size=psf_size,
+    )  # fmt: skip
+
+
+def load_fits(
+    path: str | os.PathLike,
+    *,
+    pixel_scale: float | None = None,
+    psf_fwhm: float | None = None,
+    noise_sigma: float | None = None,
+) -> tuple[np.ndarray, float, np.ndarray | None, np.ndarray | None]:
+    """The validated pieces of a FITS observation at its own resolution: the image (float64),
+    its pixel scale (arcsec), the PSF HDU (None when ``psf_fwhm`` is given) and the noise map
+    (None when ``noise_sigma`` is given)."""
     from astropy.io import fits
 
     path = Path(path)
@@ -168,6 +195,25 @@ def read_fits_observation(
         raise FitsError(f"{path}: truncated or corrupt FITS data ({type(e).__name__}: {e})") from None
     if psf_in is None and psf_fwhm is None:
         raise FitsError(f"{path}: no PSF given: pass a FWHM or add a PSF HDU")
+    return image, scale_in, psf_in, noise_map
+
+
+def fits_onto_grid(
+    path: Path,
+    image: np.ndarray,
+    scale_in: float,
+    psf_in: np.ndarray | None,
+    noise_map: np.ndarray | None,
+    *,
+    pixels: int,
+    image_fov: float,
+    psf_fwhm: float | None,
+    noise_sigma: float | None,
+    flux_scale: float | None,
+    psf_size: int = 21,
+) -> FitsObservation:
+    """The pieces from :func:`load_fits` resampled onto ``pixels`` across ``image_fov`` and
+    divided by the flux scale (see the module)."""
 
     n_in = image.shape[0]
     scale_out = image_fov / pixels

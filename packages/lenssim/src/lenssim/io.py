@@ -305,9 +305,10 @@ def _attrs(f) -> dict[str, Any]:
 
 
 def read_dataset(
-    path: str | os.PathLike, fields: Sequence[str], *, required_attrs: Sequence[str] = ()
+    path: str | os.PathLike, fields: Sequence[str], *, required_attrs: Sequence[str] = (), rows: slice | None = None
 ) -> dict[str, Any]:
-    """Read and validate ``fields`` of a dataset: a dict of tensors plus ``"attrs"``.
+    """Read and validate ``fields`` of a dataset (``rows`` of them: a slice; all by default):
+    a dict of tensors plus ``"attrs"``.
 
     Raises :class:`DatasetError` with a one-line reason for a missing file, a file that is not
     HDF5, a missing field or attribute, wrong shapes or dtypes, or non-finite values.
@@ -318,7 +319,7 @@ def read_dataset(
         out: dict[str, Any] = {}
         pixels = f["observation"].shape[-1] if "observation" in f and f["observation"].ndim == 4 else None
         for k in fields:
-            arr = f[k][()]
+            arr = f[k][()] if rows is None else f[k][rows]
             if arr.dtype.kind == "f":
                 check_values(path, k, arr, image_pixels=pixels)
                 out[k] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))

@@ -1,0 +1,174 @@
+"""The front door: load a trained RIM, reconstruct observations, fine-tune them, save the result.
+
+    rim = lensrim.load("runs/rim")
+    obs = lenssim.Observation.from_fits("lens.fits", psf_fwhm=0.08)
+    rec = lensrim.reconstruct(rim, obs, finetune=lensrim.FineTune(source_vae, kappa_vae))
+    rec.source, rec.kappa, rec.chi2_nu
+    rec.to_fits("out.fits")
+
+The observation is put on the RIM's own grid (its config holds pixels and both fields of view);
+without ``finetune`` the result is the RIM's estimate after its T steps.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import lenssim
+from lensrim.finetune import FineTuneConfig, finetune
+from lensrim.model import RIM
+from lensrim.training import load_rim
+
+__all__ = ["FineTune", "Reconstruction", "load", "reconstruct"]
+
+
+def load(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> RIM:
+    """The trained RIM of a run directory, in eval mode, its config holding its geometry (runs
+    written before the geometry was part of the config take it from their ``run.json``)."""
+    model, meta = load_rim(run_dir, device=device)
+    stored = {k: float(meta[k]) for k in ("image_fov", "source_fov") if k in meta}
+    if any(abs(getattr(model.config, k) - v) > 1e-9 for k, v in stored.items()):
+        model.config = replace(model.config, **stored)
+    model.meta = meta
+    return model
+
+
+@dataclass
+class FineTune:
+    """EWC fine-tuning (paper section 2.5) for :func:`reconstruct`: the two VAEs, Table 3's
+    settings by default, and a seed for the Fisher draws (lens i draws from (seed, i))."""
+
+    source_vae: torch.nn.Module
+    kappa_vae: torch.nn.Module
+    config: FineTuneConfig = field(default_factory=FineTuneConfig)
+    seed: int = 0
+
+
+@dataclass
+class Reconstruction:
+    """Source ``(B, 1, Ns, Ns)`` and kappa ``(B, 1, N, N)`` estimates of the lenses of
+    ``observation`` (on the RIM's grid), with chi2_nu per lens; after fine-tuning the baseline
+    RIM estimates and the steps taken are kept beside them."""
+
+    observation: lenssim.Observation
+    source: torch.Tensor
+    kappa: torch.Tensor
+    chi2_nu: torch.Tensor
+    source_fov: float
+    source_baseline: torch.Tensor | None = None
+    kappa_baseline: torch.Tensor | None = None
+    chi2_nu_baseline: torch.Tensor | None = None
+    steps: torch.Tensor | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def model_image(self) -> torch.Tensor:
+        """The noiseless model image of the estimates, ``(B, 1, N, N)``, in the observation's units."""
+        o = self.observation
+        with torch.no_grad():
+            return lenssim.lens_image(
+                self.source, self.kappa, image_fov=o.image_fov, source_fov=self.source_fov, psf=o.psf
+            )
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The reconstruction's fields as ``lens evaluate`` reads them (truth included when known)."""
+        out = self.observation.arrays()
+        fitted = {"source_pred": self.source, "kappa_pred": self.kappa, "chi2_nu": self.chi2_nu}
+        if self.chi2_nu_baseline is not None:
+            fitted.update(
+                source_baseline=self.source_baseline, kappa_baseline=self.kappa_baseline,
+                chi2_nu_baseline=self.chi2_nu_baseline, finetune_steps=self.steps,
+            )  # fmt: skip
+        out.update({k: v.detach().cpu().numpy() for k, v in fitted.items()})
+        return out
+
+    def to_hdf5(self, path: str | os.PathLike) -> Path:
+        """Write the reconstruction as a dataset that ``lens evaluate`` reads (atomically)."""
+        attrs = {
+            "kind": "reconstruction", "image_fov": self.observation.image_fov, "source_fov": self.source_fov,
+            "z_lens": lenssim.ObservationConfig.z_lens, "z_source": lenssim.ObservationConfig.z_source,
+            "flux_scale": self.observation.flux_scale, "config": self.meta,
+        }  # fmt: skip
+        return lenssim.write_dataset(path, self.arrays(), attrs)
+
+    def to_fits(self, path: str | os.PathLike, *, index: int = 0) -> Path:
+        """Lens ``index`` as FITS image extensions (observation, model, residual, source, kappa,
+        and the baseline maps after fine-tuning), in the observation's original units (the flux
+        scale undone), with the geometry and chi2_nu in the primary header; written atomically."""
+        o, i, scale = self.observation, index, float(self.observation.flux_scale)
+        model = self.model_image()
+        maps = {
+            "observation": o.observation[i, 0] * scale,
+            "model": model[i, 0] * scale,
+            "residual": (o.observation[i, 0] - model[i, 0]) * scale,
+            "source": self.source[i, 0] * scale,
+            "kappa": self.kappa[i, 0],
+        }
+        header = {
+            "imgfov": o.image_fov, "srcfov": self.source_fov, "imgpix": o.pixel_scale,
+            "srcpix": self.source_fov / self.source.shape[-1], "fluxscl": scale, "chi2nu": float(self.chi2_nu[i]),
+        }  # fmt: skip
+        if self.chi2_nu_baseline is not None:
+            maps.update(source_baseline=self.source_baseline[i, 0] * scale, kappa_baseline=self.kappa_baseline[i, 0])
+            header["chi2nu0"] = float(self.chi2_nu_baseline[i])
+        return lenssim.write_fits_reconstruction(path, {k: v.detach().cpu().numpy() for k, v in maps.items()}, header)
+
+
+def reconstruct(
+    rim: RIM,
+    observation: lenssim.Observation,
+    *,
+    finetune: FineTune | None = None,
+    batch_size: int = 8,
+) -> Reconstruction:
+    """Reconstruct the lenses of ``observation`` with ``rim`` (put on the RIM's grid first;
+    data on another grid, or with another source field, are refused), ``batch_size`` at a time,
+    optionally fine-tuned with EWC per lens. Runs on the RIM's device."""
+    c = rim.config
+    if observation.source_fov is not None and abs(observation.source_fov - c.source_fov) > 1e-6 * c.source_fov:
+        raise lenssim.DatasetError(
+            f"the observation's source_fov is {observation.source_fov:g} arcsec, the RIM's {c.source_fov:g}"
+        )
+    device = next(rim.parameters()).device
+    obs = observation.on_grid(c.pixels, c.image_fov).to(device)
+    rim.eval()
+    parts: list[dict[str, torch.Tensor]] = []
+    for start in range(0, len(obs), batch_size):
+        sl = slice(start, start + batch_size)
+        y, psf, noise = obs.observation[sl], obs.psf[sl], obs.noise[sl]
+        if finetune is None:
+            physics = c.physics(psf, noise)
+            with torch.no_grad():
+                est = rim(y, physics)[-1]
+            parts.append(
+                {
+                    "source": est[:, :1], "kappa": torch.pow(10.0, est[:, 1:]),
+                    "chi2_nu": physics.reduced_chi_squared(y, est[:, :1], est[:, 1:]),
+                }
+            )  # fmt: skip
+            continue
+        from lensprior.training import step_generator
+
+        gens = [step_generator(finetune.seed, i, 7) for i in range(sl.start, sl.start + y.shape[0])]
+        res = lensrim_finetune(
+            rim, finetune.source_vae, finetune.kappa_vae, y, psf, noise, finetune.config, generators=gens,
+            image_fov=c.image_fov, source_fov=c.source_fov,
+        )  # fmt: skip
+        parts.append(
+            {
+                "source": res.source, "kappa": res.kappa, "chi2_nu": res.chi2_nu,
+                "source_baseline": res.source_baseline, "kappa_baseline": res.kappa_baseline,
+                "chi2_nu_baseline": res.chi2_nu_baseline, "steps": res.steps,
+            }
+        )  # fmt: skip
+    joined = {k: torch.cat([p[k].detach().cpu() for p in parts]) for k in parts[0]}
+    meta = {"rim": getattr(rim, "meta", {}), "finetune": None if finetune is None else asdict(finetune.config)}
+    return Reconstruction(observation=obs.to("cpu"), source_fov=c.source_fov, meta=meta, **joined)
+
+
+lensrim_finetune = finetune  # the module-level name; ``finetune`` is also reconstruct's argument

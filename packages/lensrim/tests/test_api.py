@@ -1,0 +1,107 @@
+"""The front door: a user reconstructs and fine-tunes a FITS lens in five lines, and the library's
+answer is the same as the lower-level calls' (physics on the RIM's own grid, the same FITS
+resampling, the same fine-tuning)."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from astropy.io import fits
+
+import lensprior
+import lensrim
+import lenssim
+from lensrim.training import SimulatedBatches, train_rim
+
+OBS = lenssim.ObservationConfig(image_pixels=32, source_pixels=32, psf_size=5)
+TINY_VAE = dict(pixels=32, levels=2, filters=4, latent_dim=4, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("api")
+    g = torch.Generator().manual_seed(0)
+    lenses = lenssim.simulate_sie_lenses(3, config=OBS, generator=g)
+    lensprior.train_vae(lensprior.source_vae_config(**TINY_VAE, steps=2), lenses.source, root / "svae")
+    lensprior.train_vae(lensprior.kappa_vae_config(**TINY_VAE, steps=2), lenses.kappa, root / "kvae")
+    batches = SimulatedBatches(lenssim.sie_kappa_sampler(config=OBS), lenssim.sersic_source_sampler(config=OBS), OBS)
+    train_rim(replace(lensrim.PRESETS["tiny"], steps=3), batches, root / "rim", steps=2, tensorboard=False)
+    # a FITS cutout at its own resolution (48 pixels of 0.2", wider than the RIM's 7.69")
+    img = lenssim.lens_image(lenses.source[:1], lenses.kappa[:1], psf=lenses.psf[:1], image_fov=OBS.image_fov)
+    big = torch.nn.functional.interpolate(img, size=(48, 48), mode="bilinear")[0, 0].numpy() * 250.0
+    hdr = fits.Header()
+    hdr["PIXSCALE"] = 0.2
+    fits.PrimaryHDU(big, header=hdr).writeto(root / "lens.fits")
+    lenssim.write_lens_dataset(
+        root / "lenses.h5", {k: getattr(lenses, k) for k in lenssim.LENS_FIELDS}, image_fov=OBS.image_fov,
+        source_fov=OBS.source_fov, z_lens=0.5, z_source=1.5,
+    )  # fmt: skip
+    return root
+
+
+def test_the_readme_example_runs_in_five_lines_and_writes_consistent_fits(runs, tmp_path):
+    source_vae, _ = lensprior.load_vae(runs / "svae")
+    kappa_vae, _ = lensprior.load_vae(runs / "kvae")
+    quick = lensrim.FineTuneConfig(max_steps=2, fisher_samples=2, learning_rate=1e-5)
+
+    rim = lensrim.load(runs / "rim")
+    obs = lenssim.Observation.from_fits(runs / "lens.fits", psf_fwhm=0.08, noise_sigma=0.5)
+    rec = lensrim.reconstruct(rim, obs, finetune=lensrim.FineTune(source_vae, kappa_vae, quick))
+    source, kappa, chi2_nu = rec.source, rec.kappa, rec.chi2_nu
+    rec.to_fits(tmp_path / "out.fits")
+
+    assert source.shape == (1, 1, 32, 32) and (kappa > 0).all() and chi2_nu.shape == (1,)
+    assert float(rec.chi2_nu[0]) <= float(rec.chi2_nu_baseline[0])  # the best iterate is kept
+    # the observation went through the same resampling as the CLI's FITS reader
+    ref = lenssim.read_fits_observation(
+        runs / "lens.fits", pixels=32, image_fov=OBS.image_fov, psf_fwhm=0.08, noise_sigma=0.5
+    )
+    assert torch.equal(rec.observation.observation, ref.observation) and rec.observation.flux_scale == ref.flux_scale
+    with fits.open(tmp_path / "out.fits") as h:
+        scale = h[0].header["FLUXSCL"]
+        obs_map, model, residual = (h[k].data.astype(np.float64) for k in ("OBSERVATION", "MODEL", "RESIDUAL"))
+        np.testing.assert_allclose(residual, obs_map - model, atol=1e-4 * scale)
+        # the model is the lensed source of the written maps, in the input's units
+        again = lenssim.lens_image(
+            torch.from_numpy(h["SOURCE"].data.astype(np.float32))[None, None] / scale,
+            torch.from_numpy(h["KAPPA"].data.astype(np.float32))[None, None],
+            image_fov=OBS.image_fov, source_fov=OBS.source_fov, psf=ref.psf,
+        )  # fmt: skip
+        np.testing.assert_allclose(again[0, 0].numpy() * scale, model, rtol=1e-4, atol=1e-4 * scale)
+        # chi2_nu in the header is the residual over the (resampled) noise of the written maps
+        noise = ref.noise[0, 0].numpy() if ref.noise.dim() == 4 else ref.noise.item()
+        chi2 = float(np.mean((residual / scale / noise) ** 2))
+        assert h[0].header["CHI2NU"] == pytest.approx(chi2, rel=1e-3)
+        assert h[0].header["CHI2NU"] == pytest.approx(float(rec.chi2_nu[0]), rel=1e-5)
+
+
+def test_reconstruct_equals_the_rim_on_its_own_physics(runs):
+    rim = lensrim.load(runs / "rim")
+    obs = lenssim.Observation.from_dataset(runs / "lenses.h5")
+    rec = lensrim.reconstruct(rim, obs, batch_size=2)
+    physics = lensrim.LensingPhysics(obs.psf, obs.noise, OBS.image_fov, OBS.source_fov)
+    with torch.no_grad():
+        est = rim(obs.observation, physics)[-1]
+    torch.testing.assert_close(rec.source, est[:, :1])
+    torch.testing.assert_close(rec.kappa, torch.pow(10.0, est[:, 1:]))
+    torch.testing.assert_close(rec.chi2_nu, physics.reduced_chi_squared(obs.observation, est[:, :1], est[:, 1:]))
+    assert set(rec.arrays()) >= {"source_pred", "kappa_pred", "chi2_nu", "source", "kappa", "observation"}
+
+
+def test_geometry_lives_in_the_config_and_other_grids_are_refused(runs, tmp_path):
+    rim = lensrim.load(runs / "rim")
+    assert (rim.config.image_fov, rim.config.source_fov) == (OBS.image_fov, OBS.source_fov)
+    assert '"source_fov": 3.0' in (runs / "rim" / "config.json").read_text()
+    d = lenssim.read_lens_dataset(runs / "lenses.h5")
+    lenssim.write_lens_dataset(
+        tmp_path / "other.h5", {k: d[k] for k in lenssim.LENS_FIELDS}, image_fov=6.0, source_fov=3.0, z_lens=0.5,
+        z_source=1.5,
+    )  # fmt: skip
+    with pytest.raises(lenssim.DatasetError, match="32 pixels across 6 arcsec, the model works on 32 across 7.69"):
+        lensrim.reconstruct(rim, lenssim.Observation.from_dataset(tmp_path / "other.h5"))
+    # training on lenses of another geometry than the config's is refused, not silently mixed
+    batches = SimulatedBatches(lenssim.sie_kappa_sampler(config=OBS), lenssim.sersic_source_sampler(config=OBS), OBS)
+    wrong = replace(lensrim.PRESETS["tiny"], steps=2, source_fov=2.0)
+    with pytest.raises(lensprior.RunError, match="source_fov is 3 arcsec, the RIM's config says 2"):
+        train_rim(wrong, batches, tmp_path / "run", steps=1, tensorboard=False)

@@ -1,0 +1,143 @@
+"""Observed lenses as a reconstruction sees them: images, PSFs and noise on a grid.
+
+An :class:`Observation` comes from a FITS file (one lens, at the file's own resolution until it is
+put on a model's grid) or from a lens dataset (a batch, already on its grid, with the truth when
+the file holds it). ``on_grid(pixels, image_fov)`` is what a model calls: a FITS observation is
+resampled there by exact pixel-area overlap (:mod:`lenssim.fits`); a dataset must already be on
+that grid.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lenssim.fits import fits_onto_grid, load_fits
+from lenssim.io import DatasetError, dataset_info, read_dataset
+
+__all__ = ["Observation"]
+
+
+@dataclass
+class Observation:
+    """``observation (B, 1, N, N)`` across ``image_fov`` arcsec, ``psf (B, 1, k, k)`` on the same
+    pixel scale, ``noise`` a sigma per lens ``(B,)`` or a noise map ``(B, 1, N, N)``, all divided
+    by ``flux_scale``. ``source_fov`` is the source plane's field when the data fix it (datasets);
+    ``truth`` holds ``source`` and ``kappa`` when known."""
+
+    observation: torch.Tensor
+    psf: torch.Tensor
+    noise: torch.Tensor
+    image_fov: float
+    source_fov: float | None = None
+    flux_scale: float = 1.0
+    truth: dict[str, torch.Tensor] = field(default_factory=dict)
+    origin: dict[str, Any] = field(default_factory=dict)
+    _fits: tuple | None = field(default=None, repr=False)
+
+    @property
+    def pixels(self) -> int:
+        return int(self.observation.shape[-1])
+
+    @property
+    def pixel_scale(self) -> float:
+        """Arcsec per pixel."""
+        return self.image_fov / self.pixels
+
+    def __len__(self) -> int:
+        return int(self.observation.shape[0])
+
+    @classmethod
+    def from_fits(
+        cls,
+        path: str | os.PathLike,
+        *,
+        psf_fwhm: float | None = None,
+        noise_sigma: float | None = None,
+        pixel_scale: float | None = None,
+        flux_scale: float | None = None,
+    ) -> Observation:
+        """One lens from FITS, at the file's own resolution (see :mod:`lenssim.fits` for the
+        layout; the arguments override the file). Divided by ``flux_scale`` (default: the peak
+        of the image on the grid it is finally put on)."""
+        path = Path(path)
+        image, scale, psf_in, noise_map = load_fits(
+            path, pixel_scale=pixel_scale, psf_fwhm=psf_fwhm, noise_sigma=noise_sigma
+        )
+        n = image.shape[0]
+        native = fits_onto_grid(
+            path, image, scale, psf_in, noise_map, pixels=n, image_fov=n * scale, psf_fwhm=psf_fwhm,
+            noise_sigma=noise_sigma, flux_scale=flux_scale,
+        )  # fmt: skip
+        options = {"psf_fwhm": psf_fwhm, "noise_sigma": noise_sigma, "flux_scale": flux_scale}
+        return cls(
+            observation=native.observation, psf=native.psf, noise=native.noise, image_fov=n * scale,
+            flux_scale=native.flux_scale, origin={"fits": str(path), "pixel_scale": scale},
+            _fits=(path, image, scale, psf_in, noise_map, options),
+        )  # fmt: skip
+
+    @classmethod
+    def from_dataset(cls, path: str | os.PathLike, *, rows: slice | None = None) -> Observation:
+        """Lenses of a lens dataset (``rows``: a slice of them; all by default), with the truth
+        when the file holds ``source`` and ``kappa`` and a noise map when it holds ``noise_map``."""
+        path = Path(path)
+        fields = dataset_info(path)["fields"]
+        wanted = ["observation", "psf", "noise_sigma"] + [k for k in ("source", "kappa", "noise_map") if k in fields]
+        data = read_dataset(path, wanted, required_attrs=("image_fov", "source_fov"), rows=rows)  # rows only
+        noise = data["noise_map"] if "noise_map" in data else data["noise_sigma"]
+        if data["observation"].shape[0] == 0:
+            raise DatasetError(f"{path}: holds no lenses{'' if rows is None else ' in ' + str(rows)}")
+        return cls(
+            observation=data["observation"], psf=data["psf"], noise=noise,
+            image_fov=float(data["attrs"]["image_fov"]), source_fov=float(data["attrs"]["source_fov"]),
+            truth={k: data[k] for k in ("source", "kappa") if k in data}, origin={"dataset": str(path)},
+        )  # fmt: skip
+
+    def on_grid(self, pixels: int, image_fov: float, *, psf_size: int = 21) -> Observation:
+        """This observation on ``pixels`` across ``image_fov`` arcsec: resampled from the FITS
+        file when it came from one (exact pixel-area overlap, flux scale applied there), else
+        itself when it is already there; a dataset on another grid is refused."""
+        if self._fits is not None:
+            path, image, scale, psf_in, noise_map, options = self._fits
+            o = fits_onto_grid(
+                path, image, scale, psf_in, noise_map, pixels=pixels, image_fov=image_fov, psf_size=psf_size, **options
+            )  # fmt: skip
+            noise = o.noise if o.noise.dim() == 4 else o.noise.reshape(1)
+            origin = {**self.origin, "resampled": o.resampled}
+            return replace(
+                self, observation=o.observation, psf=o.psf, noise=noise, image_fov=float(image_fov),
+                flux_scale=o.flux_scale, origin=origin,
+            )  # fmt: skip
+        if self.pixels != pixels or abs(self.image_fov - image_fov) > 1e-6 * image_fov:
+            where = self.origin.get("dataset", "the observation")
+            raise DatasetError(
+                f"{where}: {self.pixels} pixels across {self.image_fov:g} arcsec, the model works on {pixels} across "
+                f"{image_fov:g}: simulate the data at the model's grid, or give the observation as FITS"
+            )
+        return self
+
+    def to(self, device: torch.device | str) -> Observation:
+        move = {"observation": self.observation, "psf": self.psf, "noise": self.noise}
+        return replace(
+            self, **{k: v.to(device) for k, v in move.items()}, truth={k: v.to(device) for k, v in self.truth.items()}
+        )
+
+    def noise_sigma(self) -> torch.Tensor:
+        """One sigma per lens ``(B,)``: the noise map's median where there is one."""
+        if self.noise.dim() == 4:
+            return self.noise.flatten(1).median(dim=1).values
+        return self.noise.reshape(-1)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The dataset fields of these lenses (``noise_map`` beside ``noise_sigma`` when the
+        noise is a map), as numpy arrays."""
+        out = {"observation": self.observation, "psf": self.psf, "noise_sigma": self.noise_sigma()}
+        if self.noise.dim() == 4:
+            out["noise_map"] = self.noise
+        out.update(self.truth)
+        return {k: v.detach().cpu().numpy() for k, v in out.items()}
