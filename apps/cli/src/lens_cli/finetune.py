@@ -261,36 +261,13 @@ def finetune(
         f"{np.median(rec['chi2_nu'].numpy()):.3g} (fine-tuned), median steps {int(rec['finetune_steps'].median())}"
     )
     if "fits" in attrs:
-        _write_fits(output, attrs)
+        _write_fits(output)
 
 
-def _write_fits(output: Path, attrs: dict) -> None:
-    import torch
+def _write_fits(output: Path) -> None:
+    import lensrim
 
-    import lenssim
-
-    fields = ["observation", "psf", "noise_sigma", "source_pred", "kappa_pred", "chi2_nu", "source_baseline",
-              "kappa_baseline", "chi2_nu_baseline"]  # fmt: skip
-    d = lenssim.read_dataset(output, fields)
-    ifov, sfov = float(attrs["image_fov"]), float(attrs["source_fov"])
-    model = lenssim.lens_image(d["source_pred"], d["kappa_pred"], image_fov=ifov, source_fov=sfov, psf=d["psf"])
-    scale = float(attrs["fits"]["flux_scale"])
-    n = d["observation"].shape[-1]
-    maps = {
-        "observation": d["observation"][0, 0] * scale,
-        "model": model[0, 0] * scale,
-        "residual": (d["observation"][0, 0] - model[0, 0]) * scale,
-        "source": d["source_pred"][0, 0] * scale,
-        "kappa": d["kappa_pred"][0, 0],
-        "source_baseline": d["source_baseline"][0, 0] * scale,
-        "kappa_baseline": d["kappa_baseline"][0, 0],
-    }
-    header = {
-        "imgfov": ifov, "srcfov": sfov, "imgpix": ifov / n, "srcpix": sfov / n, "fluxscl": scale,
-        "chi2nu": float(d["chi2_nu"][0]), "chi2nu0": float(d["chi2_nu_baseline"][0]),
-    }  # fmt: skip
-    path = output.with_suffix(".fits")
-    lenssim.write_fits_reconstruction(path, {k: torch.as_tensor(v).numpy() for k, v in maps.items()}, header)
+    path = lensrim.Reconstruction.from_hdf5(output).to_fits(output.with_suffix(".fits"))
     click.echo(f"wrote {path} (observation, model, residual, source, kappa; image units as the input)")
 
 

@@ -12,6 +12,7 @@ without ``finetune`` the result is the RIM's estimate after its T steps.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -66,6 +67,38 @@ class Reconstruction:
     chi2_nu_baseline: torch.Tensor | None = None
     steps: torch.Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_hdf5(cls, path: str | os.PathLike) -> Reconstruction:
+        """A reconstruction file as ``lens reconstruct``, ``lens finetune`` or :meth:`to_hdf5`
+        wrote it (validated like every dataset)."""
+        path = Path(path)
+        fields = lenssim.io.dataset_info(path)["fields"]
+        needed = ["observation", "psf", "noise_sigma", "source_pred", "kappa_pred", "chi2_nu"]
+        missing = [k for k in needed if k not in fields]
+        if missing:
+            raise lenssim.DatasetError(f"{path}: not a reconstruction (missing {', '.join(missing)})")
+        optional = ["noise_map", "source", "kappa", "source_baseline", "kappa_baseline", "chi2_nu_baseline"]
+        optional += ["finetune_steps"]
+        d = lenssim.read_dataset(
+            path, needed + [k for k in optional if k in fields], required_attrs=("image_fov", "source_fov")
+        )
+        attrs = d["attrs"]
+        flux = attrs.get("flux_scale")
+        if flux is None and "fits" in attrs:
+            flux = json.loads(attrs["fits"]).get("flux_scale") if isinstance(attrs["fits"], str) else None
+        obs = lenssim.Observation(
+            observation=d["observation"], psf=d["psf"], noise=d.get("noise_map", d["noise_sigma"]),
+            image_fov=float(attrs["image_fov"]), source_fov=float(attrs["source_fov"]),
+            flux_scale=float(flux or 1.0), truth={k: d[k] for k in ("source", "kappa") if k in d},
+            origin={"reconstruction": str(path)},
+        )  # fmt: skip
+        return cls(
+            observation=obs, source=d["source_pred"], kappa=d["kappa_pred"], chi2_nu=d["chi2_nu"],
+            source_fov=float(attrs["source_fov"]), source_baseline=d.get("source_baseline"),
+            kappa_baseline=d.get("kappa_baseline"), chi2_nu_baseline=d.get("chi2_nu_baseline"),
+            steps=d.get("finetune_steps"),
+        )  # fmt: skip
 
     def model_image(self) -> torch.Tensor:
         """The noiseless model image of the estimates, ``(B, 1, N, N)``, in the observation's units."""
