@@ -1,6 +1,7 @@
 """Sessions: one per package (installed alone in a fresh virtualenv), integration, lint, bench, demo.
 
     nox                 # every package's tests, the cross-package tests and the lint
+    nox -s quick        # every test but the slow ones, all packages together (< 2 min)
     nox -s lenssim      # one package
     nox -s demo         # the main job on built-in data
     nox -s bench        # benchmark figures (never fails for being slow)
@@ -104,9 +105,20 @@ def cli(session: nox.Session) -> None:
 
 @nox.session
 def integration(session: nox.Session) -> None:
-    """Everything installed together: the cross-package tests in tests/."""
+    """Everything installed together: the cross-package tests in tests/ (the `lens` script must
+    be there: a missing one fails them instead of skipping them)."""
     _install(session, LENSSIM, LENSPRIOR, LENSRIM, CLI, "pytest")
-    _pytest(session, "tests")
+    session.run("pytest", "-q", "tests", *session.posargs, env={"LENS_REQUIRE_SCRIPT": "1"})
+
+
+@nox.session
+def quick(session: nox.Session) -> None:
+    """Every test but the slow ones (subprocesses, DDP, the denoiser, long training), all
+    packages in one environment: under 2 minutes on 2 cores, for the edit-test loop."""
+    _install(session, f"{LENSSIM}[test]", f"{LENSPRIOR}[test]", f"{LENSRIM}[test]", f"{CLI}[test]")
+    for tests in (f"{LENSSIM}/tests", f"{LENSPRIOR}/tests", f"{LENSRIM}/tests", f"{CLI}/tests", "tests"):
+        # one run per directory: each test directory has its own conftest module
+        session.run("pytest", "-q", "-m", "not slow", tests, *session.posargs, success_codes=[0, 5])
 
 
 @nox.session

@@ -17,7 +17,7 @@ import lensrim
 import lenssim
 from lensrim.training import SimulatedBatches, train_rim
 
-pytestmark = requires_lens
+pytestmark = [requires_lens, pytest.mark.slow]
 OBS = lenssim.ObservationConfig(image_pixels=32, source_pixels=32, psf_size=5)
 TINY_VAE = dict(pixels=32, levels=2, filters=4, latent_dim=4, batch_size=4)
 

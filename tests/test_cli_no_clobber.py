@@ -6,7 +6,7 @@ import os
 import pytest
 from lens_runner import requires_lens, run
 
-pytestmark = requires_lens
+pytestmark = [requires_lens, pytest.mark.slow]
 
 
 @pytest.fixture

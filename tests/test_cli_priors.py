@@ -8,7 +8,7 @@ from lens_runner import requires_lens, run
 
 import lenssim
 
-pytestmark = requires_lens
+pytestmark = [requires_lens, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,13 @@
 
 import json
 
+import pytest
 import torch
 from lens_runner import requires_lens, run
 
 import lenssim
 
-pytestmark = requires_lens
+pytestmark = [requires_lens, pytest.mark.slow]
 
 
 def test_train_resume_and_reconstruct(tmp_path):

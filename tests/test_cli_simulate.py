@@ -13,7 +13,7 @@ from lens_runner import LENS, requires_lens, run
 
 import lenssim
 
-pytestmark = requires_lens
+pytestmark = [requires_lens, pytest.mark.slow]
 COSMOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cosmos"
 
 

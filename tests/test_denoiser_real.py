@@ -12,6 +12,7 @@ from lenssim.sources import CosmosSources, prepare_source, synthetic_galaxy_stam
 COSMOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cosmos" / "btk-26-extension"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not COSMOS.is_dir(), reason="../shared/data/cosmos not present")
 def test_denoiser_lowers_border_noise_and_keeps_flux_on_real_stamps(tmp_path):
     rng = np.random.default_rng(0)

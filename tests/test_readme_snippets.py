@@ -44,6 +44,7 @@ def workdir(tmp_path):
 
 
 @requires_lens
+@pytest.mark.slow
 def test_readme_snippets_run_in_order_with_their_files(workdir):
     # the files the snippets' text says to make first, at the snippets' 64^2
     run("simulate", "sources", "--synthetic", 16, "--pixels", 64, "--test-fraction", 0.25, "-o", "sources.h5")

@@ -4,6 +4,8 @@ import torch
 import lensprior
 from lensprior import Denoiser, DenoiserConfig
 
+pytestmark = pytest.mark.slow  # trains networks
+
 
 def _blobs(n, size=32, seed=0):
     g = torch.Generator().manual_seed(seed)

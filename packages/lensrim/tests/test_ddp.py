@@ -5,6 +5,7 @@ import os
 import socket
 from dataclasses import replace
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -12,6 +13,8 @@ import torch.multiprocessing as mp
 import lenssim
 from lensrim import PRESETS, RIM
 from lensrim.training import train_rim
+
+pytestmark = pytest.mark.slow  # two processes
 
 
 def _data():

@@ -131,6 +131,7 @@ def _four_lenses(n=32):
     return {"observation": obs, "source": src, "kappa": kappa, "psf": psf, "noise_sigma": sig}
 
 
+@pytest.mark.slow
 def test_overfitting_four_lenses_lowers_the_loss_tenfold(tmp_path):
     data = _four_lenses()
     cfg = replace(PRESETS["tiny"], steps=4, learning_rate=1e-2)
