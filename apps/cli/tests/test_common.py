@@ -111,3 +111,30 @@ def test_every_command_and_option_has_help():
     ]
     assert not missing, missing
     assert all(cmd.help for _, cmd in walk(cli, ["lens"]))
+
+
+def test_finetune_option_defaults_are_the_library_defaults():
+    # the CLI cannot import the dataclass at start-up (torch would load for `lens --help`): the
+    # restated defaults are held to the library's here
+    from dataclasses import fields
+
+    import lensrim
+    from lens_cli.finetune import finetune
+
+    options = {p.name: p.default for p in finetune.params}
+    names = {"ewc_lambda": "ewc_lambda", "fisher_samples": "fisher_samples", "latent_sigma": "latent_sigma",
+             "learning_rate": "learning_rate", "max_steps": "max_steps", "target_chi2": "target_chi2_nu",
+             "fisher_chunk": "fisher_chunk"}  # fmt: skip
+    library = {f.name: f.default for f in fields(lensrim.FineTuneConfig)}
+    assert {opt: options[opt] for opt in names} == {opt: library[field] for opt, field in names.items()}
+
+
+def test_preset_choices_are_the_registries():
+    import lensrim
+    from lens_cli.main import PRESETS as DEMO_PRESETS
+    from lens_cli.main import cli
+
+    rim_preset = next(p for p in cli.commands["train"].commands["rim"].params if p.name == "preset")
+    assert set(rim_preset.type.choices) == set(lensrim.PRESETS)
+    demo_preset = next(p for p in cli.commands["demo"].params if p.name == "preset")
+    assert set(demo_preset.type.choices) == set(DEMO_PRESETS)

@@ -78,58 +78,43 @@ def finetune_to_file(
     model, svae, kvae, data: dict, output: Path, cfg, *, attrs: dict, batch_size: int, seed: int, device,
     inputs: tuple = (),
 ) -> Path:  # fmt: skip
-    """Fine-tune every lens of ``data`` (tensors: observation, psf, noise_sigma, optional
-    noise_map and truth) into the reconstruction file ``output``, ``batch_size`` lenses at a time,
-    resumably (one block per batch). Lens i draws its Fisher samples from (seed, i) alone."""
+    """``lensrim.api.finetune_to_file`` with a progress bar (in logs too, with the fine-tuning
+    phases) and a one-time cost estimate. ``data``: tensors observation, psf, noise_sigma and
+    the optional noise_map and truth, already on the RIM's grid."""
     import lensrim
     import lenssim
-    from lensprior.training import step_generator
 
-    n, dev, out_attrs = data["observation"].shape[0], device, attrs
-    ifov, sfov = float(attrs["image_fov"]), float(attrs["source_fov"])
+    noise = data["noise_map"] if "noise_map" in data else data["noise_sigma"]
+    obs = lenssim.Observation(
+        observation=data["observation"], psf=data["psf"], noise=noise, image_fov=float(attrs["image_fov"]),
+        source_fov=float(attrs["source_fov"]), truth={k: data[k] for k in ("source", "kappa") if k in data},
+    )  # fmt: skip
+    n = len(obs)
     batches = -(-n // batch_size)
     clock: dict = {}  # the first batch's phase times, for the cost estimate
     with progress_bar(total=n, desc="fine-tuning", unit="lens") as bar:
 
-        def make_block(k: int, count: int, _seedseq) -> dict:
-            sl = slice(k * batch_size, k * batch_size + count)
-            noise = data["noise_map"][sl] if "noise_map" in data else data["noise_sigma"][sl]
-            gens = [step_generator(seed, i, 7) for i in range(sl.start, sl.stop)]
+        def phase(first, last, name, done, total):
+            bar.set_postfix_str(f"lenses {first}-{last}: {name} {done}/{total}", refresh=False)
+            refresh_when_due(bar)  # in logs too, while the lens count stands still
+            now = time.perf_counter()
+            clock.setdefault(name, now)
+            if name == "optimise" and done == min(3, total) and "said" not in clock:
+                clock["said"] = True
+                fisher = clock["optimise"] - clock["fisher"]
+                per_step = (now - clock["optimise"]) / done
+                per_batch = fisher + per_step * total
+                say(
+                    f"fine-tuning cost here: Fisher {duration(fisher)} ({cfg.fisher_samples} draws per lens), "
+                    f"{per_step:.3g} s per step; up to {cfg.max_steps} steps make about {duration(per_batch)} per "
+                    f"batch of {min(batch_size, n)}, {duration(per_batch * batches)} for all {batches} batches (an "
+                    f"early stop at chi2_nu <= {cfg.target_chi2_nu:g} ends a batch sooner; --max-steps and "
+                    "--fisher-samples set fewer)"
+                )
 
-            def stage(name, done, total):
-                bar.set_postfix_str(f"lenses {sl.start}-{sl.stop - 1}: {name} {done}/{total}", refresh=False)
-                refresh_when_due(bar)  # in logs too, while the lens count stands still
-                now = time.perf_counter()
-                clock.setdefault(name, now)
-                if name == "optimise" and done == min(3, total) and "said" not in clock:
-                    clock["said"] = True
-                    fisher = clock["optimise"] - clock["fisher"]
-                    per_step = (now - clock["optimise"]) / done
-                    per_batch = fisher + per_step * total
-                    say(
-                        f"fine-tuning cost here: Fisher {duration(fisher)} ({cfg.fisher_samples} draws per lens), "
-                        f"{per_step:.3g} s per step; up to {cfg.max_steps} steps make about {duration(per_batch)} per "
-                        f"batch of {count}, {duration(per_batch * batches)} for all {batches} batches (an early stop "
-                        f"at chi2_nu <= {cfg.target_chi2_nu:g} ends a batch sooner; --max-steps and --fisher-samples "
-                        "set fewer)"
-                    )
-
-            res = lensrim.finetune(
-                model, svae, kvae, data["observation"][sl].to(dev), data["psf"][sl].to(dev), noise.to(dev), cfg,
-                generators=gens, image_fov=ifov, source_fov=sfov, progress=stage,
-            )  # fmt: skip
-            arrays = {key: v[sl].numpy() for key, v in data.items()}
-            arrays.update(
-                source_pred=res.source.cpu().numpy(), kappa_pred=res.kappa.cpu().numpy(),
-                chi2_nu=res.chi2_nu.cpu().numpy(), source_baseline=res.source_baseline.cpu().numpy(),
-                kappa_baseline=res.kappa_baseline.cpu().numpy(), chi2_nu_baseline=res.chi2_nu_baseline.cpu().numpy(),
-                finetune_steps=res.steps.numpy(), best_step=res.best_step.numpy(),
-            )  # fmt: skip
-            return arrays
-
-        return lenssim.write_in_blocks(
-            output, n, make_block, attrs=out_attrs, seed=seed, block_size=batch_size, progress=bar.update,
-            inputs=inputs,
+        return lensrim.api.finetune_to_file(
+            model.to(device), lensrim.FineTune(svae.to(device), kvae.to(device), cfg, seed), obs, output,
+            attrs=attrs, batch_size=batch_size, inputs=inputs, progress=bar.update, phase=phase,
         )  # fmt: skip
 
 

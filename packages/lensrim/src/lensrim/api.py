@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from lensrim.finetune import FineTuneConfig, finetune
 from lensrim.model import RIM
 from lensrim.training import load_rim
 
-__all__ = ["FineTune", "Reconstruction", "load", "reconstruct"]
+__all__ = ["FineTune", "Reconstruction", "finetune_to_file", "load", "reconstruct"]
 
 
 def load(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> RIM:
@@ -66,6 +67,7 @@ class Reconstruction:
     kappa_baseline: torch.Tensor | None = None
     chi2_nu_baseline: torch.Tensor | None = None
     steps: torch.Tensor | None = None
+    best_step: torch.Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -115,7 +117,7 @@ class Reconstruction:
         if self.chi2_nu_baseline is not None:
             fitted.update(
                 source_baseline=self.source_baseline, kappa_baseline=self.kappa_baseline,
-                chi2_nu_baseline=self.chi2_nu_baseline, finetune_steps=self.steps,
+                chi2_nu_baseline=self.chi2_nu_baseline, finetune_steps=self.steps, best_step=self.best_step,
             )  # fmt: skip
         out.update({k: v.detach().cpu().numpy() for k, v in fitted.items()})
         return out
@@ -158,10 +160,13 @@ def reconstruct(
     *,
     finetune: FineTune | None = None,
     batch_size: int = 8,
+    first_index: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Reconstruction:
     """Reconstruct the lenses of ``observation`` with ``rim`` (put on the RIM's grid first;
     data on another grid, or with another source field, are refused), ``batch_size`` at a time,
-    optionally fine-tuned with EWC per lens. Runs on the RIM's device."""
+    optionally fine-tuned with EWC per lens. Runs on the RIM's device. Lens i draws its Fisher
+    samples from (seed, first_index + i); ``progress(phase, done, total)`` follows fine-tuning."""
     c = rim.config
     if observation.source_fov is not None and abs(observation.source_fov - c.source_fov) > 1e-6 * c.source_fov:
         raise lenssim.DatasetError(
@@ -187,21 +192,64 @@ def reconstruct(
             continue
         from lensprior.training import step_generator
 
-        gens = [step_generator(finetune.seed, i, 7) for i in range(sl.start, sl.start + y.shape[0])]
+        first = first_index + sl.start
+        gens = [step_generator(finetune.seed, i, 7) for i in range(first, first + y.shape[0])]
         res = lensrim_finetune(
             rim, finetune.source_vae, finetune.kappa_vae, y, psf, noise, finetune.config, generators=gens,
-            image_fov=c.image_fov, source_fov=c.source_fov,
+            image_fov=c.image_fov, source_fov=c.source_fov, progress=progress,
         )  # fmt: skip
         parts.append(
             {
                 "source": res.source, "kappa": res.kappa, "chi2_nu": res.chi2_nu,
                 "source_baseline": res.source_baseline, "kappa_baseline": res.kappa_baseline,
-                "chi2_nu_baseline": res.chi2_nu_baseline, "steps": res.steps,
+                "chi2_nu_baseline": res.chi2_nu_baseline, "steps": res.steps, "best_step": res.best_step,
             }
         )  # fmt: skip
     joined = {k: torch.cat([p[k].detach().cpu() for p in parts]) for k in parts[0]}
     meta = {"rim": getattr(rim, "meta", {}), "finetune": None if finetune is None else asdict(finetune.config)}
     return Reconstruction(observation=obs.to("cpu"), source_fov=c.source_fov, meta=meta, **joined)
+
+
+def finetune_to_file(
+    rim: RIM,
+    finetune: FineTune,
+    observation: lenssim.Observation,
+    output: str | os.PathLike,
+    *,
+    attrs: dict[str, Any],
+    batch_size: int = 8,
+    inputs: tuple = (),
+    progress: Callable[[int], None] | None = None,
+    phase: Callable[[int, int, str, int, int], None] | None = None,
+) -> Path:
+    """Fine-tune every lens of ``observation`` into the reconstruction file ``output``,
+    ``batch_size`` lenses per resumable block (a killed run resumes from its last finished batch;
+    lens i draws from (seed, i) alone, so the batch size changes nothing). ``progress(count)``
+    after each block; ``phase(first, last, name, done, total)`` during a block's fine-tuning."""
+    obs = observation.on_grid(rim.config.pixels, rim.config.image_fov)
+
+    def make_block(k: int, count: int, _seedseq) -> dict:
+        rows = slice(k * batch_size, k * batch_size + count)
+        part = replace(
+            obs, observation=obs.observation[rows], psf=obs.psf[rows], noise=obs.noise[rows],
+            truth={key: v[rows] for key, v in obs.truth.items()},
+        )  # fmt: skip
+        follow = (
+            None if phase is None else (lambda name, done, total: phase(rows.start, rows.stop - 1, name, done, total))
+        )
+        rec = reconstruct(rim, part, finetune=finetune, batch_size=count, first_index=rows.start, progress=follow)
+        return rec.arrays()
+
+    return lenssim.write_in_blocks(
+        output,
+        len(obs),
+        make_block,
+        attrs=attrs,
+        seed=finetune.seed,
+        block_size=batch_size,
+        progress=progress,
+        inputs=inputs,
+    )
 
 
 lensrim_finetune = finetune  # the module-level name; ``finetune`` is also reconstruct's argument
