@@ -172,6 +172,8 @@ def reconstruct(
         raise lenssim.DatasetError(
             f"the observation's source_fov is {observation.source_fov:g} arcsec, the RIM's {c.source_fov:g}"
         )
+    if len(observation) == 0:
+        raise ValueError("the observation holds no lenses")
     device = next(rim.parameters()).device
     obs = observation.on_grid(c.pixels, c.image_fov).to(device)
     rim.eval()
