@@ -195,11 +195,11 @@ def train_denoiser(
     **kwargs: Any,
 ) -> Denoiser:
     """Train (or resume) a denoiser on clean images ``(n, 1, P, P)``; see ``training.fit``."""
-    from lensprior.training import RunError, _init, fit
+    from lensprior.training import RunError, fit, seeded_init
 
     if clean.dim() != 4 or clean.shape[1] != 1 or clean.shape[-1] < config.crop or clean.shape[-2] < config.crop:
         raise RunError(f"clean images must be (n, 1, P, P) with P >= {config.crop}, got {tuple(clean.shape)}")
-    model = _init(lambda: Denoiser(config), seed)
+    model = seeded_init(lambda: Denoiser(config), seed)
     return fit(model, config, clean, run_dir, steps=config.steps if steps is None else steps, seed=seed, **kwargs)
 
 

@@ -23,6 +23,13 @@ from lensprior.vae import VAE, VAEConfig
 __all__ = [
     "RunError",
     "RunLock",
+    "check_finite",
+    "load_checkpoint",
+    "load_weights",
+    "prepare_run",
+    "read_metrics",
+    "restore",
+    "seeded_init",
     "fit",
     "load_field",
     "load_vae",
@@ -99,7 +106,7 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
     path = run_dir / CHECKPOINT
     bad = [k for k, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:  # an update that produced NaN or inf from a finite loss (too large a step)
-        kept = _load_checkpoint(run_dir)
+        kept = load_checkpoint(run_dir)
         where = f"the checkpoint of step {kept['step']} is kept" if kept else "no checkpoint was written"
         raise RunError(
             f"step {state.get('step')}: weights {bad[0]!r} are not finite; training stopped ({where}): lower the "
@@ -135,7 +142,9 @@ def _check_state(path: Path, state: Any) -> dict[str, Any]:
     return {**state, "step": step}
 
 
-def _load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    """A run directory's checkpoint, read with ``weights_only=True`` and validated (structure,
+    keys, finite weights), or None when it has none."""
     path = run_dir / CHECKPOINT
     if not path.is_file():
         return None
@@ -184,7 +193,7 @@ def load_run(
         config = config_class.from_json(path.read_text())
     except (ValueError, TypeError) as e:
         raise RunError(f"{path}: not a {what} configuration ({e})") from None
-    state = _load_checkpoint(run_dir)
+    state = load_checkpoint(run_dir)
     if state is None:
         raise RunError(f"{run_dir}: no {CHECKPOINT} (has the run started?)")
     model = build(config)
@@ -315,7 +324,7 @@ def restore(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
     With ``trim``, metrics logged after the checkpoint (by a run killed before its next one)
     are dropped (all of them when there is no checkpoint yet), so that the resumed run logs them
     again exactly once."""
-    state = _load_checkpoint(run_dir)
+    state = load_checkpoint(run_dir)
     step = 0
     if state is not None:
         path = run_dir / CHECKPOINT
@@ -337,7 +346,7 @@ def check_finite(step: int, run_dir: Path, **values: float | torch.Tensor) -> No
     checkpoint: the last good checkpoint stays."""
     for name, value in values.items():
         if not bool(torch.isfinite(torch.as_tensor(value)).all()):
-            kept = _load_checkpoint(run_dir)
+            kept = load_checkpoint(run_dir)
             where = f"the checkpoint of step {kept['step']} is kept" if kept else "no checkpoint was written"
             raise RunError(
                 f"step {step}: the {name} is not finite; training stopped ({where}): lower the learning rate "
@@ -418,7 +427,8 @@ def _fit(
     return model.eval()
 
 
-def _init(build: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Module:
+def seeded_init(build: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Module:
+    """``build()`` with its initial weights drawn from ``seed`` alone (torch's global RNG untouched)."""
     with torch.random.fork_rng(devices=[]):  # initial weights from the seed, globals untouched
         torch.manual_seed(seed)
         return build()
@@ -443,5 +453,5 @@ def train_vae(
     p = config.pixels
     if data.dim() != 4 or data.shape[1:] != (1, p, p):
         raise RunError(f"training data must be (n, 1, {p}, {p}), got {tuple(data.shape)}")
-    model = _init(lambda: VAE(config), seed)
+    model = seeded_init(lambda: VAE(config), seed)
     return fit(model, config, data, run_dir, steps=config.steps if steps is None else steps, seed=seed, **kwargs)

@@ -29,13 +29,13 @@ from lensprior.training import (
     METRICS,
     RunError,
     RunLock,
-    _init,
-    _load_checkpoint,
     check_finite,
+    load_checkpoint,
     load_run,
     prepare_run,
     restore,
     save_checkpoint,
+    seeded_init,
     step_generator,
 )
 from lensrim.metrics import constant_reference
@@ -385,7 +385,7 @@ def _gather(terms: dict[str, torch.Tensor], world: int) -> dict[str, torch.Tenso
 
 def checkpoint_step(run_dir: str | os.PathLike) -> int | None:
     """The step of a run directory's checkpoint, or None when it has none."""
-    state = _load_checkpoint(Path(run_dir))
+    state = load_checkpoint(Path(run_dir))
     return None if state is None else int(state["step"])
 
 
@@ -467,7 +467,7 @@ def _train_rim(
         )
     if world > 1:
         dist.barrier()
-    model = _init(lambda: RIM(config), seed).to(device)
+    model = seeded_init(lambda: RIM(config), seed).to(device)
     opt = torch.optim.Adamax(model.parameters(), lr=config.learning_rate_at(0))
     start = restore(run_dir, model, opt, trim=rank == 0)
     net = model
