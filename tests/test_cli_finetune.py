@@ -129,3 +129,9 @@ def test_finetune_and_evaluate_errors(models, tmp_path):
     bad = run("evaluate", models / "lenses.h5", "-o", tmp_path / "rep", check=False)
     assert bad.returncode == 1 and "not a reconstruction" in bad.stderr
     assert not (tmp_path / "x.h5").exists()
+    # no steps at all: the baseline RIM estimate is the answer, and no step is counted
+    args = finetune_args(models, models / "lenses.h5", tmp_path / "zero.h5", "--limit", 2)
+    args[args.index("--max-steps") + 1] = 0
+    run(*args)
+    d = lenssim.read_dataset(tmp_path / "zero.h5", ["chi2_nu", "chi2_nu_baseline", "finetune_steps"])
+    assert (d["finetune_steps"] == 0).all() and torch.equal(d["chi2_nu"], d["chi2_nu_baseline"])

@@ -38,32 +38,21 @@ def root(tmp_path_factory):
     }
     for name, (arrays, extra) in bad.items():
         lenssim.write_lens_dataset(root / name, {**good, **arrays}, **{**attrs, **extra})
-    torch.manual_seed(0)
     stamps = torch.from_numpy(good["source"])
     lensprior.train_vae(lensprior.source_vae_config(**TINY_VAE, steps=2), stamps, root / "svae")
     lensprior.train_vae(lensprior.kappa_vae_config(**TINY_VAE, steps=2), torch.from_numpy(good["kappa"]), root / "kvae")
-    with h5py.File(root / "nan-stamps.h5", "w") as f:  # 128^2, as the default preset wants
-        stamps128 = np.zeros((4, 1, 128, 128), np.float32)
-        stamps128[2, 0, 60, 60] = np.nan
-        f["source"] = stamps128
-        f["split"] = np.zeros(4, np.int64)
+    _stamps_with_a_nan(root / "nan-stamps.h5", row=2, split=[0, 0, 0, 0])
     recon = {**good, "source_pred": good["source"], "kappa_pred": good["kappa"], "chi2_nu": np.ones(4, np.float32)}
     recon["noise_sigma"] = np.zeros(4, np.float32)
     lenssim.write_lens_dataset(root / "recon-sigma0.h5", recon, **attrs)
     batches = SimulatedBatches(lenssim.sie_kappa_sampler(config=OBS), lenssim.sersic_source_sampler(config=OBS), OBS)
-    geometry = {"image_fov": OBS.image_fov, "source_fov": OBS.source_fov}
-    train_rim(
-        replace(lensrim.PRESETS["tiny"], steps=2), batches, root / "rim", steps=1, tensorboard=False, metadata=geometry
-    )
+    # the RIM's geometry is its config's (OBS's fields of view): what the data are checked against
+    train_rim(replace(lensrim.PRESETS["tiny"], steps=2), batches, root / "rim", steps=1, tensorboard=False)
     lenssim.write_lens_dataset(root / "fov2.h5", good, **{**attrs, "source_fov": 2.0})
     lenssim.write_dataset(
         root / "sources-fov2.h5", {"source": good["source"], "split": np.zeros(4, np.int64)}, {"source_fov": 2.0}
     )
-    with h5py.File(root / "nan-test.h5", "w") as f:  # only the test split is bad
-        stamps128 = np.zeros((4, 1, 128, 128), np.float32)
-        stamps128[3, 0, 60, 60] = np.nan
-        f["source"] = stamps128
-        f["split"] = np.array([0, 0, 0, 1])
+    _stamps_with_a_nan(root / "nan-test.h5", row=3, split=[0, 0, 0, 1])  # only the test split is bad
     (root / "rim-steps").mkdir()
     config = json.loads((root / "rim" / "config.json").read_text())
     (root / "rim-steps" / "config.json").write_text(json.dumps({**config, "steps": 10**9}))
@@ -75,6 +64,15 @@ def root(tmp_path_factory):
     state["model"][first] = torch.full_like(state["model"][first], float("nan"))
     torch.save(state, root / "nanvae" / "checkpoint.pt")
     return root
+
+
+def _stamps_with_a_nan(path, *, row, split):
+    """Four 128^2 source stamps (the default VAE preset's size) with one NaN in ``row``."""
+    stamps = np.zeros((4, 1, 128, 128), np.float32)
+    stamps[row, 0, 60, 60] = np.nan
+    with h5py.File(path, "w") as f:
+        f["source"] = stamps
+        f["split"] = np.asarray(split, np.int64)
 
 
 def snapshot(root):

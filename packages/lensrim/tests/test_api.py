@@ -100,6 +100,11 @@ def test_geometry_lives_in_the_config_and_other_grids_are_refused(runs, tmp_path
     )  # fmt: skip
     with pytest.raises(lenssim.DatasetError, match="32 pixels across 6 arcsec, the model works on 32 across 7.69"):
         lensrim.reconstruct(rim, lenssim.Observation.from_dataset(tmp_path / "other.h5"))
+    # a FITS observation resamples from its file; once on a grid, it is data on that grid
+    fits_obs = lenssim.Observation.from_fits(runs / "lens.fits", psf_fwhm=0.08, noise_sigma=0.5)
+    assert fits_obs.on_grid(16, OBS.image_fov).pixels == 16 and fits_obs.on_grid(32, OBS.image_fov).pixels == 32
+    with pytest.raises(lenssim.DatasetError, match="32 pixels across 7.69 arcsec, the model works on 16"):
+        fits_obs.on_grid(32, OBS.image_fov).on_grid(16, OBS.image_fov)
     # training on lenses of another geometry than the config's is refused, not silently mixed
     batches = SimulatedBatches(lenssim.sie_kappa_sampler(config=OBS), lenssim.sersic_source_sampler(config=OBS), OBS)
     wrong = replace(lensrim.PRESETS["tiny"], steps=2, source_fov=2.0)

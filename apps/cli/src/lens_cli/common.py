@@ -198,11 +198,10 @@ def leaves_nothing_on_failure(param: str = "output") -> Callable:
 
 
 def _remove_unfinished(path: Path) -> None:
-    if path.is_dir():
-        if not any(path.rglob("checkpoint.pt")) and not any(path.rglob("*.h5")):
-            shutil.rmtree(path, ignore_errors=True)
-    elif path.is_file():
-        pass  # outputs are renamed into place only when complete: a file here is finished work
+    """Remove a run directory the failed command created, unless it holds a checkpoint or data
+    (a file output is renamed into place only when complete: a file there is finished work)."""
+    if path.is_dir() and not any(path.rglob("checkpoint.pt")) and not any(path.rglob("*.h5")):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def atomic_path(path: Path) -> Path:

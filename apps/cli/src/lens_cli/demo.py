@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -27,12 +26,11 @@ from typing import TYPE_CHECKING
 
 import click
 import numpy as np
-from tqdm.auto import tqdm
 
 if TYPE_CHECKING:  # torch loads when a command runs, not for `lens --help`
     import torch
 
-from lens_cli.common import atomic_path
+from lens_cli.common import atomic_path, duration, progress_bar
 
 
 @dataclass(frozen=True)
@@ -103,12 +101,8 @@ MEASURED_S = {
     "standard": (16.5, 62.5, 1.2, 549.6, 118.8, 23.8, 7.4),
     "quick": (7.9, 2.3, 0.1, 2.1, 1.4, 1.5, 6.1),
 }
-"""Seconds per stage in a clean run on the 2-core development machine (seed 0): the ETAs."""
-
-
-def _bar(**kwargs) -> tqdm:
-    """A progress bar that also shows in logs (not a terminal), there every 20 s."""
-    return tqdm(**kwargs, mininterval=0.1 if sys.stderr.isatty() else 20.0)
+"""Seconds per stage on the 2-core development machine (standard: a clean run, seed 0; quick: the
+test suite's run, seed 3): the stages' ETAs."""
 
 
 def _read_json(path: Path):
@@ -155,8 +149,6 @@ class Stages:
 
     @contextlib.contextmanager
     def __call__(self, name: str):
-        from lens_cli.common import duration
-
         self.count += 1
         eta = ""
         if self.frozen:
@@ -202,8 +194,6 @@ def run_demo(output: Path, config: DemoConfig, *, seed: int, device: torch.devic
     preset = next((k for k, v in PRESETS.items() if v == c), None)
     expected = dict(zip(STAGES, MEASURED_S[preset], strict=True)) if preset else {}
     if expected and not (output / "report" / "metrics.json").is_file():
-        from lens_cli.common import duration
-
         click.echo(f"the {preset} demo: about {duration(sum(expected.values()))} on 2 CPU cores in all")
     finished = (output / "report" / "metrics.json").is_file()
     stage = Stages(timings, timing_file, expected, frozen=finished)
@@ -217,12 +207,12 @@ def run_demo(output: Path, config: DemoConfig, *, seed: int, device: torch.devic
             lenssim.HaloSource(f"synthetic-{seed}-{i}", (lambda i=i: tng.synthetic_particles([seed, i])))
             for i in range(c.halos)
         ]
-        with _bar(total=c.halos * c.maps_per_halo, desc="kappa maps", unit="map") as bar:
+        with progress_bar(total=c.halos * c.maps_per_halo, desc="kappa maps", unit="map") as bar:
             lenssim.simulate_kappa_dataset(
                 output / "kappa.h5", halos, maps_per_halo=c.maps_per_halo, config=kappa_cfg,
                 test_fraction=c.test_fraction, seed=seed, progress=bar.update,
             )  # fmt: skip
-        with _bar(total=c.sources, desc="sources", unit="galaxy") as bar:
+        with progress_bar(total=c.sources, desc="sources", unit="galaxy") as bar:
             lenssim.simulate_source_dataset(
                 output / "sources.h5", c.sources, stamp=stamp_cfg, source_fov=obs.source_fov,
                 test_fraction=c.test_fraction, seed=seed, block_size=64, progress=bar.update,
@@ -235,7 +225,7 @@ def run_demo(output: Path, config: DemoConfig, *, seed: int, device: torch.devic
             cfg = make(pixels=n, latent_dim=c.vae_latent, filters=c.vae_filters, batch_size=16, steps=c.vae_steps)
             cfg = replace(cfg, levels=min(cfg.levels, int(np.log2(n)) - 2), learning_rate=1e-3)
             data = lensprior.load_field(field_file, kind, split="train", pixels=n)
-            with _bar(total=c.vae_steps, desc=f"{kind} VAE", unit="step") as bar:
+            with progress_bar(total=c.vae_steps, desc=f"{kind} VAE", unit="step") as bar:
                 vaes[kind] = lensprior.train_vae(
                     cfg, data, output / f"vae-{kind}", seed=seed, device=device, log_every=50,
                     checkpoint_every=100, progress=lambda done, terms, bar=bar: bar.update(done - bar.n),
@@ -252,7 +242,7 @@ def run_demo(output: Path, config: DemoConfig, *, seed: int, device: torch.devic
             ("lenses-train.h5", c.train_lenses, kappa_mix, src_train, seed),
             ("lenses-test.h5", c.test_lenses, kappa_test, src_test, seed + 1),
         ):
-            with _bar(total=count, desc=name, unit="lens") as bar:
+            with progress_bar(total=count, desc=name, unit="lens") as bar:
                 lenssim.simulate_lens_dataset(
                     output / name, count, ks, ss, config=obs, seed=s, block_size=128,
                     provenance={"demo": name}, progress=bar.update,
@@ -281,7 +271,7 @@ def run_demo(output: Path, config: DemoConfig, *, seed: int, device: torch.devic
         # the first estimate starts at the constant predictor's log10 kappa (not kappa = 1)
         rim_cfg = replace(rim_cfg, initial_log10_kappa=constant_log10_kappa(batches, seed))
         test = lenssim.read_lens_dataset(output / "lenses-test.h5")
-        with _bar(total=c.rim_steps, desc="RIM", unit="step") as bar:
+        with progress_bar(total=c.rim_steps, desc="RIM", unit="step") as bar:
 
             def progress(done, terms):
                 bar.update(done - bar.n)

@@ -188,16 +188,16 @@ def finetune(
         outputs["--output (its FITS copy)"] = output.with_suffix(".fits")
     inputs = {"--data": data_path, "--rim": rim_dir, "--source-vae": source_vae, "--kappa-vae": kappa_vae}
     refuse_overwriting_inputs(outputs, inputs)
-    model, meta = lensrim.load_rim(rim_dir, device=dev)
+    model = lensrim.load(rim_dir, device=dev)
+    meta, geometry = model.meta, {"image_fov": model.config.image_fov, "source_fov": model.config.source_fov}
     svae, smeta = lensprior.load_vae(source_vae, device=dev)
     kvae, kmeta = lensprior.load_vae(kappa_vae, device=dev)
-    if image_fov is not None and "image_fov" in meta and abs(image_fov - float(meta["image_fov"])) > 1e-6:
+    if image_fov is not None and abs(image_fov - geometry["image_fov"]) > 1e-6:
         raise click.BadParameter(
-            f"{image_fov:g} differs from the field the RIM was trained at, {float(meta['image_fov']):g} arcsec",
+            f"{image_fov:g} differs from the field the RIM was trained at, {geometry['image_fov']:g} arcsec",
             param_hint="--image-fov",
         )
-    ifov = image_fov or float(meta.get("image_fov", lenssim.IMAGE_FOV))
-    sfov = float(meta.get("source_fov", lenssim.SOURCE_FOV))
+    ifov, sfov = geometry["image_fov"], geometry["source_fov"]
     fits_options = {
         "pixel_scale": pixel_scale,
         "psf_fwhm": psf_fwhm,
@@ -209,12 +209,12 @@ def finetune(
     )
     attrs = data.pop("attrs")
     if not _is_fits(data_path):  # FITS input is put onto the RIM's grid; a dataset must already be on it
-        check_geometry(str(data_path), attrs, meta)
+        check_geometry(str(data_path), attrs, geometry)
     for vae_meta, option, key in ((smeta, "--source-vae", "source_fov"), (kmeta, "--kappa-vae", "image_fov")):
         trained_on = vae_meta.get("data_attrs", {})
-        if key in trained_on and key in meta and abs(float(trained_on[key]) - float(meta[key])) > 1e-6:
+        if key in trained_on and abs(float(trained_on[key]) - geometry[key]) > 1e-6:
             raise click.BadParameter(
-                f"the VAE was trained on maps of {key} {trained_on[key]:g}, the RIM on {float(meta[key]):g} arcsec",
+                f"the VAE was trained on maps of {key} {trained_on[key]:g}, the RIM on {geometry[key]:g} arcsec",
                 param_hint=option,
             )
     if data["observation"].shape[0] == 0:

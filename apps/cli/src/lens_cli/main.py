@@ -85,8 +85,9 @@ def demo(output: Path, preset: str, threads: int | None, seed: int, device: str)
         if threads < torch.get_num_threads():
             click.echo(f"other jobs keep cores busy: {threads} torch thread(s) (--threads sets them)")
     torch.set_num_threads(threads)  # changes the float rounding only (tested)
-    output.mkdir(parents=True, exist_ok=True)
-    stored.write_text(f"{threads}\n")
+    if not stored.is_file():  # the first call's count; an explicit --threads later does not replace it
+        output.mkdir(parents=True, exist_ok=True)
+        stored.write_text(f"{threads}\n")
     t0 = time.perf_counter()
     result = run_demo(output, PRESETS[preset], seed=seed, device=dev)
     for line in result["verdict"].values():

@@ -104,7 +104,13 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
     a function of ``state`` alone: torch names the archive's inner folder after a path it is
     given, so it is given an open file instead of the (process-specific) temporary name."""
     path = run_dir / CHECKPOINT
-    bad = [k for k, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    floats = [v for v in state["model"].values() if v.is_floating_point()]
+    finite = bool(torch.stack([torch.isfinite(v).all() for v in floats]).all()) if floats else True  # one sync
+    bad = (
+        []
+        if finite
+        else [k for k, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    )
     if bad:  # an update that produced NaN or inf from a finite loss (too large a step)
         kept = load_checkpoint(run_dir)
         where = f"the checkpoint of step {kept['step']} is kept" if kept else "no checkpoint was written"

@@ -531,12 +531,10 @@ def write_in_blocks(
             st = f.stat()
             identity[str(f.resolve())] = [st.st_size, st.st_mtime_ns]
     with _Lock(path):
-        return _write_in_blocks(
-            path, n, make_block, attrs, seed, block_size, blocks, sizes, manifest, identity, progress
-        )
+        return _write_in_blocks(path, make_block, attrs, seed, sizes, manifest, identity, progress)
 
 
-def _write_in_blocks(path, n, make_block, attrs, seed, block_size, blocks, sizes, manifest, identity, progress) -> Path:
+def _write_in_blocks(path, make_block, attrs, seed, sizes, manifest, identity, progress) -> Path:
     import h5py
 
     remove_stale_temporaries(path)
@@ -581,7 +579,7 @@ def _write_in_blocks(path, n, make_block, attrs, seed, block_size, blocks, sizes
             shutil.rmtree(work, ignore_errors=True)  # nothing to resume: leave nothing behind
         raise
     # assemble
-    first = dataset_info(work / f"block-{blocks.start:06d}.h5")["fields"]
+    first = dataset_info(work / f"block-{sizes.blocks.start:06d}.h5")["fields"]
     total = sizes.total()
     _ensure_space(path.parent, sum(p.stat().st_size for p in work.glob("block-*.h5")), f"assembling {path.name}")
     tmp = _tmp(path)
@@ -589,7 +587,7 @@ def _write_in_blocks(path, n, make_block, attrs, seed, block_size, blocks, sizes
         with h5py.File(tmp, "w", track_order=True) as out:
             dsets = {}
             for name, shape in first.items():
-                with _open(work / f"block-{blocks.start:06d}.h5") as b:
+                with _open(work / f"block-{sizes.blocks.start:06d}.h5") as b:
                     dtype = b[name].dtype
                 dsets[name] = _create(out, name, (total, *shape[1:]), dtype)
             at = 0

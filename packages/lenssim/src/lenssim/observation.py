@@ -101,7 +101,7 @@ class Observation:
     def on_grid(self, pixels: int, image_fov: float, *, psf_size: int = 21) -> Observation:
         """This observation on ``pixels`` across ``image_fov`` arcsec: resampled from the FITS
         file when it came from one (exact pixel-area overlap, flux scale applied there), else
-        itself when it is already there; a dataset on another grid is refused."""
+        itself when it is already there; anything else on another grid is refused."""
         if self._fits is not None:
             path, image, scale, psf_in, noise_map, options = self._fits
             o = fits_onto_grid(
@@ -109,9 +109,9 @@ class Observation:
             )  # fmt: skip
             noise = o.noise if o.noise.dim() == 4 else o.noise.reshape(1)
             origin = {**self.origin, "resampled": o.resampled}
-            return replace(
+            return replace(  # on its grid now: slicing or moving it no longer goes back to the file
                 self, observation=o.observation, psf=o.psf, noise=noise, image_fov=float(image_fov),
-                flux_scale=o.flux_scale, origin=origin,
+                flux_scale=o.flux_scale, origin=origin, _fits=None,
             )  # fmt: skip
         if self.pixels != pixels or abs(self.image_fov - image_fov) > 1e-6 * image_fov:
             where = self.origin.get("dataset", "the observation")
