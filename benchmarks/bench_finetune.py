@@ -156,9 +156,9 @@ def run_setting(name: str, cfg: FineTuneConfig, rim, svae, kvae, test, seed: int
             log(f"  {name}: {stage} {done}/{total} ({time.perf_counter() - t0:.0f} s)")
 
     res = finetune(
-        rim, svae, kvae, test["observation"], test["psf"], test["noise_sigma"], cfg,
+        rim, svae, kvae, test["observation"], rim.config.physics(test["psf"], test["noise_sigma"]), cfg,
         generators=[torch.Generator().manual_seed(seed * 1000 + i) for i in range(len(test["observation"]))],
-        image_fov=OBS.image_fov, source_fov=OBS.source_fov, progress=progress, monitor=monitor,
+        progress=progress, monitor=monitor,
     )  # fmt: skip
     before = log10_loss(res.source_baseline, torch.log10(res.kappa_baseline), test)
     after = log10_loss(res.source, torch.log10(res.kappa), test)

@@ -36,14 +36,13 @@ def bench(preset: str, device: torch.device, train_batch: int, infer_batch: int,
     torch.manual_seed(0)
     model = lensrim.RIM(config).to(device)
     opt = torch.optim.Adamax(model.parameters(), lr=1e-4)
-    attrs = {"image_fov": lenssim.IMAGE_FOV, "source_fov": lenssim.SOURCE_FOV}
     train = _batch(train_batch, device)
     infer = _batch(infer_batch, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
     def step():
-        loss, _ = batch_loss(model, train, config, attrs)
+        loss, _ = batch_loss(model, train)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -97,7 +96,7 @@ def bench_finetune(preset: str, device: torch.device, lenses: int, steps: int, p
         cfg = FineTuneConfig(fisher_samples=draws, max_steps=count_steps, target_chi2_nu=0.0, fisher_chunk=8)
         gens = [torch.Generator().manual_seed(i) for i in range(sl.start, sl.stop)]
         t0 = time.perf_counter()
-        finetune(model, svae, kvae, y[sl], psf[sl], sigma[sl], cfg, generators=gens)
+        finetune(model, svae, kvae, y[sl], model.config.physics(psf[sl], sigma[sl]), cfg, generators=gens)
         _sync(device)
         return time.perf_counter() - t0
 

@@ -44,7 +44,16 @@ def test_fisher_diagonal_equals_brute_force_per_sample_gradients(setup):
     z_s, z_k = torch.randn(2, 4), torch.randn(2, 4)
     samples = 3
     fisher = fisher_diagonal(
-        rim, svae, kvae, z_s, z_k, psf, sigma, samples=samples, latent_sigma=0.3, generators=gens(2), chunk=4
+        rim,
+        svae,
+        kvae,
+        z_s,
+        z_k,
+        LensingPhysics(psf, sigma),
+        samples=samples,
+        latent_sigma=0.3,
+        generators=gens(2),
+        chunk=4,
     )
     # brute force: one draw at a time through the ordinary module, the same random numbers
     names = [k for k, _ in rim.unet.named_parameters()]
@@ -134,7 +143,13 @@ def test_finetuning_lowers_chi2_without_labels_and_keeps_the_best_iterate(setup)
     rim, svae, kvae, lenses = setup
     cfg = FineTuneConfig(fisher_samples=2, learning_rate=1e-3, max_steps=15, target_chi2_nu=0.0, ewc_lambda=1.0)
     res = finetune(
-        rim, svae, kvae, lenses.observation[:1], lenses.psf[:1], lenses.noise_sigma[:1], cfg, generators=gens(1)
+        rim,
+        svae,
+        kvae,
+        lenses.observation[:1],
+        LensingPhysics(lenses.psf[:1], lenses.noise_sigma[:1]),
+        cfg,
+        generators=gens(1),
     )
     assert res.chi2_nu[0] < 0.9 * res.chi2_nu_baseline[0]
     assert res.best_step[0] > 0 and res.steps[0] == 15
@@ -153,7 +168,7 @@ def test_a_huge_lambda_holds_the_weights_at_the_baseline(setup):
     rim, svae, kvae, lenses = setup
     free = FineTuneConfig(fisher_samples=2, learning_rate=1e-3, max_steps=5, target_chi2_nu=0.0, ewc_lambda=0.0)
     held = replace(free, ewc_lambda=1e12)
-    args = (rim, svae, kvae, lenses.observation[:1], lenses.psf[:1], lenses.noise_sigma[:1])
+    args = (rim, svae, kvae, lenses.observation[:1], LensingPhysics(lenses.psf[:1], lenses.noise_sigma[:1]))
     r_free = finetune(*args, free, generators=gens(1))
     r_held = finetune(*args, held, generators=gens(1))
     move_free = (r_free.source - r_free.source_baseline).abs().max()
@@ -166,11 +181,13 @@ def test_batched_finetuning_equals_one_lens_at_a_time(setup):
     # at lr 1e-3 the tiny RIM's fine-tuning is chaotic (rounding differences between batched and
     # single convolutions grow to 1e-2 in six steps); at 1e-4 the two agree to float precision
     cfg = FineTuneConfig(fisher_samples=2, learning_rate=1e-4, max_steps=6, target_chi2_nu=0.0, ewc_lambda=10.0)
-    together = finetune(rim, svae, kvae, lenses.observation, lenses.psf, lenses.noise_sigma, cfg, generators=gens(3))
+    together = finetune(
+        rim, svae, kvae, lenses.observation, LensingPhysics(lenses.psf, lenses.noise_sigma), cfg, generators=gens(3)
+    )
     for i in range(3):
         sl = slice(i, i + 1)
         alone = finetune(
-            rim, svae, kvae, lenses.observation[sl], lenses.psf[sl], lenses.noise_sigma[sl], cfg,
+            rim, svae, kvae, lenses.observation[sl], LensingPhysics(lenses.psf[sl], lenses.noise_sigma[sl]), cfg,
             generators=gens(1, seed=i),
         )  # fmt: skip
         torch.testing.assert_close(alone.chi2_nu, together.chi2_nu[sl], rtol=1e-4, atol=1e-6)
@@ -183,13 +200,14 @@ def test_early_stop_at_the_target_and_lenses_leave_the_batch(setup):
     rim, svae, kvae, lenses = setup
     cfg = FineTuneConfig(fisher_samples=2, learning_rate=1e-3, max_steps=8, ewc_lambda=1.0)
     base = finetune(
-        rim, svae, kvae, lenses.observation, lenses.psf, lenses.noise_sigma, replace(cfg, max_steps=0),
+        rim, svae, kvae, lenses.observation, LensingPhysics(lenses.psf, lenses.noise_sigma), replace(cfg, max_steps=0),
         generators=gens(3),
     )  # fmt: skip
     # a target between the lenses' baselines: the lenses already below it take no step
     target = float(base.chi2_nu_baseline.median())
     res = finetune(
-        rim, svae, kvae, lenses.observation, lenses.psf, lenses.noise_sigma, replace(cfg, target_chi2_nu=target),
+        rim, svae, kvae, lenses.observation, LensingPhysics(lenses.psf, lenses.noise_sigma),
+        replace(cfg, target_chi2_nu=target),
         generators=gens(3),
     )  # fmt: skip
     below = base.chi2_nu_baseline <= target
@@ -202,13 +220,14 @@ def test_trace_and_monitor_follow_every_step_of_the_running_lenses(setup):
     rim, svae, kvae, lenses = setup
     cfg = FineTuneConfig(fisher_samples=2, learning_rate=1e-3, max_steps=6, ewc_lambda=1.0)
     base = finetune(
-        rim, svae, kvae, lenses.observation, lenses.psf, lenses.noise_sigma, replace(cfg, max_steps=0),
+        rim, svae, kvae, lenses.observation, LensingPhysics(lenses.psf, lenses.noise_sigma), replace(cfg, max_steps=0),
         generators=gens(3),
     )  # fmt: skip
     target = float(base.chi2_nu_baseline.median())  # one lens stops at once, the others run
     seen = {}
     res = finetune(
-        rim, svae, kvae, lenses.observation, lenses.psf, lenses.noise_sigma, replace(cfg, target_chi2_nu=target),
+        rim, svae, kvae, lenses.observation, LensingPhysics(lenses.psf, lenses.noise_sigma),
+        replace(cfg, target_chi2_nu=target),
         generators=gens(3), monitor=lambda k, ids, est: seen.setdefault(k, (ids.clone(), est.clone())),
     )  # fmt: skip
     trace = res.chi2_nu_trace
@@ -233,12 +252,26 @@ def test_bad_inputs_are_refused(setup):
     y = lenses.observation[:1].clone()
     y[0, 0, 3, 3] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        finetune(rim, svae, kvae, y, lenses.psf[:1], lenses.noise_sigma[:1], generators=gens(1))
+        finetune(rim, svae, kvae, y, LensingPhysics(lenses.psf[:1], lenses.noise_sigma[:1]), generators=gens(1))
     with pytest.raises(ValueError, match="kappa VAE"):
-        finetune(rim, svae, svae, lenses.observation[:1], lenses.psf[:1], lenses.noise_sigma[:1], generators=gens(1))
+        finetune(
+            rim,
+            svae,
+            svae,
+            lenses.observation[:1],
+            LensingPhysics(lenses.psf[:1], lenses.noise_sigma[:1]),
+            generators=gens(1),
+        )
     with pytest.raises(ValueError, match="64"):
         big = source_vae(**{**TINY_VAE, "pixels": 64})
-        finetune(rim, big, kvae, lenses.observation[:1], lenses.psf[:1], lenses.noise_sigma[:1], generators=gens(1))
+        finetune(
+            rim,
+            big,
+            kvae,
+            lenses.observation[:1],
+            LensingPhysics(lenses.psf[:1], lenses.noise_sigma[:1]),
+            generators=gens(1),
+        )
     with pytest.raises(ValueError, match="fisher_samples"):
         FineTuneConfig(fisher_samples=0)
 

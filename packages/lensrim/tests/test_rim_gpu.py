@@ -75,11 +75,19 @@ def test_batched_finetuning_equals_one_lens_at_a_time_on_cuda():
     def gens(n, seed=0):
         return [torch.Generator().manual_seed(seed + i) for i in range(n)]
 
-    together = finetune(rim, svae, kvae, d["observation"], d["psf"], d["noise_sigma"], cfg, generators=gens(3))
+    together = finetune(
+        rim, svae, kvae, d["observation"], LensingPhysics(d["psf"], d["noise_sigma"]), cfg, generators=gens(3)
+    )
     for i in range(3):
         sl = slice(i, i + 1)
         alone = finetune(
-            rim, svae, kvae, d["observation"][sl], d["psf"][sl], d["noise_sigma"][sl], cfg, generators=gens(1, i)
+            rim,
+            svae,
+            kvae,
+            d["observation"][sl],
+            LensingPhysics(d["psf"][sl], d["noise_sigma"][sl]),
+            cfg,
+            generators=gens(1, i),
         )
         torch.testing.assert_close(alone.chi2_nu, together.chi2_nu[sl], rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(alone.source, together.source[sl], rtol=0, atol=2e-4)

@@ -88,7 +88,7 @@ def test_training_logs_terms_references_and_tensorboard(tmp_path):
     assert m["ext_constant_loss"] == pytest.approx(float(constant_reference(ext["source"], ext["kappa"]).loss.mean()))
     # the validation figures are the model's on those lenses
     model, _ = lensrim.load_rim(tmp_path)
-    again = lensrim.training.evaluate_rim(model, train, {})
+    again = lensrim.training.evaluate_rim(model, train)
     assert again["loss"] == pytest.approx(m["val_loss"], rel=1e-5)
     assert again["chi2_nu"] == pytest.approx(m["val_chi2_nu"], rel=1e-5)
     events = list(tmp_path.glob("events.out.tfevents.*"))

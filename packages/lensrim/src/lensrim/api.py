@@ -188,7 +188,7 @@ def reconstruct(
             parts.append(
                 {
                     "source": est[:, :1], "kappa": torch.pow(10.0, est[:, 1:]),
-                    "chi2_nu": physics.reduced_chi_squared(y, est[:, :1], est[:, 1:]),
+                    "chi2_nu": physics.chi2_nu(y, est[:, :1], est[:, 1:]),
                 }
             )  # fmt: skip
             continue
@@ -197,8 +197,8 @@ def reconstruct(
         first = first_index + sl.start
         gens = [step_generator(finetune.seed, i, 7) for i in range(first, first + y.shape[0])]
         res = lensrim_finetune(
-            rim, finetune.source_vae, finetune.kappa_vae, y, psf, noise, finetune.config, generators=gens,
-            image_fov=c.image_fov, source_fov=c.source_fov, progress=progress,
+            rim, finetune.source_vae, finetune.kappa_vae, y, c.physics(psf, noise), finetune.config,
+            generators=gens, progress=progress,
         )  # fmt: skip
         parts.append(
             {

@@ -44,10 +44,8 @@ from typing import ClassVar
 
 import torch
 
-import lenssim
 from lensprior.config import JsonConfig
-from lensrim.model import RIM, rim_loss
-from lensrim.physics import LensingPhysics
+from lensrim.model import RIM, ForwardModel, rim_loss
 
 __all__ = [
     "FineTuneConfig",
@@ -124,16 +122,7 @@ def stacked_params(model: RIM, copies: int) -> dict[str, torch.Tensor]:
     }
 
 
-def _physics(psf: torch.Tensor, sigma: torch.Tensor, image_fov: float, source_fov: float) -> LensingPhysics:
-    return LensingPhysics(psf, sigma, image_fov, source_fov)
-
-
-def _per_pixel(sigma: torch.Tensor) -> torch.Tensor:
-    """Noise sigma ``(B,)`` or a noise map ``(B, 1, N, N)`` as something to multiply images by."""
-    return sigma.view(-1, 1, 1, 1) if sigma.dim() == 1 else sigma
-
-
-def mean_chi2_nu(estimates: torch.Tensor, y: torch.Tensor, physics: LensingPhysics) -> torch.Tensor:
+def mean_chi2_nu(estimates: torch.Tensor, y: torch.Tensor, physics: ForwardModel) -> torch.Tensor:
     """The data term: (1/T) sum_t chi2_nu(y, F(x_t)) per example over the RIM's ``(T, B, 2, N, N)``
     estimates, differentiable, ``(B,)`` (chi2_nu = chi^2 / N^2: the original code's unit)."""
     return torch.stack([physics.chi2_nu(y, est[:, :1], est[:, 1:]) for est in estimates]).mean(dim=0)
@@ -173,22 +162,19 @@ def fisher_diagonal(
     kappa_vae: torch.nn.Module,
     z_source: torch.Tensor,
     z_kappa: torch.Tensor,
-    psf: torch.Tensor,
-    sigma: torch.Tensor,
+    physics: ForwardModel,
     *,
     samples: int = 200,
     latent_sigma: float = 0.3,
     generators: Sequence[torch.Generator],
-    image_fov: float = lenssim.IMAGE_FOV,
-    source_fov: float = lenssim.SOURCE_FOV,
     chunk: int = 8,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Diagonal of the empirical Fisher information of the RIM's weights, per lens.
 
-    For each of the B lenses (latent codes ``z_source (B, Ds)``, ``z_kappa (B, Dk)``, PSF
-    ``(B, 1, k, k)`` and noise ``sigma (B,)``), ``samples`` simulated tasks near its baseline are
-    drawn with its own generator (on the CPU; ``progress(done, total)`` counts draws); returns,
+    For each of the B lenses (latent codes ``z_source (B, Ds)``, ``z_kappa (B, Dk)``, and its
+    forward model, example i of ``physics``: PSF and noise), ``samples`` simulated tasks near its
+    baseline are drawn with its own generator (on the CPU; ``progress(done, total)`` counts draws); returns,
     for every U-net weight, the mean over draws
     of the squared gradient of the per-draw loss, ``(B, *shape)``.
     """
@@ -215,12 +201,12 @@ def fisher_diagonal(
         with torch.no_grad():
             src = peak_normalised(source_vae.decode(z_source[lens] + latent_sigma * eps_s[idx]))
             kap = kappa_vae.decode(z_kappa[lens] + latent_sigma * eps_k[idx])
-            physics = _physics(psf[lens], sigma[lens], image_fov, source_fov)
-            y = physics.simulate(src, torch.log10(kap)) + _per_pixel(sigma[lens]) * noise[idx]
+            draws = physics.subset(lens)
+            y = draws.add_noise(draws.simulate(src, torch.log10(kap)), noise[idx])
         # one (expanded, not copied) view of the weights per draw: its gradient is the per-draw one
         copies = {k: v.unsqueeze(0).expand(len(idx), *v.shape).requires_grad_(True) for k, v in anchor.items()}
-        est = model(y, physics, params=copies)
-        loss = rim_loss(est, src, kap) + mean_chi2_nu(est, y, physics)
+        est = model(y, draws, params=copies)
+        loss = rim_loss(est, src, kap) + mean_chi2_nu(est, y, draws)
         grads = torch.autograd.grad(loss.sum(), list(copies.values()))
         for f, g in zip(fisher.values(), grads, strict=True):
             f.index_add_(0, lens, g.detach().pow(2))
@@ -256,14 +242,14 @@ def finetune_objective(
     model: RIM,
     params: dict[str, torch.Tensor],
     y: torch.Tensor,
-    physics: LensingPhysics,
+    physics: ForwardModel,
     anchor: dict[str, torch.Tensor],
     fisher: dict[str, torch.Tensor],
     lam: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """L(phi) = (1/T) sum_t chi2_nu(y, F(x_t)) + (lambda / 2) sum_j F_j (phi_j - phi*_j)^2 per lens,
     ``(B,)``, with the stacked weights ``params``; returns it and the RIM's estimates
-    ``(T, B, 2, N, N)``. ``physics`` needs ``chi2_nu`` (differentiable) besides the RIM's protocol."""
+    ``(T, B, 2, N, N)``."""
     est = model(y, physics, params=params)
     return mean_chi2_nu(est, y, physics) + ewc_penalty(params, anchor, fisher, lam), est
 
@@ -273,20 +259,18 @@ def finetune(
     source_vae: torch.nn.Module,
     kappa_vae: torch.nn.Module,
     observation: torch.Tensor,
-    psf: torch.Tensor,
-    sigma: torch.Tensor,
+    physics: ForwardModel,
     config: FineTuneConfig = FineTuneConfig(),
     *,
     generators: Sequence[torch.Generator],
-    image_fov: float = lenssim.IMAGE_FOV,
-    source_fov: float = lenssim.SOURCE_FOV,
     progress: Callable[[str, int, int], None] | None = None,
     monitor: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> FineTuneResult:
     """Fine-tune the RIM on B observations at once (each with its own weight copy); see the module.
 
-    ``observation (B, 1, N, N)``, ``psf (B, 1, k, k)``, ``sigma (B,)`` (or a noise map of the
-    observation's shape), one CPU ``torch.Generator`` per lens for the Fisher draws. ``progress``
+    ``observation (B, 1, N, N)`` with its forward model ``physics`` (e.g.
+    ``rim.config.physics(psf, sigma)``; any :class:`~lensrim.model.ForwardModel`), one CPU
+    ``torch.Generator`` per lens for the Fisher draws. ``progress``
     is called as ``progress(stage, done, total)`` with stage ``"fisher"`` or ``"optimise"``;
     ``monitor(k, lenses, estimate)``, if given, sees after k updates the final RIM estimate
     ``(len(lenses), 2, N, N)`` of the lenses still running (indices into the batch), e.g. to track
@@ -294,21 +278,16 @@ def finetune(
     """
     _check_vaes(model, source_vae, kappa_vae)
     b = observation.shape[0]
-    if psf.shape[0] not in (1, b):
-        raise ValueError(f"psf must be (1 or {b}, 1, k, k), got {tuple(psf.shape)}")
-    psf = psf.expand(b, *psf.shape[1:])
-    sigma = torch.as_tensor(sigma, dtype=observation.dtype, device=observation.device)
-    if sigma.dim() == 0:
-        sigma = sigma.expand(b)
+    if len(generators) != b:
+        raise ValueError(f"need one generator per lens, got {len(generators)} for {b} lenses")
     if not torch.isfinite(observation).all():
         raise ValueError("the observation holds NaN or infinite pixels")
-    if (sigma <= 0).any():
-        raise ValueError("noise sigma must be positive")
     model.eval()
-    physics = _physics(psf, sigma, image_fov, source_fov)
     with torch.no_grad():
         base = model(observation, physics)[-1]
-        chi2_base = physics.reduced_chi_squared(observation, base[:, :1], base[:, 1:])
+        chi2_base = physics.chi2_nu(observation, base[:, :1], base[:, 1:])
+    if not torch.isfinite(chi2_base).all():
+        raise ValueError("the baseline's chi2_nu is not finite: check the noise (sigma must be positive)")
     z_s, z_k = encode_prediction(source_vae, kappa_vae, base[:, :1], torch.pow(10.0, base[:, 1:]))
 
     result = FineTuneResult(
@@ -330,10 +309,10 @@ def finetune(
         return result
 
     fisher = fisher_diagonal(
-        model, source_vae, kappa_vae, z_s[active], z_k[active], psf[active], sigma[active],
+        model, source_vae, kappa_vae, z_s[active], z_k[active], physics.subset(active),
         samples=config.fisher_samples, latent_sigma=config.latent_sigma,
-        generators=[generators[j] for j in active.tolist()], image_fov=image_fov, source_fov=source_fov,
-        chunk=config.fisher_chunk, progress=None if progress is None else functools.partial(progress, "fisher"),
+        generators=[generators[j] for j in active.tolist()], chunk=config.fisher_chunk,
+        progress=None if progress is None else functools.partial(progress, "fisher"),
     )  # fmt: skip
     anchor = {k: v.detach() for k, v in model.unet.named_parameters()}
     params = stacked_params(model, len(active))
@@ -342,11 +321,11 @@ def finetune(
     if progress is not None:
         progress("optimise", 0, config.max_steps)
     for k in range(config.max_steps + 1):
-        sub = _physics(psf[active], sigma[active], image_fov, source_fov)
+        sub = physics.subset(active)
         y = observation[active]
         objective, est = finetune_objective(model, params, y, sub, anchor, fisher, config.ewc_lambda)
         with torch.no_grad():
-            chi2 = sub.reduced_chi_squared(y, est[-1, :, :1], est[-1, :, 1:])
+            chi2 = sub.chi2_nu(y, est[-1, :, :1], est[-1, :, 1:])
             result.chi2_nu_trace[k, active.cpu()] = chi2.cpu()
             if monitor is not None and k > 0:
                 monitor(k, active, est[-1])

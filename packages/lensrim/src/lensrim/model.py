@@ -50,12 +50,18 @@ __all__ = [
 
 
 class ForwardModel(Protocol):
-    """What the RIM needs of a forward model: its image and the likelihood gradient at a state.
+    """What lensrim asks of a forward model, for a batch of B observations ``(B, 1, N, N)``.
 
-    ``simulate(source, xi)`` is the noiseless image F(source, kappa = 10^xi), ``(B, 1, N, N)``;
-    ``gradient(y, source, xi)`` returns ``(grad_source, grad_xi)``, the gradient of
-    log p(y | source, kappa = 10^xi), detached, each ``(B, 1, N, N)``. The RIM itself calls only
-    ``gradient``; training and evaluation use ``simulate`` for chi^2.
+    - ``simulate(source, xi)``: the noiseless image F(source, kappa = 10^xi), ``(B, 1, N, N)``;
+    - ``gradient(y, source, xi)``: ``(grad_source, grad_xi)``, the gradient of
+      log p(y | source, kappa = 10^xi), detached, each ``(B, 1, N, N)`` (the RIM's input);
+    - ``chi2_nu(y, source, xi)``: chi^2 / N^2 per example, ``(B,)``, differentiable (training's
+      and evaluation's goodness of fit, fine-tuning's data term);
+    - ``add_noise(image, eps)``: ``image`` observed with the model's noise, given standard normal
+      draws ``eps`` of its shape (fine-tuning's simulated tasks);
+    - ``subset(index)``: the forward model of examples ``index`` (a long tensor, repeats allowed).
+
+    :class:`lensrim.LensingPhysics` and the toy :class:`lensrim.LinearPhysics` implement it.
     """
 
     def simulate(self, source: torch.Tensor, xi: torch.Tensor) -> torch.Tensor: ...
@@ -63,6 +69,12 @@ class ForwardModel(Protocol):
     def gradient(
         self, y: torch.Tensor, source: torch.Tensor, xi: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def chi2_nu(self, y: torch.Tensor, source: torch.Tensor, xi: torch.Tensor) -> torch.Tensor: ...
+
+    def add_noise(self, image: torch.Tensor, eps: torch.Tensor) -> torch.Tensor: ...
+
+    def subset(self, index: torch.Tensor) -> ForwardModel: ...
 
 
 @dataclass(frozen=True)
@@ -144,11 +156,17 @@ class RIMConfig(JsonConfig):
             if getattr(self, name) > most:
                 raise ValueError(f"{name} is {getattr(self, name)}, beyond the largest sensible value {most}")
 
-    def physics(self, psf: torch.Tensor, noise: torch.Tensor):
-        """The lensing forward model on this RIM's grid, for observations with these PSFs and
-        noise (a sigma per lens or a noise map)."""
+    def physics(self, psf: torch.Tensor, noise: torch.Tensor | float):
+        """The lensing forward model on this RIM's grid, for observations with these PSFs
+        ``(B or 1, 1, k, k)`` and noise (a sigma per lens ``(B,)``, one for all, or a noise map
+        ``(B, 1, N, N)``); a noise that is not positive and finite is refused."""
         from lensrim.physics import LensingPhysics
 
+        noise = torch.as_tensor(noise, dtype=torch.float32) if not isinstance(noise, torch.Tensor) else noise
+        if noise.dim() == 0:
+            noise = noise.reshape(1)
+        if not (torch.isfinite(noise).all() and (noise > 0).all()):
+            raise ValueError("noise sigma must be positive and finite")
         return LensingPhysics(psf, noise, self.image_fov, self.source_fov)
 
     def widths(self) -> list[int]:

@@ -17,7 +17,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from lensprior.training import (
     step_generator,
 )
 from lensrim.metrics import constant_reference
-from lensrim.model import RIM, RIMConfig, rim_loss_terms
+from lensrim.model import RIM, ForwardModel, RIMConfig, rim_loss_terms
 from lensrim.physics import LensingPhysics
 
 __all__ = [
@@ -48,6 +48,8 @@ __all__ = [
     "constant_log10_kappa",
     "DatasetBatches",
     "evaluate_rim",
+    "LensingOf",
+    "PhysicsOf",
     "MixedBatches",
     "SimulatedBatches",
     "load_rim",
@@ -214,36 +216,56 @@ def constant_log10_kappa(batches: Callable[[int, int, int], Batch], seed: int = 
     return round(constant_reference(batch["source"].cpu(), batch["kappa"].cpu()).log10_kappa, 3)
 
 
-def _physics(batch: Batch, attrs: dict) -> LensingPhysics:
-    return LensingPhysics(
-        batch["psf"], batch["noise_sigma"], float(attrs.get("image_fov", lenssim.IMAGE_FOV)),
-        float(attrs.get("source_fov", lenssim.SOURCE_FOV)),
-    )  # fmt: skip
+PhysicsOf = Callable[[Batch], ForwardModel]
+"""The forward model of a batch's observations (training's and evaluation's one link to physics)."""
+
+
+@dataclass(frozen=True)
+class LensingOf:
+    """The lensing forward model of a batch (its ``psf`` and ``noise_sigma``) on one grid: the
+    default :data:`PhysicsOf` of :func:`train_rim` and :func:`evaluate_rim`."""
+
+    image_fov: float = lenssim.IMAGE_FOV
+    source_fov: float = lenssim.SOURCE_FOV
+
+    @classmethod
+    def of(cls, config: RIMConfig) -> LensingOf:
+        return cls(config.image_fov, config.source_fov)
+
+    def __call__(self, batch: Batch) -> LensingPhysics:
+        return LensingPhysics(batch["psf"], batch["noise_sigma"], self.image_fov, self.source_fov)
+
+
+def _physics_of(model: torch.nn.Module, physics: PhysicsOf | None) -> PhysicsOf:
+    if physics is not None:
+        return physics
+    config = getattr(getattr(model, "module", model), "config", None)  # DDP wraps the RIM
+    return LensingOf() if config is None else LensingOf.of(config)
 
 
 def batch_loss(
-    model: torch.nn.Module, batch: Batch, config: RIMConfig, attrs: dict
+    model: torch.nn.Module, batch: Batch, physics: PhysicsOf | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean eq. 7 loss of a batch, and the chi2_nu of the final estimates (detached)."""
-    loss, terms = _batch_terms(model, batch, attrs)
+    """Mean eq. 7 loss of a batch, and the chi2_nu of the final estimates (detached); the forward
+    model defaults to lensing on the model's grid."""
+    loss, terms = _batch_terms(model, batch, _physics_of(model, physics))
     return loss, terms["chi2_nu"]
 
 
-def _batch_terms(model: torch.nn.Module, batch: Batch, attrs: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _batch_terms(
+    model: torch.nn.Module, batch: Batch, physics_of: PhysicsOf
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The mean eq. 7 loss of a batch (differentiable) and, detached, per example: its source and
     kappa terms at every time step ``(T, B)`` and the chi2_nu of the final estimates."""
-    physics = _physics(batch, attrs)
+    physics = physics_of(batch)
     kappa = batch["kappa"].clamp_min(1e-6)
     est = model(batch["observation"], physics)
     ls, lk = rim_loss_terms(est, batch["source"], kappa)
     loss = (ls + lk).mean()
     final = est[-1].detach()
-    terms = {
-        "source": ls.detach(),
-        "kappa": lk.detach(),
-        "chi2_nu": physics.reduced_chi_squared(batch["observation"], final[:, :1], final[:, 1:]),
-    }
-    return loss, terms
+    with torch.no_grad():
+        chi2 = physics.chi2_nu(batch["observation"], final[:, :1], final[:, 1:])
+    return loss, {"source": ls.detach(), "kappa": lk.detach(), "chi2_nu": chi2}
 
 
 def _with_reference(terms: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
@@ -278,17 +300,19 @@ def _summary(terms: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def evaluate_rim(model: torch.nn.Module, batch: Batch, attrs: dict | None = None, *, chunk: int = 16) -> dict[str, Any]:
+def evaluate_rim(
+    model: torch.nn.Module, batch: Batch, physics: PhysicsOf | None = None, *, chunk: int = 16
+) -> dict[str, Any]:
     """Loss, its terms per time step, median chi2_nu and the constant-predictor reference of a
-    model on a set of lenses (``chunk`` at a time); see the training log's keys."""
-    cfg = getattr(model, "config", None)
-    attrs = attrs or ({"image_fov": cfg.image_fov, "source_fov": cfg.source_fov} if cfg is not None else {})
+    model on a set of lenses (``chunk`` at a time); see the training log's keys. The forward
+    model defaults to lensing on the model's grid."""
+    physics = _physics_of(model, physics)
     device = next(model.parameters()).device
     parts: dict[str, list[torch.Tensor]] = {}
     n = batch["observation"].shape[0]
     for i in range(0, n, chunk):
         sub = {k: v[i : i + chunk].to(device) for k, v in batch.items()}
-        _, terms = _batch_terms(model, sub, attrs)
+        _, terms = _batch_terms(model, sub, physics)
         for k, v in _with_reference(terms, sub).items():
             parts.setdefault(k, []).append(v.cpu())
     return _summary({k: torch.cat(v, dim=-1) for k, v in parts.items()})
@@ -411,6 +435,7 @@ def train_rim(
     tensorboard: bool = True,
     metadata: dict[str, Any] | None = None,
     progress: Callable[[int, dict[str, float]], None] | None = None,
+    physics: PhysicsOf | None = None,
 ) -> RIM:
     """Train (or resume) the RIM in ``run_dir`` up to ``steps`` (default ``config.train_steps``).
 
@@ -433,6 +458,10 @@ def train_rim(
     ``prefetch`` batches are prepared ahead in a background thread (default 2 on a GPU, 0 on the
     CPU, where the simulation competes with the step for the same cores); the batches do not
     depend on it.
+
+    ``physics(batch)`` gives the forward model of a batch's observations (default: lensing with
+    the batch's ``psf`` and ``noise_sigma`` on the config's grid); any
+    :class:`~lensrim.model.ForwardModel` trains, e.g. :class:`~lensrim.LinearPhysics`.
     """
     rank, world = _rank_world()
     lock = RunLock(run_dir) if rank == 0 else contextlib.nullcontext()
@@ -440,13 +469,13 @@ def train_rim(
         return _train_rim(
             config, batches, Path(run_dir), steps=steps, seed=seed, device=device, checkpoint_every=checkpoint_every,
             log_every=log_every, validation=validation, validation_size=validation_size, external=external,
-            prefetch=prefetch, tensorboard=tensorboard, metadata=metadata, progress=progress,
+            prefetch=prefetch, tensorboard=tensorboard, metadata=metadata, progress=progress, physics=physics,
         )  # fmt: skip
 
 
 def _train_rim(
     config, batches, run_dir: Path, *, steps, seed, device, checkpoint_every, log_every, validation, validation_size,
-    external, prefetch, tensorboard, metadata, progress,
+    external, prefetch, tensorboard, metadata, progress, physics,
 ) -> RIM:  # fmt: skip
     rank, world = _rank_world()
     device = torch.device(device)
@@ -460,7 +489,7 @@ def _train_rim(
                 f"the training lenses' {key} is {float(attrs[key]):g} arcsec, the RIM's config says "
                 f"{getattr(config, key):g}: set RIMConfig.{key} to the data's"
             )
-    attrs = {"image_fov": config.image_fov, "source_fov": config.source_fov}
+    physics = LensingOf.of(config) if physics is None else physics
     if rank == 0:
         prepare_run(
             run_dir, replace(config, train_steps=steps), RIMConfig.OPTIMISATION_FIELDS, metadata=metadata, seed=seed
@@ -492,7 +521,7 @@ def _train_rim(
             batch = {k: v[rank * share : (rank + 1) * share].to(device, non_blocking=True) for k, v in batch.items()}
             for g in opt.param_groups:
                 g["lr"] = config.learning_rate_at(step)
-            loss, per_example = _batch_terms(net, batch, attrs)
+            loss, per_example = _batch_terms(net, batch, physics)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
@@ -522,7 +551,7 @@ def _train_rim(
                 terms.update(lr=config.learning_rate_at(step), grad_norm=float(grad_norm))
                 model.eval()
                 for prefix, lenses in checks.items():
-                    terms.update({f"{prefix}_{k}": v for k, v in evaluate_rim(model, lenses, attrs).items()})
+                    terms.update({f"{prefix}_{k}": v for k, v in evaluate_rim(model, lenses, physics).items()})
                 model.train()
                 log.write(json.dumps(terms, sort_keys=True) + "\n")
                 log.flush()
