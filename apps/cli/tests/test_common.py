@@ -27,6 +27,25 @@ def test_library_errors_become_one_line_click_errors():
     assert e.value.message == "kappa must be positive"
 
 
+def test_a_simulation_the_options_make_impossible_is_one_line_but_a_bug_is_shown_in_full():
+    import lenssim
+
+    @one_line_errors
+    def impossible():
+        raise lenssim.SimulationError("only 0 of 4 lenses passed the acceptance checks in 200 tries")
+
+    with pytest.raises(click.ClickException) as e:
+        impossible()
+    assert e.value.message.startswith("only 0 of 4 lenses")
+
+    @one_line_errors
+    def bug():
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")  # torch's, from a real fault
+
+    with pytest.raises(RuntimeError, match="mat1"):  # not swallowed into a one-line message
+        bug()
+
+
 def test_help_does_not_wait_for_torch():
     # `lens --help` must answer at once: the command modules import torch only when they run
     import subprocess
@@ -131,8 +150,8 @@ def test_finetune_option_defaults_are_the_library_defaults():
 
 def test_preset_choices_are_the_registries():
     import lensrim
-    from lens_cli.main import PRESETS as DEMO_PRESETS
     from lens_cli.main import cli
+    from lensrim.demo import PRESETS as DEMO_PRESETS
 
     rim_preset = next(p for p in cli.commands["train"].commands["rim"].params if p.name == "preset")
     assert set(rim_preset.type.choices) == set(lensrim.PRESETS)

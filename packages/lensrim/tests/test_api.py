@@ -110,3 +110,19 @@ def test_geometry_lives_in_the_config_and_other_grids_are_refused(runs, tmp_path
     wrong = replace(lensrim.PRESETS["tiny"], steps=2, source_fov=2.0)
     with pytest.raises(lensprior.RunError, match="source_fov is 3 arcsec, the RIM's config says 2"):
         train_rim(wrong, batches, tmp_path / "run", steps=1, tensorboard=False)
+
+
+def test_the_package_loads_its_names_lazily_and_every_exported_name_resolves():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lensrim, lensrim.demo; assert 'torch' not in sys.modules, 'torch loaded'; "
+        "assert set(lensrim.__all__) - {'__version__'} == set(lensrim._WHERE); "
+        "[getattr(lensrim, n) for n in lensrim.__all__]; "
+        "import lensrim.finetune; assert callable(lensrim.finetune) and not isinstance(lensrim.finetune, type(sys)); "
+        "print(sorted(lensrim.demo.PRESETS))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['quick', 'standard']"

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from lensrim.demo import duration  # torch-free, like everything the CLI imports at start-up
+
 if TYPE_CHECKING:
     import torch
     from tqdm import tqdm
@@ -22,12 +24,29 @@ LOG_INTERVAL = 20.0
 """Seconds between progress lines when stderr is not a terminal (a log file, a batch job)."""
 
 
-def progress_bar(*, enabled: bool = True, **kwargs) -> tqdm:
-    """A tqdm bar that shows on a terminal and, every LOG_INTERVAL seconds, in logs too."""
+@functools.cache
+def _bar_class() -> type:
     from tqdm.auto import tqdm
 
+    class Bar(tqdm):
+        """A postfix change shows once the bar's interval has passed, even while the count stands
+        still (a library reports its phases through the postfix)."""
+
+        def set_postfix(self, *args, refresh: bool = True, **kwargs) -> None:
+            super().set_postfix(*args, refresh=False, **kwargs)
+            refresh_when_due(self)
+
+        def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+            super().set_postfix_str(s, refresh=False)
+            refresh_when_due(self)
+
+    return Bar
+
+
+def progress_bar(*, enabled: bool = True, **kwargs) -> tqdm:
+    """A tqdm bar that shows on a terminal and, every LOG_INTERVAL seconds, in logs too."""
     tty = sys.stderr.isatty()
-    return tqdm(**kwargs, disable=not enabled, mininterval=0.1 if tty else LOG_INTERVAL)
+    return _bar_class()(**kwargs, disable=not enabled, mininterval=0.1 if tty else LOG_INTERVAL)
 
 
 def refresh_when_due(bar: tqdm) -> None:
@@ -42,17 +61,6 @@ def say(line: str) -> None:
     from tqdm.auto import tqdm
 
     tqdm.write(line, file=sys.stderr)
-
-
-def duration(seconds: float) -> str:
-    """``seconds`` as a human reads a cost: 40 s, 12 min, 3.5 h, 2.1 days."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 48 * 3600:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
 
 
 class CostEstimate:
@@ -133,6 +141,18 @@ def seed_option(f: Callable) -> Callable:
     )
 
 
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _is_user_facing(e: RuntimeError) -> bool:
+    """A simulation that the options make impossible (lenssim.SimulationError), or a GPU out of
+    memory: errors of the run's settings, not of the code."""
+    lenssim, torch = sys.modules.get("lenssim"), sys.modules.get("torch")  # loaded if they could raise it
+    kinds = (getattr(lenssim, "SimulationError", ()), getattr(getattr(torch, "cuda", None), "OutOfMemoryError", ()))
+    return any(k and isinstance(e, k) for k in kinds)
+
+
 def one_line_errors(f: Callable) -> Callable:
     """Turn the libraries' input errors into click's one-line message and exit status 1."""
 
@@ -142,9 +162,12 @@ def one_line_errors(f: Callable) -> Callable:
             return f(*args, **kwargs)
         except click.ClickException:
             raise
-        except (ValueError, OSError, RuntimeError) as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise click.ClickException(msg) from None
+        except (ValueError, OSError) as e:
+            raise click.ClickException(_first_line(e)) from None
+        except RuntimeError as e:  # the libraries' own; any other RuntimeError is a bug to show in full
+            if not _is_user_facing(e):
+                raise
+            raise click.ClickException(_first_line(e)) from None
 
     return wrapper
 

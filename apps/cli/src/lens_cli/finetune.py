@@ -267,7 +267,7 @@ def evaluate(recon: Path, output: Path) -> None:
     loss moments of Table 4 and the phase-aware coherence of source and kappa), the figures
     (lenses.png, chi2_histogram.png, chi2_vs_snr.png, coherence.png) and OUTPUT/index.html.
     """
-    from lens_cli.evaluation import read_reconstruction, write_report
+    from lensrim.report import read_reconstruction, write_report
 
     if output.exists() and not output.is_dir():
         raise click.BadParameter(f"{output} exists and is not a directory", param_hint="--output")

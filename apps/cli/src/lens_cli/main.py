@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from lens_cli import __version__
-from lens_cli.common import device_option, one_line_errors, resolve_device, seed_option
-from lens_cli.demo import PRESETS, run_demo
+from lens_cli.common import device_option, one_line_errors, progress_bar, resolve_device, seed_option
+from lensrim.demo import PRESETS  # torch-free: the demo imports torch when it runs
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -88,8 +88,13 @@ def demo(output: Path, preset: str, threads: int | None, seed: int, device: str)
     if not stored.is_file():  # the first call's count; an explicit --threads later does not replace it
         output.mkdir(parents=True, exist_ok=True)
         stored.write_text(f"{threads}\n")
+    from lensrim.demo import DemoError, run_demo
+
     t0 = time.perf_counter()
-    result = run_demo(output, PRESETS[preset], seed=seed, device=dev)
+    try:
+        result = run_demo(output, PRESETS[preset], seed=seed, device=dev, say=click.echo, progress_bar=progress_bar)
+    except DemoError as e:
+        raise click.BadParameter(str(e), param_hint="--output") from None
     for line in result["verdict"].values():
         click.echo(f"- {line}")
     click.echo(f"report: {output / 'report' / 'index.html'} ({time.perf_counter() - t0:.0f} s)")

@@ -2,45 +2,115 @@
 
 A ConvGRU U-net that learns to optimise the lensing likelihood (Adam et al. 2022, sections
 2.3-2.4, appendix C): the model, its gradient preprocessing and loss, the forward models it
-runs with, its training, EWC fine-tuning on each observation (:mod:`lensrim.finetune`) and the
-evaluation metrics (:mod:`lensrim.metrics`). The front door (:mod:`lensrim.api`)::
+runs with, its training, EWC fine-tuning on each observation (:mod:`lensrim.finetune`), the
+evaluation metrics (:mod:`lensrim.metrics`), the evaluation report (:mod:`lensrim.report`) and
+the whole-pipeline demo (:mod:`lensrim.demo`). The front door (:mod:`lensrim.api`)::
 
     rim = lensrim.load("runs/rim")
     rec = lensrim.reconstruct(rim, lenssim.Observation.from_fits("lens.fits", psf_fwhm=0.08))
+
+Names load on first use (SPEC 1's lazy loading): ``import lensrim`` is instant, and torch loads
+with the first name that needs it, so a command line can read :mod:`lensrim.demo`'s presets
+without it.
 """
 
-from lensrim.api import FineTune, Reconstruction, load, reconstruct
-from lensrim.finetune import FineTuneConfig, FineTuneResult, finetune, fisher_diagonal
-from lensrim.model import PRESETS, RIM, ConvGRU, ForwardModel, RIMConfig, build_rim, preprocess_gradients, rim_loss
-from lensrim.physics import LensingPhysics, LinearPhysics
-from lensrim.training import DatasetBatches, MixedBatches, SimulatedBatches, load_rim, train_rim, vae_sampler
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+_EXPORTS = {
+    "api": ("FineTune", "Reconstruction", "load", "reconstruct"),
+    "finetune": ("FineTuneConfig", "FineTuneResult", "finetune", "fisher_diagonal"),
+    "model": (
+        "PRESETS",
+        "RIM",
+        "ConvGRU",
+        "ForwardModel",
+        "RIMConfig",
+        "build_rim",
+        "preprocess_gradients",
+        "rim_loss",
+    ),  # fmt: skip
+    "physics": ("LensingPhysics", "LinearPhysics"),
+    "training": ("DatasetBatches", "MixedBatches", "SimulatedBatches", "load_rim", "train_rim", "vae_sampler"),
+}
+_SUBMODULES = ("api", "baseline", "demo", "finetune", "metrics", "model", "physics", "report", "training")
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
 __all__ = [
-    "FineTune",
-    "Reconstruction",
-    "load",
-    "reconstruct",
-    "FineTuneConfig",
-    "FineTuneResult",
-    "finetune",
-    "fisher_diagonal",
-    "PRESETS",
-    "RIM",
     "ConvGRU",
     "DatasetBatches",
-    "MixedBatches",
-    "vae_sampler",
-    "SimulatedBatches",
-    "load_rim",
-    "train_rim",
+    "FineTune",
+    "FineTuneConfig",
+    "FineTuneResult",
     "ForwardModel",
     "LensingPhysics",
     "LinearPhysics",
+    "MixedBatches",
+    "PRESETS",
+    "RIM",
     "RIMConfig",
-    "__version__",
+    "Reconstruction",
+    "SimulatedBatches",
     "build_rim",
+    "finetune",
+    "fisher_diagonal",
+    "load",
+    "load_rim",
     "preprocess_gradients",
+    "reconstruct",
     "rim_loss",
+    "train_rim",
+    "vae_sampler",
+    "__version__",
 ]
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"lensrim.{_WHERE[name]}"), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"lensrim.{name}")
+    else:
+        raise AttributeError(f"module 'lensrim' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE) | set(_SUBMODULES))
+
+
+class _Package(types.ModuleType):
+    """``lensrim.finetune`` is the function, as it was when the package imported everything at
+    once; importing the submodule of that name (which binds it on the package) leaves it so."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _WHERE and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
+    from lensrim.api import FineTune, Reconstruction, load, reconstruct
+    from lensrim.finetune import FineTuneConfig, FineTuneResult, finetune, fisher_diagonal
+    from lensrim.model import (
+        PRESETS,
+        RIM,
+        ConvGRU,
+        ForwardModel,
+        RIMConfig,
+        build_rim,
+        preprocess_gradients,
+        rim_loss,
+    )
+    from lensrim.physics import LensingPhysics, LinearPhysics
+    from lensrim.training import DatasetBatches, MixedBatches, SimulatedBatches, load_rim, train_rim, vae_sampler

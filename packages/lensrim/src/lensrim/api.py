@@ -27,7 +27,37 @@ from lensrim.finetune import FineTuneConfig, finetune
 from lensrim.model import RIM
 from lensrim.training import load_rim
 
-__all__ = ["FineTune", "Reconstruction", "finetune_to_file", "load", "reconstruct"]
+__all__ = [
+    "FineTune",
+    "RECONSTRUCTION_FIELDS",
+    "RECONSTRUCTION_OPTIONAL",
+    "Reconstruction",
+    "finetune_to_file",
+    "load",
+    "read_reconstruction",
+    "reconstruct",
+]
+
+RECONSTRUCTION_FIELDS = ("observation", "psf", "noise_sigma", "source_pred", "kappa_pred", "chi2_nu")
+"""The fields every reconstruction file holds (:meth:`Reconstruction.arrays` writes them)."""
+RECONSTRUCTION_OPTIONAL = (
+    "noise_map", "source", "kappa", "source_baseline", "kappa_baseline", "chi2_nu_baseline", "finetune_steps",
+)  # fmt: skip
+"""The fields it holds when known: a noise map, the truth, the baseline before fine-tuning."""
+
+
+def read_reconstruction(path: str | os.PathLike) -> dict[str, Any]:
+    """The fields of a reconstruction file that are present, as tensors, and its ``attrs``
+    (validated like every dataset; a file that is not a reconstruction is refused in one line)."""
+    path = Path(path)
+    fields = lenssim.io.dataset_info(path)["fields"]
+    missing = [k for k in RECONSTRUCTION_FIELDS if k not in fields]
+    if missing:
+        raise lenssim.DatasetError(
+            f"{path}: not a reconstruction (missing {', '.join(missing)}); write one with lens reconstruct"
+        )
+    wanted = list(RECONSTRUCTION_FIELDS) + [k for k in RECONSTRUCTION_OPTIONAL if k in fields]
+    return lenssim.read_dataset(path, wanted, required_attrs=("image_fov", "source_fov"))
 
 
 def load(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> RIM:
@@ -75,16 +105,7 @@ class Reconstruction:
         """A reconstruction file as ``lens reconstruct``, ``lens finetune`` or :meth:`to_hdf5`
         wrote it (validated like every dataset)."""
         path = Path(path)
-        fields = lenssim.io.dataset_info(path)["fields"]
-        needed = ["observation", "psf", "noise_sigma", "source_pred", "kappa_pred", "chi2_nu"]
-        missing = [k for k in needed if k not in fields]
-        if missing:
-            raise lenssim.DatasetError(f"{path}: not a reconstruction (missing {', '.join(missing)})")
-        optional = ["noise_map", "source", "kappa", "source_baseline", "kappa_baseline", "chi2_nu_baseline"]
-        optional += ["finetune_steps"]
-        d = lenssim.read_dataset(
-            path, needed + [k for k in optional if k in fields], required_attrs=("image_fov", "source_fov")
-        )
+        d = read_reconstruction(path)
         attrs = d["attrs"]
         flux = attrs.get("flux_scale")
         if flux is None and "fits" in attrs:

@@ -6,6 +6,7 @@ and synthetic sources (GalSim), lens acceptance and resumable HDF5 datasets. The
 ``tng`` (IllustrisTNG readers), ``sources`` (COSMOS) and ``kde`` hold the rest.
 """
 
+from lenssim._checks import SimulationError
 from lenssim.convergence import (
     KappaMapConfig,
     angular_diameter_distance_kpc,
@@ -70,6 +71,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FitsError",
+    "SimulationError",
     "FitsObservation",
     "read_fits_observation",
     "Observation",

@@ -7,6 +7,11 @@ import math
 import torch
 
 
+class SimulationError(RuntimeError):
+    """A simulation the settings make impossible (no lens passes the acceptance checks, no
+    rescaling of a halo reaches the Einstein radius range): a fault of the options, not the code."""
+
+
 def check_size(name: str, n: int) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"{name} must be a positive integer, got {n!r}")

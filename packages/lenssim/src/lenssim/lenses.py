@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lenssim._checks import SimulationError
 from lenssim.grid import pixel_grid
 from lenssim.likelihood import add_noise
 from lenssim.psf import SeparablePSF
@@ -261,7 +262,7 @@ def simulate_lenses(
         Where the returned tensors live (default the CPU; ``None``: stay on ``device``, as
         on-the-fly training wants).
     max_tries
-        Give up (``RuntimeError``, with the rejection counts) after this many candidates;
+        Give up (:class:`SimulationError`, a ``RuntimeError``, with the rejection counts) after this many candidates;
         default ``50 * n``.
     progress
         Called with the number of newly accepted lenses after each batch.
@@ -275,7 +276,7 @@ def simulate_lenses(
     tried = accepted = failed = surplus = 0
     while accepted < n:
         if tried >= max_tries:
-            raise RuntimeError(
+            raise SimulationError(
                 f"only {accepted} of {n} lenses passed the acceptance checks in {tried} tries; rejections: {rejected}"
             )
         batch = batch_size

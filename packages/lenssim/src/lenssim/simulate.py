@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lenssim._checks import SimulationError
 from lenssim.convergence import KappaMapConfig, augment_kappa, einstein_radius, kappa_maps
 from lenssim.io import DatasetError, _check_fields, _open, check_dataset_values, write_in_blocks
 from lenssim.lenses import AcceptanceCriteria, Sampler, pool_sampler, simulate_lenses
@@ -110,7 +111,9 @@ def simulate_kappa_dataset(
                 if r is not None:
                     break
             else:
-                raise RuntimeError(f"halo {halos[k].name}: no rescaling reaches an Einstein radius in {theta_e_range}")
+                raise SimulationError(
+                    f"halo {halos[k].name}: no rescaling reaches an Einstein radius in {theta_e_range}"
+                )
             stored = r[0].astype(np.float32)  # the Einstein radius of the map as stored
             maps.append(stored)
             theta_e.append(float(einstein_radius(stored, config.pixel_scale)))

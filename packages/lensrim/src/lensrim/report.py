@@ -1,19 +1,29 @@
-"""The evaluation report of a reconstruction file: metrics JSON, figures and a summary page."""
+"""The evaluation report of a reconstruction: metrics JSON, figures and a summary page.
+
+In a notebook::
+
+    data = lensrim.report.read_reconstruction("recon.h5")
+    metrics = lensrim.report.write_report(data, Path("report"), title="my lenses")
+
+:func:`compute_metrics` alone needs no plotting library; the figures need matplotlib
+(``pip install "lensrim[report]"``). ``lens evaluate`` and the demo write their reports with it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import lenssim
-from lens_cli.common import atomic_path
+from lensrim.api import read_reconstruction
 from lensrim.metrics import (
     chi2_summary,
     coherence_bands,
@@ -24,18 +34,38 @@ from lensrim.metrics import (
 )
 from lensrim.model import rim_loss
 
-REQUIRED = ("observation", "psf", "noise_sigma", "source_pred", "kappa_pred", "chi2_nu")
-OPTIONAL = ("source", "kappa", "source_baseline", "kappa_baseline", "chi2_nu_baseline", "noise_map", "finetune_steps")
+__all__ = [
+    "compute_metrics",
+    "comparison_figure",
+    "figures",
+    "read_reconstruction",
+    "summary_page",
+    "write_report",
+]
 
 
-def read_reconstruction(path: Path) -> dict:
-    """The fields of a reconstruction file that are present (validated by lenssim)."""
-    info = lenssim.io.dataset_info(path)
-    missing = [k for k in REQUIRED if k not in info["fields"]]
-    if missing:
-        raise lenssim.DatasetError(f"{path}: not a reconstruction (missing {', '.join(missing)}); run lens reconstruct")
-    fields = list(REQUIRED) + [k for k in OPTIONAL if k in info["fields"]]
-    return lenssim.read_dataset(path, fields, required_attrs=("image_fov", "source_fov"))
+@contextlib.contextmanager
+def _written(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` that replaces it once the block succeeds (a kill
+    mid-write leaves the previous file, never half of one)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (no display), or a one-line error naming the extra."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError('the report\'s figures need matplotlib: pip install "lensrim[report]"') from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _loss(source_pred, kappa_pred, source, kappa) -> np.ndarray:
@@ -93,12 +123,10 @@ def compute_metrics(data: dict) -> dict:
 
 
 def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    tmp = atomic_path(path)
-    fig.savefig(tmp, dpi=80, format="png")
+    plt = _pyplot()
+    with _written(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -116,11 +144,7 @@ RESIDUAL_SIGMA = 4.0
 def figures(data: dict, metrics: dict, report: Path, *, count: int = 8) -> list[Path]:
     """Per-lens panels (``count`` lenses from the best to the worst chi2_nu; all of them when there
     are at most ``count``), the chi2 histogram, chi2_nu against SNR and the coherence bands."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     attrs = data["attrs"]
     ifov, sfov = float(attrs["image_fov"]), float(attrs["source_fov"])
     paths = []
@@ -345,9 +369,8 @@ def summary_page(report: Path, metrics: dict, images: list[Path], title: str) ->
         f"<h2>Figures</h2>{figs}</body></html>\n"
     )
     path = report / "index.html"
-    tmp = atomic_path(path)
-    tmp.write_text(page)
-    os.replace(tmp, path)
+    with _written(path) as tmp:
+        tmp.write_text(page)
     return path
 
 
@@ -367,8 +390,38 @@ def write_report(
         metrics.update(extra)
     images = (extra_figures(report, metrics) if extra_figures else []) + figures(data, metrics, report)
     path = report / "metrics.json"
-    tmp = atomic_path(path)
-    tmp.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with _written(path) as tmp:
+        tmp.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
     summary_page(report, metrics, images, title)
     return metrics
+
+
+def comparison_figure(path: Path, comparison: dict) -> Path:
+    """Bars of median chi2_nu, mean log10 loss and mean coherence for each method of
+    ``comparison`` (method name -> the figures of :func:`compute_metrics`' layout)."""
+    plt = _pyplot()
+    names = list(comparison)
+    short = [k.split(" (")[0] + ("\n(" + k.split(" (", 1)[1] if " (" in k else "") for k in names]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    y = np.arange(len(names))
+    axes[0].barh(y, [comparison[k]["chi2_nu"]["median"] for k in names], color="C0")
+    axes[0].set_xscale("log")
+    axes[0].axvline(1.0, color="k", lw=0.8, ls="--")
+    axes[0].set_xlabel(r"median $\chi^2_\nu$ (fit to the data)")
+    axes[1].barh(y, [comparison[k]["log10_loss"]["mu"] for k in names], color="C1")
+    axes[1].set_xlabel("mean log10 loss against the truth (lower is better)")
+    w = 0.4
+
+    def coherence(key):  # None (no power: the constant predictor's source) draws no bar
+        return [np.nan if comparison[k][key] is None else comparison[k][key] for k in names]
+
+    axes[2].barh(y - w / 2, coherence("coherence_source_mean"), w, label="source")
+    axes[2].barh(y + w / 2, coherence("coherence_kappa_mean"), w, label="kappa")
+    axes[2].set_xlabel("mean coherence with the truth")
+    axes[2].legend(fontsize=8)
+    for i, ax in enumerate(axes):
+        ax.set_yticks(y)
+        ax.set_yticklabels(short if i == 0 else [], fontsize=7)
+        ax.invert_yaxis()
+    fig.tight_layout()
+    return _save(fig, path)

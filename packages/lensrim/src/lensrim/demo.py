@@ -1,4 +1,10 @@
-"""`lens demo`: the whole pipeline at small scale on built-in data, with an honest report.
+"""The whole pipeline at small scale on built-in data, with an honest report (``lens demo``).
+
+In a notebook::
+
+    from lensrim.demo import PRESETS, run_demo
+    result = run_demo(Path("demo"), PRESETS["quick"], seed=0)
+    result["verdict"]  # sentences judging the numbers; demo/report/index.html has the figures
 
 Stages (each resumes: datasets are written in blocks, training runs from their checkpoints,
 fine-tuning per batch of lenses):
@@ -20,17 +26,67 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import click
 import numpy as np
 
-if TYPE_CHECKING:  # torch loads when a command runs, not for `lens --help`
+if TYPE_CHECKING:  # torch loads when the demo runs, not when a command line reads the presets
     import torch
 
-from lens_cli.common import atomic_path, duration, progress_bar
+__all__ = ["DemoConfig", "DemoError", "MEASURED_S", "PRESETS", "STAGES", "duration", "run_demo"]
+
+
+class DemoError(ValueError):
+    """A directory that holds a demo run with other settings (a resume would mix two runs)."""
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` as a human reads a cost: 40 s, 12 min, 3.5 h, 2.1 days."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+class _NoBar:
+    """What the demo asks of a progress bar (tqdm's names), doing nothing."""
+
+    n = 0
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def update(self, count: int = 1) -> None:
+        self.n += count
+
+    def set_postfix(self, *args, **kwargs) -> None:
+        return None
+
+    def set_postfix_str(self, *args, **kwargs) -> None:
+        return None
+
+
+def _no_bar(**kwargs) -> _NoBar:
+    return _NoBar()
+
+
+@contextlib.contextmanager
+def _written(path: Path) -> Iterator[Path]:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -109,13 +165,12 @@ def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise click.ClickException(f"{path}: not valid JSON ({e}); remove it to start that part again") from None
+        raise ValueError(f"{path}: not valid JSON ({e}); remove it to start that part again") from None
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = atomic_path(path)
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with _written(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 def _mix(a, b, fraction_b: float):
@@ -139,8 +194,10 @@ class Stages:
     (JSON) keeps them after every stage."""
 
     def __init__(
-        self, timings: dict, path: Path | None = None, expected: dict | None = None, *, frozen: bool = False
-    ) -> None:
+        self, timings: dict, path: Path | None = None, expected: dict | None = None, *, frozen: bool = False,
+        say: Callable[[str], None] = print,
+    ) -> None:  # fmt: skip
+        self.say = say
         self.timings = timings
         self.path = path
         self.expected = expected or {}
@@ -156,7 +213,7 @@ class Stages:
         elif name in self.expected:
             eta = f" (about {duration(self.expected[name])} on 2 CPU cores"
             eta += "; resuming)" if name in self.timings else ")"
-        click.echo(f"[{self.count}/{len(STAGES)}] {name}{eta}")
+        self.say(f"[{self.count}/{len(STAGES)}] {name}{eta}")
         t0 = time.perf_counter()
         yield
         if self.frozen:
@@ -166,27 +223,42 @@ class Stages:
             _write_json(self.path, self.timings)
 
 
-def run_demo(output: Path, config: DemoConfig, *, seed: int, device: torch.device) -> dict:
+def run_demo(
+    output: str | os.PathLike,
+    config: DemoConfig = PRESETS["standard"],
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    say: Callable[[str], None] = print,
+    progress_bar: Callable[..., Any] = _no_bar,
+) -> dict:
+    """Run (or resume) the demo in ``output`` and write ``output/report``; returns the report's
+    metrics, the comparison of methods on the held-out lenses, the verdict and the stage times.
+
+    ``say(line)`` prints the stage headers and notes; ``progress_bar(total=, desc=, unit=)``
+    makes a context-managed bar with tqdm's ``update``, ``n``, ``set_postfix`` and
+    ``set_postfix_str`` (e.g. ``tqdm.tqdm``; default: none). A directory holding a demo run
+    with other settings is refused (:class:`DemoError`).
+    """
     import torch
 
     import lensprior
     import lensrim
     import lenssim
-    from lens_cli.evaluation import read_reconstruction, write_report
-    from lens_cli.finetune import finetune_to_file
+    from lensrim.api import finetune_to_file
     from lensrim.baseline import optimise_likelihood
     from lensrim.metrics import chi2_summary, coherence_spectrum, constant_reference, log_loss_moments
+    from lensrim.report import comparison_figure, read_reconstruction, write_report
     from lensrim.training import DatasetBatches, MixedBatches, SimulatedBatches, constant_log10_kappa, vae_sampler
     from lenssim import tng
 
     c = config
+    output, device = Path(output), torch.device(device)
     output.mkdir(parents=True, exist_ok=True)
     stored = output / "demo.json"
     settings = {"config": asdict(c), "seed": seed}
     if stored.is_file() and _read_json(stored) != json.loads(json.dumps(settings)):
-        raise click.BadParameter(
-            f"{output} holds a demo run with other settings ({stored}); use another directory", param_hint="--output"
-        )
+        raise DemoError(f"{output} holds a demo run with other settings ({stored}); use another directory")
     _write_json(stored, settings)
     timing_file = output / "timings.json"  # seconds per stage, summed over every call on this directory
     timings: dict = _read_json(timing_file) if timing_file.is_file() else {}
@@ -194,9 +266,9 @@ def run_demo(output: Path, config: DemoConfig, *, seed: int, device: torch.devic
     preset = next((k for k, v in PRESETS.items() if v == c), None)
     expected = dict(zip(STAGES, MEASURED_S[preset], strict=True)) if preset else {}
     if expected and not (output / "report" / "metrics.json").is_file():
-        click.echo(f"the {preset} demo: about {duration(sum(expected.values()))} on 2 CPU cores in all")
+        say(f"the {preset} demo: about {duration(sum(expected.values()))} on 2 CPU cores in all")
     finished = (output / "report" / "metrics.json").is_file()
-    stage = Stages(timings, timing_file, expected, frozen=finished)
+    stage = Stages(timings, timing_file, expected, frozen=finished, say=say)
     n = c.pixels
     obs = lenssim.ObservationConfig(image_pixels=n, source_pixels=n, psf_size=min(21, n // 2 - 1 | 1))
     kappa_cfg = lenssim.KappaMapConfig.at_resolution(n)
@@ -263,10 +335,10 @@ def run_demo(output: Path, config: DemoConfig, *, seed: int, device: torch.devic
         if vae_fraction > 0:
             try:
                 vae_lenses(0, 4, seed)  # can the VAEs' draws make acceptable lenses at all?
-            except RuntimeError as e:
+            except lenssim.SimulationError as e:
                 vae_fraction = 0.0
                 notes["VAE lenses"] = f"none in training: the VAEs' draws made no acceptable lens ({e})"
-                click.echo(f"note: {notes['VAE lenses']}")
+                say(f"note: {notes['VAE lenses']}")
         batches = MixedBatches(DatasetBatches(output / "lenses-train.h5"), vae_lenses, vae_fraction)
         # the first estimate starts at the constant predictor's log10 kappa (not kappa = 1)
         rim_cfg = replace(rim_cfg, initial_log10_kappa=constant_log10_kappa(batches, seed))
@@ -294,13 +366,22 @@ def run_demo(output: Path, config: DemoConfig, *, seed: int, device: torch.devic
             ewc_lambda=c.ewc_lambda, fisher_samples=c.fisher_samples, learning_rate=c.finetune_learning_rate,
             max_steps=c.finetune_steps, fisher_chunk=8,
         )  # fmt: skip
-        data = {k: test[k] for k in lenssim.LENS_FIELDS}
         attrs = {k: test["attrs"][k] for k in ("image_fov", "source_fov", "z_lens", "z_source")}
         attrs.update(kind="reconstruction", config={"demo": True, "finetune": asdict(ft_cfg)})
-        finetune_to_file(
-            rim, vaes["source"], vaes["kappa"], data, output / "recon.h5", ft_cfg, attrs=attrs,
-            batch_size=min(8, c.test_lenses), seed=seed, device=device,
+        held = lenssim.Observation(
+            observation=test["observation"], psf=test["psf"], noise=test["noise_sigma"], image_fov=obs.image_fov,
+            source_fov=obs.source_fov, truth={k: test[k] for k in ("source", "kappa")},
         )  # fmt: skip
+        with progress_bar(total=c.test_lenses, desc="fine-tuning", unit="lens") as bar:
+
+            def phase(first, last, name, done, total):  # the lens count stands still meanwhile
+                bar.set_postfix_str(f"lenses {first}-{last}: {name} {done}/{total}", refresh=False)
+
+            finetune_to_file(
+                rim.to(device), lensrim.FineTune(vaes["source"].to(device), vaes["kappa"].to(device), ft_cfg, seed),
+                held, output / "recon.h5", attrs=attrs, batch_size=min(8, c.test_lenses), progress=bar.update,
+                phase=phase,
+            )  # fmt: skip
 
     with stage(STAGES[5]):
         y = test["observation"].to(device)
@@ -382,7 +463,7 @@ def run_demo(output: Path, config: DemoConfig, *, seed: int, device: torch.devic
             recon, output / "report", title="lens demo: RIM reconstruction of held-out lenses",
             extra={"comparison": comparison, "references": references, "timings_s": settled, "notes": verdict,
                    "demo": asdict(c)},
-            extra_figures=lambda report, m: [_comparison_figure(report / "comparison.png", comparison)],
+            extra_figures=lambda report, m: [comparison_figure(report / "comparison.png", comparison)],
         )  # fmt: skip
     _write_json(output / "report" / "timings.json", timings)
     return {"metrics": metrics, "comparison": comparison, "verdict": verdict, "timings": timings}
@@ -424,10 +505,8 @@ class _AdamCache:
             f"{steps}/source": s.detach().cpu().clone(), f"{steps}/log10_kappa": xi.detach().cpu().clone(),
             f"{steps}/learning_rate": torch.tensor(lr, dtype=torch.float64),
         })  # fmt: skip
-        tmp = atomic_path(self.path)
-        with open(tmp, "wb") as f:
+        with _written(self.path) as tmp, open(tmp, "wb") as f:
             torch.save(self.items, f)
-        os.replace(tmp, self.path)
 
 
 def _mean_or_none(gamma: np.ndarray) -> float | None:
@@ -503,38 +582,3 @@ def _verdict(comparison: dict, budget: int) -> dict:
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
-
-
-def _comparison_figure(path: Path, comparison: dict) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from lens_cli.evaluation import _save
-
-    names = list(comparison)
-    short = [k.split(" (")[0] + ("\n(" + k.split(" (", 1)[1] if " (" in k else "") for k in names]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
-    y = np.arange(len(names))
-    axes[0].barh(y, [comparison[k]["chi2_nu"]["median"] for k in names], color="C0")
-    axes[0].set_xscale("log")
-    axes[0].axvline(1.0, color="k", lw=0.8, ls="--")
-    axes[0].set_xlabel(r"median $\chi^2_\nu$ (fit to the data)")
-    axes[1].barh(y, [comparison[k]["log10_loss"]["mu"] for k in names], color="C1")
-    axes[1].set_xlabel("mean log10 loss against the truth (lower is better)")
-    w = 0.4
-
-    def coherence(key):  # None (no power: the constant predictor's source) draws no bar
-        return [np.nan if comparison[k][key] is None else comparison[k][key] for k in names]
-
-    axes[2].barh(y - w / 2, coherence("coherence_source_mean"), w, label="source")
-    axes[2].barh(y + w / 2, coherence("coherence_kappa_mean"), w, label="kappa")
-    axes[2].set_xlabel("mean coherence with the truth")
-    axes[2].legend(fontsize=8)
-    for i, ax in enumerate(axes):
-        ax.set_yticks(y)
-        ax.set_yticklabels(short if i == 0 else [], fontsize=7)
-        ax.invert_yaxis()
-    fig.tight_layout()
-    return _save(fig, path)

@@ -1,0 +1,78 @@
+"""The evaluation report is a library call: from a reconstruction file to metrics.json, figures
+and index.html, with the constant predictor beside the reconstruction's numbers; the numbers
+are those of independent computations on the same maps."""
+
+import json
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+import lensrim
+import lenssim
+from lensrim import report
+
+OBS = lenssim.ObservationConfig(image_pixels=32, source_pixels=32, psf_size=5)
+
+
+@pytest.fixture(scope="module")
+def recon_file(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    lenses = lenssim.simulate_sie_lenses(4, config=OBS, generator=torch.Generator().manual_seed(0))
+    lenssim.write_lens_dataset(
+        root / "lenses.h5", {k: getattr(lenses, k) for k in lenssim.LENS_FIELDS}, image_fov=OBS.image_fov,
+        source_fov=OBS.source_fov, z_lens=0.5, z_source=1.5,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    rim = lensrim.RIM(replace(lensrim.PRESETS["tiny"], steps=3)).eval()
+    rec = lensrim.reconstruct(rim, lenssim.Observation.from_dataset(root / "lenses.h5"))
+    return rec.to_hdf5(root / "recon.h5"), lenses
+
+
+def test_the_report_is_written_from_python_with_its_references(recon_file, tmp_path):
+    path, lenses = recon_file
+    data = report.read_reconstruction(path)
+    metrics = report.write_report(data, tmp_path / "out", title="four SIE lenses")
+    on_disk = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert on_disk["lenses"] == metrics["lenses"] == 4
+    for name in ("index.html", "lenses.png", "chi2_histogram.png", "chi2_vs_snr.png", "coherence.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0, name
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+    # the loss is eq. 7 of the final maps against the truth, computed here independently
+    s, k = data["source_pred"].double(), data["kappa_pred"].double()
+    w = torch.sqrt(lenses.kappa.double())
+    w = w / w.sum(dim=(-1, -2), keepdim=True)
+    by_hand = ((s - lenses.source.double()) ** 2).mean(dim=(1, 2, 3)) + (
+        w * (torch.log10(k.clamp_min(1e-6)) - torch.log10(lenses.kappa.double())) ** 2
+    ).sum(dim=(1, 2, 3))
+    np.testing.assert_allclose(on_disk["per_lens"]["loss_final"], by_hand.numpy(), rtol=1e-4)
+    # the constant predictor beside it: source 0, the best constant log10 kappa, on the same lenses
+    const = on_disk["constant_predictor"]
+    ref = lensrim.metrics.constant_reference(lenses.source, lenses.kappa)
+    assert const["log10_kappa"] == pytest.approx(ref.log10_kappa, abs=1e-6)
+    gain = on_disk["log10_loss_gain_over_constant"]["final"]
+    assert gain == pytest.approx(const["log10_loss"]["mu"] - on_disk["log10_loss"]["final"]["mu"])
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "four SIE lenses" in page and "constant predictor" in page
+
+
+def test_a_file_that_is_not_a_reconstruction_is_refused_in_one_line(tmp_path):
+    lenses = lenssim.simulate_sie_lenses(2, config=OBS, generator=torch.Generator().manual_seed(1))
+    path = lenssim.write_lens_dataset(
+        tmp_path / "lenses.h5", {k: getattr(lenses, k) for k in lenssim.LENS_FIELDS}, image_fov=OBS.image_fov,
+        source_fov=OBS.source_fov, z_lens=0.5, z_source=1.5,
+    )  # fmt: skip
+    with pytest.raises(lenssim.DatasetError, match="not a reconstruction .missing source_pred"):
+        report.read_reconstruction(path)
+
+
+def test_without_matplotlib_the_figures_name_the_extra_to_install(recon_file, tmp_path, monkeypatch):
+    path, _ = recon_file
+    data = report.read_reconstruction(path)
+    metrics = report.compute_metrics(data)  # the numbers need no plotting library
+    assert metrics["lenses"] == 4
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"lensrim\[report\]"):
+        report.figures(data, metrics, tmp_path)
