@@ -65,6 +65,8 @@ def test_readme_snippets_run_in_order_with_their_files(workdir):
         for code in snippets(readme):
             exec(compile(_cut(code), f"{readme} snippet", "exec"), namespace)  # noqa: S102
     assert Path("lens-reconstruction.fits").is_file() and namespace["rec"].source.shape == (1, 1, 64, 64)
+    # the report and demo example: the quick demo's held-out lenses, reported again from Python
+    assert namespace["metrics"]["lenses"] == 3 and Path("my-report/index.html").is_file()
 
 
 def _fits_lens(path):

@@ -132,13 +132,15 @@ def test_every_command_and_option_has_help():
     assert all(cmd.help for _, cmd in walk(cli, ["lens"]))
 
 
-def test_finetune_option_defaults_are_the_library_defaults():
-    # the CLI cannot import the dataclass at start-up (torch would load for `lens --help`): the
-    # restated defaults are held to the library's here
+def test_option_defaults_are_the_library_defaults():
+    # the CLI reads them from the torch-free config modules (lensrim.config, lensprior.config);
+    # this holds each option to the field it stands for
     from dataclasses import fields
 
+    import lensprior
     import lensrim
     from lens_cli.finetune import finetune
+    from lens_cli.priors import train
 
     options = {p.name: p.default for p in finetune.params}
     names = {"ewc_lambda": "ewc_lambda", "fisher_samples": "fisher_samples", "latent_sigma": "latent_sigma",
@@ -146,6 +148,11 @@ def test_finetune_option_defaults_are_the_library_defaults():
              "fisher_chunk": "fisher_chunk"}  # fmt: skip
     library = {f.name: f.default for f in fields(lensrim.FineTuneConfig)}
     assert {opt: options[opt] for opt in names} == {opt: library[field] for opt, field in names.items()}
+    denoiser = {p.name: p.default for p in train.commands["denoiser"].params}
+    library = {f.name: f.default for f in fields(lensprior.DenoiserConfig)}
+    assert {k: denoiser[k] for k in ("steps", "noise_min", "noise_max", "highpass")} == {
+        k: library[k] for k in ("steps", "noise_min", "noise_max", "highpass")
+    }
 
 
 def test_preset_choices_are_the_registries():
@@ -157,3 +164,7 @@ def test_preset_choices_are_the_registries():
     assert set(rim_preset.type.choices) == set(lensrim.PRESETS)
     demo_preset = next(p for p in cli.commands["demo"].params if p.name == "preset")
     assert set(demo_preset.type.choices) == set(DEMO_PRESETS)
+    import lensprior
+
+    vae_preset = next(p for p in cli.commands["train"].commands["vae"].params if p.name == "preset")
+    assert set(vae_preset.type.choices) == set(lensprior.VAE_PRESETS)

@@ -108,7 +108,7 @@ def test_geometry_lives_in_the_config_and_other_grids_are_refused(runs, tmp_path
     # training on lenses of another geometry than the config's is refused, not silently mixed
     batches = SimulatedBatches(lenssim.sie_kappa_sampler(config=OBS), lenssim.sersic_source_sampler(config=OBS), OBS)
     wrong = replace(lensrim.PRESETS["tiny"], steps=2, source_fov=2.0)
-    with pytest.raises(lensprior.RunError, match="source_fov is 3 arcsec, the RIM's config says 2"):
+    with pytest.raises(lensprior.RunError, match="training lenses: source_fov is 3 arcsec, the model's is 2"):
         train_rim(wrong, batches, tmp_path / "run", steps=1, tensorboard=False)
 
 

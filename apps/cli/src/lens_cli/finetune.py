@@ -24,8 +24,11 @@ from lens_cli.common import (
     say,
     seed_option,
 )
+from lensrim.config import FineTuneConfig  # torch-free
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz")
+TABLE_3 = FineTuneConfig()
+"""The options' defaults: the library's (Table 3)."""
 
 
 def _is_fits(path: Path) -> bool:
@@ -135,24 +138,36 @@ def finetune_to_file(
 @click.option(
     "--lambda",
     "ewc_lambda",
-    default=2e5,
+    default=TABLE_3.ewc_lambda,
     show_default=True,
     type=FiniteFloat(0),
     help="EWC strength: penalty (lambda/2) sum F (phi - phi*)^2 beside the mean chi2_nu (Table 3's units).",
 )
-@click.option("--fisher-samples", default=200, show_default=True, type=click.IntRange(1), help="VAE draws per lens.")
-@click.option("--latent-sigma", default=0.3, show_default=True, type=FiniteFloat(0), help="Latent draw width.")
+@click.option(
+    "--fisher-samples", default=TABLE_3.fisher_samples, show_default=True, type=click.IntRange(1),
+    help="VAE draws per lens.",
+)  # fmt: skip
+@click.option(
+    "--latent-sigma", default=TABLE_3.latent_sigma, show_default=True, type=FiniteFloat(0), help="Latent draw width."
+)
 @click.option(
     "--learning-rate",
-    default=1e-6,
+    default=TABLE_3.learning_rate,
     show_default=True,
     type=FiniteFloat(0, min_open=True),
     help="RMSProp learning rate (Keras' rho 0.9, epsilon 1e-7).",
 )
-@click.option("--max-steps", default=2000, show_default=True, type=click.IntRange(0), help="RMSProp steps at most.")
-@click.option("--target-chi2", default=1.0, show_default=True, type=FiniteFloat(0), help="Early stop chi2_nu.")
+@click.option(
+    "--max-steps", default=TABLE_3.max_steps, show_default=True, type=click.IntRange(0), help="RMSProp steps at most."
+)
+@click.option(
+    "--target-chi2", default=TABLE_3.target_chi2_nu, show_default=True, type=FiniteFloat(0), help="Early stop chi2_nu."
+)
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Lenses fine-tuned together.")
-@click.option("--fisher-chunk", default=8, show_default=True, type=click.IntRange(1), help="Draws per Fisher pass.")
+@click.option(
+    "--fisher-chunk", default=TABLE_3.fisher_chunk, show_default=True, type=click.IntRange(1),
+    help="Draws per Fisher pass.",
+)  # fmt: skip
 @click.option("--limit", type=click.IntRange(1), help="Only the first N lenses of the dataset.")
 @click.option("--image-fov", type=FiniteFloat(0, min_open=True), help="FITS: model field (default: the RIM's).")
 @click.option("--pixel-scale", type=FiniteFloat(0, min_open=True), help="FITS: arcsec per pixel (else header).")

@@ -19,12 +19,10 @@ from lens_cli.common import (
     say,
     seed_option,
 )
+from lensprior.config import VAE_PRESETS, DenoiserConfig  # torch-free
 
-PRESETS = {
-    "paper": {},
-    "small": {"filters": 8, "steps": 3000, "learning_rate": 3e-4, "decay_steps": 3000},
-}
-"""Named settings; `paper` is Tables 5 and 6, `small` trains in minutes on a CPU."""
+DENOISER = DenoiserConfig()
+"""The denoiser options' defaults: the library's."""
 
 _DATA_ATTRS = ("image_fov", "source_fov", "z_lens", "z_source")
 
@@ -44,7 +42,7 @@ def train() -> None:
     "--preset",
     default="paper",
     show_default=True,
-    type=click.Choice(sorted(PRESETS)),
+    type=click.Choice(sorted(VAE_PRESETS)),
     help="paper: Tables 5/6; small: a quick CPU model.",
 )
 @click.option("--steps", type=click.IntRange(1), help="Training steps (default: the preset's).")
@@ -81,7 +79,7 @@ def train_vae(
     import lensprior
 
     dev = resolve_device(device)
-    overrides = dict(PRESETS[preset])
+    overrides = dict(VAE_PRESETS[preset])
     for key, value in (
         ("steps", steps),
         ("batch_size", batch_size),
@@ -137,24 +135,24 @@ def train_vae(
     help="Clean sources (e.g. lens simulate sources --synthetic).",
 )
 @run_dir_option
-@click.option("--steps", default=3000, show_default=True, type=click.IntRange(1), help="Training steps.")
+@click.option("--steps", default=DENOISER.steps, show_default=True, type=click.IntRange(1), help="Training steps.")
 @click.option(
     "--noise-min",
-    default=0.01,
+    default=DENOISER.noise_min,
     show_default=True,
     type=FiniteFloat(0, min_open=True),
     help="Training noise sigma range, in units of the stamp's peak.",
 )
 @click.option(
     "--noise-max",
-    default=0.25,
+    default=DENOISER.noise_max,
     show_default=True,
     type=FiniteFloat(0, min_open=True),
     help="Upper end of the training noise sigma range (stamp peak units).",
 )
 @click.option(
     "--highpass",
-    default=3.0,
+    default=DENOISER.highpass,
     show_default=True,
     type=FiniteFloat(0),
     help="Remove only noise structure below this scale (pixels), so fluxes are kept; 0: any scale.",

@@ -23,6 +23,7 @@ from lens_cli.common import (
     seed_option,
 )
 from lens_cli.priors import train
+from lensrim.config import PRESETS as RIM_PRESETS  # torch-free
 
 
 def _distributed(device: str):
@@ -63,7 +64,7 @@ def _distributed(device: str):
     "--preset",
     default="small",
     show_default=True,
-    type=click.Choice(["tiny", "small", "paper"]),
+    type=click.Choice(sorted(RIM_PRESETS)),
     help="paper: Table 7 (348.5M parameters, a large GPU); small: 3.5M, CPU.",
 )
 @click.option(

@@ -2,15 +2,34 @@
 
 The source VAE (Table 5) and the kappa VAE (Table 6) of Adam et al. (2022), their training with
 exact resume, and sampling. Needs only torch, numpy and h5py: no lensing code.
+
+Names load on first use (SPEC 1's lazy loading): ``import lensprior`` is instant and torch
+loads with the first name that needs it; :mod:`lensprior.config` is torch-free.
 """
 
-from lensprior.denoiser import Denoiser, DenoiserConfig, load_denoiser, train_denoiser
-from lensprior.training import RunError, fit, load_field, load_vae, step_generator, train_vae
-from lensprior.vae import VAE, VAEConfig, kappa_vae, kappa_vae_config, source_vae, source_vae_config
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+_EXPORTS = {
+    "config": ("VAE_PRESETS", "DenoiserConfig", "VAEConfig", "kappa_vae_config", "source_vae_config"),
+    "denoiser": ("Denoiser", "load_denoiser", "train_denoiser"),
+    "training": ("RunError", "fit", "load_field", "load_vae", "step_generator", "train_vae"),
+    "vae": ("VAE", "kappa_vae", "source_vae"),
+}
+_SUBMODULES = (
+    "config",
+    "denoiser",
+    "training",
+    "vae",
+)
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
 __all__ = [
+    "VAE_PRESETS",
     "VAE",
     "Denoiser",
     "DenoiserConfig",
@@ -29,3 +48,25 @@ __all__ = [
     "step_generator",
     "train_vae",
 ]
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE) | set(_SUBMODULES))
+
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
+    from lensprior.config import VAE_PRESETS, DenoiserConfig, VAEConfig, kappa_vae_config, source_vae_config
+    from lensprior.denoiser import Denoiser, load_denoiser, train_denoiser
+    from lensprior.training import RunError, fit, load_field, load_vae, step_generator, train_vae
+    from lensprior.vae import VAE, kappa_vae, source_vae

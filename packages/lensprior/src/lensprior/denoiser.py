@@ -41,56 +41,15 @@ Fully convolutional: trained on crops, applied to whole stamps (sides divisible 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lensprior.config import JsonConfig
+from lensprior.config import DenoiserConfig
 
 __all__ = ["Denoiser", "DenoiserConfig", "load_denoiser", "train_denoiser"]
-
-
-@dataclass(frozen=True)
-class DenoiserConfig(JsonConfig):
-    """The denoiser's network, noise model and optimisation."""
-
-    RUN_KIND: ClassVar[str] = "denoiser"
-
-    filters: int = 24
-    levels: int = 2
-    noise_min: float = 0.01
-    noise_max: float = 0.25
-    correlation: float = 0.28
-    crop: int = 64
-    flux_weight: float = 0.0
-    loss: Literal["l1", "mse"] = "l1"
-    flux_block: int = 8
-    highpass: float = 3.0
-    """Width (pixels, Gaussian sigma) below which the noise estimate is kept: its smoother part is
-    removed, so no flux moves farther than a few pixels (0: only its mean is removed)."""
-    learning_rate: float = 1e-3
-    decay_rate: float = 0.5
-    decay_steps: int = 2000
-    steps: int = 3000
-    batch_size: int = 16
-    clip_norm: float = 5.0
-
-    def __post_init__(self) -> None:
-        self.check_numbers()
-        if not 0 < self.noise_min <= self.noise_max:
-            raise ValueError(f"need 0 < noise_min <= noise_max, got {self.noise_min}, {self.noise_max}")
-        if self.loss not in ("l1", "mse"):
-            raise ValueError(f"loss must be 'l1' or 'mse', got {self.loss!r}")
-        if not 0 <= self.correlation < 1:
-            raise ValueError(f"correlation must lie in [0, 1), got {self.correlation}")
-        if self.crop % (2**self.levels) or self.crop % self.flux_block:
-            raise ValueError(f"crop ({self.crop}) must be divisible by 2^levels and by flux_block")
-
-    def learning_rate_at(self, step: int) -> float:
-        return self.learning_rate * self.decay_rate ** (step / self.decay_steps)
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

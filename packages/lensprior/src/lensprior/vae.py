@@ -21,93 +21,16 @@ returns images in [0, 1] (sigmoid output).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
-from lensprior.config import JsonConfig
+from lensprior.config import VAEConfig, kappa_vae_config, source_vae_config
 
 __all__ = ["VAE", "VAEConfig", "kappa_vae", "source_vae"]
 
 KAPPA_FLOOR = 1e-4
 """Convergence is clamped to at least this before log10 (maps are positive; this guards zeros)."""
-
-
-@dataclass(frozen=True)
-class VAEConfig(JsonConfig):
-    """Architecture and optimisation of one VAE; the defaults of each kind are the paper's."""
-
-    RUN_KIND: ClassVar[str] = "VAE"
-
-    kind: Literal["source", "kappa"] = "source"
-    pixels: int = 128
-    levels: int = 3
-    convs_per_level: int = 2
-    latent_dim: int = 32
-    filters: int = 16
-    filter_scaling: int = 2
-    leaky_slope: float = 0.2
-    # optimisation
-    learning_rate: float = 1e-4
-    decay_rate: float = 0.5
-    decay_steps: int = 30_000
-    steps: int = 500_000
-    batch_size: int = 20
-    beta_start: float = 0.1
-    beta_max: float = 0.1
-    beta_warmup_steps: int = 5_000
-    bottleneck_l2: float = 1e-2
-    bottleneck_l2_steps: int = 10_000
-    clip_norm: float = 5.0
-
-    def __post_init__(self) -> None:
-        self.check_numbers()
-        if self.kind not in ("source", "kappa"):
-            raise ValueError(f"kind must be 'source' or 'kappa', got {self.kind!r}")
-        if self.pixels % (2**self.levels):
-            raise ValueError(f"pixels ({self.pixels}) must be divisible by 2^levels ({2**self.levels})")
-        for name in ("levels", "latent_dim", "filters", "steps", "batch_size", "decay_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.convs_per_level < 0:
-            raise ValueError(f"convs_per_level must be >= 0, got {self.convs_per_level}")
-
-    def beta(self, step: int) -> float:
-        """KL weight: linear warm-up from ``beta_start`` to ``beta_max`` over ``beta_warmup_steps``."""
-        f = min(1.0, step / max(1, self.beta_warmup_steps))
-        return self.beta_start + (self.beta_max - self.beta_start) * f
-
-    def bottleneck_weight(self, step: int) -> float:
-        """Weight of the bottleneck identity penalty: linear from ``bottleneck_l2`` to 0."""
-        return self.bottleneck_l2 * max(0.0, 1.0 - step / max(1, self.bottleneck_l2_steps))
-
-    def learning_rate_at(self, step: int) -> float:
-        """Exponential decay: ``learning_rate * decay_rate ** (step / decay_steps)``."""
-        return self.learning_rate * self.decay_rate ** (step / self.decay_steps)
-
-
-def source_vae_config(**overrides) -> VAEConfig:
-    """Table 5."""
-    return replace(VAEConfig(), **overrides)
-
-
-def kappa_vae_config(**overrides) -> VAEConfig:
-    """Table 6."""
-    base = VAEConfig(
-        kind="kappa",
-        levels=4,
-        convs_per_level=1,
-        latent_dim=16,
-        decay_rate=0.7,
-        decay_steps=20_000,
-        steps=155_000,
-        batch_size=32,
-        beta_start=0.1,
-        beta_max=0.2,
-    )
-    return replace(base, **overrides)
 
 
 class VAE(nn.Module):

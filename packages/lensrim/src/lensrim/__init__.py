@@ -25,21 +25,13 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "api": ("FineTune", "Reconstruction", "load", "reconstruct"),
-    "finetune": ("FineTuneConfig", "FineTuneResult", "finetune", "fisher_diagonal"),
-    "model": (
-        "PRESETS",
-        "RIM",
-        "ConvGRU",
-        "ForwardModel",
-        "RIMConfig",
-        "build_rim",
-        "preprocess_gradients",
-        "rim_loss",
-    ),  # fmt: skip
+    "config": ("FineTuneConfig", "PRESETS", "RIMConfig"),
+    "finetune": ("FineTuneResult", "finetune", "fisher_diagonal"),
+    "model": ("RIM", "ConvGRU", "ForwardModel", "build_rim", "preprocess_gradients", "rim_loss"),
     "physics": ("LensingPhysics", "LinearPhysics"),
     "training": ("DatasetBatches", "MixedBatches", "SimulatedBatches", "load_rim", "train_rim", "vae_sampler"),
 }
-_SUBMODULES = ("api", "baseline", "demo", "finetune", "metrics", "model", "physics", "report", "training")
+_SUBMODULES = ("api", "baseline", "config", "demo", "finetune", "metrics", "model", "physics", "report", "training")
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
@@ -101,16 +93,8 @@ sys.modules[__name__].__class__ = _Package
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from lensrim.api import FineTune, Reconstruction, load, reconstruct
-    from lensrim.finetune import FineTuneConfig, FineTuneResult, finetune, fisher_diagonal
-    from lensrim.model import (
-        PRESETS,
-        RIM,
-        ConvGRU,
-        ForwardModel,
-        RIMConfig,
-        build_rim,
-        preprocess_gradients,
-        rim_loss,
-    )
+    from lensrim.config import PRESETS, FineTuneConfig, RIMConfig
+    from lensrim.finetune import FineTuneResult, finetune, fisher_diagonal
+    from lensrim.model import RIM, ConvGRU, ForwardModel, build_rim, preprocess_gradients, rim_loss
     from lensrim.physics import LensingPhysics, LinearPhysics
     from lensrim.training import DatasetBatches, MixedBatches, SimulatedBatches, load_rim, train_rim, vae_sampler

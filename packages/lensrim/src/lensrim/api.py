@@ -189,10 +189,7 @@ def reconstruct(
     optionally fine-tuned with EWC per lens. Runs on the RIM's device. Lens i draws its Fisher
     samples from (seed, first_index + i); ``progress(phase, done, total)`` follows fine-tuning."""
     c = rim.config
-    if observation.source_fov is not None and abs(observation.source_fov - c.source_fov) > 1e-6 * c.source_fov:
-        raise lenssim.DatasetError(
-            f"the observation's source_fov is {observation.source_fov:g} arcsec, the RIM's {c.source_fov:g}"
-        )
+    c.geometry.refuse_other("the observation", source_fov=observation.source_fov, error=lenssim.DatasetError)
     if len(observation) == 0:
         raise ValueError("the observation holds no lenses")
     device = next(rim.parameters()).device

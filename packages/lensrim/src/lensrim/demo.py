@@ -26,12 +26,14 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from lensrim._files import written
 
 if TYPE_CHECKING:  # torch loads when the demo runs, not when a command line reads the presets
     import torch
@@ -77,16 +79,6 @@ class _NoBar:
 
 def _no_bar(**kwargs) -> _NoBar:
     return _NoBar()
-
-
-@contextlib.contextmanager
-def _written(path: Path) -> Iterator[Path]:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -169,7 +161,7 @@ def _read_json(path: Path):
 
 
 def _write_json(path: Path, obj) -> None:
-    with _written(path) as tmp:
+    with written(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
@@ -505,7 +497,7 @@ class _AdamCache:
             f"{steps}/source": s.detach().cpu().clone(), f"{steps}/log10_kappa": xi.detach().cpu().clone(),
             f"{steps}/learning_rate": torch.tensor(lr, dtype=torch.float64),
         })  # fmt: skip
-        with _written(self.path) as tmp, open(tmp, "wb") as f:
+        with written(self.path) as tmp, open(tmp, "wb") as f:
             torch.save(self.items, f)
 
 

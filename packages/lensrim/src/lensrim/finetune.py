@@ -40,11 +40,10 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
-from lensprior.config import JsonConfig
+from lensrim.config import FineTuneConfig
 from lensrim.model import RIM, ForwardModel, rim_loss
 
 __all__ = [
@@ -60,39 +59,6 @@ __all__ = [
     "rmsprop_step",
     "stacked_params",
 ]
-
-
-@dataclass(frozen=True)
-class FineTuneConfig(JsonConfig):
-    """Table 3 by default: RMSProp at 1e-6, at most 2000 steps, lambda 2e5, 200 VAE draws at 0.3."""
-
-    RUN_KIND: ClassVar[str] = "fine-tuning"
-
-    ewc_lambda: float = 2e5
-    fisher_samples: int = 200
-    latent_sigma: float = 0.3
-    learning_rate: float = 1e-6
-    max_steps: int = 2000
-    target_chi2_nu: float = 1.0
-    rmsprop_alpha: float = 0.9
-    """RMSProp's decay of the squared-gradient average (Keras' rho, 0.9 in the original run)."""
-    rmsprop_eps: float = 1e-7
-    """Added to sqrt(v) (Keras' epsilon)."""
-    fisher_chunk: int = 8
-    """Draws differentiated together (memory: one weight copy per draw)."""
-
-    def __post_init__(self) -> None:
-        self.check_numbers()
-        for name in ("ewc_lambda", "latent_sigma", "target_chi2_nu", "max_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
-        for name in ("fisher_samples", "fisher_chunk"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
-        if not 0 <= self.rmsprop_alpha < 1:
-            raise ValueError(f"rmsprop_alpha must lie in [0, 1), got {self.rmsprop_alpha}")
 
 
 @dataclass

@@ -11,18 +11,17 @@ In a notebook::
 
 from __future__ import annotations
 
-import contextlib
 import html
 import json
 import math
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import lenssim
+from lensrim._files import written
 from lensrim.api import read_reconstruction
 from lensrim.metrics import (
     chi2_summary,
@@ -42,18 +41,6 @@ __all__ = [
     "summary_page",
     "write_report",
 ]
-
-
-@contextlib.contextmanager
-def _written(path: Path) -> Iterator[Path]:
-    """A temporary name beside ``path`` that replaces it once the block succeeds (a kill
-    mid-write leaves the previous file, never half of one)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _pyplot():
@@ -124,7 +111,7 @@ def compute_metrics(data: dict) -> dict:
 
 def _save(fig, path: Path) -> Path:
     plt = _pyplot()
-    with _written(path) as tmp:
+    with written(path) as tmp:
         fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
     return path
@@ -369,7 +356,7 @@ def summary_page(report: Path, metrics: dict, images: list[Path], title: str) ->
         f"<h2>Figures</h2>{figs}</body></html>\n"
     )
     path = report / "index.html"
-    with _written(path) as tmp:
+    with written(path) as tmp:
         tmp.write_text(page)
     return path
 
@@ -390,7 +377,7 @@ def write_report(
         metrics.update(extra)
     images = (extra_figures(report, metrics) if extra_figures else []) + figures(data, metrics, report)
     path = report / "metrics.json"
-    with _written(path) as tmp:
+    with written(path) as tmp:
         tmp.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
     summary_page(report, metrics, images, title)
     return metrics

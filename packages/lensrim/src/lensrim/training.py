@@ -483,12 +483,10 @@ def _train_rim(
     if config.batch_size % world:
         raise RunError(f"batch size {config.batch_size} is not divisible by the {world} processes")
     attrs = getattr(batches, "attrs", {}) or {}
-    for key in ("image_fov", "source_fov"):  # the lenses must be on the grid the config describes
-        if key in attrs and abs(float(attrs[key]) - getattr(config, key)) > 1e-6 * getattr(config, key):
-            raise RunError(
-                f"the training lenses' {key} is {float(attrs[key]):g} arcsec, the RIM's config says "
-                f"{getattr(config, key):g}: set RIMConfig.{key} to the data's"
-            )
+    config.geometry.refuse_other(  # the lenses must be on the grid the config describes
+        "the training lenses", image_fov=attrs.get("image_fov"), source_fov=attrs.get("source_fov"),
+        hint=" (RIMConfig's image_fov and source_fov must be the data's)", error=RunError,
+    )  # fmt: skip
     physics = LensingOf.of(config) if physics is None else physics
     if rank == 0:
         prepare_run(

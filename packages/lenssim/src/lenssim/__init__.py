@@ -4,72 +4,145 @@ The ray tracer is plain functions of torch tensors: batched, float32 or float64,
 and differentiable end to end. Around it: particle halos to convergence maps (Numba KDE), COSMOS
 and synthetic sources (GalSim), lens acceptance and resumable HDF5 datasets. The submodules
 ``tng`` (IllustrisTNG readers), ``sources`` (COSMOS) and ``kde`` hold the rest.
+
+Names load on first use (SPEC 1's lazy loading): ``import lenssim`` is instant and torch
+loads with the first name that needs it, so a command line reads the torch-free
+:mod:`lenssim.geometry` without it.
 """
 
-from lenssim._checks import SimulationError
-from lenssim.convergence import (
-    KappaMapConfig,
-    angular_diameter_distance_kpc,
-    augment_kappa,
-    center_crop,
-    critical_surface_density,
-    einstein_radius,
-    kappa_maps,
-)
-from lenssim.deflection import deflection_angles, deflection_kernel
-from lenssim.fits import FitsError, FitsObservation, read_fits_observation, write_fits_reconstruction
-from lenssim.grid import pixel_coordinates, pixel_grid, pixel_scale
-from lenssim.io import (
-    LENS_FIELDS,
-    DatasetError,
-    LensDataset,
-    read_dataset,
-    read_lens_dataset,
-    write_dataset,
-    write_in_blocks,
-    write_lens_dataset,
-)
-from lenssim.kde import smoothing_lengths, surface_density, surface_density_brute_force
-from lenssim.lenses import (
-    AcceptanceCriteria,
-    LensBatch,
-    acceptance,
-    pool_sampler,
-    sersic_source_sampler,
-    sersic_sources,
-    sie_kappa_sampler,
-    simulate_lenses,
-    simulate_sie_lenses,
-)
-from lenssim.likelihood import (
-    add_noise,
-    chi_squared,
-    likelihood_gradient,
-    log_likelihood,
-    reduced_chi_squared,
-)
-from lenssim.observation import Observation
-from lenssim.psf import SeparablePSF, convolve_psf, fwhm_to_sigma, gaussian_psf, gaussian_psf_1d
-from lenssim.raytrace import IMAGE_FOV, SOURCE_FOV, lens_equation, lens_image, ray_trace
-from lenssim.sampling import (
-    ObservationConfig,
-    TruncatedNormal,
-    sample_noise_sigma,
-    sample_psf_fwhm,
-    truncated_normal,
-)
-from lenssim.sie import SIEParameters, SIEPrior, sample_sie_parameters, sie_convergence, sie_deflection
-from lenssim.simulate import (
-    HaloSource,
-    h5_pool_sampler,
-    simulate_kappa_dataset,
-    simulate_lens_dataset,
-    simulate_source_dataset,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+_EXPORTS = {
+    "_checks": ("SimulationError",),
+    "convergence": (
+        "KappaMapConfig",
+        "angular_diameter_distance_kpc",
+        "augment_kappa",
+        "center_crop",
+        "critical_surface_density",
+        "einstein_radius",
+        "kappa_maps",
+    ),
+    "deflection": (
+        "deflection_angles",
+        "deflection_kernel",
+    ),
+    "geometry": (
+        "Geometry",
+        "Z_LENS",
+        "Z_SOURCE",
+    ),
+    "fits": (
+        "FitsError",
+        "FitsObservation",
+        "read_fits_observation",
+        "write_fits_reconstruction",
+    ),
+    "grid": (
+        "pixel_coordinates",
+        "pixel_grid",
+        "pixel_scale",
+    ),
+    "io": (
+        "LENS_FIELDS",
+        "DatasetError",
+        "LensDataset",
+        "read_dataset",
+        "read_lens_dataset",
+        "write_dataset",
+        "write_in_blocks",
+        "write_lens_dataset",
+    ),
+    "kde": (
+        "smoothing_lengths",
+        "surface_density",
+        "surface_density_brute_force",
+    ),
+    "lenses": (
+        "AcceptanceCriteria",
+        "LensBatch",
+        "acceptance",
+        "pool_sampler",
+        "sersic_source_sampler",
+        "sersic_sources",
+        "sie_kappa_sampler",
+        "simulate_lenses",
+        "simulate_sie_lenses",
+    ),
+    "likelihood": (
+        "add_noise",
+        "chi_squared",
+        "likelihood_gradient",
+        "log_likelihood",
+        "reduced_chi_squared",
+    ),
+    "observation": ("Observation",),
+    "psf": (
+        "SeparablePSF",
+        "convolve_psf",
+        "fwhm_to_sigma",
+        "gaussian_psf",
+        "gaussian_psf_1d",
+    ),
+    "raytrace": (
+        "IMAGE_FOV",
+        "SOURCE_FOV",
+        "lens_equation",
+        "lens_image",
+        "ray_trace",
+    ),
+    "sampling": (
+        "ObservationConfig",
+        "TruncatedNormal",
+        "sample_noise_sigma",
+        "sample_psf_fwhm",
+        "truncated_normal",
+    ),
+    "sie": (
+        "SIEParameters",
+        "SIEPrior",
+        "sample_sie_parameters",
+        "sie_convergence",
+        "sie_deflection",
+    ),
+    "simulate": (
+        "HaloSource",
+        "h5_pool_sampler",
+        "simulate_kappa_dataset",
+        "simulate_lens_dataset",
+        "simulate_source_dataset",
+    ),
+}
+_SUBMODULES = (
+    "convergence",
+    "deflection",
+    "fits",
+    "geometry",
+    "grid",
+    "io",
+    "kde",
+    "lenses",
+    "likelihood",
+    "observation",
+    "psf",
+    "raytrace",
+    "sampling",
+    "sie",
+    "simulate",
+    "sources",
+    "tng",
+)
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
 __all__ = [
+    "Geometry",
+    "Z_LENS",
+    "Z_SOURCE",
     "FitsError",
     "SimulationError",
     "FitsObservation",
@@ -138,4 +211,78 @@ __all__ = [
     "sie_convergence",
     "sie_deflection",
     "truncated_normal",
+    "__version__",
 ]
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE) | set(_SUBMODULES))
+
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
+    from lenssim._checks import SimulationError
+    from lenssim.convergence import (
+        KappaMapConfig,
+        angular_diameter_distance_kpc,
+        augment_kappa,
+        center_crop,
+        critical_surface_density,
+        einstein_radius,
+        kappa_maps,
+    )
+    from lenssim.deflection import deflection_angles, deflection_kernel
+    from lenssim.fits import FitsError, FitsObservation, read_fits_observation, write_fits_reconstruction
+    from lenssim.geometry import Z_LENS, Z_SOURCE, Geometry
+    from lenssim.grid import pixel_coordinates, pixel_grid, pixel_scale
+    from lenssim.io import (
+        LENS_FIELDS,
+        DatasetError,
+        LensDataset,
+        read_dataset,
+        read_lens_dataset,
+        write_dataset,
+        write_in_blocks,
+        write_lens_dataset,
+    )
+    from lenssim.kde import smoothing_lengths, surface_density, surface_density_brute_force
+    from lenssim.lenses import (
+        AcceptanceCriteria,
+        LensBatch,
+        acceptance,
+        pool_sampler,
+        sersic_source_sampler,
+        sersic_sources,
+        sie_kappa_sampler,
+        simulate_lenses,
+        simulate_sie_lenses,
+    )
+    from lenssim.likelihood import add_noise, chi_squared, likelihood_gradient, log_likelihood, reduced_chi_squared
+    from lenssim.observation import Observation
+    from lenssim.psf import SeparablePSF, convolve_psf, fwhm_to_sigma, gaussian_psf, gaussian_psf_1d
+    from lenssim.raytrace import IMAGE_FOV, SOURCE_FOV, lens_equation, lens_image, ray_trace
+    from lenssim.sampling import (
+        ObservationConfig,
+        TruncatedNormal,
+        sample_noise_sigma,
+        sample_psf_fwhm,
+        truncated_normal,
+    )
+    from lenssim.sie import SIEParameters, SIEPrior, sample_sie_parameters, sie_convergence, sie_deflection
+    from lenssim.simulate import (
+        HaloSource,
+        h5_pool_sampler,
+        simulate_kappa_dataset,
+        simulate_lens_dataset,
+        simulate_source_dataset,
+    )

@@ -16,6 +16,7 @@ from typing import Literal
 
 import numpy as np
 
+from lenssim.geometry import IMAGE_FOV, Z_LENS, Z_SOURCE
 from lenssim.kde import smoothing_lengths, surface_density, truncation_radius
 from lenssim.tng import Particles
 
@@ -38,9 +39,9 @@ class KappaMapConfig:
 
     pixels: int = 128
     render_pixels: int = 188
-    image_fov: float = 7.69
-    z_lens: float = 0.5
-    z_source: float = 1.5
+    image_fov: float = IMAGE_FOV
+    z_lens: float = Z_LENS
+    z_source: float = Z_SOURCE
     hubble: float = 0.68
     n_neighbours: int = 64
     smoothing_factor: float = math.sqrt(103 / 1024)
@@ -92,7 +93,7 @@ def angular_diameter_distance_kpc(z: float, hubble: float = 0.68) -> float:
 
 
 @functools.lru_cache(maxsize=64)
-def critical_surface_density(z_lens: float = 0.5, z_source: float = 1.5, hubble: float = 0.68) -> float:
+def critical_surface_density(z_lens: float = Z_LENS, z_source: float = Z_SOURCE, hubble: float = 0.68) -> float:
     """Sigma_crit = c^2 D_s / (4 pi G D_l D_ls) in Msun / kpc^2 (astropy constants and units)."""
     import astropy.units as u
     from astropy.constants import G, c
@@ -213,7 +214,7 @@ def augment_kappa(
     rng: np.random.Generator,
     *,
     pixels: int = 128,
-    pixel_scale: float = 7.69 / 128,
+    pixel_scale: float = IMAGE_FOV / 128,
     theta_e_range: tuple[float, float] = (0.5, 2.5),
     max_shift: float = 0.3,
     tries: int = 10,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lenssim._checks import SimulationError
+from lenssim.geometry import SOURCE_FOV
 from lenssim.grid import pixel_grid
 from lenssim.likelihood import add_noise
 from lenssim.psf import SeparablePSF
@@ -43,7 +44,7 @@ def sersic_sources(
     n: int,
     *,
     pixels: int = 128,
-    fov: float = 3.0,
+    fov: float = SOURCE_FOV,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,

@@ -9,15 +9,11 @@ import torch.nn.functional as F
 
 from lenssim._checks import check_bchw, check_positive
 from lenssim.deflection import deflection_angles
+from lenssim.geometry import IMAGE_FOV, SOURCE_FOV
 from lenssim.grid import pixel_grid
 from lenssim.psf import SeparablePSF, convolve_psf
 
 __all__ = ["IMAGE_FOV", "SOURCE_FOV", "lens_equation", "lens_image", "ray_trace"]
-
-IMAGE_FOV = 7.69
-"""Default image (and convergence) field of view, arcsec (Table 1)."""
-SOURCE_FOV = 3.0
-"""Default source field of view, arcsec (Table 1)."""
 
 
 def lens_equation(kappa: torch.Tensor, fov: float) -> torch.Tensor:

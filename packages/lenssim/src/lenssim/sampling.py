@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lenssim.geometry import IMAGE_FOV, SOURCE_FOV, Z_LENS, Z_SOURCE
+
 __all__ = [
     "ObservationConfig",
     "TruncatedNormal",
@@ -39,11 +41,11 @@ class ObservationConfig:
     """The physical model of Table 1: grids, redshifts, PSF and noise distributions."""
 
     image_pixels: int = 128
-    image_fov: float = 7.69
+    image_fov: float = IMAGE_FOV
     source_pixels: int = 128
-    source_fov: float = 3.0
-    z_lens: float = 0.5
-    z_source: float = 1.5
+    source_fov: float = SOURCE_FOV
+    z_lens: float = Z_LENS
+    z_source: float = Z_SOURCE
     psf_fwhm: TruncatedNormal = TruncatedNormal(0.06, 0.3, 0.08, 0.05)
     psf_size: int = 21
     noise_sigma: TruncatedNormal = TruncatedNormal(0.001, 0.1, 0.01, 0.03)

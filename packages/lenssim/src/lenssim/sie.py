@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from lenssim._checks import check_positive, check_size
+from lenssim.geometry import IMAGE_FOV
 from lenssim.grid import pixel_coordinates, pixel_grid
 
 __all__ = ["SIEParameters", "SIEPrior", "sample_sie_parameters", "sie_convergence", "sie_deflection"]
@@ -104,7 +105,7 @@ def sie_convergence(
     params: SIEParameters,
     *,
     n: int = 128,
-    fov: float = 7.69,
+    fov: float = IMAGE_FOV,
     core: float = DEFAULT_CORE,
     sampling: Literal["pixel_average", "center"] = "pixel_average",
     quadrature_order: int = 4,

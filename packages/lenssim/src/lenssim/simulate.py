@@ -19,6 +19,7 @@ import torch
 
 from lenssim._checks import SimulationError
 from lenssim.convergence import KappaMapConfig, augment_kappa, einstein_radius, kappa_maps
+from lenssim.geometry import SOURCE_FOV
 from lenssim.io import DatasetError, _check_fields, _open, check_dataset_values, write_in_blocks
 from lenssim.lenses import AcceptanceCriteria, Sampler, pool_sampler, simulate_lenses
 from lenssim.sampling import ObservationConfig
@@ -160,7 +161,7 @@ def simulate_source_dataset(
     *,
     cosmos: CosmosSources | None = None,
     stamp: SourceStampConfig = SourceStampConfig(),
-    source_fov: float = 3.0,
+    source_fov: float = SOURCE_FOV,
     test_fraction: float = 0.1,
     seed: int = 0,
     block_size: int = 64,

@@ -1,0 +1,209 @@
+"""The RIM's and fine-tuning's configurations, and the named RIM presets, without torch.
+
+Importing this module loads neither torch nor the models, so a command line takes its option
+defaults and preset choices from here at start-up. :mod:`lensrim.model` and
+:mod:`lensrim.finetune` re-export these names.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from lensprior.config import JsonConfig
+from lenssim.geometry import IMAGE_FOV, SOURCE_FOV, Geometry
+
+if TYPE_CHECKING:
+    import torch
+
+    from lensrim.physics import LensingPhysics
+
+__all__ = ["PRESETS", "FineTuneConfig", "RIMConfig"]
+
+
+@dataclass(frozen=True)
+class RIMConfig(JsonConfig):
+    """Architecture, recurrence and optimisation of the RIM (Table 7 for ``preset="paper"``)."""
+
+    RUN_KIND: ClassVar[str] = "RIM"
+
+    pixels: int = 128
+    image_fov: float = IMAGE_FOV
+    """Side of the image (and kappa) grid, arcsec: with ``pixels``, the pixel scale the RIM
+    learns. Saved with every run, so a RIM loaded from a file knows its own geometry."""
+    source_fov: float = SOURCE_FOV
+    """Side of the source grid, arcsec."""
+    filters: int = 32
+    filter_scaling: int = 2
+    max_filters: int = 256
+    levels: int = 4
+    convs_per_level: int = 2
+    input_kernel: int = 11
+    steps: int = 8
+    gradient_preprocessing: Literal["adam", "rmsprop", "raw"] = "adam"
+    beta1: float = 0.9
+    beta2: float = 0.99
+    epsilon: float = 1e-8
+    # optimisation (Table 7, first stage)
+    learning_rate: float = 1e-4
+    decay_rate: float = 0.95
+    decay_steps: int = 100_000
+    staircase: bool = False
+    """Decay in whole steps of ``decay_rate`` every ``decay_steps`` (the original code's Keras
+    ``ExponentialDecay(staircase=True)``) instead of continuously."""
+    schedule_start: int = 0
+    train_steps: int = 610_000
+    batch_size: int = 1
+    clip_norm: float = 5.0
+    """Gradient clipping by the global norm of all weights' gradients together (one factor for the
+    whole step, so the update keeps its direction). The original Keras code clipped each weight
+    tensor to this norm separately (``clipnorm``), which bounds every layer's step on its own."""
+    activation_checkpointing: bool = False
+    bf16: bool = False
+    init: Literal["torch", "glorot"] = "glorot"
+    """Initial weights: the original (Keras) code's Glorot-uniform weights with zero biases, or
+    PyTorch's defaults. PyTorch's default (uniform with bound 1/sqrt(fan_in)) shrinks the signal
+    through every tanh layer: at init the small preset's activations fall from 0.45 to 0.02 (std)
+    down its encoder (Glorot: 0.50 to 0.11), and a 64^2 small RIM then stays at the constant
+    predictor's loss for 300 steps where Glorot beats it by 0.4 dex (``docs/learning_curves.md``)."""
+    initial_log10_kappa: float = 0.0
+    """A constant added to the first estimate's log10 kappa: x^(0) = g(0, y, 0) + (0, c). With c
+    the training set's best constant (the constant predictor's), an untrained RIM starts at that
+    trivial guess instead of kappa = 1 everywhere, which its output layer would otherwise take
+    hundreds of steps to unlearn (each weight moves about one learning rate per step)."""
+
+    def __post_init__(self) -> None:
+        self.check_numbers()
+        if self.init not in ("torch", "glorot"):
+            raise ValueError(f"init must be torch or glorot, got {self.init!r}")
+        if self.gradient_preprocessing not in ("adam", "rmsprop", "raw"):
+            raise ValueError(
+                f"gradient_preprocessing must be adam, rmsprop or raw, got {self.gradient_preprocessing!r}"
+            )
+        if self.pixels % (2**self.levels):
+            raise ValueError(f"pixels ({self.pixels}) must be divisible by 2^levels ({2**self.levels})")
+        if self.steps < 1:
+            raise ValueError(f"the RIM needs at least one step, got {self.steps}")
+        if self.input_kernel % 2 == 0:
+            raise ValueError(f"input_kernel must be odd, got {self.input_kernel}")
+        if not math.isfinite(self.initial_log10_kappa):
+            raise ValueError(f"initial_log10_kappa must be finite, got {self.initial_log10_kappa}")
+        for name in ("filters", "levels", "batch_size", "decay_steps", "train_steps", "max_filters", "filter_scaling"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not (0 < self.source_fov and 0 < self.image_fov):
+            raise ValueError(f"fields of view must be positive, got {self.image_fov} and {self.source_fov}")
+        if self.max_filters < self.filters:
+            raise ValueError(f"max_filters ({self.max_filters}) must be at least filters ({self.filters})")
+        # sizes a file could otherwise set to anything: bounded so that a bad config fails at once
+        for name, most in (("steps", 1000), ("pixels", 4096), ("levels", 12), ("max_filters", 65536)):
+            if getattr(self, name) > most:
+                raise ValueError(f"{name} is {getattr(self, name)}, beyond the largest sensible value {most}")
+
+    @property
+    def geometry(self) -> Geometry:
+        """The grid this RIM works on: ``pixels`` across, ``image_fov`` and ``source_fov`` arcsec."""
+        return Geometry(self.pixels, self.image_fov, self.source_fov)
+
+    def physics(self, psf: torch.Tensor, noise: torch.Tensor | float) -> LensingPhysics:
+        """The lensing forward model on this RIM's grid, for observations with these PSFs
+        ``(B or 1, 1, k, k)`` and noise (a sigma per lens ``(B,)``, one for all, or a noise map
+        ``(B, 1, N, N)``); a noise that is not positive and finite is refused."""
+        import torch
+
+        from lensrim.physics import LensingPhysics
+
+        noise = torch.as_tensor(noise, dtype=torch.float32) if not isinstance(noise, torch.Tensor) else noise
+        if noise.dim() == 0:
+            noise = noise.reshape(1)
+        if not (torch.isfinite(noise).all() and (noise > 0).all()):
+            raise ValueError("noise sigma must be positive and finite")
+        return LensingPhysics(psf, noise, self.image_fov, self.source_fov)
+
+    def widths(self) -> list[int]:
+        """Channels of each level, then of the bottleneck."""
+        return [min(self.filters * self.filter_scaling**i, self.max_filters) for i in range(self.levels + 1)]
+
+    OPTIMISATION_FIELDS: ClassVar[tuple[str, ...]] = (
+        "learning_rate",
+        "decay_rate",
+        "decay_steps",
+        "staircase",
+        "schedule_start",
+        "train_steps",
+    )
+    """Fields a resumed run may change (a new training stage); the others define the model."""
+
+    def learning_rate_at(self, step: int) -> float:
+        """Exponential decay from ``learning_rate`` at ``schedule_start`` (the stage's first step):
+        lr * rate^(k / decay_steps) after k steps, with k // decay_steps if ``staircase``."""
+        k = max(0, step - self.schedule_start)
+        periods = k // self.decay_steps if self.staircase else k / self.decay_steps
+        return self.learning_rate * self.decay_rate**periods
+
+    def second_stage(self, start: int, steps: int = 870_000) -> RIMConfig:
+        """Table 7's second stage: Adamax from 6e-5, x0.9 per 100k steps, from step ``start``."""
+        return replace(
+            self,
+            learning_rate=6e-5,
+            decay_rate=0.9,
+            decay_steps=100_000,
+            schedule_start=start,
+            train_steps=start + steps,
+        )
+
+
+PRESETS: dict[str, RIMConfig] = {
+    "paper": RIMConfig(filters=128, max_filters=1024, levels=5),
+    # a CPU run's length: about 1.5 h at 128^2 on 2 cores (2.5 s per step), not Table 7's 610k steps
+    "small": RIMConfig(
+        filters=16, max_filters=128, levels=4, learning_rate=1e-3, decay_steps=20_000, batch_size=4, train_steps=2_000
+    ),
+    "tiny": RIMConfig(
+        pixels=32,
+        filters=8,
+        max_filters=32,
+        levels=2,
+        learning_rate=1e-3,
+        decay_steps=5_000,
+        batch_size=4,
+        train_steps=500,
+        init="torch",  # two levels do not attenuate; PyTorch's init learned faster at 32^2
+    ),  # fmt: skip
+}
+"""Named configurations: ``paper`` (348,546,818 parameters, Table 7: 610,000 steps), ``small``
+(3.5M parameters, 2,000 steps: trains on a CPU), ``tiny`` (32^2 maps, 500 steps, for tests)."""
+
+
+@dataclass(frozen=True)
+class FineTuneConfig(JsonConfig):
+    """Table 3 by default: RMSProp at 1e-6, at most 2000 steps, lambda 2e5, 200 VAE draws at 0.3."""
+
+    RUN_KIND: ClassVar[str] = "fine-tuning"
+
+    ewc_lambda: float = 2e5
+    fisher_samples: int = 200
+    latent_sigma: float = 0.3
+    learning_rate: float = 1e-6
+    max_steps: int = 2000
+    target_chi2_nu: float = 1.0
+    rmsprop_alpha: float = 0.9
+    """RMSProp's decay of the squared-gradient average (Keras' rho, 0.9 in the original run)."""
+    rmsprop_eps: float = 1e-7
+    """Added to sqrt(v) (Keras' epsilon)."""
+    fisher_chunk: int = 8
+    """Draws differentiated together (memory: one weight copy per draw)."""
+
+    def __post_init__(self) -> None:
+        self.check_numbers()
+        for name in ("ewc_lambda", "latent_sigma", "target_chi2_nu", "max_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+        for name in ("fisher_samples", "fisher_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not 0 <= self.rmsprop_alpha < 1:
+            raise ValueError(f"rmsprop_alpha must lie in [0, 1), got {self.rmsprop_alpha}")

@@ -1,0 +1,58 @@
+"""The grid a lens lives on, without torch: fields of view, redshifts, and :class:`Geometry`.
+
+Every default field of view and redshift of the packages comes from here (Table 1: 128 pixels of
+0.06" make the 7.69" image; the source plane is 3" wide; z_l = 0.5, z_s = 1.5).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["IMAGE_FOV", "SOURCE_FOV", "Z_LENS", "Z_SOURCE", "Geometry"]
+
+IMAGE_FOV = 7.69
+"""Width of the image plane, arcsec (Table 1)."""
+SOURCE_FOV = 3.0
+"""Width of the source plane, arcsec (Table 1)."""
+Z_LENS = 0.5
+Z_SOURCE = 1.5
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """``pixels`` across square image (kappa) and source maps spanning ``image_fov`` and
+    ``source_fov`` arcsec. A model has learned one geometry; :meth:`refuse_other` turns data on
+    another into a one-line error."""
+
+    pixels: int
+    image_fov: float = IMAGE_FOV
+    source_fov: float = SOURCE_FOV
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pixels, bool) or not isinstance(self.pixels, int) or self.pixels < 1:
+            raise ValueError(f"pixels must be a positive integer, got {self.pixels!r}")
+        for name in ("image_fov", "source_fov"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number of arcsec, got {value!r}")
+        if self.source_fov > self.image_fov:
+            raise ValueError(f"source_fov ({self.source_fov:g}) must not exceed image_fov ({self.image_fov:g})")
+
+    @property
+    def pixel_scale(self) -> float:
+        """Arcsec per image pixel."""
+        return self.image_fov / self.pixels
+
+    def refuse_other(
+        self, where: str, *, pixels=None, image_fov=None, source_fov=None, hint: str = "",
+        error: type[Exception] = ValueError,
+    ) -> None:  # fmt: skip
+        """Raise ``error`` (one line naming ``where``, then ``hint``) when a given value differs
+        from this geometry (fields of view to a relative 1e-6); ``None`` is not checked."""
+        if pixels is not None and int(pixels) != self.pixels:
+            raise error(f"{where}: maps are {int(pixels)} pixels wide, the model's are {self.pixels}{hint}")
+        for name, value in (("image_fov", image_fov), ("source_fov", source_fov)):
+            ours = getattr(self, name)
+            if value is not None and abs(float(value) - ours) > 1e-6 * ours:
+                raise error(f"{where}: {name} is {float(value):g} arcsec, the model's is {ours:g}{hint}")
