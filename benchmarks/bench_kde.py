@@ -19,8 +19,8 @@ import numba
 import numpy as np
 
 import lenssim
-from lenssim.kde import surface_density, surface_density_brute_force
-from lenssim.tng import synthetic_particles
+from lenssim.data.kde import surface_density, surface_density_brute_force
+from lenssim.data.tng import synthetic_particles
 
 
 def _halo(n: int, seed: int = 0):

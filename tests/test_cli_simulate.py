@@ -42,8 +42,8 @@ def test_pixels_option_and_empty_split_warning(tmp_path):
     assert k["kappa"].shape == (2, 1, 32, 32) and (k["split"] == 0).all()
     assert s["source"].shape == (4, 1, 32, 32) and sorted(set(s["split"].tolist())) == [0, 1]
     # the same angle is covered: the 32^2 stamp config is the 128^2 one scaled by 4
-    cfg = lenssim.sources.SourceStampConfig.at_resolution(32)
-    full = lenssim.sources.SourceStampConfig()
+    cfg = lenssim.data.sources.SourceStampConfig.at_resolution(32)
+    full = lenssim.data.sources.SourceStampConfig()
     assert cfg.pixels * cfg.pixel_scale == pytest.approx(full.pixels * full.pixel_scale)
     kc = lenssim.KappaMapConfig.at_resolution(32)
     assert kc.pixel_scale * 32 == pytest.approx(7.69) and (kc.render_pixels - 32) % 2 == 0

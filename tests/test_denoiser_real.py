@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import lensprior
-from lenssim.sources import CosmosSources, prepare_source, synthetic_galaxy_stamp
+from lenssim.data.sources import CosmosSources, prepare_source, synthetic_galaxy_stamp
 
 COSMOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cosmos" / "btk-26-extension"
 

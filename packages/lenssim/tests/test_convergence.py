@@ -6,9 +6,9 @@ import torch
 from scipy import integrate
 
 import lenssim
-from lenssim.convergence import center_crop
-from lenssim.simulate import split_labels
-from lenssim.tng import Particles
+from lenssim.data.convergence import center_crop
+from lenssim.data.simulate import split_labels
+from lenssim.data.tng import Particles
 
 
 def _distance_kpc(z1, z2, h=0.68, om=0.30966):

@@ -3,7 +3,7 @@ import pytest
 from astropy.io import fits
 
 import lenssim
-from lenssim.fits import resample_matrix
+from lenssim.io.fits import resample_matrix
 
 
 def _write(path, image, *, scale=None, psf=None, noise=None, cdelt=True):

@@ -207,7 +207,7 @@ def _blocks(count_calls):
 
 
 def test_a_second_writer_of_the_same_output_is_refused(tmp_path):
-    from lenssim.io import _Lock
+    from lenssim.io.datasets import _Lock
 
     out = tmp_path / "d.h5"
     with _Lock(out):  # another process holds the output
@@ -255,7 +255,7 @@ def test_a_full_disk_stops_in_one_line_and_keeps_the_finished_blocks(tmp_path, m
     import errno
     import shutil
 
-    import lenssim.io as io
+    import lenssim.io.datasets as io
 
     out = tmp_path / "d.h5"
     usage = shutil.disk_usage(tmp_path)
@@ -299,3 +299,23 @@ def test_temporary_files_of_dead_processes_are_removed(tmp_path):
     live.write_bytes(b"in progress")
     lenssim.write_in_blocks(tmp_path / "d.h5", 2, _blocks([]), attrs={}, seed=0, block_size=2)
     assert not stale.exists() and live.exists()
+
+
+def test_a_finished_dataset_made_otherwise_is_never_replaced_by_accident(tmp_path):
+    import hashlib
+
+    out = tmp_path / "d.h5"
+    lenssim.write_in_blocks(out, 4, _blocks([]), attrs={"kind": "a"}, seed=0, block_size=2)
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    calls = []
+    lenssim.write_in_blocks(out, 4, _blocks(calls), attrs={"kind": "a"}, seed=0, block_size=2)  # same: done
+    assert calls == []
+    for other in ({"attrs": {"kind": "a"}, "seed": 1}, {"attrs": {"kind": "b"}, "seed": 0}):
+        with pytest.raises(lenssim.DatasetError, match="exists and was not made with these settings"):
+            lenssim.write_in_blocks(out, 4, _blocks(calls), block_size=2, **other)
+    assert calls == [] and hashlib.sha256(out.read_bytes()).hexdigest() == digest
+    (tmp_path / "plain.h5").write_bytes(b"someone else's file")
+    with pytest.raises(lenssim.DatasetError, match="plain.h5 exists"):
+        lenssim.write_in_blocks(tmp_path / "plain.h5", 2, _blocks([]), attrs={}, seed=0, block_size=2)
+    lenssim.write_in_blocks(out, 2, _blocks([]), attrs={"kind": "a"}, seed=1, block_size=2, overwrite=True)
+    assert lenssim.read_dataset(out, ["x"])["x"].shape[0] == 2

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lenssim import smoothing_lengths, surface_density, surface_density_brute_force
-from lenssim.kde import truncation_radius
+from lenssim.data.kde import truncation_radius
 
 
 def _halo(rng, n):

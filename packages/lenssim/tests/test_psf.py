@@ -85,7 +85,7 @@ def test_psf_shape_errors():
 
 
 def test_ieee_float32_switches_tf32_off_for_cuda_only_and_restores_it():
-    from lenssim.psf import ieee_float32
+    from lenssim.physics.psf import ieee_float32
 
     conv = torch.backends.cudnn.conv
     before = conv.fp32_precision

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import lenssim
+from lenssim.data.tng import synthetic_particles
 from lenssim.io import dataset_info
-from lenssim.tng import synthetic_particles
 
 
 def _halos(n, fail_at=None, state=None):

@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 from conftest import shared_cosmos_dir
 
-from lenssim.sources import CosmosSources, SourceDataError, SourceStampConfig, prepare_source, synthetic_galaxy_stamp
+from lenssim.data.sources import (
+    CosmosSources,
+    SourceDataError,
+    SourceStampConfig,
+    prepare_source,
+    synthetic_galaxy_stamp,
+)
 
 COSMOS = shared_cosmos_dir()
 needs_data = pytest.mark.skipif(COSMOS is None, reason="../shared/data/cosmos not present")

@@ -303,7 +303,7 @@ def simulate_sources(
     and normalised to [0, 1]. GalSim draws on the CPU; --device is accepted for uniformity.
     """
     import lenssim
-    from lenssim.sources import CosmosSources, SourceStampConfig
+    from lenssim.data.sources import CosmosSources, SourceStampConfig
 
     dev = resolve_device(device)
     if (cosmos_dir is None) == (synthetic is None):

@@ -264,7 +264,7 @@ def run_demo(
     n = c.pixels
     obs = lenssim.ObservationConfig(image_pixels=n, source_pixels=n, psf_size=min(21, n // 2 - 1 | 1))
     kappa_cfg = lenssim.KappaMapConfig.at_resolution(n)
-    stamp_cfg = lenssim.sources.SourceStampConfig.at_resolution(n)
+    stamp_cfg = lenssim.data.sources.SourceStampConfig.at_resolution(n)
 
     with stage(STAGES[0]):
         halos = [

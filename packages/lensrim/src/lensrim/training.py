@@ -137,8 +137,8 @@ class SimulatedBatches:
 
     def __init__(
         self,
-        kappa_sampler: lenssim.lenses.Sampler,
-        source_sampler: lenssim.lenses.Sampler,
+        kappa_sampler: lenssim.data.lenses.Sampler,
+        source_sampler: lenssim.data.lenses.Sampler,
         config: lenssim.ObservationConfig = lenssim.ObservationConfig(),
         device: torch.device | str = "cpu",
         criteria: lenssim.AcceptanceCriteria = lenssim.AcceptanceCriteria(),
@@ -167,7 +167,7 @@ class SimulatedBatches:
         return self._simulate(size, step_generator(seed, 0, 1))
 
 
-def vae_sampler(model: torch.nn.Module, device: torch.device | str = "cpu") -> lenssim.lenses.Sampler:
+def vae_sampler(model: torch.nn.Module, device: torch.device | str = "cpu") -> lenssim.data.lenses.Sampler:
     """Draws from a trained lensprior VAE (sources in [0, 1], or kappa) as a lenssim sampler."""
 
     def draw(count: int, generator: torch.Generator) -> torch.Tensor:

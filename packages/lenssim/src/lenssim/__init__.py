@@ -2,8 +2,15 @@
 
 The ray tracer is plain functions of torch tensors: batched, float32 or float64, CPU or CUDA,
 and differentiable end to end. Around it: particle halos to convergence maps (Numba KDE), COSMOS
-and synthetic sources (GalSim), lens acceptance and resumable HDF5 datasets. The submodules
-``tng`` (IllustrisTNG readers), ``sources`` (COSMOS) and ``kde`` hold the rest.
+and synthetic sources (GalSim), lens acceptance and resumable HDF5 datasets. Three subpackages:
+
+- :mod:`lenssim.physics`: grids, deflection, ray tracing, PSF, likelihood, SIE maps;
+- :mod:`lenssim.data`: TNG particles (``tng``) and their KDE (``kde``) into kappa maps
+  (``convergence``), COSMOS and synthetic sources (``sources``), Table 1's observing conditions
+  (``observing``), lens simulation and acceptance (``lenses``), resumable datasets (``simulate``);
+- :mod:`lenssim.io`: HDF5 datasets (``datasets``), FITS (``fits``), :class:`Observation`;
+
+and the torch-free :mod:`lenssim.geometry`. Every public name is also here, flat.
 
 Names load on first use (SPEC 1's lazy loading): ``import lenssim`` is instant and torch
 loads with the first name that needs it, so a command line reads the torch-free
@@ -19,7 +26,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "_checks": ("SimulationError",),
-    "convergence": (
+    "data.convergence": (
         "KappaMapConfig",
         "angular_diameter_distance_kpc",
         "augment_kappa",
@@ -28,7 +35,7 @@ _EXPORTS = {
         "einstein_radius",
         "kappa_maps",
     ),
-    "deflection": (
+    "physics.deflection": (
         "deflection_angles",
         "deflection_kernel",
     ),
@@ -37,18 +44,18 @@ _EXPORTS = {
         "Z_LENS",
         "Z_SOURCE",
     ),
-    "fits": (
+    "io.fits": (
         "FitsError",
         "FitsObservation",
         "read_fits_observation",
         "write_fits_reconstruction",
     ),
-    "grid": (
+    "physics.grid": (
         "pixel_coordinates",
         "pixel_grid",
         "pixel_scale",
     ),
-    "io": (
+    "io.datasets": (
         "LENS_FIELDS",
         "DatasetError",
         "LensDataset",
@@ -58,12 +65,12 @@ _EXPORTS = {
         "write_in_blocks",
         "write_lens_dataset",
     ),
-    "kde": (
+    "data.kde": (
         "smoothing_lengths",
         "surface_density",
         "surface_density_brute_force",
     ),
-    "lenses": (
+    "data.lenses": (
         "AcceptanceCriteria",
         "LensBatch",
         "acceptance",
@@ -74,43 +81,43 @@ _EXPORTS = {
         "simulate_lenses",
         "simulate_sie_lenses",
     ),
-    "likelihood": (
+    "physics.likelihood": (
         "add_noise",
         "chi_squared",
         "likelihood_gradient",
         "log_likelihood",
         "reduced_chi_squared",
     ),
-    "observation": ("Observation",),
-    "psf": (
+    "io.observation": ("Observation",),
+    "physics.psf": (
         "SeparablePSF",
         "convolve_psf",
         "fwhm_to_sigma",
         "gaussian_psf",
         "gaussian_psf_1d",
     ),
-    "raytrace": (
+    "physics.raytrace": (
         "IMAGE_FOV",
         "SOURCE_FOV",
         "lens_equation",
         "lens_image",
         "ray_trace",
     ),
-    "sampling": (
+    "data.observing": (
         "ObservationConfig",
         "TruncatedNormal",
         "sample_noise_sigma",
         "sample_psf_fwhm",
         "truncated_normal",
     ),
-    "sie": (
+    "physics.sie": (
         "SIEParameters",
         "SIEPrior",
         "sample_sie_parameters",
         "sie_convergence",
         "sie_deflection",
     ),
-    "simulate": (
+    "data.simulate": (
         "HaloSource",
         "h5_pool_sampler",
         "simulate_kappa_dataset",
@@ -118,25 +125,18 @@ _EXPORTS = {
         "simulate_source_dataset",
     ),
 }
-_SUBMODULES = (
-    "convergence",
-    "deflection",
-    "fits",
-    "geometry",
-    "grid",
-    "io",
-    "kde",
-    "lenses",
-    "likelihood",
-    "observation",
-    "psf",
-    "raytrace",
-    "sampling",
-    "sie",
-    "simulate",
-    "sources",
-    "tng",
-)
+_SUBMODULES = {
+    "data": "data",
+    "geometry": "geometry",
+    "io": "io",
+    "physics": "physics",
+    # the modules' names before the grouping, kept for code that reaches into them
+    **{name: f"physics.{name}" for name in ("deflection", "grid", "likelihood", "psf", "raytrace", "sie")},
+    **{name: f"data.{name}" for name in ("convergence", "kde", "lenses", "simulate", "sources", "tng")},
+    "sampling": "data.observing",
+    "fits": "io.fits",
+    "observation": "io.observation",
+}
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
@@ -219,7 +219,7 @@ def __getattr__(name: str):
     if name in _WHERE:
         value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
     elif name in _SUBMODULES:
-        value = importlib.import_module(f"{__name__}.{name}")
+        value = importlib.import_module(f"{__name__}.{_SUBMODULES[name]}")
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value
@@ -232,7 +232,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from lenssim._checks import SimulationError
-    from lenssim.convergence import (
+    from lenssim.data.convergence import (
         KappaMapConfig,
         angular_diameter_distance_kpc,
         augment_kappa,
@@ -241,22 +241,8 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
         einstein_radius,
         kappa_maps,
     )
-    from lenssim.deflection import deflection_angles, deflection_kernel
-    from lenssim.fits import FitsError, FitsObservation, read_fits_observation, write_fits_reconstruction
-    from lenssim.geometry import Z_LENS, Z_SOURCE, Geometry
-    from lenssim.grid import pixel_coordinates, pixel_grid, pixel_scale
-    from lenssim.io import (
-        LENS_FIELDS,
-        DatasetError,
-        LensDataset,
-        read_dataset,
-        read_lens_dataset,
-        write_dataset,
-        write_in_blocks,
-        write_lens_dataset,
-    )
-    from lenssim.kde import smoothing_lengths, surface_density, surface_density_brute_force
-    from lenssim.lenses import (
+    from lenssim.data.kde import smoothing_lengths, surface_density, surface_density_brute_force
+    from lenssim.data.lenses import (
         AcceptanceCriteria,
         LensBatch,
         acceptance,
@@ -267,22 +253,42 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
         simulate_lenses,
         simulate_sie_lenses,
     )
-    from lenssim.likelihood import add_noise, chi_squared, likelihood_gradient, log_likelihood, reduced_chi_squared
-    from lenssim.observation import Observation
-    from lenssim.psf import SeparablePSF, convolve_psf, fwhm_to_sigma, gaussian_psf, gaussian_psf_1d
-    from lenssim.raytrace import IMAGE_FOV, SOURCE_FOV, lens_equation, lens_image, ray_trace
-    from lenssim.sampling import (
+    from lenssim.data.observing import (
         ObservationConfig,
         TruncatedNormal,
         sample_noise_sigma,
         sample_psf_fwhm,
         truncated_normal,
     )
-    from lenssim.sie import SIEParameters, SIEPrior, sample_sie_parameters, sie_convergence, sie_deflection
-    from lenssim.simulate import (
+    from lenssim.data.simulate import (
         HaloSource,
         h5_pool_sampler,
         simulate_kappa_dataset,
         simulate_lens_dataset,
         simulate_source_dataset,
     )
+    from lenssim.geometry import Z_LENS, Z_SOURCE, Geometry
+    from lenssim.io.datasets import (
+        LENS_FIELDS,
+        DatasetError,
+        LensDataset,
+        read_dataset,
+        read_lens_dataset,
+        write_dataset,
+        write_in_blocks,
+        write_lens_dataset,
+    )
+    from lenssim.io.fits import FitsError, FitsObservation, read_fits_observation, write_fits_reconstruction
+    from lenssim.io.observation import Observation
+    from lenssim.physics.deflection import deflection_angles, deflection_kernel
+    from lenssim.physics.grid import pixel_coordinates, pixel_grid, pixel_scale
+    from lenssim.physics.likelihood import (
+        add_noise,
+        chi_squared,
+        likelihood_gradient,
+        log_likelihood,
+        reduced_chi_squared,
+    )
+    from lenssim.physics.psf import SeparablePSF, convolve_psf, fwhm_to_sigma, gaussian_psf, gaussian_psf_1d
+    from lenssim.physics.raytrace import IMAGE_FOV, SOURCE_FOV, lens_equation, lens_image, ray_trace
+    from lenssim.physics.sie import SIEParameters, SIEPrior, sample_sie_parameters, sie_convergence, sie_deflection

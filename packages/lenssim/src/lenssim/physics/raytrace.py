@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from lenssim._checks import check_bchw, check_positive
-from lenssim.deflection import deflection_angles
 from lenssim.geometry import IMAGE_FOV, SOURCE_FOV
-from lenssim.grid import pixel_grid
-from lenssim.psf import SeparablePSF, convolve_psf
+from lenssim.physics.deflection import deflection_angles
+from lenssim.physics.grid import pixel_grid
+from lenssim.physics.psf import SeparablePSF, convolve_psf
 
 __all__ = ["IMAGE_FOV", "SOURCE_FOV", "lens_equation", "lens_image", "ray_trace"]
 

@@ -16,9 +16,9 @@ from typing import Literal
 
 import numpy as np
 
+from lenssim.data.kde import smoothing_lengths, surface_density, truncation_radius
+from lenssim.data.tng import Particles
 from lenssim.geometry import IMAGE_FOV, Z_LENS, Z_SOURCE
-from lenssim.kde import smoothing_lengths, surface_density, truncation_radius
-from lenssim.tng import Particles
 
 __all__ = [
     "KappaMapConfig",

@@ -26,7 +26,7 @@ import torch
 
 from lenssim._checks import check_positive, check_size
 from lenssim.geometry import IMAGE_FOV
-from lenssim.grid import pixel_coordinates, pixel_grid
+from lenssim.physics.grid import pixel_coordinates, pixel_grid
 
 __all__ = ["SIEParameters", "SIEPrior", "sample_sie_parameters", "sie_convergence", "sie_deflection"]
 

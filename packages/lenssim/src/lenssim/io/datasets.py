@@ -36,6 +36,7 @@ __all__ = [
     "LensDataset",
     "check_dataset_values",
     "check_values",
+    "dataset_info",
     "read_dataset",
     "read_lens_dataset",
     "shard_range",
@@ -488,6 +489,7 @@ def write_in_blocks(
     blocks: range | None = None,
     progress: Callable[[int], None] | None = None,
     inputs: Sequence[str | os.PathLike] = (),
+    overwrite: bool = False,
 ) -> Path:
     """Generate a dataset block by block, resumably, and assemble it at ``path``.
 
@@ -497,7 +499,9 @@ def write_in_blocks(
     ``stats`` attribute. The n examples form
     ``ceil(n / block_size)`` blocks; ``blocks`` restricts the run to some of them (a shard).
     Finished blocks live in ``.NAME.blocks/`` beside ``path`` until the assembly; if ``path``
-    already holds the finished dataset with the same attributes, nothing is done.
+    already holds the finished dataset with the same attributes, nothing is done; a file made
+    otherwise (other settings, or not by this function) is refused unless ``overwrite``, so a
+    mistyped option never replaces a dataset that took hours to make.
 
     One process writes ``path`` at a time (a second is refused). The size and modification
     time of the ``inputs`` files are kept with the blocks: a resume over inputs that changed since
@@ -531,10 +535,10 @@ def write_in_blocks(
             st = f.stat()
             identity[str(f.resolve())] = [st.st_size, st.st_mtime_ns]
     with _Lock(path):
-        return _write_in_blocks(path, make_block, attrs, seed, sizes, manifest, identity, progress)
+        return _write_in_blocks(path, make_block, attrs, seed, sizes, manifest, identity, progress, overwrite)
 
 
-def _write_in_blocks(path, make_block, attrs, seed, sizes, manifest, identity, progress) -> Path:
+def _write_in_blocks(path, make_block, attrs, seed, sizes, manifest, identity, progress, overwrite) -> Path:
     import h5py
 
     remove_stale_temporaries(path)
@@ -547,6 +551,11 @@ def _write_in_blocks(path, make_block, attrs, seed, sizes, manifest, identity, p
                 return path
         except (DatasetError, json.JSONDecodeError):
             pass
+        if not overwrite:
+            raise DatasetError(
+                f"{path} exists and was not made with these settings: choose another output, or remove it to "
+                "make it again"
+            )
     work = path.with_name(f".{path.name}.blocks")
     mfile = work / "manifest.json"
     stored = None

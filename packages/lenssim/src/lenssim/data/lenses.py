@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 import torch
 
 from lenssim._checks import SimulationError
+from lenssim.data.observing import ObservationConfig, sample_noise_sigma, sample_psf_fwhm
 from lenssim.geometry import SOURCE_FOV
-from lenssim.grid import pixel_grid
-from lenssim.likelihood import add_noise
-from lenssim.psf import SeparablePSF
-from lenssim.raytrace import lens_equation, lens_image
-from lenssim.sampling import ObservationConfig, sample_noise_sigma, sample_psf_fwhm
-from lenssim.sie import SIEPrior, sample_sie_parameters, sie_convergence
+from lenssim.physics.grid import pixel_grid
+from lenssim.physics.likelihood import add_noise
+from lenssim.physics.psf import SeparablePSF
+from lenssim.physics.raytrace import lens_equation, lens_image
+from lenssim.physics.sie import SIEPrior, sample_sie_parameters, sie_convergence
 
 __all__ = [
     "AcceptanceCriteria",

@@ -3,7 +3,7 @@
 An :class:`Observation` comes from a FITS file (one lens, at the file's own resolution until it is
 put on a model's grid) or from a lens dataset (a batch, already on its grid, with the truth when
 the file holds it). ``on_grid(pixels, image_fov)`` is what a model calls: a FITS observation is
-resampled there by exact pixel-area overlap (:mod:`lenssim.fits`); a dataset must already be on
+resampled there by exact pixel-area overlap (:mod:`lenssim.io.fits`); a dataset must already be on
 that grid.
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from lenssim.fits import fits_onto_grid, load_fits
-from lenssim.io import DatasetError, dataset_info, read_dataset
+from lenssim.io.datasets import DatasetError, dataset_info, read_dataset
+from lenssim.io.fits import fits_onto_grid, load_fits
 
 __all__ = ["Observation"]
 
@@ -62,7 +62,7 @@ class Observation:
         pixel_scale: float | None = None,
         flux_scale: float | None = None,
     ) -> Observation:
-        """One lens from FITS, at the file's own resolution (see :mod:`lenssim.fits` for the
+        """One lens from FITS, at the file's own resolution (see :mod:`lenssim.io.fits` for the
         layout; the arguments override the file). Divided by ``flux_scale`` (default: the peak
         of the image on the grid it is finally put on)."""
         path = Path(path)

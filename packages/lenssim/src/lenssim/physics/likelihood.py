@@ -12,8 +12,8 @@ from typing import Literal
 import torch
 
 from lenssim._checks import check_bchw
-from lenssim.psf import SeparablePSF
-from lenssim.raytrace import IMAGE_FOV, SOURCE_FOV, lens_image
+from lenssim.physics.psf import SeparablePSF
+from lenssim.physics.raytrace import IMAGE_FOV, SOURCE_FOV, lens_image
 
 __all__ = [
     "add_noise",

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lenssim.io import MAX_ABS
-from lenssim.psf import gaussian_psf
+from lenssim.io.datasets import MAX_ABS
+from lenssim.physics.psf import gaussian_psf
 
 __all__ = [
     "FitsError",

@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from lenssim._checks import SimulationError
-from lenssim.convergence import KappaMapConfig, augment_kappa, einstein_radius, kappa_maps
+from lenssim.data.convergence import KappaMapConfig, augment_kappa, einstein_radius, kappa_maps
+from lenssim.data.lenses import AcceptanceCriteria, Sampler, pool_sampler, simulate_lenses
+from lenssim.data.observing import ObservationConfig
+from lenssim.data.sources import CosmosSources, SourceStampConfig, prepare_source, synthetic_galaxy_stamp
+from lenssim.data.tng import Particles
 from lenssim.geometry import SOURCE_FOV
-from lenssim.io import DatasetError, _check_fields, _open, check_dataset_values, write_in_blocks
-from lenssim.lenses import AcceptanceCriteria, Sampler, pool_sampler, simulate_lenses
-from lenssim.sampling import ObservationConfig
-from lenssim.sources import CosmosSources, SourceStampConfig, prepare_source, synthetic_galaxy_stamp
-from lenssim.tng import Particles
+from lenssim.io.datasets import DatasetError, _check_fields, _open, check_dataset_values, write_in_blocks
 
 __all__ = [
     "HaloSource",
@@ -82,7 +82,7 @@ def simulate_kappa_dataset(
     ``theta_e``, ``halo_id`` (index into the ``halos`` attribute), ``projection`` and ``split``
     (0 train, 1 test, by halo).
     """
-    from lenssim.io import shard_range
+    from lenssim.io.datasets import shard_range
 
     if not halos:
         raise ValueError("no halos to render")
@@ -179,7 +179,7 @@ def simulate_source_dataset(
     ``denoise`` is applied to every stamp before it is clipped (see :func:`prepare_source`);
     ``provenance`` (e.g. the denoiser's run) is stored in the ``config`` attribute.
     """
-    from lenssim.io import shard_range
+    from lenssim.io.datasets import shard_range
 
     if n < 1:
         raise ValueError(f"number of sources must be positive, got {n}")
@@ -350,7 +350,7 @@ def simulate_lens_dataset(
     check the ``rejected_CHECK`` failures (a lens can fail several). ``provenance`` (e.g. the
     input files) is stored in the ``config`` attribute.
     """
-    from lenssim.io import shard_range
+    from lenssim.io.datasets import shard_range
 
     def make_block(k: int, count: int, ss: np.random.SeedSequence):
         batch = simulate_lenses(
