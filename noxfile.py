@@ -25,10 +25,11 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["lenssim", "lensprior", "lensrim", "cli", "integration", "lint"]
+nox.options.sessions = ["lenscore", "lenssim", "lensprior", "lensrim", "cli", "integration", "lint"]
 nox.options.error_on_missing_interpreters = True
 
 TORCH = os.environ.get("LENS_TORCH", "torch==2.13.0")
+LENSCORE = "packages/lenscore"
 LENSSIM = "packages/lenssim"
 LENSPRIOR = "packages/lensprior"
 LENSRIM = "packages/lensrim"
@@ -67,12 +68,20 @@ def _install(session: nox.Session, *paths: str) -> None:
         # after the session's own site-packages on sys.path: whatever the session installs wins
         Path(site, "lens_shared_torch.pth").write_text(shared + "\n")
     session.install(TORCH)  # already satisfied through the .pth when shared: pip installs nothing
-    # All in-repo packages in one call, so pip takes them from here and never from an index.
-    session.install(*paths)
+    # All in-repo packages in one call, so pip takes them from here and never from an index;
+    # every package depends on lenscore, so it always comes along.
+    session.install(*([LENSCORE] if not any(p.startswith(LENSCORE) for p in paths) else []), *paths)
 
 
 def _pytest(session: nox.Session, *paths: str) -> None:
     session.run("pytest", "-q", *paths, *session.posargs)
+
+
+@nox.session
+def lenscore(session: nox.Session) -> None:
+    """lenscore alone (what the packages share)."""
+    _install(session, f"{LENSCORE}[test]")
+    _pytest(session, f"{LENSCORE}/tests")
 
 
 @nox.session
@@ -115,8 +124,9 @@ def integration(session: nox.Session) -> None:
 def quick(session: nox.Session) -> None:
     """Every test but the slow ones (subprocesses, DDP, the denoiser, long training), all
     packages in one environment: under 2 minutes on 2 cores, for the edit-test loop."""
-    _install(session, f"{LENSSIM}[test]", f"{LENSPRIOR}[test]", f"{LENSRIM}[test]", f"{CLI}[test]")
-    for tests in (f"{LENSSIM}/tests", f"{LENSPRIOR}/tests", f"{LENSRIM}/tests", f"{CLI}/tests", "tests"):
+    _install(session, f"{LENSCORE}[test]", f"{LENSSIM}[test]", f"{LENSPRIOR}[test]", f"{LENSRIM}[test]", f"{CLI}[test]")
+    packages = (LENSCORE, LENSSIM, LENSPRIOR, LENSRIM, CLI)
+    for tests in (*(f"{p}/tests" for p in packages), "tests"):
         # one run per directory: each test directory has its own conftest module
         session.run("pytest", "-q", "-m", "not slow", tests, *session.posargs, success_codes=[0, 5])
 

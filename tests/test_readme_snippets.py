@@ -12,7 +12,13 @@ import pytest
 from lens_runner import requires_lens, run
 
 ROOT = Path(__file__).resolve().parents[1]
-READMES = ["packages/lenssim/README.md", "packages/lensprior/README.md", "packages/lensrim/README.md", "README.md"]
+READMES = [
+    "packages/lenscore/README.md",
+    "packages/lenssim/README.md",
+    "packages/lensprior/README.md",
+    "packages/lensrim/README.md",
+    "README.md",
+]
 CUTS = {  # snippet text -> the same call with fewer steps or draws
     "lensrim.FineTune(*vaes)": "lensrim.FineTune(*vaes, lensrim.FineTuneConfig(max_steps=1, fisher_samples=1))",
     "steps=600, learning_rate=1e-3": "steps=3, learning_rate=1e-3",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import shutil
 import sys
 import time
@@ -225,11 +224,6 @@ def _remove_unfinished(path: Path) -> None:
     (a file output is renamed into place only when complete: a file there is finished work)."""
     if path.is_dir() and not any(path.rglob("checkpoint.pt")) and not any(path.rglob("*.h5")):
         shutil.rmtree(path, ignore_errors=True)
-
-
-def atomic_path(path: Path) -> Path:
-    """A temporary sibling of ``path``: write there, then :func:`os.replace` it onto ``path``."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def refuse_overwriting_inputs(outputs: dict[str, Path], inputs: dict[str, str | Path | None]) -> None:

@@ -1,7 +1,8 @@
 """lensprior: generative priors over background sources and convergence maps.
 
 The source VAE (Table 5) and the kappa VAE (Table 6) of Adam et al. (2022), their training with
-exact resume, and sampling. Needs only torch, numpy and h5py: no lensing code.
+exact resume (through lenscore.runs), and sampling. Needs torch, numpy, h5py and lenscore: no
+lensing code.
 
 Names load on first use (SPEC 1's lazy loading): ``import lensprior`` is instant and torch
 loads with the first name that needs it; :mod:`lensprior.config` is torch-free.

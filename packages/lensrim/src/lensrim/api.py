@@ -210,7 +210,7 @@ def reconstruct(
                 }
             )  # fmt: skip
             continue
-        from lensprior.training import step_generator
+        from lenscore.runs import step_generator
 
         first = first_index + sl.start
         gens = [step_generator(finetune.seed, i, 7) for i in range(first, first + y.shape[0])]

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from lensprior.config import JsonConfig
+from lenscore.config import JsonConfig
 from lenssim.geometry import IMAGE_FOV, SOURCE_FOV, Geometry
 
 if TYPE_CHECKING:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lensrim._files import written
+from lenscore.files import written
 
 if TYPE_CHECKING:  # torch loads when the demo runs, not when a command line reads the presets
     import torch

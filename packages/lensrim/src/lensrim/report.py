@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 import lenssim
-from lensrim._files import written
+from lenscore.files import written
 from lensrim.api import read_reconstruction
 from lensrim.metrics import (
     chi2_summary,

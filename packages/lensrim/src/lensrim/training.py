@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 import lenssim
-from lensprior.training import (
+from lenscore.runs import (
     METRICS,
     RunError,
     RunLock,

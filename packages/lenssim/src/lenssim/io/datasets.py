@@ -28,6 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from lenscore.files import ExclusiveLock, open_hdf5, write_text, written
+from lenscore.files import remove_stale_temporaries as _remove_stale
+
 __all__ = [
     "FIELD_NDIM",
     "LENS_FIELDS",
@@ -96,10 +99,6 @@ def _as_numpy(v) -> np.ndarray:
     raise TypeError(f"cannot store an array of dtype {a.dtype}")
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def _create(f, name: str, shape: tuple, dtype) -> Any:
     chunks = (1, *shape[1:]) if len(shape) > 1 else (max(1, min(shape[0], 4096)),)
     return f.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks if shape[0] else None, track_times=False)
@@ -129,16 +128,10 @@ def write_dataset(path: str | os.PathLike, arrays: Mapping[str, Any], attrs: Map
         raise DatasetError(f"cannot write {path}: fields have different lengths {lengths}")
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
-    tmp = _tmp(path)
-    try:
-        with h5py.File(tmp, "w", track_order=True) as f:
-            for k, v in data.items():
-                _create(f, k, v.shape, v.dtype)[...] = v
-            _write_attrs(f, attrs)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with written(path) as tmp, h5py.File(tmp, "w", track_order=True) as f:
+        for k, v in data.items():
+            _create(f, k, v.shape, v.dtype)[...] = v
+        _write_attrs(f, attrs)
     return path
 
 
@@ -172,14 +165,7 @@ def write_lens_dataset(
 
 
 def _open(path: Path):
-    import h5py
-
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
-    try:
-        return h5py.File(path, "r")
-    except OSError as e:
-        raise DatasetError(f"{path}: not a readable HDF5 file ({e})") from None
+    return open_hdf5(path, DatasetError)
 
 
 MAX_ABS = 1e6
@@ -363,49 +349,19 @@ def shard_range(n_blocks: int, shard: int, n_shards: int) -> range:
 def remove_stale_temporaries(path: Path) -> None:
     """Delete ``.NAME.PID.tmp`` files beside ``path`` left by processes that no longer run (a
     kill during a write); a live process's temporary file is left alone."""
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2 : -len(".tmp")]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
-        except PermissionError:  # alive, another user's
-            pass
+    _remove_stale(path.parent, path.name)
 
 
-class _Lock:
+class _Lock(ExclusiveLock):
     """An exclusive, non-blocking lock on ``path`` (a ``.NAME.lock`` file beside it): a second
     writer of the same output is refused at once instead of mixing its data in."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.file = path.with_name(f".{path.name}.lock")
-        self.handle = None
-
-    def __enter__(self) -> _Lock:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no locking
-            return self
-        self.file.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.file, "w")
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.close()
-            self.handle = None
-            raise DatasetError(
-                f"{self.path}: another process is writing it (lock {self.file}); wait for it to finish or choose "
-                "another output"
-            ) from None
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.handle is not None:
-            self.file.unlink(missing_ok=True)
-            self.handle.close()
+        lockfile = path.with_name(f".{path.name}.lock")
+        refusal = (
+            f"{path}: another process is writing it (lock {lockfile}); wait for it to finish or choose another output"
+        )
+        super().__init__(lockfile, lambda: DatasetError(refusal))
 
 
 def _nbytes(data: Mapping[str, Any]) -> int:
@@ -578,9 +534,7 @@ def _write_in_blocks(path, make_block, attrs, seed, sizes, manifest, identity, p
     work.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(mfile)
     if stored is None:
-        tmp = _tmp(mfile)
-        tmp.write_text(json.dumps({"options": manifest, "inputs": identity}, sort_keys=True))
-        os.replace(tmp, mfile)
+        write_text(mfile, json.dumps({"options": manifest, "inputs": identity}, sort_keys=True))
     try:
         _make_blocks(work, sizes, make_block, seed, progress)
     except Exception:
@@ -591,8 +545,7 @@ def _write_in_blocks(path, make_block, attrs, seed, sizes, manifest, identity, p
     first = dataset_info(work / f"block-{sizes.blocks.start:06d}.h5")["fields"]
     total = sizes.total()
     _ensure_space(path.parent, sum(p.stat().st_size for p in work.glob("block-*.h5")), f"assembling {path.name}")
-    tmp = _tmp(path)
-    try:
+    with written(path) as tmp:
         with h5py.File(tmp, "w", track_order=True) as out:
             dsets = {}
             for name, shape in first.items():
@@ -609,10 +562,6 @@ def _write_in_blocks(path, make_block, attrs, seed, sizes, manifest, identity, p
                         stats[key] = stats.get(key, 0) + v
                 at += count
             _write_attrs(out, {**dict(attrs), "seed": int(seed), "stats": stats, "manifest": manifest})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     shutil.rmtree(work, ignore_errors=True)
     return path
 

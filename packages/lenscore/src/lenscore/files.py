@@ -1,0 +1,109 @@
+"""Files written whole or not at all, locks against a second writer, and clean-up after kills.
+
+No torch: a command line may use this at start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+__all__ = ["ExclusiveLock", "alive", "open_hdf5", "remove_stale_temporaries", "temporary_path", "write_text", "written"]
+
+
+def temporary_path(path: Path) -> Path:
+    """The temporary sibling of ``path`` that this process writes before renaming it onto
+    ``path``: ``.NAME.PID.tmp`` (the PID lets a later run tell a dead writer's leftovers)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+@contextlib.contextmanager
+def written(path: Path) -> Iterator[Path]:
+    """Write to the yielded temporary path; when the block succeeds it replaces ``path``
+    (:func:`os.replace`, atomic on one file system), when it fails it is removed. A kill
+    mid-write leaves the previous ``path`` and a temporary that :func:`remove_stale_temporaries`
+    clears later."""
+    tmp = temporary_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    """``path.write_text(text)``, atomically."""
+    with written(Path(path)) as tmp:
+        tmp.write_text(text)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (another user's process counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path, name: str = "*") -> list[Path]:
+    """Delete the ``.NAME.PID.tmp`` files in ``folder`` (of ``name``, or of every name) whose
+    process no longer runs: what a kill during a write leaves. A live process's are kept;
+    returns the files removed."""
+    removed = []
+    for tmp in Path(folder).glob(f".{name}.*.tmp"):
+        pid = tmp.name[: -len(".tmp")].rsplit(".", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+class ExclusiveLock:
+    """An exclusive, non-blocking ``flock`` on ``lockfile`` for the duration of a ``with``
+    block: a second process asking for it gets ``refusal()`` raised at once, instead of
+    interleaving its writes with the first's. The lock file is removed on exit. Without
+    ``fcntl`` (not POSIX) nothing is locked."""
+
+    def __init__(self, lockfile: Path, refusal: Callable[[], Exception]) -> None:
+        self.lockfile, self.refusal, self.handle = Path(lockfile), refusal, None
+
+    def __enter__(self) -> ExclusiveLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        self.lockfile.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.lockfile, "w")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            self.handle = None
+            raise self.refusal() from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            self.lockfile.unlink(missing_ok=True)
+            self.handle.close()
+            self.handle = None
+
+
+def open_hdf5(path: Path, error: type[Exception] = ValueError):
+    """``h5py.File(path, "r")``, or ``error`` in one line naming the file when it is missing or
+    is not HDF5."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: no such file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise error(f"{path}: not a readable HDF5 file ({e})") from None

@@ -1,0 +1,295 @@
+"""Run directories: configs as JSON, checkpoints, metrics as JSON lines, exact resume.
+
+A run directory holds ``config.json`` (the model's configuration), ``checkpoint.pt`` (model and
+optimiser state dicts and the step, read with ``torch.load(weights_only=True)`` and validated:
+a shared run directory cannot run code), ``metrics.jsonl`` and ``run.json`` (metadata). The
+randomness of a step is a function of (seed, step) (:func:`step_generator`), so a run resumed
+from its checkpoint takes exactly the steps an uninterrupted one takes. lensprior's VAEs and
+denoiser and lensrim's RIM all train in such directories.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lenscore.files import ExclusiveLock, remove_stale_temporaries, write_text, written
+
+__all__ = [
+    "CHECKPOINT",
+    "CONFIG",
+    "METRICS",
+    "RunError",
+    "RunLock",
+    "check_finite",
+    "load_checkpoint",
+    "load_run",
+    "load_weights",
+    "prepare_run",
+    "read_json",
+    "read_metrics",
+    "restore",
+    "save_checkpoint",
+    "seeded_init",
+    "step_generator",
+    "trim_metrics",
+]
+
+CONFIG = "config.json"
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+class RunError(ValueError):
+    """A run directory or data file is missing, corrupt or inconsistent."""
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator determined by (seed, step, stream) alone."""
+    state = np.random.SeedSequence([int(seed), int(step), int(stream)]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state >> 1))
+
+
+def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
+    """Write the checkpoint atomically (a kill mid-write leaves the previous one). Its bytes are
+    a function of ``state`` alone: torch names the archive's inner folder after a path it is
+    given, so it is given an open file instead of the (process-specific) temporary name."""
+    path = run_dir / CHECKPOINT
+    floats = [v for v in state["model"].values() if v.is_floating_point()]
+    finite = bool(torch.stack([torch.isfinite(v).all() for v in floats]).all()) if floats else True  # one sync
+    bad = (
+        []
+        if finite
+        else [k for k, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    )
+    if bad:  # an update that produced NaN or inf from a finite loss (too large a step)
+        kept = load_checkpoint(run_dir)
+        where = f"the checkpoint of step {kept['step']} is kept" if kept else "no checkpoint was written"
+        raise RunError(
+            f"step {state.get('step')}: weights {bad[0]!r} are not finite; training stopped ({where}): lower the "
+            "learning rate"
+        )
+    with written(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
+
+
+def _check_state(path: Path, state: Any) -> dict[str, Any]:
+    """The structure every checkpoint has: a dict with a ``model`` state dict of tensors, a
+    non-negative integer ``step`` and, when present, an ``optimizer`` state dict."""
+    if not isinstance(state, dict):
+        raise RunError(f"{path}: not a checkpoint (holds a {type(state).__name__}, not a dict)")
+    missing = [k for k in ("model", "step") if k not in state]
+    if missing:
+        raise RunError(f"{path}: not a checkpoint (no {', '.join(missing)}; keys: {sorted(map(str, state))})")
+    model = state["model"]
+    if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        raise RunError(f"{path}: 'model' is not a state dict of tensors")
+    bad = [k for k, v in model.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise RunError(f"{path}: weights {bad[0]!r} hold NaN or infinite values")
+    step = state["step"]
+    if isinstance(step, torch.Tensor) and step.numel() == 1:
+        step = step.item()
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise RunError(f"{path}: 'step' is {step!r}, not a non-negative integer")
+    if "optimizer" in state and not isinstance(state["optimizer"], dict):
+        raise RunError(f"{path}: 'optimizer' is not a state dict")
+    return {**state, "step": step}
+
+
+def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    """A run directory's checkpoint, read with ``weights_only=True`` and validated (structure,
+    keys, finite weights), or None when it has none."""
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint gets the same message
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise RunError(f"{path}: unreadable checkpoint ({type(e).__name__}: {why})") from None
+    return _check_state(path, state)
+
+
+def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """``module.load_state_dict(state)``, with a mismatch of names, shapes or dtypes refused
+    in one line naming ``path`` before anything is copied."""
+    own = module.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or extra:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
+        raise RunError(f"{path}: weights do not fit the configuration ({what})")
+    for k, v in own.items():
+        if state[k].shape != v.shape:
+            raise RunError(
+                f"{path}: weights do not fit the configuration ({k} is {tuple(state[k].shape)}, "
+                f"the model's {tuple(v.shape)})"
+            )
+        if state[k].dtype != v.dtype:
+            raise RunError(f"{path}: {k} is {state[k].dtype}, the model's {v.dtype}")
+    module.load_state_dict(state)
+
+
+def load_run(
+    run_dir: str | os.PathLike,
+    config_class: type,
+    build: Callable[[Any], torch.nn.Module],
+    *,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The trained model of a run directory: its JSON config, its checkpoint's weights and the
+    run's metadata (``run.json`` plus the checkpoint's step), each checked with a one-line error."""
+    run_dir = Path(run_dir)
+    what = getattr(config_class, "RUN_KIND", config_class.__name__)
+    path = run_dir / CONFIG
+    if not path.is_file():
+        raise RunError(f"{run_dir}: no {CONFIG} (not a {what} run directory)")
+    try:
+        config = config_class.from_json(path.read_text())
+    except (ValueError, TypeError) as e:
+        raise RunError(f"{path}: not a {what} configuration ({e})") from None
+    state = load_checkpoint(run_dir)
+    if state is None:
+        raise RunError(f"{run_dir}: no {CHECKPOINT} (has the run started?)")
+    model = build(config)
+    load_weights(model, state["model"], run_dir / CHECKPOINT)
+    meta = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
+    if not isinstance(meta, dict):
+        raise RunError(f"{run_dir / 'run.json'}: not a JSON object")
+    meta["step"] = state["step"]
+    return model.to(device).eval(), meta
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``. A half-written last line (a run killed mid-write) is
+    dropped with a warning; a malformed line before it is refused, naming the line."""
+    import warnings
+
+    lines = path.read_text().splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("no integer 'step'")
+        except ValueError as e:
+            if i == len(lines) - 1:
+                warnings.warn(f"{path}: dropped a half-written last line ({e})", stacklevel=2)
+                break
+            raise RunError(f"{path}: line {i + 1} is not a metrics record ({e})") from None
+        records.append(record)
+    return records
+
+
+def trim_metrics(run_dir: Path, step: int) -> None:
+    path = run_dir / METRICS
+    if not path.is_file():
+        return
+    keep = [r for r in read_metrics(path) if r["step"] <= step]
+    write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
+
+
+class RunLock:
+    """An exclusive, non-blocking lock on a run directory (``.lock`` inside it), held while a
+    process trains there: a second process on the same run is refused at once instead of
+    interleaving checkpoints and metrics. Stale ``.NAME.PID.tmp`` files of killed runs are
+    removed when the lock is taken."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.run_dir = Path(run_dir)
+        self._lock = ExclusiveLock(
+            self.run_dir / ".lock",
+            lambda: RunError(f"{self.run_dir}: another process is training in this run directory"),
+        )
+
+    def __enter__(self) -> RunLock:
+        self._lock.__enter__()
+        remove_stale_temporaries(self.run_dir)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.__exit__(*exc)
+
+
+def prepare_run(
+    run_dir: Path,
+    config: Any,
+    mutable: tuple[str, ...],
+    *,
+    metadata: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> None:
+    """Create or reopen a run directory: refuse one whose stored configuration differs from
+    ``config`` in anything but the ``mutable`` fields (steps, schedules), then store ``config``
+    and the run's ``metadata`` (with the seed) as JSON."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cls = type(config)
+    if (run_dir / CONFIG).is_file():
+        try:
+            existing = cls.from_json((run_dir / CONFIG).read_text())
+        except (ValueError, TypeError) as e:
+            raise RunError(f"{run_dir / CONFIG}: not a {cls.RUN_KIND} run ({e})") from None
+        if replace(existing, **{k: getattr(config, k) for k in mutable}) != config:
+            raise RunError(f"{run_dir} holds a run with another configuration; use a new directory")
+    write_text(run_dir / CONFIG, config.to_json())
+    if metadata is not None:
+        write_text(run_dir / "run.json", json.dumps({**metadata, "seed": seed}, indent=2, sort_keys=True))
+
+
+def restore(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, trim: bool = True) -> int:
+    """Load the run's checkpoint (if any) into ``model`` and ``optimizer``; return its step.
+
+    With ``trim``, metrics logged after the checkpoint (by a run killed before its next one)
+    are dropped (all of them when there is no checkpoint yet), so that the resumed run logs them
+    again exactly once."""
+    state = load_checkpoint(run_dir)
+    step = 0
+    if state is not None:
+        path = run_dir / CHECKPOINT
+        if "optimizer" not in state:
+            raise RunError(f"{path}: no optimizer state to resume from")
+        load_weights(model, state["model"], path)
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise RunError(f"{path}: optimizer state does not fit the model ({e})") from None
+        step = state["step"]
+    if trim:
+        trim_metrics(run_dir, step)
+    return step
+
+
+def check_finite(step: int, run_dir: Path, **values: float | torch.Tensor) -> None:
+    """Stop training at a non-finite loss or gradient, before it reaches the weights or a
+    checkpoint: the last good checkpoint stays."""
+    for name, value in values.items():
+        if not bool(torch.isfinite(torch.as_tensor(value)).all()):
+            kept = load_checkpoint(run_dir)
+            where = f"the checkpoint of step {kept['step']} is kept" if kept else "no checkpoint was written"
+            raise RunError(
+                f"step {step}: the {name} is not finite; training stopped ({where}): lower the learning rate "
+                "or check the data"
+            )
+
+
+def seeded_init(build: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Module:
+    """``build()`` with its initial weights drawn from ``seed`` alone (torch's global RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):  # initial weights from the seed, globals untouched
+        torch.manual_seed(seed)
+        return build()

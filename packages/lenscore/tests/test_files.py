@@ -1,0 +1,73 @@
+"""Atomic writes, locks and the clean-up of killed writers, checked with real processes."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from lenscore.files import ExclusiveLock, open_hdf5, remove_stale_temporaries, temporary_path, write_text, written
+
+
+def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
+    path = tmp_path / "table.txt"
+    write_text(path, "first\n")
+    with pytest.raises(RuntimeError), written(path) as tmp:
+        tmp.write_text("half of the sec")
+        raise RuntimeError("killed mid-write")
+    assert path.read_text() == "first\n" and list(tmp_path.iterdir()) == [path]
+    with written(path) as tmp:
+        assert tmp == temporary_path(path) and tmp.name == f".table.txt.{os.getpid()}.tmp"
+        tmp.write_text("second\n")
+    assert path.read_text() == "second\n" and list(tmp_path.iterdir()) == [path]
+
+
+def test_only_the_temporaries_of_dead_processes_are_removed(tmp_path):
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
+    stale = tmp_path / f".a.h5.{dead}.tmp"
+    mine = tmp_path / f".a.h5.{os.getpid()}.tmp"
+    parent = tmp_path / f".b.h5.{os.getppid()}.tmp"  # a live process's
+    other = tmp_path / f".b.h5.{dead}.tmp"
+    for f in (stale, mine, parent, other):
+        f.write_text("x")
+    assert remove_stale_temporaries(tmp_path, "a.h5") == [stale]
+    assert mine.exists() and parent.exists() and other.exists()
+    assert remove_stale_temporaries(tmp_path) == [other] and parent.exists()
+
+
+def test_a_second_process_is_refused_the_lock_at_once(tmp_path):
+    lockfile = tmp_path / ".out.lock"
+    holder = textwrap.dedent(
+        f"""
+        import sys, time
+        from lenscore.files import ExclusiveLock
+        with ExclusiveLock({str(lockfile)!r}, lambda: ValueError("busy")):
+            print("held", flush=True)
+            sys.stdin.readline()
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match="busy"), ExclusiveLock(lockfile, lambda: ValueError("busy")):
+            pass
+    finally:
+        proc.communicate("\n", timeout=30)
+    with ExclusiveLock(lockfile, lambda: ValueError("busy")):  # free again once the holder is gone
+        assert lockfile.exists()
+    assert not lockfile.exists()
+
+
+def test_hdf5_files_open_or_fail_in_one_line(tmp_path):
+    import h5py
+
+    with pytest.raises(KeyError, match="no such file"):
+        open_hdf5(tmp_path / "missing.h5", KeyError)
+    (tmp_path / "text.h5").write_text("not hdf5")
+    with pytest.raises(ValueError, match="text.h5: not a readable HDF5 file"):
+        open_hdf5(tmp_path / "text.h5")
+    with h5py.File(tmp_path / "ok.h5", "w") as f:
+        f["x"] = [1, 2, 3]
+    with open_hdf5(tmp_path / "ok.h5") as f:
+        assert list(f["x"][()]) == [1, 2, 3]
