@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
@@ -26,6 +27,9 @@ from lens_cli.common import (
 )
 from lensrim.config import FineTuneConfig  # torch-free
 
+if TYPE_CHECKING:
+    import lenssim
+
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz")
 TABLE_3 = FineTuneConfig()
 """The options' defaults: the library's (Table 3)."""
@@ -35,63 +39,43 @@ def _is_fits(path: Path) -> bool:
     return path.name.lower().endswith(FITS_SUFFIXES)
 
 
-def load_observations(path: Path, *, pixels: int, image_fov: float, source_fov: float, fits_options: dict) -> dict:
-    """Observations to reconstruct as tensors plus ``attrs``: a lens dataset (truth kept when
-    present) or one FITS observation resampled onto the model's grid."""
-    import torch
-
+def load_observations(
+    path: Path, *, pixels: int, image_fov: float, source_fov: float, fits_options: dict
+) -> tuple[lenssim.Observation, dict]:
+    """The observations to fine-tune, on the model's grid, and the attributes of the output: a
+    lens dataset (truth kept when present; it must be on the grid already) or one FITS
+    observation (resampled onto it)."""
     import lenssim
 
     if _is_fits(path):
-        o = lenssim.read_fits_observation(path, pixels=pixels, image_fov=image_fov, **fits_options)
-        data = {"observation": o.observation, "psf": o.psf}
-        if o.noise.dim() == 4:
-            data["noise_map"] = o.noise
-            data["noise_sigma"] = o.noise.flatten().median().reshape(1)
-        else:
-            data["noise_sigma"] = o.noise
-        data["attrs"] = {
-            "image_fov": image_fov,
-            "source_fov": source_fov,
-            "z_lens": lenssim.ObservationConfig.z_lens,
-            "z_source": lenssim.ObservationConfig.z_source,
+        obs = lenssim.Observation.from_fits(path, **fits_options).on_grid(pixels, image_fov)
+        attrs = {
+            "image_fov": image_fov, "source_fov": source_fov, "z_lens": lenssim.Z_LENS, "z_source": lenssim.Z_SOURCE,
             "fits": {
-                "path": str(path),
-                "flux_scale": o.flux_scale,
-                "pixel_scale": o.pixel_scale,
-                "resampled": o.resampled,
+                "path": str(path), "flux_scale": obs.flux_scale, "pixel_scale": obs.origin["pixel_scale"],
+                "resampled": obs.origin["resampled"],
             },
-        }
-        return data
+        }  # fmt: skip
+        return obs, attrs
     if any(v is not None for v in fits_options.values()):
         raise click.UsageError("--pixel-scale, --psf-fwhm, --noise-sigma and --flux-scale apply to FITS input only")
-    fields = lenssim.io.dataset_info(path)["fields"]
-    wanted = ["observation", "psf", "noise_sigma"] + [k for k in ("source", "kappa", "noise_map") if k in fields]
-    data = lenssim.read_dataset(path, wanted, required_attrs=("image_fov", "source_fov", "z_lens", "z_source"))
-    n = data["observation"].shape[-1]
+    info = lenssim.io.dataset_info(path)
+    n = info["fields"].get("observation", (0, 0, 0, pixels))[-1]
     if n != pixels:
         raise click.BadParameter(other_resolution(str(path), n, pixels), param_hint="--data")
-    if (data["noise_sigma"] <= 0).any():
-        raise click.BadParameter(f"{path}: noise_sigma has non-positive values", param_hint="--data")
-    data["attrs"].pop("manifest", None)
-    return {k: (v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in data.items()}
+    attrs = lenssim.read_dataset(path, [], required_attrs=("image_fov", "source_fov", "z_lens", "z_source"))["attrs"]
+    attrs.pop("manifest", None)
+    return lenssim.Observation.from_dataset(path), attrs
 
 
 def finetune_to_file(
-    model, svae, kvae, data: dict, output: Path, cfg, *, attrs: dict, batch_size: int, seed: int, device,
-    inputs: tuple = (),
+    model, svae, kvae, obs: lenssim.Observation, output: Path, cfg, *, attrs: dict, batch_size: int, seed: int,
+    device, inputs: tuple = (),
 ) -> Path:  # fmt: skip
     """``lensrim.api.finetune_to_file`` with a progress bar (in logs too, with the fine-tuning
-    phases) and a one-time cost estimate. ``data``: tensors observation, psf, noise_sigma and
-    the optional noise_map and truth, already on the RIM's grid."""
+    phases) and a one-time cost estimate."""
     import lensrim
-    import lenssim
 
-    noise = data["noise_map"] if "noise_map" in data else data["noise_sigma"]
-    obs = lenssim.Observation(
-        observation=data["observation"], psf=data["psf"], noise=noise, image_fov=float(attrs["image_fov"]),
-        source_fov=float(attrs["source_fov"]), truth={k: data[k] for k in ("source", "kappa") if k in data},
-    )  # fmt: skip
     n = len(obs)
     batches = -(-n // batch_size)
     clock: dict = {}  # the first batch's phase times, for the cost estimate
@@ -219,10 +203,9 @@ def finetune(
         "noise_sigma": noise_sigma,
         "flux_scale": flux_scale,
     }
-    data = load_observations(
+    obs, attrs = load_observations(
         data_path, pixels=model.config.pixels, image_fov=ifov, source_fov=sfov, fits_options=fits_options
     )
-    attrs = data.pop("attrs")
     if not _is_fits(data_path):  # FITS input is put onto the RIM's grid; a dataset must already be on it
         check_geometry(str(data_path), attrs, geometry)
     for vae_meta, option, key in ((smeta, "--source-vae", "source_fov"), (kmeta, "--kappa-vae", "image_fov")):
@@ -232,9 +215,7 @@ def finetune(
                 f"the VAE was trained on maps of {key} {trained_on[key]:g}, the RIM on {geometry[key]:g} arcsec",
                 param_hint=option,
             )
-    if data["observation"].shape[0] == 0:
-        raise click.BadParameter(f"{data_path}: holds no lenses", param_hint="--data")
-    n = data["observation"].shape[0] if limit is None else min(limit, data["observation"].shape[0])
+    n = len(obs) if limit is None else min(limit, len(obs))
     cfg = lensrim.FineTuneConfig(
         ewc_lambda=ewc_lambda, fisher_samples=fisher_samples, latent_sigma=latent_sigma, learning_rate=learning_rate,
         max_steps=max_steps, target_chi2_nu=target_chi2, fisher_chunk=fisher_chunk,
@@ -252,7 +233,7 @@ def finetune(
 
     runs = (rim_dir, source_vae, kappa_vae)
     finetune_to_file(
-        model, svae, kvae, {k: v[:n] for k, v in data.items()}, output, cfg, attrs=out_attrs, batch_size=batch_size,
+        model, svae, kvae, obs[:n], output, cfg, attrs=out_attrs, batch_size=batch_size,
         seed=seed, device=dev, inputs=(data_path, *(Path(r) / "checkpoint.pt" for r in runs)),
     )  # fmt: skip
     rec = lenssim.read_dataset(output, ["chi2_nu", "chi2_nu_baseline", "finetune_steps"])

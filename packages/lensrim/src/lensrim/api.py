@@ -250,10 +250,7 @@ def finetune_to_file(
 
     def make_block(k: int, count: int, _seedseq) -> dict:
         rows = slice(k * batch_size, k * batch_size + count)
-        part = replace(
-            obs, observation=obs.observation[rows], psf=obs.psf[rows], noise=obs.noise[rows],
-            truth={key: v[rows] for key, v in obs.truth.items()},
-        )  # fmt: skip
+        part = obs[rows]
         follow = (
             None if phase is None else (lambda name, done, total: phase(rows.start, rows.stop - 1, name, done, total))
         )

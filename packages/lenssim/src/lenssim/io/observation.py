@@ -52,6 +52,19 @@ class Observation:
     def __len__(self) -> int:
         return int(self.observation.shape[0])
 
+    def __getitem__(self, rows: slice) -> Observation:
+        """The lenses ``rows`` (a slice), with their noise and truth. A FITS observation not yet
+        on a grid can only be taken whole (it is resampled from its file)."""
+        if not isinstance(rows, slice):
+            raise TypeError(f"select lenses with a slice, got {type(rows).__name__}")
+        kept = range(len(self))[rows]
+        if self._fits is not None and len(kept) != len(self):
+            raise ValueError("put a FITS observation on a grid (on_grid) before selecting its lenses")
+        return replace(
+            self, observation=self.observation[rows], psf=self.psf[rows], noise=self.noise[rows],
+            truth={k: v[rows] for k, v in self.truth.items()},
+        )  # fmt: skip
+
     @classmethod
     def from_fits(
         cls,
