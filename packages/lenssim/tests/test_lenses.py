@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 import lenssim
@@ -80,3 +81,21 @@ def test_simulation_gives_up_with_a_clear_message():
         assert "magnification" in str(e) and "0 of 2" in str(e)
     else:
         raise AssertionError("expected a RuntimeError")
+
+
+def test_a_lens_batch_round_trips_through_its_file_with_its_statistics(tmp_path):
+    import json
+
+    obs = lenssim.ObservationConfig(image_pixels=16, source_pixels=16, psf_size=5)
+    batch = lenssim.simulate_sie_lenses(3, config=obs, generator=torch.Generator().manual_seed(4))
+    batch.to_hdf5(tmp_path / "b.h5", image_fov=obs.image_fov, source_fov=obs.source_fov)
+    back = lenssim.LensBatch.from_hdf5(tmp_path / "b.h5")
+    for k in lenssim.LENS_FIELDS:
+        assert torch.equal(getattr(back, k), getattr(batch, k).cpu()), k
+    stats = json.loads(back.attrs["stats"])
+    assert stats["tried"] == batch.tried == len(batch) + stats["rejected_lenses"] + stats["surplus"]
+    assert back.attrs["image_fov"] == obs.image_fov and back.fields().keys() == set(lenssim.LENS_FIELDS)
+    two = lenssim.LensBatch.from_hdf5(tmp_path / "b.h5", rows=slice(1, 3))
+    assert torch.equal(two.kappa, batch.kappa[1:3])
+    with pytest.raises(ValueError, match="missing .'psf'"):
+        lenssim.LensBatch.from_fields({k: v for k, v in batch.fields().items() if k != "psf"})

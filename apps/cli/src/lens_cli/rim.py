@@ -251,18 +251,18 @@ def train_rim(
     train_attrs = getattr(batches, "attrs", {}) or {}
 
     def lenses(path, option):
-        d = lenssim.read_lens_dataset(path)
-        if d["observation"].shape[-1] != config.pixels:
+        d = lenssim.LensBatch.from_hdf5(path, rows=slice(0, validation_size))
+        if d.observation.shape[-1] != config.pixels:
             raise click.BadParameter(
-                f"{path}: maps are {d['observation'].shape[-1]} pixels wide, the RIM needs {n}", param_hint=option
+                f"{path}: maps are {d.observation.shape[-1]} pixels wide, the RIM needs {n}", param_hint=option
             )
         for key in ("image_fov", "source_fov"):
-            if key in train_attrs and abs(float(d["attrs"][key]) - float(train_attrs[key])) > 1e-6:
+            if key in train_attrs and abs(float(d.attrs[key]) - float(train_attrs[key])) > 1e-6:
                 raise click.BadParameter(
-                    f"{path}: {key} {d['attrs'][key]} differs from the training lenses' {train_attrs[key]}",
+                    f"{path}: {key} {d.attrs[key]} differs from the training lenses' {train_attrs[key]}",
                     param_hint=option,
                 )
-        return {k: d[k][:validation_size] for k in lenssim.LENS_FIELDS}
+        return d.fields()
 
     validation = None if val_path is None else lenses(val_path, "--validation")
     external = None if ext_path is None else lenses(ext_path, "--external")

@@ -334,7 +334,7 @@ def run_demo(
         batches = MixedBatches(DatasetBatches(output / "lenses-train.h5"), vae_lenses, vae_fraction)
         # the first estimate starts at the constant predictor's log10 kappa (not kappa = 1)
         rim_cfg = replace(rim_cfg, initial_log10_kappa=constant_log10_kappa(batches, seed))
-        test = lenssim.read_lens_dataset(output / "lenses-test.h5")
+        test = lenssim.LensBatch.from_hdf5(output / "lenses-test.h5")
         with progress_bar(total=c.rim_steps, desc="RIM", unit="step") as bar:
 
             def progress(done, terms):
@@ -348,7 +348,7 @@ def run_demo(
             rim = lensrim.train_rim(
                 rim_cfg, batches, output / "rim", seed=seed, device=device, checkpoint_every=50,
                 log_every=max(1, min(c.rim_log_every, c.rim_steps)), validation_size=c.rim_validation,
-                external={k: test[k] for k in lenssim.LENS_FIELDS},
+                external=test.fields(),
                 metadata={"image_fov": obs.image_fov, "source_fov": obs.source_fov, "demo": True}, progress=progress,
             )  # fmt: skip
         rim.eval()
@@ -358,11 +358,11 @@ def run_demo(
             ewc_lambda=c.ewc_lambda, fisher_samples=c.fisher_samples, learning_rate=c.finetune_learning_rate,
             max_steps=c.finetune_steps, fisher_chunk=8,
         )  # fmt: skip
-        attrs = {k: test["attrs"][k] for k in ("image_fov", "source_fov", "z_lens", "z_source")}
+        attrs = {k: test.attrs[k] for k in ("image_fov", "source_fov", "z_lens", "z_source")}
         attrs.update(kind="reconstruction", config={"demo": True, "finetune": asdict(ft_cfg)})
         held = lenssim.Observation(
-            observation=test["observation"], psf=test["psf"], noise=test["noise_sigma"], image_fov=obs.image_fov,
-            source_fov=obs.source_fov, truth={k: test[k] for k in ("source", "kappa")},
+            observation=test.observation, psf=test.psf, noise=test.noise_sigma, image_fov=obs.image_fov,
+            source_fov=obs.source_fov, truth={"source": test.source, "kappa": test.kappa},
         )  # fmt: skip
         with progress_bar(total=c.test_lenses, desc="fine-tuning", unit="lens") as bar:
 
@@ -376,15 +376,15 @@ def run_demo(
             )  # fmt: skip
 
     with stage(STAGES[5]):
-        y = test["observation"].to(device)
+        y = test.observation.to(device)
         physics = lensrim.LensingPhysics(
-            test["psf"].to(device), test["noise_sigma"].to(device), obs.image_fov, obs.source_fov
+            test.psf.to(device), test.noise_sigma.to(device), obs.image_fov, obs.source_fov
         )
         with torch.no_grad():
             est = rim(y, physics)
         start_s, start_xi = est[0, :, :1], est[0, :, 1:]
         budget = rim_cfg.steps - 1
-        ref = constant_reference(test["source"], test["kappa"])
+        ref = constant_reference(test.source, test.kappa)
         methods = {
             CONSTANT: (torch.zeros_like(start_s), torch.full_like(start_xi, ref.log10_kappa)),
             "RIM first estimate (0 gradients)": (start_s, start_xi),
@@ -412,7 +412,7 @@ def run_demo(
             recon["source_pred"].to(device), torch.log10(recon["kappa_pred"].to(device)),
         )  # fmt: skip
         comparison = {}
-        truth_s, truth_k = test["source"], test["kappa"].clamp_min(1e-6)
+        truth_s, truth_k = test.source, test.kappa.clamp_min(1e-6)
         for name, (s, xi) in methods.items():
             s, xi = s.cpu(), xi.cpu()
             chi2 = physics.reduced_chi_squared(y, s.to(device), xi.to(device)).cpu()

@@ -58,7 +58,9 @@ __all__ = [
 ]
 
 Batch = dict[str, torch.Tensor]
-"""``observation``, ``source``, ``kappa``, ``psf`` (each ``(B, 1, ., .)``) and ``noise_sigma (B,)``."""
+"""``observation``, ``source``, ``kappa``, ``psf`` (each ``(B, 1, ., .)``) and ``noise_sigma (B,)``:
+the :meth:`lenssim.LensBatch.fields` of a batch of lenses (the form DataLoader collation and DDP
+slicing work on)."""
 
 
 def _collate(items: list[dict[str, torch.Tensor]]) -> Batch:
@@ -157,7 +159,7 @@ class SimulatedBatches:
             size, self.kappa_sampler, self.source_sampler, config=self.config, criteria=self.criteria,
             generator=generator, device=self.device, batch_size=max(2 * size, 8), output_device=None,
         )  # fmt: skip
-        return {k: getattr(b, k) for k in lenssim.LENS_FIELDS}
+        return b.fields()
 
     def __call__(self, step: int, size: int, seed: int) -> Batch:
         return self._simulate(size, step_generator(seed, step, 0))

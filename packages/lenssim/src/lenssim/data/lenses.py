@@ -7,14 +7,18 @@ torch; COSMOS and GalSim-drawn sources come from :mod:`lenssim`'s source readers
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from lenssim._checks import SimulationError
 from lenssim.data.observing import ObservationConfig, sample_noise_sigma, sample_psf_fwhm
-from lenssim.geometry import SOURCE_FOV
+from lenssim.geometry import SOURCE_FOV, Z_LENS, Z_SOURCE
+from lenssim.io.datasets import LENS_FIELDS, read_dataset, write_lens_dataset
 from lenssim.physics.grid import pixel_grid
 from lenssim.physics.likelihood import add_noise
 from lenssim.physics.psf import SeparablePSF
@@ -180,8 +184,44 @@ class LensBatch:
     rejected_lenses: int = 0
     surplus: int = 0
 
+    attrs: dict[str, Any] = field(default_factory=dict)
+    """The file's attributes (fields of view, redshifts, provenance) when read with
+    :meth:`from_hdf5`."""
+
     def __len__(self) -> int:
         return self.source.shape[0]
+
+    def fields(self) -> dict[str, torch.Tensor]:
+        """The lenses as the dict of :data:`lenssim.LENS_FIELDS` tensors that training batches
+        and DataLoader collation use."""
+        return {k: getattr(self, k) for k in LENS_FIELDS}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, torch.Tensor], attrs: Mapping[str, Any] | None = None) -> LensBatch:
+        """The inverse of :meth:`fields` (extra keys are ignored)."""
+        missing = [k for k in LENS_FIELDS if k not in fields]
+        if missing:
+            raise ValueError(f"a lens batch needs the fields {list(LENS_FIELDS)}; missing {missing}")
+        return cls(**{k: fields[k] for k in LENS_FIELDS}, attrs=dict(attrs or {}))
+
+    def to_hdf5(
+        self, path: str | os.PathLike, *, image_fov: float, source_fov: float, z_lens: float = Z_LENS,
+        z_source: float = Z_SOURCE, config: Mapping[str, Any] | None = None,
+    ) -> Path:  # fmt: skip
+        """Write these lenses as a lens dataset (atomically), with their rejection statistics."""
+        stats = {"tried": self.tried, "rejected_lenses": self.rejected_lenses, "surplus": self.surplus}
+        return write_lens_dataset(
+            path, {k: v.detach().cpu() for k, v in self.fields().items()}, image_fov=image_fov,
+            source_fov=source_fov, z_lens=z_lens, z_source=z_source, config=config,
+            extra_attrs={"stats": {**stats, **self.rejected}},
+        )  # fmt: skip
+
+    @classmethod
+    def from_hdf5(cls, path: str | os.PathLike, *, rows: slice | None = None) -> LensBatch:
+        """The lenses (``rows`` of them) of a lens dataset, validated, with its attributes."""
+        needed = ("image_fov", "source_fov", "z_lens", "z_source")
+        data = read_dataset(path, LENS_FIELDS, required_attrs=needed, rows=rows)
+        return cls.from_fields(data, data["attrs"])
 
 
 Sampler = Callable[[int, torch.Generator], torch.Tensor]
