@@ -117,7 +117,7 @@ def train_vae(
             validation=validation, metadata=meta, progress=progress,
         )  # fmt: skip
     from lens_cli.figures import samples_beside_data
-    from lensprior.training import read_metrics
+    from lenscore.runs import read_metrics
 
     with torch.no_grad():
         samples = model.sample(6, generator=torch.Generator().manual_seed(seed)).cpu()

@@ -171,7 +171,7 @@ def train_rim(
     import lensprior
     import lensrim
     import lenssim
-    from lensprior.training import read_metrics
+    from lenscore.runs import read_metrics
     from lensrim.training import DatasetBatches, SimulatedBatches
 
     dev, rank, world = _distributed(device)
