@@ -31,7 +31,7 @@ def pipeline(tmp_path_factory):
     return d
 
 
-def test_simulate_writes_what_the_library_simulates_with_the_same_seed(pipeline):
+def test_simulated_lenses_are_their_maps_through_the_library_ray_tracer_plus_noise(pipeline):
     data = lenssim.read_lens_dataset(pipeline / "l.h5")
     assert data["observation"].shape == (6, 1, 32, 32)
     # every stored lens obeys the lens equation through the library's ray tracer, with its own PSF

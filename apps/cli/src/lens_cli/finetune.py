@@ -19,7 +19,6 @@ from lens_cli.common import (
     one_line_errors,
     other_resolution,
     progress_bar,
-    refresh_when_due,
     refuse_overwriting_inputs,
     resolve_device,
     say,
@@ -82,8 +81,8 @@ def finetune_to_file(
     with progress_bar(total=n, desc="fine-tuning", unit="lens") as bar:
 
         def phase(first, last, name, done, total):
+            # shown in logs too, while the lens count stands still (common.progress_bar's bars)
             bar.set_postfix_str(f"lenses {first}-{last}: {name} {done}/{total}", refresh=False)
-            refresh_when_due(bar)  # in logs too, while the lens count stands still
             now = time.perf_counter()
             clock.setdefault(name, now)
             if name == "optimise" and done == min(3, total) and "said" not in clock:

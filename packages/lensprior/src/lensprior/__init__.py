@@ -10,8 +10,9 @@ loads with the first name that needs it; :mod:`lensprior.config` is torch-free.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from lenscore.lazy import attach
 
 __version__ = "0.1.0"
 
@@ -27,7 +28,6 @@ _SUBMODULES = (
     "training",
     "vae",
 )
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "VAE_PRESETS",
@@ -51,19 +51,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in _WHERE:
-        value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    elif name in _SUBMODULES:
-        value = importlib.import_module(f"{__name__}.{name}")
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE) | set(_SUBMODULES))
+__getattr__, __dir__, _WHERE = attach(__name__, _EXPORTS, _SUBMODULES)
 
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors

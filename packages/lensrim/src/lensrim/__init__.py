@@ -16,10 +16,11 @@ without it.
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import TYPE_CHECKING
+
+from lenscore.lazy import attach
 
 __version__ = "0.1.0"
 
@@ -32,7 +33,6 @@ _EXPORTS = {
     "training": ("DatasetBatches", "MixedBatches", "SimulatedBatches", "load_rim", "train_rim", "vae_sampler"),
 }
 _SUBMODULES = ("api", "baseline", "config", "demo", "finetune", "metrics", "model", "physics", "report", "training")
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "ConvGRU",
@@ -63,19 +63,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in _WHERE:
-        value = getattr(importlib.import_module(f"lensrim.{_WHERE[name]}"), name)
-    elif name in _SUBMODULES:
-        value = importlib.import_module(f"lensrim.{name}")
-    else:
-        raise AttributeError(f"module 'lensrim' has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE) | set(_SUBMODULES))
+__getattr__, __dir__, _WHERE = attach(__name__, _EXPORTS, _SUBMODULES)
 
 
 class _Package(types.ModuleType):

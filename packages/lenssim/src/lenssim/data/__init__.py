@@ -7,7 +7,7 @@ The submodules load when first used (``kde`` brings Numba, ``sources`` GalSim)."
 
 from __future__ import annotations
 
-import importlib
+from lenscore.lazy import attach
 
 _EXPORTS = {
     "convergence": (
@@ -70,7 +70,6 @@ _EXPORTS = {
         "write_synthetic_cutout",
     ),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "KappaMapConfig",
@@ -121,16 +120,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in _WHERE:
-        value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    elif name in _EXPORTS:
-        value = importlib.import_module(f"{__name__}.{name}")
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE) | set(_EXPORTS))
+__getattr__, __dir__, _WHERE = attach(__name__, _EXPORTS, _EXPORTS)
