@@ -26,6 +26,17 @@ def test_the_modules_old_names_reach_their_new_homes():
     from lenssim import tng
 
     assert tng.synthetic_particles is lenssim.data.tng.synthetic_particles
+    # each subpackage reaches its modules as attributes in a fresh interpreter (nothing imported yet)
+    code = (
+        "import sys, lenssim\n"
+        "for sub, names in (('physics', ('raytrace', 'psf')), ('data', ('tng', 'sources', 'observing')), "
+        "('io', ('fits', 'datasets'))):\n"
+        "    for name in names:\n"
+        "        assert getattr(getattr(lenssim, sub), name) is sys.modules[f'lenssim.{sub}.{name}'], (sub, name)\n"
+        "print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr[-300:]
 
 
 def test_import_is_instant_and_loads_neither_torch_nor_numba():

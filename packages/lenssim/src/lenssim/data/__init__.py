@@ -120,4 +120,4 @@ __all__ = [
 ]
 
 
-__getattr__, __dir__, _WHERE = attach(__name__, _EXPORTS, _EXPORTS)
+__getattr__, __dir__, _WHERE = attach(__name__, _EXPORTS, tuple(_EXPORTS))
