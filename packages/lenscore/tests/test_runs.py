@@ -16,12 +16,14 @@ from lenscore.runs import (
     METRICS,
     RunError,
     RunLock,
+    StepResult,
     check_finite,
     load_checkpoint,
     load_run,
     prepare_run,
     read_metrics,
     restore,
+    run_steps,
     save_checkpoint,
     seeded_init,
     step_generator,
@@ -75,6 +77,77 @@ def test_a_run_stopped_between_checkpoints_resumes_to_the_same_weights(tmp_path)
     assert steps == list(range(1, 11))  # each step logged once
     model, meta = load_run(tmp_path / "parts", LineConfig, build)
     assert meta == {"note": "test", "seed": 0, "step": 10} and torch.equal(model.weight, whole.weight)
+
+
+def _batch(step, poison=None):
+    x = torch.randn(4, 3, generator=step_generator(0, step))
+    if step == poison:
+        x[0, 0] = float("nan")
+    return x
+
+
+def _looped(run_dir, stop, *, log_every=3, checkpoint_every=4, seen=None, poison=None):
+    """A run through :func:`run_steps`: SGD, a decaying learning rate, clipping at 0.5."""
+    config = LineConfig()
+    with RunLock(run_dir):
+        prepare_run(run_dir, config, ("steps",), seed=0)
+        model = seeded_init(lambda: build(config), 0)
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        start = restore(run_dir, model, opt)
+
+        def step_loss(x, step):
+            err = model(x.nan_to_num(0.0)) - x.sum(dim=1, keepdim=True)
+            loss = err.pow(2).mean() + 0 * x[0, 0]  # a NaN input makes the loss NaN, not the target
+            return StepResult(loss, watch=err.abs().max(), aux=x.shape[0])
+
+        def log_terms(logged, last, history):
+            return {"rows": history.shape[0], "watched": history[:, 2].tolist(), "examples": last.aux}
+
+        run_steps(
+            run_dir, model, opt, (_batch(s, poison) for s in range(start, stop)), step_loss, start=start, steps=stop,
+            learning_rate_at=lambda step: 0.1 * 0.9**step, clip_norm=0.5, log_every=log_every,
+            checkpoint_every=checkpoint_every, log_terms=log_terms,
+            progress=None if seen is None else lambda done, terms: seen.append(dict(terms)),
+        )  # fmt: skip
+    return model
+
+
+def test_run_steps_takes_the_steps_a_hand_written_loop_takes_and_logs_on_its_cadence(tmp_path):
+    seen = []
+    model = _looped(tmp_path / "a", 8, seen=seen)
+    ref = seeded_init(lambda: build(LineConfig()), 0)
+    opt = torch.optim.SGD(ref.parameters(), lr=1.0)
+    for step in range(8):
+        x = _batch(step)
+        opt.param_groups[0]["lr"] = 0.1 * 0.9**step
+        loss = (ref(x) - x.sum(dim=1, keepdim=True)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.5)
+        opt.step()
+        if step == 7:
+            last_norm, last_lr = float(norm), 0.1 * 0.9**step
+    for a, b in zip(model.parameters(), ref.parameters(), strict=True):
+        assert torch.equal(a, b)
+    lines = read_metrics(tmp_path / "a" / METRICS)
+    assert [r["step"] for r in lines] == [3, 6, 8]  # every 3rd step and the last
+    assert [r["rows"] for r in lines] == [3, 3, 2]  # the steps since the last log
+    assert all(len(r["watched"]) == r["rows"] and r["examples"] == 4 for r in lines)
+    assert lines[-1]["grad_norm"] == pytest.approx(last_norm) and lines[-1]["lr"] == pytest.approx(last_lr)
+    assert [t["step"] for t in seen] == list(range(1, 9))
+    assert [sorted(t) for t in seen if len(t) > 1] == [sorted(lines[0])] * 3
+    assert load_checkpoint(tmp_path / "a")["step"] == 8
+    # a run to step 5 (its last step logged and saved), then taken on to 8: the same weights
+    _looped(tmp_path / "b", 5)
+    resumed = _looped(tmp_path / "b", 8)
+    assert torch.equal(resumed.weight, model.weight)
+    assert [r["step"] for r in read_metrics(tmp_path / "b" / METRICS)] == [3, 5, 6, 8]
+
+
+def test_run_steps_names_the_first_non_finite_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    with pytest.raises(RunError, match=r"step 7: the loss is not finite.*checkpoint of step 4 is kept"):
+        _looped(tmp_path, 12, log_every=100, checkpoint_every=4, poison=6)  # found at step 8, the next checkpoint
+    assert load_checkpoint(tmp_path)["step"] == 4
 
 
 def test_a_run_with_another_configuration_is_refused(tmp_path):

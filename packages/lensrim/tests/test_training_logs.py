@@ -117,7 +117,8 @@ def test_a_non_finite_loss_stops_rim_training_before_a_checkpoint(tmp_path):
             batch["observation"][0, 0, 3, 3] = float("nan")
         return batch
 
-    with pytest.raises(RunError, match=r"step 4: the loss is not finite.*checkpoint of step 2 is kept"):
+    # found at the checkpoint of step 4, named at its first step
+    with pytest.raises(RunError, match=r"step 3: the loss is not finite.*checkpoint of step 2 is kept"):
         train_rim(cfg, batches, tmp_path, steps=6, log_every=4, checkpoint_every=2, validation_size=0,
                   tensorboard=False)  # fmt: skip
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)

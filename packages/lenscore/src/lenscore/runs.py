@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,9 @@ __all__ = [
     "read_json",
     "read_metrics",
     "restore",
+    "run_steps",
     "save_checkpoint",
+    "StepResult",
     "seeded_init",
     "step_generator",
     "trim_metrics",
@@ -293,3 +295,105 @@ def seeded_init(build: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Mod
     with torch.random.fork_rng(devices=[]):  # initial weights from the seed, globals untouched
         torch.manual_seed(seed)
         return build()
+
+
+@dataclass
+class StepResult:
+    """What the loss of one training step hands to :func:`run_steps`: the differentiable
+    ``loss``; ``watch``, figures of this step kept on the device (a 1-d tensor, e.g. a batch's
+    median chi2_nu) until the next log step; ``aux``, anything the log hook needs of the last step."""
+
+    loss: torch.Tensor
+    watch: torch.Tensor | None = None
+    aux: Any = None
+
+
+def run_steps(
+    run_dir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[Any],
+    step_loss: Callable[[Any, int], StepResult],
+    *,
+    start: int,
+    steps: int,
+    learning_rate_at: Callable[[int], float],
+    clip_norm: float,
+    log_every: int,
+    checkpoint_every: int,
+    log_terms: Callable[[dict[str, Any], StepResult, torch.Tensor], dict[str, Any]] | None = None,
+    progress: Callable[[int, dict[str, Any]], None] | None = None,
+    rank: int = 0,
+) -> None:
+    """The training loop every model of the lens packages runs: steps ``start .. steps - 1``.
+
+    Each step sets the learning rate of ``learning_rate_at(step)``, computes
+    ``step_loss(batch, step)`` on the next item of ``batches``, back-propagates, clips the
+    gradient norm of ``model``'s parameters at ``clip_norm`` and takes the optimiser step.
+    (``step_loss`` may call a DDP wrapper of ``model``; its gradients are then all-reduced.)
+
+    Nothing waits for the device between log steps: each step's loss, gradient norm and
+    ``watch`` figures stay there as one row of a history. At every ``log_every``-th step and the
+    last, every rank calls ``log_terms(terms, result, history)`` (``terms``: the ``step``, ``lr``
+    and ``grad_norm`` of this step; ``result``: this step's; ``history``: ``(k, 2 + m)``, the
+    loss, gradient norm and watched figures of the ``k`` steps since the last log; it may run
+    collectives) and rank 0 appends ``terms`` and the figures it returns to ``metrics.jsonl`` as
+    one JSON line. At every ``checkpoint_every``-th step and the last, rank 0
+    saves the checkpoint (model, optimiser, step). Before either, a non-finite loss or gradient
+    in the history stops training naming its first step, so it never reaches a checkpoint.
+    ``progress(done, terms)`` (rank 0) follows every step; ``terms`` holds the logged figures at
+    log steps and only ``step`` otherwise. The iterator of ``batches`` is closed on the way out.
+    """
+    stream = iter(batches)
+    log = open(run_dir / METRICS, "a") if rank == 0 else None
+    history: list[torch.Tensor] = []
+    try:
+        for step, batch in zip(range(start, steps), stream, strict=False):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate_at(step)
+            result = step_loss(batch, step)
+            optimizer.zero_grad(set_to_none=True)
+            result.loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+            optimizer.step()
+            done = step + 1
+            row = [result.loss.detach().reshape(1), grad_norm.detach().reshape(1).to(result.loss.device)]
+            if result.watch is not None:
+                row.append(result.watch.detach().reshape(-1).to(result.loss.device))
+            history.append(torch.cat(row))
+            terms: dict[str, Any] = {"step": done}
+            log_now = done % log_every == 0 or done == steps
+            save_now = done % checkpoint_every == 0 or done == steps
+            if log_now or save_now:  # every rank: an all-reduced gradient is non-finite on all at once
+                _check_history(run_dir, done, torch.stack(history))
+            if log_now:
+                recent = torch.stack(history)
+                history.clear()
+                terms.update(lr=learning_rate_at(step), grad_norm=float(grad_norm))
+                if log_terms is not None:
+                    terms = {**log_terms(dict(terms), result, recent), **terms}
+                if log is not None:
+                    log.write(json.dumps(terms, sort_keys=True) + "\n")
+                    log.flush()
+            if save_now and rank == 0:
+                save_checkpoint(
+                    run_dir, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": done}
+                )
+            if progress is not None and rank == 0:
+                progress(done, terms)
+    finally:
+        if hasattr(stream, "close"):
+            stream.close()  # stops a prefetching thread or DataLoader workers
+        if log is not None:
+            log.close()
+
+
+def _check_history(run_dir: Path, done: int, history: torch.Tensor) -> None:
+    """:func:`check_finite` on the loss and gradient norm of the steps ending at ``done``, naming
+    the first step where one stopped being finite."""
+    finite = torch.isfinite(history[:, :2])
+    if bool(finite.all()):
+        return
+    first = int((~finite).any(dim=1).nonzero()[0])
+    row = history[first]
+    check_finite(done - len(history) + 1 + first, run_dir, loss=row[0], gradient=row[1])

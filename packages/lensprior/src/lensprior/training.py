@@ -8,7 +8,6 @@ and are read with ``torch.load(weights_only=True)``: a shared run directory cann
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import replace
@@ -20,9 +19,9 @@ import torch
 
 from lenscore.files import open_hdf5
 from lenscore.runs import (  # the run core, shared with lensrim; re-exported under its old names here
-    METRICS,
     RunError,
     RunLock,
+    StepResult,
     check_finite,
     load_checkpoint,
     load_run,
@@ -30,6 +29,7 @@ from lenscore.runs import (  # the run core, shared with lensrim; re-exported un
     prepare_run,
     read_metrics,
     restore,
+    run_steps,
     save_checkpoint,
     seeded_init,
     step_generator,
@@ -135,33 +135,34 @@ def _fit(
     start = restore(run_dir, model, opt)
     data = data.to(device)
     n = data.shape[0]
+    batches = (
+        data[torch.randint(0, n, (config.batch_size,), generator=step_generator(seed, step, 0)).to(device)]
+        for step in range(start, steps)
+    )
+
+    latest: dict[str, Any] = {}  # the bar shows every step's figures, the log every log_every-th
+
+    def step_loss(batch: torch.Tensor, step: int) -> StepResult:
+        loss, terms = model.loss(batch, step, generator=step_generator(seed, step, 1))
+        latest.update(terms)
+        return StepResult(loss, aux=terms)
+
+    def log_terms(logged: dict[str, Any], last: StepResult, history: torch.Tensor) -> dict[str, Any]:
+        terms = dict(last.aux)
+        if validation is not None:
+            model.eval()
+            with torch.no_grad():
+                _, val = model.loss(validation.to(device), logged["step"] - 1, generator=step_generator(seed, 0, 2))
+            model.train()
+            terms["val_loss"] = val["loss"]
+        return terms
+
     model.train()
-    with open(run_dir / METRICS, "a") as log:
-        for step in range(start, steps):
-            idx = torch.randint(0, n, (config.batch_size,), generator=step_generator(seed, step, 0)).to(device)
-            for g in opt.param_groups:
-                g["lr"] = config.learning_rate_at(step)
-            loss, terms = model.loss(data[idx], step, generator=step_generator(seed, step, 1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
-            check_finite(step + 1, run_dir, loss=loss, gradient=grad_norm)
-            opt.step()
-            done = step + 1
-            if done % log_every == 0 or done == steps:
-                terms.update(step=done, lr=config.learning_rate_at(step), grad_norm=float(grad_norm))
-                if validation is not None:
-                    model.eval()
-                    with torch.no_grad():
-                        _, val = model.loss(validation.to(device), step, generator=step_generator(seed, 0, 2))
-                    model.train()
-                    terms["val_loss"] = val["loss"]
-                log.write(json.dumps(terms, sort_keys=True) + "\n")
-                log.flush()
-            if done % checkpoint_every == 0 or done == steps:
-                save_checkpoint(run_dir, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done})
-            if progress is not None:
-                progress(done, terms)
+    run_steps(
+        run_dir, model, opt, batches, step_loss, start=start, steps=steps, learning_rate_at=config.learning_rate_at,
+        clip_norm=config.clip_norm, log_every=log_every, checkpoint_every=checkpoint_every, log_terms=log_terms,
+        progress=None if progress is None else lambda done, terms: progress(done, {**latest, **terms}),
+    )  # fmt: skip
     return model.eval()
 
 

@@ -10,7 +10,6 @@ step) are written by rank 0, atomically, and read with ``weights_only=True``.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import threading
@@ -26,15 +25,14 @@ import torch.distributed as dist
 
 import lenssim
 from lenscore.runs import (
-    METRICS,
     RunError,
     RunLock,
-    check_finite,
+    StepResult,
     load_checkpoint,
     load_run,
     prepare_run,
     restore,
-    save_checkpoint,
+    run_steps,
     seeded_init,
     step_generator,
 )
@@ -510,72 +508,55 @@ def _train_rim(
     checks = {k: {f: t.cpu() for f, t in v.items()} for k, v in checks.items() if v is not None}
     share = config.batch_size // world
     prefetch = (2 if device.type == "cuda" else 0) if prefetch is None else prefetch
-    model.train()
-    log = open(run_dir / METRICS, "a") if rank == 0 else None
     writer = _tensorboard(run_dir, start) if rank == 0 and tensorboard else None
-    stream = _batch_stream(batches, start, steps, config.batch_size, seed, device, prefetch)
-    history: list[torch.Tensor] = []
     clock = time.perf_counter()
+
+    def step_loss(batch: Batch, step: int) -> StepResult:
+        batch = {k: v[rank * share : (rank + 1) * share].to(device, non_blocking=True) for k, v in batch.items()}
+        loss, per_example = _batch_terms(net, batch, physics)
+        # each step's median chi2_nu stays on the device with its loss until the next log step
+        return StepResult(loss, watch=per_example["chi2_nu"].median(), aux=(batch, per_example))
+
+    def log_terms(logged: dict[str, Any], last: StepResult, history: torch.Tensor) -> dict[str, Any]:
+        nonlocal clock
+        batch, per_example = last.aux
+        done = logged["step"]
+        # every rank: the summary gathers the whole global batch
+        terms = _summary(_gather(_with_reference(per_example, batch), world))
+        # one batch's median jumps by orders of magnitude between lenses: the median over the
+        # steps since the last log is the figure to watch
+        terms["chi2_nu_window"] = float(history[:, 2].median())
+        if rank != 0:
+            return terms
+        speed = len(history) / max(time.perf_counter() - clock, 1e-9)
+        model.eval()
+        for prefix, lenses in checks.items():
+            terms.update({f"{prefix}_{k}": v for k, v in evaluate_rim(model, lenses, physics).items()})
+        model.train()
+        if writer is not None:  # this process's share of each step's batch
+            first = done - len(history) + 1
+            for i, (value, _, chi2) in enumerate(history.tolist()):
+                writer.add_scalar("train/loss", value, first + i)
+                writer.add_scalar("train/chi2_nu", chi2, first + i)
+            skip = ("val_", "ext_", "loss", "chi2_nu")  # loss and chi2_nu went in at every step
+            train = {k: v for k, v in {**terms, **logged}.items() if not k.startswith(skip) or k.startswith("loss_")}
+            _write_scalars(writer, "train", train, done)
+            for prefix in checks:
+                sub = {k[len(prefix) + 1 :]: v for k, v in terms.items() if k.startswith(prefix + "_")}
+                _write_scalars(writer, {"val": "validation", "ext": "external"}[prefix], sub, done)
+            writer.add_scalar("train/steps_per_s", speed, done)
+            writer.flush()
+        clock = time.perf_counter()
+        return terms
+
+    model.train()
     try:
-        for step, batch in zip(range(start, steps), stream, strict=False):
-            batch = {k: v[rank * share : (rank + 1) * share].to(device, non_blocking=True) for k, v in batch.items()}
-            for g in opt.param_groups:
-                g["lr"] = config.learning_rate_at(step)
-            loss, per_example = _batch_terms(net, batch, physics)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
-            opt.step()
-            done = step + 1
-            # per-step figures stay on the device until the next log step: no synchronisation
-            history.append(torch.stack([loss.detach(), per_example["chi2_nu"].median(), grad_norm.detach()]))
-            terms: dict[str, Any] = {"step": done}
-            log_now = done % log_every == 0 or done == steps
-            save_now = done % checkpoint_every == 0 or done == steps
-            if log_now or save_now:  # a non-finite loss or gradient never reaches a checkpoint
-                # (every rank: the all-reduced gradient is non-finite on all of them at once)
-                recent = torch.stack(history)
-                check_finite(done, run_dir, loss=recent[:, 0], gradient=recent[:, 2])
-            if log_now:  # every rank: the summary gathers the whole global batch
-                terms.update(_summary(_gather(_with_reference(per_example, batch), world)))
-                # one batch's median jumps by orders of magnitude between lenses: the median
-                # over the steps since the last log is the figure to watch
-                terms["chi2_nu_window"] = float(torch.stack(history)[:, 1].median())
-            if rank == 0 and log_now:
-                now = time.perf_counter()
-                speed = len(history) / max(now - clock, 1e-9)
-                if writer is not None:  # this process's share of each step's batch
-                    for i, (value, chi2, _) in enumerate(torch.stack(history).tolist()):
-                        writer.add_scalar("train/loss", value, done - len(history) + 1 + i)
-                        writer.add_scalar("train/chi2_nu", chi2, done - len(history) + 1 + i)
-                terms.update(lr=config.learning_rate_at(step), grad_norm=float(grad_norm))
-                model.eval()
-                for prefix, lenses in checks.items():
-                    terms.update({f"{prefix}_{k}": v for k, v in evaluate_rim(model, lenses, physics).items()})
-                model.train()
-                log.write(json.dumps(terms, sort_keys=True) + "\n")
-                log.flush()
-                skip = ("val_", "ext_", "loss", "chi2_nu")  # loss and chi2_nu went in at every step
-                train_terms = {k: v for k, v in terms.items() if not k.startswith(skip) or k.startswith("loss_")}
-                _write_scalars(writer, "train", train_terms, done)
-                for prefix in checks:
-                    sub = {k[len(prefix) + 1 :]: v for k, v in terms.items() if k.startswith(prefix + "_")}
-                    _write_scalars(writer, {"val": "validation", "ext": "external"}[prefix], sub, done)
-                if writer is not None:
-                    writer.add_scalar("train/steps_per_s", speed, done)
-                    writer.flush()
-                clock = time.perf_counter()
-            if log_now:
-                history.clear()
-            if rank == 0 and save_now:
-                save_checkpoint(run_dir, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done})
-            if progress is not None and rank == 0:
-                progress(done, terms)
+        run_steps(
+            run_dir, model, opt, _batch_stream(batches, start, steps, config.batch_size, seed, device, prefetch),
+            step_loss, start=start, steps=steps, learning_rate_at=config.learning_rate_at, clip_norm=config.clip_norm,
+            log_every=log_every, checkpoint_every=checkpoint_every, log_terms=log_terms, progress=progress, rank=rank,
+        )  # fmt: skip
     finally:
-        if hasattr(stream, "close"):
-            stream.close()  # stops a prefetching thread or DataLoader workers
-        if log is not None:
-            log.close()
         if writer is not None:
             writer.close()
     if world > 1:
