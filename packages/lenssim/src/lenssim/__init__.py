@@ -6,8 +6,9 @@ and synthetic sources (GalSim), lens acceptance and resumable HDF5 datasets. Thr
 
 - :mod:`lenssim.physics`: grids, deflection, ray tracing, PSF, likelihood, SIE maps;
 - :mod:`lenssim.data`: TNG particles (``tng``) and their KDE (``kde``) into kappa maps
-  (``convergence``), COSMOS and synthetic sources (``sources``), Table 1's observing conditions
-  (``observing``), lens simulation and acceptance (``lenses``), resumable datasets (``simulate``);
+  (``convergence``), COSMOS and synthetic sources (``sources``), analytic Sersic sources
+  (``sersic``), Table 1's observing conditions (``observing``), lens simulation and acceptance
+  (``lenses``), resumable datasets (``simulate``);
 - :mod:`lenssim.io`: HDF5 datasets (``datasets``), FITS (``fits``), :class:`Observation`;
 
 and the torch-free :mod:`lenssim.geometry`. Every public name is also here, flat.
@@ -77,7 +78,6 @@ _EXPORTS = {
         "acceptance",
         "pool_sampler",
         "sersic_source_sampler",
-        "sersic_sources",
         "sie_kappa_sampler",
         "simulate_lenses",
         "simulate_sie_lenses",
@@ -104,6 +104,7 @@ _EXPORTS = {
         "lens_image",
         "ray_trace",
     ),
+    "data.sersic": ("sersic_sources",),
     "data.observing": (
         "ObservationConfig",
         "TruncatedNormal",
@@ -133,7 +134,7 @@ _SUBMODULES = {
     "physics": "physics",
     # the modules' names before the grouping, kept for code that reaches into them
     **{name: f"physics.{name}" for name in ("deflection", "grid", "likelihood", "psf", "raytrace", "sie")},
-    **{name: f"data.{name}" for name in ("convergence", "kde", "lenses", "simulate", "sources", "tng")},
+    **{name: f"data.{name}" for name in ("convergence", "kde", "lenses", "sersic", "simulate", "sources", "tng")},
     "sampling": "data.observing",
     "fits": "io.fits",
     "observation": "io.observation",
@@ -236,7 +237,6 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
         acceptance,
         pool_sampler,
         sersic_source_sampler,
-        sersic_sources,
         sie_kappa_sampler,
         simulate_lenses,
         simulate_sie_lenses,
@@ -248,6 +248,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
         sample_psf_fwhm,
         truncated_normal,
     )
+    from lenssim.data.sersic import sersic_sources
     from lenssim.data.simulate import (
         HaloSource,
         h5_pool_sampler,

@@ -1,7 +1,7 @@
 """What the models learn from: IllustrisTNG particles (``tng``) and their adaptive KDE (``kde``)
-into convergence maps (``convergence``), COSMOS and synthetic sources (``sources``), Table 1's
-observing conditions (``observing``), lenses simulated and accepted on the fly (``lenses``), and
-the resumable dataset writers (``simulate``).
+into convergence maps (``convergence``), COSMOS and synthetic sources (``sources``), analytic
+Sersic sources (``sersic``), Table 1's observing conditions (``observing``), lenses simulated and
+accepted on the fly (``lenses``), and the resumable dataset writers (``simulate``).
 
 The submodules load when first used (``kde`` brings Numba, ``sources`` GalSim)."""
 
@@ -32,11 +32,11 @@ _EXPORTS = {
         "acceptance",
         "pool_sampler",
         "sersic_source_sampler",
-        "sersic_sources",
         "sie_kappa_sampler",
         "simulate_lenses",
         "simulate_sie_lenses",
     ),
+    "sersic": ("sersic_sources",),
     "observing": (
         "ObservationConfig",
         "TruncatedNormal",
