@@ -107,6 +107,27 @@ def test_training_logs_terms_references_and_tensorboard(tmp_path):
     assert lines[0]["chi2_nu_window"] == pytest.approx(float(torch.tensor(per_step[0:2]).median()), rel=1e-6)
 
 
+def test_lens_batches_train_exactly_as_their_fields_do(tmp_path):
+    data = _lenses(6)
+    lenses = lenssim.LensBatch.from_fields(data)
+    cfg = replace(PRESETS["tiny"], steps=3, batch_size=2)
+    runs = {
+        "fields": (lambda step, size, seed: {k: v[step % 3 : step % 3 + size] for k, v in data.items()}, data),
+        "lenses": (lambda step, size, seed: lenssim.LensBatch.from_fields(
+            {k: v[step % 3 : step % 3 + size] for k, v in data.items()}), lenses),
+    }  # fmt: skip
+    for name, (batches, held) in runs.items():
+        train_rim(cfg, batches, tmp_path / name, steps=3, log_every=1, validation=held, external=held,
+                  tensorboard=False)  # fmt: skip
+    assert (tmp_path / "fields/metrics.jsonl").read_bytes() == (tmp_path / "lenses/metrics.jsonl").read_bytes()
+    model, _ = lensrim.load_rim(tmp_path / "lenses")
+    assert lensrim.training.evaluate_rim(model, lenses) == lensrim.training.evaluate_rim(model, data)
+    with pytest.raises(ValueError, match=r"needs observation, source and kappa; missing \['kappa'\]"):
+        lensrim.training.evaluate_rim(model, {k: v for k, v in data.items() if k != "kappa"})
+    with pytest.raises(TypeError, match="a lenssim.LensBatch or a mapping of tensors, not tuple"):
+        lensrim.training.batch_loss(model, (data["observation"], data["source"]))
+
+
 def test_a_non_finite_loss_stops_rim_training_before_a_checkpoint(tmp_path):
     data = _lenses(4)
     cfg = replace(PRESETS["tiny"], steps=2, batch_size=2)

@@ -262,7 +262,7 @@ def train_rim(
                     f"{path}: {key} {d.attrs[key]} differs from the training lenses' {train_attrs[key]}",
                     param_hint=option,
                 )
-        return d.fields()
+        return d
 
     validation = None if val_path is None else lenses(val_path, "--validation")
     external = None if ext_path is None else lenses(ext_path, "--external")

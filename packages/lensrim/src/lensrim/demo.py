@@ -348,7 +348,7 @@ def run_demo(
             rim = lensrim.train_rim(
                 rim_cfg, batches, output / "rim", seed=seed, device=device, checkpoint_every=50,
                 log_every=max(1, min(c.rim_log_every, c.rim_steps)), validation_size=c.rim_validation,
-                external=test.fields(),
+                external=test,
                 metadata={"image_fov": obs.image_fov, "source_fov": obs.source_fov, "demo": True}, progress=progress,
             )  # fmt: skip
         rim.eval()

@@ -15,10 +15,10 @@ import queue
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import torch
 import torch.distributed as dist
@@ -42,6 +42,8 @@ from lensrim.physics import LensingPhysics
 
 __all__ = [
     "Batch",
+    "Lenses",
+    "as_batch",
     "checkpoint_step",
     "constant_log10_kappa",
     "DatasetBatches",
@@ -57,8 +59,26 @@ __all__ = [
 
 Batch = dict[str, torch.Tensor]
 """``observation``, ``source``, ``kappa``, ``psf`` (each ``(B, 1, ., .)``) and ``noise_sigma (B,)``:
-the :meth:`lenssim.LensBatch.fields` of a batch of lenses (the form DataLoader collation and DDP
-slicing work on)."""
+the :meth:`lenssim.LensBatch.fields` of a batch of lenses, the form DataLoader collation and DDP
+slicing work on. Every function here takes a :class:`lenssim.LensBatch` wherever it takes a
+batch; a forward model other than lensing may train on any mapping with ``observation``,
+``source``, ``kappa`` and what its :data:`PhysicsOf` reads."""
+
+Lenses = Union["lenssim.LensBatch", Mapping[str, torch.Tensor]]
+"""A batch as callers hand it: a :class:`lenssim.LensBatch` or a mapping of its fields."""
+
+
+def as_batch(lenses: Lenses) -> Batch:
+    """The :data:`Batch` of a :class:`lenssim.LensBatch` (its :meth:`~lenssim.LensBatch.fields`)
+    or of a mapping of fields (as it is)."""
+    if isinstance(lenses, lenssim.LensBatch):
+        return lenses.fields()
+    if isinstance(lenses, Mapping):
+        missing = [k for k in ("observation", "source", "kappa") if k not in lenses]
+        if missing:
+            raise ValueError(f"a batch of lenses needs observation, source and kappa; missing {missing}")
+        return dict(lenses)
+    raise TypeError(f"a batch of lenses is a lenssim.LensBatch or a mapping of tensors, not {type(lenses).__name__}")
 
 
 def _collate(items: list[dict[str, torch.Tensor]]) -> Batch:
@@ -190,9 +210,9 @@ class MixedBatches:
         k = round(self.fraction * size)
         parts = []
         if size - k:
-            parts.append(self.base(step, size - k, seed))
+            parts.append(as_batch(self.base(step, size - k, seed)))
         if k:
-            parts.append(self.extra(step, k, seed + 1))
+            parts.append(as_batch(self.extra(step, k, seed + 1)))
         device = parts[-1]["observation"].device
         return {key: torch.cat([p[key].to(device) for p in parts]) for key in parts[0]}
 
@@ -208,11 +228,11 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def constant_log10_kappa(batches: Callable[[int, int, int], Batch], seed: int = 0, lenses: int = 64) -> float:
+def constant_log10_kappa(batches: Callable[[int, int, int], Lenses], seed: int = 0, lenses: int = 64) -> float:
     """The constant predictor's log10 kappa on ``lenses`` training lenses (drawn as step 0's
     batch of that size), rounded to 3 decimals: the natural
     :attr:`RIMConfig.initial_log10_kappa`."""
-    batch = batches(0, lenses, seed)
+    batch = as_batch(batches(0, lenses, seed))
     return round(constant_reference(batch["source"].cpu(), batch["kappa"].cpu()).log10_kappa, 3)
 
 
@@ -244,11 +264,11 @@ def _physics_of(model: torch.nn.Module, physics: PhysicsOf | None) -> PhysicsOf:
 
 
 def batch_loss(
-    model: torch.nn.Module, batch: Batch, physics: PhysicsOf | None = None
+    model: torch.nn.Module, batch: Lenses, physics: PhysicsOf | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean eq. 7 loss of a batch, and the chi2_nu of the final estimates (detached); the forward
     model defaults to lensing on the model's grid."""
-    loss, terms = _batch_terms(model, batch, _physics_of(model, physics))
+    loss, terms = _batch_terms(model, as_batch(batch), _physics_of(model, physics))
     return loss, terms["chi2_nu"]
 
 
@@ -301,12 +321,13 @@ def _summary(terms: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 @torch.no_grad()
 def evaluate_rim(
-    model: torch.nn.Module, batch: Batch, physics: PhysicsOf | None = None, *, chunk: int = 16
+    model: torch.nn.Module, batch: Lenses, physics: PhysicsOf | None = None, *, chunk: int = 16
 ) -> dict[str, Any]:
     """Loss, its terms per time step, median chi2_nu and the constant-predictor reference of a
     model on a set of lenses (``chunk`` at a time); see the training log's keys. The forward
     model defaults to lensing on the model's grid."""
     physics = _physics_of(model, physics)
+    batch = as_batch(batch)
     device = next(model.parameters()).device
     parts: dict[str, list[torch.Tensor]] = {}
     n = batch["observation"].shape[0]
@@ -363,7 +384,7 @@ class _Prefetch:
 
 
 def _batch_stream(
-    batches: Callable[[int, int, int], Batch], start: int, stop: int, size: int, seed: int, device: torch.device,
+    batches: Callable[[int, int, int], Lenses], start: int, stop: int, size: int, seed: int, device: torch.device,
     prefetch: int,
 ) -> Iterator[Batch]:  # fmt: skip
     stream = getattr(batches, "stream", None)
@@ -420,7 +441,7 @@ def load_rim(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") 
 
 def train_rim(
     config: RIMConfig,
-    batches: Callable[[int, int, int], Batch],
+    batches: Callable[[int, int, int], Lenses],
     run_dir: str | os.PathLike,
     *,
     steps: int | None = None,
@@ -428,9 +449,9 @@ def train_rim(
     device: str | torch.device = "cpu",
     checkpoint_every: int = 500,
     log_every: int = 50,
-    validation: Batch | None = None,
+    validation: Lenses | None = None,
     validation_size: int = 32,
-    external: Batch | None = None,
+    external: Lenses | None = None,
     prefetch: int | None = None,
     tensorboard: bool = True,
     metadata: dict[str, Any] | None = None,
@@ -440,7 +461,8 @@ def train_rim(
     """Train (or resume) the RIM in ``run_dir`` up to ``steps`` (default ``config.train_steps``).
 
     ``batches(step, size, seed)`` returns the global minibatch of a step (:class:`DatasetBatches`,
-    :class:`SimulatedBatches` or :class:`MixedBatches`). Adamax with Table 7's exponential decay,
+    :class:`SimulatedBatches` or :class:`MixedBatches`, or any function returning a
+    :class:`lenssim.LensBatch` or a mapping of its fields). Adamax with Table 7's exponential decay,
     gradient clipping at ``clip_norm``. Runs under DDP when ``torch.distributed`` is initialised.
 
     Every ``log_every`` steps, ``metrics.jsonl`` (and TensorBoard event files in ``run_dir``)
@@ -505,14 +527,15 @@ def _train_rim(
     if validation is None and validation_size > 0 and rank == 0 and hasattr(batches, "held_out"):
         validation = batches.held_out(validation_size, seed)
     checks = {"val": validation, "ext": external} if rank == 0 else {}
-    checks = {k: {f: t.cpu() for f, t in v.items()} for k, v in checks.items() if v is not None}
+    checks = {k: {f: t.cpu() for f, t in as_batch(v).items()} for k, v in checks.items() if v is not None}
     share = config.batch_size // world
     prefetch = (2 if device.type == "cuda" else 0) if prefetch is None else prefetch
     writer = _tensorboard(run_dir, start) if rank == 0 and tensorboard else None
     clock = time.perf_counter()
 
-    def step_loss(batch: Batch, step: int) -> StepResult:
-        batch = {k: v[rank * share : (rank + 1) * share].to(device, non_blocking=True) for k, v in batch.items()}
+    def step_loss(lenses: Lenses, step: int) -> StepResult:
+        rows = slice(rank * share, (rank + 1) * share)  # this process's share of the global batch
+        batch = {k: v[rows].to(device, non_blocking=True) for k, v in as_batch(lenses).items()}
         loss, per_example = _batch_terms(net, batch, physics)
         # each step's median chi2_nu stays on the device with its loss until the next log step
         return StepResult(loss, watch=per_example["chi2_nu"].median(), aux=(batch, per_example))
