@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from lensrim.model import ForwardModel
+from lensrim.model import ForwardModel, moment_step
 
 __all__ = ["optimise_likelihood"]
 
@@ -39,7 +39,6 @@ def optimise_likelihood(
     for t in range(1, steps + 1):
         gs, gxi = physics.gradient(y, x[:, :1], x[:, 1:])
         g = -torch.cat([gs, gxi], dim=1)  # descend on -log p
-        m = beta1 * m + (1 - beta1) * g
-        v = beta2 * v + (1 - beta2) * g * g
-        x = x - learning_rate * (m / (1 - beta1**t)) / (torch.sqrt(v / (1 - beta2**t)) + eps)
+        m, v, step = moment_step(m, v, g, t, beta1=beta1, beta2=beta2, eps=eps, step_size=learning_rate)
+        x = x - step
     return x[:, :1], x[:, 1:]

@@ -41,6 +41,7 @@ __all__ = [
     "ForwardModel",
     "RIMConfig",
     "build_rim",
+    "moment_step",
     "preprocess_gradients",
     "rim_loss",
     "rim_loss_terms",
@@ -153,28 +154,35 @@ class _UNet(nn.Module):
         return self.out(h), new_hidden
 
 
+def moment_step(
+    m: torch.Tensor, v: torch.Tensor, g: torch.Tensor, t: int, *, beta1: float, beta2: float, eps: float,
+    method: str = "adam", step_size: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """One step of Adam's moments, written once for the RIM's gradient preprocessing, the plain
+    Adam reference (:mod:`lensrim.baseline`) and :func:`preprocess_gradients`.
+
+    m_t = b1 m + (1 - b1) g, v_t = b2 v + (1 - b2) g^2 (both start at zero); returns m_t, v_t and
+    the step: ``adam``, step_size (m_t / (1 - b1^t)) / (sqrt(v_t / (1 - b2^t)) + eps);
+    ``rmsprop``, step_size g / (sqrt(v_t / (1 - b2^t)) + eps).
+    """
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g * g
+    denom = torch.sqrt(v / (1 - beta2**t)) + eps
+    return m, v, step_size * (m / (1 - beta1**t) if method == "adam" else g) / denom
+
+
 def preprocess_gradients(
     grads: list[torch.Tensor], method: str, beta1: float = 0.9, beta2: float = 0.99, eps: float = 1e-8
 ) -> torch.Tensor:
-    """The preprocessed gradient of the last step, given the raw gradients of steps 1..t.
-
-    ``adam``: (m_t / (1 - b1^t)) / (sqrt(v_t / (1 - b2^t)) + eps) with the moments
-    m_t = b1 m + (1 - b1) g, v_t = b2 v + (1 - b2) g^2 started at zero; ``rmsprop``:
-    g_t / (sqrt(v_t / (1 - b2^t)) + eps); ``raw``: g_t. (A reference implementation over the
-    whole history; the RIM updates its moments incrementally.)
-    """
-    m = torch.zeros_like(grads[0])
-    v = torch.zeros_like(grads[0])
-    for g in grads:
-        m = beta1 * m + (1 - beta1) * g
-        v = beta2 * v + (1 - beta2) * g * g
-    t = len(grads)
+    """The preprocessed gradient of the last step, given the raw gradients of steps 1..t
+    (:func:`moment_step` over the whole history; ``raw``: g_t). A reference: the RIM updates its
+    moments incrementally."""
     if method == "raw":
         return grads[-1]
-    denom = torch.sqrt(v / (1 - beta2**t)) + eps
-    if method == "rmsprop":
-        return grads[-1] / denom
-    return (m / (1 - beta1**t)) / denom
+    m = v = torch.zeros_like(grads[0])
+    for t, g in enumerate(grads, start=1):
+        m, v, direction = moment_step(m, v, g, t, beta1=beta1, beta2=beta2, eps=eps, method=method)
+    return direction
 
 
 class RIM(nn.Module):
@@ -276,10 +284,9 @@ class RIM(nn.Module):
             if c.gradient_preprocessing != "raw":
                 if m is None:
                     m, v = torch.zeros_like(g), torch.zeros_like(g)
-                m = c.beta1 * m + (1 - c.beta1) * g
-                v = c.beta2 * v + (1 - c.beta2) * g * g
-                denom = torch.sqrt(v / (1 - c.beta2**t)) + c.epsilon
-                g = (m / (1 - c.beta1**t)) / denom if c.gradient_preprocessing == "adam" else g / denom
+                m, v, g = moment_step(
+                    m, v, g, t, beta1=c.beta1, beta2=c.beta2, eps=c.epsilon, method=c.gradient_preprocessing
+                )
             delta, hidden = step(torch.cat([y, x, g], dim=1), hidden)
             x = x + delta
             estimates.append(x)
