@@ -73,10 +73,10 @@ def train_vae(
 ) -> None:  # fmt: skip
     """Train a source or kappa VAE (section 4.1); writes RUN_DIR/{config.json, checkpoint.pt,
     metrics.jsonl, samples.png}. Stop it at any time; the same command resumes it."""
-    import h5py
     import torch
 
     import lensprior
+    from lenscore.files import open_hdf5
 
     dev = resolve_device(device)
     overrides = dict(VAE_PRESETS[preset])
@@ -92,7 +92,7 @@ def train_vae(
     config = (lensprior.source_vae_config if kind == "source" else lensprior.kappa_vae_config)(**overrides)
     data = lensprior.load_field(data_path, kind, split=split, pixels=config.pixels)
     validation = None
-    with h5py.File(data_path, "r") as f:
+    with open_hdf5(data_path, click.BadParameter) as f:
         has_test = "split" in f and bool((f["split"][()] == 1).any())
         attrs = {}
         for k in _DATA_ATTRS:

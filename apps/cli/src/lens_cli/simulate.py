@@ -75,13 +75,14 @@ def _target(output: Path, shard: tuple[int, int]) -> Path:
 
 def _warn_empty_split(path: Path, unit: str, option_hint: str) -> None:
     """Say so when a split came out empty: `simulate lenses --split` on it would fail later."""
-    import h5py
     import numpy as np
+
+    from lenscore.files import open_hdf5
 
     paths = sorted(path.glob("part-*.h5")) if path.is_dir() else [path]
     counts = np.zeros(2, dtype=int)
     for p in paths:
-        with h5py.File(p, "r") as f:
+        with open_hdf5(p, click.BadParameter) as f:
             if "split" not in f:
                 return
             counts += np.bincount(f["split"][()].astype(int).clip(0, 1), minlength=2)

@@ -184,7 +184,3 @@ def source_vae(**overrides) -> VAE:
 def kappa_vae(**overrides) -> VAE:
     """The convergence VAE of Table 6 (1,980,033 parameters); keywords override the config."""
     return VAE(kappa_vae_config(**overrides))
-
-
-def build_vae(config: VAEConfig) -> VAE:
-    return VAE(config)

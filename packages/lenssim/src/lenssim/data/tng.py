@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from lenscore.files import open_hdf5, written
+
 __all__ = [
     "PARTICLE_TYPES",
     "Particles",
@@ -74,14 +76,7 @@ class Particles:
 
 
 def _open(path: Path):
-    import h5py
-
-    if not path.is_file():
-        raise TNGFormatError(f"{path}: no such file")
-    try:
-        return h5py.File(path, "r")
-    except OSError as e:
-        raise TNGFormatError(f"{path}: not a readable HDF5 file ({e})") from None
+    return open_hdf5(path, TNGFormatError)
 
 
 def _header(f, path: Path) -> dict[str, Any]:
@@ -427,26 +422,20 @@ def write_synthetic_cutout(path: str | os.PathLike, seed: int | np.random.Genera
     halo = synthetic_halo(seed, **kwargs)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with h5py.File(tmp, "w") as f:
-            hdr = f.create_group("Header")
-            counts = np.zeros(6, dtype=np.int64)
-            for t, (c, _) in halo["particles"].items():
-                counts[t] = len(c)
-            for k, v in halo["header"].items():
-                hdr.attrs[k] = v
-            hdr.attrs["NumPart_ThisFile"] = counts
-            hdr.attrs["NumPart_Total"] = counts
-            hdr.attrs["NumFilesPerSnapshot"] = 1
-            for t, (c, m) in halo["particles"].items():
-                g = f.create_group(f"PartType{t}")
-                g.create_dataset("Coordinates", data=c.astype(np.float64), track_times=False)
-                if m is not None:
-                    g.create_dataset("Masses", data=m.astype(np.float32), track_times=False)
-                g.create_dataset("ParticleIDs", data=np.arange(len(c), dtype=np.uint64), track_times=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with written(path) as tmp, h5py.File(tmp, "w") as f:
+        hdr = f.create_group("Header")
+        counts = np.zeros(6, dtype=np.int64)
+        for t, (c, _) in halo["particles"].items():
+            counts[t] = len(c)
+        for k, v in halo["header"].items():
+            hdr.attrs[k] = v
+        hdr.attrs["NumPart_ThisFile"] = counts
+        hdr.attrs["NumPart_Total"] = counts
+        hdr.attrs["NumFilesPerSnapshot"] = 1
+        for t, (c, m) in halo["particles"].items():
+            g = f.create_group(f"PartType{t}")
+            g.create_dataset("Coordinates", data=c.astype(np.float64), track_times=False)
+            if m is not None:
+                g.create_dataset("Masses", data=m.astype(np.float32), track_times=False)
+            g.create_dataset("ParticleIDs", data=np.arange(len(c), dtype=np.uint64), track_times=False)
     return path

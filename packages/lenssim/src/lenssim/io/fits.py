@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lenscore.files import written
 from lenssim.io.datasets import MAX_ABS
 from lenssim.physics.psf import gaussian_psf
 
@@ -292,11 +293,6 @@ def write_fits_reconstruction(
     for k, v in header.items():
         primary.header[k[:8].upper()] = v
     hdus = [primary] + [fits.ImageHDU(np.asarray(v, dtype=np.float32), name=k.upper()) for k, v in maps.items()]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with written(path) as tmp:
         fits.HDUList(hdus).writeto(tmp, overwrite=True)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
