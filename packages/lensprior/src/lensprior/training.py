@@ -107,7 +107,8 @@ def fit(
     metadata: dict[str, Any] | None = None,
     progress: Callable[[int, dict[str, float]], None] | None = None,
 ) -> torch.nn.Module:
-    """The shared training loop: Adam, the config's learning-rate schedule, gradient clipping,
+    """Train lensprior's models (VAEs, the denoiser) with Adam in :func:`lenscore.runs.run_steps`,
+    the loop every model shares: the config's learning-rate schedule, gradient clipping,
     checkpoints, metrics, exact resume.
 
     ``config`` is a frozen dataclass with ``to_json``, ``from_json``, ``batch_size``,
