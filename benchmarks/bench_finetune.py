@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, replace
@@ -38,6 +37,7 @@ import torch
 import lensprior
 import lensrim
 import lenssim
+from lenscore.files import write_text, written
 from lensrim.baseline import optimise_likelihood
 from lensrim.finetune import FineTuneConfig, finetune
 from lensrim.metrics import constant_reference
@@ -228,9 +228,8 @@ def figure(path: Path, results: dict) -> None:
     b.set_ylabel(r"median $\chi^2_\nu$ after fine-tuning")
     b.legend(fontsize=6)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, dpi=90, format="png")
-    os.replace(tmp, path)
+    with written(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
 
 
 def main() -> None:
@@ -274,9 +273,7 @@ def main() -> None:
             f"({f['mean_log10_loss'] - b['mean_log10_loss']:+.3f} dex), {r['seconds']:.0f} s"
         )
     out = args.work / "finetune.json"
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    os.replace(tmp, out)
+    write_text(out, json.dumps(results, indent=1) + "\n")
     figure(args.work / "finetune.png", results)
     log(f"wrote {out} and {args.work / 'finetune.png'}")
 

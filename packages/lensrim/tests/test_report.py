@@ -60,10 +60,7 @@ def test_the_report_is_written_from_python_with_its_references(recon_file, tmp_p
 
 def test_a_file_that_is_not_a_reconstruction_is_refused_in_one_line(tmp_path):
     lenses = lenssim.simulate_sie_lenses(2, config=OBS, generator=torch.Generator().manual_seed(1))
-    path = lenssim.write_lens_dataset(
-        tmp_path / "lenses.h5", {k: getattr(lenses, k) for k in lenssim.LENS_FIELDS}, image_fov=OBS.image_fov,
-        source_fov=OBS.source_fov, z_lens=0.5, z_source=1.5,
-    )  # fmt: skip
+    path = lenses.to_hdf5(tmp_path / "lenses.h5", image_fov=OBS.image_fov, source_fov=OBS.source_fov)
     with pytest.raises(lenssim.DatasetError, match="not a reconstruction .missing source_pred"):
         report.read_reconstruction(path)
 

@@ -13,10 +13,7 @@ OBS = lenssim.ObservationConfig(image_pixels=16, source_pixels=16, psf_size=5)
 @pytest.fixture
 def dataset(tmp_path):
     lenses = lenssim.simulate_sie_lenses(5, config=OBS, generator=torch.Generator().manual_seed(0))
-    path = lenssim.write_lens_dataset(
-        tmp_path / "l.h5", {k: getattr(lenses, k) for k in lenssim.LENS_FIELDS}, image_fov=OBS.image_fov,
-        source_fov=OBS.source_fov, z_lens=0.5, z_source=1.5,
-    )  # fmt: skip
+    path = lenses.to_hdf5(tmp_path / "l.h5", image_fov=OBS.image_fov, source_fov=OBS.source_fov)
     return path, lenses
 
 

@@ -365,9 +365,9 @@ def run_steps(
             log_now = done % log_every == 0 or done == steps
             save_now = done % checkpoint_every == 0 or done == steps
             if log_now or save_now:  # every rank: an all-reduced gradient is non-finite on all at once
-                _check_history(run_dir, done, torch.stack(history))
-            if log_now:
                 recent = torch.stack(history)
+                _check_history(run_dir, done, recent)
+            if log_now:
                 history.clear()
                 terms.update(lr=learning_rate_at(step), grad_norm=float(grad_norm))
                 if log_terms is not None:
