@@ -29,8 +29,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def tests() -> int:
-    paths = [str(ROOT / p / "tests") for p in ("packages/lenssim", "packages/lensrim")]
-    return subprocess.call([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *paths])
+    """One pytest per package: each package's tests import helpers from their own ``conftest``, and
+    two test folders collected together share one ``conftest`` module name."""
+    failed = 0
+    for package in ("packages/lenssim", "packages/lensrim"):
+        args = ["-q", "-m", "gpu", "-p", "no:cacheprovider", str(ROOT / package / "tests")]
+        failed |= subprocess.call([sys.executable, "-m", "pytest", *args])
+    return failed
 
 
 def throughput() -> float:
