@@ -2,6 +2,9 @@
 
     python benchmarks/bench_finetune.py                  # about 35 minutes on 2 CPU cores
     python benchmarks/bench_finetune.py --quick          # a smoke run of every stage
+    python benchmarks/bench_finetune.py --rim-only --train-device cuda --rim-batch 64 --rim-steps N
+                                                         # the RIM on a GPU; the same command
+                                                         # without the first two flags scans it
 
 The case (built once in ``--work``, then reused; every stage resumes):
 
@@ -55,7 +58,8 @@ def settings(quick: bool, scan: str = "lambda") -> dict[str, FineTuneConfig]:
     """The fine-tuning runs compared. ``lambda``: Table 3 as published, then a lambda scan at a
     learning rate scaled to a model ~3,400 times smaller than the paper's (1e-6 barely moves it).
     ``frontier``: how far chi2_nu goes while the loss stays within 0.05 dex (lambda 2e5 at 1e-5 and
-    3e-5) and what the weaker priors 2e4 and 2e3 cost."""
+    3e-5) and what the weaker priors 2e4, 6e3 and 2e3 cost. ``fisher``: two of them with Table 3's 200
+    Fisher draws instead of 64."""
     if quick:
         return {
             "Table 3": FineTuneConfig(fisher_samples=4, max_steps=5),
@@ -68,9 +72,19 @@ def settings(quick: bool, scan: str = "lambda") -> dict[str, FineTuneConfig]:
             "lr 1e-5, lambda 2e4, 500 steps": FineTuneConfig(
                 learning_rate=1e-5, max_steps=500, ewc_lambda=2e4, fisher_samples=64
             ),
+            "lr 1e-5, lambda 6e3, 500 steps": FineTuneConfig(
+                learning_rate=1e-5, max_steps=500, ewc_lambda=6e3, fisher_samples=64
+            ),
             "lr 1e-5, lambda 2e3, 500 steps": FineTuneConfig(
                 learning_rate=1e-5, max_steps=500, ewc_lambda=2e3, fisher_samples=64
             ),
+        }
+    if scan == "fisher":  # Table 3's 200 draws: is the Fisher's noise what costs the loss?
+        return {
+            f"lr 1e-5, lambda {lam:g}, 500 steps, 200 draws": FineTuneConfig(
+                learning_rate=1e-5, max_steps=500, ewc_lambda=lam, fisher_samples=200
+            )
+            for lam in (6e4, 2e4)
         }
     runs = {"Table 3 (lr 1e-6, lambda 2e5, 2000 steps)": FineTuneConfig()}
     for lam in (2e5, 2e3, 2e1, 0.0):
@@ -80,25 +94,38 @@ def settings(quick: bool, scan: str = "lambda") -> dict[str, FineTuneConfig]:
     return runs
 
 
-def build_case(work: Path, args) -> tuple:
-    """The trained RIM, the two VAEs and the test lenses (cached in ``work``)."""
-    batches = SimulatedBatches(lenssim.sie_kappa_sampler(config=OBS), lenssim.sersic_source_sampler(config=OBS), OBS)
+def train_case_rim(work: Path, args) -> tuple:
+    """The case's RIM, trained (or resumed) in ``work / "rim"`` on ``--train-device``, on the CPU."""
+    dev = torch.device(args.train_device)
+    batches = SimulatedBatches(
+        lenssim.sie_kappa_sampler(config=OBS, device=dev), lenssim.sersic_source_sampler(config=OBS, device=dev), OBS,
+        device=dev,
+    )  # fmt: skip
     steps = 20 if args.quick else args.rim_steps
     cfg = replace(
-        lensrim.PRESETS["tiny"], pixels=PIXELS, batch_size=8, learning_rate=1e-3, train_steps=steps,
+        lensrim.PRESETS["tiny"], pixels=PIXELS, batch_size=args.rim_batch, learning_rate=1e-3, train_steps=steps,
         decay_steps=steps, decay_rate=0.25, initial_log10_kappa=constant_log10_kappa(batches, args.seed),
     )  # fmt: skip
     t0 = time.perf_counter()
-    log(f"RIM: {steps} steps of the tiny preset at {PIXELS}^2 (resumes from {work / 'rim'})")
+    log(f"RIM: {steps} steps of the tiny preset at {PIXELS}^2, batch {args.rim_batch} on {dev} ({work / 'rim'})")
     rim = lensrim.train_rim(
-        cfg, batches, work / "rim", seed=args.seed, checkpoint_every=100, log_every=max(1, min(100, steps)),
-        validation_size=32, tensorboard=False, metadata={"image_fov": OBS.image_fov, "source_fov": OBS.source_fov},
-    ).eval()  # fmt: skip
+        cfg, batches, work / "rim", seed=args.seed, device=dev, checkpoint_every=100,
+        log_every=max(1, min(100, steps)), validation_size=32, tensorboard=False,
+        metadata={"image_fov": OBS.image_fov, "source_fov": OBS.source_fov},
+    )  # fmt: skip
     last = json.loads((work / "rim" / "metrics.jsonl").read_text().splitlines()[-1])
     log(
         f"  held-out log10 loss {last['val_log10_loss']:.2f} vs constant {last['val_constant_log10_loss']:.2f} "
         f"({time.perf_counter() - t0:.0f} s)"
     )
+    return rim.cpu().eval(), cfg
+
+
+def build_case(work: Path, args) -> tuple:
+    """The trained RIM, the two VAEs and the test lenses (cached in ``work``); all but the RIM's
+    training run on the CPU."""
+    rim, cfg = train_case_rim(work, args)
+    batches = SimulatedBatches(lenssim.sie_kappa_sampler(config=OBS), lenssim.sersic_source_sampler(config=OBS), OBS)
     vaes = {}
     g = torch.Generator().manual_seed(args.seed + 7)
     for kind, make, sampler in (
@@ -237,24 +264,35 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path(".bench/finetune"))
     p.add_argument("--quick", action="store_true", help="a few steps of every stage (a smoke test)")
     p.add_argument("--rim-steps", type=int, default=1500, help="a run resumes and trains on to a larger count")
-    p.add_argument("--vae-steps", type=int, default=400)
+    p.add_argument("--vae-steps", type=int, default=400, help="the Fisher's VAEs (resume and train on to more)")
     p.add_argument("--lenses", type=int, default=8)
     p.add_argument("--max-snr", type=float, default=100.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--rim-batch", type=int, default=8, help="the RIM's training batch (a new --work for another)")
     p.add_argument(
-        "--scan", choices=("lambda", "frontier"), default="lambda",
-        help="lambda: Table 3 and a lambda scan at lr 1e-5; frontier: the settings that keep the loss (README)",
+        "--train-device", default="cpu",
+        help="where the RIM trains (cuda: simulated there too); the VAEs, references and fine-tuning run on the CPU",
+    )  # fmt: skip
+    p.add_argument("--rim-only", action="store_true", help="train the RIM and stop (train on a GPU, scan elsewhere)")
+    p.add_argument(
+        "--scan", choices=("lambda", "frontier", "fisher"), default="lambda",
+        help="lambda: Table 3 and a lambda scan at lr 1e-5; frontier: the settings that keep the loss (README); "
+        "fisher: lambda 6e4 and 2e4 with 200 Fisher draws",
     )  # fmt: skip
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.rim_only:
+        train_case_rim(args.work, args)
+        return
     rim, svae, kvae, test, rim_cfg = build_case(args.work, args)
     runs = settings(args.quick, args.scan)
     longest = max(c.max_steps for c in runs.values())
     case = {"pixels": PIXELS, "lenses": len(test["observation"]), "max_snr": args.max_snr}
     case.update(snr=(1 / test["noise_sigma"]).tolist(), rim=asdict(rim_cfg), threads=torch.get_num_threads())
+    case["rim_trained_on"] = args.train_device
     results = {"case": case}
     t0 = time.perf_counter()
     results["references"] = references(rim, test, longest)
