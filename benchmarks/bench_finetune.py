@@ -95,7 +95,7 @@ def settings(quick: bool, scan: str = "lambda") -> dict[str, FineTuneConfig]:
 
 
 def train_case_rim(work: Path, args) -> tuple:
-    """The case's RIM, trained (or resumed) in ``work / "rim"`` on ``--train-device``, on the CPU."""
+    """The case's RIM, trained (or resumed) in ``work / "rim"`` on ``--train-device``, returned on the CPU."""
     dev = torch.device(args.train_device)
     batches = SimulatedBatches(
         lenssim.sie_kappa_sampler(config=OBS, device=dev), lenssim.sersic_source_sampler(config=OBS, device=dev), OBS,
