@@ -281,6 +281,8 @@ def main() -> None:
         "fisher: lambda 6e4 and 2e4 with 200 Fisher draws",
     )  # fmt: skip
     args = p.parse_args()
+    if torch.device(args.train_device).type == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"bench_finetune: --train-device {args.train_device}, but torch sees no CUDA device")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)

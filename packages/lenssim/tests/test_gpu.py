@@ -36,7 +36,7 @@ def test_cuda_float32_is_as_accurate_as_cpu_float32():
     """Two float32 computations cannot agree better than each is accurate (the CPU's own error
     on these gradients is ~1e-4 of their maximum, measured against float64), so both are
     measured against the float64 result of the same inputs: CUDA must be as accurate as the CPU.
-    TF32 anywhere in the chain (10-bit mantissa) would be ~10 times worse."""
+    TF32 anywhere in the chain (a 10-bit mantissa, ~1e-3 per operation) would break the bound."""
     case = _case(torch.float32)
     exact = _physics(*(t.double() for t in case))
     cpu, gpu = _physics(*case), _physics(*case, device="cuda")
