@@ -7,6 +7,7 @@
     nox -s bench        # benchmark figures (never fails for being slow)
     nox -s bench_finetune   # does EWC fine-tuning reach the noise? (Table 3, Fig. 8; ~30 min on 2 cores)
     nox -s gpu          # on a CUDA machine: CUDA tests, GPU throughput, 3 minutes of 128^2 training
+    nox -s gpu_fit      # on a CUDA machine: does the 128^2 RIM, fine-tuned on the GPU, reach the noise?
 
 PyTorch is pinned (LENS_TORCH, default torch==2.13.0) so that resolving the packages' open
 `torch>=2.1` range never pulls a different, multi-GB build. It is installed once, into
@@ -165,6 +166,15 @@ def gpu(session: nox.Session) -> None:
     3 minutes of 128^2 on-the-fly training against the constant predictor (about 8 min on an H100)."""
     _install(session, f"{LENSSIM}[test]", LENSPRIOR, f"{LENSRIM}[test]")
     session.run("python", "benchmarks/gpu_session.py", *session.posargs)
+
+
+@nox.session
+def gpu_fit(session: nox.Session) -> None:
+    """On a CUDA machine: does the 128^2 small RIM, fine-tuned batched on the GPU, reach the noise?
+    (issue 23's one-GPU case: RIM, VAEs, 32 lenses, references and the Fisher chi2 scan; sized
+    for 10 minutes on an H100/H200, not yet run on one)."""
+    _install(session, LENSSIM, LENSPRIOR, LENSRIM, "matplotlib")
+    session.run("python", "benchmarks/bench_finetune.py", "--gpu", "--work", "gpu-fit", *session.posargs)
 
 
 @nox.session

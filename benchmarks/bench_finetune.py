@@ -47,7 +47,12 @@ from lensrim.metrics import constant_reference
 from lensrim.training import SimulatedBatches, constant_log10_kappa
 
 PIXELS = 32
-OBS = lenssim.ObservationConfig(image_pixels=PIXELS, source_pixels=PIXELS, psf_size=15)
+"""The CPU case's resolution (``--pixels``); the GPU case (``--gpu``) runs at 128^2."""
+
+
+def observation(pixels: int) -> lenssim.ObservationConfig:
+    """Table 1's observations at ``pixels``^2, with the demo's PSF stamp (15 pixels at 32^2, 21 above)."""
+    return lenssim.ObservationConfig(image_pixels=pixels, source_pixels=pixels, psf_size=min(21, pixels // 2 - 1 | 1))
 
 
 def log(msg: str) -> None:
@@ -59,7 +64,8 @@ def settings(quick: bool, scan: str = "lambda") -> dict[str, FineTuneConfig]:
     learning rate scaled to a model ~3,400 times smaller than the paper's (1e-6 barely moves it).
     ``frontier``: how far chi2_nu goes while the loss stays within 0.05 dex (lambda 2e5 at 1e-5 and
     3e-5) and what the weaker priors 2e4, 6e3 and 2e3 cost. ``fisher``: two of them with Table 3's 200
-    Fisher draws instead of 64."""
+    Fisher draws instead of 64. ``fisher-chi2``: lambda 2e5, 2e4 and 2e3 with the Fisher of eq. A5 (eq. 7
+    plus chi2_nu) and of eq. 7 alone, sized for a 10-minute GPU run (200 steps, 32 draws)."""
     if quick:
         return {
             "Table 3": FineTuneConfig(fisher_samples=4, max_steps=5),
@@ -79,6 +85,15 @@ def settings(quick: bool, scan: str = "lambda") -> dict[str, FineTuneConfig]:
                 learning_rate=1e-5, max_steps=500, ewc_lambda=2e3, fisher_samples=64
             ),
         }
+    if scan == "fisher-chi2":  # does the chi2 term drown the prior's information?
+        runs = {}
+        for lam in (2e5, 2e4, 2e3):
+            for chi2 in (True, False):
+                name = f"lr 1e-5, lambda {lam:g}, Fisher {'eq. A5' if chi2 else 'eq. 7 alone'}, 200 steps"
+                runs[name] = FineTuneConfig(
+                    learning_rate=1e-5, max_steps=200, ewc_lambda=lam, fisher_samples=32, fisher_chi2=chi2
+                )
+        return runs
     if scan == "fisher":  # Table 3's 200 draws: is the Fisher's noise what costs the loss?
         return {
             f"lr 1e-5, lambda {lam:g}, 500 steps, 200 draws": FineTuneConfig(
@@ -97,21 +112,26 @@ def settings(quick: bool, scan: str = "lambda") -> dict[str, FineTuneConfig]:
 def train_case_rim(work: Path, args) -> tuple:
     """The case's RIM, trained (or resumed) in ``work / "rim"`` on ``--train-device``, returned on the CPU."""
     dev = torch.device(args.train_device)
+    obs = observation(args.pixels)
     batches = SimulatedBatches(
-        lenssim.sie_kappa_sampler(config=OBS, device=dev), lenssim.sersic_source_sampler(config=OBS, device=dev), OBS,
+        lenssim.sie_kappa_sampler(config=obs, device=dev), lenssim.sersic_source_sampler(config=obs, device=dev), obs,
         device=dev,
     )  # fmt: skip
     steps = 20 if args.quick else args.rim_steps
+    offset = constant_log10_kappa(batches, args.seed)
     cfg = replace(
-        lensrim.PRESETS["tiny"], pixels=PIXELS, batch_size=args.rim_batch, learning_rate=1e-3, train_steps=steps,
-        decay_steps=steps, decay_rate=0.25, initial_log10_kappa=constant_log10_kappa(batches, args.seed),
+        lensrim.PRESETS[args.preset], pixels=args.pixels, batch_size=args.rim_batch, learning_rate=1e-3,
+        train_steps=steps, decay_steps=steps, decay_rate=0.25, initial_log10_kappa=offset,
     )  # fmt: skip
     t0 = time.perf_counter()
-    log(f"RIM: {steps} steps of the tiny preset at {PIXELS}^2, batch {args.rim_batch} on {dev} ({work / 'rim'})")
+    log(
+        f"RIM: {steps} steps of the {args.preset} preset at {args.pixels}^2, batch {args.rim_batch} on {dev} "
+        f"({work / 'rim'})"
+    )
     rim = lensrim.train_rim(
         cfg, batches, work / "rim", seed=args.seed, device=dev, checkpoint_every=100,
         log_every=max(1, min(100, steps)), validation_size=32, tensorboard=False,
-        metadata={"image_fov": OBS.image_fov, "source_fov": OBS.source_fov},
+        metadata={"image_fov": obs.image_fov, "source_fov": obs.source_fov},
     )  # fmt: skip
     last = json.loads((work / "rim" / "metrics.jsonl").read_text().splitlines()[-1])
     log(
@@ -122,36 +142,40 @@ def train_case_rim(work: Path, args) -> tuple:
 
 
 def build_case(work: Path, args) -> tuple:
-    """The trained RIM, the two VAEs and the test lenses (cached in ``work``); all but the RIM's
-    training run on the CPU."""
+    """The trained RIM, the two VAEs and the test lenses (cached in ``work``), on ``--device``
+    (the RIM trains on ``--train-device``); the lenses are drawn on the CPU."""
     rim, cfg = train_case_rim(work, args)
-    batches = SimulatedBatches(lenssim.sie_kappa_sampler(config=OBS), lenssim.sersic_source_sampler(config=OBS), OBS)
+    obs, dev = observation(args.pixels), torch.device(args.device)
+    batches = SimulatedBatches(lenssim.sie_kappa_sampler(config=obs), lenssim.sersic_source_sampler(config=obs), obs)
     vaes = {}
     g = torch.Generator().manual_seed(args.seed + 7)
     for kind, make, sampler in (
-        ("source", lensprior.source_vae_config, lenssim.sersic_source_sampler(config=OBS)),
-        ("kappa", lensprior.kappa_vae_config, lenssim.sie_kappa_sampler(config=OBS)),
+        ("source", lensprior.source_vae_config, lenssim.sersic_source_sampler(config=obs)),
+        ("kappa", lensprior.kappa_vae_config, lenssim.sie_kappa_sampler(config=obs)),
     ):
         vsteps = 10 if args.quick else args.vae_steps
-        vcfg = make(pixels=PIXELS, latent_dim=16, filters=8, batch_size=16, steps=vsteps)
-        vcfg = replace(vcfg, levels=min(vcfg.levels, 3), learning_rate=1e-3)
+        vcfg = make(pixels=args.pixels, latent_dim=16, filters=8, batch_size=16, steps=vsteps)
+        vcfg = replace(vcfg, levels=min(vcfg.levels, int(np.log2(args.pixels)) - 2), learning_rate=1e-3)
         data = sampler(256 if args.quick else 2048, g).float()
         t0 = time.perf_counter()
-        vaes[kind] = lensprior.train_vae(vcfg, data, work / f"vae-{kind}", seed=args.seed, log_every=100).eval()
+        vaes[kind] = lensprior.train_vae(
+            vcfg, data, work / f"vae-{kind}", seed=args.seed, log_every=100, device=dev
+        ).eval()
         log(f"{kind} VAE: {vsteps} steps ({time.perf_counter() - t0:.0f} s)")
     pool = batches(0, 4 * args.lenses, args.seed + 1000)  # a stream no training step draws
     keep = (1.0 / pool["noise_sigma"] < args.max_snr).nonzero().flatten()[: args.lenses]
     test = {k: v[keep].float() for k, v in pool.items()}
     log(f"test lenses: {len(keep)} at SNR < {args.max_snr:g} (of {4 * args.lenses} drawn)")
-    return rim, vaes["source"], vaes["kappa"], test, cfg
+    return rim.to(dev), vaes["source"], vaes["kappa"], {k: v.to(dev) for k, v in test.items()}, cfg
 
 
 def log10_loss(source, xi, test) -> torch.Tensor:
     est = torch.cat([source, xi], dim=1)[None]
-    return torch.log10(lensrim.rim_loss(est, test["source"], test["kappa"].clamp_min(1e-6)))
+    return torch.log10(lensrim.rim_loss(est, test["source"], test["kappa"].clamp_min(1e-6))).cpu()
 
 
 def summary(chi2: torch.Tensor, loss: torch.Tensor) -> dict:
+    chi2, loss = chi2.detach().cpu(), loss.detach().cpu()
     return {
         "median_chi2_nu": float(np.median(chi2.numpy())),  # the mean of the middle two for an even count
         "fraction_chi2_nu_at_or_below_1.2": float((chi2 <= 1.2).float().mean()),
@@ -163,21 +187,21 @@ def summary(chi2: torch.Tensor, loss: torch.Tensor) -> dict:
 def references(rim, test, longest: int) -> dict:
     """The constant predictor and Adam on the likelihood from the RIM's first estimate."""
     y = test["observation"]
-    physics = lensrim.LensingPhysics(test["psf"], test["noise_sigma"], OBS.image_fov, OBS.source_fov)
+    physics = rim.config.physics(test["psf"], test["noise_sigma"])
     ref = constant_reference(test["source"], test["kappa"])
     zero = torch.zeros_like(y)
     const_xi = torch.full_like(y, ref.log10_kappa)
-    out = {"constant predictor": summary(physics.reduced_chi_squared(y, zero, const_xi), torch.log10(ref.loss))}
+    out = {"constant predictor": summary(physics.chi2_nu(y, zero, const_xi), torch.log10(ref.loss))}
     out["constant predictor"]["log10_kappa"] = ref.log10_kappa
     with torch.no_grad():
         est = rim(y, physics)
-    out["RIM (baseline)"] = summary(physics.reduced_chi_squared(y, est[-1, :, :1], est[-1, :, 1:]),
+    out["RIM (baseline)"] = summary(physics.chi2_nu(y, est[-1, :, :1], est[-1, :, 1:]),
                                     log10_loss(est[-1, :, :1], est[-1, :, 1:], test))  # fmt: skip
     for steps in (rim.config.steps - 1, longest):
         best = None
         for lr in (1e-3, 3e-3, 1e-2, 3e-2, 1e-1):  # chosen on chi2 alone: no labels
             s, xi = optimise_likelihood(y, physics, est[0, :, :1], est[0, :, 1:], steps=steps, learning_rate=lr)
-            chi2 = physics.reduced_chi_squared(y, s, xi)
+            chi2 = physics.chi2_nu(y, s, xi)
             if best is None or chi2.median() < best[0].median():
                 best = (chi2, s, xi, lr)
         out[f"Adam, {steps} gradients"] = {**summary(best[0], log10_loss(best[1], best[2], test)), "lr": best[3]}
@@ -266,6 +290,14 @@ def main() -> None:
     p.add_argument("--rim-steps", type=int, default=1500, help="a run resumes and trains on to a larger count")
     p.add_argument("--vae-steps", type=int, default=400, help="the Fisher's VAEs (resume and train on to more)")
     p.add_argument("--lenses", type=int, default=8)
+    p.add_argument("--pixels", type=int, default=PIXELS, help="the case's resolution (a new --work for another)")
+    p.add_argument("--preset", default="tiny", choices=sorted(lensrim.PRESETS), help="the RIM's preset")
+    p.add_argument("--device", default="cpu", help="where the VAEs, references and fine-tuning run")
+    p.add_argument(
+        "--gpu", action="store_true",
+        help="issue 23's GPU case in one command: 128^2 small RIM (batch 16), VAEs, 32 lenses, --scan fisher-chi2, "
+        "all on cuda (steps from --rim-steps, default 2000 here)",
+    )  # fmt: skip
     p.add_argument("--max-snr", type=float, default=100.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
@@ -276,13 +308,22 @@ def main() -> None:
     )  # fmt: skip
     p.add_argument("--rim-only", action="store_true", help="train the RIM and stop (train on a GPU, scan elsewhere)")
     p.add_argument(
-        "--scan", choices=("lambda", "frontier", "fisher"), default="lambda",
+        "--scan", choices=("lambda", "frontier", "fisher", "fisher-chi2"), default="lambda",
         help="lambda: Table 3 and a lambda scan at lr 1e-5; frontier: the settings that keep the loss (README); "
         "fisher: lambda 6e4 and 2e4 with 200 Fisher draws",
     )  # fmt: skip
     args = p.parse_args()
-    if torch.device(args.train_device).type == "cuda" and not torch.cuda.is_available():
-        sys.exit(f"bench_finetune: --train-device {args.train_device}, but torch sees no CUDA device")
+    if args.gpu:
+        rim_steps = args.rim_steps if "--rim-steps" in sys.argv else 2000
+        args.__dict__.update(
+            pixels=128, preset="small", train_device="cuda", device="cuda", rim_batch=16, lenses=max(32, args.lenses),
+            scan="fisher-chi2", rim_steps=rim_steps,
+        )  # fmt: skip
+    for option, name in (("--train-device", args.train_device), ("--device", args.device)):
+        if torch.device(name).type == "cuda" and not torch.cuda.is_available():
+            sys.exit(f"bench_finetune: {option} {name}, but torch sees no CUDA device")
+    if args.pixels % 16 or not 32 <= args.pixels <= 512:
+        sys.exit(f"bench_finetune: --pixels {args.pixels} must be a multiple of 16 in [32, 512]")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -292,7 +333,7 @@ def main() -> None:
     rim, svae, kvae, test, rim_cfg = build_case(args.work, args)
     runs = settings(args.quick, args.scan)
     longest = max(c.max_steps for c in runs.values())
-    case = {"pixels": PIXELS, "lenses": len(test["observation"]), "max_snr": args.max_snr}
+    case = {"pixels": args.pixels, "preset": args.preset, "lenses": len(test["observation"]), "max_snr": args.max_snr}
     case.update(snr=(1 / test["noise_sigma"]).tolist(), rim=asdict(rim_cfg), threads=torch.get_num_threads())
     case["rim_trained_on"] = args.train_device
     results = {"case": case}

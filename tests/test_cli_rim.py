@@ -84,3 +84,26 @@ def test_validation_lenses_of_another_geometry_are_refused(tmp_path):
     )  # fmt: skip
     assert bad.returncode == 2 and "--external" in bad.stderr and "image_fov 9.0" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "r").exists()
+
+
+def test_training_options_are_saved_kept_on_resume_and_refused_when_senseless(tmp_path):
+    common = ["train", "rim", "--kappa", "sie", "--sources", "sersic", "--preset", "tiny", "--batch-size", 2]
+    options = ["--gradient-preprocessing", "rmsprop", "--beta2", 0.9, "--time-weights", "quadratic",
+               "--clipping", "per_tensor", "--fit-weight", 0.01]  # fmt: skip
+    run(*common, *options, "--steps", 2, "--checkpoint-every", 1, "-o", tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    chosen = {"gradient_preprocessing": "rmsprop", "beta2": 0.9, "time_weights": "quadratic",
+              "clipping": "per_tensor", "fit_weight": 0.01}  # fmt: skip
+    assert {k: saved[k] for k in chosen} == chosen
+    run(*common, "--steps", 3, "-o", tmp_path / "run")  # resumed without the options: the run keeps its own
+    again = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert {k: again[k] for k in chosen} == chosen and again["train_steps"] == 3
+    run(*common, *options, "--steps", 3, "-o", tmp_path / "whole")  # == the uninterrupted run
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for bad, message in ((["--beta2", 1], "--beta2"), (["--time-weights", "cubic"], "--time-weights"),
+                         (["--fit-weight", -1], "--fit-weight"), (["--clipping", "layer"], "--clipping")):  # fmt: skip
+        out = run(*common, *bad, "--steps", 1, "-o", tmp_path / "bad", check=False)
+        assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+        assert not (tmp_path / "bad").exists()

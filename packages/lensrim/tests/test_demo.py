@@ -16,8 +16,17 @@ def test_the_quick_demo_runs_from_python(tmp_path):
     assert headers == [f"[{i + 1}/{len(STAGES)}] {name}" + headers[i][len(f"[{i + 1}/{len(STAGES)}] {name}") :]
                        for i, name in enumerate(STAGES)]  # fmt: skip
     metrics = json.loads((tmp_path / "demo" / "report" / "metrics.json").read_text())
-    assert set(metrics["references"]) == {"constant_predictor", "adam_same_gradients", "adam_long"}
+    assert set(metrics["references"]) == {"constant_predictor", "adam_same_gradients", "adam_long", "rim_steps"}
     assert result["verdict"]["RIM vs constant predictor"].startswith("the RIM ")
+    # the per-step curve the report judges is the last validation line of the RIM's log
+    log = [json.loads(x) for x in (tmp_path / "demo" / "rim" / "metrics.jsonl").read_text().splitlines()]
+    steps = metrics["references"]["rim_steps"]
+    assert steps["val_loss_t"] == log[-1]["val_loss_t"]
+    assert steps["final_over_best"] == pytest.approx(log[-1]["val_loss_t"][-1] / min(log[-1]["val_loss_t"]))
+    excess = 100 * (steps["final_over_best"] - 1)
+    assert f"is {excess:.1f} % above the best step's" in result["verdict"]["RIM's last step"]
+    rim_chi2 = next(v for k, v in result["comparison"].items() if k.startswith("RIM (T-1"))["chi2_nu"]["median"]
+    assert f"median chi2_nu {rim_chi2:.3g} against" in result["verdict"]["RIM's fit"]
     assert (tmp_path / "demo" / "report" / "index.html").is_file()
     with pytest.raises(DemoError, match="other settings"):
         run_demo(tmp_path / "demo", PRESETS["quick"], seed=4, say=lines.append)

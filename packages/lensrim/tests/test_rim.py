@@ -140,9 +140,19 @@ def test_overfitting_four_lenses_lowers_the_loss_tenfold(tmp_path):
     assert sum(losses[-10:]) / 10 < 0.1 * losses[0]
 
 
-def test_resumed_training_equals_uninterrupted(tmp_path):
+TRAINING_OPTIONS = {
+    "paper text": {},
+    "published model, weighted, per tensor, fit": {
+        "gradient_preprocessing": "rmsprop", "beta2": 0.9, "time_weights": "quadratic", "clipping": "per_tensor",
+        "fit_weight": 0.01, "clip_norm": 0.05,
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("options", TRAINING_OPTIONS.values(), ids=TRAINING_OPTIONS.keys())
+def test_resumed_training_equals_uninterrupted(tmp_path, options):
     data = _four_lenses()
-    cfg = replace(PRESETS["tiny"], steps=2, batch_size=2)
+    cfg = replace(PRESETS["tiny"], steps=2, batch_size=2, **options)
 
     def batches(step, size, seed):
         idx = torch.randint(0, 4, (size,), generator=torch.Generator().manual_seed(seed * 1000 + step))
@@ -158,6 +168,9 @@ def test_resumed_training_equals_uninterrupted(tmp_path):
     assert meta["step"] == 12
     with pytest.raises(lensrim.training.RunError, match="another configuration"):
         train_rim(replace(cfg, filters=4), batches, tmp_path / "b", steps=13)
+    other = "linear" if cfg.time_weights != "linear" else "uniform"  # a training option is part of the run
+    with pytest.raises(lensrim.training.RunError, match="another configuration"):
+        train_rim(replace(cfg, time_weights=other), batches, tmp_path / "b", steps=13)
 
 
 def test_mixed_batches_and_vae_samplers():

@@ -151,6 +151,10 @@ def finetune_to_file(
     "--fisher-chunk", default=TABLE_3.fisher_chunk, show_default=True, type=click.IntRange(1),
     help="Draws per Fisher pass.",
 )  # fmt: skip
+@click.option(
+    "--fisher-chi2/--no-fisher-chi2", default=TABLE_3.fisher_chi2, show_default=True,
+    help="Include the mean chi2_nu in the Fisher's per-draw loss (eq. A5) or eq. 7 alone.",
+)  # fmt: skip
 @click.option("--limit", type=click.IntRange(1), help="Only the first N lenses of the dataset.")
 @click.option("--image-fov", type=FiniteFloat(0, min_open=True), help="FITS: model field (default: the RIM's).")
 @click.option("--pixel-scale", type=FiniteFloat(0, min_open=True), help="FITS: arcsec per pixel (else header).")
@@ -163,8 +167,8 @@ def finetune_to_file(
 @leaves_nothing_on_failure()
 def finetune(
     rim_dir, source_vae, kappa_vae, data_path, output, ewc_lambda, fisher_samples, latent_sigma, learning_rate,
-    max_steps, target_chi2, batch_size, fisher_chunk, limit, image_fov, pixel_scale, psf_fwhm, noise_sigma,
-    flux_scale, seed, device,
+    max_steps, target_chi2, batch_size, fisher_chunk, fisher_chi2, limit, image_fov, pixel_scale, psf_fwhm,
+    noise_sigma, flux_scale, seed, device,
 ) -> None:  # fmt: skip
     """Fine-tune the RIM on each observation with an EWC prior (paper section 2.5, Table 3).
 
@@ -217,7 +221,7 @@ def finetune(
     n = len(obs) if limit is None else min(limit, len(obs))
     cfg = lensrim.FineTuneConfig(
         ewc_lambda=ewc_lambda, fisher_samples=fisher_samples, latent_sigma=latent_sigma, learning_rate=learning_rate,
-        max_steps=max_steps, target_chi2_nu=target_chi2, fisher_chunk=fisher_chunk,
+        max_steps=max_steps, target_chi2_nu=target_chi2, fisher_chunk=fisher_chunk, fisher_chi2=fisher_chi2,
     )  # fmt: skip
     ifov, sfov = float(attrs["image_fov"]), float(attrs["source_fov"])
     provenance = {

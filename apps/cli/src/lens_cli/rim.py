@@ -24,6 +24,7 @@ from lens_cli.common import (
 )
 from lens_cli.priors import train
 from lensrim.config import PRESETS as RIM_PRESETS  # torch-free
+from lensrim.config import TIME_WEIGHTS
 
 
 def _distributed(device: str):
@@ -114,6 +115,30 @@ def _distributed(device: str):
     help="Initial weights: PyTorch's defaults or Glorot-uniform with zero biases (default: the preset's).",
 )
 @click.option(
+    "--gradient-preprocessing",
+    type=click.Choice(["adam", "rmsprop", "raw"]),
+    help="What the network sees of the likelihood gradient: adam (the paper's text), rmsprop (the authors' "
+    "published model, with --beta2 0.9) or raw (default: the preset's).",
+)
+@click.option(
+    "--beta2", type=FiniteFloat(0, 1, min_open=True, max_open=True), help="Decay of the gradient's second moment."
+)
+@click.option(
+    "--time-weights",
+    type=click.Choice(list(TIME_WEIGHTS)),
+    help="Weights of the T estimates in the loss, proportional to 1, t or t^2 (default: the preset's).",
+)
+@click.option(
+    "--clipping",
+    type=click.Choice(["global", "per_tensor"]),
+    help="Clip the gradient's global norm, or each weight tensor's (the original code's) (default: the preset's).",
+)
+@click.option(
+    "--fit-weight",
+    type=FiniteFloat(0),
+    help="Weight of the data-fit term max(0, ln chi2_nu) in the loss (not in the paper; default: the preset's).",
+)
+@click.option(
     "--checkpointing", is_flag=True, help="Activation checkpointing per time step (less memory, more compute)."
 )
 @click.option("--bf16", is_flag=True, help="bfloat16 autocast on GPU.")
@@ -145,7 +170,8 @@ def _distributed(device: str):
 @leaves_nothing_on_failure()
 def train_rim(
     data_path, kappa_in, sources_in, kappa_vae, source_vae, vae_fraction, output, preset, steps, batch_size,
-    learning_rate, val_path, ext_path, validation_size, workers, initial_log10_kappa, init, checkpointing, bf16,
+    learning_rate, val_path, ext_path, validation_size, workers, initial_log10_kappa, init, gradient_preprocessing,
+    beta2, time_weights, clipping, fit_weight, checkpointing, bf16,
     staircase, second_stage,
     checkpoint_every, log_every, seed, device,
 ) -> None:  # fmt: skip
@@ -194,6 +220,11 @@ def train_rim(
         overrides["learning_rate"] = learning_rate
     if init is not None:
         overrides["init"] = init
+    chosen = {
+        "gradient_preprocessing": gradient_preprocessing, "beta2": beta2, "time_weights": time_weights,
+        "clipping": clipping, "fit_weight": fit_weight,
+    }  # fmt: skip
+    overrides.update({k: v for k, v in chosen.items() if v is not None})
     if staircase:
         overrides["staircase"] = True
     config = replace(config, **overrides)
@@ -205,7 +236,9 @@ def train_rim(
         except (ValueError, TypeError) as e:
             why = str(e) if "RIM configuration" in str(e) else f"not a RIM configuration ({e})"
             raise click.BadParameter(f"{stored}: {why}", param_hint="--output") from None
-        keep = {k: getattr(existing, k) for k in lensrim.RIMConfig.OPTIMISATION_FIELDS if k not in overrides}
+        # resuming: the run's own schedule and training options, unless given again
+        kept = (*lensrim.RIMConfig.OPTIMISATION_FIELDS, *chosen)
+        keep = {k: getattr(existing, k) for k in kept if k not in overrides}
         config = replace(config, **keep)
     if second_stage:
         done = lensrim.training.checkpoint_step(output)

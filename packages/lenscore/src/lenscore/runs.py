@@ -29,6 +29,7 @@ __all__ = [
     "RunError",
     "RunLock",
     "check_finite",
+    "clip_each_tensor",
     "load_checkpoint",
     "load_run",
     "load_weights",
@@ -324,12 +325,15 @@ def run_steps(
     log_terms: Callable[[dict[str, Any], StepResult, torch.Tensor], dict[str, Any]] | None = None,
     progress: Callable[[int, dict[str, Any]], None] | None = None,
     rank: int = 0,
+    clip_per_tensor: bool = False,
 ) -> None:
     """The training loop every model of the lens packages runs: steps ``start .. steps - 1``.
 
     Each step sets the learning rate of ``learning_rate_at(step)``, computes
     ``step_loss(batch, step)`` on the next item of ``batches``, back-propagates, clips the
-    gradient norm of ``model``'s parameters at ``clip_norm`` and takes the optimiser step.
+    gradient norm of ``model``'s parameters at ``clip_norm`` (all together, or with
+    ``clip_per_tensor`` each parameter tensor on its own, as Keras' ``clipnorm``; the logged
+    ``grad_norm`` is the global norm before clipping either way) and takes the optimiser step.
     (``step_loss`` may call a DDP wrapper of ``model``; its gradients are then all-reduced.)
 
     Nothing waits for the device between log steps: each step's loss, gradient norm and
@@ -354,7 +358,10 @@ def run_steps(
             result = step_loss(batch, step)
             optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+            if clip_per_tensor:
+                grad_norm = clip_each_tensor(model.parameters(), clip_norm)
+            else:
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
             optimizer.step()
             done = step + 1
             row = [result.loss.detach().reshape(1), grad_norm.detach().reshape(1).to(result.loss.device)]
@@ -386,6 +393,20 @@ def run_steps(
             stream.close()  # stops a prefetching thread or DataLoader workers
         if log is not None:
             log.close()
+
+
+def clip_each_tensor(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Scale each parameter's gradient down to norm ``max_norm`` where it is larger (Keras'
+    ``clipnorm``, per weight tensor); returns the global norm of the gradients before clipping.
+    Nothing waits for the device."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norms = torch.stack([torch.linalg.vector_norm(g.detach()) for g in grads])
+    scales = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g, scale in zip(grads, scales.unbind(), strict=True):
+        g.detach().mul_(scale)
+    return torch.linalg.vector_norm(norms)
 
 
 def _check_history(run_dir: Path, done: int, history: torch.Tensor) -> None:

@@ -19,7 +19,10 @@ if TYPE_CHECKING:
 
     from lensrim.physics import LensingPhysics
 
-__all__ = ["PRESETS", "FineTuneConfig", "RIMConfig"]
+__all__ = ["PRESETS", "TIME_WEIGHTS", "FineTuneConfig", "RIMConfig"]
+
+TIME_WEIGHTS = ("uniform", "linear", "quadratic")
+"""The training loss's weightings of the T estimates (:attr:`RIMConfig.time_weights`)."""
 
 
 @dataclass(frozen=True)
@@ -42,9 +45,27 @@ class RIMConfig(JsonConfig):
     input_kernel: int = 11
     steps: int = 8
     gradient_preprocessing: Literal["adam", "rmsprop", "raw"] = "adam"
+    """What the network sees of the likelihood gradient g_t (moments restart at every call):
+    ``adam``, the paper's text (m_hat / (sqrt(v_hat) + epsilon)); ``rmsprop``, what the authors'
+    published model used (Censai's ``RIMSharedUnetv3`` default: g / (sqrt(v_hat) + epsilon), the
+    current gradient normalised, with ``beta2`` = 0.9 in their code); ``raw``, g itself."""
     beta1: float = 0.9
+    """Decay of the first moment m (``adam`` only), in [0, 1)."""
     beta2: float = 0.99
+    """Decay of the second moment v (``adam`` and ``rmsprop``), in (0, 1)."""
     epsilon: float = 1e-8
+    """Added to sqrt(v_hat), in the gradient's units; positive."""
+    time_weights: Literal["uniform", "linear", "quadratic"] = "uniform"
+    """Weights of the T estimates in the training loss (eq. 7), proportional to 1, t or t^2 for
+    t = 1..T and summing to 1: ``uniform`` is eq. 7; the original code offered all three."""
+    clipping: Literal["global", "per_tensor"] = "global"
+    """``global``: one factor for all weights' gradients together, norm ``clip_norm``;
+    ``per_tensor``: each weight tensor clipped to ``clip_norm`` on its own (Keras' ``clipnorm``,
+    the original code's)."""
+    fit_weight: float = 0.0
+    """Weight of a data-fit term added to the training loss (not in the paper): the mean over the
+    lenses of max(0, ln chi2_nu) of the final estimate, so that the RIM is also taught to explain
+    its observation down to the noise and never rewarded for fitting below it (chi2_nu < 1)."""
     # optimisation (Table 7, first stage)
     learning_rate: float = 1e-4
     decay_rate: float = 0.95
@@ -56,9 +77,7 @@ class RIMConfig(JsonConfig):
     train_steps: int = 610_000
     batch_size: int = 1
     clip_norm: float = 5.0
-    """Gradient clipping by the global norm of all weights' gradients together (one factor for the
-    whole step, so the update keeps its direction). The original Keras code clipped each weight
-    tensor to this norm separately (``clipnorm``), which bounds every layer's step on its own."""
+    """Gradient norm at which training clips (see ``clipping``); positive."""
     activation_checkpointing: bool = False
     bf16: bool = False
     init: Literal["torch", "glorot"] = "glorot"
@@ -81,6 +100,19 @@ class RIMConfig(JsonConfig):
             raise ValueError(
                 f"gradient_preprocessing must be adam, rmsprop or raw, got {self.gradient_preprocessing!r}"
             )
+        if self.time_weights not in TIME_WEIGHTS:
+            raise ValueError(f"time_weights must be one of {', '.join(TIME_WEIGHTS)}, got {self.time_weights!r}")
+        if self.clipping not in ("global", "per_tensor"):
+            raise ValueError(f"clipping must be global or per_tensor, got {self.clipping!r}")
+        if not 0 <= self.beta1 < 1:
+            raise ValueError(f"beta1 (the first moment's decay) must lie in [0, 1), got {self.beta1}")
+        if not 0 < self.beta2 < 1:
+            raise ValueError(f"beta2 (the second moment's decay) must lie in (0, 1), got {self.beta2}")
+        for name in ("epsilon", "clip_norm", "learning_rate", "decay_rate"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.fit_weight < 0:
+            raise ValueError(f"fit_weight must be non-negative, got {self.fit_weight}")
         if self.pixels % (2**self.levels):
             raise ValueError(f"pixels ({self.pixels}) must be divisible by 2^levels ({2**self.levels})")
         if self.steps < 1:
@@ -100,6 +132,30 @@ class RIMConfig(JsonConfig):
         for name, most in (("steps", 1000), ("pixels", 4096), ("levels", 12), ("max_filters", 65536)):
             if getattr(self, name) > most:
                 raise ValueError(f"{name} is {getattr(self, name)}, beyond the largest sensible value {most}")
+
+    BEFORE_FIELDS: ClassVar[dict[str, object]] = {
+        "time_weights": "uniform",
+        "clipping": "global",
+        "fit_weight": 0.0,
+    }
+    """Training options added after runs were first saved, with the values every run saved
+    without them trained with: a ``config.json`` that lacks one is read with this value, so such
+    a run resumes exactly as it began, whatever today's defaults are."""
+
+    @classmethod
+    def from_json(cls, text: str) -> RIMConfig:
+        import json
+
+        data = json.loads(text)
+        if isinstance(data, dict) and data.get("model") == cls.RUN_KIND:
+            data = {**cls.BEFORE_FIELDS, **data}
+        return super().from_json(json.dumps(data))
+
+    def loss_time_weights(self) -> list[float]:
+        """The weight of each of the T estimates in the training loss (``time_weights``), summing to 1."""
+        power = TIME_WEIGHTS.index(self.time_weights)
+        raw = [float(t**power) for t in range(1, self.steps + 1)]
+        return [w / sum(raw) for w in raw]
 
     @property
     def geometry(self) -> Geometry:
@@ -194,6 +250,9 @@ class FineTuneConfig(JsonConfig):
     """Added to sqrt(v) (Keras' epsilon)."""
     fisher_chunk: int = 8
     """Draws differentiated together (memory: one weight copy per draw)."""
+    fisher_chi2: bool = True
+    """Whether the Fisher's per-draw loss includes the mean chi2_nu beside eq. 7 (eq. A5). The
+    original code once left it out, noting that it drowns the prior's information."""
 
     def __post_init__(self) -> None:
         self.check_numbers()
@@ -205,5 +264,7 @@ class FineTuneConfig(JsonConfig):
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not isinstance(self.fisher_chi2, bool):
+            raise ValueError(f"fisher_chi2 must be true or false, got {self.fisher_chi2!r}")
         if not 0 <= self.rmsprop_alpha < 1:
             raise ValueError(f"rmsprop_alpha must lie in [0, 1), got {self.rmsprop_alpha}")

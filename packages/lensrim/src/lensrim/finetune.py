@@ -135,6 +135,7 @@ def fisher_diagonal(
     generators: Sequence[torch.Generator],
     chunk: int = 8,
     progress: Callable[[int, int], None] | None = None,
+    with_chi2: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Diagonal of the empirical Fisher information of the RIM's weights, per lens.
 
@@ -142,7 +143,8 @@ def fisher_diagonal(
     forward model, example i of ``physics``: PSF and noise), ``samples`` simulated tasks near its
     baseline are drawn with its own generator (on the CPU; ``progress(done, total)`` counts draws); returns,
     for every U-net weight, the mean over draws
-    of the squared gradient of the per-draw loss, ``(B, *shape)``.
+    of the squared gradient of the per-draw loss, ``(B, *shape)``: eq. 7 plus, ``with_chi2``, the
+    mean over steps of chi2_nu (eq. A5).
     """
     b = z_source.shape[0]
     if len(generators) != b or z_kappa.shape[0] != b:
@@ -172,7 +174,9 @@ def fisher_diagonal(
         # one (expanded, not copied) view of the weights per draw: its gradient is the per-draw one
         copies = {k: v.unsqueeze(0).expand(len(idx), *v.shape).requires_grad_(True) for k, v in anchor.items()}
         est = model(y, draws, params=copies)
-        loss = rim_loss(est, src, kap) + mean_chi2_nu(est, y, draws)
+        loss = rim_loss(est, src, kap)
+        if with_chi2:
+            loss = loss + mean_chi2_nu(est, y, draws)
         grads = torch.autograd.grad(loss.sum(), list(copies.values()))
         for f, g in zip(fisher.values(), grads, strict=True):
             f.index_add_(0, lens, g.detach().pow(2))
@@ -278,6 +282,7 @@ def finetune(
         model, source_vae, kappa_vae, z_s[active], z_k[active], physics.subset(active),
         samples=config.fisher_samples, latent_sigma=config.latent_sigma,
         generators=[generators[j] for j in active.tolist()], chunk=config.fisher_chunk,
+        with_chi2=config.fisher_chi2,
         progress=None if progress is None else functools.partial(progress, "fisher"),
     )  # fmt: skip
     anchor = {k: v.detach() for k, v in model.unet.named_parameters()}

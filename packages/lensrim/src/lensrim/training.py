@@ -275,17 +275,26 @@ def batch_loss(
 def _batch_terms(
     model: torch.nn.Module, batch: Batch, physics_of: PhysicsOf
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The mean eq. 7 loss of a batch (differentiable) and, detached, per example: its source and
-    kappa terms at every time step ``(T, B)`` and the chi2_nu of the final estimates."""
+    """The training loss of a batch (differentiable: eq. 7 with the config's time weights, plus
+    its data-fit term when ``fit_weight`` > 0) and, detached, per example: the source and kappa
+    terms of eq. 7 at every time step ``(T, B)`` and the chi2_nu of the final estimates."""
     physics = physics_of(batch)
     kappa = batch["kappa"].clamp_min(1e-6)
     est = model(batch["observation"], physics)
     ls, lk = rim_loss_terms(est, batch["source"], kappa)
-    loss = (ls + lk).mean()
-    final = est[-1].detach()
-    with torch.no_grad():
+    config = getattr(getattr(model, "module", model), "config", None)  # DDP wraps the RIM
+    if config is None or config.time_weights == "uniform":
+        loss = (ls + lk).mean()
+    else:
+        weights = torch.tensor(config.loss_time_weights(), dtype=ls.dtype, device=ls.device)
+        loss = (weights[:, None] * (ls + lk)).sum(dim=0).mean()
+    fit = 0.0 if config is None else config.fit_weight
+    final = est[-1] if fit and torch.is_grad_enabled() else est[-1].detach()
+    with torch.set_grad_enabled(final.requires_grad):
         chi2 = physics.chi2_nu(batch["observation"], final[:, :1], final[:, 1:])
-    return loss, {"source": ls.detach(), "kappa": lk.detach(), "chi2_nu": chi2}
+    if final.requires_grad:  # the data-fit term: no reward for fitting below the noise
+        loss = loss + fit * torch.log(chi2).clamp_min(0).mean()
+    return loss, {"source": ls.detach(), "kappa": lk.detach(), "chi2_nu": chi2.detach()}
 
 
 def _with_reference(terms: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
@@ -578,6 +587,7 @@ def _train_rim(
             run_dir, model, opt, _batch_stream(batches, start, steps, config.batch_size, seed, device, prefetch),
             step_loss, start=start, steps=steps, learning_rate_at=config.learning_rate_at, clip_norm=config.clip_norm,
             log_every=log_every, checkpoint_every=checkpoint_every, log_terms=log_terms, progress=progress, rank=rank,
+            clip_per_tensor=config.clipping == "per_tensor",
         )  # fmt: skip
     finally:
         if writer is not None:

@@ -1,0 +1,139 @@
+"""The RIM's training options (issue: the RIM's last step is its best): time weights of the
+loss, the data-fit term, per-tensor clipping, the second moment's decay; each checked against an
+independent computation, saved with the run and refused in one line when it makes no sense."""
+
+import json
+import math
+from dataclasses import asdict, replace
+
+import pytest
+import torch
+
+import lenssim
+from lenscore.runs import clip_each_tensor
+from lensrim import PRESETS, RIM, RIMConfig
+from lensrim.model import preprocess_gradients, rim_loss_terms
+from lensrim.training import LensingOf, _batch_terms
+
+
+def _lenses(n=3, pixels=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    kappa = lenssim.sie_convergence(lenssim.sample_sie_parameters(n, generator=g), n=pixels, fov=7.69)
+    src = lenssim.sersic_sources(n, pixels=pixels, fov=3.0, generator=g)
+    psf = lenssim.gaussian_psf(torch.full((n,), 0.15), 7.69 / pixels, 5)
+    sig = torch.full((n,), 0.02)
+    obs = lenssim.add_noise(lenssim.lens_image(src, kappa, psf=psf), sig, generator=g)
+    return {"observation": obs, "source": src, "kappa": kappa, "psf": psf, "noise_sigma": sig}
+
+
+@pytest.mark.parametrize(
+    ("scheme", "raw"), [("uniform", [1, 1, 1, 1]), ("linear", [1, 2, 3, 4]), ("quadratic", [1, 4, 9, 16])]
+)
+def test_time_weights_are_powers_of_t_summing_to_one(scheme, raw):
+    weights = replace(PRESETS["tiny"], steps=4, time_weights=scheme).loss_time_weights()
+    assert weights == pytest.approx([w / sum(raw) for w in raw], rel=1e-12)
+
+
+@pytest.mark.parametrize("scheme", ["uniform", "quadratic"])
+@pytest.mark.parametrize("fit", [0.0, 0.3])
+def test_training_loss_is_weighted_eq7_plus_the_fit_term(scheme, fit):
+    data = _lenses()
+    cfg = replace(PRESETS["tiny"], steps=3, time_weights=scheme, fit_weight=fit)
+    torch.manual_seed(0)
+    model = RIM(cfg)
+    physics = LensingOf.of(cfg)
+    loss, terms = _batch_terms(model, data, physics)
+    # independently: the estimates again, eq. 7's terms per step, the weights t^p / sum, chi2 from the residual
+    est = model(data["observation"], physics(data)).detach()
+    ls, lk = rim_loss_terms(est, data["source"], data["kappa"])
+    p = {"uniform": 0, "quadratic": 2}[scheme]
+    w = torch.tensor([t**p for t in (1, 2, 3)], dtype=torch.float32)
+    expected = ((w / w.sum())[:, None] * (ls + lk)).sum(0).mean()
+    model_image = lenssim.lens_image(est[-1, :, :1], 10 ** est[-1, :, 1:], psf=data["psf"])
+    chi2 = ((data["observation"] - model_image) / 0.02).pow(2).mean(dim=(1, 2, 3))
+    assert terms["chi2_nu"] == pytest.approx(chi2.tolist(), rel=1e-4)
+    expected = expected + fit * torch.log(chi2).clamp_min(0).mean()
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
+    assert loss.requires_grad
+    if fit:  # the fit term reaches the weights: its gradient differs from eq. 7's alone
+        loss.backward()
+        with_fit = [q.grad.clone() for q in model.parameters()]
+        model.zero_grad()
+        model.config = replace(cfg, fit_weight=0.0)
+        _batch_terms(model, data, physics)[0].backward()
+        assert any(not torch.allclose(a, q.grad) for a, q in zip(with_fit, model.parameters(), strict=True))
+
+
+def test_fit_term_gives_no_reward_below_the_noise():
+    data = _lenses(2)
+    cfg = replace(PRESETS["tiny"], steps=2, fit_weight=1.0)
+    model = RIM(cfg)
+
+    class Perfect(LensingOf):  # a forward model whose chi2_nu is below 1 for every estimate
+        def __call__(self, batch):
+            physics = super().__call__(batch)
+            physics.chi2_nu = lambda y, s, xi: 0.5 + 0 * s.mean(dim=(1, 2, 3))
+            return physics
+
+    loss, _ = _batch_terms(model, data, Perfect.of(cfg))
+    ls, lk = rim_loss_terms(model(data["observation"], Perfect.of(cfg)(data)), data["source"], data["kappa"])
+    assert float(loss.detach()) == pytest.approx(float((ls + lk).mean().detach()), rel=1e-5)
+
+
+def test_clip_each_tensor_bounds_every_tensor_and_returns_the_global_norm():
+    a = torch.nn.Parameter(torch.zeros(3))
+    b = torch.nn.Parameter(torch.zeros(2, 2))
+    c = torch.nn.Parameter(torch.zeros(1))  # no gradient
+    a.grad = torch.tensor([6.0, 8.0, 0.0])  # norm 10
+    b.grad = torch.tensor([[0.6, 0.8], [0.0, 0.0]])  # norm 1
+    norm = clip_each_tensor([a, b, c], 5.0)
+    assert float(norm) == pytest.approx(math.sqrt(101))
+    assert a.grad.tolist() == pytest.approx([3.0, 4.0, 0.0], rel=1e-6)  # scaled to norm 5, direction kept
+    assert torch.equal(b.grad, torch.tensor([[0.6, 0.8], [0.0, 0.0]]))  # under the bound: untouched
+    # global clipping would have scaled both by the same factor instead
+    a.grad, b.grad = torch.tensor([6.0, 8.0, 0.0]), torch.tensor([[0.6, 0.8], [0.0, 0.0]])
+    torch.nn.utils.clip_grad_norm_([a, b], 5.0)
+    assert b.grad[0, 0] < 0.6 * 0.51
+
+
+def test_rmsprop_decay_is_what_the_rim_sees():
+    g = [torch.randn(1, 2, 4, 4) for _ in range(3)]
+    for beta2 in (0.9, 0.99):
+        v = torch.zeros_like(g[0])
+        for gt in g:
+            v = beta2 * v + (1 - beta2) * gt**2
+        expected = g[-1] / (torch.sqrt(v / (1 - beta2**3)) + 1e-8)
+        assert torch.allclose(preprocess_gradients(g, "rmsprop", beta2=beta2), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("beta2", 1.0, r"beta2 .* must lie in \(0, 1\), got 1.0"),
+        ("beta2", 0.0, r"beta2 .* must lie in \(0, 1\)"),
+        ("beta1", 1.0, r"beta1 .* must lie in \[0, 1\)"),
+        ("epsilon", 0.0, "epsilon must be positive"),
+        ("clip_norm", -1.0, "clip_norm must be positive"),
+        ("fit_weight", -0.1, "fit_weight must be non-negative"),
+        ("time_weights", "cubic", "time_weights must be one of uniform, linear, quadratic"),
+        ("clipping", "layer", "clipping must be global or per_tensor"),
+        ("fit_weight", math.nan, "fit_weight must be finite"),
+    ],
+)
+def test_senseless_training_options_are_refused_in_one_line(field, value, message):
+    with pytest.raises(ValueError, match=message) as info:
+        replace(PRESETS["tiny"], **{field: value})
+    assert "\n" not in str(info.value)
+    text = json.dumps({"model": "RIM", **{**asdict(PRESETS["tiny"]), field: value}})
+    with pytest.raises(ValueError, match=message):
+        RIMConfig.from_json(text)
+
+
+def test_a_run_saved_before_the_options_existed_reads_as_it_trained():
+    saved = json.loads(PRESETS["tiny"].to_json())
+    for name in ("time_weights", "clipping", "fit_weight"):
+        del saved[name]
+    old = RIMConfig.from_json(json.dumps(saved))
+    assert (old.time_weights, old.clipping, old.fit_weight) == ("uniform", "global", 0.0)
+    new = replace(PRESETS["tiny"], time_weights="quadratic", clipping="per_tensor", fit_weight=0.2)
+    assert RIMConfig.from_json(new.to_json()) == new  # a file that has them keeps them
