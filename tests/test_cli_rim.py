@@ -89,11 +89,11 @@ def test_validation_lenses_of_another_geometry_are_refused(tmp_path):
 def test_training_options_are_saved_kept_on_resume_and_refused_when_senseless(tmp_path):
     common = ["train", "rim", "--kappa", "sie", "--sources", "sersic", "--preset", "tiny", "--batch-size", 2]
     options = ["--gradient-preprocessing", "rmsprop", "--beta2", 0.9, "--time-weights", "quadratic",
-               "--clipping", "per_tensor", "--fit-weight", 0.01]  # fmt: skip
+               "--clipping", "per_tensor", "--fit-weight", 0.01, "--step-gains"]  # fmt: skip
     run(*common, *options, "--steps", 2, "--checkpoint-every", 1, "-o", tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     chosen = {"gradient_preprocessing": "rmsprop", "beta2": 0.9, "time_weights": "quadratic",
-              "clipping": "per_tensor", "fit_weight": 0.01}  # fmt: skip
+              "clipping": "per_tensor", "fit_weight": 0.01, "step_gains": True}  # fmt: skip
     assert {k: saved[k] for k in chosen} == chosen
     run(*common, "--steps", 3, "-o", tmp_path / "run")  # resumed without the options: the run keeps its own
     again = json.loads((tmp_path / "run" / "config.json").read_text())

@@ -144,7 +144,7 @@ TRAINING_OPTIONS = {
     "paper text": {},
     "published model, weighted, per tensor, fit": {
         "gradient_preprocessing": "rmsprop", "beta2": 0.9, "time_weights": "quadratic", "clipping": "per_tensor",
-        "fit_weight": 0.01, "clip_norm": 0.05,
+        "fit_weight": 0.01, "clip_norm": 0.05, "step_gains": True,
     },
 }  # fmt: skip
 

@@ -27,14 +27,15 @@ def _lenses(n=3, pixels=32, seed=0):
 
 
 @pytest.mark.parametrize(
-    ("scheme", "raw"), [("uniform", [1, 1, 1, 1]), ("linear", [1, 2, 3, 4]), ("quadratic", [1, 4, 9, 16])]
+    ("scheme", "raw"),
+    [("uniform", [1, 1, 1, 1]), ("linear", [1, 2, 3, 4]), ("quadratic", [1, 4, 9, 16]), ("final", [0, 0, 0, 1])],
 )
 def test_time_weights_are_powers_of_t_summing_to_one(scheme, raw):
     weights = replace(PRESETS["tiny"], steps=4, time_weights=scheme).loss_time_weights()
     assert weights == pytest.approx([w / sum(raw) for w in raw], rel=1e-12)
 
 
-@pytest.mark.parametrize("scheme", ["uniform", "quadratic"])
+@pytest.mark.parametrize("scheme", ["uniform", "quadratic", "final"])
 @pytest.mark.parametrize("fit", [0.0, 0.3])
 def test_training_loss_is_weighted_eq7_plus_the_fit_term(scheme, fit):
     data = _lenses()
@@ -46,8 +47,7 @@ def test_training_loss_is_weighted_eq7_plus_the_fit_term(scheme, fit):
     # independently: the estimates again, eq. 7's terms per step, the weights t^p / sum, chi2 from the residual
     est = model(data["observation"], physics(data)).detach()
     ls, lk = rim_loss_terms(est, data["source"], data["kappa"])
-    p = {"uniform": 0, "quadratic": 2}[scheme]
-    w = torch.tensor([t**p for t in (1, 2, 3)], dtype=torch.float32)
+    w = torch.tensor({"uniform": [1, 1, 1], "quadratic": [1, 4, 9], "final": [0, 0, 1]}[scheme], dtype=torch.float32)
     expected = ((w / w.sum())[:, None] * (ls + lk)).sum(0).mean()
     model_image = lenssim.lens_image(est[-1, :, :1], 10 ** est[-1, :, 1:], psf=data["psf"])
     chi2 = ((data["observation"] - model_image) / 0.02).pow(2).mean(dim=(1, 2, 3))
@@ -115,7 +115,7 @@ def test_rmsprop_decay_is_what_the_rim_sees():
         ("epsilon", 0.0, "epsilon must be positive"),
         ("clip_norm", -1.0, "clip_norm must be positive"),
         ("fit_weight", -0.1, "fit_weight must be non-negative"),
-        ("time_weights", "cubic", "time_weights must be one of uniform, linear, quadratic"),
+        ("time_weights", "cubic", "time_weights must be one of uniform, linear, quadratic, final"),
         ("clipping", "layer", "clipping must be global or per_tensor"),
         ("fit_weight", math.nan, "fit_weight must be finite"),
     ],
@@ -137,3 +137,29 @@ def test_a_run_saved_before_the_options_existed_reads_as_it_trained():
     assert (old.time_weights, old.clipping, old.fit_weight) == ("uniform", "global", 0.0)
     new = replace(PRESETS["tiny"], time_weights="quadratic", clipping="per_tensor", fit_weight=0.2)
     assert RIMConfig.from_json(new.to_json()) == new  # a file that has them keeps them
+
+
+def test_step_gains_scale_each_update_and_start_as_the_plain_rim():
+    data = _lenses(2)
+    cfg = replace(PRESETS["tiny"], steps=4)
+    torch.manual_seed(0)
+    plain = RIM(cfg)
+    gained = RIM(replace(cfg, step_gains=True))
+    gained.unet.load_state_dict(plain.unet.state_dict())
+    physics = LensingOf.of(cfg)(data)
+    with torch.no_grad():
+        a = plain(data["observation"], physics)
+        b = gained(data["observation"], physics)
+        assert torch.equal(a, b)  # gains of 1: the same RIM
+        gained.gains[1] = torch.tensor([0.5, 2.0])  # the second update, source halved and log10 kappa doubled
+        c = gained(data["observation"], physics)
+    assert torch.equal(c[:2], a[:2])  # the estimates before it are untouched
+    step, plain_step = c[2] - c[1], a[2] - a[1]
+    assert torch.allclose(step[:, 0], 0.5 * plain_step[:, 0]) and torch.allclose(step[:, 1], 2.0 * plain_step[:, 1])
+    assert (
+        gained.gains.shape == (3, 2)
+        and sum(p.numel() for p in gained.parameters()) == sum(p.numel() for p in plain.parameters()) + 6
+    )
+    loss, _ = _batch_terms(gained, data, LensingOf.of(cfg))
+    loss.backward()
+    assert gained.gains.grad is not None and gained.gains.grad.abs().sum() > 0  # trained with the network

@@ -134,6 +134,11 @@ def _distributed(device: str):
     help="Clip the gradient's global norm, or each weight tensor's (the original code's) (default: the preset's).",
 )
 @click.option(
+    "--step-gains/--no-step-gains",
+    default=None,
+    help="Learn a gain per RIM update and channel (not in the paper; default: the preset's).",
+)
+@click.option(
     "--fit-weight",
     type=FiniteFloat(0),
     help="Weight of the data-fit term max(0, ln chi2_nu) in the loss (not in the paper; default: the preset's).",
@@ -171,7 +176,7 @@ def _distributed(device: str):
 def train_rim(
     data_path, kappa_in, sources_in, kappa_vae, source_vae, vae_fraction, output, preset, steps, batch_size,
     learning_rate, val_path, ext_path, validation_size, workers, initial_log10_kappa, init, gradient_preprocessing,
-    beta2, time_weights, clipping, fit_weight, checkpointing, bf16,
+    beta2, time_weights, clipping, step_gains, fit_weight, checkpointing, bf16,
     staircase, second_stage,
     checkpoint_every, log_every, seed, device,
 ) -> None:  # fmt: skip
@@ -222,7 +227,7 @@ def train_rim(
         overrides["init"] = init
     chosen = {
         "gradient_preprocessing": gradient_preprocessing, "beta2": beta2, "time_weights": time_weights,
-        "clipping": clipping, "fit_weight": fit_weight,
+        "clipping": clipping, "step_gains": step_gains, "fit_weight": fit_weight,
     }  # fmt: skip
     overrides.update({k: v for k, v in chosen.items() if v is not None})
     if staircase:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PRESETS", "TIME_WEIGHTS", "FineTuneConfig", "RIMConfig"]
 
-TIME_WEIGHTS = ("uniform", "linear", "quadratic")
+TIME_WEIGHTS = ("uniform", "linear", "quadratic", "final")
 """The training loss's weightings of the T estimates (:attr:`RIMConfig.time_weights`)."""
 
 
@@ -55,13 +55,18 @@ class RIMConfig(JsonConfig):
     """Decay of the second moment v (``adam`` and ``rmsprop``), in (0, 1)."""
     epsilon: float = 1e-8
     """Added to sqrt(v_hat), in the gradient's units; positive."""
-    time_weights: Literal["uniform", "linear", "quadratic"] = "uniform"
+    time_weights: Literal["uniform", "linear", "quadratic", "final"] = "uniform"
     """Weights of the T estimates in the training loss (eq. 7), proportional to 1, t or t^2 for
-    t = 1..T and summing to 1: ``uniform`` is eq. 7; the original code offered all three."""
+    t = 1..T and summing to 1 (``uniform`` is eq. 7; the original code offered these three), or
+    ``final``: the last estimate alone, the one users receive and Table 4 scores."""
     clipping: Literal["global", "per_tensor"] = "global"
     """``global``: one factor for all weights' gradients together, norm ``clip_norm``;
     ``per_tensor``: each weight tensor clipped to ``clip_norm`` on its own (Keras' ``clipnorm``,
     the original code's)."""
+    step_gains: bool = False
+    """Learn one gain per RIM update and channel, x^(t+1) = x^(t) + a_t * g(...), starting at 1
+    (2 (T - 1) weights beside the U-net's, not in the paper): lets the shared network take
+    shorter late steps without having to infer the step count from its hidden states."""
     fit_weight: float = 0.0
     """Weight of a data-fit term added to the training loss (not in the paper): the mean over the
     lenses of max(0, ln chi2_nu) of the final estimate, so that the RIM is also taught to explain
@@ -111,6 +116,8 @@ class RIMConfig(JsonConfig):
         for name in ("epsilon", "clip_norm", "learning_rate", "decay_rate"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not isinstance(self.step_gains, bool):
+            raise ValueError(f"step_gains must be true or false, got {self.step_gains!r}")
         if self.fit_weight < 0:
             raise ValueError(f"fit_weight must be non-negative, got {self.fit_weight}")
         if self.pixels % (2**self.levels):
@@ -137,6 +144,7 @@ class RIMConfig(JsonConfig):
         "time_weights": "uniform",
         "clipping": "global",
         "fit_weight": 0.0,
+        "step_gains": False,
     }
     """Training options added after runs were first saved, with the values every run saved
     without them trained with: a ``config.json`` that lacks one is read with this value, so such
@@ -153,6 +161,8 @@ class RIMConfig(JsonConfig):
 
     def loss_time_weights(self) -> list[float]:
         """The weight of each of the T estimates in the training loss (``time_weights``), summing to 1."""
+        if self.time_weights == "final":
+            return [0.0] * (self.steps - 1) + [1.0]
         power = TIME_WEIGHTS.index(self.time_weights)
         raw = [float(t**power) for t in range(1, self.steps + 1)]
         return [w / sum(raw) for w in raw]

@@ -192,6 +192,8 @@ class RIM(nn.Module):
         super().__init__()
         self.config = config
         self.unet = _UNet(config)
+        if config.step_gains:  # a_t of each update t = 1..T-1 and channel (source, log10 kappa)
+            self.gains = nn.Parameter(torch.ones(max(config.steps - 1, 1), 2))
         if config.init == "glorot":
             for m in self.unet.modules():
                 if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
@@ -288,6 +290,8 @@ class RIM(nn.Module):
                     m, v, g, t, beta1=c.beta1, beta2=c.beta2, eps=c.epsilon, method=c.gradient_preprocessing
                 )
             delta, hidden = step(torch.cat([y, x, g], dim=1), hidden)
+            if c.step_gains:
+                delta = delta * self.gains[t - 1].view(1, 2, 1, 1)
             x = x + delta
             estimates.append(x)
         return torch.stack(estimates)
