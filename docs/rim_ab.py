@@ -51,9 +51,6 @@ ARMS: dict[str, dict] = {
     "adam, final-step loss": {"time_weights": "final"},
     "rmsprop 0.9, final-step loss": {"gradient_preprocessing": "rmsprop", "beta2": 0.9, "time_weights": "final"},
     "rmsprop 0.9, step gains": {"gradient_preprocessing": "rmsprop", "beta2": 0.9, "step_gains": True},
-    "rmsprop 0.9, quadratic, step gains": {
-        "gradient_preprocessing": "rmsprop", "beta2": 0.9, "time_weights": "quadratic", "step_gains": True,
-    },
     "rmsprop 0.9, quadratic, fit 0.01": {
         "gradient_preprocessing": "rmsprop", "beta2": 0.9, "time_weights": "quadratic", "fit_weight": 0.01,
     },

@@ -100,6 +100,7 @@ def test_training_logs_terms_references_and_tensorboard(tmp_path):
     tags = set(acc.Tags()["scalars"])
     assert {"train/loss", "validation/loss", "validation/constant_loss", "external/loss", "train/loss_t/2"} <= tags
     assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert m["objective"] == pytest.approx(acc.Scalars("train/loss")[-1].value, rel=1e-6)  # what the step minimised
     assert acc.Scalars("validation/loss")[-1].value == pytest.approx(m["val_loss"], rel=1e-5)
     # the bar's chi2_nu: the median over the steps since the last log of each step's median
     per_step = [e.value for e in acc.Scalars("train/chi2_nu")]

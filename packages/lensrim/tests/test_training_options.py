@@ -66,7 +66,7 @@ def test_training_loss_is_weighted_eq7_plus_the_fit_term(scheme, fit):
 
 def test_fit_term_gives_no_reward_below_the_noise():
     data = _lenses(2)
-    cfg = replace(PRESETS["tiny"], steps=2, fit_weight=1.0)
+    cfg = replace(PRESETS["tiny"], steps=2, fit_weight=1.0, time_weights="uniform")
     model = RIM(cfg)
 
     class Perfect(LensingOf):  # a forward model whose chi2_nu is below 1 for every estimate

@@ -53,7 +53,7 @@ def idle_cores(window: float = 0.5) -> int:
     type=click.Choice(sorted(PRESETS)),
     default="standard",
     show_default=True,
-    help="standard: about 13 minutes on 2 CPU cores (64^2 maps); quick: a smoke run of under a minute (32^2).",
+    help="standard: about 11 minutes on 2 CPU cores (64^2 maps); quick: a smoke run of under a minute (32^2).",
 )
 @click.option(
     "--threads",

@@ -83,7 +83,7 @@ def _no_bar(**kwargs) -> _NoBar:
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes of the demo; ``standard`` takes about 13 minutes on 2 CPU cores, ``quick`` under one."""
+    """Sizes of the demo; ``standard`` takes about 11 minutes on 2 CPU cores, ``quick`` under one."""
 
     pixels: int = 64
     halos: int = 10
@@ -102,6 +102,8 @@ class DemoConfig:
     rim_learning_rate: float = 1e-3
     rim_final_lr_factor: float = 0.25
     """The learning rate decays exponentially to this fraction of its start over the run."""
+    rim_fit_weight: float = 0.01
+    """The RIM's data-fit term (:attr:`lensrim.RIMConfig.fit_weight`)."""
     rim_log_every: int = 25
     rim_validation: int = 16
     fisher_samples: int = 16
@@ -146,7 +148,7 @@ STAGES = (
     "evaluation and report",
 )
 MEASURED_S = {
-    "standard": (16.5, 62.5, 1.2, 549.6, 118.8, 23.8, 7.4),
+    "standard": (15.5, 49.1, 0.9, 433.7, 96.6, 20.0, 5.7),
     "quick": (7.9, 2.3, 0.1, 2.1, 1.4, 1.5, 6.1),
 }
 """Seconds per stage on the 2-core development machine (standard: a clean run, seed 0; quick: the
@@ -321,6 +323,7 @@ def run_demo(
         rim_cfg = replace(
             lensrim.PRESETS[c.rim_preset], pixels=n, batch_size=c.rim_batch, learning_rate=c.rim_learning_rate,
             train_steps=c.rim_steps, decay_steps=max(1, c.rim_steps), decay_rate=c.rim_final_lr_factor,
+            fit_weight=c.rim_fit_weight,
             image_fov=obs.image_fov, source_fov=obs.source_fov,
         )  # fmt: skip
         if n % 2**rim_cfg.levels:
@@ -455,7 +458,8 @@ def run_demo(
             f"{per_step:.1f} s per step for these {len(used)} lenses on this machine (the stage's time over its "
             f"steps, its Fisher draws included: an upper bound) would take "
             f"~{2000 * per_step / 60:.0f} min, so the demo cannot show fine-tuning reaching the noise. "
-            "benchmarks/bench_finetune.py measures that question on a 32^2 case (figures in the README: "
+            "benchmarks/bench_finetune.py measures that question on a 32^2 case (figures in the README, with a RIM "
+            "trained on the paper's text before the training defaults changed: "
             "fine-tuning goes as far as the RIM's baseline lets it; a RIM trained 1,500 steps moves from chi2_nu "
             "5.2 only to 4.8 with the loss kept within 0.05 dex, the same RIM trained 15,000 steps from 2.0 to "
             "1.6 and 30,000 steps from 1.6 to 1.5: the fine-tuned median follows the baseline down; a weaker "

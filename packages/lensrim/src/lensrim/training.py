@@ -476,7 +476,9 @@ def train_rim(
 
     Every ``log_every`` steps, ``metrics.jsonl`` (and TensorBoard event files in ``run_dir``)
     receive, for the training batch, for the validation lenses (``val_`` keys) and for the
-    ``external`` lenses (``ext_`` keys): the eq. 7 loss, its source and kappa terms, its value at
+    ``external`` lenses (``ext_`` keys): the eq. 7 loss (uniform over the T steps, whatever the
+    training's ``time_weights``; the training batch's ``objective`` is what the step minimised),
+    its source and kappa terms, its value at
     each RIM step (``loss_t``), the mean log10 loss of the final estimates, the median chi2_nu,
     and beside them the same losses of the constant predictor on the same lenses
     (``constant_loss``, ``constant_log10_loss``). ``validation`` defaults to
@@ -558,6 +560,8 @@ def _train_rim(
         # one batch's median jumps by orders of magnitude between lenses: the median over the
         # steps since the last log is the figure to watch
         terms["chi2_nu_window"] = float(history[:, 2].median())
+        # what training minimises (eq. 7 with the time weights, plus the fit term): "loss" is eq. 7
+        terms["objective"] = float(history[-1, 0])
         if rank != 0:
             return terms
         speed = len(history) / max(time.perf_counter() - clock, 1e-9)
