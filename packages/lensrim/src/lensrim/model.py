@@ -9,9 +9,11 @@ estimates. The network sees the 5 channels [y, s, xi, g_s, g_xi] and outputs 2 (
 delta xi) through a linear 1x1 convolution.
 
 The likelihood gradient is computed by the forward model on detached inputs: it is an input to
-the network, never differentiated through (Figure 1's dashed arrows). It is preprocessed with
-Adam moments accumulated over the steps of one call and reset at every call (RMSProp and the raw
-gradient are options).
+the network, never differentiated through (Figure 1's dashed arrows). It is normalised by moments
+accumulated over the steps of one call and reset at every call: by default RMSProp's,
+g / (sqrt(v_hat) + eps) with decay 0.9, as the authors' published model did; Adam's (the paper's
+text) and the raw gradient are options (``RIMConfig.gradient_preprocessing``; why:
+``docs/rim_ab.md``). With ``step_gains`` each update is scaled by a learned gain per step and channel.
 
 U-net: an 11x11 input convolution; per level ``convs_per_level`` 3x3 convolutions, a ConvGRU on
 the skip connection, a 3x3 stride-2 convolution to the next level's width; a ConvGRU at the
