@@ -296,7 +296,7 @@ def main() -> None:
     p.add_argument(
         "--gpu", action="store_true",
         help="issue 23's GPU case in one command: 128^2 small RIM (batch 16), VAEs, 32 lenses, --scan fisher-chi2, "
-        "all on cuda (steps from --rim-steps, default 1500 here)",
+        "all on cuda (steps from --rim-steps)",
     )  # fmt: skip
     p.add_argument("--max-snr", type=float, default=100.0)
     p.add_argument("--seed", type=int, default=0)
@@ -314,10 +314,9 @@ def main() -> None:
     )  # fmt: skip
     args = p.parse_args()
     if args.gpu:
-        rim_steps = args.rim_steps if "--rim-steps" in sys.argv else 1500
         args.__dict__.update(
             pixels=128, preset="small", train_device="cuda", device="cuda", rim_batch=16, lenses=max(32, args.lenses),
-            scan="fisher-chi2", rim_steps=rim_steps,
+            scan="fisher-chi2",
         )  # fmt: skip
     for option, name in (("--train-device", args.train_device), ("--device", args.device)):
         if torch.device(name).type == "cuda" and not torch.cuda.is_available():

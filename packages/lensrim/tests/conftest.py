@@ -1,3 +1,21 @@
+"""Shared helpers of lensrim's tests (imported by name: ``from conftest import sie_lenses``)."""
+
+import torch
+
+import lenssim
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device")
     config.addinivalue_line("markers", "slow: slow test")
+
+
+def sie_lenses(n=6, pixels=32, seed=0):
+    """``n`` SIE + Sersic lenses with a 0.15" Gaussian PSF and noise 0.02, as a fields dict."""
+    g = torch.Generator().manual_seed(seed)
+    kappa = lenssim.sie_convergence(lenssim.sample_sie_parameters(n, generator=g), n=pixels, fov=7.69)
+    src = lenssim.sersic_sources(n, pixels=pixels, fov=3.0, generator=g)
+    psf = lenssim.gaussian_psf(torch.full((n,), 0.15), 7.69 / pixels, 5)
+    sig = torch.full((n,), 0.02)
+    obs = lenssim.add_noise(lenssim.lens_image(src, kappa, psf=psf), sig, generator=g)
+    return {"observation": obs, "source": src, "kappa": kappa, "psf": psf, "noise_sigma": sig}

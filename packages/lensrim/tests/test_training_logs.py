@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import sie_lenses as _lenses
 
 import lensrim
 import lenssim
@@ -16,16 +17,6 @@ from lensrim import PRESETS, RIM, train_rim
 from lensrim.metrics import constant_reference
 from lensrim.model import rim_loss, rim_loss_terms
 from lensrim.training import DatasetBatches, SimulatedBatches, _Prefetch
-
-
-def _lenses(n=6, pixels=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    kappa = lenssim.sie_convergence(lenssim.sample_sie_parameters(n, generator=g), n=pixels, fov=7.69)
-    src = lenssim.sersic_sources(n, pixels=pixels, fov=3.0, generator=g)
-    psf = lenssim.gaussian_psf(torch.full((n,), 0.15), 7.69 / pixels, 5)
-    sig = torch.full((n,), 0.02)
-    obs = lenssim.add_noise(lenssim.lens_image(src, kappa, psf=psf), sig, generator=g)
-    return {"observation": obs, "source": src, "kappa": kappa, "psf": psf, "noise_sigma": sig}
 
 
 def test_constant_reference_is_the_best_constant():

@@ -8,22 +8,13 @@ from dataclasses import asdict, replace
 
 import pytest
 import torch
+from conftest import sie_lenses
 
 import lenssim
 from lenscore.runs import clip_each_tensor
 from lensrim import PRESETS, RIM, RIMConfig
 from lensrim.model import preprocess_gradients, rim_loss_terms
 from lensrim.training import LensingOf, _batch_terms
-
-
-def _lenses(n=3, pixels=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    kappa = lenssim.sie_convergence(lenssim.sample_sie_parameters(n, generator=g), n=pixels, fov=7.69)
-    src = lenssim.sersic_sources(n, pixels=pixels, fov=3.0, generator=g)
-    psf = lenssim.gaussian_psf(torch.full((n,), 0.15), 7.69 / pixels, 5)
-    sig = torch.full((n,), 0.02)
-    obs = lenssim.add_noise(lenssim.lens_image(src, kappa, psf=psf), sig, generator=g)
-    return {"observation": obs, "source": src, "kappa": kappa, "psf": psf, "noise_sigma": sig}
 
 
 @pytest.mark.parametrize(
@@ -38,7 +29,7 @@ def test_time_weights_are_powers_of_t_summing_to_one(scheme, raw):
 @pytest.mark.parametrize("scheme", ["uniform", "quadratic", "final"])
 @pytest.mark.parametrize("fit", [0.0, 0.3])
 def test_training_loss_is_weighted_eq7_plus_the_fit_term(scheme, fit):
-    data = _lenses()
+    data = sie_lenses(3)
     cfg = replace(PRESETS["tiny"], steps=3, time_weights=scheme, fit_weight=fit)
     torch.manual_seed(0)
     model = RIM(cfg)
@@ -65,7 +56,7 @@ def test_training_loss_is_weighted_eq7_plus_the_fit_term(scheme, fit):
 
 
 def test_fit_term_gives_no_reward_below_the_noise():
-    data = _lenses(2)
+    data = sie_lenses(2)
     cfg = replace(PRESETS["tiny"], steps=2, fit_weight=1.0, time_weights="uniform")
     model = RIM(cfg)
 
@@ -140,7 +131,7 @@ def test_a_run_saved_before_the_options_existed_reads_as_it_trained():
 
 
 def test_step_gains_scale_each_update_and_start_as_the_plain_rim():
-    data = _lenses(2)
+    data = sie_lenses(2)
     cfg = replace(PRESETS["tiny"], steps=4)
     torch.manual_seed(0)
     plain = RIM(cfg)

@@ -121,12 +121,15 @@ def _distributed(device: str):
     "published model, with --beta2 0.9) or raw (default: the preset's).",
 )
 @click.option(
-    "--beta2", type=FiniteFloat(0, 1, min_open=True, max_open=True), help="Decay of the gradient's second moment."
+    "--beta2",
+    type=FiniteFloat(0, 1, min_open=True, max_open=True),
+    help="Decay of the gradient's second moment (default: the preset's).",
 )
 @click.option(
     "--time-weights",
     type=click.Choice(list(TIME_WEIGHTS)),
-    help="Weights of the T estimates in the loss, proportional to 1, t or t^2 (default: the preset's).",
+    help="Weights of the T estimates in the loss: proportional to 1, t or t^2, or the final estimate alone "
+    "(default: the preset's).",
 )
 @click.option(
     "--clipping",
