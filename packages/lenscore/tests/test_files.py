@@ -7,7 +7,15 @@ import textwrap
 
 import pytest
 
-from lenscore.files import ExclusiveLock, open_hdf5, remove_stale_temporaries, temporary_path, write_text, written
+from lenscore.files import (
+    ExclusiveLock,
+    hidden_sibling,
+    open_hdf5,
+    remove_stale_temporaries,
+    temporary_path,
+    write_text,
+    written,
+)
 
 
 def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
@@ -71,3 +79,22 @@ def test_hdf5_files_open_or_fail_in_one_line(tmp_path):
         f["x"] = [1, 2, 3]
     with open_hdf5(tmp_path / "ok.h5") as f:
         assert list(f["x"][()]) == [1, 2, 3]
+
+
+def test_helper_files_of_a_legal_250_byte_name_stay_legal_names(tmp_path):
+    path = tmp_path / ("n" * 247 + ".h5")  # 250 bytes: legal, but ".NAME.lock" would not be
+    with written(path) as tmp:
+        assert len(tmp.name.encode()) <= 255
+        tmp.write_text("data")
+    assert path.read_text() == "data"
+    lock = hidden_sibling(path, "lock")
+    assert len(lock.name.encode()) <= 255 and lock != hidden_sibling(tmp_path / ("n" * 248 + ".h5"), "lock")
+    with ExclusiveLock(lock, lambda: RuntimeError("taken")):
+        assert lock.exists()
+    short = tmp_path / "a.h5"
+    assert hidden_sibling(short, "lock").name == ".a.h5.lock"  # short names unchanged
+    # a dead writer's temporary of the long name is still found and removed
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
+    stale = temporary_path(path).with_name(temporary_path(path).name.replace(str(os.getpid()), str(dead)))
+    stale.write_text("x")
+    assert remove_stale_temporaries(tmp_path, path.name) == [stale]

@@ -4,7 +4,8 @@ configs round-trip through JSON strictly, and nothing here needs torch at import
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -18,8 +19,11 @@ from lenscore.runs import (
     RunLock,
     StepResult,
     check_finite,
+    check_memory,
+    check_run,
     load_checkpoint,
     load_run,
+    memory_estimate,
     prepare_run,
     read_metrics,
     restore,
@@ -189,3 +193,67 @@ def test_files_and_configs_load_without_torch():
     code = "import sys, lenscore.files, lenscore.config; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _adam_run(run_dir, stop, checkpoint_every):
+    config = LineConfig()
+    with RunLock(run_dir):
+        check_run(run_dir, config, ("steps",))
+        model = seeded_init(lambda: build(config), 0)
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        start = restore(run_dir, model, opt, trim=False)
+        prepare_run(run_dir, config, ("steps",), seed=0)
+
+        def step_loss(x, step):
+            return StepResult((model(x) - x.sum(dim=1, keepdim=True)).pow(2).mean())
+
+        run_steps(
+            run_dir, model, opt, (_batch(s) for s in range(start, stop)), step_loss, start=start, steps=stop,
+            learning_rate_at=lambda step: 0.01, clip_norm=1.0, log_every=2, checkpoint_every=checkpoint_every,
+        )  # fmt: skip
+
+
+def test_a_resumed_run_writes_the_checkpoint_bytes_of_an_uninterrupted_one(tmp_path):
+    # Adam's state keys come back from a checkpoint as new string objects; pickled as they are,
+    # the same state took other bytes after a resume
+    _adam_run(tmp_path / "whole", 6, checkpoint_every=3)
+    _adam_run(tmp_path / "parts", 3, checkpoint_every=3)
+    _adam_run(tmp_path / "parts", 6, checkpoint_every=3)
+    assert (tmp_path / "parts" / CHECKPOINT).read_bytes() == (tmp_path / "whole" / CHECKPOINT).read_bytes()
+
+
+def test_a_refused_resume_leaves_every_file_of_the_run_as_it_was(tmp_path):
+    run_dir = tmp_path / "run"
+    _adam_run(run_dir, 4, checkpoint_every=2)
+    wider = replace(LineConfig(), width=5)  # another architecture's checkpoint in the run directory
+    state = {"model": build(wider).state_dict(), "optimizer": {"state": {}, "param_groups": []}, "step": 2}
+    torch.save(state, run_dir / CHECKPOINT)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    with pytest.raises(RunError, match="weights do not fit"):
+        _adam_run(run_dir, 8, checkpoint_every=2)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+
+def test_a_checkpoint_the_disk_cannot_hold_fails_in_one_line_naming_it(tmp_path, monkeypatch):
+    import contextlib
+
+    import lenscore.runs
+
+    @contextlib.contextmanager
+    def full_disk(path):  # writes go to /dev/full, which fails them as a full disk does (ENOSPC)
+        yield Path("/dev/full")
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    model = build(LineConfig())
+    monkeypatch.setattr(lenscore.runs, "written", full_disk)
+    with pytest.raises(OSError, match=r"checkpoint.pt: the checkpoint could not be written \(no space left"):
+        save_checkpoint(tmp_path, {"model": model.state_dict(), "step": 1})
+
+
+def test_configs_too_large_for_memory_are_refused_before_allocation(tmp_path):
+    huge = replace(LineConfig(), width=10**12)  # 4 TB of weights: built on the meta device only
+    with pytest.raises(RunError, match=r"run: the model would need at least .* GiB, more than"):
+        check_memory(huge, build, tmp_path / "run")
+    check_memory(LineConfig(), build, tmp_path / "run")  # a small one passes
+    assert memory_estimate(LineConfig(), build) == 4 * (3 + 1)  # weight and bias, float32

@@ -6,18 +6,53 @@ No torch: a command line may use this at start-up.
 from __future__ import annotations
 
 import contextlib
+import glob
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["ExclusiveLock", "alive", "open_hdf5", "remove_stale_temporaries", "temporary_path", "write_text", "written"]
+__all__ = [
+    "ExclusiveLock",
+    "alive",
+    "hidden_sibling",
+    "open_hdf5",
+    "remove_stale_temporaries",
+    "temporary_path",
+    "write_text",
+    "written",
+]
+
+NAME_MAX = 255
+"""The longest file name, in bytes, of the usual file systems (ext4, XFS, APFS, NTFS)."""
+_SUFFIX_ROOM = 32
+"""Bytes kept free for what a helper appends to a name (``.PID.tmp``, ``.lock``, ``.blocks``)."""
+
+
+def _stem(name: str) -> str:
+    """``name``, or, when a suffix would push it past NAME_MAX, its first bytes and a hash of
+    the whole: a legal 250-byte output name still gets legal helper files, one per name."""
+    raw = name.encode()
+    if len(raw) + 1 + _SUFFIX_ROOM <= NAME_MAX:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:12]
+    head = raw[: NAME_MAX - 1 - _SUFFIX_ROOM - 13].decode(errors="ignore")
+    return f"{head}~{digest}"
+
+
+def hidden_sibling(path: Path, suffix: str) -> Path:
+    """``.NAME.SUFFIX`` beside ``path`` (a lock, a folder of blocks), with NAME shortened by a
+    hash when the whole would be too long a file name. ``suffix`` is at most 32 bytes."""
+    path = Path(path)
+    if len(suffix.encode()) > _SUFFIX_ROOM:
+        raise ValueError(f"suffix {suffix!r} is longer than {_SUFFIX_ROOM} bytes")
+    return path.with_name(f".{_stem(path.name)}.{suffix}")
 
 
 def temporary_path(path: Path) -> Path:
     """The temporary sibling of ``path`` that this process writes before renaming it onto
     ``path``: ``.NAME.PID.tmp`` (the PID lets a later run tell a dead writer's leftovers)."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    return hidden_sibling(path, f"{os.getpid()}.tmp")
 
 
 @contextlib.contextmanager
@@ -56,7 +91,8 @@ def remove_stale_temporaries(folder: Path, name: str = "*") -> list[Path]:
     process no longer runs: what a kill during a write leaves. A live process's are kept;
     returns the files removed."""
     removed = []
-    for tmp in Path(folder).glob(f".{name}.*.tmp"):
+    pattern = "*" if name == "*" else glob.escape(_stem(name))
+    for tmp in Path(folder).glob(f".{pattern}.*.tmp"):
         pid = tmp.name[: -len(".tmp")].rsplit(".", 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
             tmp.unlink(missing_ok=True)

@@ -10,8 +10,11 @@ denoiser and lensrim's RIM all train in such directories.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +29,10 @@ __all__ = [
     "CHECKPOINT",
     "CONFIG",
     "METRICS",
+    "available_memory",
+    "check_memory",
+    "check_run",
+    "memory_estimate",
     "RunError",
     "RunLock",
     "check_finite",
@@ -79,8 +86,36 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
             f"step {state.get('step')}: weights {bad[0]!r} are not finite; training stopped ({where}): lower the "
             "learning rate"
         )
-    with written(path) as tmp, open(tmp, "wb") as f:
-        torch.save(state, f)
+    with written(path) as tmp:
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(_interned(state), f)
+        except (OSError, RuntimeError) as e:  # torch's C++ writer reports a failed write as a RuntimeError
+            raise OSError(f"{path}: the checkpoint could not be written ({_why_unwritten(e, tmp)})") from None
+
+
+def _interned(value: Any) -> Any:
+    """``value`` with every string key interned. Pickle writes a string once per object: a
+    resumed run's optimiser state has the keys torch unpickled (new objects), an uninterrupted
+    run's the interned literals of torch's code, so without this the same state pickles to other
+    bytes after a resume."""
+    if isinstance(value, dict):
+        return {sys.intern(k) if isinstance(k, str) else k: _interned(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_interned(v) for v in value)
+    return value
+
+
+def _why_unwritten(error: Exception, tmp: Path) -> str:
+    """What a failed ``torch.save`` means, in words: a full disk names itself."""
+    try:
+        free = shutil.disk_usage(tmp.parent).free
+    except OSError:
+        free = None
+    full = getattr(error, "errno", None) == errno.ENOSPC or "No space" in str(error)
+    if full or free is not None and free < 64 << 20:
+        return "no space left on the device; free some and run the same command again to resume"
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _check_state(path: Path, state: Any) -> dict[str, Any]:
@@ -161,6 +196,7 @@ def load_run(
     state = load_checkpoint(run_dir)
     if state is None:
         raise RunError(f"{run_dir}: no {CHECKPOINT} (has the run started?)")
+    check_memory(config, build, path)
     model = build(config)
     load_weights(model, state["model"], run_dir / CHECKPOINT)
     meta = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
@@ -168,6 +204,52 @@ def load_run(
         raise RunError(f"{run_dir / 'run.json'}: not a JSON object")
     meta["step"] = state["step"]
     return model.to(device).eval(), meta
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still take (Linux ``MemAvailable``, else the physical
+    memory), or None where neither is known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def memory_estimate(config: Any, build: Callable[[Any], torch.nn.Module], *, batch: int = 1) -> int:
+    """A lower bound of the bytes a model of ``config`` takes to run on ``batch`` examples,
+    without allocating it: its weights (built on torch's meta device, which holds no data)
+    and one float32 feature map of ``filters`` channels at full resolution per example."""
+    with torch.device("meta"):
+        model = build(config)
+    tensors = [*model.parameters(), *model.buffers()]
+    weights = sum(t.numel() * t.element_size() for t in tensors)
+    pixels, filters = int(getattr(config, "pixels", 0)), int(getattr(config, "filters", 1))
+    return weights + batch * pixels**2 * max(filters, 1) * 4
+
+
+def check_memory(
+    config: Any, build: Callable[[Any], torch.nn.Module], where: str | os.PathLike, *, batch: int = 1, factor: int = 1
+) -> None:
+    """Refuse, in one line naming ``where`` and before anything is allocated, a configuration
+    whose model cannot fit in this machine's memory (:func:`memory_estimate` times ``factor``:
+    e.g. 4 for training, with gradients and two optimiser moments)."""
+    try:
+        need = memory_estimate(config, build, batch=batch) * factor
+    except (RuntimeError, ValueError, TypeError, OverflowError) as e:  # sizes no layer accepts (0 channels, ...)
+        raise RunError(f"{where}: no model can be built from this configuration ({e})") from None
+    have = available_memory()
+    if have is not None and need > have:
+        raise RunError(
+            f"{where}: the model would need at least {need / 2**30:.3g} GiB, more than the {have / 2**30:.3g} GiB of "
+            "memory available here (pixels, filters, kernel sizes or batch size too large)"
+        )
 
 
 def read_json(path: Path) -> Any:
@@ -240,19 +322,28 @@ def prepare_run(
 ) -> None:
     """Create or reopen a run directory: refuse one whose stored configuration differs from
     ``config`` in anything but the ``mutable`` fields (steps, schedules), then store ``config``
-    and the run's ``metadata`` (with the seed) as JSON."""
+    and the run's ``metadata`` (with the seed) as JSON.
+
+    A trainer checks everything first (:func:`check_run`, :func:`restore` with ``trim=False``,
+    its data) and calls this last, so that a refused resume leaves every file as it was."""
+    check_run(run_dir, config, mutable)
     run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / CONFIG, config.to_json())
+    if metadata is not None:
+        write_text(run_dir / "run.json", json.dumps({**metadata, "seed": seed}, indent=2, sort_keys=True))
+
+
+def check_run(run_dir: Path, config: Any, mutable: tuple[str, ...]) -> None:
+    """Refuse (reading only) a run directory whose stored configuration differs from ``config``
+    in anything but the ``mutable`` fields."""
     cls = type(config)
     if (run_dir / CONFIG).is_file():
         try:
             existing = cls.from_json((run_dir / CONFIG).read_text())
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, UnicodeDecodeError) as e:
             raise RunError(f"{run_dir / CONFIG}: not a {cls.RUN_KIND} run ({e})") from None
         if replace(existing, **{k: getattr(config, k) for k in mutable}) != config:
             raise RunError(f"{run_dir} holds a run with another configuration; use a new directory")
-    write_text(run_dir / CONFIG, config.to_json())
-    if metadata is not None:
-        write_text(run_dir / "run.json", json.dumps({**metadata, "seed": seed}, indent=2, sort_keys=True))
 
 
 def restore(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, trim: bool = True) -> int:
