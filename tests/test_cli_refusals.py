@@ -63,7 +63,32 @@ def root(tmp_path_factory):
     first = next(iter(state["model"]))
     state["model"][first] = torch.full_like(state["model"][first], float("nan"))
     torch.save(state, root / "nanvae" / "checkpoint.pt")
+    _issue_26_inputs(root, good, attrs)
     return root
+
+
+def _issue_26_inputs(root, good, attrs):
+    """Inputs that were accepted, crashed or changed files before (issue 26)."""
+    rng = np.random.default_rng(0)
+    stamps = rng.random((4, 1, 128, 128)).astype(np.float32)
+    split = np.array([0, 0, 0, 1], np.int64)
+    lenssim.write_dataset(root / "stamps128.h5", {"source": stamps, "split": split}, {"source_fov": 3.0})
+    lenssim.write_dataset(root / "sources-fov30.h5", {"source": stamps, "split": split}, {"source_fov": 30.0})
+    zero = np.zeros((4, 1, 128, 128), np.float32)
+    lenssim.write_dataset(root / "zero-kappa.h5", {"kappa": zero, "split": split}, {"image_fov": 7.68})
+    # a run directory whose checkpoint is another architecture's: the resume must change nothing
+    run("train", "vae", "--kind", "source", "--preset", "small", "--steps", "2", "--data", root / "stamps128.h5",
+        "-o", root / "vae-mixed")  # fmt: skip
+    other = lensprior.source_vae_config(pixels=128, levels=3, filters=4, latent_dim=4, batch_size=2, steps=1)
+    lensprior.train_vae(other, torch.from_numpy(stamps), root / "vae-f4")
+    (root / "vae-mixed" / "checkpoint.pt").write_bytes((root / "vae-f4" / "checkpoint.pt").read_bytes())
+    # one dataset, two resolutions
+    (root / "mixed-shards").mkdir()
+    (root / "mixed-shards" / "a.h5").write_bytes((root / "good.h5").read_bytes())
+    obs64 = lenssim.ObservationConfig(image_pixels=64, source_pixels=64, psf_size=5)
+    wide = lenssim.simulate_sie_lenses(2, config=obs64, generator=torch.Generator().manual_seed(1))
+    arrays = {k: getattr(wide, k).numpy() for k in lenssim.LENS_FIELDS}
+    lenssim.write_lens_dataset(root / "mixed-shards" / "b.h5", arrays, **attrs)
 
 
 def _stamps_with_a_nan(path, *, row, split):
@@ -194,6 +219,73 @@ FT = ["finetune", "--rim", "{d}/rim", "--source-vae", "{d}/svae", "--kappa-vae",
             ["simulate", "lenses", "--kappa", "sie", "--sources", "sersic", "-n", "1", "-o", "{d}/newdir/"],
             2,
             "ends in a slash",
+        ),  # fmt: skip
+        # issue 26: a refused resume rewrote config.json and run.json
+        (
+            [
+                "train",
+                "vae",
+                "--kind",
+                "source",
+                "--preset",
+                "small",
+                "--steps",
+                "3",
+                "--data",
+                "{d}/stamps128.h5",
+                "-o",
+                "{d}/vae-mixed",
+            ],
+            1,
+            "weights do not fit the configuration",
+        ),  # fmt: skip
+        # issue 26: accepted with exit 0 (NaN in the test split, maps with no mass, a source field in other units)
+        (["train", "denoiser", "--data", "{d}/nan-test.h5", "--steps", "1", "-o", "{d}/run"], 1, "NaN"),
+        (["train", "vae", "--kind", "kappa", "--data", "{d}/zero-kappa.h5", "-o", "{d}/run"], 1, "zero everywhere"),
+        (
+            ["train", "vae", "--kind", "source", "--data", "{d}/sources-fov30.h5", "-o", "{d}/run"],
+            2,
+            "source_fov 30 arcsec exceeds",
+        ),  # fmt: skip
+        # issue 26: tracebacks, or no bound
+        (
+            ["train", "rim", "--data", "{d}/mixed-shards", "--preset", "tiny", "-o", "{d}/run"],
+            1,
+            "one dataset holds one resolution",
+        ),  # fmt: skip
+        (
+            [
+                "simulate",
+                "lenses",
+                "--kappa",
+                "sie",
+                "--sources",
+                "sersic",
+                "--pixels",
+                "100000",
+                "-n",
+                "1",
+                "-o",
+                "{d}/out.h5",
+            ],
+            2,
+            "--pixels",
+        ),  # fmt: skip
+        (["demo", "--threads", "100000", "-o", "{d}/run"], 2, "at most"),
+        (
+            [
+                "reconstruct",
+                "--rim",
+                "{d}/rim",
+                "--data",
+                "{d}/good.h5",
+                "-o",
+                "{d}/out.h5",
+                "--batch-size",
+                "100000000000",
+            ],
+            1,
+            "more than the",
         ),  # fmt: skip
     ],
 )

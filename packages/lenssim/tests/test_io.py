@@ -6,6 +6,14 @@ import pytest
 import torch
 
 import lenssim
+from lenssim.io.datasets import (
+    DatasetError,
+    LensDataset,
+    dataset_info,
+    read_dataset,
+    write_in_blocks,
+    write_lens_dataset,
+)
 
 
 def _arrays(n=3, npx=16, k=5, seed=0):
@@ -319,3 +327,38 @@ def test_a_finished_dataset_made_otherwise_is_never_replaced_by_accident(tmp_pat
         lenssim.write_in_blocks(tmp_path / "plain.h5", 2, _blocks([]), attrs={}, seed=0, block_size=2)
     lenssim.write_in_blocks(out, 2, _blocks([]), attrs={"kind": "a"}, seed=1, block_size=2, overwrite=True)
     assert lenssim.read_dataset(out, ["x"])["x"].shape[0] == 2
+
+
+def test_a_block_no_reader_would_accept_is_never_written(tmp_path):
+    def make_block(k, count, seedseq):  # a chi2 that overflowed float32 in the second block
+        return {"chi2_nu": np.full(count, np.inf if k == 1 else 1.0, np.float32)}
+
+    out = tmp_path / "out.h5"
+    with pytest.raises(DatasetError, match=r"out.h5: the result of block 1 is not valid \(dataset 'chi2_nu' contains"):
+        write_in_blocks(out, 4, make_block, attrs={}, seed=0, block_size=2)
+    assert not out.exists()
+    blocks = sorted(p.name for p in (tmp_path / ".out.h5.blocks").glob("block-*.h5"))
+    assert blocks == ["block-000000.h5"]  # the valid block is kept for a resume; the invalid one is not written
+
+
+def test_readers_refuse_groups_noise_below_float32_and_shards_of_two_resolutions(tmp_path):
+    lenses = {
+        "source": np.zeros((2, 1, 8, 8)), "kappa": np.ones((2, 1, 8, 8)), "observation": np.zeros((2, 1, 8, 8)),
+        "psf": np.pad(np.ones((2, 1, 1, 1)), ((0, 0), (0, 0), (1, 1), (1, 1))), "noise_sigma": np.ones(2),
+    }  # fmt: skip
+    attrs = dict(image_fov=7.68, source_fov=3.0, z_lens=0.5, z_source=1.5)
+    write_lens_dataset(tmp_path / "quiet.h5", {**lenses, "noise_sigma": np.full(2, 1e-30)}, **attrs)
+    with pytest.raises(DatasetError, match=r"quiet.h5: dataset 'noise_sigma' has values down to 1e-30, below 1e-12"):
+        read_dataset(tmp_path / "quiet.h5", ["noise_sigma"])
+    write_lens_dataset(tmp_path / "group.h5", lenses, **attrs)
+    with h5py.File(tmp_path / "group.h5", "r+") as f:
+        del f["observation"]
+        f.create_group("observation")
+    with pytest.raises(DatasetError, match=r"group.h5: 'observation' is a group, not a dataset"):
+        dataset_info(tmp_path / "group.h5")
+    (tmp_path / "shards").mkdir()
+    write_lens_dataset(tmp_path / "shards" / "a.h5", lenses, **attrs)
+    wide = {k: np.repeat(np.repeat(v, 2, -1), 2, -2) if v.ndim == 4 and k != "psf" else v for k, v in lenses.items()}
+    write_lens_dataset(tmp_path / "shards" / "b.h5", wide, **attrs)
+    with pytest.raises(DatasetError, match=r"b.h5: 'source' maps are \(1, 16, 16\), the other shards' \(1, 8, 8\)"):
+        LensDataset(tmp_path / "shards")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from lenscore.files import hidden_sibling
 from lensrim.demo import duration  # torch-free, like everything the CLI imports at start-up
 
 if TYPE_CHECKING:
@@ -140,7 +141,7 @@ def seed_option(f: Callable) -> Callable:
     )
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
@@ -162,11 +163,11 @@ def one_line_errors(f: Callable) -> Callable:
         except click.ClickException:
             raise
         except (ValueError, OSError) as e:
-            raise click.ClickException(_first_line(e)) from None
+            raise click.ClickException(first_line(e)) from None
         except RuntimeError as e:  # the libraries' own; any other RuntimeError is a bug to show in full
             if not _is_user_facing(e):
                 raise
-            raise click.ClickException(_first_line(e)) from None
+            raise click.ClickException(first_line(e)) from None
 
     return wrapper
 
@@ -203,7 +204,7 @@ def leaves_nothing_on_failure(param: str = "output") -> Callable:
         def wrapper(*args, **kwargs):
             path = kwargs.get(param)
             created = path is not None and not Path(path).exists()
-            blocks = None if path is None else Path(path).with_name(f".{Path(path).name}.blocks")
+            blocks = None if path is None else hidden_sibling(Path(path), "blocks")
             new_blocks = blocks is not None and not blocks.exists()
             try:
                 return f(*args, **kwargs)

@@ -15,6 +15,7 @@ from lens_cli.common import (
     check_geometry,
     device_option,
     duration,
+    first_line,
     leaves_nothing_on_failure,
     one_line_errors,
     other_resolution,
@@ -219,6 +220,14 @@ def finetune(
                 param_hint=option,
             )
     n = len(obs) if limit is None else min(limit, len(obs))
+    from lenscore.runs import check_memory
+
+    # each lens of a batch has its own weights (with gradients, RMSProp state, anchor and Fisher)
+    # and runs fisher_chunk draws at a time
+    check_memory(
+        model.config, lensrim.RIM, f"--batch-size {batch_size} with --fisher-chunk {fisher_chunk}",
+        batch=min(batch_size, n) * min(fisher_chunk, fisher_samples), factor=5 * min(batch_size, n),
+    )  # fmt: skip
     cfg = lensrim.FineTuneConfig(
         ewc_lambda=ewc_lambda, fisher_samples=fisher_samples, latent_sigma=latent_sigma, learning_rate=learning_rate,
         max_steps=max_steps, target_chi2_nu=target_chi2, fisher_chunk=fisher_chunk, fisher_chi2=fisher_chi2,
@@ -259,6 +268,7 @@ def _write_fits(output: Path) -> None:
 @click.argument("recon", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report dir.")
 @one_line_errors
+@leaves_nothing_on_failure()
 def evaluate(recon: Path, output: Path) -> None:
     """Metrics and figures of a reconstruction (from `lens reconstruct` or `lens finetune`).
 
@@ -266,12 +276,20 @@ def evaluate(recon: Path, output: Path) -> None:
     loss moments of Table 4 and the phase-aware coherence of source and kappa), the figures
     (lenses.png, chi2_histogram.png, chi2_vs_snr.png, coherence.png) and OUTPUT/index.html.
     """
+    from lenscore.files import remove_stale_temporaries
     from lensrim.report import read_reconstruction, write_report
 
     if output.exists() and not output.is_dir():
         raise click.BadParameter(f"{output} exists and is not a directory", param_hint="--output")
+    refuse_overwriting_inputs({"--output": output}, {"RECON": recon})
     data = read_reconstruction(recon)
-    metrics = write_report(data, output, title=f"Evaluation of {recon.name}")
+    if output.is_dir():
+        remove_stale_temporaries(output)  # a killed report's half-drawn figures
+    try:
+        metrics = write_report(data, output, title=f"Evaluation of {recon.name}")
+    except OSError as e:
+        why = e.strerror or first_line(e)
+        raise OSError(f"{output}: the report could not be written ({why})") from None
     c = metrics["chi2_nu"]
     line = f"wrote {output}: {metrics['lenses']} lenses, chi2_nu median {c['final']['median']:.3g}"
     if "baseline" in c:

@@ -23,11 +23,22 @@ def cli() -> None:
     """
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system says)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def max_threads() -> int:
+    """The most torch threads `lens demo` accepts: twice the usable cores (more only contend:
+    thousands drove a 2-core machine's load to ~575 and crashed at thread creation)."""
+    return 2 * usable_cores()
+
+
 def idle_cores(window: float = 0.5) -> int:
     """Cores that other jobs leave idle: the usable cores less the cores busy during ``window``
     seconds (Linux /proc/stat; elsewhere all usable cores), at least one. Threads beyond these
     contend with the other jobs and slow torch down many times over."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
 
     def sample() -> tuple[int, int]:
         with open("/proc/stat") as f:
@@ -59,7 +70,8 @@ def idle_cores(window: float = 0.5) -> int:
     "--threads",
     type=click.IntRange(1),
     help="CPU threads for torch (default: one per core that other jobs leave idle, measured at the first "
-    "call and kept on re-runs). Two threads competing with another job ran 10-20 times slower than one.",
+    "call and kept on re-runs; at most twice the usable cores). Two threads competing with another job ran 10-20 "
+    "times slower than one.",
 )
 @seed_option
 @device_option
@@ -77,9 +89,14 @@ def demo(output: Path, preset: str, threads: int | None, seed: int, device: str)
 
     if output.exists() and not output.is_dir():
         raise click.BadParameter(f"{output} exists and is not a directory", param_hint="--output")
+    most = max_threads()
+    if threads is not None and threads > most:
+        raise click.BadParameter(
+            f"{threads} threads on a machine of {usable_cores()} usable cores: at most {most}", param_hint="--threads"
+        )
     stored = output / "threads.txt"  # a resumed or repeated run keeps the count of its first call
     if threads is None and stored.is_file() and stored.read_text().strip().isdigit():
-        threads = max(1, int(stored.read_text()))
+        threads = min(max(1, int(stored.read_text())), most)  # a file from a larger machine
     elif threads is None:
         threads = idle_cores()
         if threads < torch.get_num_threads():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
@@ -92,8 +93,8 @@ def train_vae(
     config = (lensprior.source_vae_config if kind == "source" else lensprior.kappa_vae_config)(**overrides)
     data = lensprior.load_field(data_path, kind, split=split, pixels=config.pixels)
     validation = None
+    has_test = lensprior.training.has_test_split(data_path, kind)
     with open_hdf5(data_path, click.BadParameter) as f:
-        has_test = "split" in f and bool((f["split"][()] == 1).any())
         attrs = {}
         for k in _DATA_ATTRS:
             if k in f.attrs:
@@ -101,6 +102,9 @@ def train_vae(
                     attrs[k] = float(f.attrs[k])
                 except (TypeError, ValueError):
                     raise click.BadParameter(f"{data_path}: attribute {k} is {f.attrs[k]!r}, not a number") from None
+                if not (math.isfinite(attrs[k]) and attrs[k] > 0):
+                    raise click.BadParameter(f"{data_path}: attribute {k} is {attrs[k]}, not a positive number")
+    _check_fields_of_view(data_path, attrs)
     if has_test:  # a bad test split is an error, not a reason to skip validation
         validation = lensprior.load_field(data_path, kind, split="test", pixels=config.pixels)[:64]
     else:
@@ -182,6 +186,21 @@ def train_denoiser(data_path, output, steps, noise_min, noise_max, highpass, che
             metadata={"data": str(data_path)}, progress=progress,
         )  # fmt: skip
     click.echo(f"trained {output} to step {steps}; use it with lens simulate sources --denoiser {output}")
+
+
+def _check_fields_of_view(path: Path, attrs: dict) -> None:
+    """A source plane wider than the image it is lensed into is a unit mistake: a VAE trained on
+    it would be refused by every RIM later (the image field defaults to the simulator's)."""
+    import lenssim
+
+    image = attrs.get("image_fov", lenssim.IMAGE_FOV)
+    if "source_fov" in attrs and attrs["source_fov"] > image:
+        where = "its image_fov" if "image_fov" in attrs else "the simulator's image field"
+        raise click.BadParameter(
+            f"{path}: source_fov {attrs['source_fov']:g} arcsec exceeds {where} of {image:g} arcsec: is it in other "
+            "units?",
+            param_hint="--data",
+        )
 
 
 @click.command("sample", short_help="Draw sources or kappa maps from a trained VAE.")

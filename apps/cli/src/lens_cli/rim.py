@@ -92,14 +92,14 @@ def _distributed(device: str):
     "--validation-size",
     default=32,
     show_default=True,
-    type=click.IntRange(1),
+    type=click.IntRange(1, 10_000),
     help="Lenses in each validation set (held out from --data: at most 10 % of it).",
 )
 @click.option(
     "--workers",
     default=0,
     show_default=True,
-    type=click.IntRange(0),
+    type=click.IntRange(0, 256),
     help="DataLoader worker processes reading --data ahead of the training step.",
 )
 @click.option(
@@ -388,8 +388,12 @@ def reconstruct(run_dir, data_path, output, batch_size, seed, device) -> None:
 
     refuse_overwriting_inputs({"--output": output}, {"--data": data_path, "--rim": run_dir})
     dev = resolve_device(device)
+    from lenscore.runs import check_memory
+
     model = lensrim.load(run_dir, device=dev)
+    check_memory(model.config, lensrim.RIM, f"--batch-size {batch_size}", batch=batch_size)
     info = lenssim.io.dataset_info(data_path)
+    lenssim.read_dataset(data_path, [], required_attrs=lenssim.io.datasets.LENS_ATTRS)  # what the output keeps
     first = lenssim.Observation.from_dataset(data_path, rows=slice(0, 1))  # validates the file's layout
     if first.pixels != model.config.pixels:
         raise click.BadParameter(

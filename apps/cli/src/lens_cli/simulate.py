@@ -375,7 +375,7 @@ def simulate_sources(
     "--pixels",
     default=128,
     show_default=True,
-    type=click.IntRange(8),
+    type=click.IntRange(8, 4096),
     help='Pixels across the image and source grids (the fields of view stay 7.69" and 3").',
 )
 @output_option
@@ -429,11 +429,14 @@ def simulate_lenses(kappa_in, sources_in, n_lenses, split, block_size, pixels, o
     mine = shard_range(n_blocks, *shard)
     n_mine = min(mine.stop * block_size, n_lenses) - mine.start * block_size if mine else 0
     with _bar(n_mine, "lenses") as bar:
-        path = lenssim.simulate_lens_dataset(
-            target, n_lenses, ksampler, ssampler, config=cfg, provenance=provenance, seed=seed, device=dev,
-            block_size=block_size, shard=shard, progress=bar.update,
-            inputs=tuple(p for p in (kappa_in, sources_in) if p not in ("sie", "sersic")),
-        )  # fmt: skip
+        try:
+            path = lenssim.simulate_lens_dataset(
+                target, n_lenses, ksampler, ssampler, config=cfg, provenance=provenance, seed=seed, device=dev,
+                block_size=block_size, shard=shard, progress=bar.update,
+                inputs=tuple(p for p in (kappa_in, sources_in) if p not in ("sie", "sersic")),
+            )  # fmt: skip
+        except lenssim.SimulationError as e:  # name the maps that made no lenses
+            raise lenssim.SimulationError(f"{e} (kappa: {kappa_in}, sources: {sources_in})") from None
     stats = json.loads(dataset_info(path)["attrs"].get("stats", "{}"))
     tried, rejected, surplus = (stats.pop(k, 0) for k in ("tried", "rejected", "surplus"))
     checks = ", ".join(f"{k.removeprefix('rejected_')} {v}" for k, v in stats.items() if v)

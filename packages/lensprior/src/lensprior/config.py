@@ -47,11 +47,18 @@ class VAEConfig(JsonConfig):
             raise ValueError(f"kind must be 'source' or 'kappa', got {self.kind!r}")
         if self.pixels % (2**self.levels):
             raise ValueError(f"pixels ({self.pixels}) must be divisible by 2^levels ({2**self.levels})")
-        for name in ("levels", "latent_dim", "filters", "steps", "batch_size", "decay_steps"):
+        for name in ("levels", "latent_dim", "filters", "steps", "batch_size", "decay_steps", "filter_scaling"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.convs_per_level < 0:
             raise ValueError(f"convs_per_level must be >= 0, got {self.convs_per_level}")
+        if self.pixels < 8:
+            raise ValueError(f"pixels must be at least 8, got {self.pixels}")
+        # sizes a file could otherwise set to anything: bounded so that a bad config fails at once
+        for name, most in (("pixels", 4096), ("levels", 12), ("filters", 65536), ("latent_dim", 65536),
+                           ("convs_per_level", 64), ("filter_scaling", 16)):  # fmt: skip
+            if getattr(self, name) > most:
+                raise ValueError(f"{name} is {getattr(self, name)}, beyond the largest sensible value {most}")
 
     def beta(self, step: int) -> float:
         """KL weight: linear warm-up from ``beta_start`` to ``beta_max`` over ``beta_warmup_steps``."""

@@ -23,6 +23,8 @@ from lenscore.runs import (  # the run core, shared with lensrim; re-exported un
     RunLock,
     StepResult,
     check_finite,
+    check_memory,
+    check_run,
     load_checkpoint,
     load_run,
     load_weights,
@@ -33,6 +35,7 @@ from lenscore.runs import (  # the run core, shared with lensrim; re-exported un
     save_checkpoint,
     seeded_init,
     step_generator,
+    trim_metrics,
 )
 from lensprior.vae import VAE, VAEConfig
 
@@ -58,33 +61,72 @@ __all__ = [
 def load_field(path: str | os.PathLike, field: str, *, split: str = "all", pixels: int | None = None) -> torch.Tensor:
     """Images ``(n, 1, P, P)`` of ``field`` from an HDF5 dataset, validated.
 
-    ``split`` selects "train" (0), "test" (1) or "all" via the file's ``split`` field.
+    ``split`` selects "train" (0), "test" (1) or "all" via the file's ``split`` field. Every
+    map of the file is checked (finite; kappa non-negative and, for the kappa VAE's log10, not
+    empty), whichever split is read: a file with one bad map is refused whole.
     """
+    import h5py
+
     path = Path(path)
     with open_hdf5(path, RunError) as f:
         if field not in f:
             raise RunError(f"{path}: no {field!r} dataset (fields: {sorted(f.keys())})")
         d = f[field]
+        if not isinstance(d, h5py.Dataset):
+            raise RunError(f"{path}: {field!r} is a group, not a dataset")
         if d.ndim != 4 or d.shape[1] != 1 or d.shape[2] != d.shape[3] or d.dtype.kind != "f":
             raise RunError(f"{path}: {field!r} has shape {d.shape} and dtype {d.dtype}, expected (n, 1, P, P) floats")
         if pixels is not None and d.shape[-1] != pixels:
             raise RunError(f"{path}: {field!r} maps are {d.shape[-1]} pixels wide, the model needs {pixels}")
+        if d.shape[0] == 0:
+            raise RunError(f"{path}: {field!r} is empty")
+        for start in range(0, d.shape[0], 256):  # every map, a chunk at a time
+            _check_maps(path, field, d[start : start + 256], start)
         if split == "all":
             data = d[()]
         else:
-            if "split" not in f:
-                raise RunError(f"{path}: no 'split' field to select the {split} set from")
-            idx = np.flatnonzero(f["split"][()] == (1 if split == "test" else 0))
+            labels = _split_labels(f, path, d.shape[0])
+            idx = np.flatnonzero(labels == (1 if split == "test" else 0))
             if idx.size == 0:
                 raise RunError(f"{path}: no {split} examples")
             data = d[idx]
-    if not np.isfinite(data).all():
-        raise RunError(f"{path}: {field!r} contains NaN or infinite values")
-    if field == "kappa" and (data < 0).any():
-        raise RunError(f"{path}: 'kappa' contains negative values")
-    if data.shape[0] == 0:
-        raise RunError(f"{path}: {field!r} is empty")
     return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+
+
+def _check_maps(path: Path, field: str, maps: np.ndarray, start: int) -> None:
+    if not np.isfinite(maps).all():
+        raise RunError(f"{path}: {field!r} contains NaN or infinite values")
+    if field == "kappa":
+        if (maps < 0).any():
+            raise RunError(f"{path}: 'kappa' contains negative values")
+        empty = np.flatnonzero(maps.reshape(maps.shape[0], -1).max(axis=1) <= 0)
+        if empty.size:
+            raise RunError(
+                f"{path}: kappa map {start + int(empty[0])} is zero everywhere (no mass; the kappa VAE models "
+                "log10 kappa)"
+            )
+
+
+def _split_labels(f, path: Path, n: int) -> np.ndarray:
+    """The file's ``split`` field (0 train, 1 test), validated."""
+    import h5py
+
+    if "split" not in f:
+        raise RunError(f"{path}: no 'split' field to select a split from")
+    s = f["split"]
+    if not isinstance(s, h5py.Dataset) or s.ndim != 1 or s.shape[0] != n or s.dtype.kind not in "iu":
+        what = "a group" if not isinstance(s, h5py.Dataset) else f"{s.dtype} of shape {s.shape}"
+        raise RunError(f"{path}: 'split' is {what}, expected {n} integers (0 train, 1 test)")
+    return s[()]
+
+
+def has_test_split(path: str | os.PathLike, field: str) -> bool:
+    """Whether the dataset has examples in the test split (a malformed ``split`` is refused)."""
+    path = Path(path)
+    with open_hdf5(path, RunError) as f:
+        if "split" not in f or field not in f:
+            return False
+        return bool((_split_labels(f, path, f[field].shape[0]) == 1).any())
 
 
 def load_vae(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[VAE, dict[str, Any]]:
@@ -130,10 +172,13 @@ def _fit(
     progress,
 ) -> torch.nn.Module:  # fmt: skip
     device = torch.device(device)
-    prepare_run(run_dir, replace(config, steps=steps), ("steps",), metadata=metadata, seed=seed)
+    config = replace(config, steps=steps)
+    check_run(run_dir, config, ("steps",))  # everything is checked before anything is written
     model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.learning_rate_at(0))
-    start = restore(run_dir, model, opt)
+    start = restore(run_dir, model, opt, trim=False)
+    prepare_run(run_dir, config, ("steps",), metadata=metadata, seed=seed)
+    trim_metrics(run_dir, start)
     data = data.to(device)
     n = data.shape[0]
     batches = (
@@ -186,5 +231,6 @@ def train_vae(
     p = config.pixels
     if data.dim() != 4 or data.shape[1:] != (1, p, p):
         raise RunError(f"training data must be (n, 1, {p}, {p}), got {tuple(data.shape)}")
+    check_memory(config, VAE, run_dir, batch=config.batch_size, factor=4)  # weights, gradients, Adam's moments
     model = seeded_init(lambda: VAE(config), seed)
     return fit(model, config, data, run_dir, steps=config.steps if steps is None else steps, seed=seed, **kwargs)

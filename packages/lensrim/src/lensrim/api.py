@@ -57,7 +57,21 @@ def read_reconstruction(path: str | os.PathLike) -> dict[str, Any]:
             f"{path}: not a reconstruction (missing {', '.join(missing)}); write one with lens reconstruct"
         )
     wanted = list(RECONSTRUCTION_FIELDS) + [k for k in RECONSTRUCTION_OPTIONAL if k in fields]
-    return lenssim.read_dataset(path, wanted, required_attrs=("image_fov", "source_fov"))
+    if ("source" in fields) != ("kappa" in fields):
+        have, lack = ("source", "kappa") if "source" in fields else ("kappa", "source")
+        raise lenssim.DatasetError(f"{path}: holds the true {have} but not the true {lack} (give both or neither)")
+    data = lenssim.read_dataset(path, wanted, required_attrs=("image_fov", "source_fov"))
+    # maps compared pixel by pixel must be on one grid: kappa on the image's, the source on its own
+    same = {
+        "kappa_pred": "observation", "kappa": "kappa_pred", "kappa_baseline": "kappa_pred", "noise_map": "observation",
+        "source": "source_pred", "source_baseline": "source_pred",
+    }  # fmt: skip
+    for name, other in same.items():
+        if name in data and data[name].shape != data[other].shape:
+            raise lenssim.DatasetError(
+                f"{path}: {name!r} is {tuple(data[name].shape)}, {other!r} {tuple(data[other].shape)}: they must match"
+            )
+    return data
 
 
 def load(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> RIM:

@@ -132,8 +132,12 @@ class RIMConfig(JsonConfig):
             raise ValueError(f"pixels ({self.pixels}) must be divisible by 2^levels ({2**self.levels})")
         if self.steps < 1:
             raise ValueError(f"the RIM needs at least one step, got {self.steps}")
-        if self.input_kernel % 2 == 0:
-            raise ValueError(f"input_kernel must be odd, got {self.input_kernel}")
+        if self.pixels < 8:
+            raise ValueError(f"pixels must be at least 8, got {self.pixels}")
+        if self.input_kernel % 2 == 0 or self.input_kernel < 1:
+            raise ValueError(f"input_kernel must be odd and positive, got {self.input_kernel}")
+        if self.input_kernel > self.pixels:
+            raise ValueError(f"input_kernel ({self.input_kernel}) is larger than the {self.pixels}-pixel image")
         if not math.isfinite(self.initial_log10_kappa):
             raise ValueError(f"initial_log10_kappa must be finite, got {self.initial_log10_kappa}")
         for name in ("filters", "levels", "batch_size", "decay_steps", "train_steps", "max_filters", "filter_scaling"):

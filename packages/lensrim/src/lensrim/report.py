@@ -55,9 +55,14 @@ def _pyplot():
     return plt
 
 
+LOSS_FLOOR = 1e-12
+"""The smallest per-lens loss a report takes log10 of: an exact reconstruction (loss 0) counts
+as 1e-12, 12 dex below a perfect-fit kappa map's usual losses, not as minus infinity."""
+
+
 def _loss(source_pred, kappa_pred, source, kappa) -> np.ndarray:
     est = torch.cat([source_pred, torch.log10(kappa_pred.clamp_min(1e-6))], dim=1)[None]
-    return rim_loss(est, source, kappa.clamp_min(1e-6)).numpy()
+    return rim_loss(est, source, kappa.clamp_min(1e-6)).clamp_min(LOSS_FLOOR).numpy()
 
 
 def compute_metrics(data: dict) -> dict:
@@ -371,8 +376,8 @@ def write_report(
 ) -> dict:
     """metrics.json, the figures and index.html in ``report``; returns the metrics.
     ``extra_figures(report, metrics)`` draws more figures, listed first on the page."""
+    metrics = compute_metrics(data)  # before anything is written: a failure leaves no folder
     report.mkdir(parents=True, exist_ok=True)
-    metrics = compute_metrics(data)
     if extra:
         metrics.update(extra)
     images = (extra_figures(report, metrics) if extra_figures else []) + figures(data, metrics, report)

@@ -28,6 +28,8 @@ from lenscore.runs import (
     RunError,
     RunLock,
     StepResult,
+    check_memory,
+    check_run,
     load_checkpoint,
     load_run,
     prepare_run,
@@ -35,6 +37,7 @@ from lenscore.runs import (
     run_steps,
     seeded_init,
     step_generator,
+    trim_metrics,
 )
 from lensrim.metrics import constant_reference
 from lensrim.model import RIM, ForwardModel, RIMConfig, rim_loss_terms
@@ -523,15 +526,12 @@ def _train_rim(
         hint=" (RIMConfig's image_fov and source_fov must be the data's)", error=RunError,
     )  # fmt: skip
     physics = LensingOf.of(config) if physics is None else physics
-    if rank == 0:
-        prepare_run(
-            run_dir, replace(config, train_steps=steps), RIMConfig.OPTIMISATION_FIELDS, metadata=metadata, seed=seed
-        )
-    if world > 1:
-        dist.barrier()
+    check_memory(config, RIM, run_dir, batch=config.batch_size // world, factor=4)  # weights, gradients, moments
+    stored = replace(config, train_steps=steps)
+    check_run(run_dir, stored, RIMConfig.OPTIMISATION_FIELDS)  # everything is checked before anything is written
     model = seeded_init(lambda: RIM(config), seed).to(device)
     opt = torch.optim.Adamax(model.parameters(), lr=config.learning_rate_at(0))
-    start = restore(run_dir, model, opt, trim=rank == 0)
+    start = restore(run_dir, model, opt, trim=False)
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -541,6 +541,11 @@ def _train_rim(
         validation = batches.held_out(validation_size, seed)
     checks = {"val": validation, "ext": external} if rank == 0 else {}
     checks = {k: {f: t.cpu() for f, t in as_batch(v).items()} for k, v in checks.items() if v is not None}
+    if rank == 0:  # the run's files change only now, when nothing is left to refuse
+        prepare_run(run_dir, stored, RIMConfig.OPTIMISATION_FIELDS, metadata=metadata, seed=seed)
+        trim_metrics(run_dir, start)
+    if world > 1:
+        dist.barrier()
     share = config.batch_size // world
     prefetch = (2 if device.type == "cuda" else 0) if prefetch is None else prefetch
     writer = _tensorboard(run_dir, start) if rank == 0 and tensorboard else None

@@ -267,7 +267,7 @@ def h5_pool_sampler(
     index, attrs = [], None
     for fi, q in enumerate(files):
         with _open(q) as f:
-            n = _check_fields(f, q, [field], ())
+            n = _check_fields(f, q, [field] if split == "all" else [field, "split"], ())
             if attrs is None:
                 attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
             pixels = f[field].shape[-1]

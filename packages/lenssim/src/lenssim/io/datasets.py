@@ -28,11 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from lenscore.files import ExclusiveLock, open_hdf5, write_text, written
+from lenscore.files import ExclusiveLock, hidden_sibling, open_hdf5, write_text, written
 from lenscore.files import remove_stale_temporaries as _remove_stale
 
 __all__ = [
     "FIELD_NDIM",
+    "LENS_ATTRS",
     "LENS_FIELDS",
     "MAX_ABS",
     "DatasetError",
@@ -71,7 +72,7 @@ FIELD_NDIM = {
     "noise_map": 4,
 }
 """Expected number of axes of every known field; images are ``(n, 1, M, M)``."""
-_LENS_ATTRS = ("image_fov", "source_fov", "z_lens", "z_source")
+LENS_ATTRS = ("image_fov", "source_fov", "z_lens", "z_source")
 
 
 class DatasetError(ValueError):
@@ -170,6 +171,12 @@ def _open(path: Path):
 
 MAX_ABS = 1e6
 """Largest magnitude a stored map may hold: images are normalised to peak ~1, kappa is O(1)."""
+MIN_NOISE = 1e-12
+"""Smallest noise sigma, in units of the image (normalised to peak ~1): below it, chi2 of a
+residual of order 1 overflows float32 (1/sigma^2 per pixel, summed over the image)."""
+UNBOUNDED = ("chi2_nu", "chi2_nu_baseline")
+"""Fields that are figures, not maps: finite and non-negative, but not bounded by MAX_ABS (a
+poor fit to a bright lens has chi2_nu far above 1e6)."""
 
 
 def _check_storage(f, path: Path, name: str) -> None:
@@ -205,7 +212,7 @@ def _check_storage(f, path: Path, name: str) -> None:
 def _float_attr(f, path: Path, name: str) -> float:
     try:
         value = float(f.attrs[name])
-    except (TypeError, ValueError):
+    except (TypeError, ValueError):  # text, or an array of several values
         raise DatasetError(f"{path}: attribute {name} is {f.attrs[name]!r}, not a number") from None
     if not np.isfinite(value):
         raise DatasetError(f"{path}: attribute {name} is {value}, not a finite number")
@@ -216,7 +223,7 @@ def _check_attrs(f, path: Path, required_attrs: Sequence[str]) -> None:
     absent = [a for a in required_attrs if a not in f.attrs]
     if absent:
         raise DatasetError(f"{path}: missing attributes {absent}")
-    values = {a: _float_attr(f, path, a) for a in _LENS_ATTRS if a in f.attrs}  # present ones too
+    values = {a: _float_attr(f, path, a) for a in LENS_ATTRS if a in f.attrs}  # present ones too
     for a, v in values.items():
         if not v > 0:
             raise DatasetError(f"{path}: attribute {a} must be positive, got {v}")
@@ -237,6 +244,10 @@ def check_values(path: Path | str, name: str, arr: np.ndarray, *, image_pixels: 
         return
     if not np.isfinite(arr).all():
         raise DatasetError(f"{path}: dataset {name!r} contains NaN or infinite values")
+    if name in UNBOUNDED:
+        if (arr < 0).any():
+            raise DatasetError(f"{path}: dataset {name!r} has negative values")
+        return
     if np.abs(arr).max() > MAX_ABS:
         raise DatasetError(
             f"{path}: dataset {name!r} holds values up to {np.abs(arr).max():.3g}, beyond {MAX_ABS:g} (normalise the "
@@ -246,6 +257,11 @@ def check_values(path: Path | str, name: str, arr: np.ndarray, *, image_pixels: 
         raise DatasetError(f"{path}: dataset {name!r} has negative convergence")
     if name in ("noise_sigma", "noise_map") and not (arr > 0).all():
         raise DatasetError(f"{path}: dataset {name!r} has values <= 0 (noise must be positive)")
+    if name in ("noise_sigma", "noise_map") and arr.min() < MIN_NOISE:
+        raise DatasetError(
+            f"{path}: dataset {name!r} has values down to {arr.min():.3g}, below {MIN_NOISE:g} of the image's scale "
+            "(chi2 would overflow float32): is the noise in the images' units?"
+        )
     if name == "psf":
         k = arr.shape[-1]
         if k % 2 == 0:
@@ -281,6 +297,8 @@ def _check_fields(f, path: Path, fields: Sequence[str], required_attrs: Sequence
             raise DatasetError(f"{path}: dataset {k!r} has dtype {d.dtype}, expected float32 or float64")
         if d.dtype.kind not in "fiu":
             raise DatasetError(f"{path}: dataset {k!r} has dtype {d.dtype}, expected numbers")
+        if k == "split" and d.dtype.kind not in "iu":
+            raise DatasetError(f"{path}: dataset 'split' has dtype {d.dtype}, expected integers (0 train, 1 test)")
         if n is not None and d.shape[0] != n:
             raise DatasetError(f"{path}: dataset {k!r} has {d.shape[0]} examples, others have {n}")
         n = d.shape[0]
@@ -288,7 +306,14 @@ def _check_fields(f, path: Path, fields: Sequence[str], required_attrs: Sequence
 
 
 def _attrs(f) -> dict[str, Any]:
-    return {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+    """The attributes as Python values (an array attribute as a list: never a number)."""
+
+    def value(v: Any) -> Any:
+        if isinstance(v, np.ndarray) and v.size != 1:
+            return v.tolist()
+        return v.item() if hasattr(v, "item") else v
+
+    return {k: value(v) for k, v in f.attrs.items()}
 
 
 def read_dataset(
@@ -329,14 +354,24 @@ def check_dataset_values(path: str | os.PathLike, name: str, *, rows: int = 256)
 
 def read_lens_dataset(path: str | os.PathLike, *, fields: Sequence[str] = LENS_FIELDS) -> dict[str, Any]:
     """Read and validate a lens dataset (:func:`read_dataset` with the lens attributes)."""
-    return read_dataset(path, fields, required_attrs=_LENS_ATTRS)
+    return read_dataset(path, fields, required_attrs=LENS_ATTRS)
 
 
 def dataset_info(path: str | os.PathLike) -> dict[str, Any]:
     """The fields (name -> shape) and attributes of a dataset, without reading its arrays."""
+    import h5py
+
     path = Path(path)
     with _open(path) as f:
-        return {"fields": {k: tuple(f[k].shape) for k in f.keys()}, "attrs": _attrs(f)}
+        fields = {}
+        for k in f.keys():
+            item = f.get(k)
+            if isinstance(item, h5py.Dataset):
+                fields[k] = tuple(item.shape)
+            elif k in FIELD_NDIM:  # a known field stored as a group (or a dangling link): not a dataset
+                raise DatasetError(f"{path}: {k!r} is {'a group' if item is not None else 'a broken link'}, "
+                                   "not a dataset")  # fmt: skip
+        return {"fields": fields, "attrs": _attrs(f)}
 
 
 def shard_range(n_blocks: int, shard: int, n_shards: int) -> range:
@@ -357,7 +392,7 @@ class _Lock(ExclusiveLock):
     writer of the same output is refused at once instead of mixing its data in."""
 
     def __init__(self, path: Path) -> None:
-        lockfile = path.with_name(f".{path.name}.lock")
+        lockfile = hidden_sibling(path, "lock")
         refusal = (
             f"{path}: another process is writing it (lock {lockfile}); wait for it to finish or choose another output"
         )
@@ -397,7 +432,18 @@ class _Sizes:
         return (len(self.blocks) - 1) * self.size + self[self.blocks[-1]]
 
 
-def _make_blocks(work: Path, sizes: _Sizes, make_block, seed: int, progress) -> None:
+def _check_block(path: Path, k: int, data: Mapping[str, Any]) -> None:
+    """Refuse a block whose values no reader would accept (NaN, overflow): written, it would
+    only be refused when read back."""
+    for name, v in data.items():
+        try:
+            check_values(path, name, np.asarray(v))
+        except DatasetError as e:
+            why = str(e).split(": ", 1)[-1]
+            raise DatasetError(f"{path}: the result of block {k} is not valid ({why}); it was not written") from None
+
+
+def _make_blocks(path: Path, work: Path, sizes: _Sizes, make_block, seed: int, progress) -> None:
     projected = False
     for k, count in sizes.items():
         bp = work / f"block-{k:06d}.h5"
@@ -414,6 +460,7 @@ def _make_blocks(work: Path, sizes: _Sizes, make_block, seed: int, progress) -> 
         got = {name: np.shape(v)[0] for name, v in data.items()}
         if set(got.values()) != {count}:
             raise RuntimeError(f"block {k} produced {got} examples, expected {count}")
+        _check_block(path, k, data)
         per_example = _nbytes(data) / count
         if not projected:  # the rest of the blocks plus the assembled copy, before the first write
             finished = [int(p.stem.split("-")[1]) for p in work.glob("block-*.h5")]
@@ -512,7 +559,7 @@ def _write_in_blocks(path, make_block, attrs, seed, sizes, manifest, identity, p
                 f"{path} exists and was not made with these settings: choose another output, or remove it to "
                 "make it again"
             )
-    work = path.with_name(f".{path.name}.blocks")
+    work = hidden_sibling(path, "blocks")
     mfile = work / "manifest.json"
     stored = None
     if mfile.is_file():
@@ -536,7 +583,7 @@ def _write_in_blocks(path, make_block, attrs, seed, sizes, manifest, identity, p
     if stored is None:
         write_text(mfile, json.dumps({"options": manifest, "inputs": identity}, sort_keys=True))
     try:
-        _make_blocks(work, sizes, make_block, seed, progress)
+        _make_blocks(path, work, sizes, make_block, seed, progress)
     except Exception:
         if not any(work.glob("block-*.h5")):
             shutil.rmtree(work, ignore_errors=True)  # nothing to resume: leave nothing behind
@@ -579,7 +626,7 @@ class LensDataset(torch.utils.data.Dataset):
         path: str | os.PathLike,
         fields: Sequence[str] = LENS_FIELDS,
         *,
-        required_attrs: Sequence[str] = _LENS_ATTRS,
+        required_attrs: Sequence[str] = LENS_ATTRS,
     ) -> None:
         p = Path(path)
         if p.is_dir():
@@ -592,10 +639,18 @@ class LensDataset(torch.utils.data.Dataset):
         self.fields = tuple(fields)
         self.lengths = []
         self.attrs = None
+        shapes = None
         for q in files:
             with _open(q) as f:
                 self.lengths.append(_check_fields(f, q, self.fields, required_attrs))
                 attrs = {a: _attrs(f)[a] for a in required_attrs}
+                mine = {k: tuple(f[k].shape[1:]) for k in self.fields}
+            if shapes is not None and mine != shapes:
+                k = next(k for k in self.fields if mine[k] != shapes[k])
+                raise DatasetError(
+                    f"{q}: {k!r} maps are {mine[k]}, the other shards' {shapes[k]}: one dataset holds one resolution"
+                )
+            shapes = mine
             if self.attrs is not None and attrs != self.attrs:
                 raise DatasetError(f"{q}: attributes {attrs} differ from the other shards' {self.attrs}")
             self.attrs = attrs

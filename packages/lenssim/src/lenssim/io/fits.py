@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from lenscore.files import written
-from lenssim.io.datasets import MAX_ABS
+from lenssim.io.datasets import MAX_ABS, MIN_NOISE
 from lenssim.physics.psf import gaussian_psf
 
 __all__ = [
@@ -257,6 +257,11 @@ def fits_onto_grid(
     else:
         if not psf_fwhm > 0:
             raise FitsError(f"PSF FWHM must be positive, got {psf_fwhm}")
+        if psf_fwhm > image_fov:
+            raise FitsError(
+                f"{path}: a PSF FWHM of {psf_fwhm:g} arcsec is wider than the model's field of {image_fov:g} arcsec "
+                "(is it in arcsec?)"
+            )
         psf_t = gaussian_psf(torch.tensor([float(psf_fwhm)]), scale_out, psf_size)
 
     scale = float(flux_scale) if flux_scale is not None else float(obs.max())
@@ -267,6 +272,12 @@ def fits_onto_grid(
         raise FitsError(
             f"{path}: divided by the flux scale {scale:.3g} the image reaches {peak:.3g}, beyond {MAX_ABS:g}: "
             "pass a flux scale near the arcs' peak"
+        )
+    smallest = float(np.min(noise)) / scale
+    if not smallest >= MIN_NOISE:
+        raise FitsError(
+            f"{path}: divided by the flux scale {scale:.3g} the noise sigma goes down to {smallest:.3g}, below "
+            f"{MIN_NOISE:g} (chi2 would overflow float32): is the noise in the image's units?"
         )
     noise_t = torch.from_numpy(noise / scale).float()
     if noise_t.dim() == 2:
