@@ -4,6 +4,7 @@
     nox -s quick        # every test but the slow ones, all packages together (< 2 min)
     nox -s lenssim      # one package
     nox -s demo         # the main job on built-in data
+    nox -s fuzz         # the fuzzer against every reader, with a large budget (~5 min)
     nox -s bench        # benchmark figures (never fails for being slow)
     nox -s bench_finetune   # does EWC fine-tuning reach the noise? (Table 3, Fig. 8; ~30 min on 2 cores)
     nox -s gpu          # on a CUDA machine: CUDA tests, GPU throughput, 3 minutes of 128^2 training
@@ -117,15 +118,32 @@ def cli(session: nox.Session) -> None:
 def integration(session: nox.Session) -> None:
     """Everything installed together: the cross-package tests in tests/ (the `lens` script must
     be there: a missing one fails them instead of skipping them)."""
-    _install(session, LENSSIM, LENSPRIOR, LENSRIM, CLI, "pytest")
+    _install(session, LENSSIM, LENSPRIOR, f"{LENSRIM}[report]", CLI, "pytest", "hypothesis")
     session.run("pytest", "-q", "tests", *session.posargs, env={"LENS_REQUIRE_SCRIPT": "1"})
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """The fuzzer of tests/test_fuzz.py with a large budget (LENS_FUZZ_EXAMPLES, default 500 per
+    reader; about 5 minutes on 2 cores): malformed datasets, FITS files and run directories."""
+    _install(session, LENSSIM, LENSPRIOR, f"{LENSRIM}[report]", CLI, "pytest", "hypothesis")
+    examples = os.environ.get("LENS_FUZZ_EXAMPLES", "500")
+    session.run("pytest", "-q", "tests/test_fuzz.py", *session.posargs, env={"LENS_FUZZ_EXAMPLES": examples})
 
 
 @nox.session
 def quick(session: nox.Session) -> None:
     """Every test but the slow ones (subprocesses, DDP, the denoiser, long training), all
     packages in one environment: under 2 minutes on 2 cores, for the edit-test loop."""
-    _install(session, f"{LENSCORE}[test]", f"{LENSSIM}[test]", f"{LENSPRIOR}[test]", f"{LENSRIM}[test]", f"{CLI}[test]")
+    _install(
+        session,
+        f"{LENSCORE}[test]",
+        f"{LENSSIM}[test]",
+        f"{LENSPRIOR}[test]",
+        f"{LENSRIM}[test]",
+        f"{CLI}[test]",
+        "hypothesis",
+    )
     packages = (LENSCORE, LENSSIM, LENSPRIOR, LENSRIM, CLI)
     for tests in (*(f"{p}/tests" for p in packages), "tests"):
         # one run per directory: each test directory has its own conftest module
