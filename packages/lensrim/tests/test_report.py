@@ -73,3 +73,18 @@ def test_without_matplotlib_the_figures_name_the_extra_to_install(recon_file, tm
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r"lensrim\[report\]"):
         report.figures(data, metrics, tmp_path)
+
+
+def test_a_killed_reports_temporaries_go_and_a_perfect_reconstruction_has_a_finite_loss(recon_file, tmp_path):
+    import subprocess
+
+    path, lenses = recon_file
+    data = report.read_reconstruction(path)
+    data = {**data, "source_pred": data["source"], "kappa_pred": data["kappa"]}  # loss exactly 0
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
+    (out / f".chi2_histogram.png.{dead}.tmp").write_bytes(b"half a figure")  # left by a killed writer
+    metrics = report.write_report(data, out, title="exact")
+    assert not list(out.glob(".*.tmp"))
+    assert metrics["log10_loss"]["final"]["mu"] == pytest.approx(np.log10(report.LOSS_FLOOR))

@@ -276,15 +276,12 @@ def evaluate(recon: Path, output: Path) -> None:
     loss moments of Table 4 and the phase-aware coherence of source and kappa), the figures
     (lenses.png, chi2_histogram.png, chi2_vs_snr.png, coherence.png) and OUTPUT/index.html.
     """
-    from lenscore.files import remove_stale_temporaries
     from lensrim.report import read_reconstruction, write_report
 
     if output.exists() and not output.is_dir():
         raise click.BadParameter(f"{output} exists and is not a directory", param_hint="--output")
     refuse_overwriting_inputs({"--output": output}, {"RECON": recon})
     data = read_reconstruction(recon)
-    if output.is_dir():
-        remove_stale_temporaries(output)  # a killed report's half-drawn figures
     try:
         metrics = write_report(data, output, title=f"Evaluation of {recon.name}")
     except OSError as e:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 import lenssim
-from lenscore.files import written
+from lenscore.files import remove_stale_temporaries, written
 from lensrim.api import read_reconstruction
 from lensrim.metrics import (
     chi2_summary,
@@ -378,6 +378,7 @@ def write_report(
     ``extra_figures(report, metrics)`` draws more figures, listed first on the page."""
     metrics = compute_metrics(data)  # before anything is written: a failure leaves no folder
     report.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(report)  # a killed report's half-drawn figures
     if extra:
         metrics.update(extra)
     images = (extra_figures(report, metrics) if extra_figures else []) + figures(data, metrics, report)
