@@ -63,7 +63,7 @@ def load_observations(
     n = info["fields"].get("observation", (0, 0, 0, pixels))[-1]
     if n != pixels:
         raise click.BadParameter(other_resolution(str(path), n, pixels), param_hint="--data")
-    attrs = lenssim.read_dataset(path, [], required_attrs=("image_fov", "source_fov", "z_lens", "z_source"))["attrs"]
+    attrs = lenssim.read_dataset(path, [], required_attrs=lenssim.io.datasets.LENS_ATTRS)["attrs"]
     attrs.pop("manifest", None)
     return lenssim.Observation.from_dataset(path), attrs
 
@@ -280,7 +280,6 @@ def evaluate(recon: Path, output: Path) -> None:
 
     if output.exists() and not output.is_dir():
         raise click.BadParameter(f"{output} exists and is not a directory", param_hint="--output")
-    refuse_overwriting_inputs({"--output": output}, {"RECON": recon})
     data = read_reconstruction(recon)
     try:
         metrics = write_report(data, output, title=f"Evaluation of {recon.name}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import click
@@ -24,8 +23,6 @@ from lensprior.config import VAE_PRESETS, DenoiserConfig  # torch-free
 
 DENOISER = DenoiserConfig()
 """The denoiser options' defaults: the library's."""
-
-_DATA_ATTRS = ("image_fov", "source_fov", "z_lens", "z_source")
 
 
 @click.group()
@@ -77,7 +74,7 @@ def train_vae(
     import torch
 
     import lensprior
-    from lenscore.files import open_hdf5
+    import lenssim
 
     dev = resolve_device(device)
     overrides = dict(VAE_PRESETS[preset])
@@ -94,16 +91,8 @@ def train_vae(
     data = lensprior.load_field(data_path, kind, split=split, pixels=config.pixels)
     validation = None
     has_test = lensprior.training.has_test_split(data_path, kind)
-    with open_hdf5(data_path, click.BadParameter) as f:
-        attrs = {}
-        for k in _DATA_ATTRS:
-            if k in f.attrs:
-                try:
-                    attrs[k] = float(f.attrs[k])
-                except (TypeError, ValueError):
-                    raise click.BadParameter(f"{data_path}: attribute {k} is {f.attrs[k]!r}, not a number") from None
-                if not (math.isfinite(attrs[k]) and attrs[k] > 0):
-                    raise click.BadParameter(f"{data_path}: attribute {k} is {attrs[k]}, not a positive number")
+    present = lenssim.read_dataset(data_path, [])["attrs"]  # fields of view and redshifts: finite, positive
+    attrs = {k: float(present[k]) for k in lenssim.io.datasets.LENS_ATTRS if k in present}
     _check_fields_of_view(data_path, attrs)
     if has_test:  # a bad test split is an error, not a reason to skip validation
         validation = lensprior.load_field(data_path, kind, split="test", pixels=config.pixels)[:64]
