@@ -114,25 +114,40 @@ def train_case_rim(work: Path, args) -> tuple:
     dev = torch.device(args.train_device)
     obs = observation(args.pixels)
     batches = SimulatedBatches(
-        lenssim.sie_kappa_sampler(config=obs, device=dev), lenssim.sersic_source_sampler(config=obs, device=dev), obs,
+        lenssim.sie_kappa_sampler(config=obs, device=dev),
+        lenssim.sersic_source_sampler(config=obs, device=dev),
+        obs,
         device=dev,
-    )  # fmt: skip
+    )
     steps = 20 if args.quick else args.rim_steps
     offset = constant_log10_kappa(batches, args.seed)
     cfg = replace(
-        lensrim.PRESETS[args.preset], pixels=args.pixels, batch_size=args.rim_batch, learning_rate=1e-3,
-        train_steps=steps, decay_steps=steps, decay_rate=0.25, initial_log10_kappa=offset,
-    )  # fmt: skip
+        lensrim.PRESETS[args.preset],
+        pixels=args.pixels,
+        batch_size=args.rim_batch,
+        learning_rate=1e-3,
+        train_steps=steps,
+        decay_steps=steps,
+        decay_rate=0.25,
+        initial_log10_kappa=offset,
+    )
     t0 = time.perf_counter()
     log(
         f"RIM: {steps} steps of the {args.preset} preset at {args.pixels}^2, batch {args.rim_batch} on {dev} "
         f"({work / 'rim'})"
     )
     rim = lensrim.train_rim(
-        cfg, batches, work / "rim", seed=args.seed, device=dev, checkpoint_every=100,
-        log_every=max(1, min(100, steps)), validation_size=32, tensorboard=False,
+        cfg,
+        batches,
+        work / "rim",
+        seed=args.seed,
+        device=dev,
+        checkpoint_every=100,
+        log_every=max(1, min(100, steps)),
+        validation_size=32,
+        tensorboard=False,
         metadata={"image_fov": obs.image_fov, "source_fov": obs.source_fov},
-    )  # fmt: skip
+    )
     last = json.loads((work / "rim" / "metrics.jsonl").read_text().splitlines()[-1])
     log(
         f"  held-out log10 loss {last['val_log10_loss']:.2f} vs constant {last['val_constant_log10_loss']:.2f} "
@@ -195,8 +210,9 @@ def references(rim, test, longest: int) -> dict:
     out["constant predictor"]["log10_kappa"] = ref.log10_kappa
     with torch.no_grad():
         est = rim(y, physics)
-    out["RIM (baseline)"] = summary(physics.chi2_nu(y, est[-1, :, :1], est[-1, :, 1:]),
-                                    log10_loss(est[-1, :, :1], est[-1, :, 1:], test))  # fmt: skip
+    out["RIM (baseline)"] = summary(
+        physics.chi2_nu(y, est[-1, :, :1], est[-1, :, 1:]), log10_loss(est[-1, :, :1], est[-1, :, 1:], test)
+    )
     for steps in (rim.config.steps - 1, longest):
         best = None
         for lr in (1e-3, 3e-3, 1e-2, 3e-2, 1e-1):  # chosen on chi2 alone: no labels
@@ -220,10 +236,16 @@ def run_setting(name: str, cfg: FineTuneConfig, rim, svae, kvae, test, seed: int
             log(f"  {name}: {stage} {done}/{total} ({time.perf_counter() - t0:.0f} s)")
 
     res = finetune(
-        rim, svae, kvae, test["observation"], rim.config.physics(test["psf"], test["noise_sigma"]), cfg,
+        rim,
+        svae,
+        kvae,
+        test["observation"],
+        rim.config.physics(test["psf"], test["noise_sigma"]),
+        cfg,
         generators=[torch.Generator().manual_seed(seed * 1000 + i) for i in range(len(test["observation"]))],
-        progress=progress, monitor=monitor,
-    )  # fmt: skip
+        progress=progress,
+        monitor=monitor,
+    )
     before = log10_loss(res.source_baseline, torch.log10(res.kappa_baseline), test)
     after = log10_loss(res.source, torch.log10(res.kappa), test)
     median_trace = np.median(_carried(res.chi2_nu_trace.numpy()), axis=1).tolist()
@@ -259,16 +281,22 @@ def figure(path: Path, results: dict) -> None:
     for name, r in results["fine-tuning"].items():
         a.plot(r["median_best_chi2_nu_by_step"], label=name)
     a.axhline(1.2, color="k", lw=0.8, ls="--", label=r"$\chi^2_\nu$ = 1.2")
-    a.axhline(results["references"]["constant predictor"]["median_chi2_nu"], color="grey", lw=0.8, ls=":",
-              label="constant predictor")  # fmt: skip
+    a.axhline(
+        results["references"]["constant predictor"]["median_chi2_nu"],
+        color="grey",
+        lw=0.8,
+        ls=":",
+        label="constant predictor",
+    )
     a.set_yscale("log")
     a.set_xlabel("fine-tuning step")
     a.set_ylabel(r"median best $\chi^2_\nu$ so far")
     a.legend(fontsize=7)
     # the trade-off: how far each setting brings the fit, and what it costs against the truth
     for i, (name, r) in enumerate(results["fine-tuning"].items()):
-        b.scatter(np.mean(r["log10_loss_change_per_lens"]), r["fine-tuned"]["median_chi2_nu"], color=f"C{i}", s=40,
-                  label=name)  # fmt: skip
+        b.scatter(
+            np.mean(r["log10_loss_change_per_lens"]), r["fine-tuned"]["median_chi2_nu"], color=f"C{i}", s=40, label=name
+        )
     base = next(iter(results["fine-tuning"].values()))["baseline"]["median_chi2_nu"]
     b.scatter(0.0, base, marker="x", color="k", s=50, label="RIM baseline")
     b.axhline(1.2, color="k", lw=0.8, ls="--")
@@ -294,30 +322,39 @@ def main() -> None:
     p.add_argument("--preset", default="tiny", choices=sorted(lensrim.PRESETS), help="the RIM's preset")
     p.add_argument("--device", default="cpu", help="where the VAEs, references and fine-tuning run")
     p.add_argument(
-        "--gpu", action="store_true",
+        "--gpu",
+        action="store_true",
         help="issue 23's GPU case in one command: 128^2 small RIM (batch 16), VAEs, 32 lenses, --scan fisher-chi2, "
         "all on cuda (steps from --rim-steps)",
-    )  # fmt: skip
+    )
     p.add_argument("--max-snr", type=float, default=100.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--rim-batch", type=int, default=8, help="the RIM's training batch (a new --work for another)")
     p.add_argument(
-        "--train-device", default="cpu",
+        "--train-device",
+        default="cpu",
         help="where the RIM trains (cuda: simulated there too); the VAEs, references and fine-tuning run on the CPU",
-    )  # fmt: skip
+    )
     p.add_argument("--rim-only", action="store_true", help="train the RIM and stop (train on a GPU, scan elsewhere)")
     p.add_argument(
-        "--scan", choices=("lambda", "frontier", "fisher", "fisher-chi2"), default="lambda",
+        "--scan",
+        choices=("lambda", "frontier", "fisher", "fisher-chi2"),
+        default="lambda",
         help="lambda: Table 3 and a lambda scan at lr 1e-5; frontier: the settings that keep the loss (README); "
         "fisher: lambda 6e4 and 2e4 with 200 Fisher draws",
-    )  # fmt: skip
+    )
     args = p.parse_args()
     if args.gpu:
         args.__dict__.update(
-            pixels=128, preset="small", train_device="cuda", device="cuda", rim_batch=16, lenses=max(32, args.lenses),
+            pixels=128,
+            preset="small",
+            train_device="cuda",
+            device="cuda",
+            rim_batch=16,
+            lenses=max(32, args.lenses),
             scan="fisher-chi2",
-        )  # fmt: skip
+        )
     for option, name in (("--train-device", args.train_device), ("--device", args.device)):
         if torch.device(name).type == "cuda" and not torch.cuda.is_available():
             sys.exit(f"bench_finetune: {option} {name}, but torch sees no CUDA device")

@@ -142,9 +142,11 @@ def on_the_fly_rates(preset: str, device: torch.device, batch: int, steps: int, 
     obs = lenssim.ObservationConfig(image_pixels=pixels, source_pixels=pixels, psf_size=min(21, pixels // 2 - 1 | 1))
     cfg = replace(lensrim.PRESETS[preset], pixels=pixels, batch_size=batch)
     sim = SimulatedBatches(
-        lenssim.sie_kappa_sampler(config=obs, device=device), lenssim.sersic_source_sampler(obs, device=device),
-        obs, device=device,
-    )  # fmt: skip
+        lenssim.sie_kappa_sampler(config=obs, device=device),
+        lenssim.sersic_source_sampler(obs, device=device),
+        obs,
+        device=device,
+    )
     fixed = sim(0, batch, 0)
     rates = {}
     for name, source in (("fixed", lambda step, size, seed: fixed), ("on the fly", sim)):
@@ -156,9 +158,16 @@ def on_the_fly_rates(preset: str, device: torch.device, batch: int, steps: int, 
 
         with tempfile.TemporaryDirectory() as tmp:
             lensrim.train_rim(
-                cfg, source, tmp, steps=steps + 1, device=device, log_every=10**9, checkpoint_every=10**9,
-                validation_size=0, progress=progress,
-            )  # fmt: skip
+                cfg,
+                source,
+                tmp,
+                steps=steps + 1,
+                device=device,
+                log_every=10**9,
+                checkpoint_every=10**9,
+                validation_size=0,
+                progress=progress,
+            )
         rates[name] = steps / (stamps[-1] - stamps[0])
     return rates
 

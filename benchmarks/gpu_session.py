@@ -68,9 +68,11 @@ def train(seconds: float, rate: float, out: Path, batch: int, learning_rate: flo
     obs = lenssim.ObservationConfig()
     cfg = replace(lensrim.PRESETS["small"], batch_size=batch, learning_rate=learning_rate, init=init)
     sim = SimulatedBatches(
-        lenssim.sie_kappa_sampler(config=obs, device=dev), lenssim.sersic_source_sampler(obs, device=dev), obs,
+        lenssim.sie_kappa_sampler(config=obs, device=dev),
+        lenssim.sersic_source_sampler(obs, device=dev),
+        obs,
         device=dev,
-    )  # fmt: skip
+    )
     cfg = replace(cfg, initial_log10_kappa=constant_log10_kappa(sim))
     print(
         f"128^2 on-the-fly training: small preset, batch {batch}, lr {learning_rate:g}, init {init}, "
@@ -88,9 +90,16 @@ def train(seconds: float, rate: float, out: Path, batch: int, learning_rate: flo
             )
 
     lensrim.train_rim(
-        cfg, sim, out / "rim-128", steps=steps, device=dev, log_every=log_every, checkpoint_every=steps,
-        validation_size=64, progress=progress,
-    )  # fmt: skip
+        cfg,
+        sim,
+        out / "rim-128",
+        steps=steps,
+        device=dev,
+        log_every=log_every,
+        checkpoint_every=steps,
+        validation_size=64,
+        progress=progress,
+    )
     last = json.loads((out / "rim-128" / "metrics.jsonl").read_text().splitlines()[-1])
     gap = last["val_constant_log10_loss"] - last["val_log10_loss"]
     print(f"after {steps} steps ({time.perf_counter() - t0:.0f} s): {gap:+.3f} dex against the constant predictor")
@@ -116,9 +125,13 @@ def main() -> None:
     print(f"[tests: {'passed' if failed == 0 else 'FAILED'}, {time.perf_counter() - t0:.0f} s]", flush=True)
     rate = throughput()
     train(
-        args.train_seconds, rate, args.out, args.batch_size, args.learning_rate or small.learning_rate,
+        args.train_seconds,
+        rate,
+        args.out,
+        args.batch_size,
+        args.learning_rate or small.learning_rate,
         args.init or small.init,
-    )  # fmt: skip
+    )
     print(f"[gpu session: {time.perf_counter() - t0:.0f} s]")
     sys.exit(1 if failed else 0)
 

@@ -65,23 +65,41 @@ def run(name: str, spec: tuple, work: Path, device: str, log_every: int, seed: i
         lensrim.PRESETS[preset], pixels=pixels, batch_size=batch, learning_rate=lr, init=init, train_steps=steps
     )
     batches = SimulatedBatches(
-        lenssim.sie_kappa_sampler(config=obs, device=device), lenssim.sersic_source_sampler(obs, device=device),
-        obs, device=device,
-    )  # fmt: skip
+        lenssim.sie_kappa_sampler(config=obs, device=device),
+        lenssim.sersic_source_sampler(obs, device=device),
+        obs,
+        device=device,
+    )
     if offset:  # start at the constant predictor's log10 kappa
         cfg = replace(cfg, initial_log10_kappa=constant_log10_kappa(batches, seed))
     run_dir = work / name.replace(" ", "_")
     t0 = time.perf_counter()
     lensrim.train_rim(cfg, batches, run_dir, seed=seed, device=device, log_every=log_every, checkpoint_every=steps)
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    keys = ("step", "loss", "val_loss", "val_log10_loss", "val_constant_loss", "val_constant_log10_loss",
-            "val_chi2_nu", "val_loss_t", "val_loss_source", "val_loss_kappa")  # fmt: skip
+    keys = (
+        "step",
+        "loss",
+        "val_loss",
+        "val_log10_loss",
+        "val_constant_loss",
+        "val_constant_log10_loss",
+        "val_chi2_nu",
+        "val_loss_t",
+        "val_loss_source",
+        "val_loss_kappa",
+    )
     return {
-        "pixels": pixels, "preset": preset, "batch": batch, "learning_rate": lr, "init": init, "offset": offset,
+        "pixels": pixels,
+        "preset": preset,
+        "batch": batch,
+        "learning_rate": lr,
+        "init": init,
+        "offset": offset,
         "initial_log10_kappa": cfg.initial_log10_kappa,
-        "seconds": round(time.perf_counter() - t0, 1), "device": str(device),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "device": str(device),
         "curve": [{k: m[k] for k in keys if k in m} for m in lines],
-    }  # fmt: skip
+    }
 
 
 def signal(preset: str = "small", pixels: int = 64, seed: int = 0) -> dict[str, list[float]]:
@@ -115,11 +133,13 @@ def plot(results: dict, path: Path) -> None:
 
     panels = [
         ("32^2, tiny, batch 8: initialisation x learning rate", lambda r: r["pixels"] == 32 and r["batch"] == 8),
-        ("32^2, tiny, lr 1e-3: batch size",
-         lambda r: r["pixels"] == 32 and r["init"] == "torch" and r["learning_rate"] == 1e-3),
+        (
+            "32^2, tiny, lr 1e-3: batch size",
+            lambda r: r["pixels"] == 32 and r["init"] == "torch" and r["learning_rate"] == 1e-3,
+        ),
         ("64^2, small, batch 4", lambda r: r["pixels"] == 64),
         ("128^2, small", lambda r: r["pixels"] == 128),
-    ]  # fmt: skip
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2))
     for ax, (title, keep) in zip(axes, panels, strict=True):
         refs = []
@@ -128,8 +148,13 @@ def plot(results: dict, path: Path) -> None:
             style = "-" if r["init"] == "torch" else "--"
             arch = f" {r['preset']}" if r["preset"] != {32: "tiny"}.get(r["pixels"], "small") else ""
             start = " start at constant" if r.get("offset") else ""
-            ax.plot(steps, [m["val_log10_loss"] for m in r["curve"]], style, color=f"C{i % 10}",
-                    label=f"{r['init']} lr {r['learning_rate']:g} b{r['batch']}{arch}{start}")  # fmt: skip
+            ax.plot(
+                steps,
+                [m["val_log10_loss"] for m in r["curve"]],
+                style,
+                color=f"C{i % 10}",
+                label=f"{r['init']} lr {r['learning_rate']:g} b{r['batch']}{arch}{start}",
+            )
             refs.append(r["curve"][-1]["val_constant_log10_loss"])
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("training step")
@@ -167,8 +192,11 @@ def main() -> None:
             print(f"{name} ...", flush=True)
             results[name] = run(name, spec, args.work, args.device, args.log_every, args.seed)
             last = results[name]["curve"][-1]
-            print(f"  {results[name]['seconds']} s: held-out log10 loss {last['val_log10_loss']:.3f} "
-                  f"vs constant {last['val_constant_log10_loss']:.3f}", flush=True)  # fmt: skip
+            print(
+                f"  {results[name]['seconds']} s: held-out log10 loss {last['val_log10_loss']:.3f} "
+                f"vs constant {last['val_constant_log10_loss']:.3f}",
+                flush=True,
+            )
             tmp = out.with_suffix(".tmp")
             tmp.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
             tmp.replace(out)

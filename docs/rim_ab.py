@@ -52,15 +52,24 @@ ARMS: dict[str, dict] = {
     "rmsprop 0.9, final-step loss": {"gradient_preprocessing": "rmsprop", "beta2": 0.9, "time_weights": "final"},
     "rmsprop 0.9, step gains": {"gradient_preprocessing": "rmsprop", "beta2": 0.9, "step_gains": True},
     "rmsprop 0.9, quadratic, fit 0.01": {
-        "gradient_preprocessing": "rmsprop", "beta2": 0.9, "time_weights": "quadratic", "fit_weight": 0.01,
+        "gradient_preprocessing": "rmsprop",
+        "beta2": 0.9,
+        "time_weights": "quadratic",
+        "fit_weight": 0.01,
     },
     "rmsprop 0.9, final-step loss, fit 0.01": {
-        "gradient_preprocessing": "rmsprop", "beta2": 0.9, "time_weights": "final", "fit_weight": 0.01,
+        "gradient_preprocessing": "rmsprop",
+        "beta2": 0.9,
+        "time_weights": "final",
+        "fit_weight": 0.01,
     },
     "rmsprop 0.9, final-step loss, fit 0.05": {
-        "gradient_preprocessing": "rmsprop", "beta2": 0.9, "time_weights": "final", "fit_weight": 0.05,
+        "gradient_preprocessing": "rmsprop",
+        "beta2": 0.9,
+        "time_weights": "final",
+        "fit_weight": 0.05,
     },
-}  # fmt: skip
+}
 LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
 
@@ -109,21 +118,36 @@ def references(args, obs, held_out) -> dict:
 
 def run_arm(name: str, overrides: dict, args, batches, held_out, offset: float) -> dict:
     cfg = replace(
-        lensrim.PRESETS["small"], pixels=args.pixels, batch_size=args.batch, learning_rate=args.learning_rate,
-        train_steps=args.steps, decay_steps=args.steps, decay_rate=0.25, initial_log10_kappa=offset, **overrides,
-    )  # fmt: skip
+        lensrim.PRESETS["small"],
+        pixels=args.pixels,
+        batch_size=args.batch,
+        learning_rate=args.learning_rate,
+        train_steps=args.steps,
+        decay_steps=args.steps,
+        decay_rate=0.25,
+        initial_log10_kappa=offset,
+        **overrides,
+    )
     run_dir = args.work / f"{args.tag}-{name}".replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
     t0 = time.perf_counter()
     lensrim.train_rim(
-        cfg, batches, run_dir, seed=args.seed, device=args.device, log_every=args.log_every,
-        checkpoint_every=args.steps, validation=held_out, tensorboard=False,
-    )  # fmt: skip
+        cfg,
+        batches,
+        run_dir,
+        seed=args.seed,
+        device=args.device,
+        log_every=args.log_every,
+        checkpoint_every=args.steps,
+        validation=held_out,
+        tensorboard=False,
+    )
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     keys = ("step", "loss", "val_log10_loss", "val_chi2_nu", "val_loss_t", "val_constant_log10_loss")
     return {
-        "overrides": overrides, "seconds": round(time.perf_counter() - t0, 1),
+        "overrides": overrides,
+        "seconds": round(time.perf_counter() - t0, 1),
         "curve": [{k: m[k] for k in keys if k in m} for m in lines],
-    }  # fmt: skip
+    }
 
 
 def plot(results: dict, path: Path) -> None:

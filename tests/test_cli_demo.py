@@ -38,9 +38,13 @@ def test_quick_demo_runs_the_whole_pipeline_and_reports(demo_dir):
     assert any(k.startswith("Adam from the same start (7 gradients") for k in methods)
     assert any(k.startswith("RIM (T-1 = 7 gradients)") for k in methods)
     assert set(m["notes"]) >= {
-        "RIM vs constant predictor", "RIM vs Adam, same budget", "fine-tuning", "fine-tuned vs references",
-        "RIM's fit", "RIM's last step",
-    }  # fmt: skip
+        "RIM vs constant predictor",
+        "RIM vs Adam, same budget",
+        "fine-tuning",
+        "fine-tuned vs references",
+        "RIM's fit",
+        "RIM's last step",
+    }
     # both references under their own keys, the same figures as in the comparison
     refs = m["references"]
     assert refs["adam_same_gradients"]["gradients"] == 7 and refs["adam_long"]["gradients"] == 20

@@ -28,9 +28,15 @@ def models(tmp_path_factory):
     lenses = lenssim.simulate_sie_lenses(16, config=OBS, generator=torch.Generator().manual_seed(0))
     arrays = {k: getattr(lenses, k) for k in lenssim.LENS_FIELDS}
     lenssim.write_lens_dataset(
-        root / "lenses.h5", {k: v[:5] for k, v in arrays.items()}, image_fov=OBS.image_fov,
-        source_fov=OBS.source_fov, z_lens=0.5, z_source=1.5, config={"test": True}, seed=0,
-    )  # fmt: skip
+        root / "lenses.h5",
+        {k: v[:5] for k, v in arrays.items()},
+        image_fov=OBS.image_fov,
+        source_fov=OBS.source_fov,
+        z_lens=0.5,
+        z_source=1.5,
+        config={"test": True},
+        seed=0,
+    )
     lensprior.train_vae(lensprior.source_vae_config(**TINY_VAE, steps=3), arrays["source"], root / "svae")
     lensprior.train_vae(lensprior.kappa_vae_config(**TINY_VAE, steps=3), arrays["kappa"], root / "kvae")
     batches = SimulatedBatches(lenssim.sie_kappa_sampler(config=OBS), lenssim.sersic_source_sampler(config=OBS), OBS)
@@ -39,9 +45,28 @@ def models(tmp_path_factory):
 
 
 def finetune_args(root, data, out, *extra):
-    return ["finetune", "--rim", root / "rim", "--source-vae", root / "svae", "--kappa-vae", root / "kvae",
-            "--data", data, "-o", out, "--fisher-samples", 2, "--learning-rate", 1e-4, "--max-steps", 4,
-            "--target-chi2", 0, *extra]  # fmt: skip
+    return [
+        "finetune",
+        "--rim",
+        root / "rim",
+        "--source-vae",
+        root / "svae",
+        "--kappa-vae",
+        root / "kvae",
+        "--data",
+        data,
+        "-o",
+        out,
+        "--fisher-samples",
+        2,
+        "--learning-rate",
+        1e-4,
+        "--max-steps",
+        4,
+        "--target-chi2",
+        0,
+        *extra,
+    ]
 
 
 def test_finetune_resumes_after_a_kill_and_evaluate_writes_the_report(models, tmp_path):
@@ -122,8 +147,19 @@ def test_finetune_and_evaluate_errors(models, tmp_path):
     assert bad.returncode == 2 and "no such file" in bad.stderr
     bad = run(*finetune_args(models, models / "lenses.h5", tmp_path / "x.h5", "--psf-fwhm", 0.1), check=False)
     assert bad.returncode == 2 and "FITS input only" in bad.stderr
-    swapped = ["finetune", "--rim", models / "rim", "--source-vae", models / "kvae", "--kappa-vae", models / "svae",
-               "--data", models / "lenses.h5", "-o", tmp_path / "x.h5"]  # fmt: skip
+    swapped = [
+        "finetune",
+        "--rim",
+        models / "rim",
+        "--source-vae",
+        models / "kvae",
+        "--kappa-vae",
+        models / "svae",
+        "--data",
+        models / "lenses.h5",
+        "-o",
+        tmp_path / "x.h5",
+    ]
     bad = run(*swapped, check=False)
     assert bad.returncode == 1 and "expected a source VAE and a kappa VAE" in bad.stderr
     bad = run("evaluate", models / "lenses.h5", "-o", tmp_path / "rep", check=False)

@@ -19,8 +19,26 @@ def kappa_file(tmp_path_factory):
 
 
 def _train(kappa_file, out, steps):
-    return run("train", "vae", "--kind", "kappa", "--data", kappa_file, "-o", out, "--preset", "small",
-               "--steps", steps, "--batch-size", 2, "--checkpoint-every", 5, "--log-every", 5)  # fmt: skip
+    return run(
+        "train",
+        "vae",
+        "--kind",
+        "kappa",
+        "--data",
+        kappa_file,
+        "-o",
+        out,
+        "--preset",
+        "small",
+        "--steps",
+        steps,
+        "--batch-size",
+        2,
+        "--checkpoint-every",
+        5,
+        "--log-every",
+        5,
+    )
 
 
 def test_train_resume_sample_and_use(kappa_file, tmp_path):

@@ -77,8 +77,20 @@ def _issue_26_inputs(root, good, attrs):
     zero = np.zeros((4, 1, 128, 128), np.float32)
     lenssim.write_dataset(root / "zero-kappa.h5", {"kappa": zero, "split": split}, {"image_fov": 7.68})
     # a run directory whose checkpoint is another architecture's: the resume must change nothing
-    run("train", "vae", "--kind", "source", "--preset", "small", "--steps", "2", "--data", root / "stamps128.h5",
-        "-o", root / "vae-mixed")  # fmt: skip
+    run(
+        "train",
+        "vae",
+        "--kind",
+        "source",
+        "--preset",
+        "small",
+        "--steps",
+        "2",
+        "--data",
+        root / "stamps128.h5",
+        "-o",
+        root / "vae-mixed",
+    )
     other = lensprior.source_vae_config(pixels=128, levels=3, filters=4, latent_dim=4, batch_size=2, steps=1)
     lensprior.train_vae(other, torch.from_numpy(stamps), root / "vae-f4")
     (root / "vae-mixed" / "checkpoint.pt").write_bytes((root / "vae-f4" / "checkpoint.pt").read_bytes())
@@ -125,13 +137,13 @@ FT = ["finetune", "--rim", "{d}/rim", "--source-vae", "{d}/svae", "--kappa-vae",
             ["train", "rim", "--data", "{d}/good.h5", "--preset", "tiny", "--learning-rate", "inf", "-o", "{d}/run"],
             2,
             "not a finite number",
-        ),  # fmt: skip
+        ),
         (["train", "vae", "--kind", "source", "--data", "{d}/nan-stamps.h5", "-o", "{d}/run"], 1, "NaN"),
         (
             ["train", "vae", "--kind", "source", "--data", "{d}/good.h5", "--learning-rate", "inf", "-o", "{d}/run"],
             2,
             "not a finite number",
-        ),  # fmt: skip
+        ),
         (["sample", "--vae", "{d}/nanvae", "-n", "2", "-o", "{d}/out.h5"], 1, "hold NaN or infinite values"),
         (["evaluate", "{d}/recon-sigma0.h5", "-o", "{d}/report"], 1, "noise must be positive"),
         (["simulate", "sources", "--synthetic", "2", "--pixel-scale", "nan", "-o", "{d}/out.h5"], 2, "finite"),
@@ -141,7 +153,7 @@ FT = ["finetune", "--rim", "{d}/rim", "--source-vae", "{d}/svae", "--kappa-vae",
             ["reconstruct", "--rim", "{d}/rim", "--data", "{d}/fov2.h5", "-o", "{d}/out.h5"],
             2,
             "source_fov 2 differs from the RIM's 3 arcsec",
-        ),  # fmt: skip
+        ),
         ([*FT, "--data", "{d}/fov2.h5", "-o", "{d}/out.h5"], 2, "source_fov 2 differs from the RIM's 3"),
         (
             [
@@ -162,7 +174,7 @@ FT = ["finetune", "--rim", "{d}/rim", "--source-vae", "{d}/svae", "--kappa-vae",
             ],
             2,
             "source_fov 2.0 differs from 3.0",
-        ),  # fmt: skip
+        ),
         (["train", "vae", "--kind", "source", "--data", "{d}/nan-test.h5", "-o", "{d}/run"], 1, "NaN"),
         # impossible sizes fail at once, naming the option or field
         (["simulate", "kappa", "--synthetic", "1", "--render-kpc", "1e-6", "-o", "{d}/out.h5"], 2, "--render-kpc"),
@@ -170,7 +182,7 @@ FT = ["finetune", "--rim", "{d}/rim", "--source-vae", "{d}/svae", "--kappa-vae",
             ["simulate", "kappa", "--synthetic", "1", "--maps-per-halo", "1000000000", "-o", "{d}/out.h5"],
             2,
             "--maps-per-halo",
-        ),  # fmt: skip
+        ),
         (["simulate", "kappa", "--synthetic", "1000000000", "-o", "{d}/out.h5"], 2, "--synthetic"),
         (["simulate", "sources", "--synthetic", "2", "--pixel-scale", "1e6", "-o", "{d}/out.h5"], 2, "--pixel-scale"),
         (
@@ -190,7 +202,7 @@ FT = ["finetune", "--rim", "{d}/rim", "--source-vae", "{d}/svae", "--kappa-vae",
             ],
             2,
             "--block-size",
-        ),  # fmt: skip
+        ),
         (
             [
                 "simulate",
@@ -208,18 +220,18 @@ FT = ["finetune", "--rim", "{d}/rim", "--source-vae", "{d}/svae", "--kappa-vae",
             ],
             1,
             "no space left on the device",
-        ),  # fmt: skip
+        ),
         (["sample", "--vae", "{d}/svae", "-n", "1000000000", "-o", "{d}/out.h5"], 1, "no space left on the device"),
         (
             ["reconstruct", "--rim", "{d}/rim-steps", "--data", "{d}/good.h5", "-o", "{d}/out.h5"],
             1,
             "steps is 1000000000, beyond the largest sensible value 1000",
-        ),  # fmt: skip
+        ),
         (
             ["simulate", "lenses", "--kappa", "sie", "--sources", "sersic", "-n", "1", "-o", "{d}/newdir/"],
             2,
             "ends in a slash",
-        ),  # fmt: skip
+        ),
         # issue 26: a refused resume rewrote config.json and run.json
         (
             [
@@ -238,7 +250,7 @@ FT = ["finetune", "--rim", "{d}/rim", "--source-vae", "{d}/svae", "--kappa-vae",
             ],
             1,
             "weights do not fit the configuration",
-        ),  # fmt: skip
+        ),
         # issue 26: accepted with exit 0 (NaN in the test split, maps with no mass, a source field in other units)
         (["train", "denoiser", "--data", "{d}/nan-test.h5", "--steps", "1", "-o", "{d}/run"], 1, "NaN"),
         (["train", "vae", "--kind", "kappa", "--data", "{d}/zero-kappa.h5", "-o", "{d}/run"], 1, "zero everywhere"),
@@ -246,13 +258,13 @@ FT = ["finetune", "--rim", "{d}/rim", "--source-vae", "{d}/svae", "--kappa-vae",
             ["train", "vae", "--kind", "source", "--data", "{d}/sources-fov30.h5", "-o", "{d}/run"],
             2,
             "source_fov 30 arcsec exceeds",
-        ),  # fmt: skip
+        ),
         # issue 26: tracebacks, or no bound
         (
             ["train", "rim", "--data", "{d}/mixed-shards", "--preset", "tiny", "-o", "{d}/run"],
             1,
             "one dataset holds one resolution",
-        ),  # fmt: skip
+        ),
         (
             [
                 "simulate",
@@ -270,7 +282,7 @@ FT = ["finetune", "--rim", "{d}/rim", "--source-vae", "{d}/svae", "--kappa-vae",
             ],
             2,
             "--pixels",
-        ),  # fmt: skip
+        ),
         (["demo", "--threads", "100000", "-o", "{d}/run"], 2, "at most"),
         (
             [
@@ -286,7 +298,7 @@ FT = ["finetune", "--rim", "{d}/rim", "--source-vae", "{d}/svae", "--kappa-vae",
             ],
             1,
             "more than the",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_meaningless_input_is_refused_in_one_line_and_changes_nothing(root, args, code, message):

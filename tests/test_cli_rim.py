@@ -50,9 +50,29 @@ def test_train_rim_on_the_fly_reports_the_constant_reference(tmp_path):
     ext = tmp_path / "ext.h5"
     run("simulate", "lenses", "--kappa", "sie", "--sources", "sersic", "-n", 3, "--pixels", 32, "-o", ext)
     out = run(
-        "train", "rim", "--kappa", "sie", "--sources", "sersic", "--preset", "tiny", "--steps", 4, "--log-every", 2,
-        "--batch-size", 2, "--validation-size", 3, "--external", ext, "--init", "glorot", "-o", tmp_path / "run",
-    )  # fmt: skip
+        "train",
+        "rim",
+        "--kappa",
+        "sie",
+        "--sources",
+        "sersic",
+        "--preset",
+        "tiny",
+        "--steps",
+        4,
+        "--log-every",
+        2,
+        "--batch-size",
+        2,
+        "--validation-size",
+        3,
+        "--external",
+        ext,
+        "--init",
+        "glorot",
+        "-o",
+        tmp_path / "run",
+    )
     assert "against the constant predictor" in out.stdout and "external" in out.stdout
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     for key in ("loss_t", "loss_source", "loss_kappa", "val_log10_loss", "val_constant_log10_loss", "ext_loss"):
@@ -64,9 +84,22 @@ def test_train_rim_on_the_fly_reports_the_constant_reference(tmp_path):
 def test_initial_log10_kappa_must_be_a_number_or_auto(tmp_path):
     for value in ("abc", "nan"):
         bad = run(
-            "train", "rim", "--kappa", "sie", "--sources", "sersic", "--preset", "tiny", "--steps", 1,
-            "--initial-log10-kappa", value, "-o", tmp_path / "r", check=False,
-        )  # fmt: skip
+            "train",
+            "rim",
+            "--kappa",
+            "sie",
+            "--sources",
+            "sersic",
+            "--preset",
+            "tiny",
+            "--steps",
+            1,
+            "--initial-log10-kappa",
+            value,
+            "-o",
+            tmp_path / "r",
+            check=False,
+        )
         assert bad.returncode == 2 and "--initial-log10-kappa" in bad.stderr and "Traceback" not in bad.stderr
         assert not (tmp_path / "r").exists()
 
@@ -79,21 +112,51 @@ def test_validation_lenses_of_another_geometry_are_refused(tmp_path):
     attrs = {k: d["attrs"][k] for k in ("image_fov", "source_fov", "z_lens", "z_source")}
     lenssim.write_dataset(wide, {k: d[k] for k in lenssim.LENS_FIELDS}, {**attrs, "image_fov": 9.0})
     bad = run(
-        "train", "rim", "--kappa", "sie", "--sources", "sersic", "--preset", "tiny", "--steps", 1,
-        "--external", wide, "-o", tmp_path / "r", check=False,
-    )  # fmt: skip
+        "train",
+        "rim",
+        "--kappa",
+        "sie",
+        "--sources",
+        "sersic",
+        "--preset",
+        "tiny",
+        "--steps",
+        1,
+        "--external",
+        wide,
+        "-o",
+        tmp_path / "r",
+        check=False,
+    )
     assert bad.returncode == 2 and "--external" in bad.stderr and "image_fov 9.0" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "r").exists()
 
 
 def test_training_options_are_saved_kept_on_resume_and_refused_when_senseless(tmp_path):
     common = ["train", "rim", "--kappa", "sie", "--sources", "sersic", "--preset", "tiny", "--batch-size", 2]
-    options = ["--gradient-preprocessing", "rmsprop", "--beta2", 0.9, "--time-weights", "quadratic",
-               "--clipping", "per_tensor", "--fit-weight", 0.01, "--step-gains"]  # fmt: skip
+    options = [
+        "--gradient-preprocessing",
+        "rmsprop",
+        "--beta2",
+        0.9,
+        "--time-weights",
+        "quadratic",
+        "--clipping",
+        "per_tensor",
+        "--fit-weight",
+        0.01,
+        "--step-gains",
+    ]
     run(*common, *options, "--steps", 2, "--checkpoint-every", 1, "-o", tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    chosen = {"gradient_preprocessing": "rmsprop", "beta2": 0.9, "time_weights": "quadratic",
-              "clipping": "per_tensor", "fit_weight": 0.01, "step_gains": True}  # fmt: skip
+    chosen = {
+        "gradient_preprocessing": "rmsprop",
+        "beta2": 0.9,
+        "time_weights": "quadratic",
+        "clipping": "per_tensor",
+        "fit_weight": 0.01,
+        "step_gains": True,
+    }
     assert {k: saved[k] for k in chosen} == chosen
     run(*common, "--steps", 3, "-o", tmp_path / "run")  # resumed without the options: the run keeps its own
     again = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -102,8 +165,12 @@ def test_training_options_are_saved_kept_on_resume_and_refused_when_senseless(tm
     a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    for bad, message in ((["--beta2", 1], "--beta2"), (["--time-weights", "cubic"], "--time-weights"),
-                         (["--fit-weight", -1], "--fit-weight"), (["--clipping", "layer"], "--clipping")):  # fmt: skip
+    for bad, message in (
+        (["--beta2", 1], "--beta2"),
+        (["--time-weights", "cubic"], "--time-weights"),
+        (["--fit-weight", -1], "--fit-weight"),
+        (["--clipping", "layer"], "--clipping"),
+    ):
         out = run(*common, *bad, "--steps", 1, "-o", tmp_path / "bad", check=False)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
         assert not (tmp_path / "bad").exists()

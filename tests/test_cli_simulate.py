@@ -48,17 +48,45 @@ def test_pixels_option_and_empty_split_warning(tmp_path):
     kc = lenssim.KappaMapConfig.at_resolution(32)
     assert kc.pixel_scale * 32 == pytest.approx(7.69) and (kc.render_pixels - 32) % 2 == 0
     assert abs(kc.render_pixels / 32 - 188 / 128) < 2 / 32
-    run("simulate", "lenses", "--kappa", tmp_path / "k.h5", "--sources", tmp_path / "s.h5", "--split", "all",
-        "--pixels", 32, "-n", 2, "-o", tmp_path / "l.h5")  # fmt: skip
+    run(
+        "simulate",
+        "lenses",
+        "--kappa",
+        tmp_path / "k.h5",
+        "--sources",
+        tmp_path / "s.h5",
+        "--split",
+        "all",
+        "--pixels",
+        32,
+        "-n",
+        2,
+        "-o",
+        tmp_path / "l.h5",
+    )
     assert lenssim.read_lens_dataset(tmp_path / "l.h5")["observation"].shape == (2, 1, 32, 32)
 
 
 def test_lenses_from_files_same_seed_same_bytes(inputs, tmp_path):
     for name in ("a", "b"):
         out = run(
-            "simulate", "lenses", "--kappa", inputs / "kappa.h5", "--sources", inputs / "sources.h5",
-            "-n", 5, "--split", "all", "--block-size", 2, "-o", tmp_path / f"{name}.h5", "--seed", 3,
-        )  # fmt: skip
+            "simulate",
+            "lenses",
+            "--kappa",
+            inputs / "kappa.h5",
+            "--sources",
+            inputs / "sources.h5",
+            "-n",
+            5,
+            "--split",
+            "all",
+            "--block-size",
+            2,
+            "-o",
+            tmp_path / f"{name}.h5",
+            "--seed",
+            3,
+        )
         # every drawn lens is accounted for in the printed counts
         m = re.search(r"(\d+) lenses kept of (\d+) drawn \((\d+) rejected, (\d+) accepted beyond", out.stdout)
         kept, drawn, rejected, surplus = map(int, m.groups())
@@ -71,8 +99,22 @@ def test_lenses_from_files_same_seed_same_bytes(inputs, tmp_path):
 
 def test_sharded_lenses_make_one_dataset(tmp_path):
     for i in (1, 2, 3):
-        run("simulate", "lenses", "--kappa", "sie", "--sources", "sersic", "-n", 7, "--block-size", 2,
-            "--shard", f"{i}/3", "-o", tmp_path / "shards")  # fmt: skip
+        run(
+            "simulate",
+            "lenses",
+            "--kappa",
+            "sie",
+            "--sources",
+            "sersic",
+            "-n",
+            7,
+            "--block-size",
+            2,
+            "--shard",
+            f"{i}/3",
+            "-o",
+            tmp_path / "shards",
+        )
     assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [
         "part-00001-of-00003.h5",
         "part-00002-of-00003.h5",
@@ -101,9 +143,22 @@ def test_a_killed_run_resumes_to_the_same_bytes(tmp_path):
 
 @pytest.mark.skipif(not COSMOS.is_dir(), reason="../shared/data/cosmos not present")
 def test_real_cosmos_stamps(tmp_path):
-    run("simulate", "sources", "--cosmos-dir", COSMOS / "btk-26-extension",
-        "--catalog-file", "real_galaxy_catalog_26_extension_example.fits", "--exclusion-level", "none",
-        "--min-flux", 0, "-n", 4, "-o", tmp_path / "cosmos.h5")  # fmt: skip
+    run(
+        "simulate",
+        "sources",
+        "--cosmos-dir",
+        COSMOS / "btk-26-extension",
+        "--catalog-file",
+        "real_galaxy_catalog_26_extension_example.fits",
+        "--exclusion-level",
+        "none",
+        "--min-flux",
+        0,
+        "-n",
+        4,
+        "-o",
+        tmp_path / "cosmos.h5",
+    )
     d = lenssim.read_dataset(tmp_path / "cosmos.h5", ["source", "catalog_index", "split"])
     assert d["source"].shape == (4, 1, 128, 128) and (d["catalog_index"] >= 0).all()
     bad = run("simulate", "sources", "--cosmos-dir", tmp_path, "-o", tmp_path / "x.h5", check=False)

@@ -124,8 +124,13 @@ def break_attr(path: Path, name: str, how: str) -> None:
             del f.attrs[name]
         else:
             f.attrs[name] = {
-                "text": "abc", "nan": np.nan, "negative": -1.0, "zero": 0.0, "huge": 1e30, "array": np.ones(3),
-            }[how]  # fmt: skip
+                "text": "abc",
+                "nan": np.nan,
+                "negative": -1.0,
+                "zero": 0.0,
+                "huge": 1e30,
+                "array": np.ones(3),
+            }[how]
 
 
 def truncate(path: Path, keep: float) -> None:
@@ -180,8 +185,19 @@ def check(work: Path, args: list, broken: Path, *, must_refuse: bool, outputs=()
 
 LENS_FIELDS_READ = ("observation", "psf", "noise_sigma", "source", "kappa")
 LENS_ATTRS = ("image_fov", "source_fov", "z_lens", "z_source")
-FINETUNE = ["finetune", "--rim", "rim", "--source-vae", "svae", "--kappa-vae", "kvae", "--max-steps", "1",
-            "--fisher-samples", "2"]  # fmt: skip
+FINETUNE = [
+    "finetune",
+    "--rim",
+    "rim",
+    "--source-vae",
+    "svae",
+    "--kappa-vae",
+    "kvae",
+    "--max-steps",
+    "1",
+    "--fisher-samples",
+    "2",
+]
 
 
 @FUZZ
@@ -219,7 +235,7 @@ def test_lens_datasets(valid, command, target):
                 "1",
                 "-o",
                 work / "run",
-            ],  # fmt: skip
+            ],
         }[command]
         # the truth is optional to a reconstruction: without it the file is still an observation
         optional = kind == "field" and name in ("source", "kappa") and how == "delete" and command != "train"
@@ -253,8 +269,22 @@ def test_kappa_datasets(valid, target):
         {"field": break_field, "attr": break_attr, "truncate": lambda p, _, k: truncate(p, float(k))}[kind](
             data, name, how
         )
-        args = ["simulate", "lenses", "--kappa", data, "--sources", "sersic", "--pixels", "32", "--split", "train",
-                "-n", "2", "-o", work / "out.h5"]  # fmt: skip
+        args = [
+            "simulate",
+            "lenses",
+            "--kappa",
+            data,
+            "--sources",
+            "sersic",
+            "--pixels",
+            "32",
+            "--split",
+            "train",
+            "-n",
+            "2",
+            "-o",
+            work / "out.h5",
+        ]
         optional = kind == "attr" and how == "delete"  # the field of view defaults to the simulator's
         refuse = (kind == "truncate" or how in MUST_REFUSE or how == "negative" and name == "kappa") and not optional
         with _in(work):
@@ -287,17 +317,37 @@ def test_reconstructions(valid, target):
                 data, name, how
             )
         refuse = kind == "truncate" or how in (*MUST_REFUSE, "shrink")  # half a truth is refused too
-        if kind == "field" and (name in ("kappa", "kappa_pred", "noise_sigma") and how == "negative" or
-                                name == "noise_sigma" and how == "tiny"):  # fmt: skip
+        if kind == "field" and (
+            name in ("kappa", "kappa_pred", "noise_sigma")
+            and how == "negative"
+            or name == "noise_sigma"
+            and how == "tiny"
+        ):
             refuse = True
         with _in(work):
             check(work, ["evaluate", data, "-o", work / "report"], data, must_refuse=refuse, outputs=["report"])
 
 
 FITS_BREAKS = (
-    "nan", "inf", "zeros", "cube", "line", "no-image", "cdelt-nan", "cdelt-text", "cdelt-zero", "no-scale",
-    "noise-zero", "noise-negative", "noise-shape", "noise-tiny", "psf-even", "text-data", "truncate", "garbage",
-)  # fmt: skip
+    "nan",
+    "inf",
+    "zeros",
+    "cube",
+    "line",
+    "no-image",
+    "cdelt-nan",
+    "cdelt-text",
+    "cdelt-zero",
+    "no-scale",
+    "noise-zero",
+    "noise-negative",
+    "noise-shape",
+    "noise-tiny",
+    "psf-even",
+    "text-data",
+    "truncate",
+    "garbage",
+)
 
 
 def break_fits(path: Path, how: str) -> None:
@@ -321,8 +371,12 @@ def break_fits(path: Path, how: str) -> None:
         if how != "no-scale":
             header["CDELT2"] = {"cdelt-nan": "nan", "cdelt-text": "abc", "cdelt-zero": 0.0}[how]
     elif how.startswith("noise"):
-        noise = {"noise-zero": noise * 0, "noise-negative": -noise, "noise-shape": noise[:-2, :-2],
-                 "noise-tiny": noise * 1e-30}[how]  # fmt: skip
+        noise = {
+            "noise-zero": noise * 0,
+            "noise-negative": -noise,
+            "noise-shape": noise[:-2, :-2],
+            "noise-tiny": noise * 1e-30,
+        }[how]
     elif how == "psf-even":
         extra = [fits.ImageHDU(np.full((4, 4), 1 / 16), name="PSF")]
     if how == "text-data":  # astropy writes no text images: a table stands in for the only HDU
@@ -368,7 +422,7 @@ CONFIG_BREAKS = {
         st.tuples(st.just("config-file"), st.sampled_from(["truncate", "array", "empty", "binary"]), st.just(0)),
         st.tuples(
             st.just("checkpoint"), st.sampled_from(["truncate", "garbage", "other", "missing", "empty"]), st.just(0)
-        ),  # fmt: skip
+        ),
     ),
 )
 @example(run="rim", target=("checkpoint", "other", 0))  # the refused resume had rewritten config.json, run.json
@@ -390,8 +444,14 @@ def test_run_directories(valid, run, target):
             config.write_text(json.dumps(stored))
         elif kind == "config-file":
             text = config.read_text()
-            config.write_bytes({"truncate": text[: len(text) // 2].encode(), "array": b"[1, 2]", "empty": b"",
-                                "binary": bytes(range(256))}[name])  # fmt: skip
+            config.write_bytes(
+                {
+                    "truncate": text[: len(text) // 2].encode(),
+                    "array": b"[1, 2]",
+                    "empty": b"",
+                    "binary": bytes(range(256)),
+                }[name]
+            )
         else:
             checkpoint = folder / "checkpoint.pt"
             if name == "truncate":
@@ -422,7 +482,7 @@ def test_run_directories(valid, run, target):
                     "1",
                     "-o",
                     folder,
-                ],  # fmt: skip
+                ],
             ]
         else:
             commands = [["sample", "--vae", folder, "-n", "2", "-o", work / "out.h5"]]

@@ -54,8 +54,20 @@ def workdir(tmp_path):
 def test_readme_snippets_run_in_order_with_their_files(workdir):
     # the files the snippets' text says to make first, at the snippets' 64^2
     run("simulate", "sources", "--synthetic", 16, "--pixels", 64, "--test-fraction", 0.25, "-o", "sources.h5")
-    run("simulate", "kappa", "--synthetic", 2, "--maps-per-halo", 4, "--pixels", 64, "--test-fraction", 0.5,
-        "-o", "kappa.h5")  # fmt: skip
+    run(
+        "simulate",
+        "kappa",
+        "--synthetic",
+        2,
+        "--maps-per-halo",
+        4,
+        "--pixels",
+        64,
+        "--test-fraction",
+        0.5,
+        "-o",
+        "kappa.h5",
+    )
     import lensprior
 
     kappa = lensprior.load_field("kappa.h5", "kappa", split="train", pixels=64)

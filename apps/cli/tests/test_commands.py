@@ -24,9 +24,23 @@ def pipeline(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
     invoke("simulate", "lenses", "--kappa", "sie", "--sources", "sersic", "-n", 6, "--pixels", 32, "-o", d / "l.h5")
     invoke(
-        "train", "rim", "--data", d / "l.h5", "--preset", "tiny", "--steps", 2, "--batch-size", 2,
-        "--validation-size", 2, "--log-every", 1, "-o", d / "rim",
-    )  # fmt: skip
+        "train",
+        "rim",
+        "--data",
+        d / "l.h5",
+        "--preset",
+        "tiny",
+        "--steps",
+        2,
+        "--batch-size",
+        2,
+        "--validation-size",
+        2,
+        "--log-every",
+        1,
+        "-o",
+        d / "rim",
+    )
     invoke("reconstruct", "--rim", d / "rim", "--data", d / "l.h5", "-o", d / "rec.h5", "--batch-size", 4)
     return d
 

@@ -143,9 +143,15 @@ def test_option_defaults_are_the_library_defaults():
     from lens_cli.priors import train
 
     options = {p.name: p.default for p in finetune.params}
-    names = {"ewc_lambda": "ewc_lambda", "fisher_samples": "fisher_samples", "latent_sigma": "latent_sigma",
-             "learning_rate": "learning_rate", "max_steps": "max_steps", "target_chi2": "target_chi2_nu",
-             "fisher_chunk": "fisher_chunk"}  # fmt: skip
+    names = {
+        "ewc_lambda": "ewc_lambda",
+        "fisher_samples": "fisher_samples",
+        "latent_sigma": "latent_sigma",
+        "learning_rate": "learning_rate",
+        "max_steps": "max_steps",
+        "target_chi2": "target_chi2_nu",
+        "fisher_chunk": "fisher_chunk",
+    }
     library = {f.name: f.default for f in fields(lensrim.FineTuneConfig)}
     assert {opt: options[opt] for opt in names} == {opt: library[field] for opt, field in names.items()}
     denoiser = {p.name: p.default for p in train.commands["denoiser"].params}

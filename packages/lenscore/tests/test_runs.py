@@ -108,11 +108,20 @@ def _looped(run_dir, stop, *, log_every=3, checkpoint_every=4, seen=None, poison
             return {"rows": history.shape[0], "watched": history[:, 2].tolist(), "examples": last.aux}
 
         run_steps(
-            run_dir, model, opt, (_batch(s, poison) for s in range(start, stop)), step_loss, start=start, steps=stop,
-            learning_rate_at=lambda step: 0.1 * 0.9**step, clip_norm=0.5, log_every=log_every,
-            checkpoint_every=checkpoint_every, log_terms=log_terms,
+            run_dir,
+            model,
+            opt,
+            (_batch(s, poison) for s in range(start, stop)),
+            step_loss,
+            start=start,
+            steps=stop,
+            learning_rate_at=lambda step: 0.1 * 0.9**step,
+            clip_norm=0.5,
+            log_every=log_every,
+            checkpoint_every=checkpoint_every,
+            log_terms=log_terms,
             progress=None if seen is None else lambda done, terms: seen.append(dict(terms)),
-        )  # fmt: skip
+        )
     return model
 
 
@@ -208,9 +217,18 @@ def _adam_run(run_dir, stop, checkpoint_every):
             return StepResult((model(x) - x.sum(dim=1, keepdim=True)).pow(2).mean())
 
         run_steps(
-            run_dir, model, opt, (_batch(s) for s in range(start, stop)), step_loss, start=start, steps=stop,
-            learning_rate_at=lambda step: 0.01, clip_norm=1.0, log_every=2, checkpoint_every=checkpoint_every,
-        )  # fmt: skip
+            run_dir,
+            model,
+            opt,
+            (_batch(s) for s in range(start, stop)),
+            step_loss,
+            start=start,
+            steps=stop,
+            learning_rate_at=lambda step: 0.01,
+            clip_norm=1.0,
+            log_every=2,
+            checkpoint_every=checkpoint_every,
+        )
 
 
 def test_a_resumed_run_writes_the_checkpoint_bytes_of_an_uninterrupted_one(tmp_path):

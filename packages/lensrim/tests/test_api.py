@@ -34,9 +34,13 @@ def runs(tmp_path_factory):
     hdr["PIXSCALE"] = 0.2
     fits.PrimaryHDU(big, header=hdr).writeto(root / "lens.fits")
     lenssim.write_lens_dataset(
-        root / "lenses.h5", {k: getattr(lenses, k) for k in lenssim.LENS_FIELDS}, image_fov=OBS.image_fov,
-        source_fov=OBS.source_fov, z_lens=0.5, z_source=1.5,
-    )  # fmt: skip
+        root / "lenses.h5",
+        {k: getattr(lenses, k) for k in lenssim.LENS_FIELDS},
+        image_fov=OBS.image_fov,
+        source_fov=OBS.source_fov,
+        z_lens=0.5,
+        z_source=1.5,
+    )
     return root
 
 
@@ -66,8 +70,10 @@ def test_the_readme_example_runs_in_five_lines_and_writes_consistent_fits(runs, 
         again = lenssim.lens_image(
             torch.from_numpy(h["SOURCE"].data.astype(np.float32))[None, None] / scale,
             torch.from_numpy(h["KAPPA"].data.astype(np.float32))[None, None],
-            image_fov=OBS.image_fov, source_fov=OBS.source_fov, psf=ref.psf,
-        )  # fmt: skip
+            image_fov=OBS.image_fov,
+            source_fov=OBS.source_fov,
+            psf=ref.psf,
+        )
         np.testing.assert_allclose(again[0, 0].numpy() * scale, model, rtol=1e-4, atol=1e-4 * scale)
         # chi2_nu in the header is the residual over the (resampled) noise of the written maps
         noise = ref.noise[0, 0].numpy() if ref.noise.dim() == 4 else ref.noise.item()
@@ -95,9 +101,13 @@ def test_geometry_lives_in_the_config_and_other_grids_are_refused(runs, tmp_path
     assert '"source_fov": 3.0' in (runs / "rim" / "config.json").read_text()
     d = lenssim.read_lens_dataset(runs / "lenses.h5")
     lenssim.write_lens_dataset(
-        tmp_path / "other.h5", {k: d[k] for k in lenssim.LENS_FIELDS}, image_fov=6.0, source_fov=3.0, z_lens=0.5,
+        tmp_path / "other.h5",
+        {k: d[k] for k in lenssim.LENS_FIELDS},
+        image_fov=6.0,
+        source_fov=3.0,
+        z_lens=0.5,
         z_source=1.5,
-    )  # fmt: skip
+    )
     with pytest.raises(lenssim.DatasetError, match="32 pixels across 6 arcsec, the model works on 32 across 7.69"):
         lensrim.reconstruct(rim, lenssim.Observation.from_dataset(tmp_path / "other.h5"))
     # a FITS observation resamples from its file; once on a grid, it is data on that grid

@@ -13,8 +13,10 @@ def test_the_quick_demo_runs_from_python(tmp_path):
     lines = []
     result = run_demo(tmp_path / "demo", PRESETS["quick"], seed=3, say=lines.append)
     headers = [line for line in lines if line.startswith("[")]
-    assert headers == [f"[{i + 1}/{len(STAGES)}] {name}" + headers[i][len(f"[{i + 1}/{len(STAGES)}] {name}") :]
-                       for i, name in enumerate(STAGES)]  # fmt: skip
+    assert headers == [
+        f"[{i + 1}/{len(STAGES)}] {name}" + headers[i][len(f"[{i + 1}/{len(STAGES)}] {name}") :]
+        for i, name in enumerate(STAGES)
+    ]
     metrics = json.loads((tmp_path / "demo" / "report" / "metrics.json").read_text())
     assert set(metrics["references"]) == {"constant_predictor", "adam_same_gradients", "adam_long", "rim_steps"}
     assert result["verdict"]["RIM vs constant predictor"].startswith("the RIM ")

@@ -189,9 +189,14 @@ def test_batched_finetuning_equals_one_lens_at_a_time(setup):
     for i in range(3):
         sl = slice(i, i + 1)
         alone = finetune(
-            rim, svae, kvae, lenses.observation[sl], LensingPhysics(lenses.psf[sl], lenses.noise_sigma[sl]), cfg,
+            rim,
+            svae,
+            kvae,
+            lenses.observation[sl],
+            LensingPhysics(lenses.psf[sl], lenses.noise_sigma[sl]),
+            cfg,
             generators=gens(1, seed=i),
-        )  # fmt: skip
+        )
         torch.testing.assert_close(alone.chi2_nu, together.chi2_nu[sl], rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(alone.source, together.source[sl], rtol=0, atol=2e-4)
         torch.testing.assert_close(alone.kappa, together.kappa[sl], rtol=1e-3, atol=2e-4)
@@ -202,16 +207,25 @@ def test_early_stop_at_the_target_and_lenses_leave_the_batch(setup):
     rim, svae, kvae, lenses = setup
     cfg = FineTuneConfig(fisher_samples=2, learning_rate=1e-3, max_steps=8, ewc_lambda=1.0)
     base = finetune(
-        rim, svae, kvae, lenses.observation, LensingPhysics(lenses.psf, lenses.noise_sigma), replace(cfg, max_steps=0),
+        rim,
+        svae,
+        kvae,
+        lenses.observation,
+        LensingPhysics(lenses.psf, lenses.noise_sigma),
+        replace(cfg, max_steps=0),
         generators=gens(3),
-    )  # fmt: skip
+    )
     # a target between the lenses' baselines: the lenses already below it take no step
     target = float(base.chi2_nu_baseline.median())
     res = finetune(
-        rim, svae, kvae, lenses.observation, LensingPhysics(lenses.psf, lenses.noise_sigma),
+        rim,
+        svae,
+        kvae,
+        lenses.observation,
+        LensingPhysics(lenses.psf, lenses.noise_sigma),
         replace(cfg, target_chi2_nu=target),
         generators=gens(3),
-    )  # fmt: skip
+    )
     below = base.chi2_nu_baseline <= target
     assert below.any() and (~below).any()
     assert (res.steps[below] == 0).all() and torch.equal(res.chi2_nu[below], base.chi2_nu_baseline[below])
@@ -222,16 +236,26 @@ def test_trace_and_monitor_follow_every_step_of_the_running_lenses(setup):
     rim, svae, kvae, lenses = setup
     cfg = FineTuneConfig(fisher_samples=2, learning_rate=1e-3, max_steps=6, ewc_lambda=1.0)
     base = finetune(
-        rim, svae, kvae, lenses.observation, LensingPhysics(lenses.psf, lenses.noise_sigma), replace(cfg, max_steps=0),
+        rim,
+        svae,
+        kvae,
+        lenses.observation,
+        LensingPhysics(lenses.psf, lenses.noise_sigma),
+        replace(cfg, max_steps=0),
         generators=gens(3),
-    )  # fmt: skip
+    )
     target = float(base.chi2_nu_baseline.median())  # one lens stops at once, the others run
     seen = {}
     res = finetune(
-        rim, svae, kvae, lenses.observation, LensingPhysics(lenses.psf, lenses.noise_sigma),
+        rim,
+        svae,
+        kvae,
+        lenses.observation,
+        LensingPhysics(lenses.psf, lenses.noise_sigma),
         replace(cfg, target_chi2_nu=target),
-        generators=gens(3), monitor=lambda k, ids, est: seen.setdefault(k, (ids.clone(), est.clone())),
-    )  # fmt: skip
+        generators=gens(3),
+        monitor=lambda k, ids, est: seen.setdefault(k, (ids.clone(), est.clone())),
+    )
     trace = res.chi2_nu_trace
     assert trace.shape == (7, 3)
     torch.testing.assert_close(trace[0], res.chi2_nu_baseline)

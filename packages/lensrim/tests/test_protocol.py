@@ -43,9 +43,16 @@ def test_the_rim_trains_and_is_evaluated_on_the_linear_toy(tmp_path):
     held = toy_lenses(16, torch.Generator().manual_seed(999), toy)
     torch.manual_seed(0)
     rim = train_rim(
-        CONFIG, ToyBatches(toy), tmp_path, steps=60, log_every=20, checkpoint_every=60, validation=held,
-        tensorboard=False, physics=lambda batch: toy,
-    )  # fmt: skip
+        CONFIG,
+        ToyBatches(toy),
+        tmp_path,
+        steps=60,
+        log_every=20,
+        checkpoint_every=60,
+        validation=held,
+        tensorboard=False,
+        physics=lambda batch: toy,
+    )
     logs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in logs] == [20, 40, 60]
     # it learns: the held-out loss falls well below the constant predictor's on the same lenses
@@ -96,9 +103,14 @@ def test_fine_tuning_a_lens_alone_or_in_a_batch_is_the_same_on_the_toy(toy_setup
     together = finetune(rim, svae, kvae, lenses["observation"], toy, cfg, generators=gens(3))
     for i in range(3):
         alone = finetune(
-            rim, svae, kvae, lenses["observation"][i : i + 1], toy.subset(torch.tensor([i])), cfg,
+            rim,
+            svae,
+            kvae,
+            lenses["observation"][i : i + 1],
+            toy.subset(torch.tensor([i])),
+            cfg,
             generators=gens(1, seed=i),
-        )  # fmt: skip
+        )
         torch.testing.assert_close(alone.chi2_nu, together.chi2_nu[i : i + 1], rtol=1e-4, atol=1e-7)
         torch.testing.assert_close(alone.source, together.source[i : i + 1], rtol=0, atol=1e-5)
 

@@ -22,9 +22,13 @@ def recon_file(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     lenses = lenssim.simulate_sie_lenses(4, config=OBS, generator=torch.Generator().manual_seed(0))
     lenssim.write_lens_dataset(
-        root / "lenses.h5", {k: getattr(lenses, k) for k in lenssim.LENS_FIELDS}, image_fov=OBS.image_fov,
-        source_fov=OBS.source_fov, z_lens=0.5, z_source=1.5,
-    )  # fmt: skip
+        root / "lenses.h5",
+        {k: getattr(lenses, k) for k in lenssim.LENS_FIELDS},
+        image_fov=OBS.image_fov,
+        source_fov=OBS.source_fov,
+        z_lens=0.5,
+        z_source=1.5,
+    )
     torch.manual_seed(0)
     rim = lensrim.RIM(replace(lensrim.PRESETS["tiny"], steps=3)).eval()
     rec = lensrim.reconstruct(rim, lenssim.Observation.from_dataset(root / "lenses.h5"))

@@ -146,10 +146,15 @@ TRAINING_OPTIONS = {
     "paper text": {"gradient_preprocessing": "adam", "beta2": 0.99, "time_weights": "uniform"},
     "defaults": {},
     "published model, weighted, per tensor, fit": {
-        "gradient_preprocessing": "rmsprop", "beta2": 0.9, "time_weights": "quadratic", "clipping": "per_tensor",
-        "fit_weight": 0.01, "clip_norm": 0.05, "step_gains": True,
+        "gradient_preprocessing": "rmsprop",
+        "beta2": 0.9,
+        "time_weights": "quadratic",
+        "clipping": "per_tensor",
+        "fit_weight": 0.01,
+        "clip_norm": 0.05,
+        "step_gains": True,
     },
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("options", TRAINING_OPTIONS.values(), ids=TRAINING_OPTIONS.keys())

@@ -95,9 +95,11 @@ def test_batched_finetuning_equals_one_lens_at_a_time_on_cuda():
 
 def test_on_the_fly_batches_live_on_the_gpu_and_repeat_with_the_seed():
     sim = SimulatedBatches(
-        lenssim.sie_kappa_sampler(config=OBS, device="cuda"), lenssim.sersic_source_sampler(OBS, device="cuda"),
-        OBS, device="cuda",
-    )  # fmt: skip
+        lenssim.sie_kappa_sampler(config=OBS, device="cuda"),
+        lenssim.sersic_source_sampler(OBS, device="cuda"),
+        OBS,
+        device="cuda",
+    )
     a, b = sim(3, 4, 0), sim(3, 4, 0)
     assert all(v.is_cuda for v in a.values())
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -64,9 +64,14 @@ def test_training_logs_terms_references_and_tensorboard(tmp_path):
     ext = {k: v[4:] for k, v in data.items()}
     cfg = replace(PRESETS["tiny"], steps=3, batch_size=2)
     train_rim(
-        cfg, lambda step, size, seed: {k: v[:size] for k, v in train.items()}, tmp_path, steps=4, log_every=2,
-        validation=train, external=ext,
-    )  # fmt: skip
+        cfg,
+        lambda step, size, seed: {k: v[:size] for k, v in train.items()},
+        tmp_path,
+        steps=4,
+        log_every=2,
+        validation=train,
+        external=ext,
+    )
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [2, 4]
     m = lines[-1]
@@ -105,12 +110,17 @@ def test_lens_batches_train_exactly_as_their_fields_do(tmp_path):
     cfg = replace(PRESETS["tiny"], steps=3, batch_size=2)
     runs = {
         "fields": (lambda step, size, seed: {k: v[step % 3 : step % 3 + size] for k, v in data.items()}, data),
-        "lenses": (lambda step, size, seed: lenssim.LensBatch.from_fields(
-            {k: v[step % 3 : step % 3 + size] for k, v in data.items()}), lenses),
-    }  # fmt: skip
+        "lenses": (
+            lambda step, size, seed: lenssim.LensBatch.from_fields(
+                {k: v[step % 3 : step % 3 + size] for k, v in data.items()}
+            ),
+            lenses,
+        ),
+    }
     for name, (batches, held) in runs.items():
-        train_rim(cfg, batches, tmp_path / name, steps=3, log_every=1, validation=held, external=held,
-                  tensorboard=False)  # fmt: skip
+        train_rim(
+            cfg, batches, tmp_path / name, steps=3, log_every=1, validation=held, external=held, tensorboard=False
+        )
     assert (tmp_path / "fields/metrics.jsonl").read_bytes() == (tmp_path / "lenses/metrics.jsonl").read_bytes()
     model, _ = lensrim.load_rim(tmp_path / "lenses")
     assert lensrim.training.evaluate_rim(model, lenses) == lensrim.training.evaluate_rim(model, data)
@@ -132,8 +142,9 @@ def test_a_non_finite_loss_stops_rim_training_before_a_checkpoint(tmp_path):
 
     # found at the checkpoint of step 4, named at its first step
     with pytest.raises(RunError, match=r"step 3: the loss is not finite.*checkpoint of step 2 is kept"):
-        train_rim(cfg, batches, tmp_path, steps=6, log_every=4, checkpoint_every=2, validation_size=0,
-                  tensorboard=False)  # fmt: skip
+        train_rim(
+            cfg, batches, tmp_path, steps=6, log_every=4, checkpoint_every=2, validation_size=0, tensorboard=False
+        )
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["step"] == 2
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())

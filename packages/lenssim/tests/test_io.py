@@ -343,9 +343,12 @@ def test_a_block_no_reader_would_accept_is_never_written(tmp_path):
 
 def test_readers_refuse_groups_noise_below_float32_and_shards_of_two_resolutions(tmp_path):
     lenses = {
-        "source": np.zeros((2, 1, 8, 8)), "kappa": np.ones((2, 1, 8, 8)), "observation": np.zeros((2, 1, 8, 8)),
-        "psf": np.pad(np.ones((2, 1, 1, 1)), ((0, 0), (0, 0), (1, 1), (1, 1))), "noise_sigma": np.ones(2),
-    }  # fmt: skip
+        "source": np.zeros((2, 1, 8, 8)),
+        "kappa": np.ones((2, 1, 8, 8)),
+        "observation": np.zeros((2, 1, 8, 8)),
+        "psf": np.pad(np.ones((2, 1, 1, 1)), ((0, 0), (0, 0), (1, 1), (1, 1))),
+        "noise_sigma": np.ones(2),
+    }
     attrs = dict(image_fov=7.68, source_fov=3.0, z_lens=0.5, z_source=1.5)
     write_lens_dataset(tmp_path / "quiet.h5", {**lenses, "noise_sigma": np.full(2, 1e-30)}, **attrs)
     with pytest.raises(DatasetError, match=r"quiet.h5: dataset 'noise_sigma' has values down to 1e-30, below 1e-12"):

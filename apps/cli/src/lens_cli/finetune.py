@@ -50,12 +50,17 @@ def load_observations(
     if _is_fits(path):
         obs = lenssim.Observation.from_fits(path, **fits_options).on_grid(pixels, image_fov)
         attrs = {
-            "image_fov": image_fov, "source_fov": source_fov, "z_lens": lenssim.Z_LENS, "z_source": lenssim.Z_SOURCE,
+            "image_fov": image_fov,
+            "source_fov": source_fov,
+            "z_lens": lenssim.Z_LENS,
+            "z_source": lenssim.Z_SOURCE,
             "fits": {
-                "path": str(path), "flux_scale": obs.flux_scale, "pixel_scale": obs.origin["pixel_scale"],
+                "path": str(path),
+                "flux_scale": obs.flux_scale,
+                "pixel_scale": obs.origin["pixel_scale"],
                 "resampled": obs.origin["resampled"],
             },
-        }  # fmt: skip
+        }
         return obs, attrs
     if any(v is not None for v in fits_options.values()):
         raise click.UsageError("--pixel-scale, --psf-fwhm, --noise-sigma and --flux-scale apply to FITS input only")
@@ -69,9 +74,19 @@ def load_observations(
 
 
 def finetune_to_file(
-    model, svae, kvae, obs: lenssim.Observation, output: Path, cfg, *, attrs: dict, batch_size: int, seed: int,
-    device, inputs: tuple = (),
-) -> Path:  # fmt: skip
+    model,
+    svae,
+    kvae,
+    obs: lenssim.Observation,
+    output: Path,
+    cfg,
+    *,
+    attrs: dict,
+    batch_size: int,
+    seed: int,
+    device,
+    inputs: tuple = (),
+) -> Path:
     """``lensrim.api.finetune_to_file`` with a progress bar (in logs too, with the fine-tuning
     phases) and a one-time cost estimate."""
     import lensrim
@@ -100,9 +115,16 @@ def finetune_to_file(
                 )
 
         return lensrim.api.finetune_to_file(
-            model.to(device), lensrim.FineTune(svae.to(device), kvae.to(device), cfg, seed), obs, output,
-            attrs=attrs, batch_size=batch_size, inputs=inputs, progress=bar.update, phase=phase,
-        )  # fmt: skip
+            model.to(device),
+            lensrim.FineTune(svae.to(device), kvae.to(device), cfg, seed),
+            obs,
+            output,
+            attrs=attrs,
+            batch_size=batch_size,
+            inputs=inputs,
+            progress=bar.update,
+            phase=phase,
+        )
 
 
 @click.command("finetune", short_help="EWC fine-tuning of the RIM on each observation (HDF5 or FITS).")
@@ -128,9 +150,12 @@ def finetune_to_file(
     help="EWC strength: penalty (lambda/2) sum F (phi - phi*)^2 beside the mean chi2_nu (Table 3's units).",
 )
 @click.option(
-    "--fisher-samples", default=TABLE_3.fisher_samples, show_default=True, type=click.IntRange(1),
+    "--fisher-samples",
+    default=TABLE_3.fisher_samples,
+    show_default=True,
+    type=click.IntRange(1),
     help="VAE draws per lens.",
-)  # fmt: skip
+)
 @click.option(
     "--latent-sigma", default=TABLE_3.latent_sigma, show_default=True, type=FiniteFloat(0), help="Latent draw width."
 )
@@ -149,13 +174,18 @@ def finetune_to_file(
 )
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Lenses fine-tuned together.")
 @click.option(
-    "--fisher-chunk", default=TABLE_3.fisher_chunk, show_default=True, type=click.IntRange(1),
+    "--fisher-chunk",
+    default=TABLE_3.fisher_chunk,
+    show_default=True,
+    type=click.IntRange(1),
     help="Draws per Fisher pass.",
-)  # fmt: skip
+)
 @click.option(
-    "--fisher-chi2/--no-fisher-chi2", default=TABLE_3.fisher_chi2, show_default=True,
+    "--fisher-chi2/--no-fisher-chi2",
+    default=TABLE_3.fisher_chi2,
+    show_default=True,
     help="Include the mean chi2_nu in the Fisher's per-draw loss (eq. A5) or eq. 7 alone.",
-)  # fmt: skip
+)
 @click.option("--limit", type=click.IntRange(1), help="Only the first N lenses of the dataset.")
 @click.option("--image-fov", type=FiniteFloat(0, min_open=True), help="FITS: model field (default: the RIM's).")
 @click.option("--pixel-scale", type=FiniteFloat(0, min_open=True), help="FITS: arcsec per pixel (else header).")
@@ -225,19 +255,34 @@ def finetune(
     # each lens of a batch has its own weights (with gradients, RMSProp state, anchor and Fisher)
     # and runs fisher_chunk draws at a time
     check_memory(
-        model.config, lensrim.RIM, f"--batch-size {batch_size} with --fisher-chunk {fisher_chunk}",
-        batch=min(batch_size, n) * min(fisher_chunk, fisher_samples), factor=5 * min(batch_size, n),
-    )  # fmt: skip
+        model.config,
+        lensrim.RIM,
+        f"--batch-size {batch_size} with --fisher-chunk {fisher_chunk}",
+        batch=min(batch_size, n) * min(fisher_chunk, fisher_samples),
+        factor=5 * min(batch_size, n),
+    )
     cfg = lensrim.FineTuneConfig(
-        ewc_lambda=ewc_lambda, fisher_samples=fisher_samples, latent_sigma=latent_sigma, learning_rate=learning_rate,
-        max_steps=max_steps, target_chi2_nu=target_chi2, fisher_chunk=fisher_chunk, fisher_chi2=fisher_chi2,
-    )  # fmt: skip
+        ewc_lambda=ewc_lambda,
+        fisher_samples=fisher_samples,
+        latent_sigma=latent_sigma,
+        learning_rate=learning_rate,
+        max_steps=max_steps,
+        target_chi2_nu=target_chi2,
+        fisher_chunk=fisher_chunk,
+        fisher_chi2=fisher_chi2,
+    )
     ifov, sfov = float(attrs["image_fov"]), float(attrs["source_fov"])
     provenance = {
-        "rim": str(rim_dir), "rim_step": meta.get("step"), "source_vae": str(source_vae),
-        "source_vae_step": smeta.get("step"), "kappa_vae": str(kappa_vae), "kappa_vae_step": kmeta.get("step"),
-        "data": str(data_path), "limit": limit, "finetune": asdict(cfg),
-    }  # fmt: skip
+        "rim": str(rim_dir),
+        "rim_step": meta.get("step"),
+        "source_vae": str(source_vae),
+        "source_vae_step": smeta.get("step"),
+        "kappa_vae": str(kappa_vae),
+        "kappa_vae_step": kmeta.get("step"),
+        "data": str(data_path),
+        "limit": limit,
+        "finetune": asdict(cfg),
+    }
     out_attrs = {k: attrs[k] for k in ("image_fov", "source_fov", "z_lens", "z_source")}
     out_attrs.update(kind="reconstruction", config=provenance)
     if "fits" in attrs:
@@ -245,9 +290,18 @@ def finetune(
 
     runs = (rim_dir, source_vae, kappa_vae)
     finetune_to_file(
-        model, svae, kvae, obs[:n], output, cfg, attrs=out_attrs, batch_size=batch_size,
-        seed=seed, device=dev, inputs=(data_path, *(Path(r) / "checkpoint.pt" for r in runs)),
-    )  # fmt: skip
+        model,
+        svae,
+        kvae,
+        obs[:n],
+        output,
+        cfg,
+        attrs=out_attrs,
+        batch_size=batch_size,
+        seed=seed,
+        device=dev,
+        inputs=(data_path, *(Path(r) / "checkpoint.pt" for r in runs)),
+    )
     rec = lenssim.read_dataset(output, ["chi2_nu", "chi2_nu_baseline", "finetune_steps"])
     click.echo(
         f"wrote {output}: {n} lenses, chi2_nu median {np.median(rec['chi2_nu_baseline'].numpy()):.3g} (baseline) -> "

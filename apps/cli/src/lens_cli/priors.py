@@ -106,9 +106,17 @@ def train_vae(
             bar.update(done - bar.n)
 
         model = lensprior.train_vae(
-            config, data, output, seed=seed, device=dev, checkpoint_every=checkpoint_every, log_every=log_every,
-            validation=validation, metadata=meta, progress=progress,
-        )  # fmt: skip
+            config,
+            data,
+            output,
+            seed=seed,
+            device=dev,
+            checkpoint_every=checkpoint_every,
+            log_every=log_every,
+            validation=validation,
+            metadata=meta,
+            progress=progress,
+        )
     from lens_cli.figures import samples_beside_data
     from lenscore.runs import read_metrics
 
@@ -171,9 +179,15 @@ def train_denoiser(data_path, output, steps, noise_min, noise_max, highpass, che
             bar.update(done - bar.n)
 
         lensprior.train_denoiser(
-            config, clean, output, seed=seed, device=dev, checkpoint_every=checkpoint_every,
-            metadata={"data": str(data_path)}, progress=progress,
-        )  # fmt: skip
+            config,
+            clean,
+            output,
+            seed=seed,
+            device=dev,
+            checkpoint_every=checkpoint_every,
+            metadata={"data": str(data_path)},
+            progress=progress,
+        )
     click.echo(f"trained {output} to step {steps}; use it with lens simulate sources --denoiser {output}")
 
 
@@ -244,7 +258,13 @@ def sample(run_dir, n_samples, output, batch_size, seed, device) -> None:
 
     with progress_bar(total=n_samples, desc=f"sampling {kind}", unit=kind) as bar:
         lenssim.write_in_blocks(
-            output, n_samples, make_block, attrs=attrs, seed=seed, block_size=batch_size, progress=bar.update,
+            output,
+            n_samples,
+            make_block,
+            attrs=attrs,
+            seed=seed,
+            block_size=batch_size,
+            progress=bar.update,
             inputs=(Path(run_dir) / "checkpoint.pt",),
-        )  # fmt: skip
+        )
     click.echo(f"wrote {output} ({n_samples} {kind} draws from {run_dir} at step {meta.get('step')})")

@@ -229,9 +229,13 @@ def train_rim(
     if init is not None:
         overrides["init"] = init
     chosen = {
-        "gradient_preprocessing": gradient_preprocessing, "beta2": beta2, "time_weights": time_weights,
-        "clipping": clipping, "step_gains": step_gains, "fit_weight": fit_weight,
-    }  # fmt: skip
+        "gradient_preprocessing": gradient_preprocessing,
+        "beta2": beta2,
+        "time_weights": time_weights,
+        "clipping": clipping,
+        "step_gains": step_gains,
+        "fit_weight": fit_weight,
+    }
     overrides.update({k: v for k, v in chosen.items() if v is not None})
     if staircase:
         overrides["staircase"] = True
@@ -341,10 +345,19 @@ def train_rim(
             bar.update(done - bar.n)
 
         lensrim.train_rim(
-            config, batches, output, seed=seed, device=dev, checkpoint_every=checkpoint_every, log_every=log_every,
-            validation=validation, validation_size=validation_size, external=external, metadata=meta,
+            config,
+            batches,
+            output,
+            seed=seed,
+            device=dev,
+            checkpoint_every=checkpoint_every,
+            log_every=log_every,
+            validation=validation,
+            validation_size=validation_size,
+            external=external,
+            metadata=meta,
             progress=progress,
-        )  # fmt: skip
+        )
     if rank == 0:
         last = read_metrics(output / "metrics.jsonl")[-1]
         line = f"trained {output} to step {config.train_steps}: loss {last['loss']:.4g}"
@@ -411,12 +424,19 @@ def reconstruct(run_dir, data_path, output, batch_size, seed, device) -> None:
         return lensrim.reconstruct(model, obs, batch_size=batch_size).arrays()
 
     out_attrs = {k: info["attrs"][k] for k in ("image_fov", "source_fov", "z_lens", "z_source")}
-    out_attrs.update(kind="reconstruction", config={"rim": str(run_dir), "step": model.meta.get("step"),
-                                                    "data": str(data_path)})  # fmt: skip
+    out_attrs.update(
+        kind="reconstruction", config={"rim": str(run_dir), "step": model.meta.get("step"), "data": str(data_path)}
+    )
     with progress_bar(total=total, desc="reconstructing", unit="lens") as bar:
         lenssim.write_in_blocks(
-            output, total, make_block, attrs=out_attrs, seed=seed, block_size=batch_size, progress=bar.update,
+            output,
+            total,
+            make_block,
+            attrs=out_attrs,
+            seed=seed,
+            block_size=batch_size,
+            progress=bar.update,
             inputs=(data_path, Path(run_dir) / "checkpoint.pt"),
-        )  # fmt: skip
+        )
     c = lenssim.read_dataset(output, ["chi2_nu"])["chi2_nu"].numpy()
     click.echo(f"wrote {output}: {total} lenses, chi2_nu median {np.median(c):.3g} (baseline RIM)")

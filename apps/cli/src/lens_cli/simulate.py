@@ -233,9 +233,17 @@ def simulate_kappa(
     n = len(shard_range(len(halos), *shard)) * maps_per_halo
     with _bar(n, "kappa maps") as bar:
         path = lenssim.simulate_kappa_dataset(
-            target, halos, maps_per_halo=maps_per_halo, config=config, theta_e_range=(theta_e_min, theta_e_max),
-            max_shift=max_shift, test_fraction=test_fraction, seed=seed, shard=shard, progress=bar.update,
-        )  # fmt: skip
+            target,
+            halos,
+            maps_per_halo=maps_per_halo,
+            config=config,
+            theta_e_range=(theta_e_min, theta_e_max),
+            max_shift=max_shift,
+            test_fraction=test_fraction,
+            seed=seed,
+            shard=shard,
+            progress=bar.update,
+        )
     click.echo(f"wrote {path} ({n} maps from {len(shard_range(len(halos), *shard))} halos)")
     if shard == (0, 1):
         _warn_empty_split(path, "maps", "use more halos or change --test-fraction (the split is by halo)")
@@ -313,9 +321,14 @@ def simulate_sources(
     cosmos = None
     if cosmos_dir is not None:
         cosmos = CosmosSources(
-            cosmos_dir, sample=sample, file_name=catalog_file, exclusion_level=exclusion_level, min_flux=min_flux,
-            use_real=not parametric, config=stamp,
-        )  # fmt: skip
+            cosmos_dir,
+            sample=sample,
+            file_name=catalog_file,
+            exclusion_level=exclusion_level,
+            min_flux=min_flux,
+            use_real=not parametric,
+            config=stamp,
+        )
         n = n_sources or len(cosmos)
     else:
         if n_sources is not None:
@@ -336,9 +349,17 @@ def simulate_sources(
     target = _target(output, shard)
     with _bar(n, "source stamps") as bar:
         path = lenssim.simulate_source_dataset(
-            target, n, cosmos=cosmos, stamp=stamp, test_fraction=test_fraction, seed=seed, shard=shard,
-            denoise=denoise, provenance=provenance, progress=bar.update,
-        )  # fmt: skip
+            target,
+            n,
+            cosmos=cosmos,
+            stamp=stamp,
+            test_fraction=test_fraction,
+            seed=seed,
+            shard=shard,
+            denoise=denoise,
+            provenance=provenance,
+            progress=bar.update,
+        )
     click.echo(f"wrote {path}" + (f" (denoised with {denoiser})" if denoiser else ""))
     if shard == (0, 1):
         _warn_empty_split(path, "stamps", "draw more galaxies or change --test-fraction")
@@ -431,10 +452,19 @@ def simulate_lenses(kappa_in, sources_in, n_lenses, split, block_size, pixels, o
     with _bar(n_mine, "lenses") as bar:
         try:
             path = lenssim.simulate_lens_dataset(
-                target, n_lenses, ksampler, ssampler, config=cfg, provenance=provenance, seed=seed, device=dev,
-                block_size=block_size, shard=shard, progress=bar.update,
+                target,
+                n_lenses,
+                ksampler,
+                ssampler,
+                config=cfg,
+                provenance=provenance,
+                seed=seed,
+                device=dev,
+                block_size=block_size,
+                shard=shard,
+                progress=bar.update,
                 inputs=tuple(p for p in (kappa_in, sources_in) if p not in ("sie", "sersic")),
-            )  # fmt: skip
+            )
         except lenssim.SimulationError as e:  # name the maps that made no lenses
             raise lenssim.SimulationError(f"{e} (kappa: {kappa_in}, sources: {sources_in})") from None
     stats = json.loads(dataset_info(path)["attrs"].get("stats", "{}"))

@@ -55,8 +55,14 @@ class VAEConfig(JsonConfig):
         if self.pixels < 8:
             raise ValueError(f"pixels must be at least 8, got {self.pixels}")
         # sizes a file could otherwise set to anything: bounded so that a bad config fails at once
-        for name, most in (("pixels", 4096), ("levels", 12), ("filters", 65536), ("latent_dim", 65536),
-                           ("convs_per_level", 64), ("filter_scaling", 16)):  # fmt: skip
+        for name, most in (
+            ("pixels", 4096),
+            ("levels", 12),
+            ("filters", 65536),
+            ("latent_dim", 65536),
+            ("convs_per_level", 64),
+            ("filter_scaling", 16),
+        ):
             if getattr(self, name) > most:
                 raise ValueError(f"{name} is {getattr(self, name)}, beyond the largest sensible value {most}")
 

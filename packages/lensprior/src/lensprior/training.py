@@ -161,16 +161,36 @@ def fit(
     """
     with RunLock(run_dir):
         return _fit(
-            model, config, data, Path(run_dir), steps=steps, seed=seed, device=device,
-            checkpoint_every=checkpoint_every, log_every=log_every, validation=validation, metadata=metadata,
+            model,
+            config,
+            data,
+            Path(run_dir),
+            steps=steps,
+            seed=seed,
+            device=device,
+            checkpoint_every=checkpoint_every,
+            log_every=log_every,
+            validation=validation,
+            metadata=metadata,
             progress=progress,
-        )  # fmt: skip
+        )
 
 
 def _fit(
-    model, config, data, run_dir: Path, *, steps, seed, device, checkpoint_every, log_every, validation, metadata,
+    model,
+    config,
+    data,
+    run_dir: Path,
+    *,
+    steps,
+    seed,
+    device,
+    checkpoint_every,
+    log_every,
+    validation,
+    metadata,
     progress,
-) -> torch.nn.Module:  # fmt: skip
+) -> torch.nn.Module:
     device = torch.device(device)
     config = replace(config, steps=steps)
     check_run(run_dir, config, ("steps",))  # everything is checked before anything is written
@@ -205,10 +225,20 @@ def _fit(
 
     model.train()
     run_steps(
-        run_dir, model, opt, batches, step_loss, start=start, steps=steps, learning_rate_at=config.learning_rate_at,
-        clip_norm=config.clip_norm, log_every=log_every, checkpoint_every=checkpoint_every, log_terms=log_terms,
+        run_dir,
+        model,
+        opt,
+        batches,
+        step_loss,
+        start=start,
+        steps=steps,
+        learning_rate_at=config.learning_rate_at,
+        clip_norm=config.clip_norm,
+        log_every=log_every,
+        checkpoint_every=checkpoint_every,
+        log_terms=log_terms,
         progress=None if progress is None else lambda done, terms: progress(done, {**latest, **terms}),
-    )  # fmt: skip
+    )
     return model.eval()
 
 

@@ -41,8 +41,14 @@ __all__ = [
 RECONSTRUCTION_FIELDS = ("observation", "psf", "noise_sigma", "source_pred", "kappa_pred", "chi2_nu")
 """The fields every reconstruction file holds (:meth:`Reconstruction.arrays` writes them)."""
 RECONSTRUCTION_OPTIONAL = (
-    "noise_map", "source", "kappa", "source_baseline", "kappa_baseline", "chi2_nu_baseline", "finetune_steps",
-)  # fmt: skip
+    "noise_map",
+    "source",
+    "kappa",
+    "source_baseline",
+    "kappa_baseline",
+    "chi2_nu_baseline",
+    "finetune_steps",
+)
 """The fields it holds when known: a noise map, the truth, the baseline before fine-tuning."""
 
 
@@ -63,9 +69,13 @@ def read_reconstruction(path: str | os.PathLike) -> dict[str, Any]:
     data = lenssim.read_dataset(path, wanted, required_attrs=("image_fov", "source_fov"))
     # maps compared pixel by pixel must be on one grid: kappa on the image's, the source on its own
     same = {
-        "kappa_pred": "observation", "kappa": "kappa_pred", "kappa_baseline": "kappa_pred", "noise_map": "observation",
-        "source": "source_pred", "source_baseline": "source_pred",
-    }  # fmt: skip
+        "kappa_pred": "observation",
+        "kappa": "kappa_pred",
+        "kappa_baseline": "kappa_pred",
+        "noise_map": "observation",
+        "source": "source_pred",
+        "source_baseline": "source_pred",
+    }
     for name, other in same.items():
         if name in data and data[name].shape != data[other].shape:
             raise lenssim.DatasetError(
@@ -125,17 +135,26 @@ class Reconstruction:
         if flux is None and "fits" in attrs:
             flux = json.loads(attrs["fits"]).get("flux_scale") if isinstance(attrs["fits"], str) else None
         obs = lenssim.Observation(
-            observation=d["observation"], psf=d["psf"], noise=d.get("noise_map", d["noise_sigma"]),
-            image_fov=float(attrs["image_fov"]), source_fov=float(attrs["source_fov"]),
-            flux_scale=float(flux or 1.0), truth={k: d[k] for k in ("source", "kappa") if k in d},
+            observation=d["observation"],
+            psf=d["psf"],
+            noise=d.get("noise_map", d["noise_sigma"]),
+            image_fov=float(attrs["image_fov"]),
+            source_fov=float(attrs["source_fov"]),
+            flux_scale=float(flux or 1.0),
+            truth={k: d[k] for k in ("source", "kappa") if k in d},
             origin={"reconstruction": str(path)},
-        )  # fmt: skip
+        )
         return cls(
-            observation=obs, source=d["source_pred"], kappa=d["kappa_pred"], chi2_nu=d["chi2_nu"],
-            source_fov=float(attrs["source_fov"]), source_baseline=d.get("source_baseline"),
-            kappa_baseline=d.get("kappa_baseline"), chi2_nu_baseline=d.get("chi2_nu_baseline"),
+            observation=obs,
+            source=d["source_pred"],
+            kappa=d["kappa_pred"],
+            chi2_nu=d["chi2_nu"],
+            source_fov=float(attrs["source_fov"]),
+            source_baseline=d.get("source_baseline"),
+            kappa_baseline=d.get("kappa_baseline"),
+            chi2_nu_baseline=d.get("chi2_nu_baseline"),
             steps=d.get("finetune_steps"),
-        )  # fmt: skip
+        )
 
     def model_image(self) -> torch.Tensor:
         """The noiseless model image of the estimates, ``(B, 1, N, N)``, in the observation's units."""
@@ -151,19 +170,26 @@ class Reconstruction:
         fitted = {"source_pred": self.source, "kappa_pred": self.kappa, "chi2_nu": self.chi2_nu}
         if self.chi2_nu_baseline is not None:
             fitted.update(
-                source_baseline=self.source_baseline, kappa_baseline=self.kappa_baseline,
-                chi2_nu_baseline=self.chi2_nu_baseline, finetune_steps=self.steps, best_step=self.best_step,
-            )  # fmt: skip
+                source_baseline=self.source_baseline,
+                kappa_baseline=self.kappa_baseline,
+                chi2_nu_baseline=self.chi2_nu_baseline,
+                finetune_steps=self.steps,
+                best_step=self.best_step,
+            )
         out.update({k: v.detach().cpu().numpy() for k, v in fitted.items()})
         return out
 
     def to_hdf5(self, path: str | os.PathLike) -> Path:
         """Write the reconstruction as a dataset that ``lens evaluate`` reads (atomically)."""
         attrs = {
-            "kind": "reconstruction", "image_fov": self.observation.image_fov, "source_fov": self.source_fov,
-            "z_lens": lenssim.ObservationConfig.z_lens, "z_source": lenssim.ObservationConfig.z_source,
-            "flux_scale": self.observation.flux_scale, "config": self.meta,
-        }  # fmt: skip
+            "kind": "reconstruction",
+            "image_fov": self.observation.image_fov,
+            "source_fov": self.source_fov,
+            "z_lens": lenssim.ObservationConfig.z_lens,
+            "z_source": lenssim.ObservationConfig.z_source,
+            "flux_scale": self.observation.flux_scale,
+            "config": self.meta,
+        }
         return lenssim.write_dataset(path, self.arrays(), attrs)
 
     def to_fits(self, path: str | os.PathLike, *, index: int = 0) -> Path:
@@ -180,9 +206,13 @@ class Reconstruction:
             "kappa": self.kappa[i, 0],
         }
         header = {
-            "imgfov": o.image_fov, "srcfov": self.source_fov, "imgpix": o.pixel_scale,
-            "srcpix": self.source_fov / self.source.shape[-1], "fluxscl": scale, "chi2nu": float(self.chi2_nu[i]),
-        }  # fmt: skip
+            "imgfov": o.image_fov,
+            "srcfov": self.source_fov,
+            "imgpix": o.pixel_scale,
+            "srcpix": self.source_fov / self.source.shape[-1],
+            "fluxscl": scale,
+            "chi2nu": float(self.chi2_nu[i]),
+        }
         if self.chi2_nu_baseline is not None:
             maps.update(source_baseline=self.source_baseline[i, 0] * scale, kappa_baseline=self.kappa_baseline[i, 0])
             header["chi2nu0"] = float(self.chi2_nu_baseline[i])
@@ -219,26 +249,38 @@ def reconstruct(
                 est = rim(y, physics)[-1]
             parts.append(
                 {
-                    "source": est[:, :1], "kappa": torch.pow(10.0, est[:, 1:]),
+                    "source": est[:, :1],
+                    "kappa": torch.pow(10.0, est[:, 1:]),
                     "chi2_nu": physics.chi2_nu(y, est[:, :1], est[:, 1:]),
                 }
-            )  # fmt: skip
+            )
             continue
         from lenscore.runs import step_generator
 
         first = first_index + sl.start
         gens = [step_generator(finetune.seed, i, 7) for i in range(first, first + y.shape[0])]
         res = lensrim_finetune(
-            rim, finetune.source_vae, finetune.kappa_vae, y, c.physics(psf, noise), finetune.config,
-            generators=gens, progress=progress,
-        )  # fmt: skip
+            rim,
+            finetune.source_vae,
+            finetune.kappa_vae,
+            y,
+            c.physics(psf, noise),
+            finetune.config,
+            generators=gens,
+            progress=progress,
+        )
         parts.append(
             {
-                "source": res.source, "kappa": res.kappa, "chi2_nu": res.chi2_nu,
-                "source_baseline": res.source_baseline, "kappa_baseline": res.kappa_baseline,
-                "chi2_nu_baseline": res.chi2_nu_baseline, "steps": res.steps, "best_step": res.best_step,
+                "source": res.source,
+                "kappa": res.kappa,
+                "chi2_nu": res.chi2_nu,
+                "source_baseline": res.source_baseline,
+                "kappa_baseline": res.kappa_baseline,
+                "chi2_nu_baseline": res.chi2_nu_baseline,
+                "steps": res.steps,
+                "best_step": res.best_step,
             }
-        )  # fmt: skip
+        )
     joined = {k: torch.cat([p[k].detach().cpu() for p in parts]) for k in parts[0]}
     meta = {"rim": getattr(rim, "meta", {}), "finetune": None if finetune is None else asdict(finetune.config)}
     return Reconstruction(observation=obs.to("cpu"), source_fov=c.source_fov, meta=meta, **joined)

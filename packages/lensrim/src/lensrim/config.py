@@ -248,7 +248,7 @@ PRESETS: dict[str, RIMConfig] = {
         batch_size=4,
         train_steps=500,
         init="torch",  # two levels do not attenuate; PyTorch's init learned faster at 32^2
-    ),  # fmt: skip
+    ),
 }
 """Named configurations: ``paper`` (348,546,818 parameters, Table 7: 610,000 steps), ``small``
 (3.5M parameters, 2,000 steps: trains on a CPU), ``tiny`` (32^2 maps, 500 steps, for tests)."""

@@ -134,7 +134,7 @@ PRESETS = {
         finetune_steps=3,
         adam_long_steps=20,
         test_fraction=0.25,
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -188,9 +188,14 @@ class Stages:
     (JSON) keeps them after every stage."""
 
     def __init__(
-        self, timings: dict, path: Path | None = None, expected: dict | None = None, *, frozen: bool = False,
+        self,
+        timings: dict,
+        path: Path | None = None,
+        expected: dict | None = None,
+        *,
+        frozen: bool = False,
         say: Callable[[str], None] = print,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.say = say
         self.timings = timings
         self.path = path
@@ -280,14 +285,25 @@ def run_demo(
         ]
         with progress_bar(total=c.halos * c.maps_per_halo, desc="kappa maps", unit="map") as bar:
             lenssim.simulate_kappa_dataset(
-                output / "kappa.h5", halos, maps_per_halo=c.maps_per_halo, config=kappa_cfg,
-                test_fraction=c.test_fraction, seed=seed, progress=bar.update,
-            )  # fmt: skip
+                output / "kappa.h5",
+                halos,
+                maps_per_halo=c.maps_per_halo,
+                config=kappa_cfg,
+                test_fraction=c.test_fraction,
+                seed=seed,
+                progress=bar.update,
+            )
         with progress_bar(total=c.sources, desc="sources", unit="galaxy") as bar:
             lenssim.simulate_source_dataset(
-                output / "sources.h5", c.sources, stamp=stamp_cfg, source_fov=obs.source_fov,
-                test_fraction=c.test_fraction, seed=seed, block_size=64, progress=bar.update,
-            )  # fmt: skip
+                output / "sources.h5",
+                c.sources,
+                stamp=stamp_cfg,
+                source_fov=obs.source_fov,
+                test_fraction=c.test_fraction,
+                seed=seed,
+                block_size=64,
+                progress=bar.update,
+            )
 
     vaes = {}
     with stage(STAGES[1]):
@@ -298,9 +314,15 @@ def run_demo(
             data = lensprior.load_field(field_file, kind, split="train", pixels=n)
             with progress_bar(total=c.vae_steps, desc=f"{kind} VAE", unit="step") as bar:
                 vaes[kind] = lensprior.train_vae(
-                    cfg, data, output / f"vae-{kind}", seed=seed, device=device, log_every=50,
-                    checkpoint_every=100, progress=lambda done, terms, bar=bar: bar.update(done - bar.n),
-                )  # fmt: skip
+                    cfg,
+                    data,
+                    output / f"vae-{kind}",
+                    seed=seed,
+                    device=device,
+                    log_every=50,
+                    checkpoint_every=100,
+                    progress=lambda done, terms, bar=bar: bar.update(done - bar.n),
+                )
             vaes[kind].eval()
 
     with stage(STAGES[2]):
@@ -315,17 +337,30 @@ def run_demo(
         ):
             with progress_bar(total=count, desc=name, unit="lens") as bar:
                 lenssim.simulate_lens_dataset(
-                    output / name, count, ks, ss, config=obs, seed=s, block_size=128,
-                    provenance={"demo": name}, progress=bar.update,
-                )  # fmt: skip
+                    output / name,
+                    count,
+                    ks,
+                    ss,
+                    config=obs,
+                    seed=s,
+                    block_size=128,
+                    provenance={"demo": name},
+                    progress=bar.update,
+                )
 
     with stage(STAGES[3]):
         rim_cfg = replace(
-            lensrim.PRESETS[c.rim_preset], pixels=n, batch_size=c.rim_batch, learning_rate=c.rim_learning_rate,
-            train_steps=c.rim_steps, decay_steps=max(1, c.rim_steps), decay_rate=c.rim_final_lr_factor,
+            lensrim.PRESETS[c.rim_preset],
+            pixels=n,
+            batch_size=c.rim_batch,
+            learning_rate=c.rim_learning_rate,
+            train_steps=c.rim_steps,
+            decay_steps=max(1, c.rim_steps),
+            decay_rate=c.rim_final_lr_factor,
             fit_weight=c.rim_fit_weight,
-            image_fov=obs.image_fov, source_fov=obs.source_fov,
-        )  # fmt: skip
+            image_fov=obs.image_fov,
+            source_fov=obs.source_fov,
+        )
         if n % 2**rim_cfg.levels:
             rim_cfg = replace(rim_cfg, levels=int(np.log2(n)) - 2)
         # VAE draws of a few-minute VAE can be broad: keep every check but the image border's
@@ -354,34 +389,53 @@ def run_demo(
 
             # validation: lenses held out of the training set; external: the held-out test lenses
             rim = lensrim.train_rim(
-                rim_cfg, batches, output / "rim", seed=seed, device=device, checkpoint_every=50,
-                log_every=max(1, min(c.rim_log_every, c.rim_steps)), validation_size=c.rim_validation,
+                rim_cfg,
+                batches,
+                output / "rim",
+                seed=seed,
+                device=device,
+                checkpoint_every=50,
+                log_every=max(1, min(c.rim_log_every, c.rim_steps)),
+                validation_size=c.rim_validation,
                 external=test,
-                metadata={"image_fov": obs.image_fov, "source_fov": obs.source_fov, "demo": True}, progress=progress,
-            )  # fmt: skip
+                metadata={"image_fov": obs.image_fov, "source_fov": obs.source_fov, "demo": True},
+                progress=progress,
+            )
         rim.eval()
 
     with stage(STAGES[4]):
         ft_cfg = lensrim.FineTuneConfig(
-            ewc_lambda=c.ewc_lambda, fisher_samples=c.fisher_samples, learning_rate=c.finetune_learning_rate,
-            max_steps=c.finetune_steps, fisher_chunk=8,
-        )  # fmt: skip
+            ewc_lambda=c.ewc_lambda,
+            fisher_samples=c.fisher_samples,
+            learning_rate=c.finetune_learning_rate,
+            max_steps=c.finetune_steps,
+            fisher_chunk=8,
+        )
         attrs = {k: test.attrs[k] for k in ("image_fov", "source_fov", "z_lens", "z_source")}
         attrs.update(kind="reconstruction", config={"demo": True, "finetune": asdict(ft_cfg)})
         held = lenssim.Observation(
-            observation=test.observation, psf=test.psf, noise=test.noise_sigma, image_fov=obs.image_fov,
-            source_fov=obs.source_fov, truth={"source": test.source, "kappa": test.kappa},
-        )  # fmt: skip
+            observation=test.observation,
+            psf=test.psf,
+            noise=test.noise_sigma,
+            image_fov=obs.image_fov,
+            source_fov=obs.source_fov,
+            truth={"source": test.source, "kappa": test.kappa},
+        )
         with progress_bar(total=c.test_lenses, desc="fine-tuning", unit="lens") as bar:
 
             def phase(first, last, name, done, total):  # the lens count stands still meanwhile
                 bar.set_postfix_str(f"lenses {first}-{last}: {name} {done}/{total}", refresh=False)
 
             finetune_to_file(
-                rim.to(device), lensrim.FineTune(vaes["source"].to(device), vaes["kappa"].to(device), ft_cfg, seed),
-                held, output / "recon.h5", attrs=attrs, batch_size=min(8, c.test_lenses), progress=bar.update,
+                rim.to(device),
+                lensrim.FineTune(vaes["source"].to(device), vaes["kappa"].to(device), ft_cfg, seed),
+                held,
+                output / "recon.h5",
+                attrs=attrs,
+                batch_size=min(8, c.test_lenses),
+                progress=bar.update,
                 phase=phase,
-            )  # fmt: skip
+            )
 
     with stage(STAGES[5]):
         y = test.observation.to(device)
@@ -427,8 +481,9 @@ def run_demo(
         recon = read_reconstruction(output / "recon.h5")
         labels["finetuned"] = f"RIM + EWC fine-tuning ({c.finetune_steps} steps at most)"
         methods[labels["finetuned"]] = (
-            recon["source_pred"].to(device), torch.log10(recon["kappa_pred"].to(device)),
-        )  # fmt: skip
+            recon["source_pred"].to(device),
+            torch.log10(recon["kappa_pred"].to(device)),
+        )
         comparison = {}
         truth_s, truth_k = test.source, test.kappa.clamp_min(1e-6)
         for name, (s, xi) in methods.items():
@@ -475,11 +530,18 @@ def run_demo(
             references["rim_steps"] = {"val_loss_t": step_losses, "final_over_best": step_losses[-1] / min(step_losses)}
         settled = {k: v for k, v in timings.items() if k != STAGES[6]}  # the report's own stage is not over
         metrics = write_report(
-            recon, output / "report", title="lens demo: RIM reconstruction of held-out lenses",
-            extra={"comparison": comparison, "references": references, "timings_s": settled, "notes": verdict,
-                   "demo": asdict(c)},
+            recon,
+            output / "report",
+            title="lens demo: RIM reconstruction of held-out lenses",
+            extra={
+                "comparison": comparison,
+                "references": references,
+                "timings_s": settled,
+                "notes": verdict,
+                "demo": asdict(c),
+            },
             extra_figures=lambda report, m: [comparison_figure(report / "comparison.png", comparison)],
-        )  # fmt: skip
+        )
     _write_json(output / "report" / "timings.json", timings)
     return {"metrics": metrics, "comparison": comparison, "verdict": verdict, "timings": timings}
 
@@ -504,9 +566,13 @@ class _AdamCache:
     def __contains__(self, steps: int) -> bool:
         s, xi, lr = (self.items.get(f"{steps}/{k}") for k in ("source", "log10_kappa", "learning_rate"))
         return (
-            s is not None and xi is not None and lr is not None
-            and tuple(s.shape) == self.shape and tuple(xi.shape) == self.shape and lr.numel() == 1
-        )  # fmt: skip
+            s is not None
+            and xi is not None
+            and lr is not None
+            and tuple(s.shape) == self.shape
+            and tuple(xi.shape) == self.shape
+            and lr.numel() == 1
+        )
 
     def get(self, steps: int, device) -> tuple[float, torch.Tensor, torch.Tensor]:
         item = self.items
@@ -516,10 +582,13 @@ class _AdamCache:
     def put(self, steps: int, lr: float, s: torch.Tensor, xi: torch.Tensor) -> None:
         import torch
 
-        self.items.update({
-            f"{steps}/source": s.detach().cpu().clone(), f"{steps}/log10_kappa": xi.detach().cpu().clone(),
-            f"{steps}/learning_rate": torch.tensor(lr, dtype=torch.float64),
-        })  # fmt: skip
+        self.items.update(
+            {
+                f"{steps}/source": s.detach().cpu().clone(),
+                f"{steps}/log10_kappa": xi.detach().cpu().clone(),
+                f"{steps}/learning_rate": torch.tensor(lr, dtype=torch.float64),
+            }
+        )
         with written(self.path) as tmp, open(tmp, "wb") as f:
             torch.save(self.items, f)
 

@@ -279,12 +279,19 @@ def finetune(
         return result
 
     fisher = fisher_diagonal(
-        model, source_vae, kappa_vae, z_s[active], z_k[active], physics.subset(active),
-        samples=config.fisher_samples, latent_sigma=config.latent_sigma,
-        generators=[generators[j] for j in active.tolist()], chunk=config.fisher_chunk,
+        model,
+        source_vae,
+        kappa_vae,
+        z_s[active],
+        z_k[active],
+        physics.subset(active),
+        samples=config.fisher_samples,
+        latent_sigma=config.latent_sigma,
+        generators=[generators[j] for j in active.tolist()],
+        chunk=config.fisher_chunk,
         with_chi2=config.fisher_chi2,
         progress=None if progress is None else functools.partial(progress, "fisher"),
-    )  # fmt: skip
+    )
     anchor = {k: v.detach() for k, v in model.unet.named_parameters()}
     params = stacked_params(model, len(active))
     square_avg = {k: torch.zeros_like(v) for k, v in params.items()}

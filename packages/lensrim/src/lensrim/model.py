@@ -157,9 +157,17 @@ class _UNet(nn.Module):
 
 
 def moment_step(
-    m: torch.Tensor, v: torch.Tensor, g: torch.Tensor, t: int, *, beta1: float, beta2: float, eps: float,
-    method: str = "adam", step_size: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    m: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    t: int,
+    *,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    method: str = "adam",
+    step_size: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step of Adam's moments, written once for the RIM's gradient preprocessing, the plain
     Adam reference (:mod:`lensrim.baseline`) and :func:`preprocess_gradients`.
 

@@ -57,9 +57,15 @@ class LensingPhysics(_ChiSquare):
 
     def gradient(self, y: torch.Tensor, source: torch.Tensor, xi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         gs, gxi, _ = lenssim.likelihood_gradient(
-            y, source, xi, self.sigma, psf=self.psf, image_fov=self.image_fov, source_fov=self.source_fov,
+            y,
+            source,
+            xi,
+            self.sigma,
+            psf=self.psf,
+            image_fov=self.image_fov,
+            source_fov=self.source_fov,
             kappa_param="log10",
-        )  # fmt: skip
+        )
         return gs, gxi
 
     def simulate(self, source: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:

@@ -147,9 +147,12 @@ def figures(data: dict, metrics: dict, report: Path, *, count: int = 8) -> list[
     rows = order[np.linspace(0, n - 1, min(count, n)).round().astype(int)]  # best to worst
     shown = torch.as_tensor(rows)
     model = lenssim.lens_image(  # only the lenses on the figure
-        data["source_pred"][shown], data["kappa_pred"][shown].clamp_min(1e-6), image_fov=ifov, source_fov=sfov,
+        data["source_pred"][shown],
+        data["kappa_pred"][shown].clamp_min(1e-6),
+        image_fov=ifov,
+        source_fov=sfov,
         psf=data["psf"][shown],
-    )  # fmt: skip
+    )
     has_truth = "source" in data
     cols = 7 if has_truth else 5
     fig, axes = plt.subplots(len(rows), cols, figsize=(2.9 * cols, 2.6 * len(rows)), squeeze=False)
@@ -163,9 +166,15 @@ def figures(data: dict, metrics: dict, report: Path, *, count: int = 8) -> list[
         panels = [
             (obs_img, ext_i, f"observation (SNR {snr_i:.0f})", "magma", flux, ""),
             (model[r, 0], ext_i, "model F(source, kappa)", "magma", flux, ""),
-            (resid, ext_i, rf"residual / $\sigma$, $\chi^2_\nu$ = {float(data['chi2_nu'][i]):.2f}", "RdBu_r",
-             (-RESIDUAL_SIGMA, RESIDUAL_SIGMA), rf"$\sigma$ (range $\pm${RESIDUAL_SIGMA:g})"),
-        ]  # fmt: skip
+            (
+                resid,
+                ext_i,
+                rf"residual / $\sigma$, $\chi^2_\nu$ = {float(data['chi2_nu'][i]):.2f}",
+                "RdBu_r",
+                (-RESIDUAL_SIGMA, RESIDUAL_SIGMA),
+                rf"$\sigma$ (range $\pm${RESIDUAL_SIGMA:g})",
+            ),
+        ]
         src_lim = None
         if has_truth:
             t = data["source"][i, 0].numpy()
@@ -207,8 +216,9 @@ def figures(data: dict, metrics: dict, report: Path, *, count: int = 8) -> list[
     if "chi2_nu_baseline" in data:
         ax.hist(data["chi2_nu_baseline"].numpy(), bins=bins, alpha=0.5, label="RIM baseline")
     ax.hist(c, bins=bins, alpha=0.6, label="final")
-    ax.axvspan(1 - 3 * width / 6, 1 + 3 * width / 6, color="k", alpha=0.15,
-               label=rf"pure noise, $\nu$={nu}: 99.7 % in here")  # fmt: skip
+    ax.axvspan(
+        1 - 3 * width / 6, 1 + 3 * width / 6, color="k", alpha=0.15, label=rf"pure noise, $\nu$={nu}: 99.7 % in here"
+    )
     ax.axvline(1.0, color="k", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel(r"$\chi^2_\nu$ (log scale)")

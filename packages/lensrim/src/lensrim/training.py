@@ -138,9 +138,13 @@ class DatasetBatches:
                 yield self(step, size, seed)
             return
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=_StepIndices(self, start, stop, size, seed), num_workers=self.workers,
-            collate_fn=_collate, pin_memory=pin_memory, prefetch_factor=4,
-        )  # fmt: skip
+            self.dataset,
+            batch_sampler=_StepIndices(self, start, stop, size, seed),
+            num_workers=self.workers,
+            collate_fn=_collate,
+            pin_memory=pin_memory,
+            prefetch_factor=4,
+        )
         yield from loader
 
     def held_out(self, size: int, seed: int) -> Batch | None:
@@ -177,9 +181,16 @@ class SimulatedBatches:
 
     def _simulate(self, size: int, generator: torch.Generator) -> Batch:
         b = lenssim.simulate_lenses(
-            size, self.kappa_sampler, self.source_sampler, config=self.config, criteria=self.criteria,
-            generator=generator, device=self.device, batch_size=max(2 * size, 8), output_device=None,
-        )  # fmt: skip
+            size,
+            self.kappa_sampler,
+            self.source_sampler,
+            config=self.config,
+            criteria=self.criteria,
+            generator=generator,
+            device=self.device,
+            batch_size=max(2 * size, 8),
+            output_device=None,
+        )
         return b.fields()
 
     def __call__(self, step: int, size: int, seed: int) -> Batch:
@@ -398,9 +409,14 @@ class _Prefetch:
 
 
 def _batch_stream(
-    batches: Callable[[int, int, int], Lenses], start: int, stop: int, size: int, seed: int, device: torch.device,
+    batches: Callable[[int, int, int], Lenses],
+    start: int,
+    stop: int,
+    size: int,
+    seed: int,
+    device: torch.device,
     prefetch: int,
-) -> Iterator[Batch]:  # fmt: skip
+) -> Iterator[Batch]:
     stream = getattr(batches, "stream", None)
     if stream is not None:
         it = stream(start, stop, size, seed, pin_memory=device.type == "cuda")
@@ -505,16 +521,44 @@ def train_rim(
     lock = RunLock(run_dir) if rank == 0 else contextlib.nullcontext()
     with lock:
         return _train_rim(
-            config, batches, Path(run_dir), steps=steps, seed=seed, device=device, checkpoint_every=checkpoint_every,
-            log_every=log_every, validation=validation, validation_size=validation_size, external=external,
-            prefetch=prefetch, tensorboard=tensorboard, metadata=metadata, progress=progress, physics=physics,
-        )  # fmt: skip
+            config,
+            batches,
+            Path(run_dir),
+            steps=steps,
+            seed=seed,
+            device=device,
+            checkpoint_every=checkpoint_every,
+            log_every=log_every,
+            validation=validation,
+            validation_size=validation_size,
+            external=external,
+            prefetch=prefetch,
+            tensorboard=tensorboard,
+            metadata=metadata,
+            progress=progress,
+            physics=physics,
+        )
 
 
 def _train_rim(
-    config, batches, run_dir: Path, *, steps, seed, device, checkpoint_every, log_every, validation, validation_size,
-    external, prefetch, tensorboard, metadata, progress, physics,
-) -> RIM:  # fmt: skip
+    config,
+    batches,
+    run_dir: Path,
+    *,
+    steps,
+    seed,
+    device,
+    checkpoint_every,
+    log_every,
+    validation,
+    validation_size,
+    external,
+    prefetch,
+    tensorboard,
+    metadata,
+    progress,
+    physics,
+) -> RIM:
     rank, world = _rank_world()
     device = torch.device(device)
     steps = config.train_steps if steps is None else steps
@@ -522,9 +566,12 @@ def _train_rim(
         raise RunError(f"batch size {config.batch_size} is not divisible by the {world} processes")
     attrs = getattr(batches, "attrs", {}) or {}
     config.geometry.refuse_other(  # the lenses must be on the grid the config describes
-        "the training lenses", image_fov=attrs.get("image_fov"), source_fov=attrs.get("source_fov"),
-        hint=" (RIMConfig's image_fov and source_fov must be the data's)", error=RunError,
-    )  # fmt: skip
+        "the training lenses",
+        image_fov=attrs.get("image_fov"),
+        source_fov=attrs.get("source_fov"),
+        hint=" (RIMConfig's image_fov and source_fov must be the data's)",
+        error=RunError,
+    )
     physics = LensingOf.of(config) if physics is None else physics
     check_memory(config, RIM, run_dir, batch=config.batch_size // world, factor=4)  # weights, gradients, moments
     stored = replace(config, train_steps=steps)
@@ -595,11 +642,22 @@ def _train_rim(
     model.train()
     try:
         run_steps(
-            run_dir, model, opt, _batch_stream(batches, start, steps, config.batch_size, seed, device, prefetch),
-            step_loss, start=start, steps=steps, learning_rate_at=config.learning_rate_at, clip_norm=config.clip_norm,
-            log_every=log_every, checkpoint_every=checkpoint_every, log_terms=log_terms, progress=progress, rank=rank,
+            run_dir,
+            model,
+            opt,
+            _batch_stream(batches, start, steps, config.batch_size, seed, device, prefetch),
+            step_loss,
+            start=start,
+            steps=steps,
+            learning_rate_at=config.learning_rate_at,
+            clip_norm=config.clip_norm,
+            log_every=log_every,
+            checkpoint_every=checkpoint_every,
+            log_terms=log_terms,
+            progress=progress,
+            rank=rank,
             clip_per_tensor=config.clipping == "per_tensor",
-        )  # fmt: skip
+        )
     finally:
         if writer is not None:
             writer.close()

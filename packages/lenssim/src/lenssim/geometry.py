@@ -45,9 +45,15 @@ class Geometry:
         return self.image_fov / self.pixels
 
     def refuse_other(
-        self, where: str, *, pixels=None, image_fov=None, source_fov=None, hint: str = "",
+        self,
+        where: str,
+        *,
+        pixels=None,
+        image_fov=None,
+        source_fov=None,
+        hint: str = "",
         error: type[Exception] = ValueError,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Raise ``error`` (one line naming ``where``, then ``hint``) when a given value differs
         from this geometry (fields of view to a relative 1e-6); ``None`` is not checked."""
         if pixels is not None and int(pixels) != self.pixels:

@@ -149,16 +149,27 @@ class LensBatch:
         return cls(**{k: fields[k] for k in LENS_FIELDS}, attrs=dict(attrs or {}))
 
     def to_hdf5(
-        self, path: str | os.PathLike, *, image_fov: float, source_fov: float, z_lens: float = Z_LENS,
-        z_source: float = Z_SOURCE, config: Mapping[str, Any] | None = None,
-    ) -> Path:  # fmt: skip
+        self,
+        path: str | os.PathLike,
+        *,
+        image_fov: float,
+        source_fov: float,
+        z_lens: float = Z_LENS,
+        z_source: float = Z_SOURCE,
+        config: Mapping[str, Any] | None = None,
+    ) -> Path:
         """Write these lenses as a lens dataset (atomically), with their rejection statistics."""
         stats = {"tried": self.tried, "rejected_lenses": self.rejected_lenses, "surplus": self.surplus}
         return write_lens_dataset(
-            path, {k: v.detach().cpu() for k, v in self.fields().items()}, image_fov=image_fov,
-            source_fov=source_fov, z_lens=z_lens, z_source=z_source, config=config,
+            path,
+            {k: v.detach().cpu() for k, v in self.fields().items()},
+            image_fov=image_fov,
+            source_fov=source_fov,
+            z_lens=z_lens,
+            z_source=z_source,
+            config=config,
             extra_attrs={"stats": {**stats, **self.rejected}},
-        )  # fmt: skip
+        )
 
     @classmethod
     def from_hdf5(cls, path: str | os.PathLike, *, rows: slice | None = None) -> LensBatch:
@@ -297,9 +308,12 @@ def simulate_lenses(
             progress(take)
     out = output_device if output_device is not None else device
     return LensBatch(
-        **{k: torch.cat(v).to(out) for k, v in keep.items()}, rejected=rejected, tried=tried,
-        rejected_lenses=failed, surplus=surplus,
-    )  # fmt: skip
+        **{k: torch.cat(v).to(out) for k, v in keep.items()},
+        rejected=rejected,
+        tried=tried,
+        rejected_lenses=failed,
+        surplus=surplus,
+    )
 
 
 def simulate_sie_lenses(

@@ -365,9 +365,11 @@ def simulate_lens_dataset(
         )
         arrays = {k_: getattr(batch, k_).numpy() for k_ in ("source", "kappa", "observation", "psf", "noise_sigma")}
         stats = {
-            "tried": batch.tried, "rejected": batch.rejected_lenses, "surplus": batch.surplus,
+            "tried": batch.tried,
+            "rejected": batch.rejected_lenses,
+            "surplus": batch.surplus,
             **{f"rejected_{k_}": v for k_, v in batch.rejected.items()},
-        }  # fmt: skip
+        }
         return arrays, stats
 
     attrs = {

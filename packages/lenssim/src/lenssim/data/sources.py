@@ -50,9 +50,12 @@ class SourceStampConfig:
         border and the largest shift scale with ``pixels / 128``, the pixel scale inversely."""
         factor = 128 / pixels
         scaled = {
-            "stamp": round(158 / factor), "pixels": pixels, "pixel_scale": 0.03 * factor,
-            "border": max(2, round(8 / factor)), "max_shift": max(1, round(8 / factor)),
-        }  # fmt: skip
+            "stamp": round(158 / factor),
+            "pixels": pixels,
+            "pixel_scale": 0.03 * factor,
+            "border": max(2, round(8 / factor)),
+            "max_shift": max(1, round(8 / factor)),
+        }
         return cls(**{**scaled, **overrides})
 
     def __post_init__(self) -> None:

@@ -369,8 +369,9 @@ def dataset_info(path: str | os.PathLike) -> dict[str, Any]:
             if isinstance(item, h5py.Dataset):
                 fields[k] = tuple(item.shape)
             elif k in FIELD_NDIM:  # a known field stored as a group (or a dangling link): not a dataset
-                raise DatasetError(f"{path}: {k!r} is {'a group' if item is not None else 'a broken link'}, "
-                                   "not a dataset")  # fmt: skip
+                raise DatasetError(
+                    f"{path}: {k!r} is {'a group' if item is not None else 'a broken link'}, not a dataset"
+                )
         return {"fields": fields, "attrs": _attrs(f)}
 
 
@@ -571,9 +572,10 @@ def _write_in_blocks(path, make_block, attrs, seed, sizes, manifest, identity, p
         shutil.rmtree(work)  # left by a run with other options: not ours to resume
         stored = None
     if stored is not None and stored.get("inputs") != identity and any(work.glob("block-*.h5")):
-        changed = sorted(set(identity) ^ set(stored.get("inputs") or {}) | {
-            k for k in identity if (stored.get("inputs") or {}).get(k) != identity[k]
-        })  # fmt: skip
+        changed = sorted(
+            set(identity) ^ set(stored.get("inputs") or {})
+            | {k for k in identity if (stored.get("inputs") or {}).get(k) != identity[k]}
+        )
         raise DatasetError(
             f"{path}: the unfinished blocks in {work} were made from inputs that changed since ({', '.join(changed)}); "
             f"resuming would mix old and new data: remove {work} to start again"

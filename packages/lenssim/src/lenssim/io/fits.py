@@ -163,9 +163,18 @@ def read_fits_observation(
         path, pixel_scale=pixel_scale, psf_fwhm=psf_fwhm, noise_sigma=noise_sigma
     )
     return fits_onto_grid(
-        Path(path), image, scale_in, psf_in, noise_map, pixels=pixels, image_fov=image_fov, psf_fwhm=psf_fwhm,
-        noise_sigma=noise_sigma, flux_scale=flux_scale, psf_size=psf_size,
-    )  # fmt: skip
+        Path(path),
+        image,
+        scale_in,
+        psf_in,
+        noise_map,
+        pixels=pixels,
+        image_fov=image_fov,
+        psf_fwhm=psf_fwhm,
+        noise_sigma=noise_sigma,
+        flux_scale=flux_scale,
+        psf_size=psf_size,
+    )
 
 
 def load_fits(

@@ -61,9 +61,12 @@ class Observation:
         if self._fits is not None and len(kept) != len(self):
             raise ValueError("put a FITS observation on a grid (on_grid) before selecting its lenses")
         return replace(
-            self, observation=self.observation[rows], psf=self.psf[rows], noise=self.noise[rows],
+            self,
+            observation=self.observation[rows],
+            psf=self.psf[rows],
+            noise=self.noise[rows],
             truth={k: v[rows] for k, v in self.truth.items()},
-        )  # fmt: skip
+        )
 
     @classmethod
     def from_fits(
@@ -84,15 +87,27 @@ class Observation:
         )
         n = image.shape[0]
         native = fits_onto_grid(
-            path, image, scale, psf_in, noise_map, pixels=n, image_fov=n * scale, psf_fwhm=psf_fwhm,
-            noise_sigma=noise_sigma, flux_scale=flux_scale,
-        )  # fmt: skip
+            path,
+            image,
+            scale,
+            psf_in,
+            noise_map,
+            pixels=n,
+            image_fov=n * scale,
+            psf_fwhm=psf_fwhm,
+            noise_sigma=noise_sigma,
+            flux_scale=flux_scale,
+        )
         options = {"psf_fwhm": psf_fwhm, "noise_sigma": noise_sigma, "flux_scale": flux_scale}
         return cls(
-            observation=native.observation, psf=native.psf, noise=native.noise, image_fov=n * scale,
-            flux_scale=native.flux_scale, origin={"fits": str(path), "pixel_scale": scale},
+            observation=native.observation,
+            psf=native.psf,
+            noise=native.noise,
+            image_fov=n * scale,
+            flux_scale=native.flux_scale,
+            origin={"fits": str(path), "pixel_scale": scale},
             _fits=(path, image, scale, psf_in, noise_map, options),
-        )  # fmt: skip
+        )
 
     @classmethod
     def from_dataset(cls, path: str | os.PathLike, *, rows: slice | None = None) -> Observation:
@@ -106,10 +121,14 @@ class Observation:
         if data["observation"].shape[0] == 0:
             raise DatasetError(f"{path}: holds no lenses{'' if rows is None else ' in ' + str(rows)}")
         return cls(
-            observation=data["observation"], psf=data["psf"], noise=noise,
-            image_fov=float(data["attrs"]["image_fov"]), source_fov=float(data["attrs"]["source_fov"]),
-            truth={k: data[k] for k in ("source", "kappa") if k in data}, origin={"dataset": str(path)},
-        )  # fmt: skip
+            observation=data["observation"],
+            psf=data["psf"],
+            noise=noise,
+            image_fov=float(data["attrs"]["image_fov"]),
+            source_fov=float(data["attrs"]["source_fov"]),
+            truth={k: data[k] for k in ("source", "kappa") if k in data},
+            origin={"dataset": str(path)},
+        )
 
     def on_grid(self, pixels: int, image_fov: float, *, psf_size: int = 21) -> Observation:
         """This observation on ``pixels`` across ``image_fov`` arcsec: resampled from the FITS
@@ -119,13 +138,19 @@ class Observation:
             path, image, scale, psf_in, noise_map, options = self._fits
             o = fits_onto_grid(
                 path, image, scale, psf_in, noise_map, pixels=pixels, image_fov=image_fov, psf_size=psf_size, **options
-            )  # fmt: skip
+            )
             noise = o.noise if o.noise.dim() == 4 else o.noise.reshape(1)
             origin = {**self.origin, "resampled": o.resampled}
             return replace(  # on its grid now: slicing or moving it no longer goes back to the file
-                self, observation=o.observation, psf=o.psf, noise=noise, image_fov=float(image_fov),
-                flux_scale=o.flux_scale, origin=origin, _fits=None,
-            )  # fmt: skip
+                self,
+                observation=o.observation,
+                psf=o.psf,
+                noise=noise,
+                image_fov=float(image_fov),
+                flux_scale=o.flux_scale,
+                origin=origin,
+                _fits=None,
+            )
         if self.pixels != pixels or abs(self.image_fov - image_fov) > 1e-6 * image_fov:
             where = self.origin.get("dataset", "the observation")
             raise DatasetError(
