@@ -52,7 +52,7 @@ PIXELS = 32
 
 def observation(pixels: int) -> lenssim.ObservationConfig:
     """Table 1's observations at ``pixels``^2, with the demo's PSF stamp (15 pixels at 32^2, 21 above)."""
-    return lenssim.ObservationConfig(image_pixels=pixels, source_pixels=pixels, psf_size=min(21, pixels // 2 - 1 | 1))
+    return lenssim.ObservationConfig.at_resolution(pixels)
 
 
 def log(msg: str) -> None:

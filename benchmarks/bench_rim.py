@@ -139,7 +139,7 @@ def on_the_fly_rates(preset: str, device: torch.device, batch: int, steps: int, 
 
     from lensrim.training import SimulatedBatches
 
-    obs = lenssim.ObservationConfig(image_pixels=pixels, source_pixels=pixels, psf_size=min(21, pixels // 2 - 1 | 1))
+    obs = lenssim.ObservationConfig.at_resolution(pixels)
     cfg = replace(lensrim.PRESETS[preset], pixels=pixels, batch_size=batch)
     sim = SimulatedBatches(
         lenssim.sie_kappa_sampler(config=obs, device=device),

@@ -60,7 +60,7 @@ RUNS = {
 def run(name: str, spec: tuple, work: Path, device: str, log_every: int, seed: int) -> dict:
     pixels, preset, batch, lr, init, steps, *rest = spec
     offset = bool(rest and rest[0])
-    obs = lenssim.ObservationConfig(image_pixels=pixels, source_pixels=pixels, psf_size=min(21, pixels // 2 - 1 | 1))
+    obs = lenssim.ObservationConfig.at_resolution(pixels)
     cfg = replace(
         lensrim.PRESETS[preset], pixels=pixels, batch_size=batch, learning_rate=lr, init=init, train_steps=steps
     )

@@ -75,7 +75,7 @@ LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
 def setting(args) -> tuple[lenssim.ObservationConfig, SimulatedBatches, lenssim.LensBatch | dict]:
     n = args.pixels
-    obs = lenssim.ObservationConfig(image_pixels=n, source_pixels=n, psf_size=min(21, n // 2 - 1 | 1))
+    obs = lenssim.ObservationConfig.at_resolution(n)
     batches = SimulatedBatches(
         lenssim.sie_kappa_sampler(config=obs, device=args.device),
         lenssim.sersic_source_sampler(obs, device=args.device),

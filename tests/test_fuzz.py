@@ -30,8 +30,7 @@ import pytest
 import torch
 from astropy.io import fits
 from click.testing import CliRunner
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import lensprior
 import lensrim

@@ -50,7 +50,7 @@ def test_simulated_lenses_are_their_maps_through_the_library_ray_tracer_plus_noi
     assert data["observation"].shape == (6, 1, 32, 32)
     # every stored lens obeys the lens equation through the library's ray tracer, with its own PSF
     model = lenssim.lens_image(data["source"], data["kappa"], psf=data["psf"])
-    chi2 = lenssim.reduced_chi_squared(data["observation"], model, data["noise_sigma"])
+    chi2 = lenssim.chi2_nu(data["observation"], model, data["noise_sigma"])
     assert ((chi2 - 1).abs() < 0.3).all()  # the residual is the noise alone
 
 

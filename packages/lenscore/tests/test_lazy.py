@@ -4,6 +4,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 
 def test_names_load_on_first_use_and_unknown_names_fail(tmp_path):
     pkg = tmp_path / "toypkg"
@@ -40,3 +42,44 @@ def test_names_load_on_first_use_and_unknown_names_fail(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_stub_is_the_one_list_of_a_packages_names(tmp_path, monkeypatch):
+    import sys
+
+    from lenscore.lazy import stub_exports
+
+    pkg = tmp_path / "stubbed"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "from lenscore.lazy import attach_stub\n__version__ = '1'\n"
+        "__getattr__, __dir__, __all__, _WHERE = attach_stub(__name__, __file__, ('inner',))\n"
+    )
+    (pkg / "__init__.pyi").write_text(
+        "from typing import Any as Any\nfrom stubbed.inner import A as A, b as b\nfrom .other import C as C\n"
+    )
+    (pkg / "inner.py").write_text("A = 1\ndef b():\n    return 2\n")
+    (pkg / "other.py").write_text("C = 'c'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert stub_exports("stubbed", str(pkg / "__init__.py")) == {"inner": ("A", "b"), "other": ("C",)}
+    import stubbed
+
+    assert stubbed.__all__ == ["A", "b", "C", "__version__"]
+    assert (stubbed.A, stubbed.b(), stubbed.C) == (1, 2, "c")
+    assert "Any" not in dir(stubbed)  # the stub's own imports are not exports
+    sys.modules.pop("stubbed", None)
+    (pkg / "__init__.pyi").write_text("from stubbed.inner import A as B\n")
+    with pytest.raises(ValueError, match="re-export A"):
+        stub_exports("stubbed", str(pkg / "__init__.py"))
+
+
+def test_every_package_stub_names_what_its_modules_define():
+    import importlib
+
+    for name in ("lenssim", "lenssim.data", "lenssim.io", "lenssim.physics", "lensprior", "lensrim"):
+        try:
+            package = importlib.import_module(name)
+        except ImportError:  # lenscore's own tests run without the other packages
+            continue
+        for export in package.__all__:
+            assert getattr(package, export) is not None, (name, export)

@@ -275,3 +275,12 @@ def test_configs_too_large_for_memory_are_refused_before_allocation(tmp_path):
         check_memory(huge, build, tmp_path / "run")
     check_memory(LineConfig(), build, tmp_path / "run")  # a small one passes
     assert memory_estimate(LineConfig(), build) == 4 * (3 + 1)  # weight and bias, float32
+
+
+def test_exponential_decay_is_keras_schedule_continuous_or_in_whole_periods():
+    from lenscore.config import exponential_decay
+
+    assert exponential_decay(1e-3, 0.5, 100, 0) == 1e-3
+    assert exponential_decay(1e-3, 0.5, 100, 150) == pytest.approx(1e-3 * 0.5**1.5)
+    assert exponential_decay(1e-3, 0.5, 100, 150, staircase=True) == pytest.approx(0.5e-3)
+    assert exponential_decay(1e-3, 0.5, 100, 200, staircase=True) == pytest.approx(0.25e-3)

@@ -91,7 +91,7 @@ def test_reconstruct_equals_the_rim_on_its_own_physics(runs):
         est = rim(obs.observation, physics)[-1]
     torch.testing.assert_close(rec.source, est[:, :1])
     torch.testing.assert_close(rec.kappa, torch.pow(10.0, est[:, 1:]))
-    torch.testing.assert_close(rec.chi2_nu, physics.reduced_chi_squared(obs.observation, est[:, :1], est[:, 1:]))
+    torch.testing.assert_close(rec.chi2_nu, physics.chi2_nu(obs.observation, est[:, :1], est[:, 1:]))
     assert set(rec.arrays()) >= {"source_pred", "kappa_pred", "chi2_nu", "source", "kappa", "observation"}
 
 
@@ -118,7 +118,7 @@ def test_geometry_lives_in_the_config_and_other_grids_are_refused(runs, tmp_path
     # training on lenses of another geometry than the config's is refused, not silently mixed
     batches = SimulatedBatches(lenssim.sie_kappa_sampler(config=OBS), lenssim.sersic_source_sampler(config=OBS), OBS)
     wrong = replace(lensrim.PRESETS["tiny"], steps=2, source_fov=2.0)
-    with pytest.raises(lensprior.RunError, match="training lenses: source_fov is 3 arcsec, the model's is 2"):
+    with pytest.raises(lensprior.RunError, match="training lenses: source_fov 3 differs from the model's 2 arcsec"):
         train_rim(wrong, batches, tmp_path / "run", steps=1, tensorboard=False)
 
 

@@ -157,7 +157,7 @@ def test_finetuning_lowers_chi2_without_labels_and_keeps_the_best_iterate(setup)
     assert res.best_step[0] > 0 and res.steps[0] == 15
     # the reported chi2 is the chi2 of the reported maps
     physics = LensingPhysics(lenses.psf[:1], lenses.noise_sigma[:1])
-    chi2 = physics.reduced_chi_squared(lenses.observation[:1], res.source, torch.log10(res.kappa))
+    chi2 = physics.chi2_nu(lenses.observation[:1], res.source, torch.log10(res.kappa))
     torch.testing.assert_close(chi2, res.chi2_nu, rtol=1e-4, atol=0)
     # the weights of the trained model are untouched
     base = rim(lenses.observation[:1], physics)[-1]
@@ -269,7 +269,7 @@ def test_trace_and_monitor_follow_every_step_of_the_running_lenses(setup):
     ids, est = seen[3]
     assert ids.tolist() == (~stopped).nonzero().flatten().tolist() and est.shape == (len(ids), 2, 32, 32)
     physics = LensingPhysics(lenses.psf[ids], lenses.noise_sigma[ids])
-    chi2 = physics.reduced_chi_squared(lenses.observation[ids], est[:, :1], est[:, 1:])
+    chi2 = physics.chi2_nu(lenses.observation[ids], est[:, :1], est[:, 1:])
     torch.testing.assert_close(chi2, trace[3, ids], rtol=1e-4, atol=0)
 
 

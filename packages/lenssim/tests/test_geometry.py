@@ -28,7 +28,7 @@ def test_impossible_geometries_are_refused(args, message):
 def test_other_data_are_refused_naming_where_and_what():
     g = Geometry(64)
     g.refuse_other("same", pixels=64, image_fov=IMAGE_FOV * (1 + 1e-8), source_fov=None)  # within 1e-6
-    with pytest.raises(ValueError, match="lenses.h5: source_fov is 2 arcsec, the model's is 3; fix it"):
+    with pytest.raises(ValueError, match="lenses.h5: source_fov 2 differs from the model's 3 arcsec; fix it"):
         g.refuse_other("lenses.h5", source_fov=2.0, hint="; fix it")
     with pytest.raises(lenssim.DatasetError, match="maps are 32 pixels wide, the model's are 64"):
         g.refuse_other("x", pixels=32, error=lenssim.DatasetError)

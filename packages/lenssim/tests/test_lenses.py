@@ -66,7 +66,7 @@ def test_simulate_sie_lenses_is_reproducible_and_accepted():
     assert ((a.noise_sigma >= 0.001) & (a.noise_sigma <= 0.1)).all()
     # the stored observation is the lensed source plus noise of the stored sigma
     clean = lenssim.lens_image(a.source, a.kappa, psf=a.psf)
-    chi2_nu = lenssim.reduced_chi_squared(a.observation, clean, a.noise_sigma)
+    chi2_nu = lenssim.chi2_nu(a.observation, clean, a.noise_sigma)
     assert ((chi2_nu - 1).abs() < 0.06).all()
     checks = lenssim.acceptance(a.source, a.kappa, clean, image_fov=cfg.image_fov, source_fov=cfg.source_fov)
     assert checks["accepted"].all()

@@ -26,7 +26,7 @@ def test_chi2_and_loglikelihood_against_numpy():
     ref = (((obs - model).numpy() / sigma.numpy()[:, None, None, None]) ** 2).sum(axis=(1, 2, 3))
     assert np.allclose(lenssim.chi_squared(obs, model, sigma).numpy(), ref)
     assert np.allclose(lenssim.log_likelihood(obs, model, sigma).numpy(), -ref / 2)
-    assert np.allclose(lenssim.reduced_chi_squared(obs, model, sigma).numpy(), ref / 16**2)
+    assert np.allclose(lenssim.chi2_nu(obs, model, sigma).numpy(), ref / 16**2)
 
 
 def test_a_noise_map_weights_each_pixel():
@@ -49,7 +49,7 @@ def test_noise_has_the_requested_sigma_and_chi2_nu_is_one():
     noisy = lenssim.add_noise(clean, sigma, generator=g)
     std = noisy.flatten(1).std(dim=1)
     assert torch.allclose(std, sigma, rtol=0.02)
-    chi2_nu = lenssim.reduced_chi_squared(noisy, clean, sigma)
+    chi2_nu = lenssim.chi2_nu(noisy, clean, sigma)
     # chi2 of 16384 unit normals: mean 1, std sqrt(2 / 16384) ~ 0.011
     assert torch.all((chi2_nu - 1).abs() < 0.05)
     again = lenssim.add_noise(clean, sigma, generator=torch.Generator().manual_seed(1))

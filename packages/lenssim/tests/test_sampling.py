@@ -13,7 +13,7 @@ import lenssim
     [
         lenssim.ObservationConfig().psf_fwhm,
         lenssim.ObservationConfig().noise_sigma,
-        lenssim.TruncatedNormal(-1, 3, 2.5, 0.4),
+        lenssim.TruncatedNormal(a=-1, b=3, mu=2.5, sigma=0.4),
     ],
 )
 def test_truncated_normal_against_scipy(dist):
@@ -42,9 +42,9 @@ def test_table1_samplers_are_seeded_and_in_range():
 
 def test_bad_distributions_are_refused():
     with pytest.raises(ValueError, match="a < b"):
-        lenssim.TruncatedNormal(1, 0, 0, 1)
+        lenssim.TruncatedNormal(a=1, b=0, mu=0, sigma=1)
     with pytest.raises(ValueError, match="sigma"):
-        lenssim.TruncatedNormal(0, 1, 0, 0)
+        lenssim.TruncatedNormal(a=0, b=1, mu=0, sigma=0)
 
 
 def test_sie_parameters_follow_table2():
@@ -98,3 +98,18 @@ def test_sie_sampler_renders_on_the_device_asked_for():
     assert a.dtype == torch.float32 and a.shape == (3, 1, 32, 32) and torch.equal(a, b)
     p = lenssim.sample_sie_parameters(3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     torch.testing.assert_close(a, lenssim.sie_convergence(p, n=32).float())
+
+
+def test_observation_config_at_a_resolution_keeps_the_fields_and_an_odd_psf_inside_the_image():
+    for n in (16, 32, 64, 128, 256):
+        c = lenssim.ObservationConfig.at_resolution(n)
+        assert (c.image_pixels, c.source_pixels) == (n, n)
+        assert (c.image_fov, c.source_fov) == (lenssim.IMAGE_FOV, lenssim.SOURCE_FOV)
+        assert c.psf_size % 2 == 1 and c.psf_size < n / 2 and c.psf_size <= 21
+    assert lenssim.ObservationConfig.at_resolution(128) == lenssim.ObservationConfig()  # Table 1
+    assert lenssim.ObservationConfig.at_resolution(32).psf_size == 15
+
+
+def test_truncated_normals_are_built_with_keywords():
+    with pytest.raises(TypeError):
+        lenssim.TruncatedNormal(0.06, 0.3, 0.08, 0.05)

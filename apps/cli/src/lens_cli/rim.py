@@ -23,8 +23,10 @@ from lens_cli.common import (
     seed_option,
 )
 from lens_cli.priors import train
-from lensrim.config import PRESETS as RIM_PRESETS  # torch-free
-from lensrim.config import TIME_WEIGHTS
+from lensrim.config import (
+    PRESETS as RIM_PRESETS,  # torch-free
+    TIME_WEIGHTS,
+)
 
 
 def _distributed(device: str):

@@ -423,7 +423,7 @@ def simulate_lenses(kappa_in, sources_in, n_lenses, split, block_size, pixels, o
             "--sources": None if sources_in == "sersic" else sources_in,
         },
     )
-    cfg = lenssim.ObservationConfig(image_pixels=pixels, source_pixels=pixels, psf_size=min(21, pixels // 2 - 1 | 1))
+    cfg = lenssim.ObservationConfig.at_resolution(pixels)
     provenance = {"kappa": kappa_in, "sources": sources_in, "split": split}
     if kappa_in == "sie":
         ksampler = lenssim.sie_kappa_sampler(config=cfg, device=dev)

@@ -10,9 +10,20 @@ import math
 from dataclasses import asdict, fields
 from typing import Any, ClassVar, TypeVar
 
-__all__ = ["JsonConfig"]
+__all__ = ["JsonConfig", "exponential_decay"]
 
 C = TypeVar("C", bound="JsonConfig")
+
+
+def exponential_decay(
+    learning_rate: float, decay_rate: float, decay_steps: int, steps: int, *, staircase: bool = False
+) -> float:
+    """The learning rate after ``steps`` steps of exponential decay: ``learning_rate *
+    decay_rate ** (steps / decay_steps)``, the exponent rounded down to whole periods when
+    ``staircase`` (Keras' ExponentialDecay, which the original code used). The one schedule of
+    every model of the packages."""
+    periods = steps // decay_steps if staircase else steps / decay_steps
+    return learning_rate * decay_rate**periods
 
 
 class JsonConfig:

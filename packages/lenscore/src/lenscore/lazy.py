@@ -6,11 +6,13 @@ modules (configs, presets) at start-up.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
-__all__ = ["attach"]
+__all__ = ["attach", "attach_stub", "stub_exports"]
 
 
 def attach(
@@ -40,3 +42,33 @@ def attach(
         return sorted(set(vars(sys.modules[package])) | set(where) | set(subs))
 
     return __getattr__, __dir__, where
+
+
+def stub_exports(package: str, init_file: str) -> dict[str, tuple[str, ...]]:
+    """The names a package exports, read from the stub ``__init__.pyi`` beside ``init_file``: each
+    ``from package.sub import Name as Name`` (the re-export form type checkers read) puts ``Name``
+    under ``sub``. The stub is the one place a package writes its public names."""
+    stub = Path(init_file).with_suffix(".pyi")
+    exports: dict[str, list[str]] = {}
+    for node in ast.parse(stub.read_text(), str(stub)).body:
+        if not isinstance(node, ast.ImportFrom) or node.module is None:
+            continue
+        module = node.module if node.level == 0 else f"{package}.{node.module}"
+        if not module.startswith(package + "."):
+            continue  # an import the stub itself needs (typing, torch), not an export
+        for alias in node.names:
+            if alias.asname != alias.name:
+                raise ValueError(f"{stub}: re-export {alias.name} as 'import {alias.name} as {alias.name}'")
+            exports.setdefault(module.removeprefix(package + "."), []).append(alias.name)
+    return {module: tuple(names) for module, names in exports.items()}
+
+
+def attach_stub(
+    package: str, init_file: str, submodules: Mapping[str, str] | Sequence[str] = ()
+) -> tuple[Callable[[str], object], Callable[[], list[str]], list[str], dict[str, str]]:
+    """``(__getattr__, __dir__, __all__, where)`` for ``package``'s ``__init__``, its names read from
+    the stub beside it (:func:`stub_exports`); ``__all__`` also names ``__version__`` when the
+    package has set it by then."""
+    getattr_, dir_, where = attach(package, stub_exports(package, init_file), submodules)
+    version = ["__version__"] if hasattr(sys.modules[package], "__version__") else []
+    return getattr_, dir_, [*where, *version], where

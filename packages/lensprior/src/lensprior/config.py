@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
-from lenscore.config import JsonConfig
+from lenscore.config import JsonConfig, exponential_decay
 
 __all__ = ["VAE_PRESETS", "DenoiserConfig", "JsonConfig", "VAEConfig", "kappa_vae_config", "source_vae_config"]
 
@@ -77,7 +77,7 @@ class VAEConfig(JsonConfig):
 
     def learning_rate_at(self, step: int) -> float:
         """Exponential decay: ``learning_rate * decay_rate ** (step / decay_steps)``."""
-        return self.learning_rate * self.decay_rate ** (step / self.decay_steps)
+        return exponential_decay(self.learning_rate, self.decay_rate, self.decay_steps, step)
 
 
 def source_vae_config(**overrides) -> VAEConfig:
@@ -147,4 +147,5 @@ class DenoiserConfig(JsonConfig):
             raise ValueError(f"crop ({self.crop}) must be divisible by 2^levels and by flux_block")
 
     def learning_rate_at(self, step: int) -> float:
-        return self.learning_rate * self.decay_rate ** (step / self.decay_steps)
+        """Exponential decay: ``learning_rate * decay_rate ** (step / decay_steps)``."""
+        return exponential_decay(self.learning_rate, self.decay_rate, self.decay_steps, step)

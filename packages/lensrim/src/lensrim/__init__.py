@@ -18,52 +18,15 @@ from __future__ import annotations
 
 import sys
 import types
-from typing import TYPE_CHECKING
 
-from lenscore.lazy import attach
+from lenscore.lazy import attach_stub
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "api": ("FineTune", "Reconstruction", "load", "reconstruct"),
-    "config": ("FineTuneConfig", "PRESETS", "RIMConfig"),
-    "finetune": ("FineTuneResult", "finetune", "fisher_diagonal"),
-    "model": ("RIM", "ConvGRU", "ForwardModel", "build_rim", "preprocess_gradients", "rim_loss"),
-    "physics": ("LensingPhysics", "LinearPhysics"),
-    "training": ("DatasetBatches", "MixedBatches", "SimulatedBatches", "load_rim", "train_rim", "vae_sampler"),
-}
 _SUBMODULES = ("api", "baseline", "config", "demo", "finetune", "metrics", "model", "physics", "report", "training")
 
-__all__ = [
-    "ConvGRU",
-    "DatasetBatches",
-    "FineTune",
-    "FineTuneConfig",
-    "FineTuneResult",
-    "ForwardModel",
-    "LensingPhysics",
-    "LinearPhysics",
-    "MixedBatches",
-    "PRESETS",
-    "RIM",
-    "RIMConfig",
-    "Reconstruction",
-    "SimulatedBatches",
-    "build_rim",
-    "finetune",
-    "fisher_diagonal",
-    "load",
-    "load_rim",
-    "preprocess_gradients",
-    "reconstruct",
-    "rim_loss",
-    "train_rim",
-    "vae_sampler",
-    "__version__",
-]
 
-
-__getattr__, __dir__, _WHERE = attach(__name__, _EXPORTS, _SUBMODULES)
+__getattr__, __dir__, __all__, _WHERE = attach_stub(__name__, __file__, _SUBMODULES)
 
 
 class _Package(types.ModuleType):
@@ -77,12 +40,3 @@ class _Package(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _Package
-
-
-if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
-    from lensrim.api import FineTune, Reconstruction, load, reconstruct
-    from lensrim.config import PRESETS, FineTuneConfig, RIMConfig
-    from lensrim.finetune import FineTuneResult, finetune, fisher_diagonal
-    from lensrim.model import RIM, ConvGRU, ForwardModel, build_rim, preprocess_gradients, rim_loss
-    from lensrim.physics import LensingPhysics, LinearPhysics
-    from lensrim.training import DatasetBatches, MixedBatches, SimulatedBatches, load_rim, train_rim, vae_sampler

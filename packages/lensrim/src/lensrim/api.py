@@ -89,7 +89,7 @@ def load(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> R
     written before the geometry was part of the config take it from their ``run.json``)."""
     model, meta = load_rim(run_dir, device=device)
     stored = {k: float(meta[k]) for k in ("image_fov", "source_fov") if k in meta}
-    if any(abs(getattr(model.config, k) - v) > 1e-9 for k, v in stored.items()):
+    if not all(lenssim.geometry.same_fov(v, getattr(model.config, k)) for k, v in stored.items()):
         model.config = replace(model.config, **stored)
     model.meta = meta
     return model

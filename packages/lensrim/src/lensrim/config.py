@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from lenscore.config import JsonConfig
+from lenscore.config import JsonConfig, exponential_decay
 from lenssim.geometry import IMAGE_FOV, SOURCE_FOV, Geometry
 
 if TYPE_CHECKING:
@@ -217,8 +217,7 @@ class RIMConfig(JsonConfig):
         """Exponential decay from ``learning_rate`` at ``schedule_start`` (the stage's first step):
         lr * rate^(k / decay_steps) after k steps, with k // decay_steps if ``staircase``."""
         k = max(0, step - self.schedule_start)
-        periods = k // self.decay_steps if self.staircase else k / self.decay_steps
-        return self.learning_rate * self.decay_rate**periods
+        return exponential_decay(self.learning_rate, self.decay_rate, self.decay_steps, k, staircase=self.staircase)
 
     def second_stage(self, start: int, steps: int = 870_000) -> RIMConfig:
         """Table 7's second stage: Adamax from 6e-5, x0.9 per 100k steps, from step ``start``."""

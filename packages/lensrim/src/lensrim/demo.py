@@ -274,7 +274,7 @@ def run_demo(
     finished = (output / "report" / "metrics.json").is_file()
     stage = Stages(timings, timing_file, expected, frozen=finished, say=say)
     n = c.pixels
-    obs = lenssim.ObservationConfig(image_pixels=n, source_pixels=n, psf_size=min(21, n // 2 - 1 | 1))
+    obs = lenssim.ObservationConfig.at_resolution(n)
     kappa_cfg = lenssim.KappaMapConfig.at_resolution(n)
     stamp_cfg = lenssim.data.sources.SourceStampConfig.at_resolution(n)
 

@@ -8,6 +8,7 @@ those runs on :class:`LinearPhysics` as well as on :class:`LensingPhysics`.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 
 import torch
@@ -36,7 +37,8 @@ def _per_pixel(sigma: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor 
 
 class _ChiSquare:
     def reduced_chi_squared(self, y: torch.Tensor, source: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
-        """chi^2 / N^2 per example, ``(B,)``, without a graph."""
+        """Deprecated: ``chi2_nu`` under ``torch.no_grad()`` (the statistic has one name)."""
+        warnings.warn("reduced_chi_squared is deprecated: use chi2_nu", DeprecationWarning, stacklevel=2)
         with torch.no_grad():
             return self.chi2_nu(y, source, xi)
 
@@ -76,7 +78,7 @@ class LensingPhysics(_ChiSquare):
 
     def chi2_nu(self, y: torch.Tensor, source: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
         """chi^2 / N^2 per example, ``(B,)``, differentiable (fine-tuning's data term)."""
-        return lenssim.reduced_chi_squared(y, self.simulate(source, xi), self.sigma)
+        return lenssim.chi2_nu(y, self.simulate(source, xi), self.sigma)
 
     def add_noise(self, image: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """``image`` observed with this noise, given standard normal draws ``eps`` of its shape."""

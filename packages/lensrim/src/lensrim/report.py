@@ -93,7 +93,7 @@ def compute_metrics(data: dict) -> dict:
         ref = constant_reference(data["source"], data["kappa"])
         sigma = data["noise_map"] if "noise_map" in data else data["noise_sigma"]
         y = data["observation"]
-        chi2 = lenssim.reduced_chi_squared(y, torch.zeros_like(y), sigma)
+        chi2 = lenssim.chi2_nu(y, torch.zeros_like(y), sigma)
         out["constant_predictor"] = {
             "log10_kappa": ref.log10_kappa,
             "log10_loss": log_loss_moments(ref.loss.numpy()),

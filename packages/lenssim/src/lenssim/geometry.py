@@ -7,16 +7,27 @@ Every default field of view and redshift of the packages comes from here (Table 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["IMAGE_FOV", "SOURCE_FOV", "Z_LENS", "Z_SOURCE", "Geometry"]
+__all__ = ["FOV_TOLERANCE", "IMAGE_FOV", "SOURCE_FOV", "Z_LENS", "Z_SOURCE", "Geometry", "same_fov"]
 
 IMAGE_FOV = 7.69
 """Width of the image plane, arcsec (Table 1)."""
 SOURCE_FOV = 3.0
 """Width of the source plane, arcsec (Table 1)."""
 Z_LENS = 0.5
+"""Lens redshift (Table 1)."""
 Z_SOURCE = 1.5
+"""Source redshift (Table 1)."""
+FOV_TOLERANCE = 1e-6
+"""Relative difference below which two fields of view are the same: every geometry comparison of
+the packages uses it (through :func:`same_fov` or :meth:`Geometry.refuse_other`)."""
+
+
+def same_fov(a: float, b: float) -> bool:
+    """Whether fields of view ``a`` and ``b`` (arcsec) agree to :data:`FOV_TOLERANCE` of ``b``."""
+    return abs(float(a) - float(b)) <= FOV_TOLERANCE * abs(float(b))
 
 
 @dataclass(frozen=True)
@@ -48,17 +59,19 @@ class Geometry:
         self,
         where: str,
         *,
-        pixels=None,
-        image_fov=None,
-        source_fov=None,
+        pixels: int | None = None,
+        image_fov: float | None = None,
+        source_fov: float | None = None,
+        whose: str = "the model's",
         hint: str = "",
-        error: type[Exception] = ValueError,
+        error: Callable[[str], Exception] = ValueError,
     ) -> None:
         """Raise ``error`` (one line naming ``where``, then ``hint``) when a given value differs
-        from this geometry (fields of view to a relative 1e-6); ``None`` is not checked."""
+        from this geometry (``whose`` it is: "the RIM's", "the training lenses'"; fields of view
+        compared by :func:`same_fov`); ``None`` is not checked."""
         if pixels is not None and int(pixels) != self.pixels:
-            raise error(f"{where}: maps are {int(pixels)} pixels wide, the model's are {self.pixels}{hint}")
+            raise error(f"{where}: maps are {int(pixels)} pixels wide, {whose} are {self.pixels}{hint}")
         for name, value in (("image_fov", image_fov), ("source_fov", source_fov)):
             ours = getattr(self, name)
-            if value is not None and abs(float(value) - ours) > 1e-6 * ours:
-                raise error(f"{where}: {name} is {float(value):g} arcsec, the model's is {ours:g}{hint}")
+            if value is not None and not same_fov(value, ours):
+                raise error(f"{where}: {name} {float(value):g} differs from {whose} {ours:g} arcsec{hint}")

@@ -20,14 +20,20 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TruncatedNormal:
-    """TN(a, b; mu, sigma): a normal of mean ``mu`` and width ``sigma`` restricted to [a, b]."""
+    """TN(a, b; mu, sigma): a normal of mean ``mu`` and width ``sigma`` restricted to [a, b], all
+    in the units of the quantity drawn (built with keywords: ``TruncatedNormal(a=0.06, b=0.3,
+    mu=0.08, sigma=0.05)``)."""
 
     a: float
+    """Lower bound of the draws (the quantity's units)."""
     b: float
+    """Upper bound of the draws (the quantity's units)."""
     mu: float
+    """Mean of the untruncated normal (the quantity's units)."""
     sigma: float
+    """Width of the untruncated normal (the quantity's units), > 0."""
 
     def __post_init__(self) -> None:
         if not (self.a < self.b):
@@ -38,17 +44,35 @@ class TruncatedNormal:
 
 @dataclass(frozen=True)
 class ObservationConfig:
-    """The physical model of Table 1: grids, redshifts, PSF and noise distributions."""
+    """The physical model of Table 1: grids, redshifts, PSF and noise distributions.
+    :meth:`at_resolution` gives it at another number of pixels, the fields of view kept."""
 
     image_pixels: int = 128
+    """Pixels across the image (and kappa) grid (Table 1: 128)."""
     image_fov: float = IMAGE_FOV
+    """Width of the image plane, arcsec (Table 1: 7.69, 128 pixels of 0.06")."""
     source_pixels: int = 128
+    """Pixels across the source grid (Table 1: 128)."""
     source_fov: float = SOURCE_FOV
+    """Width of the source plane, arcsec (Table 1: 3)."""
     z_lens: float = Z_LENS
+    """Lens redshift (Table 1: 0.5)."""
     z_source: float = Z_SOURCE
-    psf_fwhm: TruncatedNormal = TruncatedNormal(0.06, 0.3, 0.08, 0.05)
+    """Source redshift (Table 1: 1.5)."""
+    psf_fwhm: TruncatedNormal = TruncatedNormal(a=0.06, b=0.3, mu=0.08, sigma=0.05)
+    """Gaussian PSF full width at half maximum, arcsec (Table 1: TN(0.06, 0.3; 0.08, 0.05))."""
     psf_size: int = 21
-    noise_sigma: TruncatedNormal = TruncatedNormal(0.001, 0.1, 0.01, 0.03)
+    """Side of the PSF kernel, image pixels (odd; 21 at 128 pixels)."""
+    noise_sigma: TruncatedNormal = TruncatedNormal(a=0.001, b=0.1, mu=0.01, sigma=0.03)
+    """White noise standard deviation, in units of the source's peak of 1 (Table 1:
+    TN(0.001, 0.1; 0.01, 0.03))."""
+
+    @classmethod
+    def at_resolution(cls, pixels: int, **changes) -> ObservationConfig:
+        """Table 1 at ``pixels`` across both grids, the fields of view kept: the PSF kernel is
+        21 pixels, or the largest odd size under half the image when that is smaller (a 32-pixel
+        image takes 15)."""
+        return cls(image_pixels=pixels, source_pixels=pixels, psf_size=min(21, pixels // 2 - 1 | 1), **changes)
 
     @property
     def pixel_scale(self) -> float:

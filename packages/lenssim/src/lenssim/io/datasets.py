@@ -28,8 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from lenscore.files import ExclusiveLock, hidden_sibling, open_hdf5, write_text, written
-from lenscore.files import remove_stale_temporaries as _remove_stale
+from lenscore.files import (
+    ExclusiveLock,
+    hidden_sibling,
+    open_hdf5,
+    remove_stale_temporaries as _remove_stale,
+    write_text,
+    written,
+)
 
 __all__ = [
     "FIELD_NDIM",

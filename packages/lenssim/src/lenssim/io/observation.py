@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lenssim.geometry import same_fov
 from lenssim.io.datasets import DatasetError, dataset_info, read_dataset
 from lenssim.io.fits import fits_onto_grid, load_fits
 
@@ -151,7 +152,7 @@ class Observation:
                 origin=origin,
                 _fits=None,
             )
-        if self.pixels != pixels or abs(self.image_fov - image_fov) > 1e-6 * image_fov:
+        if self.pixels != pixels or not same_fov(self.image_fov, image_fov):
             where = self.origin.get("dataset", "the observation")
             raise DatasetError(
                 f"{where}: {self.pixels} pixels across {self.image_fov:g} arcsec, the model works on {pixels} across "

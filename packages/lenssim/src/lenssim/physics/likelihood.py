@@ -7,6 +7,7 @@ gradients, since examples do not interact.
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import torch
@@ -20,6 +21,7 @@ __all__ = [
     "chi_squared",
     "likelihood_gradient",
     "log_likelihood",
+    "chi2_nu",
     "reduced_chi_squared",
 ]
 
@@ -64,9 +66,16 @@ def chi_squared(observation: torch.Tensor, model: torch.Tensor, sigma: torch.Ten
     return r.pow(2).flatten(1).sum(dim=1)
 
 
-def reduced_chi_squared(observation: torch.Tensor, model: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-    """chi^2_nu = chi^2 / N^2 (the number of image pixels), ``(B,)``."""
+def chi2_nu(observation: torch.Tensor, model: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """chi^2_nu = chi^2 / N^2 (the number of image pixels), ``(B,)``: 1 where the residuals are
+    the noise."""
     return chi_squared(observation, model, sigma) / observation[0].numel()
+
+
+def reduced_chi_squared(observation: torch.Tensor, model: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """Deprecated name of :func:`chi2_nu` (the statistic has one name across the packages)."""
+    warnings.warn("lenssim.reduced_chi_squared is deprecated: use lenssim.chi2_nu", DeprecationWarning, stacklevel=2)
+    return chi2_nu(observation, model, sigma)
 
 
 def log_likelihood(observation: torch.Tensor, model: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:

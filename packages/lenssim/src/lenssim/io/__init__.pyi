@@ -1,0 +1,29 @@
+"""The public names of :mod:`lenssim.io`, each written once, here: the package loads a name on first
+use (:func:`lenscore.lazy.attach_stub` reads this file) and type checkers read its types here."""
+
+from lenssim.io.datasets import (
+    FIELD_NDIM as FIELD_NDIM,
+    LENS_FIELDS as LENS_FIELDS,
+    MAX_ABS as MAX_ABS,
+    DatasetError as DatasetError,
+    LensDataset as LensDataset,
+    check_dataset_values as check_dataset_values,
+    check_values as check_values,
+    dataset_info as dataset_info,
+    read_dataset as read_dataset,
+    read_lens_dataset as read_lens_dataset,
+    shard_range as shard_range,
+    write_dataset as write_dataset,
+    write_in_blocks as write_in_blocks,
+    write_lens_dataset as write_lens_dataset,
+)
+from lenssim.io.fits import (
+    FitsError as FitsError,
+    FitsObservation as FitsObservation,
+    fits_onto_grid as fits_onto_grid,
+    load_fits as load_fits,
+    read_fits_observation as read_fits_observation,
+    resample_matrix as resample_matrix,
+    write_fits_reconstruction as write_fits_reconstruction,
+)
+from lenssim.io.observation import Observation as Observation
