@@ -173,7 +173,7 @@ FT = ["finetune", "--rim", "{d}/rim", "--source-vae", "{d}/svae", "--kappa-vae",
                 "{d}/out.h5",
             ],
             2,
-            "source_fov 2.0 differs from 3.0",
+            "source_fov 2 differs from the simulation's 3 arcsec",
         ),
         (["train", "vae", "--kind", "source", "--data", "{d}/nan-test.h5", "-o", "{d}/run"], 1, "NaN"),
         # impossible sizes fail at once, naming the option or field

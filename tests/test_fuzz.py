@@ -259,7 +259,7 @@ def _in(folder: Path):
         st.tuples(st.just("field"), st.sampled_from(["kappa", "split"]), st.sampled_from(FIELD_BREAKS)),
         st.tuples(st.just("attr"), st.just("image_fov"), st.sampled_from(ATTR_BREAKS)),
         st.tuples(st.just("truncate"), st.just(""), st.sampled_from(["0.0", "0.5"])),
-    ),
+    )
 )
 def test_kappa_datasets(valid, target):
     kind, name, how = target
@@ -299,7 +299,7 @@ RECON_FIELDS = ("source_pred", "kappa_pred", "chi2_nu", "observation", "noise_si
         st.tuples(st.just("field"), st.sampled_from(RECON_FIELDS), st.sampled_from((*FIELD_BREAKS, "shrink"))),
         st.tuples(st.just("attr"), st.sampled_from(["image_fov", "source_fov"]), st.sampled_from(ATTR_BREAKS)),
         st.tuples(st.just("truncate"), st.just(""), st.sampled_from(["0.0", "0.5"])),
-    ),
+    )
 )
 @example(target=("field", "source_pred", "shrink"))  # was a RuntimeError, and an empty report folder
 def test_reconstructions(valid, target):

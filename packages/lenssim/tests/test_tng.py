@@ -205,11 +205,7 @@ def test_synthetic_cutout_roundtrip(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [
-        ({"header": False}, "no Header"),
-        ({"masstable": np.zeros(6)}, "MassTable"),
-        ({"masstable": np.zeros(3)}, "6"),
-    ],
+    [({"header": False}, "no Header"), ({"masstable": np.zeros(6)}, "MassTable"), ({"masstable": np.zeros(3)}, "6")],
 )
 def test_cutout_errors(tmp_path, kwargs, match):
     p = _cutout(tmp_path / "bad.hdf5", [[1.0, 2.0, 3.0]], **kwargs)

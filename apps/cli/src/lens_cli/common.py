@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from lenscore.config import SettingError
 from lenscore.files import hidden_sibling
 from lensrim.demo import duration  # torch-free, like everything the CLI imports at start-up
 
@@ -121,7 +122,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def device_option(f: Callable) -> Callable:
-    return click.option("--device", default="cpu", show_default=True, help="Torch device: cpu, cuda or cuda:N.")(f)
+    return click.option("--device", default="cpu", help="Torch device: cpu, cuda or cuda:N.")(f)
 
 
 def run_dir_option(f: Callable) -> Callable:
@@ -136,9 +137,7 @@ def run_dir_option(f: Callable) -> Callable:
 
 
 def seed_option(f: Callable) -> Callable:
-    return click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1), help="Random seed.")(
-        f
-    )
+    return click.option("--seed", default=0, type=click.IntRange(0, 2**63 - 1), help="Random seed.")(f)
 
 
 def first_line(e: BaseException) -> str:
@@ -153,6 +152,16 @@ def _is_user_facing(e: RuntimeError) -> bool:
     return any(k and isinstance(e, k) for k in kinds)
 
 
+def option_name(param: str) -> str:
+    """The command-line option of the current command whose parameter is ``param`` (its long
+    form), or ``--param`` spelt as options are."""
+    ctx = click.get_current_context(silent=True)
+    for p in ctx.command.params if ctx is not None else ():
+        if p.name == param and p.opts:
+            return max(p.opts, key=len)
+    return "--" + param.replace("_", "-")
+
+
 def one_line_errors(f: Callable) -> Callable:
     """Turn the libraries' input errors into click's one-line message and exit status 1."""
 
@@ -162,6 +171,8 @@ def one_line_errors(f: Callable) -> Callable:
             return f(*args, **kwargs)
         except click.ClickException:
             raise
+        except SettingError as e:  # the library names the keyword: the option of that name
+            raise click.BadParameter(first_line(e), param_hint=option_name(e.param)) from None
         except (ValueError, OSError) as e:
             raise click.ClickException(first_line(e)) from None
         except RuntimeError as e:  # the libraries' own; any other RuntimeError is a bug to show in full
@@ -170,27 +181,6 @@ def one_line_errors(f: Callable) -> Callable:
             raise click.ClickException(first_line(e)) from None
 
     return wrapper
-
-
-def check_geometry(where: str, attrs: dict, run: dict, option: str = "--data") -> None:
-    """Refuse data whose fields of view differ from those the RIM was trained at (its run.json):
-    a RIM has learned one pixel scale, and a source field in other units means nothing to it."""
-    for key in ("image_fov", "source_fov"):
-        if key in attrs and key in run and abs(float(attrs[key]) - float(run[key])) > 1e-6 * float(run[key]):
-            raise click.BadParameter(
-                f"{where}: {key} {float(attrs[key]):g} differs from the RIM's {float(run[key]):g} arcsec (its "
-                "run.json): simulate the data at the RIM's geometry",
-                param_hint=option,
-            )
-
-
-def other_resolution(where: str, n: int, pixels: int) -> str:
-    """The message for data at another resolution than the model, with the two ways around it."""
-    return (
-        f"{where}: maps are {n} pixels wide, the RIM expects {pixels}: simulate at its resolution "
-        f"(`lens simulate lenses --pixels {pixels}`), or give the observation as FITS, which is resampled onto "
-        "the model's grid"
-    )
 
 
 def leaves_nothing_on_failure(param: str = "output") -> Callable:

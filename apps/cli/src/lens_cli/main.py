@@ -13,7 +13,7 @@ from lens_cli.common import device_option, one_line_errors, progress_bar, resolv
 from lensrim.demo import PRESETS  # torch-free: the demo imports torch when it runs
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="lens")
 def cli() -> None:
     """lens: pixelated reconstruction of strong gravitational lenses with a Recurrent Inference Machine.
@@ -63,7 +63,6 @@ def idle_cores(window: float = 0.5) -> int:
     "--preset",
     type=click.Choice(sorted(PRESETS)),
     default="standard",
-    show_default=True,
     help="standard: about 11 minutes on 2 CPU cores (64^2 maps); quick: a smoke run of under a minute (32^2).",
 )
 @click.option(

@@ -39,7 +39,6 @@ def train() -> None:
 @click.option(
     "--preset",
     default="paper",
-    show_default=True,
     type=click.Choice(sorted(VAE_PRESETS)),
     help="paper: Tables 5/6; small: a quick CPU model.",
 )
@@ -51,16 +50,11 @@ def train() -> None:
 @click.option(
     "--split",
     default="train",
-    show_default=True,
     type=click.Choice(["train", "all"]),
     help="Examples to train on; the test split (if any) is the validation set.",
 )
-@click.option(
-    "--checkpoint-every", default=500, show_default=True, type=click.IntRange(1), help="Steps between checkpoints."
-)
-@click.option(
-    "--log-every", default=50, show_default=True, type=click.IntRange(1), help="Steps between metrics.jsonl lines."
-)
+@click.option("--checkpoint-every", default=500, type=click.IntRange(1), help="Steps between checkpoints.")
+@click.option("--log-every", default=50, type=click.IntRange(1), help="Steps between metrics.jsonl lines.")
 @seed_option
 @device_option
 @one_line_errors
@@ -136,31 +130,26 @@ def train_vae(
     help="Clean sources (e.g. lens simulate sources --synthetic).",
 )
 @run_dir_option
-@click.option("--steps", default=DENOISER.steps, show_default=True, type=click.IntRange(1), help="Training steps.")
+@click.option("--steps", default=DENOISER.steps, type=click.IntRange(1), help="Training steps.")
 @click.option(
     "--noise-min",
     default=DENOISER.noise_min,
-    show_default=True,
     type=FiniteFloat(0, min_open=True),
     help="Training noise sigma range, in units of the stamp's peak.",
 )
 @click.option(
     "--noise-max",
     default=DENOISER.noise_max,
-    show_default=True,
     type=FiniteFloat(0, min_open=True),
     help="Upper end of the training noise sigma range (stamp peak units).",
 )
 @click.option(
     "--highpass",
     default=DENOISER.highpass,
-    show_default=True,
     type=FiniteFloat(0),
     help="Remove only noise structure below this scale (pixels), so fluxes are kept; 0: any scale.",
 )
-@click.option(
-    "--checkpoint-every", default=500, show_default=True, type=click.IntRange(1), help="Steps between checkpoints."
-)
+@click.option("--checkpoint-every", default=500, type=click.IntRange(1), help="Steps between checkpoints.")
 @seed_option
 @device_option
 @one_line_errors
@@ -219,7 +208,6 @@ def _check_fields_of_view(path: Path, attrs: dict) -> None:
 @click.option(
     "--batch-size",
     default=64,
-    show_default=True,
     type=click.IntRange(1, 65536),
     help="Draws decoded at a time, and per resumable block on disk.",
 )

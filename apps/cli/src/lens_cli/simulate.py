@@ -15,6 +15,7 @@ from lens_cli.common import (
     progress_bar,
     refuse_overwriting_inputs,
     resolve_device,
+    say,
     seed_option,
 )
 
@@ -58,41 +59,21 @@ def output_option(f):
 
 
 def _target(output: Path, shard: tuple[int, int]) -> Path:
-    meant_directory = click.get_current_context().meta.get("output_is_directory", False)
-    if meant_directory and shard == (0, 1):
-        raise click.BadParameter(
-            f"{output}/ ends in a slash, a directory: give a file name, or --shard I/N to write shards into it",
-            param_hint="--output",
-        )
-    if output.exists() and output.is_dir() and shard == (0, 1):
-        raise click.BadParameter(f"{output} is a directory; give a file name (or use --shard)", param_hint="--output")
-    if shard == (0, 1):
-        return output
-    if output.exists() and not output.is_dir():
-        raise click.BadParameter(f"{output} is a file; with --shard, OUTPUT is a directory", param_hint="--output")
-    return output / f"part-{shard[0] + 1:05d}-of-{shard[1]:05d}.h5"
+    import lenssim
+
+    directory = click.get_current_context().meta.get("output_is_directory", False)
+    return lenssim.shard_path(output, shard, directory=directory)
 
 
-def _warn_empty_split(path: Path, unit: str, option_hint: str) -> None:
+def _warn_empty_split(path: Path, unit: str, hint: str) -> None:
     """Say so when a split came out empty: `simulate lenses --split` on it would fail later."""
-    import numpy as np
+    import lenssim
 
-    from lenscore.files import open_hdf5
-
-    paths = sorted(path.glob("part-*.h5")) if path.is_dir() else [path]
-    counts = np.zeros(2, dtype=int)
-    for p in paths:
-        with open_hdf5(p, click.BadParameter) as f:
-            if "split" not in f:
-                return
-            counts += np.bincount(f["split"][()].astype(int).clip(0, 1), minlength=2)
-    for name, count in zip(("train", "test"), counts, strict=True):
+    counts = lenssim.split_counts(path)
+    for name, count in zip(("train", "test"), counts or (), strict=False):
         if count == 0:
-            click.echo(
-                f"warning: the {name} split of {path} is empty ({counts.sum()} {unit} in all): "
-                f"`lens simulate lenses --split {name}` cannot draw from it; {option_hint}",
-                err=True,
-            )
+            why = f"`lens simulate lenses --split {name}` cannot draw from it"
+            say(f"warning: the {name} split of {path} is empty ({sum(counts)} {unit} in all): {why}; {hint}")
 
 
 def _bar(total: int, what: str):
@@ -111,9 +92,7 @@ def simulate() -> None:
 @click.option(
     "--tng-base", type=click.Path(path_type=Path), help="TNG output directory holding snapdir_NNN and groups_NNN."
 )
-@click.option(
-    "--snapshot", default=99, show_default=True, type=click.IntRange(0), help="Snapshot number (with --tng-base)."
-)
+@click.option("--snapshot", default=99, type=click.IntRange(0), help="Snapshot number (with --tng-base).")
 @click.option(
     "--halo", "halo_ids", multiple=True, type=click.IntRange(0), help="FoF halo index (repeatable; with --tng-base)."
 )
@@ -132,38 +111,28 @@ def simulate() -> None:
 @click.option(
     "--maps-per-halo",
     default=12,
-    show_default=True,
     type=click.IntRange(1, 1000),
     help="Augmented maps per halo (cycling xy, xz, yz; one halo's maps are held in memory).",
 )
 @click.option(
     "--test-fraction",
     default=0.1,
-    show_default=True,
     type=FiniteFloat(0, 1, max_open=True),
     help="Fraction of halos held out (split by halo).",
 )
 @click.option(
     "--theta-e-min",
     default=0.5,
-    show_default=True,
     type=FiniteFloat(0, min_open=True),
     help="Lower end of the uniform Einstein radius range of the rescaled maps, arcsec.",
 )
 @click.option(
     "--theta-e-max",
     default=2.5,
-    show_default=True,
     type=FiniteFloat(0, min_open=True),
     help="Upper end of the Einstein radius range, arcsec.",
 )
-@click.option(
-    "--max-shift",
-    default=0.3,
-    show_default=True,
-    type=FiniteFloat(0),
-    help="Largest random shift of a map, arcsec.",
-)
+@click.option("--max-shift", default=0.3, type=FiniteFloat(0), help="Largest random shift of a map, arcsec.")
 @click.option(
     "--render-kpc",
     type=FiniteFloat(1, 10_000),
@@ -173,7 +142,6 @@ def simulate() -> None:
 @click.option(
     "--pixels",
     default=128,
-    show_default=True,
     type=click.IntRange(8, 4096),
     help='Pixels across each map (the field of view stays 7.69"; the render grid scales with it).',
 )
@@ -192,46 +160,23 @@ def simulate_kappa(
     The KDE runs on the CPU (Numba, all cores); --device is accepted for uniformity.
     """
     import lenssim
-    from lenssim import tng
 
     resolve_device(device)
-    given = [bool(cutouts), tng_base is not None, synthetic is not None]
-    if sum(given) != 1:
-        raise click.UsageError("give exactly one of --tng, --tng-base (with --halo/--subhalo) or --synthetic")
-    if (halo_ids or subhalo_ids) and tng_base is None:
-        raise click.UsageError("--halo and --subhalo need --tng-base")
-    if tng_base is not None and not (halo_ids or subhalo_ids):
-        raise click.UsageError("--tng-base needs at least one --halo or --subhalo")
     if theta_e_min > theta_e_max:
         raise click.BadParameter(f"--theta-e-min {theta_e_min} exceeds --theta-e-max {theta_e_max}")
-    if cutouts:
-        for c in cutouts:
-            if not c.is_file():
-                raise click.BadParameter(f"{c}: no such file", param_hint="--tng")
-        halos = [lenssim.HaloSource(c.name, (lambda c=c: tng.read_cutout(c))) for c in cutouts]
-    elif tng_base is not None:
-        halos = [
-            lenssim.HaloSource(
-                f"snap{snapshot:03d}-halo{h}", (lambda h=h: tng.read_snapshot_halo(tng_base, snapshot, halo=h))
-            )
-            for h in halo_ids
-        ] + [
-            lenssim.HaloSource(
-                f"snap{snapshot:03d}-subhalo{s}", (lambda s=s: tng.read_snapshot_halo(tng_base, snapshot, subhalo=s))
-            )
-            for s in subhalo_ids
-        ]
-    else:
-        halos = [
-            lenssim.HaloSource(f"synthetic-{seed}-{i}", (lambda i=i: tng.synthetic_particles([seed, i])))
-            for i in range(synthetic)
-        ]
+    halos = lenssim.halo_sources(
+        cutouts=cutouts,
+        tng_base=tng_base,
+        snapshot=snapshot,
+        halos=halo_ids,
+        subhalos=subhalo_ids,
+        synthetic=synthetic,
+        seed=seed,
+    )
     config = lenssim.KappaMapConfig.at_resolution(pixels, render_fov_kpc=render_kpc)
     target = _target(output, shard)
-    from lenssim.io import shard_range
-
-    n = len(shard_range(len(halos), *shard)) * maps_per_halo
-    with _bar(n, "kappa maps") as bar:
+    mine = len(lenssim.io.shard_range(len(halos), *shard))
+    with _bar(mine * maps_per_halo, "kappa maps") as bar:
         path = lenssim.simulate_kappa_dataset(
             target,
             halos,
@@ -244,7 +189,7 @@ def simulate_kappa(
             shard=shard,
             progress=bar.update,
         )
-    click.echo(f"wrote {path} ({n} maps from {len(shard_range(len(halos), *shard))} halos)")
+    click.echo(f"wrote {path} ({mine * maps_per_halo} maps from {mine} halos)")
     if shard == (0, 1):
         _warn_empty_split(path, "maps", "use more halos or change --test-fraction (the split is by halo)")
 
@@ -255,16 +200,15 @@ def simulate_kappa(
     type=click.Path(path_type=Path),
     help="GalSim COSMOS catalogue directory (galsim_download_cosmos -s 23.5).",
 )
-@click.option("--sample", default="23.5", show_default=True, type=click.Choice(["23.5", "25.2"]), help="COSMOS sample.")
+@click.option("--sample", default="23.5", type=click.Choice(["23.5", "25.2"]), help="COSMOS sample.")
 @click.option("--catalog-file", help="Catalogue file name in --cosmos-dir (default real_galaxy_catalog_SAMPLE.fits).")
 @click.option(
     "--exclusion-level",
     default="marginal",
-    show_default=True,
     type=click.Choice(["none", "bad_stamp", "bad_fits", "marginal"]),
     help="GalSim's COSMOS selection: drop galaxies flagged up to this level (the paper's: marginal).",
 )
-@click.option("--min-flux", default=50.0, show_default=True, type=FiniteFloat(0), help="Minimum Sersic-fit flux.")
+@click.option("--min-flux", default=50.0, type=FiniteFloat(0), help="Minimum Sersic-fit flux.")
 @click.option("--parametric", is_flag=True, help="Draw the COSMOS parametric fits instead of the real images.")
 @click.option(
     "--synthetic", type=click.IntRange(1, 10_000_000), help="Draw N GalSim synthetic galaxies instead (no download)."
@@ -281,7 +225,6 @@ def simulate_kappa(
 @click.option(
     "--test-fraction",
     default=0.1,
-    show_default=True,
     type=FiniteFloat(0, 1, max_open=True),
     help="Fraction of galaxies held out for the test split (split by catalogue galaxy).",
 )
@@ -293,7 +236,6 @@ def simulate_kappa(
 @click.option(
     "--pixels",
     default=128,
-    show_default=True,
     type=click.IntRange(8, 4096),
     help="Pixels across each stamp (the angle covered stays the same: stamp, border and shift scale with it).",
 )
@@ -366,12 +308,9 @@ def simulate_sources(
 
 
 @simulate.command("lenses")
-@click.option(
-    "--kappa", "kappa_in", required=True, help="Kappa dataset (file or shard directory), or 'sie' for Table 2 SIE maps."
-)
+@click.option("--kappa", required=True, help="Kappa dataset (file or shard directory), or 'sie' for Table 2 SIE maps.")
 @click.option(
     "--sources",
-    "sources_in",
     required=True,
     help="Source dataset (file or shard directory), or 'sersic' for analytic Sersic sources.",
 )
@@ -381,21 +320,18 @@ def simulate_sources(
 @click.option(
     "--split",
     default="train",
-    show_default=True,
     type=click.Choice(["train", "test", "all"]),
     help="Which split of the kappa and source datasets to draw from.",
 )
 @click.option(
     "--block-size",
     default=256,
-    show_default=True,
     type=click.IntRange(1, 4096),
     help="Lenses per resumable block (held in memory: about 0.2 MB per 128^2 lens).",
 )
 @click.option(
     "--pixels",
     default=128,
-    show_default=True,
     type=click.IntRange(8, 4096),
     help='Pixels across the image and source grids (the fields of view stay 7.69" and 3").',
 )
@@ -404,7 +340,7 @@ def simulate_sources(
 @seed_option
 @device_option
 @one_line_errors
-def simulate_lenses(kappa_in, sources_in, n_lenses, split, block_size, pixels, output, shard, seed, device) -> None:
+def simulate_lenses(kappa, sources, n_lenses, split, block_size, pixels, output, shard, seed, device) -> None:
     """Lensed observations: random kappa-source pairs, Table 1 PSF and noise, acceptance checks.
 
     Rejection counts per check are printed and stored in the file's `stats` attribute. Killed
@@ -413,61 +349,33 @@ def simulate_lenses(kappa_in, sources_in, n_lenses, split, block_size, pixels, o
     import json
 
     import lenssim
-    from lenssim.io import dataset_info, shard_range
 
     dev = resolve_device(device)
-    refuse_overwriting_inputs(
-        {"--output": output},
-        {
-            "--kappa": None if kappa_in == "sie" else kappa_in,
-            "--sources": None if sources_in == "sersic" else sources_in,
-        },
-    )
+    files = {"--kappa": kappa, "--sources": sources}
+    refuse_overwriting_inputs({"--output": output}, {k: v for k, v in files.items() if v not in ("sie", "sersic")})
     cfg = lenssim.ObservationConfig.at_resolution(pixels)
-    provenance = {"kappa": kappa_in, "sources": sources_in, "split": split}
-    if kappa_in == "sie":
-        ksampler = lenssim.sie_kappa_sampler(config=cfg, device=dev)
-    else:
-        ksampler, attrs = lenssim.h5_pool_sampler(
-            Path(kappa_in), "kappa", split=split, expected_pixels=cfg.image_pixels, device=dev
-        )
-        if abs(float(attrs.get("image_fov", cfg.image_fov)) - cfg.image_fov) > 1e-6:
-            raise click.BadParameter(
-                f"{kappa_in}: image_fov {attrs['image_fov']} differs from {cfg.image_fov}", param_hint="--kappa"
-            )
-    if sources_in == "sersic":
-        ssampler = lenssim.sersic_source_sampler(config=cfg, device=dev)
-    else:
-        ssampler, sattrs = lenssim.h5_pool_sampler(
-            Path(sources_in), "source", split=split, expected_pixels=cfg.source_pixels, device=dev
-        )
-        if abs(float(sattrs.get("source_fov", cfg.source_fov)) - cfg.source_fov) > 1e-6:
-            raise click.BadParameter(
-                f"{sources_in}: source_fov {sattrs['source_fov']} differs from {cfg.source_fov}", param_hint="--sources"
-            )
-    target = _target(output, shard)
-    n_blocks = -(-n_lenses // block_size)
-    mine = shard_range(n_blocks, *shard)
-    n_mine = min(mine.stop * block_size, n_lenses) - mine.start * block_size if mine else 0
+    kappa_draws = lenssim.sampler_from_spec(kappa, "kappa", config=cfg, split=split, device=dev, param="kappa")
+    source_draws = lenssim.sampler_from_spec(sources, "source", config=cfg, split=split, device=dev, param="sources")
+    target, n_mine = _target(output, shard), lenssim.shard_lenses(n_lenses, block_size, shard)
     with _bar(n_mine, "lenses") as bar:
         try:
             path = lenssim.simulate_lens_dataset(
                 target,
                 n_lenses,
-                ksampler,
-                ssampler,
+                kappa_draws,
+                source_draws,
                 config=cfg,
-                provenance=provenance,
                 seed=seed,
                 device=dev,
+                provenance={"kappa": kappa, "sources": sources, "split": split},
                 block_size=block_size,
                 shard=shard,
                 progress=bar.update,
-                inputs=tuple(p for p in (kappa_in, sources_in) if p not in ("sie", "sersic")),
+                inputs=tuple(p for p in (kappa, sources) if p not in ("sie", "sersic")),
             )
         except lenssim.SimulationError as e:  # name the maps that made no lenses
-            raise lenssim.SimulationError(f"{e} (kappa: {kappa_in}, sources: {sources_in})") from None
-    stats = json.loads(dataset_info(path)["attrs"].get("stats", "{}"))
+            raise lenssim.SimulationError(f"{e} (kappa: {kappa}, sources: {sources})") from None
+    stats = json.loads(lenssim.io.dataset_info(path)["attrs"].get("stats", "{}"))
     tried, rejected, surplus = (stats.pop(k, 0) for k in ("tried", "rejected", "surplus"))
     checks = ", ".join(f"{k.removeprefix('rejected_')} {v}" for k, v in stats.items() if v)
     click.echo(

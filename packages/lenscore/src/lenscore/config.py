@@ -5,14 +5,59 @@ No torch: a command line reads configurations (their defaults) at start-up.
 
 from __future__ import annotations
 
+import ast
+import inspect
 import json
 import math
+import textwrap
 from dataclasses import asdict, fields
 from typing import Any, ClassVar, TypeVar
 
-__all__ = ["JsonConfig", "exponential_decay"]
+__all__ = ["JsonConfig", "SettingError", "exponential_decay", "field_docs"]
 
 C = TypeVar("C", bound="JsonConfig")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The documentation of each field of the dataclass ``cls``: the string literal under the
+    field (an attribute docstring), or its entry in an ``Attributes`` section of the class
+    docstring (numpydoc: a line naming one or more fields, then indented text). Fields of base
+    classes count with their own class's documentation."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is object or "__dataclass_fields__" not in vars(klass):
+            continue
+        docs.update(_attributes_section(inspect.getdoc(klass) or ""))
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for node, after in zip(body, [*body[1:], None], strict=True):
+            documented = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and documented:
+                docs[node.target.id] = inspect.cleandoc(str(after.value.value))
+    return docs
+
+
+def _attributes_section(doc: str) -> dict[str, str]:
+    lines = doc.splitlines()
+    if "Attributes" not in lines:
+        return {}
+    out: dict[str, str] = {}
+    names: list[str] = []
+    for line in lines[lines.index("Attributes") + 2 :]:
+        if line and not line.startswith(" "):
+            names = [n.strip() for n in line.split(",")]
+        elif line.strip() and names:
+            for n in names:
+                out[n] = f"{out.get(n, '')} {line.strip()}".strip()
+    return out
+
+
+class SettingError(ValueError):
+    """A setting that cannot work, in one line, naming the keyword argument it came in
+    (``param``): a command line shows it as an error of the option of that name."""
+
+    def __init__(self, message: str, *, param: str) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 def exponential_decay(

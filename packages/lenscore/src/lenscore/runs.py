@@ -313,12 +313,7 @@ class RunLock:
 
 
 def prepare_run(
-    run_dir: Path,
-    config: Any,
-    mutable: tuple[str, ...],
-    *,
-    metadata: dict[str, Any] | None = None,
-    seed: int = 0,
+    run_dir: Path, config: Any, mutable: tuple[str, ...], *, metadata: dict[str, Any] | None = None, seed: int = 0
 ) -> None:
     """Create or reopen a run directory: refuse one whose stored configuration differs from
     ``config`` in anything but the ``mutable`` fields (steps, schedules), then store ``config``

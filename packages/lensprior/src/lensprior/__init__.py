@@ -14,12 +14,7 @@ from lenscore.lazy import attach_stub
 
 __version__ = "0.1.0"
 
-_SUBMODULES = (
-    "config",
-    "denoiser",
-    "training",
-    "vae",
-)
+_SUBMODULES = ("config", "denoiser", "training", "vae")
 
 
 __getattr__, __dir__, __all__, _WHERE = attach_stub(__name__, __file__, _SUBMODULES)

@@ -21,25 +21,44 @@ class VAEConfig(JsonConfig):
     RUN_KIND: ClassVar[str] = "VAE"
 
     kind: Literal["source", "kappa"] = "source"
+    """What the VAE models: "source" (Table 5; images in [0, 1]) or "kappa" (Table 6; log10 kappa)."""
     pixels: int = 128
+    """Pixels across the maps (Tables 5/6: 128); divisible by 2^levels."""
     levels: int = 3
+    """Stride-2 downsamplings of the encoder (Table 5: 3, Table 6: 4)."""
     convs_per_level: int = 2
+    """3x3 convolutions per level, in encoder and decoder (Table 5: 2, Table 6: 1)."""
     latent_dim: int = 32
+    """Dimension of the latent space (Table 5: 32, Table 6: 16)."""
     filters: int = 16
+    """Channels at the first level (Tables 5/6: 16)."""
     filter_scaling: int = 2
+    """Factor on the channels at each deeper level (Tables 5/6: 2)."""
     leaky_slope: float = 0.2
-    # optimisation
+    """Negative slope of the leaky ReLU activations (Tables 5/6: 0.2)."""
     learning_rate: float = 1e-4
+    """Initial Adam learning rate, per step (Tables 5/6: 1e-4)."""
     decay_rate: float = 0.5
+    """Factor on the learning rate every ``decay_steps`` steps (Table 5: 0.5, Table 6: 0.7)."""
     decay_steps: int = 30_000
+    """Steps over which the learning rate decays by ``decay_rate`` (Table 5: 30,000, Table 6: 20,000)."""
     steps: int = 500_000
+    """Training steps (Table 5: 500,000, Table 6: 155,000)."""
     batch_size: int = 20
+    """Maps per step (Table 5: 20, Table 6: 32)."""
     beta_start: float = 0.1
+    """Weight of the KL term at step 0 (eq. B1's beta; Tables 5/6: 0.1)."""
     beta_max: float = 0.1
+    """Weight of the KL term after the warm-up (Table 5: 0.1, Table 6: 0.2)."""
     beta_warmup_steps: int = 5_000
+    """Steps of the linear KL warm-up from ``beta_start`` to ``beta_max``."""
     bottleneck_l2: float = 1e-2
+    """Initial weight of the penalty keeping the dense bottleneck pair an identity (appendix B),
+    dimensionless; annealed linearly to 0."""
     bottleneck_l2_steps: int = 10_000
+    """Steps over which ``bottleneck_l2`` anneals to 0."""
     clip_norm: float = 5.0
+    """Largest global gradient norm; larger gradients are scaled down to it."""
 
     def __post_init__(self) -> None:
         self.check_numbers()
@@ -117,23 +136,39 @@ class DenoiserConfig(JsonConfig):
     RUN_KIND: ClassVar[str] = "denoiser"
 
     filters: int = 24
+    """Channels at the first level of the denoising U-net."""
     levels: int = 2
+    """Stride-2 downsamplings of the U-net."""
     noise_min: float = 0.01
+    """Smallest training noise sigma, in units of the stamp's peak (COSMOS: 0.017 at the 5th percentile)."""
     noise_max: float = 0.25
+    """Largest training noise sigma, in units of the stamp's peak (COSMOS: 0.22 at the 95th percentile)."""
     correlation: float = 0.28
+    """Weight of the 8 neighbours in the 3x3 kernel that correlates the training noise (centre 1):
+    0.28 gives COSMOS's neighbour correlation of about 0.54; in [0, 1)."""
     crop: int = 64
+    """Side of the random training crops, pixels (divisible by 2^levels and ``flux_block``)."""
     flux_weight: float = 0.0
+    """Weight of the penalty on changes of ``flux_block`` x ``flux_block`` block sums (0: off)."""
     loss: Literal["l1", "mse"] = "l1"
+    """Error of the denoised crop against the clean one: mean absolute ("l1") or squared ("mse")."""
     flux_block: int = 8
+    """Side of the blocks whose flux the flux penalty keeps, pixels."""
     highpass: float = 3.0
     """Width (pixels, Gaussian sigma) below which the noise estimate is kept: its smoother part is
     removed, so no flux moves farther than a few pixels (0: only its mean is removed)."""
     learning_rate: float = 1e-3
+    """Initial Adam learning rate, per step."""
     decay_rate: float = 0.5
+    """Factor on the learning rate every ``decay_steps`` steps."""
     decay_steps: int = 2000
+    """Steps over which the learning rate decays by ``decay_rate``."""
     steps: int = 3000
+    """Training steps."""
     batch_size: int = 16
+    """Clean stamps per step."""
     clip_norm: float = 5.0
+    """Largest global gradient norm; larger gradients are scaled down to it."""
 
     def __post_init__(self) -> None:
         self.check_numbers()

@@ -166,12 +166,7 @@ class VAE(nn.Module):
         ident = (out["features"] - out["features_back"]).pow(2).mean()
         beta, lam = c.beta(step), c.bottleneck_weight(step)
         total = recon + beta * kl + lam * ident
-        terms = {
-            "loss": total.item(),
-            "reconstruction": recon.item(),
-            "kl": kl.item(),
-            "bottleneck": ident.item(),
-        }
+        terms = {"loss": total.item(), "reconstruction": recon.item(), "kl": kl.item(), "bottleneck": ident.item()}
         terms.update(beta=beta, bottleneck_weight=lam)
         return total, terms
 

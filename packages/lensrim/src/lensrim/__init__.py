@@ -23,7 +23,19 @@ from lenscore.lazy import attach_stub
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("api", "baseline", "config", "demo", "finetune", "metrics", "model", "physics", "report", "training")
+_SUBMODULES = (
+    "api",
+    "baseline",
+    "config",
+    "demo",
+    "finetune",
+    "launch",
+    "metrics",
+    "model",
+    "physics",
+    "report",
+    "training",
+)
 
 
 __getattr__, __dir__, __all__, _WHERE = attach_stub(__name__, __file__, _SUBMODULES)

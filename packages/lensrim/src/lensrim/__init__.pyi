@@ -4,6 +4,7 @@ use (:func:`lenscore.lazy.attach_stub` reads this file) and type checkers read i
 from lensrim.api import FineTune as FineTune, Reconstruction as Reconstruction, load as load, reconstruct as reconstruct
 from lensrim.config import PRESETS as PRESETS, FineTuneConfig as FineTuneConfig, RIMConfig as RIMConfig
 from lensrim.finetune import FineTuneResult as FineTuneResult, finetune as finetune, fisher_diagonal as fisher_diagonal
+from lensrim.launch import TrainingPlan as TrainingPlan, prepare_training as prepare_training
 from lensrim.model import (
     RIM as RIM,
     ConvGRU as ConvGRU,

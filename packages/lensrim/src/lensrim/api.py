@@ -12,6 +12,7 @@ without ``finetune`` the result is the RIM's estimate after its T steps.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 import lenssim
+from lenscore.config import SettingError
 from lensrim.finetune import FineTuneConfig, finetune
 from lensrim.model import RIM
 from lensrim.training import load_rim
@@ -32,10 +34,15 @@ __all__ = [
     "RECONSTRUCTION_FIELDS",
     "RECONSTRUCTION_OPTIONAL",
     "Reconstruction",
+    "check_dataset",
+    "check_priors",
     "finetune_to_file",
     "load",
+    "load_observations",
+    "output_attrs",
     "read_reconstruction",
     "reconstruct",
+    "reconstruct_to_file",
 ]
 
 RECONSTRUCTION_FIELDS = ("observation", "psf", "noise_sigma", "source_pred", "kappa_pred", "chi2_nu")
@@ -286,43 +293,155 @@ def reconstruct(
     return Reconstruction(observation=obs.to("cpu"), source_fov=c.source_fov, meta=meta, **joined)
 
 
-def finetune_to_file(
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz")
+"""File names read as FITS observations; anything else is a lens dataset."""
+OUTPUT_ATTRS = ("image_fov", "source_fov", "z_lens", "z_source")
+"""The attributes a reconstruction file keeps from its input."""
+
+
+def is_fits(path: str | os.PathLike) -> bool:
+    return Path(path).name.lower().endswith(FITS_SUFFIXES)
+
+
+def other_resolution(where: str, n: int, pixels: int) -> str:
+    """The message for data at another resolution than the model, with the two ways around it."""
+    return (
+        f"{where}: maps are {n} pixels wide, the RIM expects {pixels}: simulate at its resolution "
+        f"(`lens simulate lenses --pixels {pixels}`), or give the observation as FITS, which is resampled onto "
+        "the model's grid"
+    )
+
+
+def check_dataset(path: str | os.PathLike, rim: RIM, *, param: str = "data") -> dict[str, Any]:
+    """A lens dataset's attributes, after refusing (a :class:`SettingError` naming ``param``) one
+    whose maps are not on ``rim``'s grid or whose fields of view are not its own, and (a
+    ``DatasetError``) one missing the attributes a reconstruction keeps."""
+    info = lenssim.io.dataset_info(path)
+    attrs = lenssim.read_dataset(path, [], required_attrs=lenssim.io.datasets.LENS_ATTRS)["attrs"]
+    n = info["fields"].get("observation", (0, 0, 0, rim.config.pixels))[-1]
+    if n != rim.config.pixels:
+        raise SettingError(other_resolution(str(path), n, rim.config.pixels), param=param)
+    rim.config.geometry.refuse_other(
+        str(path),
+        image_fov=attrs.get("image_fov"),
+        source_fov=attrs.get("source_fov"),
+        whose="the RIM's",
+        hint=" (its run.json): simulate the data at the RIM's geometry",
+        error=functools.partial(SettingError, param=param),
+    )
+    lenssim.Observation.from_dataset(path, rows=slice(0, 1))  # the layout of every field, before any work
+    attrs.pop("manifest", None)
+    return attrs
+
+
+def check_priors(rim: RIM, source_meta: dict, kappa_meta: dict) -> None:
+    """Refuse VAEs trained on maps of other fields of view than the RIM's (their run.json's
+    ``data_attrs``), naming the VAE (``source_vae`` or ``kappa_vae``)."""
+    for meta, param, key in ((source_meta, "source_vae", "source_fov"), (kappa_meta, "kappa_vae", "image_fov")):
+        trained_on = meta.get("data_attrs", {}).get(key)
+        ours = getattr(rim.config, key)
+        if trained_on is not None and not lenssim.geometry.same_fov(trained_on, ours):
+            raise SettingError(
+                f"the VAE was trained on maps of {key} {float(trained_on):g}, the RIM on {ours:g} arcsec", param=param
+            )
+
+
+def load_observations(
+    path: str | os.PathLike, rim: RIM, *, image_fov: float | None = None, **fits_options: Any
+) -> tuple[lenssim.Observation, dict[str, Any]]:
+    """The observations in ``path`` on ``rim``'s grid, and the attributes their reconstruction
+    keeps: one FITS observation (``fits_options``: :meth:`lenssim.Observation.from_fits`'s,
+    resampled onto the grid) or a lens dataset (truth kept; :func:`check_dataset`)."""
+    c = rim.config
+    if image_fov is not None and not lenssim.geometry.same_fov(image_fov, c.image_fov):
+        raise SettingError(
+            f"{image_fov:g} differs from the field the RIM was trained at, {c.image_fov:g} arcsec", param="image_fov"
+        )
+    options = {k: v for k, v in fits_options.items() if v is not None}
+    if not is_fits(path):
+        if options:
+            raise SettingError(
+                "pixel_scale, psf_fwhm, noise_sigma and flux_scale apply to FITS input only", param=next(iter(options))
+            )
+        attrs = check_dataset(path, rim)
+        return lenssim.Observation.from_dataset(path), attrs
+    obs = lenssim.Observation.from_fits(path, **options).on_grid(c.pixels, c.image_fov)
+    origin = obs.origin
+    fits = {"path": str(path), "flux_scale": obs.flux_scale, "pixel_scale": origin["pixel_scale"]}
+    attrs = {
+        "image_fov": c.image_fov,
+        "source_fov": c.source_fov,
+        "z_lens": lenssim.Z_LENS,
+        "z_source": lenssim.Z_SOURCE,
+        "fits": {**fits, "resampled": origin["resampled"]},
+    }
+    return obs, attrs
+
+
+def output_attrs(attrs: dict[str, Any], provenance: dict[str, Any]) -> dict[str, Any]:
+    """A reconstruction file's attributes: the input's geometry and redshifts (and its FITS
+    origin), ``kind`` and the ``provenance`` as ``config``."""
+    out = {k: attrs[k] for k in OUTPUT_ATTRS}
+    out.update(kind="reconstruction", config=provenance)
+    if "fits" in attrs:
+        out["fits"] = attrs["fits"]
+    return out
+
+
+def reconstruct_to_file(
     rim: RIM,
-    finetune: FineTune,
-    observation: lenssim.Observation,
+    observation: lenssim.Observation | str | os.PathLike,
     output: str | os.PathLike,
     *,
     attrs: dict[str, Any],
+    finetune: FineTune | None = None,
     batch_size: int = 8,
+    seed: int | None = None,
     inputs: tuple = (),
     progress: Callable[[int], None] | None = None,
     phase: Callable[[int, int, str, int, int], None] | None = None,
 ) -> Path:
-    """Fine-tune every lens of ``observation`` into the reconstruction file ``output``,
-    ``batch_size`` lenses per resumable block (a killed run resumes from its last finished batch;
-    lens i draws from (seed, i) alone, so the batch size changes nothing). ``progress(count)``
-    after each block; ``phase(first, last, name, done, total)`` during a block's fine-tuning."""
-    obs = observation.on_grid(rim.config.pixels, rim.config.image_fov)
+    """Reconstruct every lens of ``observation`` into the reconstruction file ``output`` (attributes
+    ``attrs``), ``batch_size`` lenses per resumable block: a killed run resumes from its last
+    finished block. ``observation`` is an :class:`lenssim.Observation` or a lens dataset, read a
+    block at a time (memory stays flat; every value is checked before the first block). With
+    ``finetune``, lens i draws from (seed, i) alone, so the batch size changes nothing.
+    ``progress(count)`` after each block; ``phase(first, last, name, done, total)`` during a
+    block's fine-tuning."""
+    if isinstance(observation, lenssim.Observation):
+        obs = observation.on_grid(rim.config.pixels, rim.config.image_fov)
+        total, rows_of = len(obs), obs.__getitem__
+    else:
+        path = Path(observation)
+        total = lenssim.io.dataset_info(path)["fields"]["observation"][0]
+        for name in lenssim.LENS_FIELDS:  # every value, in chunks, before the first block
+            if name in lenssim.io.dataset_info(path)["fields"]:
+                lenssim.io.check_dataset_values(path, name)
+
+        def rows_of(rows: slice) -> lenssim.Observation:
+            return lenssim.Observation.from_dataset(path, rows=rows)
 
     def make_block(k: int, count: int, _seedseq) -> dict:
         rows = slice(k * batch_size, k * batch_size + count)
-        part = obs[rows]
-        follow = (
-            None if phase is None else (lambda name, done, total: phase(rows.start, rows.stop - 1, name, done, total))
+        follow = None
+        if phase is not None:
+            follow = lambda name, done, total: phase(rows.start, rows.stop - 1, name, done, total)  # noqa: E731
+        rec = reconstruct(
+            rim, rows_of(rows), finetune=finetune, batch_size=count, first_index=rows.start, progress=follow
         )
-        rec = reconstruct(rim, part, finetune=finetune, batch_size=count, first_index=rows.start, progress=follow)
         return rec.arrays()
 
+    seed = (finetune.seed if finetune is not None else 0) if seed is None else seed
     return lenssim.write_in_blocks(
-        output,
-        len(obs),
-        make_block,
-        attrs=attrs,
-        seed=finetune.seed,
-        block_size=batch_size,
-        progress=progress,
-        inputs=inputs,
+        output, total, make_block, attrs=attrs, seed=seed, block_size=batch_size, progress=progress, inputs=inputs
     )
+
+
+def finetune_to_file(
+    rim: RIM, finetune: FineTune, observation: lenssim.Observation, output: str | os.PathLike, **options: Any
+) -> Path:
+    """:func:`reconstruct_to_file` with EWC fine-tuning (``options``: its keywords)."""
+    return reconstruct_to_file(rim, observation, output, finetune=finetune, **options)
 
 
 lensrim_finetune = finetune  # the module-level name; ``finetune`` is also reconstruct's argument

@@ -40,18 +40,26 @@ class RIMConfig(JsonConfig):
     RUN_KIND: ClassVar[str] = "RIM"
 
     pixels: int = 128
+    """Pixels across the image, kappa and source grids (Table 1: 128); divisible by 2^levels."""
     image_fov: float = IMAGE_FOV
     """Side of the image (and kappa) grid, arcsec: with ``pixels``, the pixel scale the RIM
     learns. Saved with every run, so a RIM loaded from a file knows its own geometry."""
     source_fov: float = SOURCE_FOV
     """Side of the source grid, arcsec."""
     filters: int = 32
+    """Channels of the U-net's first level (Table 7: 32)."""
     filter_scaling: int = 2
+    """Factor on the channels at each deeper level (Table 7: 2)."""
     max_filters: int = 256
+    """Most channels at any level (Table 7: 256)."""
     levels: int = 4
+    """Stride-2 downsamplings of the U-net (Table 7: 4)."""
     convs_per_level: int = 2
+    """3x3 convolutions per level before the ConvGRU (Table 7: 2)."""
     input_kernel: int = 11
+    """Side of the first convolution's kernel, pixels (Table 7: 11)."""
     steps: int = 8
+    """T, the RIM's recurrent steps: T estimates from T - 1 likelihood gradients (Table 7: 8)."""
     gradient_preprocessing: Literal["adam", "rmsprop", "raw"] = "rmsprop"
     """What the network sees of the likelihood gradient g_t (moments restart at every call):
     ``adam``, the paper's text (m_hat / (sqrt(v_hat) + epsilon)); ``rmsprop``, what the authors'
@@ -79,20 +87,27 @@ class RIMConfig(JsonConfig):
     """Weight of a data-fit term added to the training loss (not in the paper): the mean over the
     lenses of max(0, ln chi2_nu) of the final estimate, so that the RIM is also taught to explain
     its observation down to the noise and never rewarded for fitting below it (chi2_nu < 1)."""
-    # optimisation (Table 7, first stage)
     learning_rate: float = 1e-4
+    """Initial Adamax learning rate, per step (Table 7, first stage: 1e-4)."""
     decay_rate: float = 0.95
+    """Factor on the learning rate every ``decay_steps`` steps (Table 7: 0.95, second stage 0.9)."""
     decay_steps: int = 100_000
+    """Steps over which the learning rate decays by ``decay_rate`` (Table 7: 100,000)."""
     staircase: bool = False
     """Decay in whole steps of ``decay_rate`` every ``decay_steps`` (the original code's Keras
     ``ExponentialDecay(staircase=True)``) instead of continuously."""
     schedule_start: int = 0
+    """The step at which the schedule starts (a second training stage restarts it there)."""
     train_steps: int = 610_000
+    """The step training ends at (Table 7, first stage: 610,000)."""
     batch_size: int = 1
+    """Lenses per step, all processes together (Table 7: 1)."""
     clip_norm: float = 5.0
     """Gradient norm at which training clips (see ``clipping``); positive."""
     activation_checkpointing: bool = False
+    """Recompute each time step's activations in the backward pass: less memory, more compute."""
     bf16: bool = False
+    """bfloat16 autocast of the training step on a GPU (no effect on a CPU)."""
     init: Literal["torch", "glorot"] = "glorot"
     """Initial weights: the original (Keras) code's Glorot-uniform weights with zero biases, or
     PyTorch's defaults. PyTorch's default (uniform with bound 1/sqrt(fan_in)) shrinks the signal
@@ -260,11 +275,18 @@ class FineTuneConfig(JsonConfig):
     RUN_KIND: ClassVar[str] = "fine-tuning"
 
     ewc_lambda: float = 2e5
+    """lambda of the EWC penalty (lambda / 2) sum_i F_i (phi_i - phi*_i)^2 beside the mean chi2_nu
+    (eq. 13; Table 3: 2e5), in Table 3's units."""
     fisher_samples: int = 200
+    """VAE draws per lens whose simulated observations estimate the Fisher diagonal (Table 3: 200)."""
     latent_sigma: float = 0.3
+    """Width of the latent draws around the encoded baseline, latent units (Table 3: 0.3)."""
     learning_rate: float = 1e-6
+    """RMSProp learning rate, per step (Table 3: 1e-6)."""
     max_steps: int = 2000
+    """RMSProp steps at most per lens (Table 3: 2000)."""
     target_chi2_nu: float = 1.0
+    """A lens stops early once its chi2_nu reaches this (1: the noise)."""
     rmsprop_alpha: float = 0.9
     """RMSProp's decay of the squared-gradient average (Keras' rho, 0.9 in the original run)."""
     rmsprop_eps: float = 1e-7

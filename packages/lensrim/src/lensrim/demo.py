@@ -147,10 +147,7 @@ STAGES = (
     "plain Adam on the likelihood, for comparison",
     "evaluation and report",
 )
-MEASURED_S = {
-    "standard": (15.5, 49.1, 0.9, 433.7, 96.6, 20.0, 5.7),
-    "quick": (7.9, 2.3, 0.1, 2.1, 1.4, 1.5, 6.1),
-}
+MEASURED_S = {"standard": (15.5, 49.1, 0.9, 433.7, 96.6, 20.0, 5.7), "quick": (7.9, 2.3, 0.1, 2.1, 1.4, 1.5, 6.1)}
 """Seconds per stage on the 2-core development machine (standard: a clean run, seed 0; quick: the
 test suite's run, seed 3): the stages' ETAs."""
 
@@ -480,10 +477,7 @@ def run_demo(
     with stage(STAGES[6]):
         recon = read_reconstruction(output / "recon.h5")
         labels["finetuned"] = f"RIM + EWC fine-tuning ({c.finetune_steps} steps at most)"
-        methods[labels["finetuned"]] = (
-            recon["source_pred"].to(device),
-            torch.log10(recon["kappa_pred"].to(device)),
-        )
+        methods[labels["finetuned"]] = (recon["source_pred"].to(device), torch.log10(recon["kappa_pred"].to(device)))
         comparison = {}
         truth_s, truth_k = test.source, test.kappa.clamp_min(1e-6)
         for name, (s, xi) in methods.items():

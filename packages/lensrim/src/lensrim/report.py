@@ -23,24 +23,10 @@ import torch
 import lenssim
 from lenscore.files import remove_stale_temporaries, written
 from lensrim.api import read_reconstruction
-from lensrim.metrics import (
-    chi2_summary,
-    coherence_bands,
-    coherence_spectrum,
-    constant_reference,
-    log_loss_moments,
-    snr,
-)
+from lensrim.metrics import chi2_summary, coherence_bands, coherence_spectrum, constant_reference, log_loss_moments, snr
 from lensrim.model import rim_loss
 
-__all__ = [
-    "compute_metrics",
-    "comparison_figure",
-    "figures",
-    "read_reconstruction",
-    "summary_page",
-    "write_report",
-]
+__all__ = ["compute_metrics", "comparison_figure", "figures", "read_reconstruction", "summary_page", "write_report"]
 
 
 def _pyplot():

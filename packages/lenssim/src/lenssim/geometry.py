@@ -37,8 +37,11 @@ class Geometry:
     another into a one-line error."""
 
     pixels: int
+    """Pixels across the image (and kappa) and source maps."""
     image_fov: float = IMAGE_FOV
+    """Width of the image plane, arcsec (Table 1: 7.69)."""
     source_fov: float = SOURCE_FOV
+    """Width of the source plane, arcsec (Table 1: 3); at most ``image_fov``."""
 
     def __post_init__(self) -> None:
         if isinstance(self.pixels, bool) or not isinstance(self.pixels, int) or self.pixels < 1:

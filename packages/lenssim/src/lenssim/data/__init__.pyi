@@ -38,9 +38,14 @@ from lenssim.data.sersic import sersic_sources as sersic_sources
 from lenssim.data.simulate import (
     HaloSource as HaloSource,
     h5_pool_sampler as h5_pool_sampler,
+    halo_sources as halo_sources,
+    sampler_from_spec as sampler_from_spec,
+    shard_lenses as shard_lenses,
+    shard_path as shard_path,
     simulate_kappa_dataset as simulate_kappa_dataset,
     simulate_lens_dataset as simulate_lens_dataset,
     simulate_source_dataset as simulate_source_dataset,
+    split_counts as split_counts,
     split_labels as split_labels,
 )
 from lenssim.data.sources import (

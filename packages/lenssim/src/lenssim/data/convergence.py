@@ -38,17 +38,30 @@ class KappaMapConfig:
     """How particles become convergence maps (defaults: the paper's, SPEC 2.1)."""
 
     pixels: int = 128
+    """Pixels across the final maps (Table 1: 128)."""
     render_pixels: int = 188
+    """Pixels across the rendered grid before the random crop (SPEC 2.1: 188 for 128)."""
     image_fov: float = IMAGE_FOV
+    """Width of the final maps, arcsec (Table 1: 7.69)."""
     z_lens: float = Z_LENS
+    """Lens redshift: the angular scale and Sigma_crit (Table 1: 0.5)."""
     z_source: float = Z_SOURCE
+    """Source redshift: Sigma_crit (Table 1: 1.5)."""
     hubble: float = 0.68
+    """Dimensionless Hubble constant h (flat LCDM, Omega_m 0.31, as TNG)."""
     n_neighbours: int = 64
+    """The neighbour (in 3-D) whose distance sets each particle's smoothing length (SPEC 2.1: 64)."""
     smoothing_factor: float = math.sqrt(103 / 1024)
+    """Factor on that distance: the Gaussian width in units of the neighbour distance (SPEC 2.1)."""
     truncation: float = 1e-4
+    """Share of each particle's Gaussian left outside its square kernel window (dimensionless)."""
     margin: float = 0.05
+    """Extra width of the render square from which particles contribute, in units of its half-side."""
     centre: Literal["peak", "com"] = "peak"
+    """How each projection is centred: the densest region ("peak") or the centre of mass ("com")."""
     render_fov_kpc: float | None = None
+    """Physical side of the rendered grid, kpc (None: the angle at z_lens; the paper's 105 / h
+    reproduces its unit slip, SPEC 2.1)."""
 
     def __post_init__(self) -> None:
         if self.render_pixels < self.pixels:

@@ -11,13 +11,7 @@ import torch
 
 from lenssim.geometry import IMAGE_FOV, SOURCE_FOV, Z_LENS, Z_SOURCE
 
-__all__ = [
-    "ObservationConfig",
-    "TruncatedNormal",
-    "sample_noise_sigma",
-    "sample_psf_fwhm",
-    "truncated_normal",
-]
+__all__ = ["ObservationConfig", "TruncatedNormal", "sample_noise_sigma", "sample_psf_fwhm", "truncated_normal"]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,6 +8,7 @@ any augmentation, so a test example never shares its origin with a training one.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -17,18 +18,31 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lenscore.config import SettingError
 from lenssim._checks import SimulationError
 from lenssim.data.convergence import KappaMapConfig, augment_kappa, einstein_radius, kappa_maps
-from lenssim.data.lenses import AcceptanceCriteria, Sampler, pool_sampler, simulate_lenses
+from lenssim.data.lenses import (
+    AcceptanceCriteria,
+    Sampler,
+    pool_sampler,
+    sersic_source_sampler,
+    sie_kappa_sampler,
+    simulate_lenses,
+)
 from lenssim.data.observing import ObservationConfig
 from lenssim.data.sources import CosmosSources, SourceStampConfig, prepare_source, synthetic_galaxy_stamp
 from lenssim.data.tng import Particles
-from lenssim.geometry import SOURCE_FOV
-from lenssim.io.datasets import DatasetError, _check_fields, _open, check_dataset_values, write_in_blocks
+from lenssim.geometry import SOURCE_FOV, Geometry
+from lenssim.io.datasets import DatasetError, _check_fields, _open, check_dataset_values, shard_range, write_in_blocks
 
 __all__ = [
     "HaloSource",
     "h5_pool_sampler",
+    "halo_sources",
+    "shard_lenses",
+    "shard_path",
+    "split_counts",
+    "sampler_from_spec",
     "simulate_kappa_dataset",
     "simulate_lens_dataset",
     "simulate_source_dataset",
@@ -44,7 +58,88 @@ class HaloSource:
     """A named halo and how to load its particles (from a cutout, a snapshot or a generator)."""
 
     name: str
+    """The halo's name in the dataset's ``halos`` attribute (a file name, snapNNN-haloH, synthetic-SEED-I)."""
     load: Callable[[], Particles]
+    """Reads the halo's particles when its maps are made (none is held in memory before)."""
+
+
+def halo_sources(
+    *,
+    cutouts: Sequence[str | os.PathLike] = (),
+    tng_base: str | os.PathLike | None = None,
+    snapshot: int = 99,
+    halos: Sequence[int] = (),
+    subhalos: Sequence[int] = (),
+    synthetic: int | None = None,
+    seed: int = 0,
+) -> list[HaloSource]:
+    """The halos of one input: TNG web-API ``cutouts``, FoF ``halos`` and ``subhalos`` of a TNG
+    output directory ``tng_base`` at ``snapshot``, or ``synthetic`` built-in halos (from
+    ``seed``). Loading waits until a halo's maps are made; a choice that names no input, or
+    several, is refused (:class:`lenscore.config.SettingError`)."""
+    from lenssim.data import tng
+
+    if sum([bool(cutouts), tng_base is not None, synthetic is not None]) != 1:
+        raise SettingError(
+            "give exactly one of cutouts, tng_base (with halos/subhalos) or synthetic", param="synthetic"
+        )
+    if (halos or subhalos) and tng_base is None:
+        raise SettingError("halos and subhalos need tng_base", param="tng_base")
+    if tng_base is not None and not (halos or subhalos):
+        raise SettingError("tng_base needs at least one halo or subhalo", param="halo_ids")
+    for c in cutouts:
+        if not Path(c).is_file():
+            raise SettingError(f"{c}: no such file", param="cutouts")
+    if cutouts:
+        return [HaloSource(Path(c).name, functools.partial(tng.read_cutout, c)) for c in cutouts]
+    if tng_base is not None:
+        read = functools.partial(tng.read_snapshot_halo, tng_base, snapshot)
+        return [HaloSource(f"snap{snapshot:03d}-halo{h}", functools.partial(read, halo=h)) for h in halos] + [
+            HaloSource(f"snap{snapshot:03d}-subhalo{s}", functools.partial(read, subhalo=s)) for s in subhalos
+        ]
+    return [
+        HaloSource(f"synthetic-{seed}-{i}", functools.partial(tng.synthetic_particles, [seed, i]))
+        for i in range(synthetic)
+    ]
+
+
+def shard_path(output: str | os.PathLike, shard: tuple[int, int], *, directory: bool = False) -> Path:
+    """Where shard ``shard`` (0-based I, N) of a dataset goes: ``output`` itself unsharded, else
+    ``output/part-IIIII-of-NNNNN.h5``; ``directory``: the user wrote ``output`` as one (a trailing
+    slash). Refuses a directory for an unsharded file and a file for shards."""
+    output = Path(output)
+    if shard == (0, 1):
+        if directory:
+            raise SettingError(
+                f"{output}/ ends in a slash, a directory: give a file name, or a shard (--shard I/N) to write into it",
+                param="output",
+            )
+        if output.is_dir():
+            raise SettingError(f"{output} is a directory; give a file name (or a shard, --shard I/N)", param="output")
+        return output
+    if output.exists() and not output.is_dir():
+        raise SettingError(f"{output} is a file; with --shard, OUTPUT is a directory", param="output")
+    return output / f"part-{shard[0] + 1:05d}-of-{shard[1]:05d}.h5"
+
+
+def shard_lenses(n_lenses: int, block_size: int, shard: tuple[int, int]) -> int:
+    """How many of ``n_lenses`` (in blocks of ``block_size``) shard ``shard`` writes."""
+    mine = shard_range(-(-n_lenses // block_size), *shard)
+    return min(mine.stop * block_size, n_lenses) - mine.start * block_size if mine else 0
+
+
+def split_counts(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(train, test) examples of a dataset (file or shard directory), None without a split."""
+    import h5py  # noqa: F401  (through _open)
+
+    path = Path(path)
+    counts = np.zeros(2, dtype=int)
+    for p in sorted(path.glob("part-*.h5")) if path.is_dir() else [path]:
+        with _open(p) as f:
+            if "split" not in f:
+                return None
+            counts += np.bincount(f["split"][()].astype(int).clip(0, 1), minlength=2)
+    return int(counts[0]), int(counts[1])
 
 
 def split_labels(n: int, test_fraction: float, seed: int) -> np.ndarray:
@@ -323,6 +418,40 @@ def h5_pool_sampler(
         return torch.from_numpy(load(pick)).to(device)
 
     return draw, attrs
+
+
+ANALYTIC = {"kappa": "sie", "source": "sersic"}
+"""The analytic draws a sampler specification may name instead of a dataset, per kind."""
+
+
+def sampler_from_spec(
+    spec: str | os.PathLike,
+    kind: str,
+    *,
+    config: ObservationConfig,
+    split: str = "all",
+    device: torch.device | str = "cpu",
+    in_memory: bool | None = False,
+    param: str | None = None,
+) -> Sampler:
+    """The sampler a specification names: for ``kind`` "kappa", ``"sie"`` (Table 2's SIE maps)
+    or a kappa dataset (file or shard directory); for "source", ``"sersic"`` (analytic Sersic
+    sources) or a source dataset. A dataset's maps must be on ``config``'s grid, its field of
+    view ``config``'s (refused in one line, a :class:`lenscore.config.SettingError` naming
+    ``param`` when given). ``split`` and ``in_memory`` are :func:`h5_pool_sampler`'s."""
+    if kind not in ANALYTIC:
+        raise ValueError(f"kind must be 'kappa' or 'source', got {kind!r}")
+    if str(spec) == ANALYTIC[kind]:
+        make = sie_kappa_sampler if kind == "kappa" else sersic_source_sampler
+        return make(config=config, device=device)
+    pixels, fov = (config.image_pixels, "image_fov") if kind == "kappa" else (config.source_pixels, "source_fov")
+    sampler, attrs = h5_pool_sampler(
+        Path(spec), kind, split=split, expected_pixels=pixels, device=device, in_memory=in_memory
+    )
+    error = DatasetError if param is None else functools.partial(SettingError, param=param)
+    geometry = Geometry(config.image_pixels, config.image_fov, config.source_fov)
+    geometry.refuse_other(str(spec), **{fov: attrs.get(fov)}, whose="the simulation's", error=error)
+    return sampler
 
 
 def simulate_lens_dataset(

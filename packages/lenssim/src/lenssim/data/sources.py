@@ -18,13 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = [
-    "CosmosSources",
-    "SourceDataError",
-    "SourceStampConfig",
-    "prepare_source",
-    "synthetic_galaxy_stamp",
-]
+__all__ = ["CosmosSources", "SourceDataError", "SourceStampConfig", "prepare_source", "synthetic_galaxy_stamp"]
 
 DOWNLOAD_HINT = "get the catalogue with `galsim_download_cosmos -s 23.5` and pass its directory"
 
@@ -38,11 +32,17 @@ class SourceStampConfig:
     """Drawing and preparation of source stamps (defaults: the paper's)."""
 
     stamp: int = 158
+    """Pixels across the drawn stamp before the crop (SPEC 2.2: 158)."""
     pixels: int = 128
+    """Pixels across the prepared source (Table 1: 128)."""
     pixel_scale: float = 0.03
+    """Arcsec per stamp pixel (SPEC 2.2: 0.03, COSMOS's HST scale)."""
     border: int = 8
+    """Width of the stamp's border whose median is the background subtracted, pixels."""
     max_shift: int = 8
+    """Largest random shift of the crop in each direction, pixels."""
     hst_psf_fwhm: float = 0.09
+    """FWHM of the Gaussian PSF the parametric and synthetic galaxies are drawn with, arcsec."""
 
     @classmethod
     def at_resolution(cls, pixels: int, **overrides) -> SourceStampConfig:

@@ -22,11 +22,7 @@ def pixel_scale(n: int, fov: float) -> float:
 
 
 def pixel_coordinates(
-    n: int,
-    fov: float,
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
+    n: int, fov: float, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
 ) -> torch.Tensor:
     """Coordinates of the ``n`` pixel centres of one axis of side ``fov``.
 
@@ -41,11 +37,7 @@ def pixel_coordinates(
 
 
 def pixel_grid(
-    n: int,
-    fov: float,
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
+    n: int, fov: float, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel-centre coordinates ``(x, y)`` of an ``n x n`` grid, each ``(n, n)``.
 

@@ -16,14 +16,7 @@ from lenssim._checks import check_bchw
 from lenssim.physics.psf import SeparablePSF
 from lenssim.physics.raytrace import IMAGE_FOV, SOURCE_FOV, lens_image
 
-__all__ = [
-    "add_noise",
-    "chi_squared",
-    "likelihood_gradient",
-    "log_likelihood",
-    "chi2_nu",
-    "reduced_chi_squared",
-]
+__all__ = ["add_noise", "chi_squared", "likelihood_gradient", "log_likelihood", "chi2_nu", "reduced_chi_squared"]
 
 
 def _per_example(sigma: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:

@@ -49,9 +49,13 @@ class SIEPrior:
     """Table 2: uniform ranges of the SIE parameters."""
 
     theta_e: tuple[float, float] = (0.5, 2.5)
+    """Range of the Einstein radius, arcsec (Table 2: U(0.5, 2.5))."""
     ellipticity: tuple[float, float] = (0.0, 0.6)
+    """Range of the ellipticity 1 - q, dimensionless (Table 2: U(0, 0.6))."""
     orientation: tuple[float, float] = (0.0, math.pi)
+    """Range of the major axis's position angle, radians (Table 2: U(0, pi))."""
     radial_shift: tuple[float, float] = (0.0, 0.1)
+    """Range of the centre's offset from the field's centre, arcsec (Table 2: U(0, 0.1))."""
 
     def __post_init__(self) -> None:
         for name in ("theta_e", "ellipticity", "orientation", "radial_shift"):

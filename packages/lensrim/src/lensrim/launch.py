@@ -1,0 +1,249 @@
+"""A training run resolved from its settings: the configuration (a preset, the options given and a
+resumed run's own schedule), the batches (a lens dataset, lenses simulated on the fly from
+datasets, analytic maps or VAE draws, or both), the validation lenses and the first estimate's
+log10 kappa. ``lens train rim`` parses its options into :func:`prepare_training`, then calls
+:func:`lensrim.train_rim` with the plan; a notebook can do the same::
+
+    plan = prepare_training("runs/rim", preset="tiny", data="lenses.h5")
+    lensrim.train_rim(plan.config, plan.batches, "runs/rim", validation=plan.validation, metadata=plan.metadata)
+
+A setting that cannot work raises :class:`lenscore.config.SettingError` naming the keyword.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import lenssim
+from lenscore.config import SettingError
+from lensrim.config import PRESETS, RIMConfig
+from lensrim.training import (
+    DatasetBatches,
+    MixedBatches,
+    SimulatedBatches,
+    checkpoint_step,
+    constant_log10_kappa,
+    vae_sampler,
+)
+
+__all__ = ["TRAINING_CHOICES", "TrainingPlan", "prepare_training", "resolve_config", "sampler", "summary"]
+
+TRAINING_CHOICES = ("gradient_preprocessing", "beta2", "time_weights", "clipping", "step_gains", "fit_weight")
+"""Training options a resumed run keeps from its own configuration unless they are given again."""
+
+SECOND_STAGE_STEPS = 870_000
+"""Steps of Table 7's second stage when none are given."""
+
+
+@dataclass
+class TrainingPlan:
+    """What :func:`lensrim.train_rim` is called with, and the step a resumed run goes on from."""
+
+    config: RIMConfig
+    batches: Any
+    validation: lenssim.LensBatch | None
+    external: lenssim.LensBatch | None
+    metadata: dict[str, Any]
+    start: int
+
+
+def resolve_config(
+    output: str | os.PathLike,
+    preset: str = "small",
+    *,
+    steps: int | None = None,
+    second_stage: bool = False,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+    init: str | None = None,
+    staircase: bool = False,
+    activation_checkpointing: bool = False,
+    bf16: bool = False,
+    **training: Any,
+) -> RIMConfig:
+    """The run's configuration: ``preset`` with the settings given (None: not given; ``training``
+    holds :data:`TRAINING_CHOICES`). A run directory that holds a configuration resumes with its own
+    schedule and training options unless given again; ``second_stage`` continues its checkpoint
+    with Table 7's second stage for ``steps`` more steps."""
+    unknown = set(training) - set(TRAINING_CHOICES)
+    if unknown:
+        raise TypeError(f"unknown training options {sorted(unknown)}")
+    given = {
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "init": init,
+        "train_steps": None if second_stage else steps,
+        "staircase": True if staircase else None,
+        **training,
+    }
+    overrides = {k: v for k, v in given.items() if v is not None}
+    config = replace(PRESETS[preset], activation_checkpointing=activation_checkpointing, bf16=bf16, **overrides)
+    output = Path(output)
+    stored = output / "config.json"
+    if stored.is_file() and not second_stage:  # resuming: the run's own schedule and training options
+        existing = stored_config(output)
+        keep = (*RIMConfig.OPTIMISATION_FIELDS, *TRAINING_CHOICES)
+        config = replace(config, **{k: getattr(existing, k) for k in keep if k not in overrides})
+    if second_stage:
+        done = checkpoint_step(output)
+        if done is None:
+            raise SettingError(f"{output} has no checkpoint to continue", param="second_stage")
+        config = config.second_stage(done, steps or SECOND_STAGE_STEPS)
+    return config
+
+
+def stored_config(output: Path) -> RIMConfig:
+    """The configuration a run directory holds, refused in one line when it is not one."""
+    stored = output / "config.json"
+    try:
+        return RIMConfig.from_json(stored.read_text())
+    except (ValueError, TypeError) as e:
+        why = str(e) if "RIM configuration" in str(e) else f"not a RIM configuration ({e})"
+        raise SettingError(f"{stored}: {why}", param="output") from None
+
+
+def sampler(
+    kind: str,
+    spec: str | os.PathLike | None = None,
+    vae: str | os.PathLike | None = None,
+    *,
+    config: lenssim.ObservationConfig,
+    device: torch.device | str = "cpu",
+    split: str = "all",
+    param: str | None = None,
+) -> lenssim.data.lenses.Sampler:
+    """Draws of ``kind`` ("kappa" or "source") from a trained VAE run ``vae``, or from ``spec``
+    (:func:`lenssim.sampler_from_spec`: a dataset, or "sie" / "sersic", the default)."""
+    if vae is not None:
+        import lensprior
+
+        return vae_sampler(lensprior.load_vae(vae, device=device)[0], device)
+    spec = lenssim.data.simulate.ANALYTIC[kind] if spec is None else spec
+    return lenssim.sampler_from_spec(spec, kind, config=config, split=split, device=device, in_memory=None, param=param)
+
+
+def prepare_training(
+    output: str | os.PathLike,
+    *,
+    preset: str = "small",
+    data: str | os.PathLike | None = None,
+    kappa: str | None = None,
+    sources: str | None = None,
+    kappa_vae: str | os.PathLike | None = None,
+    source_vae: str | os.PathLike | None = None,
+    vae_fraction: float = 0.5,
+    validation: str | os.PathLike | None = None,
+    external: str | os.PathLike | None = None,
+    validation_size: int = 32,
+    workers: int = 0,
+    initial_log10_kappa: str | float = "auto",
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    world_size: int = 1,
+    **settings: Any,
+) -> TrainingPlan:
+    """Resolve a training run (``settings``: :func:`resolve_config`'s). Batches come from the lens
+    dataset ``data``, from lenses simulated on the fly (``kappa``/``kappa_vae`` with
+    ``sources``/``source_vae``), or both (``vae_fraction`` of each batch from VAE draws). The
+    validation lenses are ``validation``'s (default: held out of ``data``, or simulated), the
+    external ones ``external``'s. ``initial_log10_kappa`` "auto" starts the first estimate at the
+    constant predictor's log10 kappa on 64 training lenses (a resumed run keeps its own)."""
+    config = resolve_config(output, preset, **settings)
+    obs = lenssim.ObservationConfig.at_resolution(config.pixels)  # on-the-fly lenses, as datasets are simulated
+
+    def draws(kind: str, spec, vae, param: str):
+        return sampler(kind, spec, vae, config=obs, device=device, param=param)
+
+    source = {"kappa": kappa, "sources": sources, "kappa_vae": kappa_vae, "source_vae": source_vae}
+    source = {k: str(v) for k, v in source.items() if v is not None}
+    use_vae = kappa_vae is not None or source_vae is not None
+    if data is not None:
+        holdout = 0 if validation is not None else None  # held out only when no validation set is given
+        batches = DatasetBatches(data, holdout=holdout, max_holdout=validation_size, workers=workers)
+        n = batches.dataset[0]["observation"].shape[-1]
+        source["data"] = str(data)
+        if n != config.pixels:
+            raise SettingError(
+                f"{data}: maps are {n} pixels wide, the {preset} preset needs {config.pixels}", param="data"
+            )
+        if use_vae:
+            simulated = SimulatedBatches(
+                draws("kappa", kappa, kappa_vae, "kappa"),
+                draws("source", sources, source_vae, "sources"),
+                obs,
+                device=device,
+            )
+            batches = MixedBatches(batches, simulated, vae_fraction)
+            source["vae_fraction"] = vae_fraction
+    else:
+        batches = SimulatedBatches(
+            draws("kappa", kappa, kappa_vae, "kappa"),
+            draws("source", sources, source_vae, "sources"),
+            obs,
+            device=device,
+        )
+    train_attrs = getattr(batches, "attrs", {}) or {}
+    fovs = {k: float(train_attrs[k]) for k in ("image_fov", "source_fov") if k in train_attrs}
+    geometry = replace(config, **fovs).geometry
+    held = [
+        _lenses(p, name, config.pixels, geometry, validation_size) if p is not None else None
+        for p, name in ((validation, "validation"), (external, "external"))
+    ]
+    offset = _initial_offset(initial_log10_kappa, Path(output), batches, seed)
+    config = replace(config, initial_log10_kappa=offset, **fovs)  # the RIM keeps its data's geometry
+    meta = {**source, **fovs, "preset": preset, "world_size": world_size}
+    return TrainingPlan(config, batches, held[0], held[1], meta, checkpoint_step(output) or 0)
+
+
+def _lenses(path, param: str, pixels: int, geometry: lenssim.Geometry, size: int) -> lenssim.LensBatch:
+    """Validation lenses, on the training lenses' grid and fields of view."""
+    lenses = lenssim.LensBatch.from_hdf5(path, rows=slice(0, size))
+    error = functools.partial(SettingError, param=param)
+    geometry.refuse_other(
+        str(path),
+        pixels=lenses.observation.shape[-1],
+        image_fov=lenses.attrs.get("image_fov"),
+        source_fov=lenses.attrs.get("source_fov"),
+        whose="the training lenses'",
+        error=error,
+    )
+    return lenses
+
+
+def _initial_offset(value: str | float, output: Path, batches, seed: int) -> float:
+    if value == "auto":
+        if (output / "config.json").is_file():
+            return stored_config(output).initial_log10_kappa  # a resumed run keeps its own
+        return constant_log10_kappa(batches, seed)
+    try:
+        offset = float(value)
+    except ValueError:
+        raise SettingError(f"{value!r} is neither a number nor 'auto'", param="initial_log10_kappa") from None
+    if not math.isfinite(offset):
+        raise SettingError(f"{value!r} must be finite", param="initial_log10_kappa")
+    return offset
+
+
+def summary(output: str | os.PathLike, steps: int) -> str:
+    """One line on a finished run: its last loss and, for each validation set logged, its mean
+    log10 loss beside the constant predictor's."""
+    from lenscore.runs import read_metrics
+
+    last = read_metrics(Path(output) / "metrics.jsonl")[-1]
+    line = f"trained {output} to step {steps}: loss {last['loss']:.4g}"
+    for prefix, name in (("val_", "validation"), ("ext_", "external")):
+        if prefix + "log10_loss" in last:
+            ours, const = last[prefix + "log10_loss"], last[prefix + "constant_log10_loss"]
+            side = "better" if const > ours else "worse"
+            line += (
+                f"; {name} mean log10 loss {ours:.3f} against the constant predictor's {const:.3f} "
+                f"({abs(const - ours):.3f} dex {side})"
+            )
+    return line
