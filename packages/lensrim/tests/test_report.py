@@ -37,15 +37,16 @@ def recon_file(tmp_path_factory):
 
 def test_the_report_is_written_from_python_with_its_references(recon_file, tmp_path):
     path, lenses = recon_file
-    data = report.read_reconstruction(path)
-    metrics = report.write_report(data, tmp_path / "out", title="four SIE lenses")
+    rec = report.read_reconstruction(path)
+    assert isinstance(rec, lensrim.Reconstruction)
+    metrics = report.write_report(rec, tmp_path / "out", title="four SIE lenses")
     on_disk = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert on_disk["lenses"] == metrics["lenses"] == 4
     for name in ("index.html", "lenses.png", "chi2_histogram.png", "chi2_vs_snr.png", "coherence.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0, name
     assert not list((tmp_path / "out").glob(".*.tmp"))
     # the loss is eq. 7 of the final maps against the truth, computed here independently
-    s, k = data["source_pred"].double(), data["kappa_pred"].double()
+    s, k = rec.source.double(), rec.kappa.double()
     w = torch.sqrt(lenses.kappa.double())
     w = w / w.sum(dim=(-1, -2), keepdim=True)
     by_hand = ((s - lenses.source.double()) ** 2).mean(dim=(1, 2, 3)) + (
@@ -71,24 +72,27 @@ def test_a_file_that_is_not_a_reconstruction_is_refused_in_one_line(tmp_path):
 
 def test_without_matplotlib_the_figures_name_the_extra_to_install(recon_file, tmp_path, monkeypatch):
     path, _ = recon_file
-    data = report.read_reconstruction(path)
-    metrics = report.compute_metrics(data)  # the numbers need no plotting library
+    rec = report.read_reconstruction(path)
+    metrics = report.compute_metrics(rec)  # the numbers need no plotting library
     assert metrics["lenses"] == 4
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r"lensrim\[report\]"):
-        report.figures(data, metrics, tmp_path)
+        report.figures(rec, metrics, tmp_path)
+    with pytest.raises(TypeError, match="reads a lensrim.Reconstruction"):
+        report.compute_metrics({"chi2_nu": rec.chi2_nu})
 
 
 def test_a_killed_reports_temporaries_go_and_a_perfect_reconstruction_has_a_finite_loss(recon_file, tmp_path):
     import subprocess
 
     path, lenses = recon_file
-    data = report.read_reconstruction(path)
-    data = {**data, "source_pred": data["source"], "kappa_pred": data["kappa"]}  # loss exactly 0
+    rec = report.read_reconstruction(path)
+    truth = rec.observation.truth
+    rec = replace(rec, source=truth["source"], kappa=truth["kappa"])  # loss exactly 0
     out = tmp_path / "out"
     out.mkdir()
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
     (out / f".chi2_histogram.png.{dead}.tmp").write_bytes(b"half a figure")  # left by a killed writer
-    metrics = report.write_report(data, out, title="exact")
+    metrics = report.write_report(rec, out, title="exact")
     assert not list(out.glob(".*.tmp"))
     assert metrics["log10_loss"]["final"]["mu"] == pytest.approx(np.log10(report.LOSS_FLOOR))

@@ -183,9 +183,9 @@ def evaluate(recon: Path, output: Path) -> None:
 
     if output.exists() and not output.is_dir():
         raise click.BadParameter(f"{output} exists and is not a directory", param_hint="--output")
-    data = read_reconstruction(recon)
+    rec = read_reconstruction(recon)
     try:
-        metrics = write_report(data, output, title=f"Evaluation of {recon.name}")
+        metrics = write_report(rec, output, title=f"Evaluation of {recon.name}")
     except OSError as e:
         why = e.strerror or first_line(e)
         raise OSError(f"{output}: the report could not be written ({why})") from None

@@ -59,9 +59,14 @@ RECONSTRUCTION_OPTIONAL = (
 """The fields it holds when known: a noise map, the truth, the baseline before fine-tuning."""
 
 
-def read_reconstruction(path: str | os.PathLike) -> dict[str, Any]:
-    """The fields of a reconstruction file that are present, as tensors, and its ``attrs``
-    (validated like every dataset; a file that is not a reconstruction is refused in one line)."""
+def read_reconstruction(path: str | os.PathLike) -> Reconstruction:
+    """A reconstruction file as a :class:`Reconstruction` (validated like every dataset; a file
+    that is not a reconstruction is refused in one line)."""
+    return Reconstruction.from_hdf5(path)
+
+
+def _reconstruction_fields(path: str | os.PathLike) -> dict[str, Any]:
+    """The fields of a reconstruction file that are present, as tensors, and its ``attrs``."""
     path = Path(path)
     fields = lenssim.io.dataset_info(path)["fields"]
     missing = [k for k in RECONSTRUCTION_FIELDS if k not in fields]
@@ -136,7 +141,7 @@ class Reconstruction:
         """A reconstruction file as ``lens reconstruct``, ``lens finetune`` or :meth:`to_hdf5`
         wrote it (validated like every dataset)."""
         path = Path(path)
-        d = read_reconstruction(path)
+        d = _reconstruction_fields(path)
         attrs = d["attrs"]
         flux = attrs.get("flux_scale")
         if flux is None and "fits" in attrs:

@@ -2,8 +2,8 @@
 
 In a notebook::
 
-    data = lensrim.report.read_reconstruction("recon.h5")
-    metrics = lensrim.report.write_report(data, Path("report"), title="my lenses")
+    rec = lensrim.report.read_reconstruction("recon.h5")  # a lensrim.Reconstruction
+    metrics = lensrim.report.write_report(rec, Path("report"), title="my lenses")
 
 :func:`compute_metrics` alone needs no plotting library; the figures need matplotlib
 (``pip install "lensrim[report]"``). ``lens evaluate`` and the demo write their reports with it.
@@ -22,11 +22,23 @@ import torch
 
 import lenssim
 from lenscore.files import remove_stale_temporaries, written
-from lensrim.api import read_reconstruction
+from lensrim.api import Reconstruction, read_reconstruction
 from lensrim.metrics import chi2_summary, coherence_bands, coherence_spectrum, constant_reference, log_loss_moments, snr
 from lensrim.model import rim_loss
 
-__all__ = ["compute_metrics", "comparison_figure", "figures", "read_reconstruction", "summary_page", "write_report"]
+__all__ = [
+    "chi2_histogram",
+    "chi2_vs_snr",
+    "coherence_figure",
+    "comparison_figure",
+    "compute_metrics",
+    "figures",
+    "lens_panels",
+    "loss_change_histogram",
+    "read_reconstruction",
+    "summary_page",
+    "write_report",
+]
 
 
 def _pyplot():
@@ -51,35 +63,33 @@ def _loss(source_pred, kappa_pred, source, kappa) -> np.ndarray:
     return rim_loss(est, source, kappa.clamp_min(1e-6)).clamp_min(LOSS_FLOOR).numpy()
 
 
-def compute_metrics(data: dict) -> dict:
+def compute_metrics(rec: Reconstruction) -> dict:
     """Metrics of a reconstruction (SPEC 7): chi2_nu, Table 4 loss moments, coherence bands."""
-    attrs = data["attrs"]
-    out: dict = {"lenses": int(data["observation"].shape[0])}
-    out["chi2_nu"] = {"final": chi2_summary(data["chi2_nu"])}
-    stages = {"final": ("source_pred", "kappa_pred")}
-    if "chi2_nu_baseline" in data:
-        out["chi2_nu"]["baseline"] = chi2_summary(data["chi2_nu_baseline"])
-        stages = {"baseline": ("source_baseline", "kappa_baseline"), "final": ("source_pred", "kappa_pred")}
-    per_lens = {"snr": snr(data["noise_sigma"]).tolist(), "chi2_nu": data["chi2_nu"].tolist()}
-    if "chi2_nu_baseline" in data:
-        per_lens["chi2_nu_baseline"] = data["chi2_nu_baseline"].tolist()
-    if "source" in data and "kappa" in data:
+    rec = _typed(rec)
+    obs, truth = rec.observation, rec.observation.truth
+    out: dict = {"lenses": len(obs)}
+    out["chi2_nu"] = {"final": chi2_summary(rec.chi2_nu)}
+    stages = {"final": (rec.source, rec.kappa)}
+    per_lens = {"snr": snr(obs.noise_sigma()).tolist(), "chi2_nu": rec.chi2_nu.tolist()}
+    if rec.chi2_nu_baseline is not None:
+        out["chi2_nu"]["baseline"] = chi2_summary(rec.chi2_nu_baseline)
+        stages = {"baseline": (rec.source_baseline, rec.kappa_baseline), **stages}
+        per_lens["chi2_nu_baseline"] = rec.chi2_nu_baseline.tolist()
+    if "source" in truth and "kappa" in truth:
         out["log10_loss"], out["coherence"] = {}, {}
-        for stage, (s_key, k_key) in stages.items():
-            loss = _loss(data[s_key], data[k_key], data["source"], data["kappa"])
+        for stage, (source, kappa) in stages.items():
+            loss = _loss(source, kappa, truth["source"], truth["kappa"])
             per_lens[f"loss_{stage}"] = loss.tolist()
             out["log10_loss"][stage] = log_loss_moments(loss)
-            ks, gs = coherence_spectrum(data[s_key], data["source"], fov=float(attrs["source_fov"]))
-            kk, gk = coherence_spectrum(data[k_key], data["kappa"], fov=float(attrs["image_fov"]))
+            ks, gs = coherence_spectrum(source, truth["source"], fov=rec.source_fov)
+            kk, gk = coherence_spectrum(kappa, truth["kappa"], fov=obs.image_fov)
             out["coherence"][stage] = {
                 "source": {"k_per_arcsec": ks.tolist(), **coherence_bands(gs)},
                 "kappa": {"k_per_arcsec": kk.tolist(), **coherence_bands(gk)},
             }
         # the reference every loss is judged against: source 0 and the best constant log10 kappa
-        ref = constant_reference(data["source"], data["kappa"])
-        sigma = data["noise_map"] if "noise_map" in data else data["noise_sigma"]
-        y = data["observation"]
-        chi2 = lenssim.chi2_nu(y, torch.zeros_like(y), sigma)
+        ref = constant_reference(truth["source"], truth["kappa"])
+        chi2 = lenssim.chi2_nu(obs.observation, torch.zeros_like(obs.observation), obs.noise)
         out["constant_predictor"] = {
             "log10_kappa": ref.log10_kappa,
             "log10_loss": log_loss_moments(ref.loss.numpy()),
@@ -98,6 +108,12 @@ def compute_metrics(data: dict) -> dict:
         }
     out["per_lens"] = per_lens
     return out
+
+
+def _typed(rec: Reconstruction) -> Reconstruction:
+    if not isinstance(rec, Reconstruction):
+        raise TypeError(f"the report reads a lensrim.Reconstruction (read_reconstruction(path)), got {type(rec)}")
+    return rec
 
 
 def _save(fig, path: Path) -> Path:
@@ -119,43 +135,56 @@ RESIDUAL_SIGMA = 4.0
 """The residual panels' colour range, in units of the noise sigma (+-)."""
 
 
-def figures(data: dict, metrics: dict, report: Path, *, count: int = 8) -> list[Path]:
-    """Per-lens panels (``count`` lenses from the best to the worst chi2_nu; all of them when there
-    are at most ``count``), the chi2 histogram, chi2_nu against SNR and the coherence bands."""
+def figures(rec: Reconstruction, metrics: dict, report: Path, *, count: int = 8) -> list[Path]:
+    """The report's figures in ``report``: :func:`lens_panels`, :func:`chi2_histogram`,
+    :func:`chi2_vs_snr` and, when the metrics hold them, :func:`loss_change_histogram` and
+    :func:`coherence_figure`."""
+    rec = _typed(rec)
+    paths = [
+        lens_panels(rec, report / "lenses.png", count=count),
+        chi2_histogram(rec, report / "chi2_histogram.png"),
+        chi2_vs_snr(rec, report / "chi2_vs_snr.png"),
+    ]
+    if "log10_loss_change" in metrics:
+        paths.append(loss_change_histogram(metrics, report / "loss_change.png"))
+    if "coherence" in metrics:
+        paths.append(coherence_figure(metrics, report / "coherence.png"))
+    return paths
+
+
+def lens_panels(rec: Reconstruction, path: Path, *, count: int = 8) -> Path:
+    """Per-lens panels, ``count`` lenses from the best to the worst chi2_nu (all of them when
+    there are at most ``count``): observation, model, residual / sigma, source and log10 kappa
+    (beside the truth when known)."""
     plt = _pyplot()
-    attrs = data["attrs"]
-    ifov, sfov = float(attrs["image_fov"]), float(attrs["source_fov"])
-    paths = []
-    n = data["observation"].shape[0]
-    noise = data.get("noise_map", data["noise_sigma"])
-    physics_sigma = noise if noise.dim() == 4 else noise.view(-1, 1, 1, 1)
-    order = np.argsort(data["chi2_nu"].numpy())
+    obs, truth = rec.observation, rec.observation.truth
+    ifov, sfov = obs.image_fov, rec.source_fov
+    n = len(obs)
+    physics_sigma = obs.noise if obs.noise.dim() == 4 else obs.noise.reshape(-1, 1, 1, 1)
+    noise_sigma = obs.noise_sigma()
+    order = np.argsort(rec.chi2_nu.numpy())
     rows = order[np.linspace(0, n - 1, min(count, n)).round().astype(int)]  # best to worst
     shown = torch.as_tensor(rows)
     model = lenssim.lens_image(  # only the lenses on the figure
-        data["source_pred"][shown],
-        data["kappa_pred"][shown].clamp_min(1e-6),
-        image_fov=ifov,
-        source_fov=sfov,
-        psf=data["psf"][shown],
+        rec.source[shown], rec.kappa[shown].clamp_min(1e-6), image_fov=ifov, source_fov=sfov, psf=obs.psf[shown]
     )
-    has_truth = "source" in data
+    has_truth = "source" in truth
     cols = 7 if has_truth else 5
     fig, axes = plt.subplots(len(rows), cols, figsize=(2.9 * cols, 2.6 * len(rows)), squeeze=False)
     ext_i, ext_s = [-ifov / 2, ifov / 2] * 2, [-sfov / 2, sfov / 2] * 2
     for r, i in enumerate(rows):
-        resid = ((data["observation"][i, 0] - model[r, 0]) / physics_sigma[i, 0]).numpy()
-        obs_img = data["observation"][i, 0].numpy()
+        resid = ((obs.observation[i, 0] - model[r, 0]) / physics_sigma[i, 0]).numpy()
+        obs_img = obs.observation[i, 0].numpy()
         flux = (float(obs_img.min()), float(obs_img.max()))  # data and model on one scale
-        log_k = np.log10(data["kappa_pred"][i, 0].clamp_min(1e-3).numpy())
-        snr_i = 1.0 / float(data["noise_sigma"][i])
+        log_k = np.log10(rec.kappa[i, 0].clamp_min(1e-3).numpy())
+        snr_i = 1.0 / float(noise_sigma[i])
         panels = [
             (obs_img, ext_i, f"observation (SNR {snr_i:.0f})", "magma", flux, ""),
             (model[r, 0], ext_i, "model F(source, kappa)", "magma", flux, ""),
             (
                 resid,
                 ext_i,
-                rf"residual / $\sigma$, $\chi^2_\nu$ = {float(data['chi2_nu'][i]):.2f}",
+                rf"residual / $\sigma$, $\chi^2_\nu$ = {float(rec.chi2_nu[i]):.2f}",
                 "RdBu_r",
                 (-RESIDUAL_SIGMA, RESIDUAL_SIGMA),
                 rf"$\sigma$ (range $\pm${RESIDUAL_SIGMA:g})",
@@ -163,14 +192,14 @@ def figures(data: dict, metrics: dict, report: Path, *, count: int = 8) -> list[
         ]
         src_lim = None
         if has_truth:
-            t = data["source"][i, 0].numpy()
+            t = truth["source"][i, 0].numpy()
             src_lim = (min(0.0, float(t.min())), max(float(t.max()), 1e-6))
-        panels.append((data["source_pred"][i, 0], ext_s, "source", "magma", src_lim, ""))
+        panels.append((rec.source[i, 0], ext_s, "source", "magma", src_lim, ""))
         if has_truth:
-            panels.append((data["source"][i, 0], ext_s, "true source", "magma", src_lim, ""))
+            panels.append((truth["source"][i, 0], ext_s, "true source", "magma", src_lim, ""))
         k_lim = (float(log_k.min()), float(log_k.max()))
         if has_truth:
-            log_t = np.log10(data["kappa"][i, 0].clamp_min(1e-3).numpy())
+            log_t = np.log10(truth["kappa"][i, 0].clamp_min(1e-3).numpy())
             k_lim = (float(log_t.min()), float(log_t.max()))
         panels.append((log_k, ext_i, r"$\log_{10}\kappa$", "viridis", k_lim, ""))
         if has_truth:
@@ -189,18 +218,23 @@ def figures(data: dict, metrics: dict, report: Path, *, count: int = 8) -> list[
             if unit:
                 bar.set_label(unit, fontsize=6)
     fig.tight_layout()
-    paths.append(_save(fig, report / "lenses.png"))
+    return _save(fig, path)
 
-    nu = int(data["observation"][0].numel())
+
+def chi2_histogram(rec: Reconstruction, path: Path) -> Path:
+    """chi2_nu of the lenses (final, and the RIM's baseline after fine-tuning) against the band
+    that pure noise fills."""
+    plt = _pyplot()
+    nu = int(rec.observation.observation[0].numel())
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    c = data["chi2_nu"].numpy()
+    c = rec.chi2_nu.numpy()
     width = 6 * math.sqrt(2 / nu)  # the chi2_nu distribution of pure noise: 1 +- 6 sigma
-    values = [c] + ([data["chi2_nu_baseline"].numpy()] if "chi2_nu_baseline" in data else [])
+    values = [c] + ([rec.chi2_nu_baseline.numpy()] if rec.chi2_nu_baseline is not None else [])
     lo = min(1 - width, *(float(v.min()) for v in values))
     hi = max(1 + width, *(float(v.max()) for v in values))
     bins = np.geomspace(max(lo, 1e-3), hi * 1.01, 40)
-    if "chi2_nu_baseline" in data:
-        ax.hist(data["chi2_nu_baseline"].numpy(), bins=bins, alpha=0.5, label="RIM baseline")
+    if rec.chi2_nu_baseline is not None:
+        ax.hist(rec.chi2_nu_baseline.numpy(), bins=bins, alpha=0.5, label="RIM baseline")
     ax.hist(c, bins=bins, alpha=0.6, label="final")
     ax.axvspan(
         1 - 3 * width / 6, 1 + 3 * width / 6, color="k", alpha=0.15, label=rf"pure noise, $\nu$={nu}: 99.7 % in here"
@@ -211,13 +245,17 @@ def figures(data: dict, metrics: dict, report: Path, *, count: int = 8) -> list[
     ax.set_ylabel("lenses")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    paths.append(_save(fig, report / "chi2_histogram.png"))
+    return _save(fig, path)
 
+
+def chi2_vs_snr(rec: Reconstruction, path: Path) -> Path:
+    """chi2_nu of each lens against its signal-to-noise ratio 1 / sigma."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    s = snr(data["noise_sigma"])
-    if "chi2_nu_baseline" in data:
-        ax.scatter(s, data["chi2_nu_baseline"].numpy(), s=10, alpha=0.6, label="RIM baseline")
-    ax.scatter(s, c, s=10, alpha=0.8, label="final")
+    s = snr(rec.observation.noise_sigma())
+    if rec.chi2_nu_baseline is not None:
+        ax.scatter(s, rec.chi2_nu_baseline.numpy(), s=10, alpha=0.6, label="RIM baseline")
+    ax.scatter(s, rec.chi2_nu.numpy(), s=10, alpha=0.8, label="final")
     ax.axhline(1.0, color="k", lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -225,40 +263,45 @@ def figures(data: dict, metrics: dict, report: Path, *, count: int = 8) -> list[
     ax.set_ylabel(r"$\chi^2_\nu$")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    paths.append(_save(fig, report / "chi2_vs_snr.png"))
+    return _save(fig, path)
 
-    if "log10_loss_change" in metrics:
-        per = metrics["per_lens"]
-        change = np.log10(per["loss_final"]) - np.log10(per["loss_baseline"])
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.hist(change, bins=max(5, min(30, len(change) // 2)), color="C2")
-        ax.axvline(0.0, color="k", lw=0.8)
-        m = metrics["log10_loss_change"]
-        ax.set_title(f"mean {m['mean']:+.3f} dex, std {m['std']:.3f} dex", fontsize=9)
-        ax.set_xlabel(r"$\log_{10}$ loss fine-tuned $-$ $\log_{10}$ loss baseline (< 0: closer to the truth)")
-        ax.set_ylabel("lenses")
-        fig.tight_layout()
-        paths.append(_save(fig, report / "loss_change.png"))
 
-    if "coherence" in metrics:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-        for ax, field in zip(axes, ("source", "kappa"), strict=True):
-            for stage, color in (("baseline", "k"), ("final", "C3")):
-                if stage not in metrics["coherence"]:
-                    continue
-                m = metrics["coherence"][stage][field]
-                ax.plot(m["k_per_arcsec"], m["mean"], color=color, label=stage)
-                ax.fill_between(m["k_per_arcsec"], m["low"], m["high"], color=color, alpha=0.2)
-            ax.set_title(field)
-            ax.set_xlabel("k (1/arcsec)")
-            ax.set_ylabel(r"coherence $\gamma(k)$")
-            lows = [min(metrics["coherence"][st][field]["low"]) for st in metrics["coherence"]]
-            ax.set_ylim(min(-0.2, 1.1 * min(lows)), 1.05)  # never clip a band
-            ax.axhline(0.0, color="grey", lw=0.6)
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(_save(fig, report / "coherence.png"))
-    return paths
+def loss_change_histogram(metrics: dict, path: Path) -> Path:
+    """The per-lens change of log10 loss by fine-tuning (Fig. 8, left)."""
+    plt = _pyplot()
+    per = metrics["per_lens"]
+    change = np.log10(per["loss_final"]) - np.log10(per["loss_baseline"])
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist(change, bins=max(5, min(30, len(change) // 2)), color="C2")
+    ax.axvline(0.0, color="k", lw=0.8)
+    m = metrics["log10_loss_change"]
+    ax.set_title(f"mean {m['mean']:+.3f} dex, std {m['std']:.3f} dex", fontsize=9)
+    ax.set_xlabel(r"$\log_{10}$ loss fine-tuned $-$ $\log_{10}$ loss baseline (< 0: closer to the truth)")
+    ax.set_ylabel("lenses")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def coherence_figure(metrics: dict, path: Path) -> Path:
+    """The coherence of source and kappa with the truth per spatial frequency, with its 16-84 % band."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, field in zip(axes, ("source", "kappa"), strict=True):
+        for stage, color in (("baseline", "k"), ("final", "C3")):
+            if stage not in metrics["coherence"]:
+                continue
+            m = metrics["coherence"][stage][field]
+            ax.plot(m["k_per_arcsec"], m["mean"], color=color, label=stage)
+            ax.fill_between(m["k_per_arcsec"], m["low"], m["high"], color=color, alpha=0.2)
+        ax.set_title(field)
+        ax.set_xlabel("k (1/arcsec)")
+        ax.set_ylabel(r"coherence $\gamma(k)$")
+        lows = [min(metrics["coherence"][st][field]["low"]) for st in metrics["coherence"]]
+        ax.set_ylim(min(-0.2, 1.1 * min(lows)), 1.05)  # never clip a band
+        ax.axhline(0.0, color="grey", lw=0.6)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 HOW_TO_READ = (
@@ -363,7 +406,7 @@ def summary_page(report: Path, metrics: dict, images: list[Path], title: str) ->
 
 
 def write_report(
-    data: dict,
+    rec: Reconstruction,
     report: Path,
     *,
     title: str,
@@ -372,12 +415,12 @@ def write_report(
 ) -> dict:
     """metrics.json, the figures and index.html in ``report``; returns the metrics.
     ``extra_figures(report, metrics)`` draws more figures, listed first on the page."""
-    metrics = compute_metrics(data)  # before anything is written: a failure leaves no folder
+    metrics = compute_metrics(rec)  # before anything is written: a failure leaves no folder
     report.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(report)  # a killed report's half-drawn figures
     if extra:
         metrics.update(extra)
-    images = (extra_figures(report, metrics) if extra_figures else []) + figures(data, metrics, report)
+    images = (extra_figures(report, metrics) if extra_figures else []) + figures(rec, metrics, report)
     path = report / "metrics.json"
     with written(path) as tmp:
         tmp.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
