@@ -8,12 +8,13 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from lenscore.config import SettingError
+from lenscore.config import SettingError, field_docs
 from lenscore.files import hidden_sibling
 from lensrim.demo import duration  # torch-free, like everything the CLI imports at start-up
 
@@ -99,6 +100,16 @@ class FiniteFloat(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return number
+
+
+def config_option(config: type, field: str, *decls: str, note: str = "", **kwargs) -> Callable:
+    """A click option for ``field`` of the config dataclass ``config``: its help is the field's
+    documentation (its unit and meaning, written once, in the config), its default the field's
+    unless ``default`` is given (None: the preset's, which ``note`` says)."""
+    doc = " ".join(field_docs(config)[field].replace("``", "").split())
+    kwargs.setdefault("default", next(f.default for f in fields(config) if f.name == field))
+    help_text = f"{doc} ({note})" if note else doc
+    return click.option(*(decls or (f"--{field.replace('_', '-')}",)), help=help_text, **kwargs)
 
 
 def resolve_device(name: str) -> torch.device:

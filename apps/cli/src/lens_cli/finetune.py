@@ -12,6 +12,7 @@ import numpy as np
 
 from lens_cli.common import (
     FiniteFloat,
+    config_option,
     device_option,
     duration,
     first_line,
@@ -29,8 +30,6 @@ if TYPE_CHECKING:
     pass
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz")
-TABLE_3 = FineTuneConfig()
-"""The options' defaults: the library's (Table 3)."""
 
 
 def _with_progress(rim, finetune, obs, output: Path, *, batch_size: int, **options) -> Path:
@@ -76,30 +75,15 @@ def _with_progress(rim, finetune, obs, output: Path, *, batch_size: int, **optio
     type=click.Path(dir_okay=False, path_type=Path),
     help="Output reconstruction (HDF5).",
 )
-@click.option(
-    "--lambda",
-    "ewc_lambda",
-    default=TABLE_3.ewc_lambda,
-    type=FiniteFloat(0),
-    help="EWC strength: penalty (lambda/2) sum F (phi - phi*)^2 beside the mean chi2_nu (Table 3's units).",
-)
-@click.option("--fisher-samples", default=TABLE_3.fisher_samples, type=click.IntRange(1), help="VAE draws per lens.")
-@click.option("--latent-sigma", default=TABLE_3.latent_sigma, type=FiniteFloat(0), help="Latent draw width.")
-@click.option(
-    "--learning-rate",
-    default=TABLE_3.learning_rate,
-    type=FiniteFloat(0, min_open=True),
-    help="RMSProp learning rate (Keras' rho 0.9, epsilon 1e-7).",
-)
-@click.option("--max-steps", default=TABLE_3.max_steps, type=click.IntRange(0), help="RMSProp steps at most.")
-@click.option("--target-chi2", default=TABLE_3.target_chi2_nu, type=FiniteFloat(0), help="Early stop chi2_nu.")
+@config_option(FineTuneConfig, "ewc_lambda", "--lambda", "ewc_lambda", type=FiniteFloat(0))
+@config_option(FineTuneConfig, "fisher_samples", type=click.IntRange(1))
+@config_option(FineTuneConfig, "latent_sigma", type=FiniteFloat(0))
+@config_option(FineTuneConfig, "learning_rate", type=FiniteFloat(0, min_open=True))
+@config_option(FineTuneConfig, "max_steps", type=click.IntRange(0))
+@config_option(FineTuneConfig, "target_chi2_nu", "--target-chi2", "target_chi2", type=FiniteFloat(0))
 @click.option("--batch-size", default=8, type=click.IntRange(1), help="Lenses fine-tuned together.")
-@click.option("--fisher-chunk", default=TABLE_3.fisher_chunk, type=click.IntRange(1), help="Draws per Fisher pass.")
-@click.option(
-    "--fisher-chi2/--no-fisher-chi2",
-    default=TABLE_3.fisher_chi2,
-    help="Include the mean chi2_nu in the Fisher's per-draw loss (eq. A5) or eq. 7 alone.",
-)
+@config_option(FineTuneConfig, "fisher_chunk", type=click.IntRange(1))
+@config_option(FineTuneConfig, "fisher_chi2", "--fisher-chi2/--no-fisher-chi2")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N lenses of the dataset.")
 @click.option("--image-fov", type=FiniteFloat(0, min_open=True), help="FITS: model field (default: the RIM's).")
 @click.option("--pixel-scale", type=FiniteFloat(0, min_open=True), help="FITS: arcsec per pixel (else header).")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import click
 
 from lens_cli import __version__
 from lens_cli.common import device_option, one_line_errors, progress_bar, resolve_device, seed_option
+from lenscore.cpu import choose_threads, idle_cores  # noqa: F401  (idle_cores: the CLI's name for it)
 from lensrim.demo import PRESETS  # torch-free: the demo imports torch when it runs
 
 
@@ -21,38 +21,6 @@ def cli() -> None:
     Simulate lenses, train priors and the RIM, reconstruct and fine-tune. Every command takes
     --seed and --device; `lens COMMAND --help` documents its options.
     """
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the system says)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def max_threads() -> int:
-    """The most torch threads `lens demo` accepts: twice the usable cores (more only contend:
-    thousands drove a 2-core machine's load to ~575 and crashed at thread creation)."""
-    return 2 * usable_cores()
-
-
-def idle_cores(window: float = 0.5) -> int:
-    """Cores that other jobs leave idle: the usable cores less the cores busy during ``window``
-    seconds (Linux /proc/stat; elsewhere all usable cores), at least one. Threads beyond these
-    contend with the other jobs and slow torch down many times over."""
-    cores = usable_cores()
-
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            ticks = [int(x) for x in f.readline().split()[1:]]
-        return sum(ticks), ticks[3] + ticks[4]  # all, idle + iowait
-
-    try:
-        total0, idle0 = sample()
-        time.sleep(window)
-        total1, idle1 = sample()
-    except (OSError, ValueError, IndexError):
-        return cores
-    busy = (total1 - total0 - (idle1 - idle0)) / max(total1 - total0, 1) * (os.cpu_count() or cores)
-    return max(1, min(cores, round(cores - busy)))
 
 
 @cli.command(short_help="The whole pipeline, small, on built-in data (a CPU is enough).")
@@ -88,22 +56,10 @@ def demo(output: Path, preset: str, threads: int | None, seed: int, device: str)
 
     if output.exists() and not output.is_dir():
         raise click.BadParameter(f"{output} exists and is not a directory", param_hint="--output")
-    most = max_threads()
-    if threads is not None and threads > most:
-        raise click.BadParameter(
-            f"{threads} threads on a machine of {usable_cores()} usable cores: at most {most}", param_hint="--threads"
-        )
-    stored = output / "threads.txt"  # a resumed or repeated run keeps the count of its first call
-    if threads is None and stored.is_file() and stored.read_text().strip().isdigit():
-        threads = min(max(1, int(stored.read_text())), most)  # a file from a larger machine
-    elif threads is None:
-        threads = idle_cores()
-        if threads < torch.get_num_threads():
-            click.echo(f"other jobs keep cores busy: {threads} torch thread(s) (--threads sets them)")
+    threads, measured = choose_threads(threads, output / "threads.txt")  # a re-run keeps its first count
+    if measured and threads < torch.get_num_threads():
+        click.echo(f"other jobs keep cores busy: {threads} torch thread(s) (--threads sets them)")
     torch.set_num_threads(threads)  # changes the float rounding only (tested)
-    if not stored.is_file():  # the first call's count; an explicit --threads later does not replace it
-        output.mkdir(parents=True, exist_ok=True)
-        stored.write_text(f"{threads}\n")
     from lensrim.demo import DemoError, run_demo
 
     t0 = time.perf_counter()

@@ -9,6 +9,7 @@ import click
 
 from lens_cli.common import (
     FiniteFloat,
+    config_option,
     device_option,
     leaves_nothing_on_failure,
     one_line_errors,
@@ -19,10 +20,7 @@ from lens_cli.common import (
     say,
     seed_option,
 )
-from lensprior.config import VAE_PRESETS, DenoiserConfig  # torch-free
-
-DENOISER = DenoiserConfig()
-"""The denoiser options' defaults: the library's."""
+from lensprior.config import VAE_PRESETS, DenoiserConfig, VAEConfig  # torch-free
 
 
 @click.group()
@@ -32,9 +30,7 @@ def train() -> None:
 
 @train.command("vae")
 @click.option("--kind", required=True, type=click.Choice(["source", "kappa"]), help="Which prior.")
-@click.option(
-    "--data", "data_path", required=True, type=click.Path(path_type=Path), help="Source or kappa HDF5 dataset."
-)
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Source or kappa HDF5 dataset.")
 @run_dir_option
 @click.option(
     "--preset",
@@ -42,11 +38,11 @@ def train() -> None:
     type=click.Choice(sorted(VAE_PRESETS)),
     help="paper: Tables 5/6; small: a quick CPU model.",
 )
-@click.option("--steps", type=click.IntRange(1), help="Training steps (default: the preset's).")
-@click.option("--batch-size", type=click.IntRange(1), help="Minibatch size (default: the table's, 20 or 32).")
-@click.option("--latent-dim", type=click.IntRange(1), help="Latent dimension (default 32 or 16).")
-@click.option("--filters", type=click.IntRange(1), help="Filters at the first level (default 16).")
-@click.option("--learning-rate", type=FiniteFloat(0, min_open=True), help="Initial Adam learning rate (default 1e-4).")
+@config_option(VAEConfig, "steps", type=click.IntRange(1), default=None, note="default: the preset's")
+@config_option(VAEConfig, "batch_size", type=click.IntRange(1), default=None, note="default: the table's, 20 or 32")
+@config_option(VAEConfig, "latent_dim", type=click.IntRange(1), default=None, note="default: 32 or 16")
+@config_option(VAEConfig, "filters", type=click.IntRange(1), default=None, note="default 16")
+@config_option(VAEConfig, "learning_rate", type=FiniteFloat(0, min_open=True), default=None, note="default 1e-4")
 @click.option(
     "--split",
     default="train",
@@ -59,64 +55,37 @@ def train() -> None:
 @device_option
 @one_line_errors
 @leaves_nothing_on_failure()
-def train_vae(
-    kind, data_path, output, preset, steps, batch_size, latent_dim, filters, learning_rate, split,
-    checkpoint_every, log_every, seed, device,
-) -> None:  # fmt: skip
+def train_vae(kind, data, output, preset, split, checkpoint_every, log_every, seed, device, **sizes) -> None:
     """Train a source or kappa VAE (section 4.1); writes RUN_DIR/{config.json, checkpoint.pt,
     metrics.jsonl, samples.png}. Stop it at any time; the same command resumes it."""
     import torch
 
     import lensprior
     import lenssim
+    from lens_cli.figures import samples_beside_data
+    from lenscore.runs import read_metrics
 
     dev = resolve_device(device)
-    overrides = dict(VAE_PRESETS[preset])
-    for key, value in (
-        ("steps", steps),
-        ("batch_size", batch_size),
-        ("latent_dim", latent_dim),
-        ("filters", filters),
-        ("learning_rate", learning_rate),
-    ):
-        if value is not None:
-            overrides[key] = value
-    config = (lensprior.source_vae_config if kind == "source" else lensprior.kappa_vae_config)(**overrides)
-    data = lensprior.load_field(data_path, kind, split=split, pixels=config.pixels)
+    config = lensprior.vae_config(kind, preset, **sizes)
+    train_maps = lensprior.load_field(data, kind, split=split, pixels=config.pixels)
+    attrs = lenssim.io.map_attrs(data)  # fields of view and redshifts: finite, positive, in arcsec
     validation = None
-    has_test = lensprior.training.has_test_split(data_path, kind)
-    present = lenssim.read_dataset(data_path, [])["attrs"]  # fields of view and redshifts: finite, positive
-    attrs = {k: float(present[k]) for k in lenssim.io.datasets.LENS_ATTRS if k in present}
-    _check_fields_of_view(data_path, attrs)
-    if has_test:  # a bad test split is an error, not a reason to skip validation
-        validation = lensprior.load_field(data_path, kind, split="test", pixels=config.pixels)[:64]
+    if lensprior.training.has_test_split(data, kind):  # a bad test split is an error, not a reason to skip
+        validation = lensprior.load_field(data, kind, split="test", pixels=config.pixels)[:64]
     else:
-        say(f"note: {data_path} has no test split: no validation loss will be logged")
-    meta = {"kind": kind, "data": str(data_path), "data_attrs": attrs, "n_train": int(data.shape[0]), "preset": preset}
+        say(f"note: {data} has no test split: no validation loss will be logged")
+    meta = {"kind": kind, "data": str(data), "data_attrs": attrs, "n_train": int(train_maps.shape[0]), "preset": preset}
+    run = {"checkpoint_every": checkpoint_every, "log_every": log_every, "validation": validation, "metadata": meta}
     with progress_bar(total=config.steps, desc=f"training {kind} VAE", unit="step") as bar:
 
         def progress(done, terms):
             bar.set_postfix(loss=f"{terms['loss']:.3g}", refresh=False)
             bar.update(done - bar.n)
 
-        model = lensprior.train_vae(
-            config,
-            data,
-            output,
-            seed=seed,
-            device=dev,
-            checkpoint_every=checkpoint_every,
-            log_every=log_every,
-            validation=validation,
-            metadata=meta,
-            progress=progress,
-        )
-    from lens_cli.figures import samples_beside_data
-    from lenscore.runs import read_metrics
-
+        model = lensprior.train_vae(config, train_maps, output, seed=seed, device=dev, progress=progress, **run)
     with torch.no_grad():
         samples = model.sample(6, generator=torch.Generator().manual_seed(seed)).cpu()
-    fig = samples_beside_data(output / "samples.png", data[:6], samples, log10=(kind == "kappa"))
+    fig = samples_beside_data(output / "samples.png", train_maps[:6], samples, log10=(kind == "kappa"))
     last = read_metrics(output / "metrics.jsonl")[-1]
     click.echo(f"trained {output} to step {config.steps}: {last}; figure {fig}")
 
@@ -130,25 +99,10 @@ def train_vae(
     help="Clean sources (e.g. lens simulate sources --synthetic).",
 )
 @run_dir_option
-@click.option("--steps", default=DENOISER.steps, type=click.IntRange(1), help="Training steps.")
-@click.option(
-    "--noise-min",
-    default=DENOISER.noise_min,
-    type=FiniteFloat(0, min_open=True),
-    help="Training noise sigma range, in units of the stamp's peak.",
-)
-@click.option(
-    "--noise-max",
-    default=DENOISER.noise_max,
-    type=FiniteFloat(0, min_open=True),
-    help="Upper end of the training noise sigma range (stamp peak units).",
-)
-@click.option(
-    "--highpass",
-    default=DENOISER.highpass,
-    type=FiniteFloat(0),
-    help="Remove only noise structure below this scale (pixels), so fluxes are kept; 0: any scale.",
-)
+@config_option(DenoiserConfig, "steps", type=click.IntRange(1))
+@config_option(DenoiserConfig, "noise_min", type=FiniteFloat(0, min_open=True))
+@config_option(DenoiserConfig, "noise_max", type=FiniteFloat(0, min_open=True))
+@config_option(DenoiserConfig, "highpass", type=FiniteFloat(0))
 @click.option("--checkpoint-every", default=500, type=click.IntRange(1), help="Steps between checkpoints.")
 @seed_option
 @device_option
@@ -178,21 +132,6 @@ def train_denoiser(data_path, output, steps, noise_min, noise_max, highpass, che
             progress=progress,
         )
     click.echo(f"trained {output} to step {steps}; use it with lens simulate sources --denoiser {output}")
-
-
-def _check_fields_of_view(path: Path, attrs: dict) -> None:
-    """A source plane wider than the image it is lensed into is a unit mistake: a VAE trained on
-    it would be refused by every RIM later (the image field defaults to the simulator's)."""
-    import lenssim
-
-    image = attrs.get("image_fov", lenssim.IMAGE_FOV)
-    if "source_fov" in attrs and attrs["source_fov"] > image:
-        where = "its image_fov" if "image_fov" in attrs else "the simulator's image field"
-        raise click.BadParameter(
-            f"{path}: source_fov {attrs['source_fov']:g} arcsec exceeds {where} of {image:g} arcsec: is it in other "
-            "units?",
-            param_hint="--data",
-        )
 
 
 @click.command("sample", short_help="Draw sources or kappa maps from a trained VAE.")

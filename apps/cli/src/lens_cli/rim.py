@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
 import click
@@ -11,6 +10,7 @@ import click
 from lens_cli.common import (
     CostEstimate,
     FiniteFloat,
+    config_option,
     device_option,
     leaves_nothing_on_failure,
     one_line_errors,
@@ -21,28 +21,10 @@ from lens_cli.common import (
     seed_option,
 )
 from lens_cli.priors import train
-from lensrim.config import (
-    PRESETS as RIM_PRESETS,  # torch-free
-    TIME_WEIGHTS,
-)
+from lensrim.config import PRESETS as RIM_PRESETS, TIME_WEIGHTS, RIMConfig  # torch-free
 
-
-def _distributed(device: str):
-    """Initialise torch.distributed when launched by torchrun; return (device, rank, world)."""
-    import torch
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return resolve_device(device), 0, 1
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device)
-    if dev.type == "cuda":
-        dev = torch.device("cuda", local)
-        torch.cuda.set_device(dev)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return dev, dist.get_rank(), world
+PRESET = {"default": None, "note": "default: the preset's"}
+"""An option whose default is the preset's value."""
 
 
 @train.command("rim")
@@ -72,8 +54,10 @@ def _distributed(device: str):
     help="Training steps (default: the preset's: paper 610,000 as in Table 7; small 2,000, about 1.5 h at "
     "128^2 on 2 CPU cores; tiny 500). The cost at this machine's speed is printed after the first steps.",
 )
-@click.option("--batch-size", type=click.IntRange(1), help="Global minibatch (all processes together).")
-@click.option("--learning-rate", type=FiniteFloat(0, min_open=True), help="Initial Adamax learning rate.")
+@config_option(RIMConfig, "batch_size", type=click.IntRange(1), **PRESET)
+@config_option(
+    RIMConfig, "learning_rate", type=FiniteFloat(0, min_open=True), default=None, note="default: the preset's"
+)
 @click.option(
     "--validation",
     type=click.Path(path_type=Path),
@@ -102,43 +86,25 @@ def _distributed(device: str):
     help="Constant added to the first estimate's log10 kappa; 'auto': the constant predictor's on 64 "
     "training lenses (an untrained RIM then starts at the trivial guess, not at kappa = 1).",
 )
-@click.option(
-    "--init",
-    type=click.Choice(["torch", "glorot"]),
-    help="Initial weights: PyTorch's defaults or Glorot-uniform with zero biases (default: the preset's).",
-)
-@click.option(
-    "--gradient-preprocessing",
+@config_option(RIMConfig, "init", type=click.Choice(["torch", "glorot"]), **PRESET)
+@config_option(
+    RIMConfig,
+    "gradient_preprocessing",
     type=click.Choice(["adam", "rmsprop", "raw"]),
-    help="What the network sees of the likelihood gradient: adam (the paper's text), rmsprop (the authors' "
-    "published model, with --beta2 0.9) or raw (default: the preset's).",
-)
-@click.option(
-    "--beta2",
-    type=FiniteFloat(0, 1, min_open=True, max_open=True),
-    help="Decay of the gradient's second moment (default: the preset's).",
-)
-@click.option(
-    "--time-weights",
-    type=click.Choice(list(TIME_WEIGHTS)),
-    help="Weights of the T estimates in the loss: proportional to 1, t or t^2, or the final estimate alone "
-    "(default: the preset's).",
-)
-@click.option(
-    "--clipping",
-    type=click.Choice(["global", "per_tensor"]),
-    help="Clip the gradient's global norm, or each weight tensor's (the original code's) (default: the preset's).",
-)
-@click.option(
-    "--step-gains/--no-step-gains",
     default=None,
-    help="Learn a gain per RIM update and channel (not in the paper; default: the preset's).",
+    note="default: the preset's",
 )
-@click.option(
-    "--fit-weight",
-    type=FiniteFloat(0),
-    help="Weight of the data-fit term max(0, ln chi2_nu) in the loss (not in the paper; default: the preset's).",
+@config_option(
+    RIMConfig, "beta2", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=None, note="default: the preset's"
 )
+@config_option(
+    RIMConfig, "time_weights", type=click.Choice(list(TIME_WEIGHTS)), default=None, note="default: the preset's"
+)
+@config_option(
+    RIMConfig, "clipping", type=click.Choice(["global", "per_tensor"]), default=None, note="default: the preset's"
+)
+@config_option(RIMConfig, "step_gains", "--step-gains/--no-step-gains", **PRESET)
+@config_option(RIMConfig, "fit_weight", type=FiniteFloat(0), **PRESET)
 @click.option(
     "--checkpointing",
     "activation_checkpointing",
@@ -146,12 +112,7 @@ def _distributed(device: str):
     help="Activation checkpointing per time step (less memory, more compute).",
 )
 @click.option("--bf16", is_flag=True, help="bfloat16 autocast on GPU.")
-@click.option(
-    "--staircase",
-    is_flag=True,
-    help="Decay the learning rate in whole steps (x rate every decay period, as the original code did) "
-    "instead of continuously.",
-)
+@config_option(RIMConfig, "staircase", is_flag=True)
 @click.option(
     "--second-stage",
     is_flag=True,
@@ -198,7 +159,7 @@ def train_rim(output, device, **options) -> None:
         raise click.UsageError("give --data or --kappa/--sources, not both")
     if {"kappa", "kappa_vae"} <= given or {"sources", "source_vae"} <= given:
         raise click.UsageError("--kappa and --kappa-vae (or --sources and --source-vae) exclude each other")
-    dev, rank, world = _distributed(device)
+    dev, rank, world = lensrim.launch.init_distributed(resolve_device(device))
     run = {k: options.pop(k) for k in ("checkpoint_every", "log_every")}
     plan = lensrim.prepare_training(output, device=dev, world_size=world, **options)
     run.update(seed=options["seed"], validation_size=options["validation_size"], metadata=plan.metadata)

@@ -201,7 +201,9 @@ def simulate_kappa(
     help="GalSim COSMOS catalogue directory (galsim_download_cosmos -s 23.5).",
 )
 @click.option("--sample", default="23.5", type=click.Choice(["23.5", "25.2"]), help="COSMOS sample.")
-@click.option("--catalog-file", help="Catalogue file name in --cosmos-dir (default real_galaxy_catalog_SAMPLE.fits).")
+@click.option(
+    "--catalog-file", "file_name", help="Catalogue file name in --cosmos-dir (default real_galaxy_catalog_SAMPLE.fits)."
+)
 @click.option(
     "--exclusion-level",
     default="marginal",
@@ -245,62 +247,41 @@ def simulate_kappa(
 @device_option
 @one_line_errors
 def simulate_sources(
-    cosmos_dir, sample, catalog_file, exclusion_level, min_flux, parametric, synthetic, n_sources, pixel_scale,
-    test_fraction, denoiser, pixels, output, shard, seed, device,
-) -> None:  # fmt: skip
+    cosmos_dir, parametric, synthetic, n_sources, pixel_scale, pixels, denoiser, output, shard, device, **options
+) -> None:
     """Source images: COSMOS galaxies through GalSim, or GalSim synthetic galaxies.
 
     Stamps of 158^2 at --pixel-scale, background subtracted, rotated, shifted, cropped to 128^2
     and normalised to [0, 1]. GalSim draws on the CPU; --device is accepted for uniformity.
     """
+    import lensprior
     import lenssim
     from lenssim.data.sources import CosmosSources, SourceStampConfig
 
     dev = resolve_device(device)
     if (cosmos_dir is None) == (synthetic is None):
         raise click.UsageError("give exactly one of --cosmos-dir or --synthetic")
+    if synthetic is not None and n_sources is not None:
+        raise click.UsageError("-n applies to --cosmos-dir; --synthetic N already gives the number")
     stamp = SourceStampConfig.at_resolution(pixels, **({} if pixel_scale is None else {"pixel_scale": pixel_scale}))
-    cosmos = None
-    if cosmos_dir is not None:
-        cosmos = CosmosSources(
-            cosmos_dir,
-            sample=sample,
-            file_name=catalog_file,
-            exclusion_level=exclusion_level,
-            min_flux=min_flux,
-            use_real=not parametric,
-            config=stamp,
-        )
-        n = n_sources or len(cosmos)
-    else:
-        if n_sources is not None:
-            raise click.UsageError("-n applies to --cosmos-dir; --synthetic N already gives the number")
-        n = synthetic
-    denoise, provenance = None, {}
-    if denoiser is not None:
-        import torch
-
-        import lensprior
-
-        model = lensprior.load_denoiser(denoiser, device=dev)
-        provenance = {"denoiser": str(denoiser)}
-
-        def denoise(img):
-            return model.denoise(torch.from_numpy(img).float()[None, None])[0, 0].double().numpy()
-
-    target = _target(output, shard)
+    catalogue = {k: options.pop(k) for k in ("sample", "file_name", "exclusion_level", "min_flux")}
+    cosmos = (
+        None if cosmos_dir is None else CosmosSources(cosmos_dir, use_real=not parametric, config=stamp, **catalogue)
+    )
+    n = synthetic or n_sources or len(cosmos)
+    denoise = None if denoiser is None else lensprior.load_denoiser(denoiser, device=dev).denoise_stamp
+    provenance = {} if denoiser is None else {"denoiser": str(denoiser)}
     with _bar(n, "source stamps") as bar:
         path = lenssim.simulate_source_dataset(
-            target,
+            _target(output, shard),
             n,
             cosmos=cosmos,
             stamp=stamp,
-            test_fraction=test_fraction,
-            seed=seed,
             shard=shard,
             denoise=denoise,
             provenance=provenance,
             progress=bar.update,
+            **options,
         )
     click.echo(f"wrote {path}" + (f" (denoised with {denoiser})" if denoiser else ""))
     if shard == (0, 1):

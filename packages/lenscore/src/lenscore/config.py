@@ -6,6 +6,7 @@ No torch: a command line reads configurations (their defaults) at start-up.
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import json
 import math
@@ -18,6 +19,7 @@ __all__ = ["JsonConfig", "SettingError", "exponential_decay", "field_docs"]
 C = TypeVar("C", bound="JsonConfig")
 
 
+@functools.cache
 def field_docs(cls: type) -> dict[str, str]:
     """The documentation of each field of the dataclass ``cls``: the string literal under the
     field (an attribute docstring), or its entry in an ``Attributes`` section of the class

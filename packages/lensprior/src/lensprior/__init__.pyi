@@ -7,6 +7,7 @@ from lensprior.config import (
     VAEConfig as VAEConfig,
     kappa_vae_config as kappa_vae_config,
     source_vae_config as source_vae_config,
+    vae_config as vae_config,
 )
 from lensprior.denoiser import Denoiser as Denoiser, load_denoiser as load_denoiser, train_denoiser as train_denoiser
 from lensprior.training import (

@@ -11,7 +11,15 @@ from typing import Any, ClassVar, Literal
 
 from lenscore.config import JsonConfig, exponential_decay
 
-__all__ = ["VAE_PRESETS", "DenoiserConfig", "JsonConfig", "VAEConfig", "kappa_vae_config", "source_vae_config"]
+__all__ = [
+    "VAE_PRESETS",
+    "DenoiserConfig",
+    "JsonConfig",
+    "VAEConfig",
+    "kappa_vae_config",
+    "source_vae_config",
+    "vae_config",
+]
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,15 @@ def kappa_vae_config(**overrides) -> VAEConfig:
         beta_max=0.2,
     )
     return replace(base, **overrides)
+
+
+def vae_config(kind: str, preset: str = "paper", **given: Any) -> VAEConfig:
+    """The configuration of a ``kind`` VAE ("source": Table 5, "kappa": Table 6) with ``preset``'s
+    overrides (:data:`VAE_PRESETS`) and then the settings ``given`` (None: not given)."""
+    if kind not in ("source", "kappa"):
+        raise ValueError(f"kind must be 'source' or 'kappa', got {kind!r}")
+    overrides = {**VAE_PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}
+    return (source_vae_config if kind == "source" else kappa_vae_config)(**overrides)
 
 
 VAE_PRESETS: dict[str, dict[str, Any]] = {

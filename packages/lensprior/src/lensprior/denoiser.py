@@ -43,6 +43,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -110,6 +111,11 @@ class Denoiser(nn.Module):
         """Denoise ``(B, 1, H, W)`` images in evaluation mode, in batches."""
         device = next(self.parameters()).device
         return torch.cat([self(images[i : i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)])
+
+    def denoise_stamp(self, stamp: np.ndarray) -> np.ndarray:
+        """One ``(H, W)`` stamp denoised, float64 in and out: the ``denoise`` that
+        ``lenssim.simulate_source_dataset`` takes."""
+        return self.denoise(torch.from_numpy(stamp).float()[None, None])[0, 0].double().numpy()
 
     def make_noise(self, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
         """Training noise: per image sigma ~ U(noise_min, noise_max), correlated by a 3x3 kernel

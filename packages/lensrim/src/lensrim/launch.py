@@ -33,7 +33,15 @@ from lensrim.training import (
     vae_sampler,
 )
 
-__all__ = ["TRAINING_CHOICES", "TrainingPlan", "prepare_training", "resolve_config", "sampler", "summary"]
+__all__ = [
+    "TRAINING_CHOICES",
+    "TrainingPlan",
+    "init_distributed",
+    "prepare_training",
+    "resolve_config",
+    "sampler",
+    "summary",
+]
 
 TRAINING_CHOICES = ("gradient_preprocessing", "beta2", "time_weights", "clipping", "step_gains", "fit_weight")
 """Training options a resumed run keeps from its own configuration unless they are given again."""
@@ -52,6 +60,23 @@ class TrainingPlan:
     external: lenssim.LensBatch | None
     metadata: dict[str, Any]
     start: int
+
+
+def init_distributed(device: torch.device) -> tuple[torch.device, int, int]:
+    """``(device, rank, world size)`` of this process: under torchrun (``WORLD_SIZE`` > 1) the
+    process group is initialised (NCCL on GPUs, each process on its ``LOCAL_RANK``'s GPU; gloo
+    on CPUs); alone, ``device`` with rank 0 of 1."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return device, 0, 1
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, dist.get_rank(), world
 
 
 def resolve_config(

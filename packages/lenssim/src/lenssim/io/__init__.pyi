@@ -10,6 +10,7 @@ from lenssim.io.datasets import (
     check_dataset_values as check_dataset_values,
     check_values as check_values,
     dataset_info as dataset_info,
+    map_attrs as map_attrs,
     read_dataset as read_dataset,
     read_lens_dataset as read_lens_dataset,
     shard_range as shard_range,

@@ -40,6 +40,7 @@ from lenscore.files import (
 __all__ = [
     "FIELD_NDIM",
     "LENS_ATTRS",
+    "map_attrs",
     "LENS_FIELDS",
     "MAX_ABS",
     "DatasetError",
@@ -699,3 +700,25 @@ class LensDataset(torch.utils.data.Dataset):
         state = dict(self.__dict__)
         state["_handles"], state["_pid"] = {}, None
         return state
+
+
+def map_attrs(path: str | os.PathLike, *, param: str = "data") -> dict[str, float]:
+    """The fields of view and redshifts (:data:`LENS_ATTRS`) a dataset states, validated finite and
+    positive. A source field wider than the image it is lensed into (the file's or the
+    simulator's, when the file states none) is a unit mistake, refused with a
+    :class:`lenscore.config.SettingError` naming ``param``: a prior trained on it would be refused
+    by every RIM later."""
+    from lenscore.config import SettingError
+    from lenssim.geometry import IMAGE_FOV
+
+    present = read_dataset(path, [])["attrs"]
+    attrs = {k: float(present[k]) for k in LENS_ATTRS if k in present}
+    image = attrs.get("image_fov", IMAGE_FOV)
+    if attrs.get("source_fov", 0.0) > image:
+        where = "its image_fov" if "image_fov" in attrs else "the simulator's image field"
+        raise SettingError(
+            f"{path}: source_fov {attrs['source_fov']:g} arcsec exceeds {where} of {image:g} arcsec: is it in other "
+            "units?",
+            param=param,
+        )
+    return attrs
