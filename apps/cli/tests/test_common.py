@@ -174,3 +174,16 @@ def test_preset_choices_are_the_registries():
 
     vae_preset = next(p for p in cli.commands["train"].commands["vae"].params if p.name == "preset")
     assert set(vae_preset.type.choices) == set(lensprior.VAE_PRESETS)
+
+
+def test_options_that_mirror_a_config_field_carry_its_documentation_and_default():
+    import lensrim
+    from lens_cli.main import cli
+    from lenscore.config import field_docs
+
+    finetune = {p.name: p for p in cli.commands["finetune"].params}
+    doc = field_docs(lensrim.FineTuneConfig)["ewc_lambda"]
+    assert " ".join(doc.split()) == finetune["ewc_lambda"].help and "Table 3" in finetune["ewc_lambda"].help
+    rim = {p.name: p for p in cli.commands["train"].commands["rim"].params}
+    assert rim["fit_weight"].default is None and rim["fit_weight"].help.endswith("(default: the preset's)")
+    assert "chi2_nu" in rim["fit_weight"].help

@@ -98,3 +98,19 @@ def test_helper_files_of_a_legal_250_byte_name_stay_legal_names(tmp_path):
     stale = temporary_path(path).with_name(temporary_path(path).name.replace(str(os.getpid()), str(dead)))
     stale.write_text("x")
     assert remove_stale_temporaries(tmp_path, path.name) == [stale]
+
+
+def test_a_job_keeps_the_thread_count_of_its_first_call(tmp_path, monkeypatch):
+    from lenscore import cpu
+    from lenscore.config import SettingError
+
+    monkeypatch.setattr(cpu, "idle_cores", lambda window=0.5: 1)
+    stored = tmp_path / "job" / "threads.txt"
+    assert cpu.choose_threads(None, stored) == (1, True) and stored.read_text() == "1\n"
+    assert cpu.choose_threads(None, stored) == (1, False)  # read back, not measured again
+    assert cpu.choose_threads(2, stored) == (2, False) and stored.read_text() == "1\n"  # asked for, not stored
+    stored.write_text("4096\n")  # a file from a larger machine
+    assert cpu.choose_threads(None, stored)[0] == cpu.max_threads()
+    with pytest.raises(SettingError, match="usable cores: at most") as e:
+        cpu.choose_threads(cpu.max_threads() + 1, stored)
+    assert e.value.param == "threads"

@@ -83,3 +83,33 @@ def test_every_package_stub_names_what_its_modules_define():
             continue
         for export in package.__all__:
             assert getattr(package, export) is not None, (name, export)
+
+
+def test_a_stub_takes_a_subpackages_names_and_a_modules_all_with_a_star(tmp_path, monkeypatch):
+    import sys
+
+    pkg = tmp_path / "starred"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text(
+        "from lenscore.lazy import attach_stub\n"
+        "__getattr__, __dir__, __all__, _WHERE = attach_stub(__name__, __file__, ('sub', 'mod'))\n"
+    )
+    (pkg / "__init__.pyi").write_text("from starred.sub import *\nfrom starred.mod import *\n")
+    (pkg / "sub" / "__init__.py").write_text(
+        "from lenscore.lazy import attach_stub\n"
+        "__getattr__, __dir__, __all__, _WHERE = attach_stub(__name__, __file__, ('inner',))\n"
+    )
+    (pkg / "sub" / "__init__.pyi").write_text("from starred.sub.inner import X as X\n")
+    (pkg / "sub" / "inner.py").write_text("X = 'x'\n")
+    (pkg / "mod.py").write_text("__all__ = ['Y']\nY = 'y'\nZ = 'not exported'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import starred
+
+    try:
+        assert starred.__all__ == ["X", "Y"]  # no __version__: this package sets none
+        assert (starred.X, starred.Y) == ("x", "y") and starred._WHERE == {"X": "sub.inner", "Y": "mod"}
+        with pytest.raises(AttributeError):
+            starred.Z  # noqa: B018
+    finally:
+        for name in [m for m in sys.modules if m.startswith("starred")]:
+            sys.modules.pop(name)

@@ -136,3 +136,31 @@ def test_the_package_loads_its_names_lazily_and_every_exported_name_resolves():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['quick', 'standard']"
+
+
+def test_a_dataset_reconstructed_by_blocks_is_the_reconstruction_of_its_lenses(runs, tmp_path):
+    from lenscore.config import SettingError
+
+    rim = lensrim.load(runs / "rim")
+    attrs = lensrim.api.check_dataset(runs / "lenses.h5", rim)
+    assert {k: attrs[k] for k in ("image_fov", "source_fov")} == {"image_fov": OBS.image_fov, "source_fov": 3.0}
+    out_attrs = lensrim.api.output_attrs(attrs, {"test": True})
+    path = lensrim.api.reconstruct_to_file(rim, runs / "lenses.h5", tmp_path / "r.h5", attrs=out_attrs, batch_size=2)
+    from_file = lensrim.read_reconstruction(path)
+    direct = lensrim.reconstruct(rim, lenssim.Observation.from_dataset(runs / "lenses.h5"))
+    torch.testing.assert_close(from_file.source, direct.source)
+    torch.testing.assert_close(from_file.chi2_nu, direct.chi2_nu)
+    assert from_file.observation.truth.keys() == {"source", "kappa"}
+    # a dataset on another grid is a setting error naming the parameter it came in
+    d = lenssim.read_lens_dataset(runs / "lenses.h5")
+    lenssim.write_lens_dataset(
+        tmp_path / "wide.h5",
+        {k: d[k] for k in lenssim.LENS_FIELDS},
+        image_fov=9.0,
+        source_fov=3.0,
+        z_lens=0.5,
+        z_source=1.5,
+    )
+    with pytest.raises(SettingError, match="image_fov 9 differs from the RIM's 7.69 arcsec") as e:
+        lensrim.api.check_dataset(tmp_path / "wide.h5", rim)
+    assert e.value.param == "data"

@@ -32,3 +32,31 @@ def test_the_quick_demo_runs_from_python(tmp_path):
     assert (tmp_path / "demo" / "report" / "index.html").is_file()
     with pytest.raises(DemoError, match="other settings"):
         run_demo(tmp_path / "demo", PRESETS["quick"], seed=4, say=lines.append)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"adam_long_steps": 7}, "adam_long_steps .7. must exceed the RIM's 7 gradients"),
+        ({"test_lenses": 0}, "test_lenses must be at least 1"),
+        ({"sie_fraction": 1.5}, "sie_fraction must lie in"),
+        ({"rim_preset": "huge"}, "rim_preset must be one of"),
+        ({"pixels": 48}, "power of two"),
+        ({"rim_learning_rate": float("nan")}, "must be finite"),
+    ],
+)
+def test_demo_settings_that_cannot_make_a_demo_are_refused_at_construction(change, message):
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match=message):
+        replace(PRESETS["standard"], **change)
+
+
+def test_the_stages_are_one_function_each_with_their_measured_times():
+    from lensrim.demo import STAGE_FUNCTIONS, expected_seconds
+
+    assert len(STAGE_FUNCTIONS) == len(STAGES) == 7
+    for preset in PRESETS:
+        times = expected_seconds(preset)
+        assert list(times) == list(STAGES) and all(t > 0 for t in times.values())
+    assert expected_seconds("not measured") == {}

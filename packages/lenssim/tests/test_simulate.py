@@ -128,3 +128,63 @@ def test_torch_dataset_over_shards_with_workers(tmp_path):
         ds[6]
     with pytest.raises(lenssim.DatasetError, match="no \\*.h5"):
         lenssim.LensDataset(tmp_path)
+
+
+def test_a_sampler_specification_names_analytic_draws_or_a_dataset_on_the_same_geometry(tmp_path):
+    from lenscore.config import SettingError
+
+    obs = lenssim.ObservationConfig.at_resolution(16)
+    g = torch.Generator().manual_seed(0)
+    sie = lenssim.sampler_from_spec("sie", "kappa", config=obs)(3, g)
+    sersic = lenssim.sampler_from_spec("sersic", "source", config=obs)(2, g)
+    assert sie.shape == (3, 1, 16, 16) and (sie > 0).all() and sersic.shape == (2, 1, 16, 16)
+    maps = np.abs(np.random.default_rng(0).normal(size=(4, 1, 16, 16))).astype(np.float32) + 0.1
+    for fov, name in ((obs.image_fov, "good.h5"), (9.0, "wide.h5")):
+        lenssim.write_dataset(tmp_path / name, {"kappa": maps, "split": np.zeros(4, np.int64)}, {"image_fov": fov})
+    draws = lenssim.sampler_from_spec(tmp_path / "good.h5", "kappa", config=obs)(5, torch.Generator().manual_seed(1))
+    assert draws.shape == (5, 1, 16, 16)
+    assert all(any(torch.equal(d, torch.from_numpy(m)) for m in maps) for d in draws)  # drawn from the file
+    with pytest.raises(SettingError, match="wide.h5: image_fov 9 differs from the simulation's 7.69") as e:
+        lenssim.sampler_from_spec(tmp_path / "wide.h5", "kappa", config=obs, param="kappa")
+    assert e.value.param == "kappa"
+    with pytest.raises(lenssim.DatasetError, match="image_fov 9 differs"):
+        lenssim.sampler_from_spec(tmp_path / "wide.h5", "kappa", config=obs)
+
+
+def test_shards_split_the_lenses_and_name_their_files():
+    from lenscore.config import SettingError
+
+    for n, block in ((1000, 256), (7, 3), (5, 10)):
+        for shards in (1, 2, 3, 7):
+            assert sum(lenssim.shard_lenses(n, block, (i, shards)) for i in range(shards)) == n
+    assert lenssim.shard_path("out.h5", (0, 1)).name == "out.h5"
+    assert lenssim.shard_path("out", (2, 10)).name == "part-00003-of-00010.h5"
+    with pytest.raises(SettingError, match="ends in a slash"):
+        lenssim.shard_path("out", (0, 1), directory=True)
+
+
+def test_halo_sources_come_from_exactly_one_input(tmp_path):
+    from lenscore.config import SettingError
+
+    halos = lenssim.halo_sources(synthetic=2, seed=5)
+    assert [h.name for h in halos] == ["synthetic-5-0", "synthetic-5-1"]
+    assert np.array_equal(halos[1].load().positions, synthetic_particles([5, 1]).positions)
+    with pytest.raises(SettingError, match="exactly one"):
+        lenssim.halo_sources()
+    with pytest.raises(SettingError, match="need tng_base"):
+        lenssim.halo_sources(synthetic=1, halos=[3])
+    with pytest.raises(SettingError, match="no such file"):
+        lenssim.halo_sources(cutouts=[tmp_path / "missing.hdf5"])
+
+
+def test_split_counts_and_map_attrs_read_what_a_dataset_states(tmp_path):
+    from lenscore.config import SettingError
+
+    maps = np.ones((5, 1, 8, 8), np.float32)
+    lenssim.write_dataset(tmp_path / "s.h5", {"source": maps, "split": np.array([0, 1, 0, 0, 1])}, {"source_fov": 3.0})
+    assert lenssim.split_counts(tmp_path / "s.h5") == (3, 2)
+    assert lenssim.io.map_attrs(tmp_path / "s.h5") == {"source_fov": 3.0}
+    lenssim.write_dataset(tmp_path / "w.h5", {"source": maps}, {"source_fov": 30.0})
+    assert lenssim.split_counts(tmp_path / "w.h5") is None
+    with pytest.raises(SettingError, match="source_fov 30 arcsec exceeds the simulator's image field"):
+        lenssim.io.map_attrs(tmp_path / "w.h5")

@@ -47,7 +47,9 @@ def attach(
 def stub_exports(package: str, init_file: str) -> dict[str, tuple[str, ...]]:
     """The names a package exports, read from the stub ``__init__.pyi`` beside ``init_file``: each
     ``from package.sub import Name as Name`` (the re-export form type checkers read) puts ``Name``
-    under ``sub``. The stub is the one place a package writes its public names."""
+    under ``sub``; ``from package.sub import *`` takes every name ``sub`` exports (its own stub's
+    for a subpackage, its ``__all__`` for a module). The stubs are the one place a package
+    writes its public names."""
     stub = Path(init_file).with_suffix(".pyi")
     exports: dict[str, list[str]] = {}
     for node in ast.parse(stub.read_text(), str(stub)).body:
@@ -56,11 +58,30 @@ def stub_exports(package: str, init_file: str) -> dict[str, tuple[str, ...]]:
         module = node.module if node.level == 0 else f"{package}.{node.module}"
         if not module.startswith(package + "."):
             continue  # an import the stub itself needs (typing, torch), not an export
+        sub = module.removeprefix(package + ".")
+        if [alias.name for alias in node.names] == ["*"]:
+            for where, names in _star(package, sub, Path(init_file).parent).items():
+                exports.setdefault(where, []).extend(names)
+            continue
         for alias in node.names:
             if alias.asname != alias.name:
                 raise ValueError(f"{stub}: re-export {alias.name} as 'import {alias.name} as {alias.name}'")
-            exports.setdefault(module.removeprefix(package + "."), []).append(alias.name)
+            exports.setdefault(sub, []).append(alias.name)
     return {module: tuple(names) for module, names in exports.items()}
+
+
+def _star(package: str, sub: str, root: Path) -> dict[str, tuple[str, ...]]:
+    """What ``from package.sub import *`` brings: a subpackage's stub exports (under ``sub.``) or a
+    module's literal ``__all__``."""
+    path = root.joinpath(*sub.split("."))
+    if (path / "__init__.pyi").is_file():
+        inner = stub_exports(f"{package}.{sub}", str(path / "__init__.py"))
+        return {f"{sub}.{module}": names for module, names in inner.items()}
+    source = path.with_suffix(".py")
+    for node in ast.parse(source.read_text(), str(source)).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+            return {sub: tuple(ast.literal_eval(node.value))}
+    raise ValueError(f"{source}: 'import *' from a module without a literal __all__")
 
 
 def attach_stub(

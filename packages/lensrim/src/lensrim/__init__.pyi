@@ -1,7 +1,13 @@
 """The public names of :mod:`lensrim`, each written once, here: the package loads a name on first
 use (:func:`lenscore.lazy.attach_stub` reads this file) and type checkers read its types here."""
 
-from lensrim.api import FineTune as FineTune, Reconstruction as Reconstruction, load as load, reconstruct as reconstruct
+from lensrim.api import (
+    FineTune as FineTune,
+    Reconstruction as Reconstruction,
+    load as load,
+    read_reconstruction as read_reconstruction,
+    reconstruct as reconstruct,
+)
 from lensrim.config import PRESETS as PRESETS, FineTuneConfig as FineTuneConfig, RIMConfig as RIMConfig
 from lensrim.finetune import FineTuneResult as FineTuneResult, finetune as finetune, fisher_diagonal as fisher_diagonal
 from lensrim.launch import TrainingPlan as TrainingPlan, prepare_training as prepare_training

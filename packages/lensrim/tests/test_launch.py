@@ -1,0 +1,64 @@
+"""A training run resolved from its settings (lensrim.launch): a preset with the options given, a
+resumed run's own schedule and training options, Table 7's second stage, and refusals that name
+the setting at fault."""
+
+import json
+from dataclasses import replace
+
+import pytest
+from conftest import sie_lenses
+
+import lenssim
+from lenscore.config import SettingError
+from lensrim import PRESETS
+from lensrim.launch import prepare_training, resolve_config
+
+
+def test_a_fresh_run_is_the_preset_with_the_options_given(tmp_path):
+    config = resolve_config(tmp_path / "run", "tiny", batch_size=2, fit_weight=0.5, beta2=None, staircase=True)
+    assert config == replace(PRESETS["tiny"], batch_size=2, fit_weight=0.5, staircase=True)
+    with pytest.raises(TypeError, match="unknown training options"):
+        resolve_config(tmp_path / "run", "tiny", not_an_option=1)
+
+
+def test_a_resumed_run_keeps_its_schedule_and_training_options_unless_given_again(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    stored = replace(PRESETS["tiny"], learning_rate=3e-4, train_steps=40, fit_weight=0.2, time_weights="linear")
+    (run / "config.json").write_text(stored.to_json())
+    resumed = resolve_config(run, "tiny")
+    assert (resumed.learning_rate, resumed.train_steps, resumed.fit_weight, resumed.time_weights) == (
+        3e-4,
+        40,
+        0.2,
+        "linear",
+    )
+    again = resolve_config(run, "tiny", steps=80, fit_weight=0.0)
+    assert (again.train_steps, again.fit_weight, again.learning_rate) == (80, 0.0, 3e-4)
+    (run / "config.json").write_text(json.dumps({"model": "VAE"}))
+    with pytest.raises(SettingError, match="not a RIM configuration") as e:
+        resolve_config(run, "tiny")
+    assert e.value.param == "output"
+
+
+def test_a_second_stage_needs_a_checkpoint(tmp_path):
+    with pytest.raises(SettingError, match="no checkpoint to continue") as e:
+        resolve_config(tmp_path / "run", "tiny", second_stage=True)
+    assert e.value.param == "second_stage"
+
+
+def test_validation_lenses_on_another_geometry_are_refused_naming_the_setting(tmp_path):
+    lenses = sie_lenses(4, pixels=32)
+    attrs = {"image_fov": 7.69, "source_fov": 3.0, "z_lens": 0.5, "z_source": 1.5}
+    lenssim.write_lens_dataset(tmp_path / "train.h5", lenses, **attrs)
+    lenssim.write_lens_dataset(tmp_path / "wide.h5", lenses, **{**attrs, "image_fov": 9.0})
+    plan = prepare_training(
+        tmp_path / "run", preset="tiny", data=tmp_path / "train.h5", validation=tmp_path / "train.h5"
+    )
+    assert plan.validation.observation.shape == (4, 1, 32, 32) and plan.start == 0
+    assert plan.metadata["data"] == str(tmp_path / "train.h5") and plan.config.image_fov == 7.69
+    with pytest.raises(SettingError, match="image_fov 9 differs from the training lenses' 7.69 arcsec") as e:
+        prepare_training(tmp_path / "run", preset="tiny", data=tmp_path / "train.h5", external=tmp_path / "wide.h5")
+    assert e.value.param == "external"
+    with pytest.raises(SettingError, match="neither a number nor 'auto'"):
+        prepare_training(tmp_path / "run", preset="tiny", data=tmp_path / "train.h5", initial_log10_kappa="x")
