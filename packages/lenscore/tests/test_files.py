@@ -114,3 +114,37 @@ def test_a_job_keeps_the_thread_count_of_its_first_call(tmp_path, monkeypatch):
     with pytest.raises(SettingError, match="usable cores: at most") as e:
         cpu.choose_threads(cpu.max_threads() + 1, stored)
     assert e.value.param == "threads"
+
+
+def test_an_output_that_is_or_lies_inside_an_input_is_refused_naming_the_output(tmp_path):
+    from lenscore.config import SettingError
+    from lenscore.files import refuse_overwriting
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "data.h5").write_bytes(b"x")
+    (tmp_path / "link.h5").symlink_to(tmp_path / "data.h5")
+    refuse_overwriting({"output": tmp_path / "out.h5"}, {"data": tmp_path / "data.h5", "kappa": "sie", "x": None})
+    for out, where in ((tmp_path / "link.h5", "is the input data"), (tmp_path / "run" / "o.h5", "lies inside")):
+        with pytest.raises(SettingError, match=where) as e:
+            refuse_overwriting({"output": out}, {"data": tmp_path / "data.h5", "rim": tmp_path / "run"})
+        assert e.value.param == "output"
+
+
+def test_a_failed_job_removes_what_it_created_unless_it_is_worth_resuming(tmp_path):
+    from lenscore.files import hidden_sibling, removed_on_failure
+
+    made, kept, old = tmp_path / "made", tmp_path / "kept", tmp_path / "old"
+    old.mkdir()
+    for path, extra in ((made, None), (kept, "checkpoint.pt"), (old, None)):
+        with pytest.raises(RuntimeError), removed_on_failure(path):
+            path.mkdir(exist_ok=True)
+            (path / "config.json").write_text("{}")
+            hidden_sibling(path, "blocks").mkdir(exist_ok=True)
+            if extra:
+                (path / extra).write_bytes(b"w")
+            raise RuntimeError("refused")
+    assert not made.exists() and not hidden_sibling(made, "blocks").exists()
+    assert (kept / "checkpoint.pt").is_file() and (old / "config.json").is_file()  # work, and what was there
+    with removed_on_failure(tmp_path / "fine"):
+        (tmp_path / "fine").mkdir()
+    assert (tmp_path / "fine").is_dir()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import math
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from lenscore.config import SettingError, field_docs
-from lenscore.files import hidden_sibling
+from lenscore.files import refuse_overwriting, removed_on_failure
 from lensrim.demo import duration  # torch-free, like everything the CLI imports at start-up
 
 if TYPE_CHECKING:
@@ -165,7 +164,9 @@ def _is_user_facing(e: RuntimeError) -> bool:
 
 def option_name(param: str) -> str:
     """The command-line option of the current command whose parameter is ``param`` (its long
-    form), or ``--param`` spelt as options are."""
+    form), or ``--param`` spelt as options are (``param`` itself when it names an option)."""
+    if param.startswith("-"):
+        return param
     ctx = click.get_current_context(silent=True)
     for p in ctx.command.params if ctx is not None else ():
         if p.name == param and p.opts:
@@ -195,57 +196,20 @@ def one_line_errors(f: Callable) -> Callable:
 
 
 def leaves_nothing_on_failure(param: str = "output") -> Callable:
-    """Decorator: when the command fails, remove what it created at its ``param`` path, so a
-    refused run leaves no half-made run directory or block directory behind. A path that
-    existed before the command is never touched, nor one that holds work worth resuming (a
-    checkpoint, a finished block)."""
+    """Decorator: when the command fails, remove what it created at its ``param`` path
+    (:func:`lenscore.files.removed_on_failure`)."""
 
     def decorate(f: Callable) -> Callable:
         @functools.wraps(f)
         def wrapper(*args, **kwargs):
-            path = kwargs.get(param)
-            created = path is not None and not Path(path).exists()
-            blocks = None if path is None else hidden_sibling(Path(path), "blocks")
-            new_blocks = blocks is not None and not blocks.exists()
-            try:
+            with removed_on_failure(kwargs.get(param)):
                 return f(*args, **kwargs)
-            except Exception:
-                if created:
-                    _remove_unfinished(Path(path))
-                if new_blocks and blocks.is_dir() and not any(blocks.glob("block-*.h5")):
-                    shutil.rmtree(blocks, ignore_errors=True)
-                raise
 
         return wrapper
 
     return decorate
 
 
-def _remove_unfinished(path: Path) -> None:
-    """Remove a run directory the failed command created, unless it holds a checkpoint or data
-    (a file output is renamed into place only when complete: a file there is finished work)."""
-    if path.is_dir() and not any(path.rglob("checkpoint.pt")) and not any(path.rglob("*.h5")):
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def refuse_overwriting_inputs(outputs: dict[str, Path], inputs: dict[str, str | Path | None]) -> None:
-    """Refuse, in one line and before anything is written, an output that is (through symlinks
-    too) one of the command's input files, or lies inside an input run directory or dataset
-    directory. ``outputs`` and ``inputs`` map option names to paths (None and keywords such as
-    'sie' that name no file are skipped)."""
-    resolved = {}
-    for option, value in inputs.items():
-        if value is None:
-            continue
-        path = Path(value)
-        if path.exists():
-            resolved[option] = path.resolve()
-    for out_option, out in outputs.items():
-        target = Path(out).resolve()
-        for option, src in resolved.items():
-            if target == src or src.is_dir() and src in target.parents:
-                where = "is" if target == src else "lies inside"
-                raise click.BadParameter(
-                    f"{out} {where} the input {option} {inputs[option]}: it would be overwritten; choose another path",
-                    param_hint=out_option,
-                )
+    """:func:`lenscore.files.refuse_overwriting` with the command's option names as keys."""
+    refuse_overwriting(outputs, inputs)

@@ -9,7 +9,8 @@ import contextlib
 import glob
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+import shutil
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 __all__ = [
@@ -17,7 +18,9 @@ __all__ = [
     "alive",
     "hidden_sibling",
     "open_hdf5",
+    "refuse_overwriting",
     "remove_stale_temporaries",
+    "removed_on_failure",
     "temporary_path",
     "write_text",
     "written",
@@ -143,3 +146,46 @@ def open_hdf5(path: Path, error: type[Exception] = ValueError):
         return h5py.File(path, "r")
     except OSError as e:
         raise error(f"{path}: not a readable HDF5 file ({e})") from None
+
+
+def refuse_overwriting(
+    outputs: Mapping[str, str | os.PathLike], inputs: Mapping[str, str | os.PathLike | None]
+) -> None:
+    """Refuse, before anything is written, an output that is (through symlinks too) one of the
+    input files, or lies inside an input run or dataset directory: a
+    :class:`lenscore.config.SettingError` naming the output's key. ``outputs`` and ``inputs`` map
+    the names of the settings (keywords, or a command's options) to paths; None, and words such
+    as 'sie' that name no existing file, are skipped."""
+    from lenscore.config import SettingError
+
+    resolved = {name: Path(v).resolve() for name, v in inputs.items() if v is not None and Path(v).exists()}
+    for out_name, out in outputs.items():
+        target = Path(out).resolve()
+        for name, src in resolved.items():
+            if target == src or src.is_dir() and src in target.parents:
+                where = "is" if target == src else "lies inside"
+                message = f"{out} {where} the input {name} {inputs[name]}: it would be overwritten; choose another path"
+                raise SettingError(message, param=out_name)
+
+
+@contextlib.contextmanager
+def removed_on_failure(path: str | os.PathLike | None) -> Iterator[None]:
+    """On an exception, remove what the block created at ``path`` (a run directory or a dataset's
+    block directory), so a refused job leaves nothing half-made behind. A path that existed
+    before is never touched, nor one that holds work worth resuming (a checkpoint, an HDF5 file,
+    a finished block)."""
+    if path is None:
+        yield
+        return
+    path = Path(path)
+    blocks = hidden_sibling(path, "blocks")
+    created, new_blocks = not path.exists(), not blocks.exists()
+    try:
+        yield
+    except Exception:  # an interrupt (Ctrl-C) keeps what there is, to resume from
+        worth_keeping = path.is_dir() and (any(path.rglob("checkpoint.pt")) or any(path.rglob("*.h5")))
+        if created and path.is_dir() and not worth_keeping:
+            shutil.rmtree(path, ignore_errors=True)
+        if new_blocks and blocks.is_dir() and not any(blocks.glob("block-*.h5")):
+            shutil.rmtree(blocks, ignore_errors=True)
+        raise
