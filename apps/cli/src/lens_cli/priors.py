@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -157,41 +156,11 @@ def train_denoiser(data_path, output, steps, noise_min, noise_max, highpass, che
 def sample(run_dir, n_samples, output, batch_size, seed, device) -> None:
     """Draw sources or kappa maps from a trained VAE into a dataset that `lens simulate lenses`
     accepts (--sources FILE or --kappa FILE; all draws are in the train split)."""
-    import numpy as np
-    import torch
-
-    import lensprior
-    import lenssim
+    import lensrim
 
     refuse_overwriting_inputs({"--output": output}, {"--vae": run_dir})
     dev = resolve_device(device)
-    model, meta = lensprior.load_vae(run_dir, device=dev)
-    kind = model.config.kind
-    attrs = {
-        "kind": kind,
-        "config": {"vae": str(run_dir), "step": meta.get("step"), "vae_config": json.loads(model.config.to_json())},
-    }
-    attrs.update(meta.get("data_attrs", {}))
-    if kind == "source":
-        attrs.setdefault("source_fov", lenssim.SOURCE_FOV)
-    else:
-        attrs.setdefault("image_fov", lenssim.IMAGE_FOV)
-
-    def make_block(k: int, count: int, seedseq) -> dict:  # blocks on disk: memory stays flat whatever -n
-        g = torch.Generator().manual_seed(int(seedseq.generate_state(1, np.uint64)[0] >> 1))
-        with torch.no_grad():
-            maps = model.sample(count, generator=g).cpu().numpy()
-        return {kind: maps, "split": np.zeros(count, dtype=np.int64)}
-
-    with progress_bar(total=n_samples, desc=f"sampling {kind}", unit=kind) as bar:
-        lenssim.write_in_blocks(
-            output,
-            n_samples,
-            make_block,
-            attrs=attrs,
-            seed=seed,
-            block_size=batch_size,
-            progress=bar.update,
-            inputs=(Path(run_dir) / "checkpoint.pt",),
-        )
-    click.echo(f"wrote {output} ({n_samples} {kind} draws from {run_dir} at step {meta.get('step')})")
+    with progress_bar(total=n_samples, desc="sampling the VAE", unit="draw") as bar:
+        options = {"batch_size": batch_size, "seed": seed, "device": dev, "progress": bar.update}
+        _, meta = lensrim.training.write_vae_draws(run_dir, n_samples, output, **options)
+    click.echo(f"wrote {output} ({n_samples} {meta['kind']} draws from {run_dir} at step {meta.get('step')})")

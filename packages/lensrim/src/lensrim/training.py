@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Union
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -58,6 +59,7 @@ __all__ = [
     "load_rim",
     "train_rim",
     "vae_sampler",
+    "write_vae_draws",
 ]
 
 Batch = dict[str, torch.Tensor]
@@ -208,6 +210,46 @@ def vae_sampler(model: torch.nn.Module, device: torch.device | str = "cpu") -> l
         return model.sample(count, generator=generator).to(device)
 
     return draw
+
+
+def write_vae_draws(
+    run_dir: str | os.PathLike,
+    n: int,
+    output: str | os.PathLike,
+    *,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """``n`` draws of the trained VAE in ``run_dir`` as a source or kappa dataset that
+    ``lens simulate lenses`` reads (all in the train split, with the fields of view of the VAE's
+    training data), ``batch_size`` per resumable block (memory stays flat whatever ``n``).
+    Returns the path and the VAE run's metadata, with the VAE's ``kind``."""
+    import json
+
+    import lensprior
+
+    model, meta = lensprior.load_vae(run_dir, device=device)
+    kind = model.config.kind
+    config = {"vae": str(run_dir), "step": meta.get("step"), "vae_config": json.loads(model.config.to_json())}
+    attrs = {"kind": kind, "config": config, **meta.get("data_attrs", {})}
+    if kind == "source":
+        attrs.setdefault("source_fov", lenssim.SOURCE_FOV)
+    else:
+        attrs.setdefault("image_fov", lenssim.IMAGE_FOV)
+
+    def make_block(k: int, count: int, seedseq) -> dict:
+        g = torch.Generator().manual_seed(int(seedseq.generate_state(1, np.uint64)[0] >> 1))
+        with torch.no_grad():
+            maps = model.sample(count, generator=g).cpu().numpy()
+        return {kind: maps, "split": np.zeros(count, dtype=np.int64)}
+
+    inputs = (Path(run_dir) / "checkpoint.pt",)
+    path = lenssim.write_in_blocks(
+        output, n, make_block, attrs=attrs, seed=seed, block_size=batch_size, progress=progress, inputs=inputs
+    )
+    return path, {**meta, "kind": kind}
 
 
 class MixedBatches:
