@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import statistics
 import time
 from dataclasses import replace
 
@@ -51,17 +52,18 @@ def bench(preset: str, device: torch.device, train_batch: int, infer_batch: int,
         with torch.no_grad():
             model(infer["observation"], lensrim.LensingPhysics(infer["psf"], infer["noise_sigma"]))
 
-    times = {}
+    times, spread = {}, {}
     for name, fn in (("train", step), ("infer", predict)):
         fn()
         _sync(device)
-        best = float("inf")
+        rounds = []
         for _ in range(repeats):
             t0 = time.perf_counter()
             fn()
             _sync(device)
-            best = min(best, time.perf_counter() - t0)
-        times[name] = best
+            rounds.append(time.perf_counter() - t0)
+        times[name] = statistics.median(rounds)  # each round timed directly; the median of them
+        spread[name] = _spread(rounds)
     if device.type == "cuda":
         peak = f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
     else:
@@ -69,15 +71,29 @@ def bench(preset: str, device: torch.device, train_batch: int, infer_batch: int,
     n_params = sum(p.numel() for p in model.parameters())
     extra = "".join(f" {k}={v}" for k, v in flags.items())
     return (
-        f"{preset:5s} ({n_params / 1e6:.1f}M){extra} on {device.type}: training {1 / times['train']:.2f} steps/s "
-        f"(batch {train_batch}), inference {infer_batch / times['infer']:.1f} lenses/s (batch {infer_batch}), {peak}"
+        f"{preset:5s} ({n_params / 1e6:.1f}M){extra} on {_device_name(device)}, median of {repeats}: training "
+        f"{1 / times['train']:.2f} steps/s (batch {train_batch}; a step {spread['train']}), inference "
+        f"{infer_batch / times['infer']:.1f} lenses/s (batch {infer_batch}; a batch {spread['infer']}), {peak}"
     )
 
 
-def bench_finetune(preset: str, device: torch.device, lenses: int, steps: int, pixels: int | None = None) -> str:
-    """Fine-tuning throughput: ``lenses`` lenses together (one weight copy each, vmap) against
-    the same lenses one at a time; Fisher (16 draws) and ``steps`` RMSProp steps per lens, no
-    early stop. Lenses per hour extrapolate to Table 3's 200 draws and 2000 steps."""
+TABLE_3_DRAWS, TABLE_3_STEPS = 200, 2000
+"""Table 3's fine-tuning budget per lens, to which the measured times are extrapolated."""
+
+
+def _spread(values: list[float]) -> str:
+    return f"{1e3 * min(values):.0f}-{1e3 * max(values):.0f} ms"
+
+
+def finetune_times(
+    preset: str, device: torch.device, lenses: int, steps: int, rounds: int = 3, pixels: int | None = None
+) -> dict[str, dict[str, list[float]]]:
+    """Fine-tuning times measured directly, each phase on its own clock: for ``lenses`` lenses
+    together (one weight copy each, vmap) and for the same lenses one at a time, in each of
+    ``rounds`` rounds, the seconds of the Fisher phase (16 draws per lens, from the call to the
+    first RMSProp step) and of every RMSProp step (between successive step ends; no early stop).
+    Returns ``{"together"|"one at a time": {"fisher": [...], "step": [...]}}``, one value per
+    round (the median over that round's steps, and per lens one at a time)."""
     from lensprior import kappa_vae, source_vae
     from lensrim.finetune import FineTuneConfig, finetune
 
@@ -90,34 +106,72 @@ def bench_finetune(preset: str, device: torch.device, lenses: int, steps: int, p
     obs = lenssim.ObservationConfig(image_pixels=n, source_pixels=n)
     b = lenssim.simulate_sie_lenses(lenses, config=obs, generator=torch.Generator().manual_seed(0))
     y, psf, sigma = b.observation.to(device), b.psf.to(device), b.noise_sigma.to(device)
-    draws = 16
+    cfg = FineTuneConfig(fisher_samples=16, max_steps=steps, target_chi2_nu=0.0, fisher_chunk=8)
 
-    def run(sl, count_steps):
-        cfg = FineTuneConfig(fisher_samples=draws, max_steps=count_steps, target_chi2_nu=0.0, fisher_chunk=8)
+    def run(sl: slice) -> tuple[float, list[float]]:
+        ends: list[float] = []
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage == "optimise":  # done 0: the Fisher phase is over; done k: step k is
+                _sync(device)
+                ends.append(time.perf_counter())
+
         gens = [torch.Generator().manual_seed(i) for i in range(sl.start, sl.stop)]
-        t0 = time.perf_counter()
-        finetune(model, svae, kvae, y[sl], model.config.physics(psf[sl], sigma[sl]), cfg, generators=gens)
         _sync(device)
-        return time.perf_counter() - t0
+        t0 = time.perf_counter()
+        finetune(
+            model, svae, kvae, y[sl], model.config.physics(psf[sl], sigma[sl]), cfg, generators=gens, progress=progress
+        )
+        return ends[0] - t0, [b - a for a, b in zip(ends, ends[1:], strict=False)]
 
-    run(slice(0, 1), 1)  # warm-up
-    # time = Fisher + steps * step: two step counts separate the two
-    t_batch = {k: run(slice(0, lenses), k) for k in (1, steps + 1)}
-    t_one = {k: sum(run(slice(i, i + 1), k) for i in range(lenses)) for k in (1, steps + 1)}
+    run(slice(0, 1))  # warm-up
+    out = {"together": {"fisher": [], "step": []}, "one at a time": {"fisher": [], "step": []}}
+    for _ in range(rounds):
+        fisher, step_times = run(slice(0, lenses))
+        out["together"]["fisher"].append(fisher)
+        out["together"]["step"].append(statistics.median(step_times))
+        alone = [run(slice(i, i + 1)) for i in range(lenses)]
+        out["one at a time"]["fisher"].append(sum(f for f, _ in alone))
+        out["one at a time"]["step"].append(sum(statistics.median(t) for _, t in alone))
+    for way, times in out.items():
+        for phase, values in times.items():
+            if not all(v > 0 for v in values):
+                raise RuntimeError(f"fine-tuning {way}: a {phase} time of {min(values)} s is not positive: no rate")
+    return out
 
-    def per_hour(t):
-        step = (t[steps + 1] - t[1]) / steps
-        fisher = t[1] - step
-        full = fisher * 200 / draws + 2000 * step
-        return lenses * 3600 / full, step / lenses, fisher / lenses / draws
 
-    ph_b, st_b, fi_b = per_hour(t_batch)
-    ph_1, st_1, fi_1 = per_hour(t_one)
+def bench_finetune(
+    preset: str, device: torch.device, lenses: int, steps: int, pixels: int | None = None, rounds: int = 3
+) -> str:
+    """Fine-tuning throughput, :func:`finetune_times` extrapolated to Table 3's budget (200 Fisher
+    draws and 2000 steps per lens): lenses per hour together and one at a time, with the medians
+    over rounds of the time per Fisher draw and per step, per lens, and their spread."""
+    times = finetune_times(preset, device, lenses, steps, rounds=rounds, pixels=pixels)
+    rows, rates = [], {}
+    for way, t in times.items():
+        draw = statistics.median(t["fisher"]) / lenses / 16  # per lens and draw
+        step = statistics.median(t["step"]) / lenses  # per lens
+        rates[way] = 3600 / (TABLE_3_DRAWS * draw + TABLE_3_STEPS * step)
+        per_draw = [f / lenses / 16 for f in t["fisher"]]
+        per_step = [s / lenses for s in t["step"]]
+        rows.append(
+            f"{way}: {rates[way]:.2f} lenses/h; per lens, Fisher draw {1e3 * draw:.1f} ms ({_spread(per_draw)}), "
+            f"step {1e3 * step:.1f} ms ({_spread(per_step)})"
+        )
+    n = pixels or lensrim.PRESETS[preset].pixels
+    ratio = rates["together"] / rates["one at a time"]
     return (
-        f"fine-tuning {preset} {n}^2 on {device.type}: {lenses} lenses together {ph_b:.2f} lenses/h vs one at a time "
-        f"{ph_1:.2f} lenses/h (x{ph_b / ph_1:.2f}); per lens: step {1e3 * st_b:.0f} vs {1e3 * st_1:.0f} ms, "
-        f"Fisher draw {1e3 * fi_b:.0f} vs {1e3 * fi_1:.0f} ms (Table 3 budget: 200 draws, 2000 steps)"
+        f"fine-tuning {preset} {n}^2 on {_device_name(device)}, {lenses} lenses, {steps} steps, median of {rounds} "
+        f"rounds (spread min-max), extrapolated to Table 3's {TABLE_3_DRAWS} draws and {TABLE_3_STEPS} steps: "
+        + "; ".join(rows)
+        + f"; together x{ratio:.2f}"
     )
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def bench_on_the_fly(preset: str, device: torch.device, batch: int, steps: int, pixels: int = 128) -> str:
@@ -176,8 +230,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    cuda = f", CUDA {torch.version.cuda} on {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     print(
-        f"lensrim {lensrim.__version__}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; T = 8, 128^2"
+        f"lensrim {lensrim.__version__}, torch {torch.__version__}{cuda}, {torch.get_num_threads()} CPU threads; "
+        "T = 8, 128^2"
     )
     print(bench("small", torch.device("cpu"), 4, 8, args.repeats), flush=True)
     print(bench_on_the_fly("small", torch.device("cpu"), 4, 20, pixels=64), flush=True)
@@ -189,6 +245,7 @@ def main() -> None:
         print(bench("paper", gpu, 1, 8, args.repeats), flush=True)
         print(bench("paper", gpu, 1, 8, args.repeats, activation_checkpointing=True, bf16=True), flush=True)
         print(bench_finetune("small", gpu, 16, 5), flush=True)
+        print(bench_finetune("paper", gpu, 2, 3, rounds=2), flush=True)
     else:
         print("paper preset: GPU only (no CUDA device here)")
 
