@@ -418,9 +418,10 @@ def reconstruct_to_file(
         total, rows_of = len(obs), obs.__getitem__
     else:
         path = Path(observation)
-        total = lenssim.io.dataset_info(path)["fields"]["observation"][0]
+        fields = lenssim.io.dataset_info(path)["fields"]
+        total = fields["observation"][0]
         for name in lenssim.LENS_FIELDS:  # every value, in chunks, before the first block
-            if name in lenssim.io.dataset_info(path)["fields"]:
+            if name in fields:
                 lenssim.io.check_dataset_values(path, name)
 
         def rows_of(rows: slice) -> lenssim.Observation:
@@ -430,7 +431,7 @@ def reconstruct_to_file(
         rows = slice(k * batch_size, k * batch_size + count)
         follow = None
         if phase is not None:
-            follow = lambda name, done, total: phase(rows.start, rows.stop - 1, name, done, total)  # noqa: E731
+            follow = lambda name, done, total: phase(rows.start, rows.stop - 1, name, done, total)
         rec = reconstruct(
             rim, rows_of(rows), finetune=finetune, batch_size=count, first_index=rows.start, progress=follow
         )
