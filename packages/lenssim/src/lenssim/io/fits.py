@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from lenscore.files import written
+from lenssim.geometry import FOV_TOLERANCE
 from lenssim.io.datasets import MAX_ABS, MIN_NOISE
 from lenssim.physics.psf import gaussian_psf
 
@@ -227,7 +228,7 @@ def fits_onto_grid(
 
     n_in = image.shape[0]
     scale_out = image_fov / pixels
-    if n_in * scale_in < image_fov * (1 - 1e-6):
+    if n_in * scale_in < image_fov * (1 - FOV_TOLERANCE):
         raise FitsError(
             f"{path}: the image covers {n_in * scale_in:.3g} arcsec, less than the model's field of {image_fov} arcsec"
         )
