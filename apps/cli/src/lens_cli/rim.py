@@ -55,9 +55,7 @@ PRESET = {"default": None, "note": "default: the preset's"}
     "128^2 on 2 CPU cores; tiny 500). The cost at this machine's speed is printed after the first steps.",
 )
 @config_option(RIMConfig, "batch_size", type=click.IntRange(1), **PRESET)
-@config_option(
-    RIMConfig, "learning_rate", type=FiniteFloat(0, min_open=True), default=None, note="default: the preset's"
-)
+@config_option(RIMConfig, "learning_rate", type=FiniteFloat(0, min_open=True), **PRESET)
 @click.option(
     "--validation",
     type=click.Path(path_type=Path),
