@@ -101,3 +101,19 @@ def test_ieee_float32_switches_tf32_off_for_cuda_only_and_restores_it():
         assert conv.fp32_precision == "tf32"
     finally:
         conv.fp32_precision = before
+
+
+def test_subnormal_psf_values_are_dropped_without_changing_a_convolution():
+    from lenssim.physics.psf import without_subnormals
+
+    tiny = torch.finfo(torch.float32).tiny
+    psf = lenssim.gaussian_psf(torch.tensor([0.06, 0.08]), 7.69 / 128, 11)  # Table 1's narrowest: far tails
+    assert ((psf > 0) & (psf < tiny)).any(), "the test needs a PSF with subnormal values"
+    clean = without_subnormals(psf)
+    assert not ((clean > 0) & (clean < tiny)).any()
+    assert torch.equal(clean[psf >= tiny], psf[psf >= tiny])  # every normal value kept, bit for bit
+    image = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    reference = lenssim.convolve_psf(image.double(), psf.double())  # float64: subnormals of float32 are normal
+    out = lenssim.convolve_psf(image, psf)
+    assert (out.double() - reference).abs().max() < 1e-6  # float32 accuracy, the subnormals made no difference
+    assert torch.equal(without_subnormals(torch.tensor([1, 2])), torch.tensor([1, 2]))  # integers untouched
