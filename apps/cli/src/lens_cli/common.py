@@ -175,7 +175,9 @@ def option_name(param: str) -> str:
 
 
 def one_line_errors(f: Callable) -> Callable:
-    """Turn the libraries' input errors into click's one-line message and exit status 1."""
+    """Turn the libraries' input errors into click's one-line message: a setting that cannot work
+    (``lenscore.config.SettingError``) as a usage error of its option, exit status 2; any other
+    input error, exit status 1."""
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
