@@ -97,6 +97,8 @@ def finetune_times(
     from lensprior import kappa_vae, source_vae
     from lensrim.finetune import FineTuneConfig, finetune
 
+    if steps < 1 or rounds < 1 or lenses < 1:
+        raise ValueError(f"need at least one lens, step and round, got {lenses}, {steps}, {rounds}")
     config = lensrim.PRESETS[preset] if pixels is None else replace(lensrim.PRESETS[preset], pixels=pixels)
     n = config.pixels
     torch.manual_seed(0)

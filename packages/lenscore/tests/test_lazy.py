@@ -73,18 +73,6 @@ def test_a_stub_is_the_one_list_of_a_packages_names(tmp_path, monkeypatch):
         stub_exports("stubbed", str(pkg / "__init__.py"))
 
 
-def test_every_package_stub_names_what_its_modules_define():
-    import importlib
-
-    for name in ("lenssim", "lenssim.data", "lenssim.io", "lenssim.physics", "lensprior", "lensrim"):
-        try:
-            package = importlib.import_module(name)
-        except ImportError:  # lenscore's own tests run without the other packages
-            continue
-        for export in package.__all__:
-            assert getattr(package, export) is not None, (name, export)
-
-
 def test_a_stub_takes_a_subpackages_names_and_a_modules_all_with_a_star(tmp_path, monkeypatch):
     import sys
 

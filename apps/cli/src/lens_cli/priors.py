@@ -19,12 +19,25 @@ from lens_cli.common import (
     say,
     seed_option,
 )
-from lensprior.config import VAE_PRESETS, DenoiserConfig, VAEConfig  # torch-free
+from lensprior.config import VAE_PRESETS, DenoiserConfig, VAEConfig, vae_config  # torch-free
 
 
 @click.group()
 def train() -> None:
     """Train the priors (VAEs) and the RIM."""
+
+
+def _by_kind(field: str) -> dict:
+    """An option whose default is the preset's, naming the paper's value for each kind (read from
+    the configurations, not written here)."""
+    source, kappa = (vae_config(kind, "paper") for kind in ("source", "kappa"))
+    values = {getattr(source, field), getattr(kappa, field)}
+    paper = (
+        f"{getattr(source, field):g}"
+        if len(values) == 1
+        else (f"{getattr(source, field):g} for sources, {getattr(kappa, field):g} for kappa")
+    )
+    return {"default": None, "note": f"default: the preset's; paper: {paper}"}
 
 
 @train.command("vae")
@@ -37,11 +50,11 @@ def train() -> None:
     type=click.Choice(sorted(VAE_PRESETS)),
     help="paper: Tables 5/6; small: a quick CPU model.",
 )
-@config_option(VAEConfig, "steps", type=click.IntRange(1), default=None, note="default: the preset's")
-@config_option(VAEConfig, "batch_size", type=click.IntRange(1), default=None, note="default: the table's, 20 or 32")
-@config_option(VAEConfig, "latent_dim", type=click.IntRange(1), default=None, note="default: 32 or 16")
-@config_option(VAEConfig, "filters", type=click.IntRange(1), default=None, note="default 16")
-@config_option(VAEConfig, "learning_rate", type=FiniteFloat(0, min_open=True), default=None, note="default 1e-4")
+@config_option(VAEConfig, "steps", type=click.IntRange(1), **_by_kind("steps"))
+@config_option(VAEConfig, "batch_size", type=click.IntRange(1), **_by_kind("batch_size"))
+@config_option(VAEConfig, "latent_dim", type=click.IntRange(1), **_by_kind("latent_dim"))
+@config_option(VAEConfig, "filters", type=click.IntRange(1), **_by_kind("filters"))
+@config_option(VAEConfig, "learning_rate", type=FiniteFloat(0, min_open=True), **_by_kind("learning_rate"))
 @click.option(
     "--split",
     default="train",

@@ -162,6 +162,12 @@ def simulate_kappa(
     import lenssim
 
     resolve_device(device)
+    if sum([bool(cutouts), tng_base is not None, synthetic is not None]) != 1:
+        raise click.UsageError("give exactly one of --tng, --tng-base (with --halo/--subhalo) or --synthetic")
+    if (halo_ids or subhalo_ids) and tng_base is None:
+        raise click.UsageError("--halo and --subhalo need --tng-base")
+    if tng_base is not None and not (halo_ids or subhalo_ids):
+        raise click.UsageError("--tng-base needs at least one --halo or --subhalo")
     if theta_e_min > theta_e_max:
         raise click.BadParameter(f"--theta-e-min {theta_e_min} exceeds --theta-e-max {theta_e_max}")
     halos = lenssim.halo_sources(

@@ -6,7 +6,7 @@ In a notebook::
     result = run_demo(Path("demo"), PRESETS["quick"], seed=0)
     result["verdict"]  # sentences judging the numbers; demo/report/index.html has the figures
 
-The demo is seven stages, one function each (:data:`STAGE_FUNCTIONS`), that pass a
+The demo is seven stages, one function each (:data:`STAGE_FUNCTIONS`, ``stage_*``), that pass a
 :class:`DemoState` along. Each resumes: datasets are written in blocks, training runs from its
 checkpoints, fine-tuning per batch of lenses, Adam's results are kept in ``adam.pt``.
 
@@ -293,7 +293,7 @@ class DemoState:
         return self.rim.config.steps - 1
 
 
-def make_data(state: DemoState) -> None:
+def stage_data(state: DemoState) -> None:
     """Stage 1: KDE kappa maps of synthetic halos, and GalSim synthetic sources (both split)."""
     import lenssim
     from lenssim import tng
@@ -326,7 +326,7 @@ def make_data(state: DemoState) -> None:
         )
 
 
-def train_priors(state: DemoState) -> None:
+def stage_priors(state: DemoState) -> None:
     """Stage 2: the source and kappa VAEs on the training splits."""
     import lensprior
 
@@ -350,7 +350,7 @@ def train_priors(state: DemoState) -> None:
         state.vaes[kind].eval()
 
 
-def simulate_lenses(state: DemoState) -> None:
+def stage_lenses(state: DemoState) -> None:
     """Stage 3: training lenses (KDE or SIE kappa, training sources) and held-out test lenses
     (test-split halos and galaxies only)."""
     import lenssim
@@ -379,7 +379,7 @@ def simulate_lenses(state: DemoState) -> None:
             )
 
 
-def train_rim(state: DemoState) -> None:
+def stage_rim(state: DemoState) -> None:
     """Stage 4: the RIM, on the training lenses mixed with lenses drawn from the two VAEs."""
     import lensrim
     import lenssim
@@ -442,7 +442,7 @@ def train_rim(state: DemoState) -> None:
     state.rim.eval()
 
 
-def finetune(state: DemoState) -> None:
+def stage_finetune(state: DemoState) -> None:
     """Stage 5: the held-out lenses reconstructed and fine-tuned with EWC, into ``recon.h5``."""
     import lensrim
     import lenssim
@@ -481,7 +481,7 @@ LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 (tuned on the fit alone: no labels)."""
 
 
-def compare_adam(state: DemoState) -> None:
+def stage_adam(state: DemoState) -> None:
     """Stage 6: the RIM's estimates, the constant predictor's and plain Adam's on the same
     likelihood: with the RIM's T - 1 gradients from the RIM's first estimate and from the
     constant predictor's maps, and with many more."""
@@ -530,7 +530,7 @@ def compare_adam(state: DemoState) -> None:
         state.adam[role] = {"gradients": steps, "learning_rate": lr, "start": start}
 
 
-def report(state: DemoState) -> None:
+def stage_report(state: DemoState) -> None:
     """Stage 7: every estimate scored against the truth and the fit, the verdict and the report."""
     import torch
 
@@ -543,9 +543,9 @@ def report(state: DemoState) -> None:
         recon.source.to(device),
         torch.log10(recon.kappa.to(device)),
     )
-    labels = [e.label for e in state.estimates.values()]
-    if len(set(labels)) != len(labels):  # DemoConfig's refusals keep them apart; the report needs it
-        raise DemoError(f"two methods share a name in the comparison: {labels}")
+    names = [e.label for e in state.estimates.values()]
+    if len(set(names)) != len(names):  # DemoConfig's refusals keep them apart; the report needs it
+        raise DemoError(f"two methods share a name in the comparison: {names}")
     y = test.observation.to(device)
     scores = {role: _score(e, y, physics, test, state.observation) for role, e in state.estimates.items()}
     comparison = {state.estimates[role].label: score for role, score in scores.items()}
@@ -618,13 +618,13 @@ def _finetune_budget(c: DemoConfig, used: torch.Tensor, stage_seconds: float) ->
 
 
 STAGE_FUNCTIONS: tuple[Callable[[DemoState], None], ...] = (
-    make_data,
-    train_priors,
-    simulate_lenses,
-    train_rim,
-    finetune,
-    compare_adam,
-    report,
+    stage_data,
+    stage_priors,
+    stage_lenses,
+    stage_rim,
+    stage_finetune,
+    stage_adam,
+    stage_report,
 )
 """The stages, in the order of :data:`STAGES` (their titles)."""
 

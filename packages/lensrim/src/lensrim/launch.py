@@ -186,14 +186,14 @@ def prepare_training(
     def draws(kind: str, spec, vae, param: str):
         return sampler(kind, spec, vae, config=obs, device=device, param=param)
 
-    source = {"kappa": kappa, "sources": sources, "kappa_vae": kappa_vae, "source_vae": source_vae}
-    source = {k: str(v) for k, v in source.items() if v is not None}
+    given = {"kappa": kappa, "sources": sources, "kappa_vae": kappa_vae, "source_vae": source_vae}
+    provenance = {k: str(v) for k, v in given.items() if v is not None}
     use_vae = kappa_vae is not None or source_vae is not None
     if data is not None:
         holdout = 0 if validation is not None else None  # held out only when no validation set is given
         batches = DatasetBatches(data, holdout=holdout, max_holdout=validation_size, workers=workers)
         n = batches.dataset[0]["observation"].shape[-1]
-        source["data"] = str(data)
+        provenance["data"] = str(data)
         if n != config.pixels:
             raise SettingError(
                 f"{data}: maps are {n} pixels wide, the {preset} preset needs {config.pixels}", param="data"
@@ -206,7 +206,7 @@ def prepare_training(
                 device=device,
             )
             batches = MixedBatches(batches, simulated, vae_fraction)
-            source["vae_fraction"] = vae_fraction
+            provenance["vae_fraction"] = vae_fraction
     else:
         batches = SimulatedBatches(
             draws("kappa", kappa, kappa_vae, "kappa"),
@@ -223,7 +223,7 @@ def prepare_training(
     ]
     offset = _initial_offset(initial_log10_kappa, Path(output), batches, seed)
     config = replace(config, initial_log10_kappa=offset, **fovs)  # the RIM keeps its data's geometry
-    meta = {**source, **fovs, "preset": preset, "world_size": world_size}
+    meta = {**provenance, **fovs, "preset": preset, "world_size": world_size}
     return TrainingPlan(config, batches, held[0], held[1], meta, checkpoint_step(output) or 0)
 
 

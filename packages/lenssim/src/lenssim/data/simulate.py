@@ -86,7 +86,7 @@ def halo_sources(
     if (halos or subhalos) and tng_base is None:
         raise SettingError("halos and subhalos need tng_base", param="tng_base")
     if tng_base is not None and not (halos or subhalos):
-        raise SettingError("tng_base needs at least one halo or subhalo", param="halo_ids")
+        raise SettingError("tng_base needs at least one halo or subhalo", param="halos")
     for c in cutouts:
         if not Path(c).is_file():
             raise SettingError(f"{c}: no such file", param="cutouts")
@@ -130,8 +130,6 @@ def shard_lenses(n_lenses: int, block_size: int, shard: tuple[int, int]) -> int:
 
 def split_counts(path: str | os.PathLike) -> tuple[int, int] | None:
     """(train, test) examples of a dataset (file or shard directory), None without a split."""
-    import h5py  # noqa: F401  (through _open)
-
     path = Path(path)
     counts = np.zeros(2, dtype=int)
     for p in sorted(path.glob("part-*.h5")) if path.is_dir() else [path]:
