@@ -43,7 +43,7 @@ import lenssim
 from lenscore.files import write_text, written
 from lensrim.baseline import optimise_likelihood
 from lensrim.finetune import FineTuneConfig, finetune
-from lensrim.metrics import constant_reference
+from lensrim.metrics import constant_reference, median
 from lensrim.training import SimulatedBatches, constant_log10_kappa
 
 PIXELS = 32
@@ -218,7 +218,7 @@ def references(rim, test, longest: int) -> dict:
         for lr in (1e-3, 3e-3, 1e-2, 3e-2, 1e-1):  # chosen on chi2 alone: no labels
             s, xi = optimise_likelihood(y, physics, est[0, :, :1], est[0, :, 1:], steps=steps, learning_rate=lr)
             chi2 = physics.chi2_nu(y, s, xi)
-            if best is None or chi2.median() < best[0].median():
+            if best is None or median(chi2) < median(best[0]):
                 best = (chi2, s, xi, lr)
         out[f"Adam, {steps} gradients"] = {**summary(best[0], log10_loss(best[1], best[2], test)), "lr": best[3]}
     return out
@@ -255,8 +255,8 @@ def run_setting(name: str, cfg: FineTuneConfig, rim, svae, kvae, test, seed: int
         "baseline": summary(res.chi2_nu_baseline, before),
         "fine-tuned": summary(res.chi2_nu, after),
         "log10_loss_change_per_lens": (after - before).tolist(),
-        "steps_used_median": float(res.steps.float().median()),
-        "best_step_median": float(res.best_step.float().median()),
+        "steps_used_median": float(median(res.steps)),
+        "best_step_median": float(median(res.best_step)),
         "median_best_chi2_nu_by_step": median_trace,
     }
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lensrim.metrics import chi2_summary, coherence_bands, coherence_spectrum, log_loss_moments, snr
+from lensrim.metrics import chi2_summary, coherence_bands, coherence_spectrum, log_loss_moments, median, snr
 
 
 def _blob(n=32, seed=0):
@@ -64,6 +64,13 @@ def test_loss_moments_and_chi2_summary_against_hand_computations():
     assert s["median"] == pytest.approx(1.025) and s["fraction_at_or_below_1"] == 0.5
     assert s["fraction_at_or_below_1.1"] == 0.75
     assert np.allclose(snr([0.01, 0.1]), [100, 10])
+
+
+def test_median_is_the_reports_median_for_even_and_odd_counts():
+    even = torch.tensor([3.0, 0.9, 10.0, 1.0])  # the middle two are 1.0 and 3.0
+    assert float(median(even)) == 2.0 == float(np.median(even.numpy())) == chi2_summary(even)["median"]
+    assert float(even.median()) == 1.0  # torch's own: the lower middle value
+    assert float(median(torch.tensor([5.0, 2.0, 4.0]))) == 4.0
 
 
 def test_adam_on_the_likelihood_reaches_the_optimum_of_a_linear_problem():

@@ -489,7 +489,7 @@ def stage_adam(state: DemoState) -> None:
 
     import lensrim
     from lensrim.baseline import optimise_likelihood
-    from lensrim.metrics import constant_reference
+    from lensrim.metrics import constant_reference, median
 
     c, test, device = state.config, state.test, state.device
     y = test.observation.to(device)
@@ -520,7 +520,7 @@ def stage_adam(state: DemoState) -> None:
             best = None
             for lr in LR_GRID:
                 s, xi = optimise_likelihood(y, physics, s0, xi0, steps=steps, learning_rate=lr)
-                chi2 = float(physics.chi2_nu(y, s, xi).median())
+                chi2 = float(median(physics.chi2_nu(y, s, xi)))
                 if best is None or chi2 < best[0]:
                     best = (chi2, lr, s, xi)
             cache.put(key, best[1], best[2], best[3])

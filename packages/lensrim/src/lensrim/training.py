@@ -40,7 +40,7 @@ from lenscore.runs import (
     step_generator,
     trim_metrics,
 )
-from lensrim.metrics import constant_reference
+from lensrim.metrics import constant_reference, median
 from lensrim.model import RIM, ForwardModel, RIMConfig, rim_loss_terms
 from lensrim.physics import LensingPhysics
 
@@ -380,7 +380,7 @@ def _summary(terms: dict[str, torch.Tensor]) -> dict[str, Any]:
         "loss_kappa": float(lk.mean()),
         "loss_t": [round(float(v), 7) for v in total.mean(dim=1)],
         "log10_loss": float(torch.log10(total[-1].clamp_min(1e-30)).mean()),
-        "chi2_nu": float(terms["chi2_nu"].double().median()),
+        "chi2_nu": float(median(terms["chi2_nu"])),
         "constant_loss": float(const.mean()),
         "constant_log10_loss": float(torch.log10(const.clamp_min(1e-30)).mean()),
     }
@@ -645,7 +645,7 @@ def _train_rim(
         batch = {k: v[rows].to(device, non_blocking=True) for k, v in as_batch(lenses).items()}
         loss, per_example = _batch_terms(net, batch, physics)
         # each step's median chi2_nu stays on the device with its loss until the next log step
-        return StepResult(loss, watch=per_example["chi2_nu"].median(), aux=(batch, per_example))
+        return StepResult(loss, watch=median(per_example["chi2_nu"]), aux=(batch, per_example))
 
     def log_terms(logged: dict[str, Any], last: StepResult, history: torch.Tensor) -> dict[str, Any]:
         nonlocal clock
@@ -655,7 +655,7 @@ def _train_rim(
         terms = _summary(_gather(_with_reference(per_example, batch), world))
         # one batch's median jumps by orders of magnitude between lenses: the median over the
         # steps since the last log is the figure to watch
-        terms["chi2_nu_window"] = float(history[:, 2].median())
+        terms["chi2_nu_window"] = float(median(history[:, 2]))
         # what training minimises (eq. 7 with the time weights, plus the fit term): "loss" is eq. 7
         terms["objective"] = float(history[-1, 0])
         if rank != 0:
