@@ -55,6 +55,40 @@ def test_training_loss_is_weighted_eq7_plus_the_fit_term(scheme, fit):
         assert any(not torch.allclose(a, q.grad) for a, q in zip(with_fit, model.parameters(), strict=True))
 
 
+class _Fixed(torch.nn.Module):
+    """A "RIM" whose T estimates are one leaf tensor: the loss's gradient with respect to every
+    estimate's maps is that tensor's ``grad``."""
+
+    def __init__(self, config, estimates):
+        super().__init__()
+        self.config = config
+        self.estimates = torch.nn.Parameter(estimates)
+
+    def forward(self, y, physics):
+        return self.estimates
+
+
+@pytest.mark.parametrize("maps", ["both", "source"])
+def test_fit_term_trains_the_maps_it_names(maps):
+    data = sie_lenses(2)
+    cfg = replace(PRESETS["tiny"], steps=2, time_weights="final", fit_weight=0.5, fit_maps=maps)
+    physics = LensingOf.of(cfg)
+    torch.manual_seed(1)
+    truth = torch.cat([data["source"], torch.log10(data["kappa"])], dim=1)
+    start = (truth + 0.1 * torch.randn_like(truth))[None].repeat(2, 1, 1, 1, 1)  # near the truth, chi2_nu > 1
+    grads = {}
+    for fit in (0.0, 0.5):
+        model = _Fixed(replace(cfg, fit_weight=fit), start.clone())
+        loss, terms = _batch_terms(model, data, physics)
+        assert (terms["chi2_nu"] > 1).all()  # the term is active on both lenses
+        loss.backward()
+        grads[fit] = model.estimates.grad[-1]
+    with_fit, eq7 = grads[0.5], grads[0.0]
+    assert not torch.allclose(with_fit[:, 0], eq7[:, 0])  # the source always learns from the fit
+    # kappa learns from it only with "both": with "source" its gradient is eq. 7's, bit for bit
+    assert torch.equal(with_fit[:, 1], eq7[:, 1]) == (maps == "source")
+
+
 def test_fit_term_gives_no_reward_below_the_noise():
     data = sie_lenses(2)
     cfg = replace(PRESETS["tiny"], steps=2, fit_weight=1.0, time_weights="uniform")
@@ -108,6 +142,9 @@ def test_rmsprop_decay_is_what_the_rim_sees():
         ("fit_weight", -0.1, "fit_weight must be non-negative"),
         ("time_weights", "cubic", "time_weights must be one of uniform, linear, quadratic, final"),
         ("clipping", "layer", "clipping must be global or per_tensor"),
+        ("fit_maps", "kappa", "fit_maps must be both or source, got 'kappa'"),
+        ("gradient_skip", -0.01, r"gradient_skip must lie in \[0, 1\], got -0.01"),
+        ("gradient_skip", 2.0, r"gradient_skip must lie in \[0, 1\]"),
         ("fit_weight", math.nan, "fit_weight must be finite"),
     ],
 )
@@ -122,11 +159,12 @@ def test_senseless_training_options_are_refused_in_one_line(field, value, messag
 
 def test_a_run_saved_before_the_options_existed_reads_as_it_trained():
     saved = json.loads(PRESETS["tiny"].to_json())
-    for name in ("time_weights", "clipping", "fit_weight"):
+    for name in ("time_weights", "clipping", "fit_weight", "fit_maps", "gradient_skip"):
         del saved[name]
     old = RIMConfig.from_json(json.dumps(saved))
-    assert (old.time_weights, old.clipping, old.fit_weight) == ("uniform", "global", 0.0)
-    new = replace(PRESETS["tiny"], time_weights="quadratic", clipping="per_tensor", fit_weight=0.2)
+    assert (old.time_weights, old.clipping, old.fit_weight, old.fit_maps) == ("uniform", "global", 0.0, "both")
+    assert old.gradient_skip == 0.0
+    new = replace(PRESETS["tiny"], time_weights="quadratic", clipping="per_tensor", fit_weight=0.2, fit_maps="source")
     assert RIMConfig.from_json(new.to_json()) == new  # a file that has them keeps them
 
 
@@ -154,3 +192,36 @@ def test_step_gains_scale_each_update_and_start_as_the_plain_rim():
     loss, _ = _batch_terms(gained, data, LensingOf.of(cfg))
     loss.backward()
     assert gained.gains.grad is not None and gained.gains.grad.abs().sum() > 0  # trained with the network
+
+
+@pytest.mark.parametrize("method", ["rmsprop", "adam"])
+def test_an_untrained_rim_with_a_gradient_skip_is_likelihood_ascent(method):
+    data = sie_lenses(2)
+    cfg = replace(PRESETS["tiny"], steps=4, gradient_preprocessing=method, gradient_skip=0.03, initial_log10_kappa=-0.3)
+    torch.manual_seed(0)
+    rim = RIM(cfg)
+    physics = LensingOf.of(cfg)(data)
+    y = data["observation"]
+    with torch.no_grad():
+        est = rim(y, physics)
+    # independently: start at (0, c), then x_t = x_{t-1} + 0.03 * the preprocessed gradient of log p
+    x = torch.cat([torch.zeros_like(y), torch.full_like(y, -0.3)], dim=1)
+    history = []
+    assert torch.equal(est[0], x)
+    for t in range(1, 4):
+        history.append(torch.cat(physics.gradient(y, x[:, :1], x[:, 1:]), dim=1))
+        x = x + 0.03 * preprocess_gradients(history, method, beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.epsilon)
+        assert torch.allclose(est[t], x, atol=1e-6)
+    chi2 = [physics.chi2_nu(y, e[:, :1], e[:, 1:]) for e in est]
+    assert (chi2[-1] < chi2[0]).all()  # ascent on log p: the fit improves
+    # the gains and the network learn together from the start
+    loss, _ = _batch_terms(rim, data, LensingOf.of(cfg))
+    loss.backward()
+    assert rim.skip.grad.abs().sum() > 0 and rim.unet.out.weight.grad.abs().sum() > 0
+
+
+def test_a_gradient_skip_needs_a_normalised_gradient():
+    with pytest.raises(ValueError, match="gradient_skip needs a normalised gradient") as info:
+        replace(PRESETS["tiny"], gradient_preprocessing="raw", gradient_skip=0.03)
+    assert "\n" not in str(info.value)
+    assert replace(PRESETS["tiny"], gradient_preprocessing="raw", gradient_skip=0.0).gradient_skip == 0.0

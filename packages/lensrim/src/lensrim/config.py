@@ -83,10 +83,21 @@ class RIMConfig(JsonConfig):
     """Learn one gain per RIM update and channel, x^(t+1) = x^(t) + a_t * g(...), starting at 1
     (2 (T - 1) weights beside the U-net's, not in the paper): lets the shared network take
     shorter late steps without having to infer the step count from its hidden states."""
+    gradient_skip: float = 0.0
+    """Initial value of a learned gain b_t per update and channel on a path that adds the
+    preprocessed likelihood gradient to each update, x^(t+1) = x^(t) + g(...) + b_t * grad_t (not in
+    the paper; 0: no such path, the paper's RIM). With a normalised gradient (``adam`` or
+    ``rmsprop``) and b ~ 0.03, an untrained RIM starts as plain likelihood ascent, the optimiser
+    it must beat, and the network learns the correction (the prior) on top."""
     fit_weight: float = 0.01
     """Weight of a data-fit term added to the training loss (not in the paper): the mean over the
     lenses of max(0, ln chi2_nu) of the final estimate, so that the RIM is also taught to explain
     its observation down to the noise and never rewarded for fitting below it (chi2_nu < 1)."""
+    fit_maps: Literal["both", "source"] = "both"
+    """The maps the data-fit term trains: ``source``, the term is evaluated with the RIM's own
+    kappa held fixed, so it teaches the source to explain the data through that kappa and leaves
+    kappa to eq. 7 alone; ``both``, it moves kappa too, which a larger ``fit_weight`` pays for in
+    the truth (a kappa bent to fit the arcs)."""
     learning_rate: float = 1e-4
     """Initial Adamax learning rate, per step (Table 7, first stage: 1e-4)."""
     decay_rate: float = 0.95
@@ -143,6 +154,15 @@ class RIMConfig(JsonConfig):
             raise ValueError(f"step_gains must be true or false, got {self.step_gains!r}")
         if self.fit_weight < 0:
             raise ValueError(f"fit_weight must be non-negative, got {self.fit_weight}")
+        if not 0 <= self.gradient_skip <= 1:
+            raise ValueError(f"gradient_skip must lie in [0, 1], got {self.gradient_skip}")
+        if self.gradient_skip and self.gradient_preprocessing == "raw":
+            raise ValueError(
+                "gradient_skip needs a normalised gradient (gradient_preprocessing adam or rmsprop): "
+                "the raw gradient's scale is the inverse noise variance"
+            )
+        if self.fit_maps not in ("both", "source"):
+            raise ValueError(f"fit_maps must be both or source, got {self.fit_maps!r}")
         if self.pixels % (2**self.levels):
             raise ValueError(f"pixels ({self.pixels}) must be divisible by 2^levels ({2**self.levels})")
         if self.steps < 1:
@@ -171,7 +191,9 @@ class RIMConfig(JsonConfig):
         "time_weights": "uniform",
         "clipping": "global",
         "fit_weight": 0.0,
+        "fit_maps": "both",
         "step_gains": False,
+        "gradient_skip": 0.0,
     }
     """Training options added after runs were first saved, with the values every run saved
     without them trained with: a ``config.json`` that lacks one is read with this value, so such

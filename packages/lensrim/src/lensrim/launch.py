@@ -43,7 +43,16 @@ __all__ = [
     "summary",
 ]
 
-TRAINING_CHOICES = ("gradient_preprocessing", "beta2", "time_weights", "clipping", "step_gains", "fit_weight")
+TRAINING_CHOICES = (
+    "gradient_preprocessing",
+    "beta2",
+    "time_weights",
+    "clipping",
+    "step_gains",
+    "fit_weight",
+    "fit_maps",
+    "gradient_skip",
+)
 """Training options a resumed run keeps from its own configuration unless they are given again."""
 
 SECOND_STAGE_STEPS = 870_000

@@ -204,12 +204,17 @@ class RIM(nn.Module):
         self.unet = _UNet(config)
         if config.step_gains:  # a_t of each update t = 1..T-1 and channel (source, log10 kappa)
             self.gains = nn.Parameter(torch.ones(max(config.steps - 1, 1), 2))
+        if config.gradient_skip:  # b_t on the gradient path of each update t = 1..T-1 and channel
+            self.skip = nn.Parameter(torch.full((max(config.steps - 1, 1), 2), float(config.gradient_skip)))
         if config.init == "glorot":
             for m in self.unet.modules():
                 if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
                     nn.init.xavier_uniform_(m.weight)
                     if m.bias is not None:
                         nn.init.zeros_(m.bias)
+        if config.gradient_skip:  # the network's part starts at zero: an untrained RIM is likelihood ascent
+            nn.init.zeros_(self.unet.out.weight)
+            nn.init.zeros_(self.unet.out.bias)
 
     def _step(self, inputs: torch.Tensor, hidden: list[torch.Tensor | None]):
         c = self.config
@@ -302,6 +307,8 @@ class RIM(nn.Module):
             delta, hidden = step(torch.cat([y, x, g], dim=1), hidden)
             if c.step_gains:
                 delta = delta * self.gains[t - 1].view(1, 2, 1, 1)
+            if c.gradient_skip:
+                delta = delta + self.skip[t - 1].view(1, 2, 1, 1) * g
             x = x + delta
             estimates.append(x)
         return torch.stack(estimates)
