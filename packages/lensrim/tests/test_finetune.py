@@ -324,3 +324,21 @@ def test_encoding_clips_to_the_vae_domain(setup):
     z_s, z_k = encode_prediction(svae, kvae, s, k)
     torch.testing.assert_close(z_s, svae.encode(torch.ones_like(s))[0])
     assert torch.isfinite(z_k).all()
+
+
+def test_a_rim_with_a_gradient_skip_is_fine_tuned_through_the_same_updates(setup):
+    _, _, _, lenses = setup
+    torch.manual_seed(2)
+    rim = RIM(replace(PRESETS["tiny"], steps=3, gradient_skip=0.03)).eval()
+    with torch.no_grad():
+        rim.unet.out.weight.normal_(0, 0.01)  # a trained-looking network beside the skip path
+        rim.skip.copy_(torch.tensor([[0.02, 0.01], [0.04, 0.03]]))
+    physics = LensingPhysics(lenses.psf, lenses.noise_sigma)
+    with torch.no_grad():
+        plain = rim(lenses.observation, physics)
+        per_lens = rim(lenses.observation, physics, params=stacked_params(rim, 3))  # fine-tuning's path
+        without = RIM(replace(rim.config, gradient_skip=0.0)).eval()
+        without.unet.load_state_dict(rim.unet.state_dict())
+        no_skip = without(lenses.observation, physics)
+    torch.testing.assert_close(per_lens, plain, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(plain[1:], no_skip[1:], atol=1e-4)  # the skip path is in both

@@ -24,9 +24,9 @@ def test_a_fresh_run_is_the_preset_with_the_options_given(tmp_path):
 def test_a_resumed_run_keeps_its_schedule_and_training_options_unless_given_again(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    other = "both" if PRESETS["tiny"].fit_maps == "source" else "source"
+    other = 0.5 if PRESETS["tiny"].fit_kappa != 0.5 else 0.25
     stored = replace(
-        PRESETS["tiny"], learning_rate=3e-4, train_steps=40, fit_weight=0.2, time_weights="linear", fit_maps=other
+        PRESETS["tiny"], learning_rate=3e-4, train_steps=40, fit_weight=0.2, time_weights="linear", fit_kappa=other
     )
     (run / "config.json").write_text(stored.to_json())
     resumed = resolve_config(run, "tiny")
@@ -36,7 +36,7 @@ def test_a_resumed_run_keeps_its_schedule_and_training_options_unless_given_agai
         0.2,
         "linear",
     )
-    assert resumed.fit_maps == other
+    assert resumed.fit_kappa == other
     again = resolve_config(run, "tiny", steps=80, fit_weight=0.0)
     assert (again.train_steps, again.fit_weight, again.learning_rate) == (80, 0.0, 3e-4)
     (run / "config.json").write_text(json.dumps({"model": "VAE"}))

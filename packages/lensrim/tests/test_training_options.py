@@ -68,25 +68,29 @@ class _Fixed(torch.nn.Module):
         return self.estimates
 
 
-@pytest.mark.parametrize("maps", ["both", "source"])
-def test_fit_term_trains_the_maps_it_names(maps):
+@pytest.mark.parametrize("share", [1.0, 0.25, 0.0])
+def test_fit_term_reaches_kappa_with_its_share_of_the_gradient(share):
     data = sie_lenses(2)
-    cfg = replace(PRESETS["tiny"], steps=2, time_weights="final", fit_weight=0.5, fit_maps=maps)
+    cfg = replace(PRESETS["tiny"], steps=2, time_weights="final", fit_weight=0.5, fit_kappa=share)
     physics = LensingOf.of(cfg)
     torch.manual_seed(1)
     truth = torch.cat([data["source"], torch.log10(data["kappa"])], dim=1)
     start = (truth + 0.1 * torch.randn_like(truth))[None].repeat(2, 1, 1, 1, 1)  # near the truth, chi2_nu > 1
-    grads = {}
-    for fit in (0.0, 0.5):
-        model = _Fixed(replace(cfg, fit_weight=fit), start.clone())
+    grads, values = {}, {}
+    for fit, kappa_share in ((0.0, 1.0), (0.5, 1.0), (0.5, share)):
+        model = _Fixed(replace(cfg, fit_weight=fit, fit_kappa=kappa_share), start.clone())
         loss, terms = _batch_terms(model, data, physics)
         assert (terms["chi2_nu"] > 1).all()  # the term is active on both lenses
         loss.backward()
-        grads[fit] = model.estimates.grad[-1]
-    with_fit, eq7 = grads[0.5], grads[0.0]
-    assert not torch.allclose(with_fit[:, 0], eq7[:, 0])  # the source always learns from the fit
-    # kappa learns from it only with "both": with "source" its gradient is eq. 7's, bit for bit
-    assert torch.equal(with_fit[:, 1], eq7[:, 1]) == (maps == "source")
+        grads[fit, kappa_share], values[fit, kappa_share] = model.estimates.grad[-1], float(loss.detach())
+    eq7, full, shared = grads[0.0, 1.0], grads[0.5, 1.0], grads[0.5, share]
+    assert values[0.5, share] == values[0.5, 1.0]  # the term's value does not depend on the share
+    torch.testing.assert_close(shared[:, 0], full[:, 0], rtol=0, atol=0)  # the source gets all of it
+    assert not torch.allclose(full[:, 1], eq7[:, 1])  # the whole term moves kappa
+    # kappa: eq. 7's gradient plus the share of the term's (independently: the two runs above)
+    torch.testing.assert_close(shared[:, 1], eq7[:, 1] + share * (full[:, 1] - eq7[:, 1]), rtol=1e-5, atol=1e-7)
+    if share == 0:
+        assert torch.equal(shared[:, 1], eq7[:, 1])
 
 
 def test_fit_term_gives_no_reward_below_the_noise():
@@ -142,7 +146,7 @@ def test_rmsprop_decay_is_what_the_rim_sees():
         ("fit_weight", -0.1, "fit_weight must be non-negative"),
         ("time_weights", "cubic", "time_weights must be one of uniform, linear, quadratic, final"),
         ("clipping", "layer", "clipping must be global or per_tensor"),
-        ("fit_maps", "kappa", "fit_maps must be both or source, got 'kappa'"),
+        ("fit_kappa", 1.5, r"fit_kappa must lie in \[0, 1\], got 1.5"),
         ("gradient_skip", -0.01, r"gradient_skip must lie in \[0, 1\], got -0.01"),
         ("gradient_skip", 2.0, r"gradient_skip must lie in \[0, 1\]"),
         ("fit_weight", math.nan, "fit_weight must be finite"),
@@ -159,12 +163,12 @@ def test_senseless_training_options_are_refused_in_one_line(field, value, messag
 
 def test_a_run_saved_before_the_options_existed_reads_as_it_trained():
     saved = json.loads(PRESETS["tiny"].to_json())
-    for name in ("time_weights", "clipping", "fit_weight", "fit_maps", "gradient_skip"):
+    for name in ("time_weights", "clipping", "fit_weight", "fit_kappa", "gradient_skip"):
         del saved[name]
     old = RIMConfig.from_json(json.dumps(saved))
-    assert (old.time_weights, old.clipping, old.fit_weight, old.fit_maps) == ("uniform", "global", 0.0, "both")
+    assert (old.time_weights, old.clipping, old.fit_weight, old.fit_kappa) == ("uniform", "global", 0.0, 1.0)
     assert old.gradient_skip == 0.0
-    new = replace(PRESETS["tiny"], time_weights="quadratic", clipping="per_tensor", fit_weight=0.2, fit_maps="source")
+    new = replace(PRESETS["tiny"], time_weights="quadratic", clipping="per_tensor", fit_weight=0.2, fit_kappa=0.3)
     assert RIMConfig.from_json(new.to_json()) == new  # a file that has them keeps them
 
 

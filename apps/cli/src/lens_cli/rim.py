@@ -104,7 +104,7 @@ PRESET = {"default": None, "note": "default: the preset's"}
 @config_option(RIMConfig, "step_gains", "--step-gains/--no-step-gains", **PRESET)
 @config_option(RIMConfig, "gradient_skip", type=FiniteFloat(0, 1), **PRESET)
 @config_option(RIMConfig, "fit_weight", type=FiniteFloat(0), **PRESET)
-@config_option(RIMConfig, "fit_maps", type=click.Choice(["both", "source"]), default=None, note="default: the preset's")
+@config_option(RIMConfig, "fit_kappa", type=FiniteFloat(0, 1), **PRESET)
 @click.option(
     "--checkpointing",
     "activation_checkpointing",

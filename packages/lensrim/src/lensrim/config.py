@@ -93,11 +93,12 @@ class RIMConfig(JsonConfig):
     """Weight of a data-fit term added to the training loss (not in the paper): the mean over the
     lenses of max(0, ln chi2_nu) of the final estimate, so that the RIM is also taught to explain
     its observation down to the noise and never rewarded for fitting below it (chi2_nu < 1)."""
-    fit_maps: Literal["both", "source"] = "both"
-    """The maps the data-fit term trains: ``source``, the term is evaluated with the RIM's own
-    kappa held fixed, so it teaches the source to explain the data through that kappa and leaves
-    kappa to eq. 7 alone; ``both``, it moves kappa too, which a larger ``fit_weight`` pays for in
-    the truth (a kappa bent to fit the arcs)."""
+    fit_kappa: float = 1.0
+    """The share of the data-fit term's gradient that reaches kappa, in [0, 1] (the source gets all
+    of it; the term's value is unchanged): 0 evaluates the term with the RIM's own kappa held
+    fixed, so it teaches the source to explain the data through that kappa and leaves kappa to
+    eq. 7; 1 lets it bend kappa to fit the arcs too, which a larger ``fit_weight`` pays for in the
+    truth."""
     learning_rate: float = 1e-4
     """Initial Adamax learning rate, per step (Table 7, first stage: 1e-4)."""
     decay_rate: float = 0.95
@@ -161,8 +162,8 @@ class RIMConfig(JsonConfig):
                 "gradient_skip needs a normalised gradient (gradient_preprocessing adam or rmsprop): "
                 "the raw gradient's scale is the inverse noise variance"
             )
-        if self.fit_maps not in ("both", "source"):
-            raise ValueError(f"fit_maps must be both or source, got {self.fit_maps!r}")
+        if not 0 <= self.fit_kappa <= 1:
+            raise ValueError(f"fit_kappa must lie in [0, 1], got {self.fit_kappa}")
         if self.pixels % (2**self.levels):
             raise ValueError(f"pixels ({self.pixels}) must be divisible by 2^levels ({2**self.levels})")
         if self.steps < 1:
@@ -191,7 +192,7 @@ class RIMConfig(JsonConfig):
         "time_weights": "uniform",
         "clipping": "global",
         "fit_weight": 0.0,
-        "fit_maps": "both",
+        "fit_kappa": 1.0,
         "step_gains": False,
         "gradient_skip": 0.0,
     }

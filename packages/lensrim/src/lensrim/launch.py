@@ -50,7 +50,7 @@ TRAINING_CHOICES = (
     "clipping",
     "step_gains",
     "fit_weight",
-    "fit_maps",
+    "fit_kappa",
     "gradient_skip",
 )
 """Training options a resumed run keeps from its own configuration unless they are given again."""

@@ -349,7 +349,9 @@ def _batch_terms(
     fit = 0.0 if config is None else config.fit_weight
     final = est[-1] if fit and torch.is_grad_enabled() else est[-1].detach()
     with torch.set_grad_enabled(final.requires_grad):
-        xi = final[:, 1:].detach() if config is not None and config.fit_maps == "source" else final[:, 1:]
+        xi = final[:, 1:]
+        if config is not None and config.fit_kappa != 1:  # the same value, a scaled gradient
+            xi = xi.detach() + config.fit_kappa * (xi - xi.detach())
         chi2 = physics.chi2_nu(batch["observation"], final[:, :1], xi)
     if final.requires_grad:  # the data-fit term: no reward for fitting below the noise
         loss = loss + fit * torch.log(chi2).clamp_min(0).mean()
