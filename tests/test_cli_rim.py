@@ -145,6 +145,10 @@ def test_training_options_are_saved_kept_on_resume_and_refused_when_senseless(tm
         "per_tensor",
         "--fit-weight",
         0.01,
+        "--fit-kappa",
+        0.25,
+        "--gradient-skip",
+        0.02,
         "--step-gains",
     ]
     run(*common, *options, "--steps", 2, "--checkpoint-every", 1, "-o", tmp_path / "run")
@@ -155,6 +159,8 @@ def test_training_options_are_saved_kept_on_resume_and_refused_when_senseless(tm
         "time_weights": "quadratic",
         "clipping": "per_tensor",
         "fit_weight": 0.01,
+        "fit_kappa": 0.25,
+        "gradient_skip": 0.02,
         "step_gains": True,
     }
     assert {k: saved[k] for k in chosen} == chosen
@@ -170,6 +176,8 @@ def test_training_options_are_saved_kept_on_resume_and_refused_when_senseless(tm
         (["--time-weights", "cubic"], "--time-weights"),
         (["--fit-weight", -1], "--fit-weight"),
         (["--clipping", "layer"], "--clipping"),
+        (["--fit-kappa", 2], "--fit-kappa"),
+        (["--gradient-skip", 0.03, "--gradient-preprocessing", "raw"], "--gradient-skip"),
     ):
         out = run(*common, *bad, "--steps", 1, "-o", tmp_path / "bad", check=False)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr

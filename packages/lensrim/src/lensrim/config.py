@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from lenscore.config import JsonConfig, exponential_decay
+from lenscore.config import JsonConfig, SettingError, exponential_decay
 from lenssim.geometry import IMAGE_FOV, SOURCE_FOV, Geometry
 
 if TYPE_CHECKING:
@@ -158,9 +158,10 @@ class RIMConfig(JsonConfig):
         if not 0 <= self.gradient_skip <= 1:
             raise ValueError(f"gradient_skip must lie in [0, 1], got {self.gradient_skip}")
         if self.gradient_skip and self.gradient_preprocessing == "raw":
-            raise ValueError(
+            raise SettingError(
                 "gradient_skip needs a normalised gradient (gradient_preprocessing adam or rmsprop): "
-                "the raw gradient's scale is the inverse noise variance"
+                "the raw gradient's scale is the inverse noise variance",
+                param="gradient_skip",
             )
         if not 0 <= self.fit_kappa <= 1:
             raise ValueError(f"fit_kappa must lie in [0, 1], got {self.fit_kappa}")
