@@ -1,0 +1,173 @@
+"""The demo's RIM retrained with other training options on the demo's own data, to measure how
+each trades the fit (median chi2_nu) against the truth (log10 loss) on held-out lenses (issue:
+reconstructions that fit the data, §3).
+
+Each arm reruns stage 4 of ``lens demo`` (the RIM: same training lenses, VAE-drawn lenses, seed
+and schedule) in its own directory beside links to a finished standard demo's data and VAEs,
+then scores the final estimate on the demo's 8 test lenses and on 64 more drawn from the same
+held-out halos and galaxies (seed 101), beside the constant predictor and plain Adam with the
+RIM's 7 gradients on the same lenses (from the RIM's first estimate and from the constant
+predictor, 5 learning rates each, the best median chi2_nu kept: no labels). Arms differ from the
+demo's settings only by the RIMConfig fields and demo fields they name.
+
+    lens demo -o demo-out                                   # once: the data, VAEs and reference
+    python docs/rim_fit_frontier.py --demo demo-out --work /tmp/frontier --arm "gradient skip 0.03"
+    python docs/rim_fit_frontier.py --table                 # the table of docs/rim_fit_frontier.json
+
+Results are appended to ``docs/rim_fit_frontier.json`` (one entry per arm; an arm already there
+is not run again). The recorded arms ran two at a time with one thread each on the 2-core
+development machine (about 13 minutes an arm).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "rim_fit_frontier.json"
+SHARED = ("kappa.h5", "sources.h5", "lenses-train.h5", "lenses-test.h5", "vae-kappa", "vae-source")
+
+ARMS: dict[str, dict] = {
+    "demo defaults (fit 0.01)": {},
+    "fit 0.05 on the source alone": {"rim_fit_weight": 0.05, "fit_kappa": 0.0},
+    "gradient skip 0.03": {"gradient_skip": 0.03},
+    "gradient skip 0.03, fit 0.02": {"gradient_skip": 0.03, "rim_fit_weight": 0.02},
+    "gradient skip 0.03, fit 0.03": {"gradient_skip": 0.03, "rim_fit_weight": 0.03},
+    "gradient skip 0.03, fit 0.1 on the source alone": {"gradient_skip": 0.03, "rim_fit_weight": 0.1, "fit_kappa": 0.0},
+    "gradient skip 0.03, fit 0.3 on the source alone": {"gradient_skip": 0.03, "rim_fit_weight": 0.3, "fit_kappa": 0.0},
+    "gradient skip 0.03, fit 1.0 on the source alone": {"gradient_skip": 0.03, "rim_fit_weight": 1.0, "fit_kappa": 0.0},
+    "gradient skip 0.03, fit 0.1, a fifth of it on kappa": {
+        "gradient_skip": 0.03,
+        "rim_fit_weight": 0.1,
+        "fit_kappa": 0.2,
+    },
+}
+
+
+def run_arm(name: str, demo_dir: Path, work: Path, threads: int) -> dict:
+    import numpy as np
+    import torch
+
+    import lensrim
+    import lenssim
+    from lensrim import demo
+    from lensrim.baseline import optimise_likelihood
+    from lensrim.metrics import constant_reference
+
+    torch.set_num_threads(threads)
+    overrides = dict(ARMS[name])
+    standard = demo.PRESETS["standard"]
+    demo_fields = {k: overrides.pop(k) for k in list(overrides) if hasattr(standard, k)}
+    if overrides:  # RIMConfig fields: through the preset the demo's RIM starts from
+        lensrim.PRESETS[standard.rim_preset] = replace(lensrim.PRESETS[standard.rim_preset], **overrides)
+    out = work / name.replace(" ", "_").replace(",", "").replace(".", "")
+    out.mkdir(parents=True, exist_ok=True)
+    for f in SHARED:
+        if not (out / f).exists():
+            os.symlink((demo_dir / f).resolve(), out / f)
+    cfg = replace(standard, **demo_fields)
+    obs = lenssim.ObservationConfig.at_resolution(cfg.pixels)
+    state = demo.DemoState(
+        output=out,
+        config=cfg,
+        seed=0,
+        device=torch.device("cpu"),
+        say=print,
+        progress_bar=demo._no_bar,
+        observation=obs,
+        timings={},
+    )
+    demo.stage_priors(state)  # the finished VAEs, read back
+    t0 = time.perf_counter()
+    demo.stage_rim(state)
+    seconds = time.perf_counter() - t0
+    more = out / "more-test-lenses.h5"
+    if not more.exists():
+
+        def draws(file: str, kind: str):
+            return lenssim.sampler_from_spec(out / file, kind, config=obs, split="test")
+
+        lenssim.simulate_lens_dataset(
+            more, 64, draws("kappa.h5", "kappa"), draws("sources.h5", "source"), config=obs, seed=101, block_size=128
+        )
+    rim = state.rim.eval()
+    result: dict = {"settings": ARMS[name], "rim_seconds": round(seconds)}
+    for key, path in (("demo test lenses (8)", out / "lenses-test.h5"), ("more test lenses (64)", more)):
+        test = lenssim.LensBatch.from_hdf5(path)
+        y = test.observation
+        physics = lensrim.LensingPhysics(test.psf, test.noise_sigma, obs.image_fov, obs.source_fov)
+        with torch.no_grad():
+            est = rim(y, physics)
+
+        def score(s, xi, test=test, y=y, physics=physics):
+            chi2 = physics.chi2_nu(y, s, xi)
+            loss = lensrim.rim_loss(torch.cat([s, xi], 1)[None], test.source, test.kappa.clamp_min(1e-6))
+            return {"chi2_nu": float(np.median(chi2.numpy())), "log10_loss": float(torch.log10(loss).mean())}
+
+        ref = constant_reference(test.source, test.kappa)
+        constant = (torch.zeros_like(est[0, :, :1]), torch.full_like(est[0, :, 1:], ref.log10_kappa))
+        best = None
+        for start in ((est[0, :, :1], est[0, :, 1:]), constant):
+            for lr in demo.LR_GRID:
+                got = score(*optimise_likelihood(y, physics, *start, steps=7, learning_rate=lr))
+                if best is None or got["chi2_nu"] < best["chi2_nu"]:
+                    best = got
+        result[key] = {
+            "rim": score(est[-1, :, :1], est[-1, :, 1:]),
+            "rim_per_step": [score(e[:, :1], e[:, 1:]) for e in est],
+            "constant": score(*constant),
+            "adam_7": best,
+        }
+    last = [json.loads(line) for line in (out / "rim" / "metrics.jsonl").read_text().splitlines()][-1]
+    result["validation_loss_per_step"] = last["val_loss_t"]
+    return result
+
+
+def table(results: dict) -> str:
+    rows = [
+        "| arm | 8 demo test lenses: chi2_nu / gain | 64 more: chi2_nu / gain | Adam-7 chi2_nu (8 / 64) |",
+        "|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        cells = []
+        for key in ("demo test lenses (8)", "more test lenses (64)"):
+            s = r[key]
+            gain = s["constant"]["log10_loss"] - s["rim"]["log10_loss"]
+            cells.append(f"{s['rim']['chi2_nu']:.2f} / {gain:+.2f} dex")
+        adam = " / ".join(f"{r[k]['adam_7']['chi2_nu']:.2f}" for k in ("demo test lenses (8)", "more test lenses (64)"))
+        rows.append(f"| {name} | {cells[0]} | {cells[1]} | {adam} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--demo", type=Path, help="a finished standard `lens demo` directory (seed 0)")
+    ap.add_argument("--work", type=Path, default=Path("frontier-work"))
+    ap.add_argument("--arm", action="append", choices=list(ARMS), help="default: every arm not yet recorded")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--table", action="store_true")
+    args = ap.parse_args()
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    if args.table:
+        print(table(results))
+        return
+    if args.demo is None:
+        ap.error("give --demo (a finished standard demo directory) or --table")
+    from lenscore.files import written
+
+    for name in args.arm or [a for a in ARMS if a not in results]:
+        results[name] = run_arm(name, args.demo, args.work, args.threads)
+        fresh = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}  # arms run beside this one
+        fresh[name] = results[name]
+        with written(RESULTS) as tmp:
+            tmp.write_text(json.dumps(fresh, indent=1) + "\n")
+        print(table({name: results[name]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
