@@ -34,7 +34,8 @@ class RIMConfig(JsonConfig):
     (``rmsprop``, decay 0.9, not the paper text's ``adam``), the loss on the final estimate
     (``time_weights="final"``, not eq. 7's mean over the steps) and a small data-fit term
     (``fit_weight`` 0.01). ``gradient_preprocessing="adam", beta2=0.99, time_weights="uniform",
-    fit_weight=0`` is the paper's text.
+    fit_weight=0`` is the paper's text. ``gradient_skip`` and ``fit_kappa`` are measured options
+    (``docs/rim_ab.md``, second study), off by default.
     """
 
     RUN_KIND: ClassVar[str] = "RIM"
