@@ -13,7 +13,9 @@ the network, never differentiated through (Figure 1's dashed arrows). It is norm
 accumulated over the steps of one call and reset at every call: by default RMSProp's,
 g / (sqrt(v_hat) + eps) with decay 0.9, as the authors' published model did; Adam's (the paper's
 text) and the raw gradient are options (``RIMConfig.gradient_preprocessing``; why:
-``docs/rim_ab.md``). With ``step_gains`` each update is scaled by a learned gain per step and channel.
+``docs/rim_ab.md``). With ``step_gains`` each update is scaled by a learned gain per step and channel;
+with ``gradient_skip`` a learned gain per step and channel times the preprocessed gradient is added
+to it (the U-net's output layer then starts at zero: an untrained RIM is likelihood ascent).
 
 U-net: an 11x11 input convolution; per level ``convs_per_level`` 3x3 convolutions, a ConvGRU on
 the skip connection, a 3x3 stride-2 convolution to the next level's width; a ConvGRU at the
