@@ -3,7 +3,7 @@ each trades the fit (median chi2_nu) against the truth (log10 loss) on held-out 
 reconstructions that fit the data, §3).
 
 Each arm reruns stage 4 of ``lens demo`` (the RIM: same training lenses, VAE-drawn lenses, seed
-and schedule) in its own directory beside links to a finished standard demo's data and VAEs,
+and schedule) in its own directory beside links to a finished standard demo's data (its VAEs are read, never resumed),
 then scores the final estimate on the demo's 8 test lenses and on 64 more drawn from the same
 held-out halos and galaxies (seed 101), beside the constant predictor and plain Adam with the
 RIM's 7 gradients on the same lenses (from the RIM's first estimate and from the constant
@@ -30,7 +30,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "rim_fit_frontier.json"
-SHARED = ("kappa.h5", "sources.h5", "lenses-train.h5", "lenses-test.h5", "vae-kappa", "vae-source")
+SHARED = ("kappa.h5", "sources.h5", "lenses-train.h5", "lenses-test.h5")
+"""The demo's data files an arm reads through links (its VAEs are read from their run directories)."""
 
 BEFORE = {"rim_fit_weight": 0.01, "gradient_skip": 0.0, "fit_kappa": 1.0}
 """The demo's settings when this study began; every arm starts from them, not from today's
@@ -74,6 +75,7 @@ def _run_arm(name: str, demo_dir: Path, work: Path, demo_fields: dict) -> dict:
     import numpy as np
     import torch
 
+    import lensprior
     import lensrim
     import lenssim
     from lensrim import demo
@@ -81,6 +83,8 @@ def _run_arm(name: str, demo_dir: Path, work: Path, demo_fields: dict) -> dict:
     from lensrim.metrics import constant_reference
 
     standard = demo.PRESETS["standard"]
+    if work.resolve() == demo_dir.resolve() or demo_dir.resolve() in work.resolve().parents:
+        raise SystemExit(f"--work {work} must lie outside the demo directory {demo_dir}: arms never write there")
     out = work / name.replace(" ", "_").replace(",", "").replace(".", "")
     out.mkdir(parents=True, exist_ok=True)
     for f in SHARED:
@@ -98,7 +102,8 @@ def _run_arm(name: str, demo_dir: Path, work: Path, demo_fields: dict) -> dict:
         observation=obs,
         timings={},
     )
-    demo.stage_priors(state)  # the finished VAEs, read back
+    for kind in ("source", "kappa"):  # the demo's finished VAEs, read (never resumed: nothing written there)
+        state.vaes[kind] = lensprior.load_vae(demo_dir / f"vae-{kind}")[0].eval()
     t0 = time.perf_counter()
     demo.stage_rim(state)
     seconds = time.perf_counter() - t0
