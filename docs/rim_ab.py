@@ -99,6 +99,12 @@ ARMS: dict[str, dict] = {
         "fit_kappa": 0.0,
         "gradient_skip": 0.03,
     },
+    "rmsprop 0.9, final-step loss, fit 0.3 on the source, gradient skip 0.03": {
+        **PUBLISHED_FINAL,
+        "fit_weight": 0.3,
+        "fit_kappa": 0.0,
+        "gradient_skip": 0.03,
+    },
 }
 LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 

@@ -12,10 +12,12 @@ demo's settings only by the RIMConfig fields and demo fields they name.
 
     lens demo -o demo-out                                   # once: the data, VAEs and reference
     python docs/rim_fit_frontier.py --demo demo-out --work /tmp/frontier --arm "gradient skip 0.03"
+    python docs/rim_fit_frontier.py --demo demo-out --work /tmp/frontier --arm "gradient skip 0.03" --seed 1
     python docs/rim_fit_frontier.py --table                 # the table of docs/rim_fit_frontier.json
 
-Results are appended to ``docs/rim_fit_frontier.json`` (one entry per arm; an arm already there
-is not run again). The recorded arms ran two at a time with one thread each on the 2-core
+Results are appended to ``docs/rim_fit_frontier.json`` (one entry per arm and seed; an entry
+already there is not run again; ``--seed`` changes the RIM's initial weights and its VAE-drawn
+training lenses, never the data files or the lenses scored). The recorded arms ran two at a time with one thread each on the 2-core
 development machine (about 13 minutes an arm).
 """
 
@@ -53,7 +55,7 @@ ARMS: dict[str, dict] = {
 }
 
 
-def run_arm(name: str, demo_dir: Path, work: Path, threads: int) -> dict:
+def run_arm(name: str, demo_dir: Path, work: Path, threads: int, seed: int = 0) -> dict:
     import torch
 
     import lensrim
@@ -66,12 +68,12 @@ def run_arm(name: str, demo_dir: Path, work: Path, threads: int) -> dict:
     preset = lensrim.PRESETS[standard.rim_preset]
     try:  # RIMConfig fields: through the preset the demo's RIM starts from, for this arm only
         lensrim.PRESETS[standard.rim_preset] = replace(preset, **overrides)
-        return _run_arm(name, demo_dir, work, demo_fields)
+        return _run_arm(name, demo_dir, work, demo_fields, seed)
     finally:
         lensrim.PRESETS[standard.rim_preset] = preset
 
 
-def _run_arm(name: str, demo_dir: Path, work: Path, demo_fields: dict) -> dict:
+def _run_arm(name: str, demo_dir: Path, work: Path, demo_fields: dict, seed: int) -> dict:
     import numpy as np
     import torch
 
@@ -85,7 +87,7 @@ def _run_arm(name: str, demo_dir: Path, work: Path, demo_fields: dict) -> dict:
     standard = demo.PRESETS["standard"]
     if work.resolve() == demo_dir.resolve() or demo_dir.resolve() in work.resolve().parents:
         raise SystemExit(f"--work {work} must lie outside the demo directory {demo_dir}: arms never write there")
-    out = work / name.replace(" ", "_").replace(",", "").replace(".", "")
+    out = work / (name.replace(" ", "_").replace(",", "").replace(".", "") + (f"_seed{seed}" if seed else ""))
     out.mkdir(parents=True, exist_ok=True)
     for f in SHARED:
         if not (out / f).exists():
@@ -95,7 +97,7 @@ def _run_arm(name: str, demo_dir: Path, work: Path, demo_fields: dict) -> dict:
     state = demo.DemoState(
         output=out,
         config=cfg,
-        seed=0,
+        seed=seed,  # the RIM's weights and its VAE-drawn training lenses; the data files stay the demo's
         device=torch.device("cpu"),
         say=print,
         progress_bar=demo._no_bar,
@@ -117,7 +119,7 @@ def _run_arm(name: str, demo_dir: Path, work: Path, demo_fields: dict) -> dict:
             more, 64, draws("kappa.h5", "kappa"), draws("sources.h5", "source"), config=obs, seed=101, block_size=128
         )
     rim = state.rim.eval()
-    result: dict = {"settings": ARMS[name], "rim_seconds": round(seconds)}
+    result: dict = {"settings": ARMS[name], "seed": seed, "rim_seconds": round(seconds)}
     for key, path in (("demo test lenses (8)", out / "lenses-test.h5"), ("more test lenses (64)", more)):
         test = lenssim.LensBatch.from_hdf5(path)
         y = test.observation
@@ -165,12 +167,20 @@ def table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def entry(name: str, seed: int) -> str:
+    """The arm's key in the results: its name for the demo's seed 0, with the seed otherwise."""
+    return name if seed == 0 else f"{name}, seed {seed}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--demo", type=Path, help="a finished standard `lens demo` directory (seed 0)")
     ap.add_argument("--work", type=Path, default=Path("frontier-work"))
     ap.add_argument("--arm", action="append", choices=list(ARMS), help="default: every arm not yet recorded")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--seed", type=int, default=0, help="the RIM's training seed (0: the demo's); recorded as its own entry"
+    )
     ap.add_argument("--table", action="store_true")
     args = ap.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
@@ -181,13 +191,14 @@ def main() -> None:
         ap.error("give --demo (a finished standard demo directory) or --table")
     from lenscore.files import written
 
-    for name in args.arm or [a for a in ARMS if a not in results]:
-        results[name] = run_arm(name, args.demo, args.work, args.threads)
+    for name in args.arm or [a for a in ARMS if entry(a, args.seed) not in results]:
+        key = entry(name, args.seed)
+        results[key] = run_arm(name, args.demo, args.work, args.threads, args.seed)
         fresh = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}  # arms run beside this one
-        fresh[name] = results[name]
+        fresh[key] = results[key]
         with written(RESULTS) as tmp:
             tmp.write_text(json.dumps(fresh, indent=1) + "\n")
-        print(table({name: results[name]}), flush=True)
+        print(table({key: results[key]}), flush=True)
 
 
 if __name__ == "__main__":
