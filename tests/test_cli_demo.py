@@ -100,14 +100,20 @@ def test_same_seed_same_reconstruction(demo_dir, tmp_path):
 
 def test_threads_change_only_the_rounding(demo_dir, tmp_path):
     # one thread instead of the default: the summation order of the CPU kernels changes, so the
-    # last bits may, and nothing more (same seed, same maps to float32 rounding)
+    # last bits may, and what grows from them. Normalised steps (Adamax in training, the RIM's
+    # RMSProp input, fine-tuning's RMSProp) take a full step in the sign of a near-zero gradient,
+    # so rounding grows: measured, the RIM's weights 1e-4 apart (relative), its maps 1.5e-4 of
+    # their peak, the fine-tuned maps 6e-3 (the gradient skip's zero-initialised output layer
+    # leaves many first gradients near zero). A bug (another seed, other data) moves them by O(1).
     out, _ = demo_dir
     run("demo", "--preset", "quick", "-o", tmp_path / "one", "--seed", 3, "--threads", 1)
-    fields = ["source_pred", "kappa_pred", "chi2_nu"]
-    a = lenssim.read_dataset(out / "recon.h5", fields)
-    b = lenssim.read_dataset(tmp_path / "one" / "recon.h5", fields)
-    for f in fields:
-        np.testing.assert_allclose(b[f].numpy(), a[f].numpy(), rtol=1e-4, atol=1e-5, err_msg=f)
+    share = {"source_baseline": 1e-3, "kappa_baseline": 1e-3, "source_pred": 3e-2, "kappa_pred": 3e-2}
+    a = lenssim.read_dataset(out / "recon.h5", [*share, "chi2_nu"])
+    b = lenssim.read_dataset(tmp_path / "one" / "recon.h5", [*share, "chi2_nu"])
+    for f, most in share.items():
+        peak = float(np.abs(a[f].numpy()).max())
+        np.testing.assert_allclose(b[f].numpy(), a[f].numpy(), rtol=0, atol=most * peak, err_msg=f)
+    np.testing.assert_allclose(b["chi2_nu"].numpy(), a["chi2_nu"].numpy(), rtol=1e-3, err_msg="chi2_nu")
 
 
 def test_other_settings_in_the_same_directory_are_refused(demo_dir):

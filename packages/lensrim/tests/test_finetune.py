@@ -24,10 +24,23 @@ from lensrim.physics import LensingPhysics, LinearPhysics
 TINY_VAE = dict(pixels=32, levels=2, filters=4, latent_dim=4)
 
 
+def skip_rim(seed: int = 2) -> RIM:
+    """An untrained RIM with the gradient skip (the default) whose output layer looks trained: at
+    its zero initialisation no inner weight would have a gradient, or a Fisher information."""
+    torch.manual_seed(seed)
+    rim = RIM(replace(PRESETS["tiny"], steps=3, gradient_skip=0.03)).eval()
+    with torch.no_grad():
+        rim.unet.out.weight.normal_(0, 0.01)
+        rim.skip.copy_(torch.tensor([[0.02, 0.01], [0.04, 0.03]]))
+    return rim
+
+
 @pytest.fixture(scope="module")
 def setup():
     torch.manual_seed(0)
-    rim = RIM(replace(PRESETS["tiny"], steps=3)).eval()
+    # without the skip, whose zero-initialised output layer would hold the inner weights' gradients
+    # at zero in an untrained RIM (a skip RIM: skip_rim, below)
+    rim = RIM(replace(PRESETS["tiny"], steps=3, gradient_skip=0.0)).eval()
     svae, kvae = source_vae(**TINY_VAE).eval(), kappa_vae(**TINY_VAE).eval()
     obs = lenssim.ObservationConfig(image_pixels=32, source_pixels=32, psf_size=5)
     lenses = lenssim.simulate_sie_lenses(3, config=obs, generator=torch.Generator().manual_seed(1))
@@ -38,9 +51,12 @@ def gens(n, seed=0):
     return [torch.Generator().manual_seed(seed + i) for i in range(n)]
 
 
+@pytest.mark.parametrize("skip", [False, True], ids=["plain RIM", "gradient skip"])
 @pytest.mark.parametrize("with_chi2", [True, False], ids=["eq. A5", "eq. 7 alone"])
-def test_fisher_diagonal_equals_brute_force_per_sample_gradients(setup, with_chi2):
+def test_fisher_diagonal_equals_brute_force_per_sample_gradients(setup, with_chi2, skip):
     rim, svae, kvae, lenses = setup
+    if skip:
+        rim = skip_rim()
     psf, sigma = lenses.psf[:2], lenses.noise_sigma[:2]
     z_s, z_k = torch.randn(2, 4), torch.randn(2, 4)
     samples = 3
@@ -328,11 +344,7 @@ def test_encoding_clips_to_the_vae_domain(setup):
 
 def test_a_rim_with_a_gradient_skip_is_fine_tuned_through_the_same_updates(setup):
     _, _, _, lenses = setup
-    torch.manual_seed(2)
-    rim = RIM(replace(PRESETS["tiny"], steps=3, gradient_skip=0.03)).eval()
-    with torch.no_grad():
-        rim.unet.out.weight.normal_(0, 0.01)  # a trained-looking network beside the skip path
-        rim.skip.copy_(torch.tensor([[0.02, 0.01], [0.04, 0.03]]))
+    rim = skip_rim()
     physics = LensingPhysics(lenses.psf, lenses.noise_sigma)
     with torch.no_grad():
         plain = rim(lenses.observation, physics)

@@ -32,10 +32,10 @@ class RIMConfig(JsonConfig):
     The training defaults are those that measured best for both the loss against the truth and
     the fit (``docs/rim_ab.md``): gradients normalised as the authors' published model did
     (``rmsprop``, decay 0.9, not the paper text's ``adam``), the loss on the final estimate
-    (``time_weights="final"``, not eq. 7's mean over the steps) and a small data-fit term
-    (``fit_weight`` 0.01). ``gradient_preprocessing="adam", beta2=0.99, time_weights="uniform",
-    fit_weight=0`` is the paper's text. ``gradient_skip`` and ``fit_kappa`` are measured options
-    (``docs/rim_ab.md``, second study), off by default.
+    (``time_weights="final"``, not eq. 7's mean over the steps), a skip path for the normalised
+    gradient (``gradient_skip`` 0.03) and a data-fit term on the source (``fit_weight`` 0.3,
+    ``fit_kappa`` 0). ``gradient_preprocessing="adam", beta2=0.99, time_weights="uniform",
+    gradient_skip=0, fit_weight=0`` is the paper's text.
     """
 
     RUN_KIND: ClassVar[str] = "RIM"
@@ -84,17 +84,18 @@ class RIMConfig(JsonConfig):
     """Learn one gain per RIM update and channel, x^(t+1) = x^(t) + a_t * g(...), starting at 1
     (2 (T - 1) weights beside the U-net's, not in the paper): lets the shared network take
     shorter late steps without having to infer the step count from its hidden states."""
-    gradient_skip: float = 0.0
+    gradient_skip: float = 0.03
     """Initial value of a learned gain b_t per update and channel on a path that adds the
     preprocessed likelihood gradient to each update, x^(t+1) = x^(t) + g(...) + b_t * grad_t (not in
     the paper; 0: no such path, the paper's RIM). With a normalised gradient (``adam`` or
     ``rmsprop``) and b ~ 0.03, an untrained RIM starts as plain likelihood ascent, the optimiser
-    it must beat, and the network learns the correction (the prior) on top."""
-    fit_weight: float = 0.01
+    it must beat, and the network learns the correction (the prior) on top. Needs ``adam`` or
+    ``rmsprop``: with ``raw`` set it to 0."""
+    fit_weight: float = 0.3
     """Weight of a data-fit term added to the training loss (not in the paper): the mean over the
     lenses of max(0, ln chi2_nu) of the final estimate, so that the RIM is also taught to explain
     its observation down to the noise and never rewarded for fitting below it (chi2_nu < 1)."""
-    fit_kappa: float = 1.0
+    fit_kappa: float = 0.0
     """The share of the data-fit term's gradient that reaches kappa, in [0, 1] (the source gets all
     of it; the term's value is unchanged): 0 evaluates the term with the RIM's own kappa held
     fixed, so it teaches the source to explain the data through that kappa and leaves kappa to
@@ -161,7 +162,7 @@ class RIMConfig(JsonConfig):
         if self.gradient_skip and self.gradient_preprocessing == "raw":
             raise SettingError(
                 "gradient_skip needs a normalised gradient (gradient_preprocessing adam or rmsprop): "
-                "the raw gradient's scale is the inverse noise variance",
+                "the raw gradient's scale is the inverse noise variance; set gradient_skip 0 with raw",
                 param="gradient_skip",
             )
         if not 0 <= self.fit_kappa <= 1:
@@ -289,7 +290,7 @@ PRESETS: dict[str, RIMConfig] = {
         init="torch",  # two levels do not attenuate; PyTorch's init learned faster at 32^2
     ),
 }
-"""Named configurations: ``paper`` (348,546,818 parameters, Table 7: 610,000 steps), ``small``
+"""Named configurations: ``paper`` (Table 7's U-net of 348,546,818 parameters, 610,000 steps), ``small``
 (3.5M parameters, 2,000 steps: trains on a CPU), ``tiny`` (32^2 maps, 500 steps, for tests)."""
 
 

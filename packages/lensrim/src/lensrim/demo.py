@@ -131,8 +131,9 @@ class DemoConfig(JsonConfig):
     """Initial Adamax learning rate of the RIM, per step."""
     rim_final_lr_factor: float = 0.25
     """The learning rate decays exponentially to this fraction of its start over the run."""
-    rim_fit_weight: float = 0.01
-    """The RIM's data-fit term (:attr:`lensrim.RIMConfig.fit_weight`)."""
+    rim_fit_weight: float = 0.3
+    """The RIM's data-fit term (:attr:`lensrim.RIMConfig.fit_weight`; on the source alone, as
+    ``fit_kappa`` 0 by default)."""
     rim_log_every: int = 25
     """RIM training steps between log lines (validation against the constant predictor)."""
     rim_validation: int = 16

@@ -22,7 +22,8 @@ the skip connection, a 3x3 stride-2 convolution to the next level's width; a Con
 bottleneck; per level on the way up a 3x3 stride-2 transposed convolution, concatenation with
 the skip GRU's state and ``convs_per_level`` 3x3 convolutions; tanh after every convolution but
 the output. Each GRU carries its hidden state across the T steps. The paper preset (128 filters,
-x2 per level capped at 1024, 5 levels) has exactly 348,546,818 parameters.
+x2 per level capped at 1024, 5 levels) has exactly Table 7's 348,546,818 parameters in its U-net,
+and 14 more for the gradient skip's gains (``gradient_skip`` 0: none).
 """
 
 from __future__ import annotations
