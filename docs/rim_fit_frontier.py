@@ -52,6 +52,11 @@ ARMS: dict[str, dict] = {
         "rim_fit_weight": 0.1,
         "fit_kappa": 0.2,
     },
+    "gradient skip 0.03, fit 0.3, 3 % of it on kappa": {
+        "gradient_skip": 0.03,
+        "rim_fit_weight": 0.3,
+        "fit_kappa": 0.03,
+    },
 }
 
 
