@@ -50,6 +50,8 @@ def main() -> None:
 
     import lensrim
     import lenssim
+    from lenscore.config import SettingError
+    from lensrim.api import check_dataset
     from lensrim.baseline import optimise_likelihood
     from lensrim.metrics import constant_reference
 
@@ -67,9 +69,13 @@ def main() -> None:
         "|---|---|---|---|",
     ]
     runs = [(run, lensrim.load(run)) for run in args.run]
-    geometry = runs[0][1].config if runs else None
-    fov = (geometry.image_fov, geometry.source_fov) if geometry else (lenssim.IMAGE_FOV, lenssim.SOURCE_FOV)
-    physics = lensrim.LensingPhysics(test.psf[:n], test.noise_sigma[:n], *fov)
+    for run, rim in runs:  # the lenses on each RIM's grid and fields of view, or one line why not
+        try:
+            check_dataset(args.lenses, rim, param="lenses")
+        except SettingError as e:
+            raise SystemExit(f"{run}: {e}") from None
+    attrs = lenssim.read_dataset(args.lenses, [], required_attrs=("image_fov", "source_fov"))["attrs"]
+    physics = lensrim.LensingPhysics(test.psf[:n], test.noise_sigma[:n], attrs["image_fov"], attrs["source_fov"])
     ref = constant_reference(test.source, test.kappa)
     start = (torch.zeros_like(y), torch.full_like(y, ref.log10_kappa))
     for steps in (7, 50):

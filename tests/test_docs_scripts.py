@@ -36,3 +36,12 @@ def test_rim_sensitivity_measures_what_a_perturbation_moves(tmp_path):
     # a perturbation of 1 % of the peak moves every method's maps
     for name, (largest, _, _) in sensitivity(1e-2).items():
         assert float(largest) > 1e-4, name
+    # lenses on another grid than the RIM's: refused in one line, before any work
+    other = tmp_path / "other.h5"
+    run("simulate", "lenses", "--kappa", "sie", "--sources", "sersic", "-n", 1, "--pixels", 64, "-o", other)
+    args = ["--lenses", other, "--run", tmp_path / "rim"]
+    proc = subprocess.run(
+        [sys.executable, DOCS / "rim_sensitivity.py", *map(str, args)], capture_output=True, text=True
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "64" in proc.stderr and "32" in proc.stderr
