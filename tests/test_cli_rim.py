@@ -149,6 +149,8 @@ def test_training_options_are_saved_kept_on_resume_and_refused_when_senseless(tm
         0.25,
         "--gradient-skip",
         0.02,
+        "--skip-normalisation",
+        "map",
         "--step-gains",
     ]
     run(*common, *options, "--steps", 2, "--checkpoint-every", 1, "-o", tmp_path / "run")
@@ -161,6 +163,7 @@ def test_training_options_are_saved_kept_on_resume_and_refused_when_senseless(tm
         "fit_weight": 0.01,
         "fit_kappa": 0.25,
         "gradient_skip": 0.02,
+        "skip_normalisation": "map",
         "step_gains": True,
     }
     assert {k: saved[k] for k in chosen} == chosen
@@ -177,6 +180,7 @@ def test_training_options_are_saved_kept_on_resume_and_refused_when_senseless(tm
         (["--fit-weight", -1], "--fit-weight"),
         (["--clipping", "layer"], "--clipping"),
         (["--fit-kappa", 2], "--fit-kappa"),
+        (["--skip-normalisation", "layer"], "--skip-normalisation"),
         (["--gradient-skip", 0.03, "--gradient-preprocessing", "raw"], "--gradient-skip"),
     ):
         out = run(*common, *bad, "--steps", 1, "-o", tmp_path / "bad", check=False)

@@ -150,6 +150,7 @@ def test_rmsprop_decay_is_what_the_rim_sees():
         ("gradient_skip", -0.01, r"gradient_skip must lie in \[0, 1\], got -0.01"),
         ("gradient_skip", 2.0, r"gradient_skip must lie in \[0, 1\]"),
         ("fit_weight", math.nan, "fit_weight must be finite"),
+        ("skip_normalisation", "layer", "skip_normalisation must be pixel or map, got 'layer'"),
     ],
 )
 def test_senseless_training_options_are_refused_in_one_line(field, value, message):
@@ -163,11 +164,11 @@ def test_senseless_training_options_are_refused_in_one_line(field, value, messag
 
 def test_a_run_saved_before_the_options_existed_reads_as_it_trained():
     saved = json.loads(PRESETS["tiny"].to_json())
-    for name in ("time_weights", "clipping", "fit_weight", "fit_kappa", "gradient_skip"):
+    for name in ("time_weights", "clipping", "fit_weight", "fit_kappa", "gradient_skip", "skip_normalisation"):
         del saved[name]
     old = RIMConfig.from_json(json.dumps(saved))
     assert (old.time_weights, old.clipping, old.fit_weight, old.fit_kappa) == ("uniform", "global", 0.0, 1.0)
-    assert old.gradient_skip == 0.0
+    assert (old.gradient_skip, old.skip_normalisation) == (0.0, "pixel")
     new = replace(PRESETS["tiny"], time_weights="quadratic", clipping="per_tensor", fit_weight=0.2, fit_kappa=0.3)
     assert RIMConfig.from_json(new.to_json()) == new  # a file that has them keeps them
 
@@ -222,6 +223,37 @@ def test_an_untrained_rim_with_a_gradient_skip_is_likelihood_ascent(method):
     loss, _ = _batch_terms(rim, data, LensingOf.of(cfg))
     loss.backward()
     assert rim.skip.grad.abs().sum() > 0 and rim.unet.out.weight.grad.abs().sum() > 0
+
+
+def test_a_skip_normalised_by_map_is_steepest_ascent_with_the_map_rms():
+    data = sie_lenses(2)
+    cfg = replace(PRESETS["tiny"], steps=4, gradient_skip=0.03, skip_normalisation="map", initial_log10_kappa=-0.3)
+    torch.manual_seed(0)
+    rim = RIM(cfg)
+    physics = LensingOf.of(cfg)(data)
+    y = data["observation"]
+    with torch.no_grad():
+        est = rim(y, physics)
+    # independently, per lens and map: v_t = sum_k (1 - b2) b2^(t-k) mean(g_k^2), step g_t / sqrt(v_t / (1 - b2^t))
+    x = torch.cat([torch.zeros_like(y), torch.full_like(y, -0.3)], dim=1)
+    history = []
+    for t in range(1, 4):
+        g = torch.cat(physics.gradient(y, x[:, :1], x[:, 1:]), dim=1)
+        history.append(g)
+        step = torch.empty_like(g)
+        for b in range(g.shape[0]):
+            for c in range(2):
+                v = sum(
+                    (1 - cfg.beta2) * cfg.beta2 ** (t - k) * float(h[b, c].double().pow(2).mean())
+                    for k, h in enumerate(history, 1)
+                )
+                step[b, c] = g[b, c] / (math.sqrt(v / (1 - cfg.beta2**t)) + cfg.epsilon)
+        x = x + 0.03 * step
+        assert torch.allclose(est[t], x, atol=1e-5), t
+    # a steepest-ascent step keeps the pixels' relative sizes: the largest source move is far above the typical one
+    move = (est[1] - est[0])[:, 0].abs().flatten(1)
+    assert (move.amax(1) > 5 * move.mean(1)).all()
+    assert (physics.chi2_nu(y, est[-1, :, :1], est[-1, :, 1:]) < physics.chi2_nu(y, est[0, :, :1], est[0, :, 1:])).all()
 
 
 def test_a_gradient_skip_needs_a_normalised_gradient():

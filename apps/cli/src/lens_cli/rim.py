@@ -103,6 +103,9 @@ PRESET = {"default": None, "note": "default: the preset's"}
 )
 @config_option(RIMConfig, "step_gains", "--step-gains/--no-step-gains", **PRESET)
 @config_option(RIMConfig, "gradient_skip", type=FiniteFloat(0, 1), **PRESET)
+@config_option(
+    RIMConfig, "skip_normalisation", type=click.Choice(["pixel", "map"]), default=None, note="default: the preset's"
+)
 @config_option(RIMConfig, "fit_weight", type=FiniteFloat(0), **PRESET)
 @config_option(RIMConfig, "fit_kappa", type=FiniteFloat(0, 1), **PRESET)
 @click.option(

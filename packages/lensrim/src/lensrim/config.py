@@ -91,6 +91,12 @@ class RIMConfig(JsonConfig):
     ``rmsprop``) and b ~ 0.03, an untrained RIM starts as plain likelihood ascent, the optimiser
     it must beat, and the network learns the correction (the prior) on top. Needs ``adam`` or
     ``rmsprop``: with ``raw`` set it to 0."""
+    skip_normalisation: Literal["pixel", "map"] = "pixel"
+    """How the skip path normalises the gradient it adds: ``pixel``, the preprocessed gradient the
+    network sees (each pixel's own moments: every pixel where the gradient is not zero moves by
+    about b_t); ``map``, the raw gradient over the root-mean-square of its whole map (RMSProp over
+    the map's mean square, decay ``beta2``), a steepest-ascent step whose pixels keep their
+    relative sizes (``docs/rim_ab.md``, third study)."""
     fit_weight: float = 0.3
     """Weight of a data-fit term added to the training loss (not in the paper): the mean over the
     lenses of max(0, ln chi2_nu) of the final estimate, so that the RIM is also taught to explain
@@ -165,6 +171,8 @@ class RIMConfig(JsonConfig):
                 "the raw gradient's scale is the inverse noise variance; set gradient_skip 0 with raw",
                 param="gradient_skip",
             )
+        if self.skip_normalisation not in ("pixel", "map"):
+            raise ValueError(f"skip_normalisation must be pixel or map, got {self.skip_normalisation!r}")
         if not 0 <= self.fit_kappa <= 1:
             raise ValueError(f"fit_kappa must lie in [0, 1], got {self.fit_kappa}")
         if self.pixels % (2**self.levels):
@@ -198,6 +206,7 @@ class RIMConfig(JsonConfig):
         "fit_kappa": 1.0,
         "step_gains": False,
         "gradient_skip": 0.0,
+        "skip_normalisation": "pixel",
     }
     """Training options added after runs were first saved, with the values every run saved
     without them trained with: a ``config.json`` that lacks one is read with this value, so such

@@ -52,6 +52,7 @@ TRAINING_CHOICES = (
     "fit_weight",
     "fit_kappa",
     "gradient_skip",
+    "skip_normalisation",
 )
 """Training options a resumed run keeps from its own configuration unless they are given again."""
 

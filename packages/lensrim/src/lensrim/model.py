@@ -15,7 +15,8 @@ g / (sqrt(v_hat) + eps) with decay 0.9, as the authors' published model did; Ada
 text) and the raw gradient are options (``RIMConfig.gradient_preprocessing``; why:
 ``docs/rim_ab.md``). With ``step_gains`` each update is scaled by a learned gain per step and channel;
 with ``gradient_skip`` a learned gain per step and channel times the preprocessed gradient is added
-to it (the U-net's output layer then starts at zero: an untrained RIM is likelihood ascent).
+to it (the U-net's output layer then starts at zero: an untrained RIM is likelihood ascent), or,
+with ``skip_normalisation="map"``, times the raw gradient over its map's root-mean-square.
 
 U-net: an 11x11 input convolution; per level ``convs_per_level`` 3x3 convolutions, a ConvGRU on
 the skip connection, a 3x3 stride-2 convolution to the next level's width; a ConvGRU at the
@@ -46,6 +47,7 @@ __all__ = [
     "ForwardModel",
     "RIMConfig",
     "build_rim",
+    "map_moment_step",
     "moment_step",
     "preprocess_gradients",
     "rim_loss",
@@ -184,6 +186,21 @@ def moment_step(
     return m, v, step_size * (m / (1 - beta1**t) if method == "adam" else g) / denom
 
 
+def map_moment_step(
+    v: torch.Tensor | None, g: torch.Tensor, t: int, *, beta2: float, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMSProp over each map's mean square: the skip path's ``map`` normalisation and the
+    reference :func:`lensrim.baseline.ascend_source`.
+
+    ``g`` is ``(B, C, N, N)``; v_t = b2 v + (1 - b2) mean(g^2) per example and channel (``v`` None
+    at t = 1); returns v_t and g / (sqrt(v_t / (1 - b2^t)) + eps), a steepest-ascent direction
+    of root-mean-square about 1 whose pixels keep their relative sizes.
+    """
+    mean_square = g.pow(2).mean(dim=(-1, -2), keepdim=True)
+    v = (1 - beta2) * mean_square if v is None else beta2 * v + (1 - beta2) * mean_square
+    return v, g / (torch.sqrt(v / (1 - beta2**t)) + eps)
+
+
 def preprocess_gradients(
     grads: list[torch.Tensor], method: str, beta1: float = 0.9, beta2: float = 0.99, eps: float = 1e-8
 ) -> torch.Tensor:
@@ -296,11 +313,12 @@ class RIM(nn.Module):
         if c.initial_log10_kappa:
             x = x + torch.tensor([0.0, c.initial_log10_kappa], dtype=x.dtype, device=x.device).view(1, 2, 1, 1)
         estimates = [x]
-        m = v = None
+        m = v = vm = None
         for t in range(1, steps):
             s, xi = x[:, :1], x[:, 1:]
             gs, gxi = physics.gradient(y, s.detach(), xi.detach())
             g = torch.cat([gs, gxi], dim=1).detach()
+            raw = g
             if c.gradient_preprocessing != "raw":
                 if m is None:
                     m, v = torch.zeros_like(g), torch.zeros_like(g)
@@ -311,7 +329,10 @@ class RIM(nn.Module):
             if c.step_gains:
                 delta = delta * self.gains[t - 1].view(1, 2, 1, 1)
             if c.gradient_skip:
-                delta = delta + self.skip[t - 1].view(1, 2, 1, 1) * g
+                direction = g
+                if c.skip_normalisation == "map":
+                    vm, direction = map_moment_step(vm, raw, t, beta2=c.beta2, eps=c.epsilon)
+                delta = delta + self.skip[t - 1].view(1, 2, 1, 1) * direction
             x = x + delta
             estimates.append(x)
         return torch.stack(estimates)
