@@ -45,3 +45,32 @@ def test_rim_sensitivity_measures_what_a_perturbation_moves(tmp_path):
     )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "64" in proc.stderr and "32" in proc.stderr
+
+
+def test_fit_degeneracy_compares_the_fit_and_the_truth_of_each_method(tmp_path):
+    lenses = tmp_path / "lenses.h5"
+    run("simulate", "lenses", "--kappa", "sie", "--sources", "sersic", "-n", 3, "--pixels", 32, "-o", lenses)
+    run("train", "rim", "--data", lenses, "--preset", "tiny", "--steps", 2, "--batch-size", 1, "-o", tmp_path / "rim")
+    args = ["--lenses", lenses, "--run", tmp_path / "rim"]
+    proc = subprocess.run(
+        [sys.executable, DOCS / "fit_degeneracy.py", *map(str, args)], capture_output=True, text=True, check=True
+    )
+    rows = {
+        name.split(" (")[0].split(", 7")[0]: [float(x) for x in cells] for name, cells in _table(proc.stdout).items()
+    }
+    constant = rows["constant predictor"]
+    with_truth = rows["the source alone, kappa held at the truth"]
+    assert with_truth[3] == float("-inf")  # the true kappa: no kappa error
+    # 7 source gradients through the true kappa fit better than the empty model image and find a better source
+    assert with_truth[0] < constant[0] and with_truth[2] < constant[2]
+    # through the constant predictor's kappa the source fits better too, while kappa stays the constant's
+    held = rows["the source alone, kappa held at the constant predictor's"]
+    assert held[0] < constant[0] and held[3] == constant[3]
+    assert f"RIM {tmp_path / 'rim'}" in rows
+    # a wrong count of gradients: one line, no traceback
+    proc = subprocess.run(
+        [sys.executable, DOCS / "fit_degeneracy.py", "--lenses", str(lenses), "--gradients", "0"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0 and "--gradients" in proc.stderr and "Traceback" not in proc.stderr

@@ -96,3 +96,26 @@ def test_adam_on_the_likelihood_reaches_the_optimum_of_a_linear_problem():
         opt.step()
     s5, _ = optimise_likelihood(y, physics, zeros, zeros, steps=5, learning_rate=0.02)
     torch.testing.assert_close(s5, p.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_steepest_ascent_in_the_source_keeps_kappa_and_reaches_the_least_squares_source():
+    from lensrim import LinearPhysics
+    from lensrim.baseline import ascend_source
+
+    g = torch.Generator().manual_seed(0)
+    physics = LinearPhysics(a=1.0, b=0.5, sigma=0.1)
+    truth = torch.rand(2, 1, 8, 8, generator=g)
+    xi = torch.full_like(truth, 0.2)
+    y = truth + 0.5 * xi + 0.1 * torch.randn(truth.shape, generator=g)
+    zeros = torch.zeros_like(y)
+    # the first step: the gradient (y - 0.5 xi) / sigma^2 over its map's root-mean-square, times the step size
+    first = ascend_source(y, physics, zeros, xi, steps=1, step_size=0.05)
+    r = y - 0.5 * xi
+    expected = 0.05 * r / r.pow(2).mean(dim=(-1, -2), keepdim=True).sqrt()
+    torch.testing.assert_close(first, expected, rtol=1e-5, atol=1e-7)
+    # many short steps: the least-squares source, y - b xi (within about a step)
+    s = ascend_source(y, physics, zeros, xi, steps=300, step_size=0.01)
+    assert (s - r).pow(2).mean().sqrt() < 0.02 < (zeros - r).pow(2).mean().sqrt()
+    assert torch.equal(ascend_source(y, physics, zeros, xi, steps=0, step_size=0.01), zeros)
+    with pytest.raises(ValueError, match="positive step size"):
+        ascend_source(y, physics, zeros, xi, steps=3, step_size=0.0)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from lensrim.model import ForwardModel, moment_step
+from lensrim.model import ForwardModel, map_moment_step, moment_step
 
-__all__ = ["optimise_likelihood"]
+__all__ = ["ascend_source", "optimise_likelihood"]
 
 
 def optimise_likelihood(
@@ -42,3 +42,33 @@ def optimise_likelihood(
         m, v, step = moment_step(m, v, g, t, beta1=beta1, beta2=beta2, eps=eps, step_size=learning_rate)
         x = x - step
     return x[:, :1], x[:, 1:]
+
+
+def ascend_source(
+    y: torch.Tensor,
+    physics: ForwardModel,
+    source: torch.Tensor,
+    xi: torch.Tensor,
+    *,
+    steps: int,
+    step_size: float,
+    beta2: float = 0.9,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """Steepest ascent of log p(y | source, kappa = 10^xi) in the source alone, kappa held fixed,
+    for ``steps`` gradient evaluations: each step moves the source by ``step_size`` times the
+    gradient over its map's root-mean-square (:func:`~lensrim.model.map_moment_step`).
+
+    Lensing is linear in the source, so this is gradient descent on a least-squares problem: it
+    shows how well a source alone can explain the data through a given kappa (the fit's
+    degeneracy: ``docs/rim_ab.md``). Returns the final source ``(B, 1, N, N)``.
+    """
+    if steps < 0 or not step_size > 0:
+        raise ValueError(f"need steps >= 0 and a positive step size, got {steps} and {step_size}")
+    s = source.detach().clone()
+    v = None
+    for t in range(1, steps + 1):
+        gs, _ = physics.gradient(y, s, xi)
+        v, step = map_moment_step(v, gs, t, beta2=beta2, eps=eps)
+        s = s + step_size * step
+    return s
