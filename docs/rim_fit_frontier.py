@@ -35,7 +35,7 @@ RESULTS = HERE / "rim_fit_frontier.json"
 SHARED = ("kappa.h5", "sources.h5", "lenses-train.h5", "lenses-test.h5")
 """The demo's data files an arm reads through links (its VAEs are read from their run directories)."""
 
-BEFORE = {"rim_fit_weight": 0.01, "gradient_skip": 0.0, "fit_kappa": 1.0}
+BEFORE = {"rim_fit_weight": 0.01, "gradient_skip": 0.0, "fit_kappa": 1.0, "skip_normalisation": "pixel"}
 """The demo's settings when this study began; every arm starts from them, not from today's
 defaults, so that an arm means the same whenever it is run."""
 ARMS: dict[str, dict] = {
@@ -56,6 +56,38 @@ ARMS: dict[str, dict] = {
         "gradient_skip": 0.03,
         "rim_fit_weight": 0.3,
         "fit_kappa": 0.03,
+    },
+    "gradient skip 0.03 by map, fit 0.3 on the source alone": {
+        "gradient_skip": 0.03,
+        "skip_normalisation": "map",
+        "rim_fit_weight": 0.3,
+        "fit_kappa": 0.0,
+    },
+    "gradient skip 0.03 by map, fit 1.0 on the source alone": {
+        "gradient_skip": 0.03,
+        "skip_normalisation": "map",
+        "rim_fit_weight": 1.0,
+        "fit_kappa": 0.0,
+    },
+    "gradient skip 0.03 by map, fit 0.3 on the source alone, learning rate 2e-3": {
+        "gradient_skip": 0.03,
+        "skip_normalisation": "map",
+        "rim_fit_weight": 0.3,
+        "fit_kappa": 0.0,
+        "rim_learning_rate": 2e-3,
+    },
+    "gradient skip 0.03, fit 0.3 on the source alone, 1800 steps": {
+        "gradient_skip": 0.03,
+        "rim_fit_weight": 0.3,
+        "fit_kappa": 0.0,
+        "rim_steps": 1800,
+    },
+    "gradient skip 0.03 by map, fit 0.3 on the source alone, 1800 steps": {
+        "gradient_skip": 0.03,
+        "skip_normalisation": "map",
+        "rim_fit_weight": 0.3,
+        "fit_kappa": 0.0,
+        "rim_steps": 1800,
     },
 }
 
