@@ -181,6 +181,7 @@ def test_training_options_are_saved_kept_on_resume_and_refused_when_senseless(tm
         (["--clipping", "layer"], "--clipping"),
         (["--fit-kappa", 2], "--fit-kappa"),
         (["--skip-normalisation", "layer"], "--skip-normalisation"),
+        (["--skip-normalisation", "map", "--gradient-skip", 0], "--skip-normalisation"),
         (["--gradient-skip", 0.03, "--gradient-preprocessing", "raw"], "--gradient-skip"),
     ):
         out = run(*common, *bad, "--steps", 1, "-o", tmp_path / "bad", check=False)

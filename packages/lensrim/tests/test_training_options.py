@@ -261,3 +261,6 @@ def test_a_gradient_skip_needs_a_normalised_gradient():
         replace(PRESETS["tiny"], gradient_preprocessing="raw", gradient_skip=0.03)
     assert "\n" not in str(info.value)
     assert replace(PRESETS["tiny"], gradient_preprocessing="raw", gradient_skip=0.0).gradient_skip == 0.0
+    with pytest.raises(ValueError, match="skip_normalisation map .* gradient_skip is 0") as info:
+        replace(PRESETS["tiny"], gradient_skip=0.0, skip_normalisation="map")
+    assert "\n" not in str(info.value)

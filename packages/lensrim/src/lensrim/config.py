@@ -173,6 +173,12 @@ class RIMConfig(JsonConfig):
             )
         if self.skip_normalisation not in ("pixel", "map"):
             raise ValueError(f"skip_normalisation must be pixel or map, got {self.skip_normalisation!r}")
+        if self.skip_normalisation == "map" and not self.gradient_skip:
+            raise SettingError(
+                "skip_normalisation map normalises the gradient skip's path, and gradient_skip is 0: "
+                "give a gradient_skip above 0 or leave skip_normalisation at pixel",
+                param="skip_normalisation",
+            )
         if not 0 <= self.fit_kappa <= 1:
             raise ValueError(f"fit_kappa must lie in [0, 1], got {self.fit_kappa}")
         if self.pixels % (2**self.levels):
