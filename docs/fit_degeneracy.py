@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from _study import load_lenses, load_runs
+
 LEARNING_RATES = (0.01, 0.03, 0.1)
 STEP_SIZES = (0.01, 0.02, 0.03, 0.05)
 
@@ -39,25 +41,14 @@ def main() -> None:
     import numpy as np
     import torch
 
-    import lensrim
-    import lenssim
-    from lenscore.config import SettingError
-    from lensrim.api import check_dataset
     from lensrim.baseline import ascend_source, optimise_likelihood
     from lensrim.metrics import constant_reference
     from lensrim.model import rim_loss_terms
 
     torch.set_num_threads(args.threads)
-    runs = [(run, lensrim.load(run)) for run in args.run]
-    for run, rim in runs:  # the lenses on each RIM's grid and fields of view, or one line why not
-        try:
-            check_dataset(args.lenses, rim, param="lenses")
-        except SettingError as e:
-            raise SystemExit(f"{run}: {e}") from None
-    test = lenssim.LensBatch.from_hdf5(args.lenses)
-    attrs = lenssim.read_dataset(args.lenses, [], required_attrs=("image_fov", "source_fov"))["attrs"]
+    test, physics = load_lenses(args.lenses)
+    runs = load_runs(args.lenses, args.run)
     y = test.observation
-    physics = lensrim.LensingPhysics(test.psf, test.noise_sigma, attrs["image_fov"], attrs["source_fov"])
     kappa = test.kappa.clamp_min(1e-6)
     k = args.gradients
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from _study import load_lenses, load_runs
+
 
 def changes(a, b):
     """The largest absolute difference of each lens's maps, ``(B,)``."""
@@ -48,15 +50,11 @@ def main() -> None:
 
     import torch
 
-    import lensrim
-    import lenssim
-    from lenscore.config import SettingError
-    from lensrim.api import check_dataset
     from lensrim.baseline import optimise_likelihood
     from lensrim.metrics import constant_reference
 
     torch.set_num_threads(args.threads)
-    test = lenssim.LensBatch.from_hdf5(args.lenses)
+    test, physics = load_lenses(args.lenses)
     n = min(args.count, test.observation.shape[0])
     y = test.observation[:n]
     scale = y.abs().amax(dim=(1, 2, 3), keepdim=True)
@@ -68,14 +66,8 @@ def main() -> None:
         "| method | largest change | median change | lenses moved > 1e-3 |",
         "|---|---|---|---|",
     ]
-    runs = [(run, lensrim.load(run)) for run in args.run]
-    for run, rim in runs:  # the lenses on each RIM's grid and fields of view, or one line why not
-        try:
-            check_dataset(args.lenses, rim, param="lenses")
-        except SettingError as e:
-            raise SystemExit(f"{run}: {e}") from None
-    attrs = lenssim.read_dataset(args.lenses, [], required_attrs=("image_fov", "source_fov"))["attrs"]
-    physics = lensrim.LensingPhysics(test.psf[:n], test.noise_sigma[:n], attrs["image_fov"], attrs["source_fov"])
+    runs = load_runs(args.lenses, args.run)
+    physics = physics.subset(torch.arange(n))
     ref = constant_reference(test.source, test.kappa)
     start = (torch.zeros_like(y), torch.full_like(y, ref.log10_kappa))
     for steps in (7, 50):

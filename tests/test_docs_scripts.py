@@ -74,3 +74,10 @@ def test_fit_degeneracy_compares_the_fit_and_the_truth_of_each_method(tmp_path):
         text=True,
     )
     assert proc.returncode != 0 and "--gradients" in proc.stderr and "Traceback" not in proc.stderr
+    # a lens file that is not there, and a run directory that is not a run: one line each, no traceback
+    for args in (["--lenses", tmp_path / "missing.h5"], ["--lenses", lenses, "--run", tmp_path]):
+        proc = subprocess.run(
+            [sys.executable, DOCS / "fit_degeneracy.py", *map(str, args)], capture_output=True, text=True
+        )
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.strip().count("\n") == 0 and str(args[-1]) in proc.stderr
