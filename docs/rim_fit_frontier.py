@@ -15,7 +15,12 @@ demo's settings only by the RIMConfig fields and demo fields they name.
     python docs/rim_fit_frontier.py --demo demo-out --work /tmp/frontier --arm "gradient skip 0.03" --seed 1
     python docs/rim_fit_frontier.py --table                 # the table of docs/rim_fit_frontier.json
 
-Results are appended to ``docs/rim_fit_frontier.json`` (one entry per arm and seed; an entry
+The study began on the demo's data from 10 halos (16 maps each); the standard demo draws them from
+40 halos since its fourth study, and arms run on such a demo are recorded with ", on 40 halos (4
+maps each)" in their name (the arms without it ran on 10-halo data, e.g. ``run_demo`` with
+``replace(PRESETS["standard"], halos=10, maps_per_halo=16)``).
+
+Results are appended to ``docs/rim_fit_frontier.json`` (one entry per arm, data and seed; an entry
 already there is not run again; ``--seed`` changes the RIM's initial weights and its VAE-drawn
 training lenses, never the data files or the lenses scored). The recorded arms ran two or three
 at a time with one thread each on the 2-core development machine (about 13 minutes an arm of
@@ -57,6 +62,11 @@ ARMS: dict[str, dict] = {
         "gradient_skip": 0.03,
         "rim_fit_weight": 0.3,
         "fit_kappa": 0.03,
+    },
+    "gradient skip 0.03, fit 0.3, 1/30 of it on kappa": {
+        "gradient_skip": 0.03,
+        "rim_fit_weight": 0.3,
+        "fit_kappa": 0.033,
     },
     "gradient skip 0.03 by map, fit 0.3 on the source alone": {
         "gradient_skip": 0.03,
@@ -125,7 +135,8 @@ def _run_arm(name: str, demo_dir: Path, work: Path, demo_fields: dict, seed: int
     standard = demo.PRESETS["standard"]
     if work.resolve() == demo_dir.resolve() or demo_dir.resolve() in work.resolve().parents:
         raise SystemExit(f"--work {work} must lie outside the demo directory {demo_dir}: arms never write there")
-    out = work / (name.replace(" ", "_").replace(",", "").replace(".", "") + (f"_seed{seed}" if seed else ""))
+    key = entry(name, seed, data_of(demo_dir))
+    out = work / key.replace(" ", "_").replace(",", "").replace(".", "").replace("(", "").replace(")", "")
     out.mkdir(parents=True, exist_ok=True)
     for f in SHARED:
         if not (out / f).exists():
@@ -205,14 +216,34 @@ def table(results: dict) -> str:
     return "\n".join(rows)
 
 
-def entry(name: str, seed: int) -> str:
-    """The arm's key in the results: its name for the demo's seed 0, with the seed otherwise."""
-    return name if seed == 0 else f"{name}, seed {seed}"
+STUDY_HALOS = (10, 16)
+"""The demo's (halos, maps_per_halo) when this study began: arms on another demo's data say so."""
+
+
+def data_of(demo_dir: Path) -> str:
+    """'' for the study's demo data, else ', on H halos (M maps each)' from the demo's demo.json."""
+    stored = demo_dir / "demo.json"
+    try:
+        config = json.loads(stored.read_text())["config"]
+        halos = (int(config["halos"]), int(config["maps_per_halo"]))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"--demo {demo_dir}: no readable demo.json with halos and maps_per_halo ({e})") from None
+    return "" if halos == STUDY_HALOS else f", on {halos[0]} halos ({halos[1]} maps each)"
+
+
+def entry(name: str, seed: int, data: str = "") -> str:
+    """The arm's key in the results: its name, then the demo data it ran on (nothing for the
+    study's) and its seed (nothing for the demo's seed 0)."""
+    return name + data + ("" if seed == 0 else f", seed {seed}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--demo", type=Path, help="a finished standard `lens demo` directory (seed 0)")
+    ap.add_argument(
+        "--demo",
+        type=Path,
+        help="a finished `lens demo` directory (seed 0); its halos, when not the study's, name the results",
+    )
     ap.add_argument("--work", type=Path, default=Path("frontier-work"))
     ap.add_argument("--arm", action="append", choices=list(ARMS), help="default: every arm not yet recorded")
     ap.add_argument("--threads", type=int, default=1)
@@ -229,8 +260,9 @@ def main() -> None:
         ap.error("give --demo (a finished standard demo directory) or --table")
     from lenscore.files import written
 
-    for name in args.arm or [a for a in ARMS if entry(a, args.seed) not in results]:
-        key = entry(name, args.seed)
+    data = data_of(args.demo)
+    for name in args.arm or [a for a in ARMS if entry(a, args.seed, data) not in results]:
+        key = entry(name, args.seed, data)
         results[key] = run_arm(name, args.demo, args.work, args.threads, args.seed)
         fresh = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}  # arms run beside this one
         fresh[key] = results[key]

@@ -81,3 +81,24 @@ def test_fit_degeneracy_compares_the_fit_and_the_truth_of_each_method(tmp_path):
         )
         assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
         assert proc.stderr.strip().count("\n") == 0 and str(args[-1]) in proc.stderr
+
+
+def test_rim_fit_frontier_names_the_demo_data_its_arms_ran_on(tmp_path):
+    sys.path.insert(0, str(DOCS))
+    try:
+        import rim_fit_frontier as frontier
+    finally:
+        sys.path.remove(str(DOCS))
+    import json
+
+    study, other = tmp_path / "study", tmp_path / "other"
+    for d, halos in ((study, (10, 16)), (other, (40, 4))):
+        d.mkdir()
+        (d / "demo.json").write_text(json.dumps({"config": {"halos": halos[0], "maps_per_halo": halos[1]}, "seed": 0}))
+    assert frontier.data_of(study) == ""
+    assert frontier.data_of(other) == ", on 40 halos (4 maps each)"
+    # the same arm on other data or with another seed is another entry: neither overwrites the study's
+    names = {frontier.entry("a", 0), frontier.entry("a", 0, frontier.data_of(other)), frontier.entry("a", 1)}
+    assert names == {"a", "a, on 40 halos (4 maps each)", "a, seed 1"}
+    with pytest.raises(SystemExit, match="no readable demo.json"):
+        frontier.data_of(tmp_path / "missing")
