@@ -48,6 +48,7 @@ ARMS: dict[str, dict] = {
     "the demo before (fit 0.01)": {},
     "fit 0.05 on the source alone": {"rim_fit_weight": 0.05, "fit_kappa": 0.0},
     "gradient skip 0.03": {"gradient_skip": 0.03},
+    "gradient skip 0.03, fit 0.01": {"gradient_skip": 0.03, "rim_fit_weight": 0.01},
     "gradient skip 0.03, fit 0.02": {"gradient_skip": 0.03, "rim_fit_weight": 0.02},
     "gradient skip 0.03, fit 0.03": {"gradient_skip": 0.03, "rim_fit_weight": 0.03},
     "gradient skip 0.03, fit 0.1 on the source alone": {"gradient_skip": 0.03, "rim_fit_weight": 0.1, "fit_kappa": 0.0},
