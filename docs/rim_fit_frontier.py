@@ -8,7 +8,8 @@ then scores the final estimate on the demo's 8 test lenses and on 64 more drawn 
 held-out halos and galaxies (seed 101), beside the constant predictor and plain Adam with the
 RIM's 7 gradients on the same lenses (from the RIM's first estimate and from the constant
 predictor, 5 learning rates each, the best median chi2_nu kept: no labels). Arms differ from the
-demo's settings only by the RIMConfig fields and demo fields they name.
+demo's settings only by the RIMConfig fields and demo fields they name, and a few by a training
+loss that is not an option of lensrim (``study_loss``, see STUDY_LOSSES).
 
     lens demo -o demo-out                                   # once: the data, VAEs and reference
     python docs/rim_fit_frontier.py --demo demo-out --work /tmp/frontier --arm "gradient skip 0.03"
@@ -33,6 +34,7 @@ import argparse
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -101,7 +103,100 @@ ARMS: dict[str, dict] = {
         "fit_kappa": 0.0,
         "rim_steps": 1800,
     },
+    "gradient skip 0.03, fit 0.02, 1800 steps": {"gradient_skip": 0.03, "rim_fit_weight": 0.02, "rim_steps": 1800},
+    # Losses that are not training options (STUDY_LOSSES): each tried once, none kept.
+    "gradient skip 0.03, fit 0.3 on the source alone, source term x10": {
+        "gradient_skip": 0.03,
+        "rim_fit_weight": 0.3,
+        "fit_kappa": 0.0,
+        "study_loss": {"source_weight": 10.0},
+    },
+    "gradient skip 0.03, fit 0.3 on the source alone, kappa fit through the true source 0.03": {
+        "gradient_skip": 0.03,
+        "rim_fit_weight": 0.3,
+        "fit_kappa": 0.0,
+        "study_loss": {"true_source_fit": 0.03},
+    },
+    "gradient skip 0.03, fit 0.3 on the source alone, kappa fit through the true source 0.1": {
+        "gradient_skip": 0.03,
+        "rim_fit_weight": 0.3,
+        "fit_kappa": 0.0,
+        "study_loss": {"true_source_fit": 0.1},
+    },
+    "gradient skip 0.03, fit 0 -> 0.03 over training": {
+        "gradient_skip": 0.03,
+        "rim_fit_weight": 0.0,
+        "study_loss": {"fit_ramp": 0.03},
+    },
+    "gradient skip 0.03, fit 0 -> 0.04 over training": {
+        "gradient_skip": 0.03,
+        "rim_fit_weight": 0.0,
+        "study_loss": {"fit_ramp": 0.04},
+    },
 }
+
+STUDY_LOSSES = ("source_weight", "true_source_fit", "fit_ramp")
+"""Training losses this script adds for an arm (``"study_loss": {kind: value}``), not options of
+``lensrim`` (fifth study of docs/rim_ab.md):
+
+- ``source_weight`` W: eq. 7 with its source term times W.
+- ``true_source_fit`` w: plus w max(0, ln chi2_nu) of the true source through the RIM's final
+  kappa, a kappa term in the image plane that vanishes at the truth (the true source's
+  chi2_nu through the true kappa is the noise's, about 1).
+- ``fit_ramp`` w: plus w_t max(0, ln chi2_nu) of the RIM's final estimate, both maps, with w_t
+  rising linearly from 0 at the first training step to w at the last (the arm's ``rim_steps``).
+"""
+
+
+@contextmanager
+def study_loss(spec: dict | None, steps: int):
+    """``lensrim.training`` with the arm's study loss for the ``with`` block (restored after)."""
+    import torch
+
+    from lensrim import training
+
+    if not spec:
+        yield
+        return
+    ((kind, value),) = spec.items()
+    if kind not in STUDY_LOSSES:
+        raise SystemExit(f"unknown study loss {kind!r}: one of {', '.join(STUDY_LOSSES)}")
+    batch_terms, loss_terms = training._batch_terms, training.rim_loss_terms
+    taken = [0]  # training steps so far (the calls that build a graph; validation runs without one)
+
+    def weighted_terms(est, source, kappa):
+        ls, lk = loss_terms(est, source, kappa)
+        return value * ls, lk
+
+    def with_term(model, batch, physics_of):
+        seen = {}
+        hook = model.register_forward_hook(lambda module, args, out: seen.setdefault("est", out))
+        try:
+            loss, terms = batch_terms(model, batch, physics_of)
+        finally:
+            hook.remove()
+        if torch.is_grad_enabled():
+            final = seen["est"][-1]
+            physics = physics_of(batch)
+            if kind == "true_source_fit":
+                chi2, weight = physics.chi2_nu(batch["observation"], batch["source"], final[:, 1:]), value
+            else:
+                chi2, weight = (
+                    physics.chi2_nu(batch["observation"], final[:, :1], final[:, 1:]),
+                    value * min(taken[0], steps) / steps,
+                )
+            taken[0] += 1
+            loss = loss + weight * torch.log(chi2).clamp_min(0).mean()
+        return loss, terms
+
+    try:
+        if kind == "source_weight":
+            training.rim_loss_terms = weighted_terms
+        else:
+            training._batch_terms = with_term
+        yield
+    finally:
+        training._batch_terms, training.rim_loss_terms = batch_terms, loss_terms
 
 
 def run_arm(name: str, demo_dir: Path, work: Path, threads: int, seed: int = 0) -> dict:
@@ -112,12 +207,14 @@ def run_arm(name: str, demo_dir: Path, work: Path, threads: int, seed: int = 0) 
 
     torch.set_num_threads(threads)
     overrides = {**BEFORE, **ARMS[name]}
+    spec = overrides.pop("study_loss", None)
     standard = demo.PRESETS["standard"]
     demo_fields = {k: overrides.pop(k) for k in list(overrides) if hasattr(standard, k)}
     preset = lensrim.PRESETS[standard.rim_preset]
     try:  # RIMConfig fields: through the preset the demo's RIM starts from, for this arm only
         lensrim.PRESETS[standard.rim_preset] = replace(preset, **overrides)
-        return _run_arm(name, demo_dir, work, demo_fields, seed)
+        with study_loss(spec, demo_fields.get("rim_steps", standard.rim_steps)):
+            return _run_arm(name, demo_dir, work, demo_fields, seed)
     finally:
         lensrim.PRESETS[standard.rim_preset] = preset
 
@@ -138,6 +235,10 @@ def _run_arm(name: str, demo_dir: Path, work: Path, demo_fields: dict, seed: int
         raise SystemExit(f"--work {work} must lie outside the demo directory {demo_dir}: arms never write there")
     key = entry(name, seed, data_of(demo_dir))
     out = work / key.replace(" ", "_").replace(",", "").replace(".", "").replace("(", "").replace(")", "")
+    if "fit_ramp" in ARMS[name].get("study_loss", {}) and (out / "rim").exists():
+        raise SystemExit(
+            f"{out / 'rim'}: a fit_ramp arm counts its steps from its start, so it cannot resume; remove it"
+        )
     out.mkdir(parents=True, exist_ok=True)
     for f in SHARED:
         if not (out / f).exists():

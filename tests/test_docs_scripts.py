@@ -102,3 +102,92 @@ def test_rim_fit_frontier_names_the_demo_data_its_arms_ran_on(tmp_path):
     assert names == {"a", "a, on 40 halos (4 maps each)", "a, seed 1"}
     with pytest.raises(SystemExit, match="no readable demo.json"):
         frontier.data_of(tmp_path / "missing")
+
+
+class _Fixed:
+    """A "RIM" whose T estimates are one fixed tensor (built lazily: torch imports in the test)."""
+
+    @staticmethod
+    def of(estimates):
+        import torch
+
+        class Fixed(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.estimates = torch.nn.Parameter(estimates)
+
+            def forward(self, y, physics):
+                return self.estimates
+
+        return Fixed()
+
+
+def test_rim_fit_frontier_study_losses_add_the_term_they_name(tmp_path):
+    sys.path.insert(0, str(DOCS))
+    try:
+        import rim_fit_frontier as frontier
+    finally:
+        sys.path.remove(str(DOCS))
+    import torch
+
+    import lenssim
+    from lensrim import training
+    from lensrim.model import rim_loss_terms
+
+    obs = lenssim.ObservationConfig.at_resolution(32)
+    lenses = lenssim.simulate_sie_lenses(3, config=obs, generator=torch.Generator().manual_seed(3))
+    batch = training.as_batch(lenses)
+    physics_of = training.LensingOf(obs.image_fov, obs.source_fov)
+
+    def chi2(source, log10_kappa):  # independently: the residual over the noise
+        image = lenssim.lens_image(source, 10**log10_kappa, psf=batch["psf"])
+        sigma = batch["noise_sigma"].reshape(-1, 1, 1, 1)
+        return ((batch["observation"] - image) / sigma).pow(2).mean(dim=(1, 2, 3))
+
+    truth_xi = torch.log10(batch["kappa"])
+    wrong_xi = truth_xi + 0.2 * torch.linspace(-1, 1, 32)[None, None, :, None]  # a tilted kappa
+    no_source = torch.zeros_like(batch["source"])
+    models = {
+        "truth kappa, no source": _Fixed.of(torch.cat([no_source, truth_xi], 1)[None].repeat(2, 1, 1, 1, 1)),
+        "tilted kappa, no source": _Fixed.of(torch.cat([no_source, wrong_xi], 1)[None].repeat(2, 1, 1, 1, 1)),
+    }
+
+    def loss(model):
+        return float(training._batch_terms(models[model], batch, physics_of)[0].detach())
+
+    base = {k: loss(k) for k in models}
+
+    def added(spec, model, steps=4):
+        with frontier.study_loss(spec, steps):
+            return loss(model) - base[model]
+
+    # the true source through the RIM's kappa: about the noise (chi2_nu ~ 1, no term) at the true kappa,
+    # whatever the RIM's source; through a tilted kappa the term the independent chi2_nu gives
+    assert chi2(batch["source"], truth_xi).sub(1).abs().max() < 0.2
+    assert abs(added({"true_source_fit": 0.1}, "truth kappa, no source")) < 0.1 * 0.2
+    expected = 0.1 * torch.log(chi2(batch["source"], wrong_xi)).clamp_min(0).mean()
+    assert expected > 0.05
+    assert added({"true_source_fit": 0.1}, "tilted kappa, no source") == pytest.approx(float(expected), rel=1e-4)
+
+    # the ramp: the RIM's own fit (no source: far from the noise), weighted 0, 1/4, ..., 1, 1 of w
+    own = float(torch.log(chi2(no_source, truth_xi)).clamp_min(0).mean())
+    assert own > 1
+    with frontier.study_loss({"fit_ramp": 0.2}, 4):
+        got = []
+        for step in range(6):
+            got.append(loss("truth kappa, no source"))
+            if step == 1:
+                with torch.no_grad():  # validation between steps: no term, and not a training step
+                    assert loss("truth kappa, no source") == pytest.approx(base["truth kappa, no source"], rel=1e-6)
+    ramp = [g - base["truth kappa, no source"] for g in got]
+    assert ramp == pytest.approx([0.2 * own * w for w in (0, 0.25, 0.5, 0.75, 1, 1)], rel=1e-4, abs=1e-6)
+
+    # the source term weighted: eq. 7 at its final and only weights, uniform over the steps
+    est = models["tilted kappa, no source"].estimates.detach()
+    ls, lk = rim_loss_terms(est, batch["source"], batch["kappa"].clamp_min(1e-6))
+    assert added({"source_weight": 10.0}, "tilted kappa, no source") == pytest.approx(float(9 * ls.mean()), rel=1e-4)
+
+    # each leaves lensrim as it found it, and an unknown loss is refused in one line
+    assert training._batch_terms.__module__ == "lensrim.training" and training.rim_loss_terms is rim_loss_terms
+    with pytest.raises(SystemExit, match="unknown study loss 'x'"), frontier.study_loss({"x": 1.0}, 4):
+        pass
