@@ -104,25 +104,7 @@ def test_rim_fit_frontier_names_the_demo_data_its_arms_ran_on(tmp_path):
         frontier.data_of(tmp_path / "missing")
 
 
-class _Fixed:
-    """A "RIM" whose T estimates are one fixed tensor (built lazily: torch imports in the test)."""
-
-    @staticmethod
-    def of(estimates):
-        import torch
-
-        class Fixed(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.estimates = torch.nn.Parameter(estimates)
-
-            def forward(self, y, physics):
-                return self.estimates
-
-        return Fixed()
-
-
-def test_rim_fit_frontier_study_losses_add_the_term_they_name(tmp_path):
+def test_rim_fit_frontier_study_losses_add_the_term_they_name():
     sys.path.insert(0, str(DOCS))
     try:
         import rim_fit_frontier as frontier
@@ -134,6 +116,15 @@ def test_rim_fit_frontier_study_losses_add_the_term_they_name(tmp_path):
     from lensrim import training
     from lensrim.model import rim_loss_terms
 
+    class Fixed(torch.nn.Module):  # a "RIM" whose T estimates are one fixed tensor
+        def __init__(self, estimates):
+            super().__init__()
+            self.estimates = torch.nn.Parameter(estimates)
+
+        def forward(self, y, physics):
+            return self.estimates
+
+    original = training._batch_terms
     obs = lenssim.ObservationConfig.at_resolution(32)
     lenses = lenssim.simulate_sie_lenses(3, config=obs, generator=torch.Generator().manual_seed(3))
     batch = training.as_batch(lenses)
@@ -148,8 +139,8 @@ def test_rim_fit_frontier_study_losses_add_the_term_they_name(tmp_path):
     wrong_xi = truth_xi + 0.2 * torch.linspace(-1, 1, 32)[None, None, :, None]  # a tilted kappa
     no_source = torch.zeros_like(batch["source"])
     models = {
-        "truth kappa, no source": _Fixed.of(torch.cat([no_source, truth_xi], 1)[None].repeat(2, 1, 1, 1, 1)),
-        "tilted kappa, no source": _Fixed.of(torch.cat([no_source, wrong_xi], 1)[None].repeat(2, 1, 1, 1, 1)),
+        "truth kappa, no source": Fixed(torch.cat([no_source, truth_xi], 1)[None].repeat(2, 1, 1, 1, 1)),
+        "tilted kappa, no source": Fixed(torch.cat([no_source, wrong_xi], 1)[None].repeat(2, 1, 1, 1, 1)),
     }
 
     def loss(model):
@@ -182,12 +173,12 @@ def test_rim_fit_frontier_study_losses_add_the_term_they_name(tmp_path):
     ramp = [g - base["truth kappa, no source"] for g in got]
     assert ramp == pytest.approx([0.2 * own * w for w in (0, 0.25, 0.5, 0.75, 1, 1)], rel=1e-4, abs=1e-6)
 
-    # the source term weighted: eq. 7 at its final and only weights, uniform over the steps
+    # the source term x10: eq. 7 (uniform over the steps for a model without a config) gains 9 source terms
     est = models["tilted kappa, no source"].estimates.detach()
     ls, lk = rim_loss_terms(est, batch["source"], batch["kappa"].clamp_min(1e-6))
     assert added({"source_weight": 10.0}, "tilted kappa, no source") == pytest.approx(float(9 * ls.mean()), rel=1e-4)
 
     # each leaves lensrim as it found it, and an unknown loss is refused in one line
-    assert training._batch_terms.__module__ == "lensrim.training" and training.rim_loss_terms is rim_loss_terms
+    assert training._batch_terms is original and training.rim_loss_terms is rim_loss_terms
     with pytest.raises(SystemExit, match="unknown study loss 'x'"), frontier.study_loss({"x": 1.0}, 4):
         pass
