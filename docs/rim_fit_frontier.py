@@ -25,7 +25,7 @@ Results are appended to ``docs/rim_fit_frontier.json`` (one entry per arm, data 
 already there is not run again; ``--seed`` changes the RIM's initial weights and its VAE-drawn
 training lenses, never the data files or the lenses scored). The recorded arms ran two or three
 at a time with one thread each on the 2-core development machine (about 13 minutes an arm of
-600 steps, 47 of 1,800).
+600 steps, 47 of 1,800; on the 40-halo data with four at a time, 15 and 66).
 """
 
 from __future__ import annotations
@@ -139,7 +139,8 @@ STUDY_LOSSES = ("source_weight", "true_source_fit", "fit_ramp")
 """Training losses this script adds for an arm (``"study_loss": {kind: value}``), not options of
 ``lensrim`` (fifth study of docs/rim_ab.md):
 
-- ``source_weight`` W: eq. 7 with its source term times W.
+- ``source_weight`` W: eq. 7 with its source term times W (in the logged validation loss too, and so
+  in the arm's ``validation_loss_per_step``; the scores use eq. 7 itself).
 - ``true_source_fit`` w: plus w max(0, ln chi2_nu) of the true source through the RIM's final
   kappa, a kappa term in the image plane that vanishes at the truth (the true source's
   chi2_nu through the true kappa is the noise's, about 1).
