@@ -89,9 +89,12 @@ def test_reconstruct_equals_the_rim_on_its_own_physics(runs):
     physics = lensrim.LensingPhysics(obs.psf, obs.noise, OBS.image_fov, OBS.source_fov)
     with torch.no_grad():
         est = rim(obs.observation, physics)[-1]
-    torch.testing.assert_close(rec.source, est[:, :1])
-    torch.testing.assert_close(rec.kappa, torch.pow(10.0, est[:, 1:]))
-    torch.testing.assert_close(rec.chi2_nu, physics.chi2_nu(obs.observation, est[:, :1], est[:, 1:]))
+    # batches of 2 and of 3 may take different float32 convolution kernels: rounding, amplified
+    # over the 8 steps, is all that may differ
+    close = {"rtol": 1e-4, "atol": 1e-5}
+    torch.testing.assert_close(rec.source, est[:, :1], **close)
+    torch.testing.assert_close(rec.kappa, torch.pow(10.0, est[:, 1:]), **close)
+    torch.testing.assert_close(rec.chi2_nu, physics.chi2_nu(obs.observation, est[:, :1], est[:, 1:]), **close)
     assert set(rec.arrays()) >= {"source_pred", "kappa_pred", "chi2_nu", "source", "kappa", "observation"}
 
 

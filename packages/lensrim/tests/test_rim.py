@@ -73,6 +73,28 @@ def test_no_gradient_flows_through_the_likelihood_gradient():
     assert all(p.grad is not None for p in m.parameters())
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_only_where_the_cpu_computes_it(monkeypatch, native):
+    """``bf16`` autocasts the U-net on a CPU with native bfloat16 (there it is faster), and
+    changes nothing on one without (there emulated bfloat16 is slower than float32)."""
+    monkeypatch.setattr(lensrim.model, "native_bf16_cpu", lambda: native)
+    torch.manual_seed(0)
+    full = build_rim("tiny", steps=3, gradient_skip=0.0)  # the U-net's output layer not at zero
+    half = build_rim("tiny", steps=3, gradient_skip=0.0, bf16=True)
+    half.load_state_dict(full.state_dict())
+    y = torch.rand(2, 1, 32, 32)
+    a, b = full(y, LinearPhysics()), half(y, LinearPhysics())
+    assert b.dtype == torch.float32
+    if not native:
+        assert torch.equal(a, b)
+        return
+    # bfloat16 keeps 8 bits of mantissa: the estimates differ, by about that much
+    assert not torch.equal(a, b)
+    assert float((a - b).abs().max().detach()) < 0.05 * float(a.abs().max().detach())
+    b.pow(2).mean().backward()  # differentiable under autocast
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in half.parameters())
+
+
 def test_first_step_sees_only_the_data():
     m = build_rim("tiny", steps=3).eval()
     y = torch.rand(1, 1, 32, 32)

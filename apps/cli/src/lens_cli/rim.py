@@ -114,7 +114,11 @@ PRESET = {"default": None, "note": "default: the preset's"}
     is_flag=True,
     help="Activation checkpointing per time step (less memory, more compute).",
 )
-@click.option("--bf16", is_flag=True, help="bfloat16 autocast on GPU.")
+@click.option(
+    "--bf16",
+    is_flag=True,
+    help="bfloat16 autocast of the network: on a GPU, or a CPU with native bfloat16 (AMX, AVX-512 BF16).",
+)
 @config_option(RIMConfig, "staircase", is_flag=True)
 @click.option(
     "--second-stage",

@@ -127,7 +127,9 @@ class RIMConfig(JsonConfig):
     activation_checkpointing: bool = False
     """Recompute each time step's activations in the backward pass: less memory, more compute."""
     bf16: bool = False
-    """bfloat16 autocast of the training step on a GPU (no effect on a CPU)."""
+    """bfloat16 autocast of the U-net (the physics stays float32): on a GPU, and on a CPU that
+    computes bfloat16 natively (AMX or AVX-512 BF16; elsewhere no effect, as emulated bfloat16
+    is slower than float32)."""
     init: Literal["torch", "glorot"] = "glorot"
     """Initial weights: the original (Keras) code's Glorot-uniform weights with zero biases, or
     PyTorch's defaults. PyTorch's default (uniform with bound 1/sqrt(fan_in)) shrinks the signal

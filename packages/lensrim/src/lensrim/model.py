@@ -83,6 +83,20 @@ class ForwardModel(Protocol):
     def subset(self, index: torch.Tensor) -> ForwardModel: ...
 
 
+@functools.cache
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bfloat16 natively (AMX or AVX-512 BF16, as oneDNN sees it):
+    where it does not, bfloat16 convolutions are emulated and slower than float32."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def bf16_autocast(config: RIMConfig, x: torch.Tensor) -> torch.autocast:
+    """The U-net's bfloat16 autocast: with ``config.bf16``, on a GPU and on a CPU that computes
+    bfloat16 natively (:func:`native_bf16_cpu`); elsewhere float32."""
+    enabled = config.bf16 and (x.is_cuda or (x.device.type == "cpu" and native_bf16_cpu()))
+    return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def build_rim(preset: str = "small", **overrides) -> RIM:
     """A RIM from a named preset, with keyword overrides of any :class:`RIMConfig` field."""
     if preset not in PRESETS:
@@ -239,7 +253,7 @@ class RIM(nn.Module):
     def _step(self, inputs: torch.Tensor, hidden: list[torch.Tensor | None]):
         c = self.config
         use_ckpt = c.activation_checkpointing and self.training and torch.is_grad_enabled()
-        with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=c.bf16 and inputs.is_cuda):
+        with bf16_autocast(c, inputs):
             if use_ckpt:
                 # recompute each step's activations in the backward pass instead of storing them
                 flat = [h for h in hidden if h is not None]
@@ -279,7 +293,7 @@ class RIM(nn.Module):
             out, new = functional_call(self.unet, p, (x.unsqueeze(0), [t.unsqueeze(0) for t in h]))
             return out.squeeze(0), tuple(t.squeeze(0) for t in new)
 
-        with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=self.config.bf16 and inputs.is_cuda):
+        with bf16_autocast(self.config, inputs):
             out, new_hidden = vmap(one)(params, inputs, *hs)
         return out.float(), list(new_hidden)
 
