@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,37 @@ def test_rim_fit_frontier_names_the_demo_data_its_arms_ran_on(tmp_path):
     assert names == {"a", "a, on 40 halos (4 maps each)", "a, seed 1"}
     with pytest.raises(SystemExit, match="no readable demo.json"):
         frontier.data_of(tmp_path / "missing")
+
+
+def test_rim_fit_frontier_arms_start_from_the_demo_as_the_study_began():
+    """An arm means the same whatever the demo's defaults are now: every setting the study's
+    arms vary is pinned by BEFORE, and the RIMConfig fields the demo sets itself reach the RIM
+    through the demo's fields."""
+    sys.path.insert(0, str(DOCS))
+    try:
+        import rim_fit_frontier as frontier
+    finally:
+        sys.path.remove(str(DOCS))
+    import lensrim
+    from lensrim import demo
+
+    demo_fields, rim, spec = frontier.arm_settings("the demo before (fit 0.01)")
+    assert spec is None and rim == {"gradient_skip": 0.0, "skip_normalisation": "pixel"}
+    assert demo_fields == {
+        "rim_fit_weight": 0.01,
+        "rim_fit_kappa": 1.0,
+        "rim_batch": 4,
+        "rim_steps": 600,
+        "rim_bf16": False,
+    }
+    demo_fields, rim, _ = frontier.arm_settings("gradient skip 0.03, fit 0.02, bf16, batch 8, 800 steps")
+    assert rim["gradient_skip"] == 0.03
+    config = replace(demo.PRESETS["standard"], **demo_fields)
+    assert (config.rim_bf16, config.rim_batch, config.rim_steps, config.rim_fit_kappa) == (True, 8, 800, 1.0)
+    for name in frontier.ARMS:  # every arm's fields are the demo's or the RIM's
+        demo_fields, rim, _ = frontier.arm_settings(name)
+        replace(demo.PRESETS["standard"], **demo_fields)
+        replace(lensrim.PRESETS["small"], **rim)
 
 
 def test_rim_fit_frontier_study_losses_add_the_term_they_name():

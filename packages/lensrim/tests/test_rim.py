@@ -181,6 +181,7 @@ TRAINING_OPTIONS = {
         "clip_norm": 0.05,
         "step_gains": True,
     },
+    "bf16 (on a CPU with native bfloat16)": {"bf16": True, "fit_weight": 0.02, "fit_kappa": 1.0},
 }
 
 
