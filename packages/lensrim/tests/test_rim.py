@@ -93,6 +93,10 @@ def test_bf16_on_a_cpu_only_where_the_cpu_computes_it(monkeypatch, native):
     assert float((a - b).abs().max().detach()) < 0.05 * float(a.abs().max().detach())
     b.pow(2).mean().backward()  # differentiable under autocast
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in half.parameters())
+    # per-example weights (fine-tuning's vmap) stay float32 on a CPU, as RIMConfig.bf16 says
+    params = {k: v.detach().unsqueeze(0).expand(2, *v.shape) for k, v in full.unet.named_parameters()}
+    with torch.no_grad():
+        assert torch.equal(half(y, LinearPhysics(), params=params), full(y, LinearPhysics(), params=params))
 
 
 def test_first_step_sees_only_the_data():

@@ -129,7 +129,8 @@ class RIMConfig(JsonConfig):
     bf16: bool = False
     """bfloat16 autocast of the U-net (the physics stays float32): on a GPU, and on a CPU that
     computes bfloat16 natively (AMX or AVX-512 BF16; elsewhere no effect, as emulated bfloat16
-    is slower than float32)."""
+    is slower than float32). On a CPU, fine-tuning's per-lens weights (``torch.func.vmap``) stay
+    float32 whatever the flag."""
     init: Literal["torch", "glorot"] = "glorot"
     """Initial weights: the original (Keras) code's Glorot-uniform weights with zero biases, or
     PyTorch's defaults. PyTorch's default (uniform with bound 1/sqrt(fan_in)) shrinks the signal

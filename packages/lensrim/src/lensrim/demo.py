@@ -129,7 +129,7 @@ class DemoConfig(JsonConfig):
     """RIM training steps."""
     rim_batch: int = 8
     """Lenses per RIM training step. 8 and 800 steps with ``rim_bf16`` instead of 4 and 600 in
-    float32: 2.7 times the lenses in about 1.2 times the time on the 2-core machine
+    float32: 2.7 times the lenses in 1.3 times the time on the 2-core machine (601 s against 460)
     (``docs/rim_ab.md``, sixth study)."""
     rim_learning_rate: float = 1e-3
     """Initial Adamax learning rate of the RIM, per step."""
