@@ -136,9 +136,9 @@ class DemoConfig(JsonConfig):
     rim_final_lr_factor: float = 0.25
     """The learning rate decays exponentially to this fraction of its start over the run."""
     rim_fit_weight: float = 0.02
-    """The RIM's data-fit term (:attr:`lensrim.RIMConfig.fit_weight`). 0.02 on both maps: its
-    median chi2_nu below plain Adam's with the same gradients at +0.47 to +0.50 dex over two
-    seeds, where 0.3 on the source alone gains more and fits worse than Adam
+    """The RIM's data-fit term (:attr:`lensrim.RIMConfig.fit_weight`). 0.02 on both maps: on
+    seed 0 its median chi2_nu below plain Adam's with the same gradients at +0.50 dex, where 0.3
+    on the source alone gains more and fits worse than Adam; not on every seed
     (``docs/rim_ab.md``, sixth study)."""
     rim_fit_kappa: float = 1.0
     """Share of the data-fit term's gradient that reaches log10 kappa
