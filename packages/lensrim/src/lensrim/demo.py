@@ -145,7 +145,8 @@ class DemoConfig(JsonConfig):
     (:attr:`lensrim.RIMConfig.fit_kappa`: 0, the source alone; 1, both maps)."""
     rim_bf16: bool = True
     """bfloat16 autocast of the RIM's U-net (:attr:`lensrim.RIMConfig.bf16`): on a CPU that
-    computes bfloat16 natively (AMX), about twice the lenses per second; elsewhere float32."""
+    computes bfloat16 natively (AMX), with ``rim_batch`` 8 twice the lenses per second of float32 at
+    batch 4 (``benchmarks/bench_rim.py``); elsewhere float32."""
     rim_log_every: int = 25
     """RIM training steps between log lines (validation against the constant predictor)."""
     rim_validation: int = 16

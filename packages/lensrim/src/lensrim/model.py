@@ -87,7 +87,10 @@ class ForwardModel(Protocol):
 def native_bf16_cpu() -> bool:
     """Whether this CPU computes bfloat16 natively (AMX or AVX-512 BF16, as oneDNN sees it):
     where it does not, bfloat16 convolutions are emulated and slower than float32."""
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    try:  # a private oneDNN query: a build without it has no native bfloat16 path we can use
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def bf16_autocast(config: RIMConfig, x: torch.Tensor) -> torch.autocast:

@@ -622,7 +622,7 @@ def _train_rim(
     stored = replace(config, train_steps=steps)
     check_run(run_dir, stored, RIMConfig.OPTIMISATION_FIELDS)  # everything is checked before anything is written
     model = seeded_init(lambda: RIM(config), seed).to(device)
-    if device.type == "cpu":  # oneDNN's convolutions run faster on NHWC weights (6 % float32, 13 % bf16)
+    if device.type == "cpu":  # oneDNN's convolutions run faster on NHWC weights (bench_rim: x1.08 float32)
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adamax(model.parameters(), lr=config.learning_rate_at(0))
     start = restore(run_dir, model, opt, trim=False)
