@@ -4,7 +4,10 @@ Prints images per second for the forward model F(source, kappa, psf) and for for
 gradient of the log-likelihood with respect to the source and kappa pixels, at 128^2 with an
 11 x 11 PSF, batch 1 and 16, on the CPU (and CUDA when present). When caustics is installed it
 runs the same workload (PixelatedConvergence + Pixelated + LensSource, vmapped over the batch)
-in the same process and prints lenssim's speed-up over it. Never fails for being slow.
+in the same process and prints lenssim's speed-up over it. Then, with Table 1's 21 x 21 PSF (the
+simulations' default), forward + gradient through the direct convolution (the default before the
+FFT path) and through the FFT product, interleaved, on each device, and which one the default
+takes there (``lenssim.physics.psf.FFT_FROM_SIDE``). Never fails for being slow.
 
     python benchmarks/bench_lenssim.py [--repeats 20] [--json out.json]
 """
@@ -110,6 +113,37 @@ def bench_caustics(batch: int, device: torch.device, repeats: int) -> dict[str, 
     return {"forward": batch / _time(fwd, repeats, device), "grad": batch / _time(grad, repeats, device)}
 
 
+TABLE_1_PSF = 21
+
+
+def bench_psf_paths(batch: int, device: torch.device, repeats: int) -> dict[str, float]:
+    """Forward + likelihood gradient, images per second, with a 21 x 21 PSF convolved directly and
+    as a product of FFTs (each forced through ``FFT_FROM_SIDE`` for the call, then restored)."""
+    from lenssim.physics import psf as psf_module
+
+    source, kappa, _, _, sigma, _ = _inputs(batch, device)
+    g = torch.Generator().manual_seed(1)
+    psf = lenssim.gaussian_psf(lenssim.sample_psf_fwhm(batch, generator=g), lenssim.IMAGE_FOV / N, TABLE_1_PSF)
+    psf = psf.to(device)
+    obs = lenssim.lens_image(source, kappa, psf=psf)
+    saved = dict(psf_module.FFT_FROM_SIDE)
+    out = {}
+    try:
+        for name, side in (("direct", None), ("fft", 1)):
+            psf_module.FFT_FROM_SIDE.pop(device.type, None)
+            if side is not None:
+                psf_module.FFT_FROM_SIDE[device.type] = side
+
+            def grad():
+                lenssim.likelihood_gradient(obs, source, kappa, sigma, psf=psf)
+
+            out[name] = batch / _time(grad, repeats, device)
+    finally:
+        psf_module.FFT_FROM_SIDE.clear()
+        psf_module.FFT_FROM_SIDE.update(saved)
+    return out
+
+
 def _median(xs: list[float]) -> float:
     xs = sorted(xs)
     return xs[len(xs) // 2]
@@ -161,6 +195,20 @@ def main() -> None:
                 line += " | caustics not installed"
             results.append(row)
             print(line, flush=True)
+    from lenssim.physics.psf import FFT_FROM_SIDE
+
+    for device in devices:
+        default = "fft" if TABLE_1_PSF >= FFT_FROM_SIDE.get(device.type, TABLE_1_PSF + 1) else "direct"
+        for batch in args.batches:
+            rounds = [bench_psf_paths(batch, device, args.repeats) for _ in range(args.rounds)]
+            direct, fft = _median([r["direct"] for r in rounds]), _median([r["fft"] for r in rounds])
+            spread = ", ".join(f"{r['fft'] / r['direct']:.2f}" for r in rounds)
+            results.append({"device": device.type, "batch": batch, "psf": TABLE_1_PSF, "direct": direct, "fft": fft})
+            print(
+                f"{device.type:4s} B={batch:<3d} {TABLE_1_PSF}x{TABLE_1_PSF} PSF fwd+grad: direct {direct:8.1f} | FFT "
+                f"{fft:8.1f} | FFT x{fft / direct:.2f} (rounds {spread}); the default here: {default}",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

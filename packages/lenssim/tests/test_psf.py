@@ -117,3 +117,67 @@ def test_subnormal_psf_values_are_dropped_without_changing_a_convolution():
     out = lenssim.convolve_psf(image, psf)
     assert (out.double() - reference).abs().max() < 1e-6  # float32 accuracy, the subnormals made no difference
     assert torch.equal(without_subnormals(torch.tensor([1, 2])), torch.tensor([1, 2]))  # integers untouched
+
+
+def _direct_convolution(image: torch.Tensor, psf: torch.Tensor) -> torch.Tensor:
+    """An independent reference: out[y, x] = sum_ij psf[i, j] image[y + c - i, x + c - j] (c the
+    kernel's centre), zero beyond the edge, as a loop over the kernel's pixels (no FFT, no conv2d)."""
+    kh, kw = psf.shape[-2:]
+    h, w = image.shape[-2:]
+    padded = torch.nn.functional.pad(image, (kw // 2, kw // 2, kh // 2, kh // 2))
+    out = torch.zeros_like(image)
+    for i in range(kh):
+        for j in range(kw):
+            shifted = padded[..., kh - 1 - i : kh - 1 - i + h, kw - 1 - j : kw - 1 - j + w]
+            out = out + psf[..., i : i + 1, j : j + 1] * shifted
+    return out
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_large_psfs_take_the_fft_path_and_convolve_exactly(shared, monkeypatch):
+    import lenssim.physics.psf as psf_module
+
+    g = torch.Generator().manual_seed(2)
+    k = 21  # Table 1's size
+    assert k >= psf_module.FFT_FROM_SIDE["cpu"] > 11
+    psf = torch.rand(1 if shared else 3, 1, k, k, generator=g, dtype=torch.float64)  # asymmetric
+    image = torch.rand(3, 1, 40, 40, generator=g, dtype=torch.float64)
+    image[0, 0, 0, 0] = 50.0  # a bright corner: any wrap-around would light the far edges
+    seen = []
+    real = psf_module.fft_convolve
+    monkeypatch.setattr(psf_module, "fft_convolve", lambda *a: seen.append(1) or real(*a))
+    out = lenssim.convolve_psf(image, psf)
+    assert seen, "a 21x21 PSF on the CPU must take the FFT path"
+    assert torch.allclose(out, _direct_convolution(image, psf), rtol=0, atol=1e-12)
+    seen.clear()
+    small = psf[..., 5:-5, 5:-5]  # 11x11: convolved directly, also exact
+    assert torch.allclose(lenssim.convolve_psf(image, small), _direct_convolution(image, small), rtol=0, atol=1e-12)
+    assert not seen
+
+
+def test_fft_path_in_float32_is_as_accurate_as_the_direct_path_and_differentiable():
+    from lenssim.physics.psf import fft_convolve
+
+    fwhm = torch.tensor([0.1, 0.3])
+    image = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(3))
+    psf = lenssim.gaussian_psf(fwhm, 7.69 / 64, 21)
+    reference = _direct_convolution(image.double(), psf.double())
+    assert (lenssim.convolve_psf(image, psf).double() - reference).abs().max() < 1e-6  # as the 11x11 test above
+    small = psf[..., 5:-5, 5:-5] / psf[..., 5:-5, 5:-5].sum(dim=(-1, -2), keepdim=True)
+    direct_error = lenssim.convolve_psf(image, small).double() - _direct_convolution(image.double(), small.double())
+    fft_error = fft_convolve(image, small).double() - _direct_convolution(image.double(), small.double())
+    assert fft_error.abs().max() < 5 * direct_error.abs().max() + 1e-7  # same order as the direct path
+    i = torch.rand(2, 1, 14, 14, dtype=torch.float64, requires_grad=True)
+    p = torch.rand(2, 1, 13, 13, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda i, p: lenssim.convolve_psf(i, p), (i, p))
+    assert torch.autograd.gradgradcheck(lambda i: lenssim.convolve_psf(i, p.detach()), (i,))
+
+
+def test_a_shared_psf_equals_the_same_psf_per_image():
+    g = torch.Generator().manual_seed(4)
+    image = torch.rand(4, 1, 24, 24, generator=g, dtype=torch.float64)
+    for k in (5, 11, 15):
+        psf = torch.rand(1, 1, k, k, generator=g, dtype=torch.float64)
+        shared = lenssim.convolve_psf(image, psf)
+        assert torch.allclose(shared, lenssim.convolve_psf(image, psf.expand(4, 1, k, k)), rtol=0, atol=1e-13)
+        assert torch.allclose(shared, _direct_convolution(image, psf), rtol=0, atol=1e-13)
