@@ -146,7 +146,8 @@ class DemoConfig(JsonConfig):
     rim_bf16: bool = True
     """bfloat16 autocast of the RIM's U-net (:attr:`lensrim.RIMConfig.bf16`): on a CPU that
     computes bfloat16 natively (AMX), with ``rim_batch`` 8 twice the lenses per second of float32 at
-    batch 4 (``benchmarks/bench_rim.py``); elsewhere float32."""
+    batch 4 (``benchmarks/bench_rim.py``); elsewhere float32. Another thread count changes a
+    bfloat16 run by more than rounding (see :attr:`lensrim.RIMConfig.bf16`)."""
     rim_log_every: int = 25
     """RIM training steps between log lines (validation against the constant predictor)."""
     rim_validation: int = 16
@@ -213,6 +214,7 @@ PRESETS = {
         rim_preset="tiny",
         rim_steps=8,
         rim_batch=4,
+        rim_bf16=False,  # its 8 steps take 2 s: float32 keeps a thread count to the last bits (tested)
         fisher_samples=2,
         finetune_steps=3,
         adam_long_steps=20,
