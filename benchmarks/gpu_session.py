@@ -4,7 +4,8 @@ H100 (249 s measured with ``--train-seconds 150``):
 1. every test parametrised over CUDA (``-m gpu``): physics CUDA == CPU in float32 and float64,
    RIM forward and backward, bf16 autocast, batched fine-tuning == one lens at a time,
    on-the-fly simulation on the device;
-2. the GPU throughput rows: forward model, RIM training and inference, on-the-fly training
+2. the GPU throughput rows: forward model (and Table 1's 21x21 PSF convolved directly, the
+   CUDA default, against the FFT product), RIM training and inference, on-the-fly training
    against fixed batches, batched fine-tuning;
 3. ``--train-seconds`` (default 180) of 128^2 on-the-fly training of the small RIM, printing its
    held-out learning curve beside the constant predictor's loss on the same lenses.
@@ -46,6 +47,12 @@ def throughput() -> float:
     for batch in (1, 16):
         rates = bench_lenssim.bench_lenssim(batch, gpu, 20)
         print(f"lenssim 128^2 on cuda, batch {batch}: " + ", ".join(f"{k} {v:.0f} img/s" for k, v in rates.items()))
+        paths = bench_lenssim.bench_psf_paths(batch, gpu, 20)  # should CUDA take the FFT path too?
+        direct, fft, k = paths["direct"], paths["fft"], bench_lenssim.TABLE_1_PSF
+        print(
+            f"  {k}x{k} PSF fwd+grad on cuda, batch {batch}: direct {direct:.0f} img/s (the default), "
+            f"FFT {fft:.0f} img/s (x{fft / direct:.2f})"
+        )
     print(bench_rim.bench("small", gpu, 16, 64, 3), flush=True)
     rates = bench_rim.on_the_fly_rates("small", gpu, 16, 50)
     print(
