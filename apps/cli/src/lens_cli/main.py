@@ -31,7 +31,7 @@ def cli() -> None:
     "--preset",
     type=click.Choice(sorted(PRESETS)),
     default="standard",
-    help="standard: about 14 minutes on 2 CPU cores (64^2 maps); quick: a smoke run of under a minute (32^2).",
+    help="standard: about 15 minutes on 2 CPU cores (64^2 maps); quick: a smoke run of under a minute (32^2).",
 )
 @click.option(
     "--threads",

@@ -94,7 +94,7 @@ def _no_bar(**kwargs) -> _NoBar:
 
 @dataclass(frozen=True)
 class DemoConfig(JsonConfig):
-    """Sizes of the demo; ``standard`` takes about 14 minutes on 2 CPU cores, ``quick`` under one.
+    """Sizes of the demo; ``standard`` takes about 15 minutes on 2 CPU cores, ``quick`` under one.
     Settings that cannot make a demo are refused at construction, in one line."""
 
     RUN_KIND: ClassVar[str] = "demo"
@@ -129,8 +129,8 @@ class DemoConfig(JsonConfig):
     """RIM training steps."""
     rim_batch: int = 8
     """Lenses per RIM training step. 8 and 800 steps with ``rim_bf16`` instead of 4 and 600 in
-    float32: 2.7 times the lenses in 1.3 times the time on the 2-core machine (601 s against 460)
-    (``docs/rim_ab.md``, sixth study)."""
+    float32: 2.7 times the lenses in 1.3 times the time on the 2-core Sapphire Rapids machine (601 s
+    against 460) (``docs/rim_ab.md``, sixth study)."""
     rim_learning_rate: float = 1e-3
     """Initial Adamax learning rate of the RIM, per step."""
     rim_final_lr_factor: float = 0.25
@@ -221,7 +221,7 @@ PRESETS = {
         test_fraction=0.25,
     ),
 }
-"""``standard``: the README's demo (64^2 maps, about 14 minutes on 2 CPU cores); ``quick``: a smoke
+"""``standard``: the README's demo (64^2 maps, about 15 minutes on 2 CPU cores); ``quick``: a smoke
 run of under a minute (32^2), the test suite's."""
 
 STAGES = (
