@@ -65,8 +65,8 @@ def test_ddp_equals_a_single_process(tmp_path):
     assert ddp["step"] == 4
     # Adamax moves each weight by at most the learning rate per step. The two runs' rounding
     # differs (half batches averaged across processes against one whole batch), and on some CPUs
-    # a weight near zero ends 7e-6 apart (an AMD EPYC); a sharding or averaging bug moves weights
-    # by a whole step. So the bound is 1 % of one step, whatever the weight's size.
+    # a weight near zero ends 7e-6 apart (an AMD EPYC); a process training on the wrong lenses
+    # moves weights by whole steps. So the bound is 1 % of one step, whatever the weight's size.
     for name, w in single.state_dict().items():
         assert torch.allclose(ddp["model"][name], w, rtol=1e-4, atol=0.01 * CFG.learning_rate), name
     torch.manual_seed(2)  # the initial weights train_rim draws for seed 2
