@@ -58,8 +58,12 @@ def _free_port():
 
 
 def test_ddp_equals_a_single_process(tmp_path):
-    torch.set_num_threads(1)
-    single = train_rim(CFG, _batches, tmp_path / "single", steps=4, seed=2, checkpoint_every=4, log_every=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker: the same rounding (restored for the tests after)
+    try:
+        single = train_rim(CFG, _batches, tmp_path / "single", steps=4, seed=2, checkpoint_every=4, log_every=1)
+    finally:
+        torch.set_num_threads(threads)
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
     ddp = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)
     assert ddp["step"] == 4

@@ -352,5 +352,10 @@ def test_a_rim_with_a_gradient_skip_is_fine_tuned_through_the_same_updates(setup
         without = RIM(replace(rim.config, gradient_skip=0.0)).eval()
         without.unet.load_state_dict(rim.unet.state_dict())
         no_skip = without(lenses.observation, physics)
-    torch.testing.assert_close(per_lens, plain, rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(plain[1:], no_skip[1:], atol=1e-4)  # the skip path is in both
+    # The per-lens weights (vmapped) round differently from the shared ones: 1e-9 at the first two
+    # steps. Adam's normalisation divides each gradient by its own running size, which makes the
+    # rounding of near-zero gradients 1e3-1e4 times larger at the third (up to 1.2e-5 on one
+    # thread); a skip path missing from either moves the estimate by its gain, 1e-2.
+    torch.testing.assert_close(per_lens[:2], plain[:2], rtol=0, atol=1e-7)
+    torch.testing.assert_close(per_lens, plain, rtol=0, atol=1e-4)
+    assert not torch.allclose(plain[1:], no_skip[1:], atol=1e-3)  # the skip path is in both
