@@ -99,21 +99,39 @@ def test_same_seed_same_reconstruction(demo_dir, tmp_path):
 
 
 def test_threads_change_only_the_rounding(demo_dir, tmp_path):
-    # one thread instead of the default: the summation order of the CPU kernels changes, so the
-    # last bits may, and what grows from them. Normalised steps (Adamax in training, the RIM's
-    # RMSProp input, fine-tuning's RMSProp) take a full step in the sign of a near-zero gradient,
-    # so rounding grows: measured, the RIM's weights 1e-4 apart (relative), its maps 1.5e-4 of
-    # their peak, the fine-tuned maps 6e-3 (the gradient skip's zero-initialised output layer
-    # leaves many first gradients near zero). A bug (another seed, other data) moves them by O(1).
+    # One thread instead of two changes the summation order of the CPU kernels, so the last bits
+    # may change, and what grows from them. Normalised steps (Adamax in training, the RIM's
+    # RMSProp input and its per-pixel gradient skip) take a full step in the sign of a near-zero
+    # gradient, so the quick preset's barely trained RIM turns rounding into O(1) differences in
+    # its maps: measured on the AMD EPYC, 26-48 % of the peak for seeds 4-6 (and 2e-4 for seed 3,
+    # by luck). So the maps are not compared; what produced them is: the same data, the same VAEs
+    # to rounding, and RIM weights no further apart than two Adamax runs from the same initial
+    # weights can be (each step moves a weight by at most the learning rate). Another seed starts
+    # from other weights (0.1 apart) and other data.
+    import torch
+
     out, _ = demo_dir
     run("demo", "--preset", "quick", "-o", tmp_path / "one", "--seed", 3, "--threads", 1)
-    share = {"source_baseline": 1e-3, "kappa_baseline": 1e-3, "source_pred": 3e-2, "kappa_pred": 3e-2}
-    a = lenssim.read_dataset(out / "recon.h5", [*share, "chi2_nu"])
-    b = lenssim.read_dataset(tmp_path / "one" / "recon.h5", [*share, "chi2_nu"])
-    for f, most in share.items():
+    fields = ["observation", "source", "kappa"]
+    a = lenssim.read_dataset(out / "lenses-test.h5", fields)
+    b = lenssim.read_dataset(tmp_path / "one" / "lenses-test.h5", fields)
+    for f in fields:
         peak = float(np.abs(a[f].numpy()).max())
-        np.testing.assert_allclose(b[f].numpy(), a[f].numpy(), rtol=0, atol=most * peak, err_msg=f)
-    np.testing.assert_allclose(b["chi2_nu"].numpy(), a["chi2_nu"].numpy(), rtol=1e-3, err_msg="chi2_nu")
+        np.testing.assert_allclose(b[f].numpy(), a[f].numpy(), rtol=0, atol=1e-5 * peak, err_msg=f)
+
+    def weights(root, name):
+        return torch.load(root / name / "checkpoint.pt", weights_only=True)["model"]
+
+    for name in ("vae-source", "vae-kappa"):
+        wa, wb = weights(out, name), weights(tmp_path / "one", name)
+        for k, w in wa.items():
+            torch.testing.assert_close(wb[k], w, rtol=0, atol=1e-4 * float(w.abs().max()) + 1e-12, msg=k)
+    config = json.loads((out / "rim" / "config.json").read_text())
+    reach = 2 * config["learning_rate"] * config["train_steps"]
+    wa, wb = weights(out, "rim"), weights(tmp_path / "one", "rim")
+    for k, w in wa.items():
+        torch.testing.assert_close(wb[k], w, rtol=0, atol=reach, msg=k)
+    assert max(float((wb[k] - w).abs().max()) for k, w in wa.items()) < reach / 10  # rounding, not steps
 
 
 def test_other_settings_in_the_same_directory_are_refused(demo_dir):
