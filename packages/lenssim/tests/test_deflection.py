@@ -198,3 +198,39 @@ def test_device(device):
 def test_bad_input(kappa, fov, match):
     with pytest.raises(ValueError, match=match):
         lenssim.deflection_angles(kappa, fov)
+
+
+def test_adjoint_is_the_transpose_of_the_direct_sum(rng):
+    # The transpose written out: dL/dkappa_j = sum_i g_i . alpha-kernel(theta_i - theta_j), from the
+    # explicit float64 summation (direct_deflection applied to unit maps gives its columns).
+    n, fov = 12, 2.3
+    g = rng.normal(size=(3, 2, n, n))
+    columns = direct_deflection(np.eye(n * n).reshape(n * n, n, n), fov)  # (n*n, 2, n, n): K e_j
+    ref = np.einsum("jcyx,bcyx->bj", columns, g).reshape(3, n, n)
+    ours = lenssim.deflection_adjoint(torch.from_numpy(g), fov).numpy()
+    assert ours.shape == (3, n, n)
+    assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-10
+
+
+def test_adjoint_takes_any_layout_and_float32(rng):
+    # the likelihood hands it a permuted view of grid_sample's (B, N, N, 2) gradient
+    grid_layout = torch.from_numpy(rng.normal(size=(2, 32, 32, 2)))
+    view = grid_layout.permute(0, 3, 1, 2)
+    a = lenssim.deflection_adjoint(view, 3.0)
+    assert torch.allclose(a, lenssim.deflection_adjoint(view.contiguous(), 3.0), rtol=0, atol=1e-12)
+    a32 = lenssim.deflection_adjoint(view.float(), 3.0)
+    assert a32.dtype == torch.float32 and (a32.double() - a).abs().max() / a.abs().max() < 1e-5
+
+
+@pytest.mark.parametrize(
+    "grad, fov, match",
+    [
+        (torch.zeros(3, 4, 4), 1.0, r"\(\.\.\., 2, N, N\)"),
+        (torch.zeros(4, 4), 1.0, "two equal axes"),
+        (torch.zeros(2, 4, 4, dtype=torch.float16), 1.0, "float32 or float64"),
+        (torch.zeros(2, 4, 4), 0.0, "fov"),
+    ],
+)
+def test_adjoint_bad_input(grad, fov, match):
+    with pytest.raises(ValueError, match=match):
+        lenssim.deflection_adjoint(grad, fov)

@@ -181,3 +181,29 @@ def test_a_shared_psf_equals_the_same_psf_per_image():
         shared = lenssim.convolve_psf(image, psf)
         assert torch.allclose(shared, lenssim.convolve_psf(image, psf.expand(4, 1, k, k)), rtol=0, atol=1e-13)
         assert torch.allclose(shared, _direct_convolution(image, psf), rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("size", [5, 21])  # the direct path and (on a CPU) the FFT path
+@pytest.mark.parametrize("shared", [False, True])
+def test_adjoint_is_the_transpose(size, shared):
+    # <b, P a> == <P^T b, a> for an asymmetric kernel, with P from the independent loop reference
+    g = torch.Generator().manual_seed(7)
+    psf = torch.rand(1 if shared else 3, 1, size, size, generator=g, dtype=torch.float64)
+    a = torch.rand(3, 1, 30, 30, generator=g, dtype=torch.float64)
+    b = torch.rand(3, 1, 30, 30, generator=g, dtype=torch.float64)
+    lhs = (b * _direct_convolution(a, psf)).flatten(1).sum(1)
+    rhs = (lenssim.convolve_psf_adjoint(b, psf) * a).flatten(1).sum(1)
+    assert torch.allclose(lhs, rhs, rtol=1e-12)
+
+
+def test_separable_adjoint_is_the_transpose():
+    g = torch.Generator().manual_seed(8)
+    rk, ck = (torch.rand(3, 7, generator=g, dtype=torch.float64) for _ in range(2))  # asymmetric
+    sep = lenssim.SeparablePSF(rk, ck)
+    a = torch.rand(3, 1, 24, 24, generator=g, dtype=torch.float64)
+    b = torch.rand(3, 1, 24, 24, generator=g, dtype=torch.float64)
+    lhs = (b * _direct_convolution(a, sep.kernel())).flatten(1).sum(1)
+    rhs = (lenssim.convolve_psf_adjoint(b, sep) * a).flatten(1).sum(1)
+    assert torch.allclose(lhs, rhs, rtol=1e-12)
+    with pytest.raises(ValueError, match="psf must"):
+        lenssim.convolve_psf_adjoint(b, [[1.0]])

@@ -1,7 +1,11 @@
 """The public names of :mod:`lenssim.physics`, each written once, here: the package loads a name on first
 use (:func:`lenscore.lazy.attach_stub` reads this file) and type checkers read its types here."""
 
-from lenssim.physics.deflection import deflection_angles as deflection_angles, deflection_kernel as deflection_kernel
+from lenssim.physics.deflection import (
+    deflection_adjoint as deflection_adjoint,
+    deflection_angles as deflection_angles,
+    deflection_kernel as deflection_kernel,
+)
 from lenssim.physics.grid import (
     pixel_coordinates as pixel_coordinates,
     pixel_grid as pixel_grid,
@@ -18,6 +22,7 @@ from lenssim.physics.likelihood import (
 from lenssim.physics.psf import (
     SeparablePSF as SeparablePSF,
     convolve_psf as convolve_psf,
+    convolve_psf_adjoint as convolve_psf_adjoint,
     fwhm_to_sigma as fwhm_to_sigma,
     gaussian_psf as gaussian_psf,
     gaussian_psf_1d as gaussian_psf_1d,

@@ -22,7 +22,7 @@ import torch
 
 from lenssim._checks import check_positive, check_square
 
-__all__ = ["deflection_angles", "deflection_kernel"]
+__all__ = ["deflection_adjoint", "deflection_angles", "deflection_kernel"]
 
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
@@ -132,3 +132,33 @@ def deflection_angles(kappa: torch.Tensor, fov: float) -> torch.Tensor:
         raise ValueError(f"kappa must be float32 or float64, got {kappa.dtype}")
     khat, khat_adjoint = _kernel_spectrum(n, float(fov), kappa.dtype, kappa.device)
     return _Deflection.apply(kappa, khat, khat_adjoint)
+
+
+def deflection_adjoint(grad_alpha: torch.Tensor, fov: float) -> torch.Tensor:
+    """The transpose of :func:`deflection_angles`: ``dL/dkappa`` from ``dL/dalpha``.
+
+    Deflection is linear in the convergence, so this is the vector-Jacobian product that
+    autograd computes through :func:`deflection_angles`, without a graph: for any ``g`` and
+    ``kappa``, ``sum(g * deflection_angles(kappa)) == sum(kappa * deflection_adjoint(g))``.
+
+    Parameters
+    ----------
+    grad_alpha
+        ``(..., 2, N, N)`` (channel 0 along alpha_x, 1 along alpha_y), float32 or float64; any
+        strides (a permuted view of a ``(B, N, N, 2)`` tensor is fine).
+    fov
+        Side of the map in arcsec.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., N, N)``.
+    """
+    n = check_square("grad_alpha", grad_alpha, min_dim=3)
+    check_positive("fov", fov)
+    if grad_alpha.shape[-3] != 2:
+        raise ValueError(f"grad_alpha must have shape (..., 2, N, N), got {tuple(grad_alpha.shape)}")
+    if grad_alpha.dtype not in _COMPLEX:
+        raise ValueError(f"grad_alpha must be float32 or float64, got {grad_alpha.dtype}")
+    _, khat_adjoint = _kernel_spectrum(n, float(fov), grad_alpha.dtype, grad_alpha.device)
+    return _convolve_adjoint(grad_alpha, khat_adjoint, n)

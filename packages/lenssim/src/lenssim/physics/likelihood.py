@@ -7,6 +7,7 @@ gradients, since examples do not interact.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Literal
 
@@ -14,7 +15,7 @@ import torch
 
 from lenssim._checks import check_bchw
 from lenssim.physics.psf import SeparablePSF
-from lenssim.physics.raytrace import IMAGE_FOV, SOURCE_FOV, lens_image
+from lenssim.physics.raytrace import IMAGE_FOV, SOURCE_FOV, _lens_image_vjp, lens_image
 
 __all__ = ["add_noise", "chi_squared", "likelihood_gradient", "log_likelihood", "chi2_nu", "reduced_chi_squared"]
 
@@ -100,8 +101,10 @@ def likelihood_gradient(
         ``(B, 1, N, N)``: the convergence when ``kappa_param="kappa"``, or xi = log10 kappa
         when ``kappa_param="log10"`` (the RIM's parametrisation, kappa = 10^xi).
     create_graph
-        Keep the graph of the gradient (for second derivatives); by default the returned
-        tensors are detached from the inputs' graph.
+        Keep the graph of the gradient (for second derivatives): autograd through
+        :func:`lens_image`. By default the gradient comes from the transposes of the ray tracer
+        written out (the same numbers, fewer passes over memory) and is detached from the
+        inputs' graph.
 
     Returns
     -------
@@ -112,11 +115,23 @@ def likelihood_gradient(
     check_bchw("observation", observation)
     if kappa_param not in ("kappa", "log10"):
         raise ValueError(f"kappa_param must be 'kappa' or 'log10', got {kappa_param!r}")
-    with torch.enable_grad():
-        s = source if (create_graph and source.requires_grad) else source.detach().requires_grad_(True)
-        k = kappa if (create_graph and kappa.requires_grad) else kappa.detach().requires_grad_(True)
-        conv = torch.pow(10.0, k) if kappa_param == "log10" else k
-        model = lens_image(s, conv, image_fov=image_fov, source_fov=source_fov, psf=psf)
+    kw = dict(image_fov=image_fov, source_fov=source_fov, psf=psf)
+    if create_graph:
+        with torch.enable_grad():
+            s = source if source.requires_grad else source.detach().requires_grad_(True)
+            k = kappa if kappa.requires_grad else kappa.detach().requires_grad_(True)
+            conv = torch.pow(10.0, k) if kappa_param == "log10" else k
+            logp = log_likelihood(observation, lens_image(s, conv, **kw), sigma)
+            gs, gk = torch.autograd.grad(logp.sum(), (s, k), create_graph=True)
+        return gs, gk, logp
+    # No graph wanted: the transposes written out (the same values, fewer passes over memory)
+    with torch.no_grad():
+        conv = torch.pow(10.0, kappa) if kappa_param == "log10" else kappa
+        model, pullback = _lens_image_vjp(source, conv, **kw)
         logp = log_likelihood(observation, model, sigma)
-        gs, gk = torch.autograd.grad(logp.sum(), (s, k), create_graph=create_graph)
-    return gs, gk, logp.detach() if not create_graph else logp
+        # d log p / d model = (y - F(x)) / sigma^2
+        residual = (observation - model) / _per_example(sigma, observation).square()
+    gs, gk = pullback(residual)
+    if kappa_param == "log10":  # d kappa / d xi = kappa ln 10
+        gk = gk.mul_(conv).mul_(math.log(10.0))
+    return gs, gk, logp

@@ -23,6 +23,7 @@ __all__ = [
     "FFT_FROM_SIDE",
     "SeparablePSF",
     "convolve_psf",
+    "convolve_psf_adjoint",
     "fft_convolve",
     "fwhm_to_sigma",
     "gaussian_psf",
@@ -280,3 +281,18 @@ def convolve_psf(image: torch.Tensor, psf: torch.Tensor | SeparablePSF) -> torch
     _check_odd(int(psf.shape[-1]))
     k = psf.shape[-1] // 2
     return _convolve(image, psf, (k, k))
+
+
+def convolve_psf_adjoint(image: torch.Tensor, psf: torch.Tensor | SeparablePSF) -> torch.Tensor:
+    """The transpose of :func:`convolve_psf`: correlation with the PSF (the convolution with the
+    PSF turned by 180 degrees), same size, zero beyond the edge, by the same paths.
+
+    For any ``a`` and ``b``, ``sum(b * convolve_psf(a, psf)) == sum(a * convolve_psf_adjoint(b,
+    psf))``: the gradient of a loss of the blurred image with respect to the sharp one.
+    """
+    if isinstance(psf, SeparablePSF):
+        # the two 1-D passes act on different axes and commute, so each is turned in place
+        return convolve_psf(image, SeparablePSF(psf.row_kernel.flip(-1), psf.column_kernel.flip(-1)))
+    if not isinstance(psf, torch.Tensor):
+        raise ValueError(f"psf must be a (B, 1, k, k) tensor or a SeparablePSF, got {type(psf).__name__}")
+    return convolve_psf(image, psf.flip(-2, -1))
