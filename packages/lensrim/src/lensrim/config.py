@@ -131,9 +131,10 @@ class RIMConfig(JsonConfig):
     computes bfloat16 natively (AMX or AVX-512 BF16; elsewhere no effect, as emulated bfloat16
     is slower than float32). On a CPU, fine-tuning's per-lens weights (``torch.func.vmap``) stay
     float32 whatever the flag. The same seed on the same device and thread count gives the same
-    weights, and a resumed run the uninterrupted one's; another CPU thread count does not: bfloat16
-    rounds at 4e-3, training's normalised steps grow it, and the quick demo's maps after 8 bf16
-    training steps differ by 40 % of their peak between 1 and 2 threads (float32: 2e-4)."""
+    weights, and a resumed run the uninterrupted one's; another CPU thread count changes the
+    rounding (bfloat16 rounds at 4e-3, float32 at 6e-8), which training's normalised steps grow:
+    the quick demo's barely trained RIM gives maps 26-48 % of their peak apart with 1 and 2
+    threads in float32 (seeds 4-6), 40 % in bfloat16 (seed 3)."""
     init: Literal["torch", "glorot"] = "glorot"
     """Initial weights: the original (Keras) code's Glorot-uniform weights with zero biases, or
     PyTorch's defaults. PyTorch's default (uniform with bound 1/sqrt(fan_in)) shrinks the signal
