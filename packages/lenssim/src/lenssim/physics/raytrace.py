@@ -148,7 +148,7 @@ def _lens_image_vjp(
     same values as autograd through :func:`lens_image`, in fewer passes over memory: a
     likelihood gradient takes 10 % less time at the demo's batch 8 of 64^2 and 6 % less at batch
     16 of 128^2 (2 cores of an AMD EPYC). Only the bilinear sampling goes through autograd (its
-    backward is torch's own kernel)."""
+    backward is torch's own kernel), whose graph the pullback frees: call it once."""
     _check_lens_image(source, kappa, image_fov, source_fov)
     with torch.no_grad():
         positions = _source_positions(kappa, image_fov, source_fov)
