@@ -59,7 +59,7 @@ def demo(output: Path, preset: str, threads: int | None, seed: int, device: str)
     threads, measured = choose_threads(threads, output / "threads.txt")  # a re-run keeps its first count
     if measured and threads < torch.get_num_threads():
         click.echo(f"other jobs keep cores busy: {threads} torch thread(s) (--threads sets them)")
-    torch.set_num_threads(threads)  # float32: the rounding only (tested); bfloat16: more (RIMConfig.bf16)
+    torch.set_num_threads(threads)  # changes the rounding, which training's normalised steps grow (RIMConfig.bf16)
     from lensrim.demo import DemoError, run_demo
 
     t0 = time.perf_counter()

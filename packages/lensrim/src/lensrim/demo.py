@@ -145,9 +145,10 @@ class DemoConfig(JsonConfig):
     (:attr:`lensrim.RIMConfig.fit_kappa`: 0, the source alone; 1, both maps)."""
     rim_bf16: bool = True
     """bfloat16 autocast of the RIM's U-net (:attr:`lensrim.RIMConfig.bf16`): on a CPU that
-    computes bfloat16 natively (AMX), with ``rim_batch`` 8 twice the lenses per second of float32 at
-    batch 4 (``benchmarks/bench_rim.py``); elsewhere float32. Another thread count changes a
-    bfloat16 run by more than rounding (see :attr:`lensrim.RIMConfig.bf16`)."""
+    computes bfloat16 natively (AMX or AVX-512 BF16), with ``rim_batch`` 8 about twice the lenses
+    per second of float32 at batch 4 (``benchmarks/bench_rim.py``); elsewhere float32. Another
+    thread count changes the rounding, in float32 as in bfloat16, and training's normalised steps
+    grow it (see :attr:`lensrim.RIMConfig.bf16`)."""
     rim_log_every: int = 25
     """RIM training steps between log lines (validation against the constant predictor)."""
     rim_validation: int = 16
