@@ -81,19 +81,22 @@ def bench_cpu_training(pixels: int = 64, repeats: int = 5) -> str:
     """The demo's RIM training step on the CPU (``small`` at ``pixels``), against the previous
     default in the same run: float32 on NCHW weights (before), float32 on channels-last weights
     (what :func:`lensrim.train_rim` now does on a CPU), and bfloat16 autocast on channels-last at
-    batch 4 and 8 (``bf16``; float32 where the CPU has no native bfloat16). Lenses per second,
-    each a median over ``repeats`` directly timed steps, with the ratio to the first row."""
+    batch 4 and 8 (``bf16``; float32 where the CPU has no native bfloat16), and the same U-net
+    capped at 64 channels (docs/rim_ab.md, seventh study). Lenses per second, each a median over
+    ``repeats`` directly timed steps, with the ratio to the first row."""
     from lensrim.model import native_bf16_cpu
 
+    small = lensrim.PRESETS["small"].max_filters
     arms = (
-        ("float32, NCHW (before)", 4, False, torch.contiguous_format),
-        ("float32, channels-last", 4, False, torch.channels_last),
-        ("bf16, channels-last", 4, True, torch.channels_last),
-        ("bf16, channels-last", 8, True, torch.channels_last),
+        ("float32, NCHW (before)", 4, False, torch.contiguous_format, small),
+        ("float32, channels-last", 4, False, torch.channels_last, small),
+        ("bf16, channels-last", 4, True, torch.channels_last, small),
+        ("bf16, channels-last", 8, True, torch.channels_last, small),
+        ("bf16, channels-last, at most 64 channels", 8, True, torch.channels_last, 64),
     )
     rows, reference = [], None
-    for name, batch, bf16, layout in arms:
-        config = replace(lensrim.PRESETS["small"], pixels=pixels, batch_size=batch, bf16=bf16)
+    for name, batch, bf16, layout, channels in arms:
+        config = replace(lensrim.PRESETS["small"], pixels=pixels, batch_size=batch, bf16=bf16, max_filters=channels)
         torch.manual_seed(0)
         model = lensrim.RIM(config).to(memory_format=layout)
         opt = torch.optim.Adamax(model.parameters(), lr=1e-4)

@@ -14,7 +14,11 @@ loss that is not an option of lensrim (``study_loss``, see STUDY_LOSSES).
     lens demo -o demo-out                                   # once: the data, VAEs and reference
     python docs/rim_fit_frontier.py --demo demo-out --work /tmp/frontier --arm "gradient skip 0.03"
     python docs/rim_fit_frontier.py --demo demo-out --work /tmp/frontier --arm "gradient skip 0.03" --seed 1
+    python docs/rim_fit_frontier.py --demo demo-out --work /tmp/frontier --arm "gradient skip 0.03" --label "AMD EPYC"
     python docs/rim_fit_frontier.py --table                 # the table of docs/rim_fit_frontier.json
+
+``--label`` names a rerun of a recorded arm (e.g. on another machine) as its own entry; an arm run
+on the data of a demo made with ``--seed S`` is recorded with ", demo seed S".
 
 The study began on the demo's data from 10 halos (16 maps each); the standard demo draws them from
 40 halos since its fourth study, and arms run on such a demo are recorded with ", on 40 halos (4
@@ -146,6 +150,23 @@ ARMS: dict[str, dict] = {
         "rim_batch": 8,
         "rim_steps": 800,
     },
+    # A narrower U-net (seventh study): at most 64 channels instead of 128, a training step 15 % shorter
+    "gradient skip 0.03, fit 0.02, bf16, batch 8, 800 steps, at most 64 channels": {
+        "gradient_skip": 0.03,
+        "rim_fit_weight": 0.02,
+        "bf16": True,
+        "rim_batch": 8,
+        "rim_steps": 800,
+        "max_filters": 64,
+    },
+    "gradient skip 0.03, fit 0.02, bf16, batch 8, 1000 steps, at most 64 channels": {
+        "gradient_skip": 0.03,
+        "rim_fit_weight": 0.02,
+        "bf16": True,
+        "rim_batch": 8,
+        "rim_steps": 1000,
+        "max_filters": 64,
+    },
     # Losses that are not training options (STUDY_LOSSES): each tried once, none kept.
     "gradient skip 0.03, fit 0.3 on the source alone, source term x10": {
         "gradient_skip": 0.03,
@@ -256,7 +277,7 @@ def arm_settings(name: str) -> tuple[dict, dict, dict | None]:
     return demo_fields, overrides, spec
 
 
-def run_arm(name: str, demo_dir: Path, work: Path, threads: int, seed: int = 0) -> dict:
+def run_arm(name: str, demo_dir: Path, work: Path, threads: int, seed: int = 0, label: str = "") -> dict:
     import torch
 
     import lensrim
@@ -269,12 +290,12 @@ def run_arm(name: str, demo_dir: Path, work: Path, threads: int, seed: int = 0) 
     try:  # RIMConfig fields: through the preset the demo's RIM starts from, for this arm only
         lensrim.PRESETS[standard.rim_preset] = replace(preset, **overrides)
         with study_loss(spec, demo_fields.get("rim_steps", standard.rim_steps)):
-            return _run_arm(name, demo_dir, work, demo_fields, seed)
+            return _run_arm(name, demo_dir, work, demo_fields, seed, label)
     finally:
         lensrim.PRESETS[standard.rim_preset] = preset
 
 
-def _run_arm(name: str, demo_dir: Path, work: Path, demo_fields: dict, seed: int) -> dict:
+def _run_arm(name: str, demo_dir: Path, work: Path, demo_fields: dict, seed: int, label: str) -> dict:
     import numpy as np
     import torch
 
@@ -288,7 +309,7 @@ def _run_arm(name: str, demo_dir: Path, work: Path, demo_fields: dict, seed: int
     standard = demo.PRESETS["standard"]
     if work.resolve() == demo_dir.resolve() or demo_dir.resolve() in work.resolve().parents:
         raise SystemExit(f"--work {work} must lie outside the demo directory {demo_dir}: arms never write there")
-    key = entry(name, seed, data_of(demo_dir))
+    key = entry(name, seed, data_of(demo_dir), label)
     out = work / key.replace(" ", "_").replace(",", "").replace(".", "").replace("(", "").replace(")", "")
     if "fit_ramp" in ARMS[name].get("study_loss", {}) and (out / "rim").exists():
         raise SystemExit(
@@ -378,20 +399,26 @@ STUDY_HALOS = (10, 16)
 
 
 def data_of(demo_dir: Path) -> str:
-    """'' for the study's demo data, else ', on H halos (M maps each)' from the demo's demo.json."""
+    """'' for the study's demo data, else ', on H halos (M maps each)' from the demo's demo.json,
+    then ', demo seed S' for a demo run with ``--seed S`` other than 0 (other halos, galaxies and
+    test lenses)."""
     stored = demo_dir / "demo.json"
     try:
-        config = json.loads(stored.read_text())["config"]
+        meta = json.loads(stored.read_text())
+        config = meta["config"]
         halos = (int(config["halos"]), int(config["maps_per_halo"]))
+        seed = int(meta.get("seed", 0))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"--demo {demo_dir}: no readable demo.json with halos and maps_per_halo ({e})") from None
-    return "" if halos == STUDY_HALOS else f", on {halos[0]} halos ({halos[1]} maps each)"
+    data = "" if halos == STUDY_HALOS else f", on {halos[0]} halos ({halos[1]} maps each)"
+    return data + ("" if seed == 0 else f", demo seed {seed}")
 
 
-def entry(name: str, seed: int, data: str = "") -> str:
+def entry(name: str, seed: int, data: str = "", label: str = "") -> str:
     """The arm's key in the results: its name, then the demo data it ran on (nothing for the
-    study's) and its seed (nothing for the demo's seed 0)."""
-    return name + data + ("" if seed == 0 else f", seed {seed}")
+    study's), its seed (nothing for the demo's seed 0) and the run's label (e.g. the machine,
+    to repeat a recorded arm elsewhere)."""
+    return name + data + ("" if seed == 0 else f", seed {seed}") + (f", {label}" if label else "")
 
 
 def main() -> None:
@@ -407,6 +434,11 @@ def main() -> None:
     ap.add_argument(
         "--seed", type=int, default=0, help="the RIM's training seed (0: the demo's); recorded as its own entry"
     )
+    ap.add_argument(
+        "--label",
+        default="",
+        help="appended to the recorded entry, e.g. the machine, to rerun an arm recorded elsewhere",
+    )
     ap.add_argument("--table", action="store_true")
     args = ap.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
@@ -418,9 +450,9 @@ def main() -> None:
     from lenscore.files import written
 
     data = data_of(args.demo)
-    for name in args.arm or [a for a in ARMS if entry(a, args.seed, data) not in results]:
-        key = entry(name, args.seed, data)
-        results[key] = run_arm(name, args.demo, args.work, args.threads, args.seed)
+    for name in args.arm or [a for a in ARMS if entry(a, args.seed, data, args.label) not in results]:
+        key = entry(name, args.seed, data, args.label)
+        results[key] = run_arm(name, args.demo, args.work, args.threads, args.seed, args.label)
         fresh = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}  # arms run beside this one
         fresh[key] = results[key]
         with written(RESULTS) as tmp:

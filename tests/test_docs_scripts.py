@@ -92,15 +92,28 @@ def test_rim_fit_frontier_names_the_demo_data_its_arms_ran_on(tmp_path):
         sys.path.remove(str(DOCS))
     import json
 
-    study, other = tmp_path / "study", tmp_path / "other"
-    for d, halos in ((study, (10, 16)), (other, (40, 4))):
+    study, other, reseeded = tmp_path / "study", tmp_path / "other", tmp_path / "reseeded"
+    for d, halos, seed in ((study, (10, 16), 0), (other, (40, 4), 0), (reseeded, (40, 4), 2)):
         d.mkdir()
-        (d / "demo.json").write_text(json.dumps({"config": {"halos": halos[0], "maps_per_halo": halos[1]}, "seed": 0}))
+        config = {"halos": halos[0], "maps_per_halo": halos[1]}
+        (d / "demo.json").write_text(json.dumps({"config": config, "seed": seed}))
     assert frontier.data_of(study) == ""
     assert frontier.data_of(other) == ", on 40 halos (4 maps each)"
-    # the same arm on other data or with another seed is another entry: neither overwrites the study's
-    names = {frontier.entry("a", 0), frontier.entry("a", 0, frontier.data_of(other)), frontier.entry("a", 1)}
-    assert names == {"a", "a, on 40 halos (4 maps each)", "a, seed 1"}
+    assert frontier.data_of(reseeded) == ", on 40 halos (4 maps each), demo seed 2"  # other halos and lenses
+    # the same arm on other data, with another seed or on another machine is another entry:
+    # none overwrites the study's
+    names = {
+        frontier.entry("a", 0),
+        frontier.entry("a", 0, frontier.data_of(other)),
+        frontier.entry("a", 1),
+        frontier.entry("a", 1, frontier.data_of(reseeded), "AMD EPYC"),
+    }
+    assert names == {
+        "a",
+        "a, on 40 halos (4 maps each)",
+        "a, seed 1",
+        "a, on 40 halos (4 maps each), demo seed 2, seed 1, AMD EPYC",
+    }
     with pytest.raises(SystemExit, match="no readable demo.json"):
         frontier.data_of(tmp_path / "missing")
 
@@ -130,6 +143,8 @@ def test_rim_fit_frontier_arms_start_from_the_demo_as_the_study_began():
     assert rim["gradient_skip"] == 0.03
     config = replace(demo.PRESETS["standard"], **demo_fields)
     assert (config.rim_bf16, config.rim_batch, config.rim_steps, config.rim_fit_kappa) == (True, 8, 800, 1.0)
+    _, rim, _ = frontier.arm_settings("gradient skip 0.03, fit 0.02, bf16, batch 8, 800 steps, at most 64 channels")
+    assert rim["max_filters"] == 64  # a RIMConfig field, set through the demo's preset
     for name in frontier.ARMS:  # every arm's fields are the demo's or the RIM's
         demo_fields, rim, _ = frontier.arm_settings(name)
         replace(demo.PRESETS["standard"], **demo_fields)
