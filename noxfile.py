@@ -7,7 +7,7 @@
     nox -s fuzz         # the fuzzer against every reader, with a large budget (~5 min)
     nox -s bench        # benchmark figures (never fails for being slow)
     nox -s bench_finetune   # does EWC fine-tuning reach the noise? (Table 3, Fig. 8; ~30 min on 2 cores)
-    nox -s gpu          # on a CUDA machine: CUDA tests, GPU throughput, 3 minutes of 128^2 training
+    nox -s gpu          # on a CUDA machine: CUDA tests, GPU throughput, torchrun/NCCL, 3 min of 128^2 training
     nox -s gpu_fit      # on a CUDA machine: does the 128^2 RIM, fine-tuned on the GPU, reach the noise?
 
 PyTorch is pinned (LENS_TORCH, default torch==2.13.0) so that resolving the packages' open
@@ -180,9 +180,10 @@ def bench_finetune(session: nox.Session) -> None:
 
 @nox.session
 def gpu(session: nox.Session) -> None:
-    """On a CUDA machine (LENS_TORCH picks the CUDA build): CUDA tests, GPU throughput rows and
-    3 minutes of 128^2 on-the-fly training against the constant predictor (about 8 min on an H100)."""
-    _install(session, f"{LENSSIM}[test]", LENSPRIOR, f"{LENSRIM}[test]")
+    """On a CUDA machine (LENS_TORCH picks the CUDA build): CUDA tests, GPU throughput rows,
+    torchrun through NCCL against the plain command, and 3 minutes of 128^2 on-the-fly training
+    against the constant predictor (about 8 min on an H100)."""
+    _install(session, f"{LENSSIM}[test]", LENSPRIOR, f"{LENSRIM}[test]", CLI)
     session.run("python", "benchmarks/gpu_session.py", *session.posargs)
 
 

@@ -7,7 +7,9 @@ H100 (249 s measured with ``--train-seconds 150``):
 2. the GPU throughput rows: forward model (and Table 1's 21x21 PSF convolved directly, the
    CUDA default, against the FFT product), RIM training and inference, on-the-fly training
    against fixed batches, batched fine-tuning;
-3. ``--train-seconds`` (default 180) of 128^2 on-the-fly training of the small RIM, printing its
+3. the multi-GPU path on one GPU: ``torchrun --standalone --nproc-per-node 1 lens train rim ...
+   --device cuda`` (DDP through NCCL) against the plain command, their weights compared;
+4. ``--train-seconds`` (default 180) of 128^2 on-the-fly training of the small RIM, printing its
    held-out learning curve beside the constant predictor's loss on the same lenses.
 
     python benchmarks/gpu_session.py [--train-seconds 180] [--out gpu-session]
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -62,6 +66,47 @@ def throughput() -> float:
     )
     print(bench_rim.bench_finetune("small", gpu, 16, 5), flush=True)
     return rates["on the fly"]
+
+
+def torchrun_check(out: Path, device: str = "cuda") -> bool:
+    """``lens train rim`` alone and under torchrun (one process: DDP, through NCCL on a GPU and gloo
+    on a CPU); True when their weights agree within 1 % of one Adamax step (without the gradient
+    skip, whose first steps take the sign of rounding: tests/test_cli_torchrun.py)."""
+    lens = shutil.which("lens")
+    if lens is None:
+        print("torchrun: UNCHECKED, the lens script is not installed (pip install apps/cli)")
+        return False
+    lr, steps = 3e-3, 20
+    train = [lens, "train", "rim", "--kappa", "sie", "--sources", "sersic", "--preset", "tiny", "--steps", str(steps)]
+    train += ["--batch-size", "8", "--learning-rate", str(lr), "--gradient-skip", "0", "--device", device]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {
+        "plain": [],
+        "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"],
+    }
+    for name, launcher in runs.items():
+        proc = subprocess.run(
+            [*launcher, *train, "-o", str(out / f"ddp-{name}")], capture_output=True, text=True, env=env
+        )
+        if proc.returncode != 0:
+            print(f"torchrun on {device}: the {name} run FAILED:\n{proc.stderr[-3000:]}")
+            return False
+        if name == "torchrun":
+            print(
+                "  "
+                + next((line for line in proc.stderr.splitlines() if "distributed:" in line), "no distributed line")
+            )
+    a, b = (torch.load(out / f"ddp-{name}" / "checkpoint.pt", weights_only=True)["model"] for name in runs)
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    same = all(torch.equal(a[k], b[k]) for k in a)
+    ok = worst < 0.01 * lr
+    print(
+        f"torchrun --nproc-per-node 1 (DDP) on {device} against the plain command, {steps} steps: largest weight "
+        f"difference {worst:.2g} ({'bitwise equal' if same else 'not bitwise equal'}; bound {0.01 * lr:g}): "
+        f"{'passed' if ok else 'FAILED'}",
+        flush=True,
+    )
+    return ok
 
 
 def train(seconds: float, rate: float, out: Path, batch: int, learning_rate: float, init: str) -> None:
@@ -131,6 +176,7 @@ def main() -> None:
     failed = 0 if args.skip_tests else tests()
     print(f"[tests: {'passed' if failed == 0 else 'FAILED'}, {time.perf_counter() - t0:.0f} s]", flush=True)
     rate = throughput()
+    failed |= not torchrun_check(args.out)
     train(
         args.train_seconds,
         rate,

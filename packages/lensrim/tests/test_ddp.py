@@ -78,3 +78,29 @@ def test_ddp_equals_a_single_process(tmp_path):
     assert any(
         not torch.equal(a, b) for a, b in zip(init.state_dict().values(), single.state_dict().values(), strict=True)
     )
+
+
+def test_a_launcher_makes_a_group_even_of_one_process(monkeypatch):
+    """torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR) start a process group, one process
+    included, so that `torchrun --nproc-per-node 1` checks the multi-GPU path; without them the
+    process trains alone."""
+    from lensrim.launch import close_distributed, init_distributed, launched_distributed
+
+    cpu = torch.device("cpu")
+    for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    assert not launched_distributed()
+    assert init_distributed(cpu) == (cpu, 0, 1) and not dist.is_initialized()
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not launched_distributed()  # no rendezvous address: not a launcher's process
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    assert launched_distributed()
+    try:
+        assert init_distributed(cpu) == (cpu, 0, 1)
+        assert dist.is_initialized() and dist.get_backend() == "gloo" and dist.get_world_size() == 1
+    finally:
+        close_distributed()
+    assert not dist.is_initialized()
+    close_distributed()  # nothing to close: no error

@@ -151,9 +151,10 @@ def train_rim(output, device, **options) -> None:
     at each RIM step), the median chi2_nu and, on the validation lenses, the same beside the
     constant predictor's (source 0, best constant log10 kappa).
 
-    Multi-GPU and multi-node: launch with torchrun, e.g. `torchrun --nproc-per-node 4 $(which
-    lens) train rim --data train/ --preset paper --device cuda -o run`; the global batch is split
-    across the processes. Stop at any time; the same command resumes.
+    Multi-GPU and multi-node: launch with torchrun, e.g. `torchrun --standalone --nproc-per-node 4
+    $(which lens) train rim --data train/ --preset paper --device cuda -o run` (several nodes:
+    --nnodes and a c10d --rdzv-endpoint; the README has a SLURM script); the global batch is split
+    across the processes, rank 0 writes the run. Stop at any time; the same command resumes.
     """
     import lensrim
 
@@ -167,10 +168,27 @@ def train_rim(output, device, **options) -> None:
     if {"kappa", "kappa_vae"} <= given or {"sources", "source_vae"} <= given:
         raise click.UsageError("--kappa and --kappa-vae (or --sources and --source-vae) exclude each other")
     dev, rank, world = lensrim.launch.init_distributed(resolve_device(device))
+    try:
+        _train(output, options, dev, rank, world)
+    finally:
+        lensrim.launch.close_distributed()
+
+
+def _train(output: Path, options: dict, dev, rank: int, world: int) -> None:
+    import torch.distributed as dist
+
+    import lensrim
+
     run = {k: options.pop(k) for k in ("checkpoint_every", "log_every")}
     plan = lensrim.prepare_training(output, device=dev, world_size=world, **options)
     run.update(seed=options["seed"], validation_size=options["validation_size"], metadata=plan.metadata)
     total = plan.config.train_steps
+    if rank == 0 and dist.is_initialized():
+        click.echo(
+            f"distributed: {world} process(es), {dist.get_backend()} backend, global batch "
+            f"{plan.config.batch_size} ({plan.config.batch_size // world} per process)",
+            err=True,
+        )
     if rank == 0 and plan.start < total:
         default = (
             " (the preset's; --steps sets fewer)" if options["steps"] is None and not options["second_stage"] else ""

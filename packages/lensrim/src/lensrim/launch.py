@@ -36,7 +36,9 @@ from lensrim.training import (
 __all__ = [
     "TRAINING_CHOICES",
     "TrainingPlan",
+    "close_distributed",
     "init_distributed",
+    "launched_distributed",
     "prepare_training",
     "resolve_config",
     "sampler",
@@ -72,21 +74,40 @@ class TrainingPlan:
     start: int
 
 
+def launched_distributed() -> bool:
+    """Whether a launcher (torchrun, or SLURM's ``srun`` with torchrun's variables set) started this
+    process as one rank of a process group: ``RANK``, ``WORLD_SIZE`` and ``MASTER_ADDR`` are set."""
+    return all(os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR"))
+
+
 def init_distributed(device: torch.device) -> tuple[torch.device, int, int]:
-    """``(device, rank, world size)`` of this process: under torchrun (``WORLD_SIZE`` > 1) the
-    process group is initialised (NCCL on GPUs, each process on its ``LOCAL_RANK``'s GPU; gloo
-    on CPUs); alone, ``device`` with rank 0 of 1."""
+    """``(device, rank, world size)`` of this process.
+
+    Under a launcher (:func:`launched_distributed`) the process group is initialised, NCCL on GPUs
+    (each process on its ``LOCAL_RANK``'s GPU) and gloo on CPUs, and :func:`lensrim.train_rim`
+    then trains through DistributedDataParallel. It does so for one process too:
+    ``torchrun --nproc-per-node 1`` runs the multi-GPU code path (DDP, NCCL) on one GPU, and gives
+    the plain command's result. Alone, ``device`` with rank 0 of 1. :func:`close_distributed`
+    ends the group."""
     import torch.distributed as dist
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    if not launched_distributed():
         return device, 0, 1
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device, dist.get_rank(), world
+    return device, dist.get_rank(), dist.get_world_size()
+
+
+def close_distributed() -> None:
+    """Destroy the process group :func:`init_distributed` began, if any (before the process exits,
+    so that NCCL shuts down cleanly)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def resolve_config(

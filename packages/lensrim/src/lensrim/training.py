@@ -278,8 +278,13 @@ class MixedBatches:
         return None if held is None else held(size, seed)
 
 
+def _distributed() -> bool:
+    """Whether this process is one rank of a process group (of any size, one included)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
+    if _distributed():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
@@ -627,7 +632,8 @@ def _train_rim(
     opt = torch.optim.Adamax(model.parameters(), lr=config.learning_rate_at(0))
     start = restore(run_dir, model, opt, trim=False)
     net = model
-    if world > 1:
+    distributed = _distributed()  # DDP for a group of one too: torchrun --nproc-per-node 1 checks the path
+    if distributed:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
@@ -638,7 +644,7 @@ def _train_rim(
     if rank == 0:  # the run's files change only now, when nothing is left to refuse
         prepare_run(run_dir, stored, RIMConfig.OPTIMISATION_FIELDS, metadata=metadata, seed=seed)
         trim_metrics(run_dir, start)
-    if world > 1:
+    if distributed:
         dist.barrier()
     share = config.batch_size // world
     prefetch = (2 if device.type == "cuda" else 0) if prefetch is None else prefetch
@@ -708,6 +714,6 @@ def _train_rim(
     finally:
         if writer is not None:
             writer.close()
-    if world > 1:
+    if distributed:
         dist.barrier()  # every rank leaves after rank 0 has written the last checkpoint
     return model.eval()

@@ -1,0 +1,120 @@
+"""`lens train rim` under torchrun, as a cluster user launches it: one process through the
+distributed code path (DDP, gloo on a CPU; NCCL on a GPU in `nox -s gpu`), and two "nodes" that
+meet through torchrun's c10d rendezvous, each compared with the plain command."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from lens_runner import LENS, requires_lens
+
+pytestmark = [requires_lens, pytest.mark.slow]
+
+# the gradient skip's zero-initialised output layer leaves the inner weights' first gradients
+# near zero, where Adamax's normalised first step takes the sign of rounding: two processes'
+# averaged half-batches would round differently from one whole batch (see test_ddp.py)
+TRAIN = (
+    *("train", "rim", "--kappa", "sie", "--sources", "sersic", "--preset", "tiny", "--steps", 4),
+    *("--batch-size", 2, "--learning-rate", 3e-3, "--log-every", 2, "--validation-size", 2),
+)
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same rounding in every process
+
+
+def _torchrun(*args, nodes: int = 1, lens_args=()):
+    """``torchrun ARGS lens TRAIN LENS_ARGS`` once per node, the nodes started together; their
+    standard errors."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", *map(str, args)]
+    procs = [
+        subprocess.Popen(
+            [*launcher, LENS, *map(str, TRAIN), *map(str, lens_args)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ONE_THREAD,
+        )
+        for _ in range(nodes)
+    ]
+    out = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, out, strict=True):
+        assert p.returncode == 0, err
+    return [err for _, err in out]
+
+
+def _plain(output, *extra):
+    return subprocess.run(
+        [LENS, *map(str, (*TRAIN, *extra, "-o", output))], capture_output=True, text=True, env=ONE_THREAD, check=True
+    )
+
+
+def _weights(run_dir):
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_one_process_takes_the_distributed_path_and_equals_the_plain_command(tmp_path):
+    plain = _plain(tmp_path / "plain")
+    assert "distributed" not in plain.stderr
+    (err,) = _torchrun("--standalone", "--nproc-per-node", 1, nodes=1, lens_args=("-o", tmp_path / "one"))
+    assert "distributed: 1 process(es), gloo backend, global batch 2 (2 per process)" in err
+    a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "one")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # DDP over one process: the same bits
+
+
+def test_two_nodes_through_the_c10d_rendezvous_equal_one_process(tmp_path):
+    _plain(tmp_path / "plain", "--gradient-skip", 0)
+    endpoint = f"127.0.0.1:{_free_port()}"
+    rendezvous = ("--nnodes", 2, "--nproc-per-node", 1, "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint)
+    errs = _torchrun(
+        *rendezvous,
+        "--rdzv-id",
+        "lens-test",
+        "--local-addr",
+        "127.0.0.1",
+        nodes=2,
+        lens_args=("--gradient-skip", 0, "-o", tmp_path / "two"),  # one output directory: a shared file system
+    )
+    first = [e for e in errs if "distributed:" in e]
+    assert len(first) == 1 and "2 process(es), gloo backend, global batch 2 (1 per process)" in first[0]
+    assert sum("training RIM" in e for e in errs) == 1  # rank 0 alone reports and writes
+    a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "two")
+    # within 1 % of one Adamax step of the plain run's weights; a node that trained on the wrong
+    # half of the batch, or whose gradients were not averaged, moves them by whole steps
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 0.01 * 3e-3, worst
+    logged = [json.loads(line)["step"] for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [2, 4]  # once, by rank 0
+
+
+def test_a_batch_that_the_processes_cannot_share_is_refused(tmp_path):
+    endpoint = f"127.0.0.1:{_free_port()}"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2"]
+    launcher += ["--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--local-addr", "127.0.0.1"]
+    args = [*map(str, TRAIN), "--batch-size", "3", "-o", str(tmp_path / "odd")]
+    proc = subprocess.run([*launcher, LENS, *args], capture_output=True, text=True, env=ONE_THREAD, timeout=300)
+    assert proc.returncode != 0 and "batch size 3 is not divisible by the 2 processes" in proc.stderr
+    assert not (tmp_path / "odd").exists()
+
+
+def test_the_gpu_sessions_torchrun_check_runs_on_a_cpu(tmp_path, capsys, monkeypatch):
+    """`nox -s gpu`'s check of the multi-GPU path (torchrun, one process, NCCL), here with gloo."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_session.py"
+    spec = importlib.util.spec_from_file_location("gpu_session", path)
+    session = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(session)
+    monkeypatch.setenv("PATH", f"{Path(LENS).parent}{os.pathsep}{os.environ['PATH']}")
+    assert session.torchrun_check(tmp_path, device="cpu")
+    out = capsys.readouterr().out
+    assert "distributed: 1 process(es), gloo backend" in out and "on cpu against the plain command" in out
+    assert "passed" in out
