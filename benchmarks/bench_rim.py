@@ -4,7 +4,7 @@ The small preset runs on the CPU (and the GPU when present); the paper preset (3
 parameters) only on a GPU. Inputs are simulated SIE lenses with Sersic sources (128^2, T = 8).
 Never fails for being slow.
 
-    python benchmarks/bench_rim.py [--repeats 3]
+    python benchmarks/bench_rim.py [--repeats 3] [--compile]
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import lenssim
 from lensrim.training import batch_loss
 
 
-def _batch(n: int, device: torch.device) -> dict[str, torch.Tensor]:
-    b = lenssim.simulate_sie_lenses(n, generator=torch.Generator().manual_seed(0), batch_size=max(8, 2 * n))
+def _batch(n: int, device: torch.device, pixels: int = 128) -> dict[str, torch.Tensor]:
+    obs = lenssim.ObservationConfig.at_resolution(pixels)
+    b = lenssim.simulate_sie_lenses(n, config=obs, generator=torch.Generator().manual_seed(0), batch_size=max(8, 2 * n))
     return {k: getattr(b, k).to(device) for k in lenssim.LENS_FIELDS}
 
 
@@ -32,15 +33,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bench(preset: str, device: torch.device, train_batch: int, infer_batch: int, repeats: int, **flags) -> str:
+def _model_and_steps(
+    preset: str, device: torch.device, train_batch: int, infer_batch: int, channels_last: bool = False, **flags
+):
+    """A seeded RIM (``flags``: RIMConfig fields) with its training step and its inference call."""
     config = replace(lensrim.PRESETS[preset], batch_size=train_batch, **flags)
     torch.manual_seed(0)
     model = lensrim.RIM(config).to(device)
+    if channels_last:  # what lensrim.train_rim does on a CPU
+        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adamax(model.parameters(), lr=1e-4)
-    train = _batch(train_batch, device)
-    infer = _batch(infer_batch, device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    train = _batch(train_batch, device, config.pixels)
+    infer = _batch(infer_batch, device, config.pixels)
 
     def step():
         loss, _ = batch_loss(model, train)
@@ -52,16 +56,32 @@ def bench(preset: str, device: torch.device, train_batch: int, infer_batch: int,
         with torch.no_grad():
             model(infer["observation"], lensrim.LensingPhysics(infer["psf"], infer["noise_sigma"]))
 
-    times, spread = {}, {}
-    for name, fn in (("train", step), ("infer", predict)):
+    return model, step, predict
+
+
+def _rounds(fn, device: torch.device, repeats: int) -> tuple[float, list[float]]:
+    """The first call's seconds (warm-up: allocation, autotuning, compilation), then ``repeats``
+    calls each timed directly."""
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    first = time.perf_counter() - t0
+    rounds = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
         fn()
         _sync(device)
-        rounds = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            rounds.append(time.perf_counter() - t0)
+        rounds.append(time.perf_counter() - t0)
+    return first, rounds
+
+
+def bench(preset: str, device: torch.device, train_batch: int, infer_batch: int, repeats: int, **flags) -> str:
+    model, step, predict = _model_and_steps(preset, device, train_batch, infer_batch, **flags)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times, spread = {}, {}
+    for name, fn in (("train", step), ("infer", predict)):
+        _, rounds = _rounds(fn, device, repeats)
         times[name] = statistics.median(rounds)  # each round timed directly; the median of them
         spread[name] = _spread(rounds)
     if device.type == "cuda":
@@ -74,6 +94,31 @@ def bench(preset: str, device: torch.device, train_batch: int, infer_batch: int,
         f"{preset:5s} ({n_params / 1e6:.1f}M){extra} on {_device_name(device)}, median of {repeats}: training "
         f"{1 / times['train']:.2f} steps/s (batch {train_batch}; a step {spread['train']}), inference "
         f"{infer_batch / times['infer']:.1f} lenses/s (batch {infer_batch}; a batch {spread['infer']}), {peak}"
+    )
+
+
+def bench_compiled(preset: str, device: torch.device, train_batch: int, infer_batch: int, repeats: int, **flags) -> str:
+    """The U-net through ``torch.compile`` (inductor, default mode) against eager, same run, same
+    seed: training steps per second and inference lenses per second, each a median of ``repeats``
+    directly timed calls, and the first call's seconds (compilation included). Not a lensrim
+    option yet: this row is the measurement that would decide it (issue 24 §1)."""
+    rates, first = {}, {}
+    for way in ("eager", "compiled"):
+        layout = device.type == "cpu"
+        model, step, predict = _model_and_steps(preset, device, train_batch, infer_batch, layout, **flags)
+        if way == "compiled":
+            model.unet.compile()  # in place: the same parameters and state_dict keys
+        for name, fn in (("train", step), ("infer", predict)):
+            first[way, name], rounds = _rounds(fn, device, repeats)
+            rates[way, name] = (1 if name == "train" else infer_batch) / statistics.median(rounds)
+    extra = "".join(f" {k}={v}" for k, v in flags.items())
+    return (
+        f"{preset}{extra} on {_device_name(device)}, torch.compile'd U-net against eager, median of {repeats}: "
+        f"training {rates['compiled', 'train']:.2f} against {rates['eager', 'train']:.2f} steps/s "
+        f"(batch {train_batch}, x{rates['compiled', 'train'] / rates['eager', 'train']:.2f}; first step "
+        f"{first['compiled', 'train']:.0f} s against {first['eager', 'train']:.1f} s), inference "
+        f"{rates['compiled', 'infer']:.1f} against {rates['eager', 'infer']:.1f} lenses/s (batch {infer_batch}, "
+        f"x{rates['compiled', 'infer'] / rates['eager', 'infer']:.2f}; first call {first['compiled', 'infer']:.0f} s)"
     )
 
 
@@ -280,6 +325,7 @@ def on_the_fly_rates(preset: str, device: torch.device, batch: int, steps: int, 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compile", action="store_true", help="also time a torch.compile'd U-net (minutes to compile)")
     args = ap.parse_args()
     cuda = f", CUDA {torch.version.cuda} on {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     print(
@@ -290,12 +336,17 @@ def main() -> None:
     print(bench_cpu_training(64, max(args.repeats, 5)), flush=True)
     print(bench_on_the_fly("small", torch.device("cpu"), 4, 20, pixels=64), flush=True)
     print(bench_finetune("small", torch.device("cpu"), 4, 3, pixels=64), flush=True)
+    if args.compile:
+        print(bench_compiled("small", torch.device("cpu"), 8, 8, args.repeats, pixels=64, bf16=True), flush=True)
     if torch.cuda.is_available():
         gpu = torch.device("cuda")
         print(bench("small", gpu, 16, 64, args.repeats), flush=True)
         print(bench_on_the_fly("small", gpu, 16, 50), flush=True)
         print(bench("paper", gpu, 1, 8, args.repeats), flush=True)
         print(bench("paper", gpu, 1, 8, args.repeats, activation_checkpointing=True, bf16=True), flush=True)
+        if args.compile:
+            print(bench_compiled("small", gpu, 16, 64, args.repeats), flush=True)
+            print(bench_compiled("paper", gpu, 1, 8, args.repeats), flush=True)
         print(bench_finetune("small", gpu, 16, 5), flush=True)
         print(bench_finetune("paper", gpu, 2, 3, rounds=2), flush=True)
     else:

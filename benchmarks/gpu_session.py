@@ -5,8 +5,9 @@ H100 (249 s measured with ``--train-seconds 150``):
    RIM forward and backward, bf16 autocast, batched fine-tuning == one lens at a time,
    on-the-fly simulation on the device;
 2. the GPU throughput rows: forward model (and Table 1's 21x21 PSF convolved directly, the
-   CUDA default, against the FFT product), RIM training and inference, on-the-fly training
-   against fixed batches, batched fine-tuning;
+   CUDA default, against the FFT product), RIM training and inference (and the U-net through
+   torch.compile against eager, its compile time printed), on-the-fly training against fixed
+   batches, batched fine-tuning;
 3. the multi-GPU path on one GPU: ``torchrun --standalone --nproc-per-node 1 lens train rim ...
    --device cuda`` (DDP through NCCL) against the plain command, their weights compared;
 4. ``--train-seconds`` (default 180) of 128^2 on-the-fly training of the small RIM, printing its
@@ -58,6 +59,7 @@ def throughput() -> float:
             f"FFT {fft:.0f} img/s (x{fft / direct:.2f})"
         )
     print(bench_rim.bench("small", gpu, 16, 64, 3), flush=True)
+    print(bench_rim.bench_compiled("small", gpu, 16, 64, 3), flush=True)  # issue 24 §1: compile by default?
     rates = bench_rim.on_the_fly_rates("small", gpu, 16, 50)
     print(
         f"training small 128^2 batch 16 on cuda: on the fly {rates['on the fly']:.2f} steps/s, fixed batch "
