@@ -24,24 +24,40 @@ TRAIN = (
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same rounding in every process
 
 
-def _torchrun(*args, nodes: int = 1, lens_args=()):
-    """``torchrun ARGS lens TRAIN LENS_ARGS`` once per node, the nodes started together; their
-    standard errors."""
+def _launch(*args, lens_args=(), nodes: int = 1):
+    """``torchrun ARGS lens TRAIN LENS_ARGS`` once per node, the nodes started together (each its
+    own LENS_ARGS when given a list of them); their return codes and standard errors."""
     launcher = [sys.executable, "-m", "torch.distributed.run", *map(str, args)]
+    per_node = lens_args if isinstance(lens_args, list) else [lens_args] * nodes
     procs = [
         subprocess.Popen(
-            [*launcher, LENS, *map(str, TRAIN), *map(str, lens_args)],
+            [*launcher, LENS, *map(str, TRAIN), *map(str, extra)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=ONE_THREAD,
         )
-        for _ in range(nodes)
+        for extra in per_node
     ]
-    out = [p.communicate(timeout=300) for p in procs]
-    for p, (_, err) in zip(procs, out, strict=True):
-        assert p.returncode == 0, err
+    return [(p.returncode, err) for p, (_, err) in zip(procs, [p.communicate(timeout=300) for p in procs], strict=True)]
+
+
+def _torchrun(*args, lens_args=(), nodes: int = 1):
+    """:func:`_launch`, every node succeeding; their standard errors."""
+    out = _launch(*args, lens_args=lens_args, nodes=nodes)
+    for code, err in out:
+        assert code == 0, err
     return [err for _, err in out]
+
+
+def _rendezvous():
+    endpoint = f"127.0.0.1:{_free_port()}"
+    return ("--nnodes", 2, "--nproc-per-node", 1, "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint) + (
+        "--rdzv-id",
+        "lens-test",
+        "--local-addr",
+        "127.0.0.1",
+    )
 
 
 def _plain(output, *extra):
@@ -71,14 +87,8 @@ def test_one_process_takes_the_distributed_path_and_equals_the_plain_command(tmp
 
 def test_two_nodes_through_the_c10d_rendezvous_equal_one_process(tmp_path):
     _plain(tmp_path / "plain", "--gradient-skip", 0)
-    endpoint = f"127.0.0.1:{_free_port()}"
-    rendezvous = ("--nnodes", 2, "--nproc-per-node", 1, "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint)
     errs = _torchrun(
-        *rendezvous,
-        "--rdzv-id",
-        "lens-test",
-        "--local-addr",
-        "127.0.0.1",
+        *_rendezvous(),
         nodes=2,
         lens_args=("--gradient-skip", 0, "-o", tmp_path / "two"),  # one output directory: a shared file system
     )
@@ -118,3 +128,20 @@ def test_the_gpu_sessions_torchrun_check_runs_on_a_cpu(tmp_path, capsys, monkeyp
     out = capsys.readouterr().out
     assert "distributed: 1 process(es), gloo backend" in out and "on cpu against the plain command" in out
     assert "passed" in out
+
+
+def test_nodes_that_see_different_run_directories_are_refused_together(tmp_path):
+    """Two nodes whose -o are not one shared directory (one holds a checkpoint at step 2, the other
+    nothing) would train with different step counts and learning rates: all refuse, nothing written."""
+    _plain(tmp_path / "resumed", "--gradient-skip", 0, "--steps", 2)
+    before = (tmp_path / "resumed" / "checkpoint.pt").read_bytes()
+    nodes = [("--gradient-skip", 0, "-o", tmp_path / "resumed"), ("--gradient-skip", 0, "-o", tmp_path / "fresh")]
+    out = _launch(*_rendezvous(), lens_args=nodes)
+    assert all(code != 0 for code, _ in out)
+    # each process says why in one line (torchrun then reports the failed worker in its own words)
+    for _, err in out:
+        (line,) = [x for x in err.splitlines() if x.startswith("Error: ")]
+        assert "would resume" in line and "from different steps (rank 0: " in line and ": 2" in line, line
+        assert "put -o on a file system they share" in line
+    assert (tmp_path / "resumed" / "checkpoint.pt").read_bytes() == before
+    assert not (tmp_path / "fresh").exists()

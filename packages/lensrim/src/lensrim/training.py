@@ -496,6 +496,26 @@ def _write_scalars(writer, prefix: str, terms: dict[str, Any], step: int) -> Non
             writer.add_scalar(f"{prefix}/{key}", value, step)
 
 
+def _refuse_diverging_ranks(run_dir: Path, start: int, config: RIMConfig) -> None:
+    """Every process must resume from the same checkpoint with the same configuration: DDP keeps
+    their gradients in step, not their step counts, learning rates or optimiser states. Across
+    nodes whose run directories are not one shared directory they would differ silently (or hang
+    at the last step), so each rank compares what it read and all of them refuse together."""
+    seen: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(seen, (start, config.to_json()))
+    if len({s for s, _ in seen}) > 1:
+        steps = ", ".join(f"rank {r}: {s}" for r, (s, _) in enumerate(seen))
+        raise RunError(
+            f"the processes would resume {run_dir} from different steps ({steps}): every node must see the "
+            "same run directory (put -o on a file system they share)"
+        )
+    if len({c for _, c in seen}) > 1:
+        raise RunError(
+            f"the processes resolved different configurations for {run_dir}: every node must see the same run "
+            "directory (put -o on a file system they share) and be given the same options"
+        )
+
+
 def _gather(terms: dict[str, torch.Tensor], world: int) -> dict[str, torch.Tensor]:
     """Every rank's per-example terms, concatenated along the batch (DDP)."""
     if world == 1:
@@ -631,8 +651,10 @@ def _train_rim(
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adamax(model.parameters(), lr=config.learning_rate_at(0))
     start = restore(run_dir, model, opt, trim=False)
-    net = model
-    distributed = _distributed()  # DDP for a group of one too: torchrun --nproc-per-node 1 checks the path
+    distributed = _distributed()
+    if distributed:
+        _refuse_diverging_ranks(run_dir, start, stored)
+    net = model  # DDP for a group of one too: torchrun --nproc-per-node 1 checks the path
     if distributed:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
