@@ -91,6 +91,13 @@ def test_cost_estimate_prints_once_from_the_steps_after_the_first(capsys, monkey
     assert err.count("s per step") == 1
     assert "2 s per step here: the 996 left take about 33 min (--steps sets fewer)" in err
 
+    # a job that ends within the sample: nothing left, nothing to estimate
+    clock = iter([100.0, 102.0, 104.0])
+    short = common.CostEstimate(3, "step", after=3)
+    for done in range(1, 4):
+        short(done)
+    assert "s per step" not in capsys.readouterr().err
+
 
 def test_idle_cores_leaves_out_a_core_another_job_keeps_busy():
     import os

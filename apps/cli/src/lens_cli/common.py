@@ -85,8 +85,9 @@ class CostEstimate:
             self.done = True
             per = (now - t0) / max(done - first, 1)
             left = max(self.total - done, 0)
-            line = f"{per:.3g} s per {self.what} here: the {left} left take about {duration(per * left)}"
-            say(line + (f" ({self.hint})" if self.hint else ""))
+            if left:  # a job shorter than the sample has nothing left to estimate
+                line = f"{per:.3g} s per {self.what} here: the {left} left take about {duration(per * left)}"
+                say(line + (f" ({self.hint})" if self.hint else ""))
 
 
 class FiniteFloat(click.FloatRange):
