@@ -1,5 +1,6 @@
 """The GPU session (`nox -s gpu`, or this script on any CUDA machine), in about 5 minutes on one
-H100 (249 s measured with ``--train-seconds 150``):
+H100 (249 s measured with ``--train-seconds 150`` before the compile row of 2. and the torchrun
+check of 3. were added: an estimated 1-2 minutes more):
 
 1. every test parametrised over CUDA (``-m gpu``): physics CUDA == CPU in float32 and float64,
    RIM forward and backward, bf16 autocast, batched fine-tuning == one lens at a time,
@@ -59,7 +60,10 @@ def throughput() -> float:
             f"FFT {fft:.0f} img/s (x{fft / direct:.2f})"
         )
     print(bench_rim.bench("small", gpu, 16, 64, 3), flush=True)
-    print(bench_rim.bench_compiled("small", gpu, 16, 64, 3), flush=True)  # issue 24 §1: compile by default?
+    try:  # issue 24 §1: should --device cuda compile by default? A failure must not end the session
+        print(bench_rim.bench_compiled("small", gpu, 16, 64, 3), flush=True)
+    except Exception as e:  # noqa: BLE001 (reported, and the session goes on)
+        print(f"torch.compile'd U-net: FAILED ({type(e).__name__}: {str(e).splitlines()[0][:300]})", flush=True)
     rates = bench_rim.on_the_fly_rates("small", gpu, 16, 50)
     print(
         f"training small 128^2 batch 16 on cuda: on the fly {rates['on the fly']:.2f} steps/s, fixed batch "
