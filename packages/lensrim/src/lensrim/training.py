@@ -654,8 +654,8 @@ def _train_rim(
     distributed = _distributed()
     if distributed:
         _refuse_diverging_ranks(run_dir, start, stored)
-    net = model  # DDP for a group of one too: torchrun --nproc-per-node 1 checks the path
-    if distributed:
+    net = model
+    if distributed:  # a group of one too: torchrun --nproc-per-node 1 checks the multi-GPU path
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
