@@ -108,3 +108,34 @@ def test_on_the_fly_batches_live_on_the_gpu_and_repeat_with_the_seed():
     # device has its own generator)
     for key in ("kappa", "source", "psf", "noise_sigma"):
         torch.testing.assert_close(a[key].cpu(), cpu[key], rtol=1e-5, atol=1e-6)
+
+
+def test_a_training_step_never_synchronises_with_the_host():
+    """CUDA's own detector (issue 24 §1): after a first step (cuDNN's and the FFT plans' set-up,
+    the cached time weights), a training step raises on any synchronising call."""
+    from lensrim.training import LensingOf, _batch_terms
+
+    config = replace(PRESETS["tiny"], batch_size=3, fit_weight=0.02, initial_log10_kappa=-0.3, time_weights="linear")
+    torch.manual_seed(0)
+    model = RIM(config).cuda()
+    opt = torch.optim.Adamax(model.parameters(), lr=1e-3)
+    obs = lenssim.ObservationConfig.at_resolution(config.pixels)
+    lenses = lenssim.simulate_sie_lenses(3, config=obs, generator=torch.Generator().manual_seed(0))
+    batch = {k: getattr(lenses, k).cuda() for k in lenssim.LENS_FIELDS}
+    physics = LensingOf.of(config)
+
+    def step():
+        loss, _ = _batch_terms(model, batch, physics)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()

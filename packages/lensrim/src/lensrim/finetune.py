@@ -174,14 +174,14 @@ def fisher_diagonal(
         # one (expanded, not copied) view of the weights per draw: its gradient is the per-draw one
         copies = {k: v.unsqueeze(0).expand(len(idx), *v.shape).requires_grad_(True) for k, v in anchor.items()}
         est = model(y, draws, params=copies)
-        loss = rim_loss(est, src, kap)
+        loss = rim_loss(est, src, kap, check=False)  # 10**xi: positive, and no wait for the device
         if with_chi2:
             loss = loss + mean_chi2_nu(est, y, draws)
         grads = torch.autograd.grad(loss.sum(), list(copies.values()))
         for f, g in zip(fisher.values(), grads, strict=True):
             f.index_add_(0, lens, g.detach().pow(2))
         if progress is not None:
-            progress(int(idx[-1]) + 1, b * samples)
+            progress(min(start + chunk, b * samples), b * samples)  # counted on the host: no wait
     return {k: f / samples for k, f in fisher.items()}
 
 

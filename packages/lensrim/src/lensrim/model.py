@@ -327,8 +327,10 @@ class RIM(nn.Module):
             step = self._step
         out, hidden = step(torch.cat([y, zeros, zeros, zeros, zeros], dim=1), hidden)
         x = out  # x^(0) = g(0, y, 0) (+ the constant log10 kappa offset)
-        if c.initial_log10_kappa:
-            x = x + torch.tensor([0.0, c.initial_log10_kappa], dtype=x.dtype, device=x.device).view(1, 2, 1, 1)
+        if c.initial_log10_kappa:  # filled on the device: a tensor from the host would wait for it
+            offset = torch.zeros_like(x[:1, :, :1, :1])
+            offset[:, 1] = c.initial_log10_kappa
+            x = x + offset
         estimates = [x]
         m = v = vm = None
         for t in range(1, steps):
@@ -355,24 +357,29 @@ class RIM(nn.Module):
         return torch.stack(estimates)
 
 
-def rim_loss(estimates: torch.Tensor, source: torch.Tensor, kappa: torch.Tensor) -> torch.Tensor:
+def rim_loss(estimates: torch.Tensor, source: torch.Tensor, kappa: torch.Tensor, *, check: bool = True) -> torch.Tensor:
     """Eq. 7 with uniform time weights, per example ``(B,)``.
 
     mean over t of [ sum_i (s_t - s)^2 / N^2 + sum_i w_i (xi_t - log10 kappa)^2 ] with
     w_i = sqrt(kappa_i) / sum_j sqrt(kappa_j) (computed in the xi space, appendix C).
+    ``check`` as in :func:`rim_loss_terms`.
     """
-    ls, lk = rim_loss_terms(estimates, source, kappa)
+    ls, lk = rim_loss_terms(estimates, source, kappa, check=check)
     return (ls + lk).mean(dim=0)
 
 
 def rim_loss_terms(
-    estimates: torch.Tensor, source: torch.Tensor, kappa: torch.Tensor
+    estimates: torch.Tensor, source: torch.Tensor, kappa: torch.Tensor, *, check: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The source and kappa terms of eq. 7 at every time step, each ``(T, B)``:
-    ``sum_i (s_t - s)^2 / N^2`` and ``sum_i w_i (xi_t - log10 kappa)^2``."""
+    ``sum_i (s_t - s)^2 / N^2`` and ``sum_i w_i (xi_t - log10 kappa)^2``.
+
+    A kappa that is not positive everywhere is refused; the check reads a value back from the
+    device, so a training loop whose kappa is positive by construction (clamped, or a VAE's
+    ``10**xi``) passes ``check=False`` and never waits for the GPU here."""
     if estimates.dim() != 5 or estimates.shape[2] != 2:
         raise ValueError(f"estimates must be (T, B, 2, N, N), got {tuple(estimates.shape)}")
-    if (kappa <= 0).any():
+    if check and (kappa <= 0).any():
         raise ValueError("kappa must be positive for the log10 link")
     s_true = source[:, 0]
     xi_true = torch.log10(kappa[:, 0])

@@ -10,6 +10,7 @@ step) are written by rank 0, atomically, and read with ``weights_only=True``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue
 import threading
@@ -333,6 +334,13 @@ def batch_loss(
     return loss, terms["chi2_nu"]
 
 
+@functools.lru_cache(maxsize=16)
+def _time_weights(weights: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The loss's time weights on the device, made once: a tensor from the host each step would
+    wait for the device."""
+    return torch.tensor(weights, dtype=dtype, device=device)
+
+
 def _batch_terms(
     model: torch.nn.Module, batch: Batch, physics_of: PhysicsOf
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -342,14 +350,14 @@ def _batch_terms(
     physics = physics_of(batch)
     kappa = batch["kappa"].clamp_min(1e-6)
     est = model(batch["observation"], physics)
-    ls, lk = rim_loss_terms(est, batch["source"], kappa)
+    ls, lk = rim_loss_terms(est, batch["source"], kappa, check=False)  # positive: clamped
     config = getattr(getattr(model, "module", model), "config", None)  # DDP wraps the RIM
     if config is None or config.time_weights == "uniform":
         loss = (ls + lk).mean()
     elif config.time_weights == "final":  # the weights 0, ..., 0, 1 without a tensor from the host each step
         loss = (ls[-1] + lk[-1]).mean()
     else:
-        weights = torch.tensor(config.loss_time_weights(), dtype=ls.dtype, device=ls.device)
+        weights = _time_weights(tuple(config.loss_time_weights()), ls.dtype, ls.device)
         loss = (weights[:, None] * (ls + lk)).sum(dim=0).mean()
     fit = 0.0 if config is None else config.fit_weight
     final = est[-1] if fit and torch.is_grad_enabled() else est[-1].detach()
