@@ -145,3 +145,20 @@ def test_nodes_that_see_different_run_directories_are_refused_together(tmp_path)
         assert "put -o on a file system they share" in line
     assert (tmp_path / "resumed" / "checkpoint.pt").read_bytes() == before
     assert not (tmp_path / "fresh").exists()
+
+
+def test_commands_that_run_in_one_process_refuse_several(tmp_path):
+    """Launched as two processes (what torchrun or srun set), every command but `train rim` would
+    repeat its job in each process and write the same files: refused in one line, nothing written."""
+    several = {**ONE_THREAD, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1"}
+    for args in (
+        ("train", "vae", "--kind", "source", "--data", tmp_path / "s.h5", "-o", tmp_path / "vae"),
+        ("simulate", "lenses", "--kappa", "sie", "--sources", "sersic", "-n", 2, "-o", tmp_path / "l.h5"),
+        ("finetune", "--help"),
+    ):
+        proc = subprocess.run([LENS, *map(str, args)], capture_output=True, text=True, env=several)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert "runs in one process, but 2 were launched" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.iterdir())
+    alone = subprocess.run([LENS, "simulate", "lenses", "--help"], capture_output=True, text=True, env=ONE_THREAD)
+    assert alone.returncode == 0

@@ -216,3 +216,19 @@ def leaves_nothing_on_failure(param: str = "output") -> Callable:
 def refuse_overwriting_inputs(outputs: dict[str, Path], inputs: dict[str, str | Path | None]) -> None:
     """:func:`lenscore.files.refuse_overwriting` with the command's option names as keys."""
     refuse_overwriting(outputs, inputs)
+
+
+def refuse_distributed(ctx: click.Context, allowed: tuple[str, ...]) -> None:
+    """Refuse, in a group's callback, a subcommand launched as several processes (torchrun or
+    srun set ``WORLD_SIZE`` > 1) unless it is one of ``allowed``: each process would repeat the
+    whole job and write the same files."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    command = ctx.invoked_subcommand
+    if world > 1 and command is not None and command not in allowed:
+        raise click.UsageError(
+            f"`{ctx.command_path} {command}` runs in one process, but {world} were launched (torchrun or srun): "
+            "each would repeat the job and write the same files. Only `lens train rim` trains distributed; "
+            "`lens simulate` splits its work with --shard, one job per shard"
+        )

@@ -8,19 +8,28 @@ from pathlib import Path
 import click
 
 from lens_cli import __version__
-from lens_cli.common import device_option, one_line_errors, progress_bar, resolve_device, seed_option
+from lens_cli.common import (
+    device_option,
+    one_line_errors,
+    progress_bar,
+    refuse_distributed,
+    resolve_device,
+    seed_option,
+)
 from lenscore.cpu import choose_threads, idle_cores  # noqa: F401  (idle_cores: the CLI's name for it)
 from lensrim.demo import PRESETS  # torch-free: the demo imports torch when it runs
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="lens")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """lens: pixelated reconstruction of strong gravitational lenses with a Recurrent Inference Machine.
 
     Simulate lenses, train priors and the RIM, reconstruct and fine-tune. Every command takes
     --seed and --device; `lens COMMAND --help` documents its options.
     """
+    refuse_distributed(ctx, allowed=("train",))  # `train` refuses all but `rim` itself
 
 
 @cli.command(short_help="The whole pipeline, small, on built-in data (a CPU is enough).")

@@ -13,6 +13,7 @@ from lens_cli.common import (
     leaves_nothing_on_failure,
     one_line_errors,
     progress_bar,
+    refuse_distributed,
     refuse_overwriting_inputs,
     resolve_device,
     run_dir_option,
@@ -23,8 +24,10 @@ from lensprior.config import VAE_PRESETS, DenoiserConfig, VAEConfig, vae_config 
 
 
 @click.group()
-def train() -> None:
+@click.pass_context
+def train(ctx: click.Context) -> None:
     """Train the priors (VAEs) and the RIM."""
+    refuse_distributed(ctx, allowed=("rim",))
 
 
 def _by_kind(field: str) -> dict:
