@@ -87,3 +87,15 @@ def test_the_probe_sees_a_read_back():
     assert probe.calls and probe.calls[0].startswith("__bool__ at model.py")
     with pytest.raises(ValueError, match="positive"):
         lensrim.rim_loss(est, torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))
+
+
+def test_simulating_a_batch_of_lenses_reads_the_device_back_once():
+    """On-the-fly training simulates in a second thread; on a GPU each read-back there waits for
+    the training kernels queued before it. The acceptance step reads every count at once."""
+    obs = lenssim.ObservationConfig.at_resolution(32)
+    probe = SyncCalls()
+    with probe:
+        b = lenssim.simulate_sie_lenses(4, config=obs, generator=torch.Generator().manual_seed(3), batch_size=16)
+    assert b.tried == 16  # one batch of candidates
+    from_lenses = sorted(c.split(" at ")[0] for c in probe.calls if " at lenses.py:" in c)
+    assert from_lenses == ["__int__", "tolist"]  # the noise seed (a CPU generator's draw), then every count

@@ -292,14 +292,17 @@ def simulate_lenses(
             noise_gen = torch.Generator(device=device).manual_seed(noise_seed)
             obs = add_noise(clean, sigma.to(device), generator=noise_gen)
         tried += batch
-        for k, v in checks.items():
-            if k != "accepted":
-                rejected[k] = rejected.get(k, 0) + int((~v).sum())
         ok = checks["accepted"]
-        take = min(int(ok.sum()), n - accepted)
-        failed += batch - int(ok.sum())
-        surplus += int(ok.sum()) - take
-        sel = torch.nonzero(ok).flatten()[:take]
+        names = [k for k in checks if k != "accepted"]
+        # every count in one read-back: each read waits for the device (on a GPU, for the training
+        # kernels queued before it too, when on-the-fly training simulates in a second thread)
+        *counts, n_ok = torch.stack([(~checks[k]).sum() for k in names] + [ok.sum()]).tolist()
+        for k, c in zip(names, counts, strict=True):
+            rejected[k] = rejected.get(k, 0) + c
+        take = min(n_ok, n - accepted)
+        failed += batch - n_ok
+        surplus += n_ok - take
+        sel = torch.argsort((~ok).to(torch.uint8), stable=True)[:take]  # the first accepted, in order, no read-back
         for k, v in (("source", source), ("kappa", kappa), ("observation", obs), ("psf", psf)):
             keep[k].append(v[sel])
         keep["noise_sigma"].append(sigma.to(device)[sel])
