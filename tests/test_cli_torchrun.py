@@ -14,13 +14,14 @@ from lens_runner import LENS, requires_lens
 
 pytestmark = [requires_lens, pytest.mark.slow]
 
-# the gradient skip's zero-initialised output layer leaves the inner weights' first gradients
-# near zero, where Adamax's normalised first step takes the sign of rounding: two processes'
-# averaged half-batches would round differently from one whole batch (see test_ddp.py)
 TRAIN = (
     *("train", "rim", "--kappa", "sie", "--sources", "sersic", "--preset", "tiny", "--steps", 4),
     *("--batch-size", 2, "--learning-rate", 3e-3, "--log-every", 2, "--validation-size", 2),
 )
+# for comparisons across process counts: the gradient skip's zero-initialised output layer leaves
+# the inner weights' first gradients near zero, where Adamax's normalised first step takes the sign
+# of rounding, and two processes' averaged half-batches round differently from one whole batch
+NO_SKIP = ("--gradient-skip", 0)
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same rounding in every process
 
 
@@ -86,11 +87,11 @@ def test_one_process_takes_the_distributed_path_and_equals_the_plain_command(tmp
 
 
 def test_two_nodes_through_the_c10d_rendezvous_equal_one_process(tmp_path):
-    _plain(tmp_path / "plain", "--gradient-skip", 0)
+    _plain(tmp_path / "plain", *NO_SKIP)
     errs = _torchrun(
         *_rendezvous(),
         nodes=2,
-        lens_args=("--gradient-skip", 0, "-o", tmp_path / "two"),  # one output directory: a shared file system
+        lens_args=(*NO_SKIP, "-o", tmp_path / "two"),  # one output directory: a shared file system
     )
     first = [e for e in errs if "distributed:" in e]
     assert len(first) == 1 and "2 process(es), gloo backend, global batch 2 (1 per process)" in first[0]
@@ -133,9 +134,9 @@ def test_the_gpu_sessions_torchrun_check_runs_on_a_cpu(tmp_path, capsys, monkeyp
 def test_nodes_that_see_different_run_directories_are_refused_together(tmp_path):
     """Two nodes whose -o are not one shared directory (one holds a checkpoint at step 2, the other
     nothing) would train with different step counts and learning rates: all refuse, nothing written."""
-    _plain(tmp_path / "resumed", "--gradient-skip", 0, "--steps", 2)
+    _plain(tmp_path / "resumed", *NO_SKIP, "--steps", 2)
     before = (tmp_path / "resumed" / "checkpoint.pt").read_bytes()
-    nodes = [("--gradient-skip", 0, "-o", tmp_path / "resumed"), ("--gradient-skip", 0, "-o", tmp_path / "fresh")]
+    nodes = [(*NO_SKIP, "-o", tmp_path / "resumed"), (*NO_SKIP, "-o", tmp_path / "fresh")]
     out = _launch(*_rendezvous(), lens_args=nodes)
     assert all(code != 0 for code, _ in out)
     # each process says why in one line (torchrun then reports the failed worker in its own words)
