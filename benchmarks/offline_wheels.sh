@@ -29,6 +29,7 @@ if [[ ${#packages[@]} -eq 0 ]]; then
 fi
 root=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$dir"
+rm -f "$dir"/lens*-*.whl  # the project's wheels are rebuilt from this checkout every time
 python3 -m pip wheel -q --no-deps -w "$dir" \
     "$root/packages/lenscore" "$root/packages/lenssim" "$root/packages/lensprior" "$root/packages/lensrim" \
     "$root/apps/cli"
