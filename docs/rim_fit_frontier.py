@@ -228,8 +228,8 @@ def study_loss(spec: dict | None, steps: int):
     batch_terms, loss_terms = training._batch_terms, training.rim_loss_terms
     taken = [0]  # training steps so far (the calls that build a graph; validation runs without one)
 
-    def weighted_terms(est, source, kappa):
-        ls, lk = loss_terms(est, source, kappa)
+    def weighted_terms(est, source, kappa, **options):
+        ls, lk = loss_terms(est, source, kappa, **options)
         return value * ls, lk
 
     def with_term(model, batch, physics_of):
