@@ -104,8 +104,9 @@ def bench_compiled(preset: str, device: torch.device, train_batch: int, infer_ba
     option yet: this row is the measurement that would decide it (issue 24 §1)."""
     rates, first = {}, {}
     for way in ("eager", "compiled"):
-        layout = device.type == "cpu"
-        model, step, predict = _model_and_steps(preset, device, train_batch, infer_batch, layout, **flags)
+        model, step, predict = _model_and_steps(
+            preset, device, train_batch, infer_batch, channels_last=device.type == "cpu", **flags
+        )
         if way == "compiled":
             model.unet.compile()  # in place: the same parameters and state_dict keys
         for name, fn in (("train", step), ("infer", predict)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -222,8 +223,6 @@ def refuse_distributed(ctx: click.Context, allowed: tuple[str, ...]) -> None:
     """Refuse, in a group's callback, a subcommand launched as several processes (torchrun or
     srun set ``WORLD_SIZE`` > 1) unless it is one of ``allowed``: each process would repeat the
     whole job and write the same files."""
-    import os
-
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     command = ctx.invoked_subcommand
     if world > 1 and command is not None and command not in allowed:
