@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import lensrim
 import lenssim
@@ -94,10 +95,33 @@ def test_bf16_on_a_cpu_only_where_the_cpu_computes_it(monkeypatch, native):
     assert float((a - b).abs().max().detach()) < 0.05 * float(a.abs().max().detach())
     b.pow(2).mean().backward()  # differentiable under autocast
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in half.parameters())
-    # per-example weights (fine-tuning's vmap) stay float32 on a CPU, as RIMConfig.bf16 says
-    params = {k: v.detach().unsqueeze(0).expand(2, *v.shape) for k, v in full.unet.named_parameters()}
-    with torch.no_grad():
-        assert torch.equal(half(y, LinearPhysics(), params=params), full(y, LinearPhysics(), params=params))
+    # per-example weights (fine-tuning's vmap, where autocast does not reach the convolutions)
+    # compute in bfloat16 too, and their gradients reach the float32 weights
+    params = {
+        k: v.detach().unsqueeze(0).expand(2, *v.shape).requires_grad_(True) for k, v in full.unet.named_parameters()
+    }
+    with ConvolutionDtypes() as seen:
+        per_example = half(y, LinearPhysics(), params=params)
+        grads = torch.autograd.grad(per_example.pow(2).mean(), list(params.values()))
+    assert seen.dtypes == {torch.bfloat16}
+    assert float((per_example - b).abs().max().detach()) < 0.05 * float(b.abs().max().detach())
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    with ConvolutionDtypes() as seen:
+        full(y, LinearPhysics(), params=params)
+    assert seen.dtypes == {torch.float32}  # without the flag: float32
+
+
+class ConvolutionDtypes(TorchDispatchMode):
+    """Records the dtype of every convolution's input (forward and backward) run inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dtypes: set[torch.dtype] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.convolution, torch.ops.aten.convolution_backward):
+            self.dtypes.add(args[0].dtype)
+        return func(*args, **(kwargs or {}))
 
 
 def test_first_step_sees_only_the_data():

@@ -31,8 +31,10 @@ stacked along a leading dimension and run through one :func:`torch.func.vmap` ca
 (:meth:`lensrim.model.RIM.forward` with ``params``); the likelihood gradients and chi^2 are
 batched across lenses as usual. The per-draw gradients of the Fisher diagonal come from the same
 mechanism: the weights are expanded over a chunk of draws and differentiated per copy. Finished
-lenses leave the batch, so the remaining ones run faster. A lens's result depends only on its own
-random generator, never on the lenses it shares a batch with.
+lenses leave the batch, so the remaining ones run faster. A lens's random draws come from its own
+generator alone, never from the lenses it shares a batch with; its numbers can differ at rounding
+level when the batch size changes (a batch of one takes other convolution kernels: ~1e-6 of a
+map's peak in float32, ~5e-3 with the RIM's bfloat16, which fine-tuning follows as training does).
 """
 
 from __future__ import annotations

@@ -93,11 +93,15 @@ def native_bf16_cpu() -> bool:
         return False
 
 
+def bf16_enabled(config: RIMConfig, x: torch.Tensor) -> bool:
+    """Whether the U-net computes in bfloat16 for inputs like ``x``: with ``config.bf16``, on a
+    GPU and on a CPU that computes bfloat16 natively (:func:`native_bf16_cpu`)."""
+    return config.bf16 and (x.is_cuda or (x.device.type == "cpu" and native_bf16_cpu()))
+
+
 def bf16_autocast(config: RIMConfig, x: torch.Tensor) -> torch.autocast:
-    """The U-net's bfloat16 autocast: with ``config.bf16``, on a GPU and on a CPU that computes
-    bfloat16 natively (:func:`native_bf16_cpu`); elsewhere float32."""
-    enabled = config.bf16 and (x.is_cuda or (x.device.type == "cpu" and native_bf16_cpu()))
-    return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=enabled)
+    """The U-net's bfloat16 autocast where :func:`bf16_enabled`; elsewhere float32."""
+    return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16_enabled(config, x))
 
 
 def build_rim(preset: str = "small", **overrides) -> RIM:
@@ -284,11 +288,16 @@ class RIM(nn.Module):
         """One U-net step with one set of weights per example: ``params[name]`` is ``(B, *shape)``.
 
         The U-net runs under :func:`torch.func.vmap` over (weights, inputs, hidden states), so B
-        independent networks (e.g. one per lens being fine-tuned) take one batched call.
+        independent networks (e.g. one per lens being fine-tuned) take one batched call. It
+        computes in the precision of :meth:`_step`: autocast does not reach convolutions under
+        vmap (on the CPU they stay float32), so where :func:`bf16_enabled` the weights, inputs and
+        hidden states are cast to bfloat16 here, once per step as autocast would (the weights'
+        gradients come back in float32 through the cast).
         """
         b = inputs.shape[0]
+        dtype = torch.bfloat16 if bf16_enabled(self.config, inputs) else inputs.dtype
         hs = [
-            torch.zeros(b, *shape, dtype=inputs.dtype, device=inputs.device) if h is None else h
+            torch.zeros(b, *shape, dtype=dtype, device=inputs.device) if h is None else h.to(dtype)
             for h, shape in zip(hidden, self.hidden_shapes(), strict=True)
         ]
 
@@ -296,8 +305,8 @@ class RIM(nn.Module):
             out, new = functional_call(self.unet, p, (x.unsqueeze(0), [t.unsqueeze(0) for t in h]))
             return out.squeeze(0), tuple(t.squeeze(0) for t in new)
 
-        with bf16_autocast(self.config, inputs):
-            out, new_hidden = vmap(one)(params, inputs, *hs)
+        weights = {k: v.to(dtype) for k, v in params.items()}
+        out, new_hidden = vmap(one)(weights, inputs.to(dtype), *hs)
         return out.float(), list(new_hidden)
 
     def forward(
