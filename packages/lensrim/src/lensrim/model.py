@@ -104,6 +104,25 @@ def bf16_autocast(config: RIMConfig, x: torch.Tensor) -> torch.autocast:
     return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16_enabled(config, x))
 
 
+def _per_example_conv(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``conv`` applied to each example of ``x (B, C, H, W)`` with its own ``weight (B, *shape)``
+    and ``bias (B, out)``: the grouped convolution vmap would make, but channels-last. For the
+    U-net's 11 x 11 input convolution oneDNN runs that layout 3.3 times faster on the 2-core CPU
+    (bfloat16, forward and backward: 12 ms against 39 ms for 8 lenses at 64^2), 15 % of a
+    fine-tuning step; for its other layers the layout gains nothing there."""
+    b, c = x.shape[:2]
+    out = nn.functional.conv2d(
+        x.reshape(1, b * c, *x.shape[2:]).contiguous(memory_format=torch.channels_last),
+        weight.flatten(0, 1).contiguous(memory_format=torch.channels_last),
+        bias.flatten(),
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=b * conv.groups,
+    )
+    return out.reshape(b, -1, *out.shape[2:])
+
+
 def build_rim(preset: str = "small", **overrides) -> RIM:
     """A RIM from a named preset, with keyword overrides of any :class:`RIMConfig` field."""
     if preset not in PRESETS:
@@ -161,8 +180,11 @@ class _UNet(nn.Module):
             ch = w[i]
         self.out = nn.Conv2d(ch, 2, 1)
 
-    def forward(self, x: torch.Tensor, hidden: list[torch.Tensor | None]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        h = torch.tanh(self.inp(x))
+    def forward(
+        self, x: torch.Tensor, hidden: list[torch.Tensor | None], *, embedded: bool = False
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``embedded``: ``x`` is already the input convolution's output (see :func:`_per_example_conv`)."""
+        h = torch.tanh(x if embedded else self.inp(x))
         new_hidden = []
         skips = []
         for convs, gru, down, state in zip(self.enc, self.skip_gru, self.down, hidden, strict=False):
@@ -301,12 +323,17 @@ class RIM(nn.Module):
             for h, shape in zip(hidden, self.hidden_shapes(), strict=True)
         ]
 
+        weights = {k: v.to(dtype) for k, v in params.items()}
+        x, embedded = inputs.to(dtype), inputs.device.type == "cpu"
+        if embedded:  # see _per_example_conv; the GPU keeps vmap's layout (no measurement there yet)
+            x = _per_example_conv(self.unet.inp, x, weights.pop("inp.weight"), weights.pop("inp.bias"))
+
         def one(p, x, *h):
-            out, new = functional_call(self.unet, p, (x.unsqueeze(0), [t.unsqueeze(0) for t in h]))
+            args = (x.unsqueeze(0), [t.unsqueeze(0) for t in h])
+            out, new = functional_call(self.unet, p, args, {"embedded": embedded}, strict=not embedded)
             return out.squeeze(0), tuple(t.squeeze(0) for t in new)
 
-        weights = {k: v.to(dtype) for k, v in params.items()}
-        out, new_hidden = vmap(one)(weights, inputs.to(dtype), *hs)
+        out, new_hidden = vmap(one)(weights, x, *hs)
         return out.float(), list(new_hidden)
 
     def forward(
