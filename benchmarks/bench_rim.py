@@ -181,20 +181,28 @@ def _spread(values: list[float]) -> str:
 
 
 def finetune_times(
-    preset: str, device: torch.device, lenses: int, steps: int, rounds: int = 3, pixels: int | None = None
+    preset: str,
+    device: torch.device,
+    lenses: int,
+    steps: int,
+    rounds: int = 3,
+    pixels: int | None = None,
+    bf16: bool = False,
 ) -> dict[str, dict[str, list[float]]]:
     """Fine-tuning times measured directly, each phase on its own clock: for ``lenses`` lenses
     together (one weight copy each, vmap) and for the same lenses one at a time, in each of
     ``rounds`` rounds, the seconds of the Fisher phase (16 draws per lens, from the call to the
     first RMSProp step) and of every RMSProp step (between successive step ends; no early stop).
     Returns ``{"together"|"one at a time": {"fisher": [...], "step": [...]}}``, one value per
-    round (the median over that round's steps, and per lens one at a time)."""
+    round (the median over that round's steps, and per lens one at a time). ``bf16``: the RIM's
+    U-net in bfloat16 (``RIMConfig.bf16``), which fine-tuning follows."""
     from lensprior import kappa_vae, source_vae
     from lensrim.finetune import FineTuneConfig, finetune
 
     if steps < 1 or rounds < 1 or lenses < 1:
         raise ValueError(f"need at least one lens, step and round, got {lenses}, {steps}, {rounds}")
-    config = lensrim.PRESETS[preset] if pixels is None else replace(lensrim.PRESETS[preset], pixels=pixels)
+    config = replace(lensrim.PRESETS[preset], bf16=bf16)
+    config = config if pixels is None else replace(config, pixels=pixels)
     n = config.pixels
     torch.manual_seed(0)
     model = lensrim.RIM(config).to(device).eval()
@@ -238,12 +246,18 @@ def finetune_times(
 
 
 def bench_finetune(
-    preset: str, device: torch.device, lenses: int, steps: int, pixels: int | None = None, rounds: int = 3
+    preset: str,
+    device: torch.device,
+    lenses: int,
+    steps: int,
+    pixels: int | None = None,
+    rounds: int = 3,
+    bf16: bool = False,
 ) -> str:
     """Fine-tuning throughput, :func:`finetune_times` extrapolated to Table 3's budget (200 Fisher
     draws and 2000 steps per lens): lenses per hour together and one at a time, with the medians
     over rounds of the time per Fisher draw and per step, per lens, and their spread."""
-    times = finetune_times(preset, device, lenses, steps, rounds=rounds, pixels=pixels)
+    times = finetune_times(preset, device, lenses, steps, rounds=rounds, pixels=pixels, bf16=bf16)
     rows, rates = [], {}
     for way, t in times.items():
         draw = statistics.median(t["fisher"]) / lenses / 16  # per lens and draw
@@ -258,11 +272,18 @@ def bench_finetune(
     n = pixels or lensrim.PRESETS[preset].pixels
     ratio = rates["together"] / rates["one at a time"]
     return (
-        f"fine-tuning {preset} {n}^2 on {_device_name(device)}, {lenses} lenses, {steps} steps, median of {rounds} "
-        f"rounds (spread min-max), extrapolated to Table 3's {TABLE_3_DRAWS} draws and {TABLE_3_STEPS} steps: "
-        + "; ".join(rows)
-        + f"; together x{ratio:.2f}"
+        f"fine-tuning {preset} {n}^2{_precision(bf16, device)} on {_device_name(device)}, {lenses} lenses, "
+        f"{steps} steps, median of {rounds} rounds (spread min-max), extrapolated to Table 3's "
+        f"{TABLE_3_DRAWS} draws and {TABLE_3_STEPS} steps: " + "; ".join(rows) + f"; together x{ratio:.2f}"
     )
+
+
+def _precision(bf16: bool, device: torch.device) -> str:
+    from lensrim.model import native_bf16_cpu
+
+    if not bf16:
+        return ""
+    return " bf16" if device.type == "cuda" or native_bf16_cpu() else " bf16 (float32 here: no native bfloat16)"
 
 
 def _device_name(device: torch.device) -> str:
@@ -337,6 +358,7 @@ def main() -> None:
     print(bench_cpu_training(64, max(args.repeats, 5)), flush=True)
     print(bench_on_the_fly("small", torch.device("cpu"), 4, 20, pixels=64), flush=True)
     print(bench_finetune("small", torch.device("cpu"), 4, 3, pixels=64), flush=True)
+    print(bench_finetune("small", torch.device("cpu"), 4, 3, pixels=64, bf16=True), flush=True)
     if args.compile:
         print(bench_compiled("small", torch.device("cpu"), 8, 8, args.repeats, pixels=64, bf16=True), flush=True)
     if torch.cuda.is_available():
@@ -349,7 +371,9 @@ def main() -> None:
             print(bench_compiled("small", gpu, 16, 64, args.repeats), flush=True)
             print(bench_compiled("paper", gpu, 1, 8, args.repeats), flush=True)
         print(bench_finetune("small", gpu, 16, 5), flush=True)
+        print(bench_finetune("small", gpu, 16, 5, bf16=True), flush=True)
         print(bench_finetune("paper", gpu, 2, 3, rounds=2), flush=True)
+        print(bench_finetune("paper", gpu, 2, 3, rounds=2, bf16=True), flush=True)
     else:
         print("paper preset: GPU only (no CUDA device here)")
 

@@ -71,6 +71,7 @@ def throughput() -> float:
         flush=True,
     )
     print(bench_rim.bench_finetune("small", gpu, 16, 5), flush=True)
+    print(bench_rim.bench_finetune("small", gpu, 16, 5, rounds=2, bf16=True), flush=True)  # fine-tuning follows --bf16
     return rates["on the fly"]
 
 
