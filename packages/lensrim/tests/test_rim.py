@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from conftest import ConvolutionDtypes
 
 import lensrim
 import lenssim
@@ -109,19 +109,6 @@ def test_bf16_on_a_cpu_only_where_the_cpu_computes_it(monkeypatch, native):
     with ConvolutionDtypes() as seen:
         full(y, LinearPhysics(), params=params)
     assert seen.dtypes == {torch.float32}  # without the flag: float32
-
-
-class ConvolutionDtypes(TorchDispatchMode):
-    """Records the dtype of every convolution's input (forward and backward) run inside it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.dtypes: set[torch.dtype] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket in (torch.ops.aten.convolution, torch.ops.aten.convolution_backward):
-            self.dtypes.add(args[0].dtype)
-        return func(*args, **(kwargs or {}))
 
 
 def test_first_step_sees_only_the_data():

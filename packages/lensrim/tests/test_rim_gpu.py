@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import ConvolutionDtypes
 
 import lenssim
 from lensprior import kappa_vae, source_vae
@@ -62,6 +63,12 @@ def test_bf16_autocast_stays_close_to_float32():
     assert float((a - b).abs().max()) < 0.05 * float(a.abs().max())
     rim_loss(b, d["source"], d["kappa"]).mean().backward()  # differentiable under autocast
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in half.parameters())
+    # fine-tuning's per-lens weights (vmap) compute in bfloat16 too
+    params = {k: v.detach().unsqueeze(0).expand(3, *v.shape) for k, v in full.unet.named_parameters()}
+    with torch.no_grad(), ConvolutionDtypes() as seen:
+        per_lens = half(d["observation"], physics, params=params)
+    assert seen.dtypes == {torch.bfloat16}
+    assert float((per_lens - a).abs().max()) < 0.05 * float(a.abs().max())
 
 
 def test_batched_finetuning_equals_one_lens_at_a_time_on_cuda():
