@@ -133,10 +133,10 @@ class RIMConfig(JsonConfig):
     same precision: on the 2-core CPU, 32 more held-out lenses of the seed-0 demo's fine-tuned as
     the demo does took 263 s against 428 s in float32, median chi2_nu 1.99 against 2.10 (baseline
     2.41), mean log10 loss -1.413 against -1.410. The same seed on the same device and thread
-    count gives the same weights, and a resumed run the uninterrupted one's; another CPU thread count changes the
-    rounding (bfloat16 rounds at 4e-3, float32 at 6e-8), which training's normalised steps grow:
-    the quick demo's barely trained RIM gives maps 26-48 % of their peak apart with 1 and 2
-    threads in float32 (seeds 4-6), 40 % in bfloat16 (seed 3)."""
+    count gives the same weights, and a resumed run the uninterrupted one's; another CPU thread
+    count changes the rounding (bfloat16 rounds at 4e-3, float32 at 6e-8), which training's
+    normalised steps grow: the quick demo's barely trained RIM gives maps 26-48 % of their peak
+    apart with 1 and 2 threads in float32 (seeds 4-6), 40 % in bfloat16 (seed 3)."""
     init: Literal["torch", "glorot"] = "glorot"
     """Initial weights: the original (Keras) code's Glorot-uniform weights with zero biases, or
     PyTorch's defaults. PyTorch's default (uniform with bound 1/sqrt(fan_in)) shrinks the signal

@@ -33,8 +33,9 @@ batched across lenses as usual. The per-draw gradients of the Fisher diagonal co
 mechanism: the weights are expanded over a chunk of draws and differentiated per copy. Finished
 lenses leave the batch, so the remaining ones run faster. A lens's random draws come from its own
 generator alone, never from the lenses it shares a batch with; its numbers can differ at rounding
-level when the batch size changes (a batch of one takes other convolution kernels: ~1e-6 of a
-map's peak in float32, ~5e-3 with the RIM's bfloat16, which fine-tuning follows as training does).
+level when the batch size changes (a batch of one may take other convolution kernels: on the
+2-core CPU a lens alone and in a batch of 4 differed by 1.3e-6 of a map in float32 after 3 steps,
+and agreed bit for bit in bfloat16, which fine-tuning follows when the RIM computes in it).
 """
 
 from __future__ import annotations
