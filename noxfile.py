@@ -169,6 +169,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_lenssim.py", *session.posargs)
     session.run("python", "benchmarks/bench_kde.py")
     session.run("python", "benchmarks/bench_rim.py")
+    session.run("python", "benchmarks/bench_prior.py")
 
 
 @nox.session

@@ -71,3 +71,22 @@ def test_the_fine_tuning_row_times_both_ways_in_the_precision_it_names():
     assert named in row and "together: " in row and "one at a time: " in row and "together x" in row
     assert (torch.bfloat16 in seen.dtypes) == native
     assert " bf16" not in bench_rim.bench_finetune("tiny", cpu, 2, 2, pixels=32, rounds=1)
+
+
+def test_the_prior_rows_time_both_layouts_in_turn_on_the_same_models():
+    """`bench_prior` (a part of `nox -s bench`): each layout's call is made once to warm up and then
+    once per round, the two taking turns, and its rows name both layouts against the previous one."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_prior
+    finally:
+        sys.path.remove(str(BENCH))
+    order = []
+    times = bench_prior.interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 3)
+    assert order == ["a", "b"] * 4 and all(len(t) == 3 and min(t) >= 0 for t in times.values())
+
+    train, draws = bench_prior.bench_vae("kappa", 32, 1, batch=2, filters=4)
+    for row in (train, draws):
+        before, after = row.split("; ")
+        assert "NCHW (before)" in before and "x1.00" in before and "channels-last" in after
+    assert train.startswith("kappa VAE 32^2, 4 filters: training step, batch 2")

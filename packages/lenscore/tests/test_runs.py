@@ -24,6 +24,7 @@ from lenscore.runs import (
     load_checkpoint,
     load_run,
     memory_estimate,
+    on_device,
     prepare_run,
     read_metrics,
     restore,
@@ -284,3 +285,30 @@ def test_exponential_decay_is_keras_schedule_continuous_or_in_whole_periods():
     assert exponential_decay(1e-3, 0.5, 100, 150) == pytest.approx(1e-3 * 0.5**1.5)
     assert exponential_decay(1e-3, 0.5, 100, 150, staircase=True) == pytest.approx(0.5e-3)
     assert exponential_decay(1e-3, 0.5, 100, 200, staircase=True) == pytest.approx(0.25e-3)
+
+
+def conv_net(config: LineConfig) -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Conv2d(config.width, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 1))
+
+
+def test_on_a_cpu_models_run_channels_last_with_the_same_weights_and_outputs(tmp_path):
+    torch.manual_seed(0)
+    net = conv_net(LineConfig())
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(2, 3, 6, 6)
+    expected = net(x)
+    net = on_device(net, "cpu")
+    conv, linear = net[0].weight, net[2].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert linear.is_contiguous()  # only 4-d weights change layout
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    torch.testing.assert_close(net(x), expected, rtol=1e-5, atol=1e-6)  # the same function, rounded otherwise
+
+    # a trained model loaded back on the CPU comes in the same layout
+    config = LineConfig()
+    prepare_run(tmp_path, config, ("steps",))
+    save_checkpoint(tmp_path, {"model": net.state_dict(), "step": 1})
+    loaded, _ = load_run(tmp_path, LineConfig, conv_net)
+    assert loaded[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(loaded(x), net(x))
