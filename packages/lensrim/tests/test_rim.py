@@ -111,6 +111,42 @@ def test_bf16_on_a_cpu_only_where_the_cpu_computes_it(monkeypatch, native):
     assert seen.dtypes == {torch.float32}  # without the flag: float32
 
 
+@pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bf16"])
+def test_per_example_weights_compute_the_same_in_the_gpus_layout(monkeypatch, bf16):
+    """Fine-tuning's per-lens U-nets run their input convolution before vmap on a CPU and inside
+    vmap on a GPU (``input_conv_before_vmap``). The GPU's layout, run here on the CPU, gives the
+    same estimates and weight gradients, lens by lens, in the same precision."""
+    torch.manual_seed(0)
+    rim = build_rim("tiny", steps=3, gradient_skip=0.0, bf16=bf16)  # the output layer not at zero
+    g = torch.Generator().manual_seed(1)
+    params = {  # three lenses, each with its own weights
+        k: (
+            v.detach() + 0.1 * v.detach().std().nan_to_num(0.1) * torch.randn(3, *v.shape, generator=g)
+        ).requires_grad_()
+        for k, v in rim.unet.named_parameters()
+    }
+    y = torch.rand(3, 1, 32, 32, generator=g)
+
+    def run():
+        with ConvolutionDtypes() as seen:
+            est = rim(y, LinearPhysics(), params=params)
+            grads = torch.autograd.grad(est.pow(2).mean(), list(params.values()))
+        return est.detach(), grads, seen.dtypes
+
+    cpu_est, cpu_grads, cpu_dtypes = run()
+    monkeypatch.setattr(lensrim.model, "input_conv_before_vmap", lambda x: False)
+    gpu_est, gpu_grads, gpu_dtypes = run()
+    assert cpu_dtypes == gpu_dtypes  # the same precision either way
+    spread = float((cpu_est - cpu_est.mean(dim=1, keepdim=True)).abs().max())
+    assert spread > 1e-3  # the lenses' own weights make their estimates differ
+    if bf16 and lensrim.model.native_bf16_cpu():  # other sums of bfloat16 products: agree to its rounding
+        assert float((cpu_est - gpu_est).abs().max()) < 0.05 * float(cpu_est.abs().max())
+        return
+    torch.testing.assert_close(gpu_est, cpu_est, rtol=1e-5, atol=1e-6)
+    for (name, _), a, b in zip(rim.unet.named_parameters(), cpu_grads, gpu_grads, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_first_step_sees_only_the_data():
     m = build_rim("tiny", steps=3).eval()
     y = torch.rand(1, 1, 32, 32)

@@ -104,6 +104,14 @@ def bf16_autocast(config: RIMConfig, x: torch.Tensor) -> torch.autocast:
     return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16_enabled(config, x))
 
 
+def input_conv_before_vmap(x: torch.Tensor) -> bool:
+    """Whether per-example U-nets run their input convolution before :func:`torch.func.vmap`, as
+    one channels-last grouped convolution (:func:`_per_example_conv`): on a CPU. A GPU keeps
+    vmap's own layout (not measured there). Both layouts compute the same function
+    (``tests/test_rim.py`` runs the GPU's on the CPU)."""
+    return x.device.type == "cpu"
+
+
 def _per_example_conv(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``conv`` applied to each example of ``x (B, C, H, W)`` with its own ``weight (B, *shape)``
     and ``bias (B, out)``: the grouped convolution vmap would make, but channels-last. For the
@@ -325,8 +333,8 @@ class RIM(nn.Module):
         ]
 
         weights = {k: v.to(dtype) for k, v in params.items()}
-        x, embedded = inputs.to(dtype), inputs.device.type == "cpu"
-        if embedded:  # see _per_example_conv; the GPU keeps vmap's layout (no measurement there yet)
+        x, embedded = inputs.to(dtype), input_conv_before_vmap(inputs)
+        if embedded:  # see _per_example_conv
             x = _per_example_conv(self.unet.inp, x, weights.pop("inp.weight"), weights.pop("inp.bias"))
 
         def one(p, x, *h):
