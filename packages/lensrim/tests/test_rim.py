@@ -147,6 +147,29 @@ def test_per_example_weights_compute_the_same_in_the_gpus_layout(monkeypatch, bf
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_a_weight_cast_once_gives_each_use_its_gradient_in_float32():
+    """Per-lens weights are cast to bfloat16 once for the T steps (``model._Cast``): the gradient
+    is the one of a cast in every step, to the bit (each use's gradient comes back in float32 and
+    the uses add up in float32), not that of one cast reused, whose uses add up in bfloat16."""
+    from lensrim.model import _Cast
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 64, generator=g, requires_grad=True)
+    xs = [torch.randn(8, 64, generator=g).to(torch.bfloat16) for _ in range(8)]
+
+    def grad(weight_of_step):
+        loss = sum((x @ weight_of_step()).float().pow(2).sum() for x in xs)
+        return torch.autograd.grad(loss, w)[0]
+
+    every_step = grad(lambda: w.to(torch.bfloat16))
+    low = w.detach().to(torch.bfloat16)
+    once = grad(lambda: _Cast.apply(w, low))
+    reused = w.to(torch.bfloat16)
+    bf16_sum = grad(lambda: reused)
+    assert once.dtype == torch.float32 and torch.equal(once, every_step)
+    assert not torch.equal(bf16_sum, every_step)  # what the cast-once shortcut would have changed
+
+
 def test_first_step_sees_only_the_data():
     m = build_rim("tiny", steps=3).eval()
     y = torch.rand(1, 1, 32, 32)

@@ -104,6 +104,22 @@ def bf16_autocast(config: RIMConfig, x: torch.Tensor) -> torch.autocast:
     return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16_enabled(config, x))
 
 
+class _Cast(torch.autograd.Function):
+    """``weight`` as ``low``, its copy in a lower precision made once for all of the RIM's steps.
+    Each step's gradient comes back to ``weight`` in ``weight``'s precision, as through a
+    ``weight.to(low.dtype)`` in every step (so the steps' gradients add up in float32, and the
+    result is the same to the bit), without a cast of every weight in every step."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+        ctx.dtype = weight.dtype
+        return low.view_as(low)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad.to(ctx.dtype), None
+
+
 def input_conv_before_vmap(x: torch.Tensor) -> bool:
     """Whether per-example U-nets run their input convolution before :func:`torch.func.vmap`, as
     one channels-last grouped convolution (:func:`_per_example_conv`): on a CPU. A GPU keeps
@@ -313,17 +329,22 @@ class RIM(nn.Module):
         ]
 
     def _functional_step(
-        self, params: dict[str, torch.Tensor], inputs: torch.Tensor, hidden: list[torch.Tensor | None]
+        self,
+        params: dict[str, torch.Tensor],
+        low: dict[str, torch.Tensor] | None,
+        inputs: torch.Tensor,
+        hidden: list[torch.Tensor | None],
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """One U-net step with one set of weights per example: ``params[name]`` is ``(B, *shape)``.
 
         The U-net runs under :func:`torch.func.vmap` over (weights, inputs, hidden states), so B
         independent networks (e.g. one per lens being fine-tuned) take one batched call. It
         computes in the precision of :meth:`_step`: autocast does not reach convolutions under
-        vmap (on the CPU they stay float32), so where :func:`bf16_enabled` the weights, inputs and
-        hidden states are cast to bfloat16 here, once per step as autocast would (the weights'
-        gradients come back in float32 through the cast). On a CPU the input convolution runs
-        before vmap, channels-last (:func:`_per_example_conv`).
+        vmap (on the CPU they stay float32), so where :func:`bf16_enabled` the inputs and hidden
+        states are cast to bfloat16 here, and the weights come as ``low``, cast by :meth:`forward`
+        once for all the steps (each step's weight gradients come back in float32 through
+        :class:`_Cast`). On a CPU the input convolution runs before vmap, channels-last
+        (:func:`_per_example_conv`).
         """
         b = inputs.shape[0]
         dtype = torch.bfloat16 if bf16_enabled(self.config, inputs) else inputs.dtype
@@ -332,7 +353,7 @@ class RIM(nn.Module):
             for h, shape in zip(hidden, self.hidden_shapes(), strict=True)
         ]
 
-        weights = {k: v.to(dtype) for k, v in params.items()}
+        weights = dict(params) if low is None else {k: _Cast.apply(v, low[k]) for k, v in params.items()}
         x, embedded = inputs.to(dtype), input_conv_before_vmap(inputs)
         if embedded:  # see _per_example_conv
             x = _per_example_conv(self.unet.inp, x, weights.pop("inp.weight"), weights.pop("inp.bias"))
@@ -367,7 +388,10 @@ class RIM(nn.Module):
         zeros = torch.zeros_like(y)
         hidden: list[torch.Tensor | None] = [None] * (c.levels + 1)
         if params is not None:
-            step = functools.partial(self._functional_step, params)
+            low = None  # the weights in bfloat16, cast once for the T steps (see _Cast)
+            if bf16_enabled(c, y):
+                low = {k: v.detach().to(torch.bfloat16) for k, v in params.items()}
+            step = functools.partial(self._functional_step, params, low)
         else:
             step = self._step
         out, hidden = step(torch.cat([y, zeros, zeros, zeros, zeros], dim=1), hidden)
