@@ -19,6 +19,7 @@ import torch
 
 import lensrim
 import lenssim
+from lenscore.runs import on_device
 from lensrim.training import batch_loss
 
 
@@ -33,15 +34,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _model_and_steps(
-    preset: str, device: torch.device, train_batch: int, infer_batch: int, channels_last: bool = False, **flags
-):
-    """A seeded RIM (``flags``: RIMConfig fields) with its training step and its inference call."""
+def _model_and_steps(preset: str, device: torch.device, train_batch: int, infer_batch: int, **flags):
+    """A seeded RIM (``flags``: RIMConfig fields) with its training step and its inference call,
+    in the layout training and loading give it on ``device`` (:func:`lenscore.runs.on_device`)."""
     config = replace(lensrim.PRESETS[preset], batch_size=train_batch, **flags)
     torch.manual_seed(0)
-    model = lensrim.RIM(config).to(device)
-    if channels_last:  # what lensrim.train_rim does on a CPU
-        model = model.to(memory_format=torch.channels_last)
+    model = on_device(lensrim.RIM(config), device)
     opt = torch.optim.Adamax(model.parameters(), lr=1e-4)
     train = _batch(train_batch, device, config.pixels)
     infer = _batch(infer_batch, device, config.pixels)
@@ -104,9 +102,7 @@ def bench_compiled(preset: str, device: torch.device, train_batch: int, infer_ba
     option yet: this row is the measurement that would decide it (issue 24 §1)."""
     rates, first = {}, {}
     for way in ("eager", "compiled"):
-        model, step, predict = _model_and_steps(
-            preset, device, train_batch, infer_batch, channels_last=device.type == "cpu", **flags
-        )
+        model, step, predict = _model_and_steps(preset, device, train_batch, infer_batch, **flags)
         if way == "compiled":
             model.unet.compile()  # in place: the same parameters and state_dict keys
         for name, fn in (("train", step), ("infer", predict)):

@@ -180,9 +180,9 @@ def on_device(model: torch.nn.Module, device: str | torch.device) -> torch.nn.Mo
     """``model`` on ``device``, and on a CPU with its 4-d weights channels-last (NHWC), the layout
     oneDNN's convolutions run fastest on. The weights are the same; only their rounding differs.
     Measured on the 2-core development machine against NCHW (``benchmarks/bench_prior.py``,
-    ``benchmarks/bench_rim.py``): a VAE training step x1.6, VAE sampling x1.2-2.1, the denoiser's
-    training step x1.5, the RIM's inference x1.07-1.13 and training x1.08. On a GPU the layout
-    stays NCHW (not measured there)."""
+    ``benchmarks/bench_rim.py``): a VAE training step x1.2-1.8, VAE sampling x1.2-1.8, the
+    denoiser's training step x1.3, the RIM's inference x1.07-1.13 and training x1.08. On a GPU
+    the layout stays NCHW (not measured there)."""
     model = model.to(device)
     if torch.device(device).type == "cpu":
         model = model.to(memory_format=torch.channels_last)

@@ -195,7 +195,7 @@ def _fit(
     device = torch.device(device)
     config = replace(config, steps=steps)
     check_run(run_dir, config, ("steps",))  # everything is checked before anything is written
-    model = on_device(model, device)  # channels-last on a CPU: x1.5-1.6 a step (bench_prior)
+    model = on_device(model, device)  # channels-last on a CPU: x1.2-1.8 a step (bench_prior)
     opt = torch.optim.Adam(model.parameters(), lr=config.learning_rate_at(0))
     start = restore(run_dir, model, opt, trim=False)
     prepare_run(run_dir, config, ("steps",), metadata=metadata, seed=seed)
