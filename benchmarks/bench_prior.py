@@ -15,6 +15,7 @@ import argparse
 import copy
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -29,7 +30,7 @@ def _spread(values: list[float]) -> str:
     return f"{1e3 * min(values):.1f}-{1e3 * max(values):.1f} ms"
 
 
-def interleaved(calls: dict[str, callable], rounds: int) -> dict[str, list[float]]:
+def interleaved(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
     """Seconds of each call, ``rounds`` times, the calls taking turns (one warm-up call each)."""
     for call in calls.values():
         call()

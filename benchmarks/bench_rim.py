@@ -275,11 +275,12 @@ def bench_finetune(
 
 
 def _precision(bf16: bool, device: torch.device) -> str:
-    from lensrim.model import native_bf16_cpu
+    from lensrim.model import bf16_enabled
 
     if not bf16:
         return ""
-    return " bf16" if device.type == "cuda" or native_bf16_cpu() else " bf16 (float32 here: no native bfloat16)"
+    computes = bf16_enabled(replace(lensrim.PRESETS["tiny"], bf16=True), torch.empty(0, device=device))
+    return " bf16" if computes else " bf16 (float32 here: no native bfloat16)"
 
 
 def _device_name(device: torch.device) -> str:

@@ -1,17 +1,27 @@
 """The benchmark scripts that GPU sessions run still run: a GPU session is lent rarely and briefly,
 so each stage of them is exercised here, small and on the CPU."""
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from torch.utils._python_dispatch import TorchDispatchMode
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 pytestmark = pytest.mark.slow
+
+
+def _lensrim_test_helpers():
+    """lensrim's test helpers (its tests' ``conftest``), loaded from their file: its tests run on
+    their own, so the helpers live there and are not copied here."""
+    path = Path(__file__).resolve().parents[1] / "packages" / "lensrim" / "tests" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("lensrim_test_helpers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_bench_finetune_runs_every_stage_and_keeps_each_lens_best_fit(tmp_path):
@@ -53,16 +63,7 @@ def test_the_fine_tuning_row_times_both_ways_in_the_precision_it_names():
         sys.path.remove(str(BENCH))
     torch = bench_rim.torch
     cpu = torch.device("cpu")
-
-    class ConvolutionDtypes(TorchDispatchMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.dtypes: set = set()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.overloadpacket is torch.ops.aten.convolution:
-                self.dtypes.add(args[0].dtype)
-            return func(*args, **(kwargs or {}))
+    ConvolutionDtypes = _lensrim_test_helpers().ConvolutionDtypes
 
     with ConvolutionDtypes() as seen:  # the row runs in the precision it names
         row = bench_rim.bench_finetune("tiny", cpu, 2, 2, pixels=32, rounds=1, bf16=True)

@@ -347,7 +347,7 @@ class RIM(nn.Module):
         (:func:`_per_example_conv`).
         """
         b = inputs.shape[0]
-        dtype = torch.bfloat16 if bf16_enabled(self.config, inputs) else inputs.dtype
+        dtype = inputs.dtype if low is None else torch.bfloat16  # forward decided (bf16_enabled)
         hs = [
             torch.zeros(b, *shape, dtype=dtype, device=inputs.device) if h is None else h.to(dtype)
             for h, shape in zip(hidden, self.hidden_shapes(), strict=True)
