@@ -160,12 +160,16 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Throughput figures; with caustics installed (optional), the same workload through it."""
+    """Throughput figures; with caustics and scikit-learn installed (optional), the references through them."""
     _install(session, LENSSIM, LENSPRIOR, LENSRIM)
     try:
         session.install("caustics==1.7.1")
     except nox.command.CommandFailed:
         session.warn("caustics could not be installed: benchmarking lenssim alone")
+    try:  # the smoothing lengths' previous path, bench_kde's reference
+        session.install("scikit-learn")
+    except nox.command.CommandFailed:
+        session.warn("scikit-learn could not be installed: the smoothing lengths without their reference")
     session.run("python", "benchmarks/bench_lenssim.py", *session.posargs)
     session.run("python", "benchmarks/bench_kde.py")
     session.run("python", "benchmarks/bench_rim.py")

@@ -5,14 +5,19 @@ grid) and prints the time of lenssim's truncated, separable Numba KDE, of the br
 (every particle's Gaussian evaluated on every pixel, numpy) and their ratio, plus the largest
 difference relative to the map's peak. At 1M particles the brute force is timed on a random 20k
 subset and scaled linearly (its cost is exactly linear in the number of particles), which is
-stated in the output. Never fails for being slow.
+stated in the output. Then the 64-neighbour smoothing lengths: lenssim's (SciPy's k-d tree) and,
+when scikit-learn is installed, the previous path (scikit-learn's k-d tree) in alternating
+rounds of the same run, with the median, the spread, the ratio and whether they agree to the bit.
+Never fails for being slow.
 
-    python benchmarks/bench_kde.py [--sizes 20000 1000000]
+    python benchmarks/bench_kde.py [--sizes 20000 1000000] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import statistics
 import time
 
 import numba
@@ -37,11 +42,46 @@ def _best(fn, repeats: int = 3) -> float:
     return best
 
 
-def bench_one(size: int, subset: int, n: int, fov: float, rng: np.random.Generator) -> str:
+def _sklearn_smoothing_lengths(positions3d: np.ndarray, k: int = 64) -> np.ndarray | None:
+    """The previous path (scikit-learn's k-d tree, all k neighbours on every core), or None."""
+    try:
+        from sklearn.neighbors import NearestNeighbors
+    except ImportError:
+        return None
+    nn = NearestNeighbors(n_neighbors=k + 1, algorithm="kd_tree", n_jobs=-1).fit(positions3d)
+    dist, _ = nn.kneighbors(positions3d)
+    return math.sqrt(103 / 1024) * dist[:, k]
+
+
+def bench_smoothing_lengths(positions3d: np.ndarray, rounds: int) -> tuple[np.ndarray, str]:
+    """lenssim's smoothing lengths, and a line timing them against the previous path (alternating)."""
+    ours, theirs = [], []
+    sl = ref = None
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        sl = lenssim.smoothing_lengths(positions3d)
+        ours.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ref = _sklearn_smoothing_lengths(positions3d)
+        if ref is not None:
+            theirs.append(time.perf_counter() - t0)
+    line = f"64-NN smoothing lengths {_spread(ours)}"
+    if ref is None:
+        return sl, line + " | scikit-learn not installed: no reference"
+    same = "the same to the bit" if np.array_equal(sl, ref) else f"max rel diff {np.max(np.abs(sl - ref) / ref):.1e}"
+    ratio = statistics.median(theirs) / statistics.median(ours)
+    return sl, f"{line} | scikit-learn's k-d tree (previous path) {_spread(theirs)} | x{ratio:.2f}, {same}"
+
+
+def _spread(times: list[float]) -> str:
+    if len(times) == 1:
+        return f"{times[0]:.2f} s (1 round)"
+    return f"{statistics.median(times):.2f} s ({min(times):.2f}-{max(times):.2f}, median of {len(times)})"
+
+
+def bench_one(size: int, subset: int, n: int, fov: float, rng: np.random.Generator, rounds: int) -> str:
     parts = _halo(size)
-    t0 = time.perf_counter()
-    sl = lenssim.smoothing_lengths(parts.positions)
-    t_nn = time.perf_counter() - t0
+    sl, nn_line = bench_smoothing_lengths(parts.positions, rounds)
     pos, m = parts.positions[:, :2], parts.masses
     surface_density(pos[:100], m[:100], sl[:100], n=n, fov=fov)  # compile outside the timing
     t_fast = _best(lambda: surface_density(pos, m, sl, n=n, fov=fov, normalize=False))
@@ -56,8 +96,8 @@ def bench_one(size: int, subset: int, n: int, fov: float, rng: np.random.Generat
     return (
         f"{len(parts):>8d} particles: KDE {t_fast * 1e3:8.1f} ms (normalised {t_norm * 1e3:8.1f} ms) | "
         f"brute force {t_slow:8.2f} s ({how}) | speed-up x{t_slow / t_fast:,.0f} | "
-        f"max |diff| / peak{on} {np.abs(fast - slow).max() / slow.max():.1e} | "
-        f"64-NN smoothing lengths {t_nn:.2f} s"
+        f"max |diff| / peak{on} {np.abs(fast - slow).max() / slow.max():.1e}\n"
+        f"{'':>8s}            {nn_line}"
     )
 
 
@@ -65,6 +105,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[20_000, 1_000_000])
     ap.add_argument("--subset", type=int, default=20_000, help="particles timed by brute force for larger halos")
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="alternating rounds of the smoothing lengths (1 above 100k particles)"
+    )
     args = ap.parse_args()
 
     cfg = lenssim.KappaMapConfig()
@@ -75,7 +118,8 @@ def main() -> None:
     )
     rng = np.random.default_rng(0)
     for size in args.sizes:
-        print(bench_one(size, args.subset, n, fov, rng), flush=True)
+        rounds = args.rounds if size <= 100_000 else 1
+        print(bench_one(size, args.subset, n, fov, rng, rounds), flush=True)
 
 
 if __name__ == "__main__":

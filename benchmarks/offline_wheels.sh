@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Wheels for a CUDA node that cannot reach PyPI (an HPC compute node, a borrowed GPU machine) and
-# already has PyTorch, NumPy, h5py, numba, scikit-learn, click, tqdm, matplotlib and tensorboard:
+# already has PyTorch, NumPy, h5py, numba, SciPy, click, tqdm, matplotlib and tensorboard:
 # the project's five packages, built here, and the wheels of what such a node lacks, for its
 # Python version. Run it where pip reaches PyPI, then copy DIR (and this checkout) to the node:
 #

@@ -91,3 +91,33 @@ def test_the_prior_rows_time_both_layouts_in_turn_on_the_same_models():
         before, after = row.split("; ")
         assert "NCHW (before)" in before and "x1.00" in before and "channels-last" in after
     assert train.startswith("kappa VAE 32^2, 4 filters: training step, batch 2")
+
+
+def test_the_smoothing_lengths_row_names_its_reference_or_its_absence(monkeypatch):
+    """`bench_kde` (a part of `nox -s bench`): lenssim's smoothing lengths timed against the previous
+    path (scikit-learn's k-d tree) in alternating rounds when it is installed, and said when not."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_kde
+    finally:
+        sys.path.remove(str(BENCH))
+    pos = bench_kde._halo(3000).positions
+    calls = []
+    reference = bench_kde._sklearn_smoothing_lengths
+
+    def counted(p):
+        calls.append("reference")
+        return reference(p)
+
+    monkeypatch.setattr(bench_kde, "_sklearn_smoothing_lengths", counted)
+    sl, line = bench_kde.bench_smoothing_lengths(pos, rounds=2)
+    assert sl.shape == (len(pos),) and line.startswith("64-NN smoothing lengths ")
+    assert calls == ["reference"] * 2 and "median of 2" in line
+    if reference(pos[:100]) is None:
+        assert line.endswith("scikit-learn not installed: no reference")
+    else:  # the same distances as the previous path, which the row says
+        assert "(previous path)" in line and line.endswith("the same to the bit")
+    monkeypatch.setattr(bench_kde, "_sklearn_smoothing_lengths", lambda p: None)
+    assert bench_kde.bench_smoothing_lengths(pos, rounds=1)[1].endswith(
+        "(1 round) | scikit-learn not installed: no reference"
+    )

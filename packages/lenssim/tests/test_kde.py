@@ -91,6 +91,20 @@ def test_smoothing_lengths_on_a_cubic_lattice():
     assert np.allclose(paper[interior], math.sqrt(103 / 1024) * math.sqrt(6) * a)
 
 
+def test_smoothing_lengths_against_every_pairwise_distance(rng):
+    # a clumped halo with repeated particles: the k-th neighbour counts the other copies of a
+    # particle (distance 0) but never the particle itself
+    pos = _halo(rng, 1500)
+    pos = np.concatenate([pos, pos[:200], pos[:40]])
+    d = np.sqrt(((pos[:, None, :] - pos[None, :, :]) ** 2).sum(-1))
+    d_sorted = np.sort(d, axis=1)  # column 0: the particle itself
+    for k in (1, 2, 32, 64):
+        got = smoothing_lengths(pos, k=k, factor=1.0)
+        np.testing.assert_allclose(got, d_sorted[:, k], rtol=1e-12, atol=0)
+    assert np.all(smoothing_lengths(pos, k=1, factor=1.0)[:40] == 0)  # three copies of each
+    assert np.array_equal(smoothing_lengths(pos, k=8, factor=0.5), 0.5 * smoothing_lengths(pos, k=8, factor=1.0))
+
+
 @pytest.mark.parametrize(
     "pos, m, sl, match",
     [

@@ -50,12 +50,19 @@ def truncation_radius(truncation: float) -> float:
 def smoothing_lengths(positions3d: np.ndarray, k: int = 64, factor: float = math.sqrt(103 / 1024)) -> np.ndarray:
     """Kernel widths ``l_i = factor * D_k,i`` with ``D_k,i`` the 3-D distance to the k-th neighbour.
 
+    The neighbours come from SciPy's k-d tree, queried for the k-th alone on every core: the
+    same distances to the bit as scikit-learn's k-d tree (the previous path), about twice as fast
+    (``benchmarks/bench_kde.py``: 13.4 s against 27.9 s for a million particles on 2 cores), and
+    without the previous path's ~2 KB per particle of all k neighbours' distances and indices
+    (its peak memory rose by 2.0 GB for a million particles; this one's by none measurable).
+
     Parameters
     ----------
     positions3d
         ``(P, 3)`` particle positions (any length unit; the result has the same unit).
     k
-        Neighbour rank (the particle itself not counted); 64 in the paper.
+        Neighbour rank (the particle itself not counted; a particle at the same position is); 64
+        in the paper.
     factor
         sqrt(103/1024) in the paper (the original code used sqrt(103/1120)).
 
@@ -64,7 +71,7 @@ def smoothing_lengths(positions3d: np.ndarray, k: int = 64, factor: float = math
     numpy.ndarray
         ``(P,)`` float64.
     """
-    from sklearn.neighbors import NearestNeighbors
+    from scipy.spatial import KDTree
 
     pos = np.asarray(positions3d, dtype=np.float64)
     if pos.ndim != 2 or pos.shape[1] != 3:
@@ -75,9 +82,9 @@ def smoothing_lengths(positions3d: np.ndarray, k: int = 64, factor: float = math
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if pos.shape[0] <= k:
         raise ValueError(f"need more than k = {k} particles for a {k}-th neighbour, got {pos.shape[0]}")
-    nn = NearestNeighbors(n_neighbors=k + 1, algorithm="kd_tree", n_jobs=-1).fit(pos)
-    dist, _ = nn.kneighbors(pos)
-    return factor * dist[:, k]
+    # each particle is its own nearest point (distance 0): its k-th neighbour is the (k+1)-th point
+    dist, _ = KDTree(pos).query(pos, k=[int(k) + 1], workers=-1)
+    return factor * dist[:, 0]
 
 
 def _numba_kernel():
