@@ -91,7 +91,7 @@ def test_smoothing_lengths_on_a_cubic_lattice():
     assert np.allclose(paper[interior], math.sqrt(103 / 1024) * math.sqrt(6) * a)
 
 
-def test_smoothing_lengths_against_every_pairwise_distance(rng):
+def test_smoothing_lengths_against_every_pairwise_distance(rng, monkeypatch):
     # a clumped halo with repeated particles: the k-th neighbour counts the other copies of a
     # particle (distance 0) but never the particle itself
     pos = _halo(rng, 1500)
@@ -103,6 +103,9 @@ def test_smoothing_lengths_against_every_pairwise_distance(rng):
         np.testing.assert_allclose(got, d_sorted[:, k], rtol=1e-12, atol=0)
     assert np.all(smoothing_lengths(pos, k=1, factor=1.0)[:40] == 0)  # three copies of each
     assert np.array_equal(smoothing_lengths(pos, k=8, factor=0.5), 0.5 * smoothing_lengths(pos, k=8, factor=1.0))
+    many = smoothing_lengths(pos)
+    monkeypatch.setattr("lenscore.cpu.usable_cores", lambda: 1)  # the query's threads change nothing
+    assert np.array_equal(smoothing_lengths(pos), many)
 
 
 @pytest.mark.parametrize(

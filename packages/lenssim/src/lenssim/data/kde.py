@@ -50,7 +50,8 @@ def truncation_radius(truncation: float) -> float:
 def smoothing_lengths(positions3d: np.ndarray, k: int = 64, factor: float = math.sqrt(103 / 1024)) -> np.ndarray:
     """Kernel widths ``l_i = factor * D_k,i`` with ``D_k,i`` the 3-D distance to the k-th neighbour.
 
-    The neighbours come from SciPy's k-d tree, queried for the k-th alone on every core: the
+    The neighbours come from SciPy's k-d tree, queried for the k-th alone on every core this
+    process may run on (:func:`lenscore.cpu.usable_cores`, not the machine's count): the
     same distances to the bit as scikit-learn's k-d tree (the previous path), about twice as fast
     (``benchmarks/bench_kde.py``: 13.4 s against 27.9 s for a million particles on 2 cores), and
     without the previous path's ~2 KB per particle of all k neighbours' distances and indices
@@ -73,6 +74,8 @@ def smoothing_lengths(positions3d: np.ndarray, k: int = 64, factor: float = math
     """
     from scipy.spatial import KDTree
 
+    from lenscore.cpu import usable_cores
+
     pos = np.asarray(positions3d, dtype=np.float64)
     if pos.ndim != 2 or pos.shape[1] != 3:
         raise ValueError(f"positions3d must have shape (P, 3), got {pos.shape}")
@@ -83,7 +86,7 @@ def smoothing_lengths(positions3d: np.ndarray, k: int = 64, factor: float = math
     if pos.shape[0] <= k:
         raise ValueError(f"need more than k = {k} particles for a {k}-th neighbour, got {pos.shape[0]}")
     # each particle is its own nearest point (distance 0): its k-th neighbour is the (k+1)-th point
-    dist, _ = KDTree(pos).query(pos, k=[int(k) + 1], workers=-1)
+    dist, _ = KDTree(pos).query(pos, k=[int(k) + 1], workers=usable_cores())
     return factor * dist[:, 0]
 
 
