@@ -149,6 +149,67 @@ def _median(xs: list[float]) -> float:
     return xs[len(xs) // 2]
 
 
+def ray_tracer_row(device: torch.device, batch: int, rounds: int, repeats: int) -> tuple[dict, str]:
+    """lenssim's forward model and likelihood gradient against caustics' (when installed) at one
+    batch size: ``rounds`` interleaved rounds (both see the same machine state), each rate a median
+    of ``repeats`` directly timed calls; the row gives the medians over the rounds, the range of
+    lenssim's forward + gradient rate, and every round's speed-up. Returns the figures and the line."""
+    measured = [(bench_lenssim(batch, device, repeats), bench_caustics(batch, device, repeats)) for _ in range(rounds)]
+    ours = {k: _median([r[0][k] for r in measured]) for k in measured[0][0]}
+    grads = [r[0]["grad_psf2d"] for r in measured]
+    row = {"device": device.type, "batch": batch, "lenssim": ours, "caustics": None, "rounds": rounds}
+    line = (
+        f"{device.type:4s} B={batch:<3d} forward {ours['forward_psf2d']:8.1f} (separable "
+        f"{ours['forward_separable']:8.1f})  fwd+grad {ours['grad_psf2d']:8.1f} [{min(grads):.1f}-{max(grads):.1f}] "
+        f"(separable {ours['grad_separable']:8.1f})"
+    )
+    if measured[0][1] is None:
+        return row, line + " | caustics not installed: no reference"
+    theirs = {k: _median([r[1][k] for r in measured]) for k in measured[0][1]}
+    per_round = [r[0]["grad_psf2d"] / r[1]["grad"] for r in measured]
+    row["caustics"] = theirs
+    row["speedup"] = {
+        "forward": _median([r[0]["forward_psf2d"] / r[1]["forward"] for r in measured]),
+        "grad": _median(per_round),
+        "grad_separable": _median([r[0]["grad_separable"] / r[1]["grad"] for r in measured]),
+        "grad_rounds": per_round,
+    }
+    ratios = row["speedup"]
+    line += (
+        f" | caustics forward {theirs['forward']:7.1f} fwd+grad {theirs['grad']:7.1f}"
+        f" | speed-up forward x{ratios['forward']:.1f} fwd+grad x{ratios['grad']:.1f}"
+        f" (rounds {', '.join(f'x{v:.2f}' for v in per_round)}; separable x{ratios['grad_separable']:.1f})"
+    )
+    return row, line
+
+
+def psf_paths_row(device: torch.device, batch: int, rounds: int, repeats: int) -> tuple[dict, str]:
+    """:func:`bench_psf_paths` in ``rounds`` rounds: the medians, every round's ratio, and the path
+    that ``FFT_FROM_SIDE`` gives Table 1's PSF on this device. Returns the figures and the line."""
+    from lenssim.physics.psf import FFT_FROM_SIDE
+
+    default = "fft" if TABLE_1_PSF >= FFT_FROM_SIDE.get(device.type, TABLE_1_PSF + 1) else "direct"
+    measured = [bench_psf_paths(batch, device, repeats) for _ in range(rounds)]
+    direct, fft = _median([r["direct"] for r in measured]), _median([r["fft"] for r in measured])
+    spread = ", ".join(f"{r['fft'] / r['direct']:.2f}" for r in measured)
+    row = {"device": device.type, "batch": batch, "psf": TABLE_1_PSF, "direct": direct, "fft": fft, "default": default}
+    line = (
+        f"{device.type:4s} B={batch:<3d} {TABLE_1_PSF}x{TABLE_1_PSF} PSF fwd+grad: direct {direct:8.1f} | FFT "
+        f"{fft:8.1f} | FFT x{fft / direct:.2f} (rounds {spread}); the default here: {default}"
+    )
+    return row, line
+
+
+def header(rounds: int) -> str:
+    """The versions, the machine and what the rows' figures are."""
+    cuda = f", CUDA {torch.version.cuda} on {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (
+        f"lenssim {lenssim.__version__}, torch {torch.__version__}{cuda}, {platform.machine()}, "
+        f"{torch.get_num_threads()} CPU threads; {N}^2 pixels, {PSF_SIZE}x{PSF_SIZE} PSF; images per second, "
+        f"median of {rounds} interleaved rounds [range]"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=10, help="timed calls per round")
@@ -159,56 +220,13 @@ def main() -> None:
 
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     results = []
-    print(
-        f"lenssim {lenssim.__version__}, torch {torch.__version__}, {platform.machine()}, "
-        f"{torch.get_num_threads()} CPU threads; {N}^2 pixels, {PSF_SIZE}x{PSF_SIZE} PSF; images per second, "
-        f"median of {args.rounds} interleaved rounds"
-    )
-    for device in devices:
-        for batch in args.batches:
-            rounds = []
-            for _ in range(args.rounds):  # interleave, so that both see the same machine state
-                rounds.append((bench_lenssim(batch, device, args.repeats), bench_caustics(batch, device, args.repeats)))
-            ours = {k: _median([r[0][k] for r in rounds]) for k in rounds[0][0]}
-            theirs = None
-            if rounds[0][1] is not None:
-                theirs = {k: _median([r[1][k] for r in rounds]) for k in rounds[0][1]}
-                ratios = {
-                    "forward": _median([r[0]["forward_psf2d"] / r[1]["forward"] for r in rounds]),
-                    "grad": _median([r[0]["grad_psf2d"] / r[1]["grad"] for r in rounds]),
-                    "grad_separable": _median([r[0]["grad_separable"] / r[1]["grad"] for r in rounds]),
-                }
-            row = {"device": device.type, "batch": batch, "lenssim": ours, "caustics": theirs}
-            line = (
-                f"{device.type:4s} B={batch:<3d} forward {ours['forward_psf2d']:8.1f} (separable "
-                f"{ours['forward_separable']:8.1f})  fwd+grad {ours['grad_psf2d']:8.1f} (separable "
-                f"{ours['grad_separable']:8.1f})"
-            )
-            if theirs is not None:
-                row["speedup"] = ratios
-                line += (
-                    f" | caustics forward {theirs['forward']:7.1f} fwd+grad {theirs['grad']:7.1f}"
-                    f" | speed-up forward x{ratios['forward']:.1f} fwd+grad x{ratios['grad']:.1f}"
-                    f" (separable x{ratios['grad_separable']:.1f})"
-                )
-            else:
-                line += " | caustics not installed"
-            results.append(row)
-            print(line, flush=True)
-    from lenssim.physics.psf import FFT_FROM_SIDE
-
-    for device in devices:
-        default = "fft" if TABLE_1_PSF >= FFT_FROM_SIDE.get(device.type, TABLE_1_PSF + 1) else "direct"
-        for batch in args.batches:
-            rounds = [bench_psf_paths(batch, device, args.repeats) for _ in range(args.rounds)]
-            direct, fft = _median([r["direct"] for r in rounds]), _median([r["fft"] for r in rounds])
-            spread = ", ".join(f"{r['fft'] / r['direct']:.2f}" for r in rounds)
-            results.append({"device": device.type, "batch": batch, "psf": TABLE_1_PSF, "direct": direct, "fft": fft})
-            print(
-                f"{device.type:4s} B={batch:<3d} {TABLE_1_PSF}x{TABLE_1_PSF} PSF fwd+grad: direct {direct:8.1f} | FFT "
-                f"{fft:8.1f} | FFT x{fft / direct:.2f} (rounds {spread}); the default here: {default}",
-                flush=True,
-            )
+    print(header(args.rounds))
+    for make in (ray_tracer_row, psf_paths_row):
+        for device in devices:
+            for batch in args.batches:
+                row, line = make(device, batch, args.rounds, args.repeats)
+                results.append(row)
+                print(line, flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -1,14 +1,17 @@
-"""The GPU session (`nox -s gpu`, or this script on any CUDA machine), in about 5 minutes on one
-H100 (249 s measured with ``--train-seconds 150`` before the compile row of 2. and the torchrun
-check of 3. were added: an estimated 1-2 minutes more):
+"""The GPU session (`nox -s gpu`, or this script on any CUDA machine), in about 7 minutes on one
+H100 (249 s measured with ``--train-seconds 150`` before the compile row and the paper, batch-64
+and caustics rows of 2. and the torchrun check of 3. were added: an estimated 2-3 minutes more;
+each group of rows prints its seconds):
 
 1. every test parametrised over CUDA (``-m gpu``): physics CUDA == CPU in float32 and float64,
    RIM forward and backward, bf16 autocast, batched fine-tuning == one lens at a time,
    on-the-fly simulation on the device;
-2. the GPU throughput rows: forward model (and Table 1's 21x21 PSF convolved directly, the
-   CUDA default, against the FFT product), RIM training and inference (and the U-net through
-   torch.compile against eager, its compile time printed), on-the-fly training against fixed
-   batches, batched fine-tuning;
+2. the GPU throughput rows of issue 24's table, each with its reference from the same run
+   (:func:`throughput`): the ray tracer against caustics at batches 1, 16 and 64 (and Table 1's
+   21x21 PSF convolved directly, the CUDA default, against the FFT product), the small and paper
+   presets' training and inference (the U-net through torch.compile against eager, its compile
+   time printed), on-the-fly training against fixed batches, batched fine-tuning against one lens
+   at a time (small and paper, extrapolated to Table 3's budget);
 3. the multi-GPU path on one GPU: ``torchrun --standalone --nproc-per-node 1 lens train rim ...
    --device cuda`` (DDP through NCCL) against the plain command, their weights compared;
 4. ``--train-seconds`` (default 180) of 128^2 on-the-fly training of the small RIM, printing its
@@ -45,33 +48,54 @@ def tests() -> int:
     return failed
 
 
+def _row(label: str, bench, *args, **kwargs) -> None:
+    """Print one benchmark row; a failure (out of memory, a compiler error) is printed in its place
+    and the session goes on, with the GPU's cached memory handed back either way."""
+    try:
+        print(bench(*args, **kwargs), flush=True)
+    except Exception as e:  # noqa: BLE001 (reported, and the session goes on)
+        print(f"{label}: FAILED ({type(e).__name__}: {str(e).splitlines()[0][:300]})", flush=True)
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 def throughput() -> float:
+    """Issue 24's table, each row beside its reference in the same run: the ray tracer against
+    caustics (batches 1, 16 and 64; Table 1's PSF directly against by FFT), the small and paper
+    presets (training at batch 16 / 4 and 1, inference; paper in bfloat16 too), the compiled U-net
+    against eager, on-the-fly training against fixed batches, and fine-tuning together against one
+    lens at a time (small and paper, extrapolated to Table 3's budget). Returns the small preset's
+    on-the-fly steps per second (the training run's length)."""
     import bench_lenssim
     import bench_rim
 
     gpu = torch.device("cuda")
-    for batch in (1, 16):
-        rates = bench_lenssim.bench_lenssim(batch, gpu, 20)
-        print(f"lenssim 128^2 on cuda, batch {batch}: " + ", ".join(f"{k} {v:.0f} img/s" for k, v in rates.items()))
-        paths = bench_lenssim.bench_psf_paths(batch, gpu, 20)  # should CUDA take the FFT path too?
-        direct, fft, k = paths["direct"], paths["fft"], bench_lenssim.TABLE_1_PSF
-        print(
-            f"  {k}x{k} PSF fwd+grad on cuda, batch {batch}: direct {direct:.0f} img/s (the default), "
-            f"FFT {fft:.0f} img/s (x{fft / direct:.2f})"
-        )
+    t0 = time.perf_counter()
+    print(bench_lenssim.header(3))
+    for batch in (1, 16, 64):
+        print(bench_lenssim.ray_tracer_row(gpu, batch, 3, 20)[1], flush=True)
+    for batch in (1, 16):  # should CUDA take the FFT path for Table 1's PSF too? (FFT_FROM_SIDE)
+        print(bench_lenssim.psf_paths_row(gpu, batch, 3, 20)[1], flush=True)
+    print(f"[ray tracer rows: {time.perf_counter() - t0:.0f} s]", flush=True)
+    t0 = time.perf_counter()
     print(bench_rim.bench("small", gpu, 16, 64, 3), flush=True)
-    try:  # issue 24 §1: should --device cuda compile by default? A failure must not end the session
-        print(bench_rim.bench_compiled("small", gpu, 16, 64, 3), flush=True)
-    except Exception as e:  # noqa: BLE001 (reported, and the session goes on)
-        print(f"torch.compile'd U-net: FAILED ({type(e).__name__}: {str(e).splitlines()[0][:300]})", flush=True)
+    for batch, flags in ((4, {}), (1, {}), (4, {"bf16": True})):  # issue 24: >= 8 and >= 12 steps/s, >= 200 lenses/s
+        _row(f"paper preset, batch {batch} {flags}", bench_rim.bench, "paper", gpu, batch, 8, 3, **flags)
+    print(f"[RIM rows: {time.perf_counter() - t0:.0f} s]", flush=True)
+    # issue 24 §1: should --device cuda compile by default?
+    _row("torch.compile'd U-net", bench_rim.bench_compiled, "small", gpu, 16, 64, 3)
     rates = bench_rim.on_the_fly_rates("small", gpu, 16, 50)
     print(
         f"training small 128^2 batch 16 on cuda: on the fly {rates['on the fly']:.2f} steps/s, fixed batch "
         f"{rates['fixed']:.2f} steps/s ({100 * rates['on the fly'] / rates['fixed']:.0f} %)",
         flush=True,
     )
+    t0 = time.perf_counter()
     print(bench_rim.bench_finetune("small", gpu, 16, 5), flush=True)
     print(bench_rim.bench_finetune("small", gpu, 16, 5, rounds=2, bf16=True), flush=True)  # fine-tuning follows --bf16
+    _row("fine-tuning paper", bench_rim.bench_finetune, "paper", gpu, 2, 3, rounds=2)  # issue 24: >= 30 lenses/h
+    print(f"[fine-tuning rows: {time.perf_counter() - t0:.0f} s]", flush=True)
     return rates["on the fly"]
 
 

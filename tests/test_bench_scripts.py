@@ -121,3 +121,52 @@ def test_the_smoothing_lengths_row_names_its_reference_or_its_absence(monkeypatc
     assert bench_kde.bench_smoothing_lengths(pos, rounds=1)[1].endswith(
         "(1 round) | scikit-learn not installed: no reference"
     )
+
+
+def _bench_module(name: str):
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+def test_the_ray_tracer_rows_give_their_rounds_and_name_a_missing_reference(monkeypatch):
+    """`bench_lenssim`'s rows (its main and the GPU session's): medians over interleaved rounds,
+    lenssim's range, every round's speed-up against caustics, or that caustics is missing."""
+    bench = _bench_module("bench_lenssim")
+    cpu = bench.torch.device("cpu")
+    calls = []
+    ours, theirs = bench.bench_lenssim, bench.bench_caustics
+    monkeypatch.setattr(bench, "bench_lenssim", lambda *a: calls.append("lenssim") or ours(*a))
+    monkeypatch.setattr(bench, "bench_caustics", lambda *a: calls.append("caustics") or theirs(*a))
+    row, line = bench.ray_tracer_row(cpu, 2, 2, 1)
+    assert calls == ["lenssim", "caustics"] * 2  # interleaved, round by round
+    assert line.startswith("cpu  B=2 ") and row["batch"] == 2 and row["rounds"] == 2
+    grads = line.split("fwd+grad", 1)[1]
+    assert "[" in grads and "]" in grads  # lenssim's range over the rounds
+    if row["caustics"] is not None:  # caustics installed: each round's speed-up, the median in front
+        assert len(row["speedup"]["grad_rounds"]) == 2 and "(rounds x" in line
+    monkeypatch.setattr(bench, "bench_caustics", lambda *a: None)
+    row, line = bench.ray_tracer_row(cpu, 1, 1, 1)
+    assert row["caustics"] is None and line.endswith("caustics not installed: no reference")
+    row, line = bench.psf_paths_row(cpu, 1, 2, 1)
+    assert "(rounds " in line and line.endswith("the default here: fft") and row["default"] == "fft"
+    assert "torch " in bench.header(2) and "median of 2 interleaved rounds" in bench.header(2)
+
+
+def test_a_failing_gpu_session_row_is_reported_and_the_session_goes_on(capsys):
+    session = _bench_module("gpu_session")
+
+    def out_of_memory():
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB\nthe rest of the message")
+
+    session._row("paper preset, batch 4", out_of_memory)
+    session._row("small", lambda: "small row")
+    assert capsys.readouterr().out.splitlines() == [
+        "paper preset, batch 4: FAILED (RuntimeError: CUDA out of memory. Tried to allocate 20.00 GiB)",
+        "small row",
+    ]
