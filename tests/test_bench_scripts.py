@@ -170,3 +170,37 @@ def test_a_failing_gpu_session_row_is_reported_and_the_session_goes_on(capsys):
         "paper preset, batch 4: FAILED (RuntimeError: CUDA out of memory. Tried to allocate 20.00 GiB)",
         "small row",
     ]
+
+
+def test_the_gpu_sessions_rows_call_the_benchmarks_as_they_are_written(monkeypatch, capsys):
+    """The GPU session's throughput rows run only where CUDA is: here every benchmark it calls is
+    replaced by a stand-in that checks the call against the real function's signature."""
+    import inspect
+
+    session = _bench_module("gpu_session")
+    lenssim_bench, rim_bench = _bench_module("bench_lenssim"), _bench_module("bench_rim")
+    seen = []
+
+    def stand_in(module, name, result):
+        real = getattr(module, name)
+
+        def fake(*args, **kwargs):
+            inspect.signature(real).bind(*args, **kwargs)  # raises on a call the real one refuses
+            seen.append((name, args[:2] if name.startswith("bench") else args[:1]))
+            return result
+
+        monkeypatch.setattr(module, name, fake)
+
+    stand_in(lenssim_bench, "ray_tracer_row", ({}, "<ray tracer>"))
+    stand_in(lenssim_bench, "psf_paths_row", ({}, "psf row"))
+    stand_in(rim_bench, "bench", "rim row")
+    stand_in(rim_bench, "bench_compiled", "compiled row")
+    stand_in(rim_bench, "bench_finetune", "<fine-tuning>")
+    stand_in(rim_bench, "on_the_fly_rates", {"on the fly": 5.0, "fixed": 6.0})
+    monkeypatch.setitem(sys.modules, "bench_lenssim", lenssim_bench)
+    monkeypatch.setitem(sys.modules, "bench_rim", rim_bench)
+    assert session.throughput() == 5.0
+    out = capsys.readouterr().out
+    assert "FAILED" not in out and out.count("<ray tracer>") == 3 and out.count("<fine-tuning>") == 3
+    presets = [args[0] for name, args in seen if name in ("bench", "bench_finetune")]
+    assert presets.count("paper") == 4 and presets.count("small") == 3
