@@ -70,7 +70,15 @@ def _spectrum(x: torch.Tensor, n: int) -> torch.Tensor:
 
     The real transform runs over the n rows holding data only (the padding rows are zero).
     """
-    rows = torch.fft.rfft(x, n=2 * n, dim=-1)
+    if x.is_contiguous():
+        rows = torch.fft.rfft(x, n=2 * n, dim=-1)
+    else:
+        # torch would pad a strided view into its own layout (the likelihood's permuted gradient
+        # comes out channels-last) and copy that again for the transform: one padded buffer
+        # instead, the same values (1.02-1.06x a likelihood gradient at batch 16-64 of 128^2, 2 cores)
+        padded = x.new_zeros(*x.shape[:-1], 2 * n)
+        padded[..., :n] = x
+        rows = torch.fft.rfft(padded, dim=-1)
     return torch.fft.fft(rows.transpose(-1, -2), n=2 * n, dim=-1)
 
 
