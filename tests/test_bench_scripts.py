@@ -24,6 +24,18 @@ def _lensrim_test_helpers():
     return module
 
 
+def _bench_module(name: str):
+    """A benchmark script loaded as a module (its folder on the path while it imports its siblings)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
 def test_bench_finetune_runs_every_stage_and_keeps_each_lens_best_fit(tmp_path):
     """`bench_finetune.py --quick`: the RIM, the two VAEs, the references and two fine-tuning runs
     (the stages of `nox -s gpu_fit`, at 32^2 on the CPU)."""
@@ -40,11 +52,7 @@ def test_bench_finetune_runs_every_stage_and_keeps_each_lens_best_fit(tmp_path):
 
 
 def test_the_gpu_fit_scan_compares_both_fishers_at_two_strengths():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import bench_finetune
-    finally:
-        sys.path.remove(str(BENCH))
+    bench_finetune = _bench_module("bench_finetune")
     runs = bench_finetune.settings(False, "fisher-chi2")
     seen = {(c.ewc_lambda, c.fisher_chi2) for c in runs.values()}
     assert seen == {(2e5, True), (2e5, False), (2e4, True), (2e4, False)}
@@ -54,13 +62,9 @@ def test_the_gpu_fit_scan_compares_both_fishers_at_two_strengths():
 def test_the_fine_tuning_row_times_both_ways_in_the_precision_it_names():
     """`bench_rim.bench_finetune` (a row of `nox -s gpu`): batched and one at a time, each phase
     timed directly, with the precision the RIM's fine-tuning follows named in the row."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        import bench_rim
+    from lensrim.model import native_bf16_cpu
 
-        from lensrim.model import native_bf16_cpu
-    finally:
-        sys.path.remove(str(BENCH))
+    bench_rim = _bench_module("bench_rim")
     torch = bench_rim.torch
     cpu = torch.device("cpu")
     ConvolutionDtypes = _lensrim_test_helpers().ConvolutionDtypes
@@ -77,11 +81,7 @@ def test_the_fine_tuning_row_times_both_ways_in_the_precision_it_names():
 def test_the_prior_rows_time_both_layouts_in_turn_on_the_same_models():
     """`bench_prior` (a part of `nox -s bench`): each layout's call is made once to warm up and then
     once per round, the two taking turns, and its rows name both layouts against the previous one."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        import bench_prior
-    finally:
-        sys.path.remove(str(BENCH))
+    bench_prior = _bench_module("bench_prior")
     order = []
     times = bench_prior.interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 3)
     assert order == ["a", "b"] * 4 and all(len(t) == 3 and min(t) >= 0 for t in times.values())
@@ -96,11 +96,7 @@ def test_the_prior_rows_time_both_layouts_in_turn_on_the_same_models():
 def test_the_smoothing_lengths_row_names_its_reference_or_its_absence(monkeypatch):
     """`bench_kde` (a part of `nox -s bench`): lenssim's smoothing lengths timed against the previous
     path (scikit-learn's k-d tree) in alternating rounds when it is installed, and said when not."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        import bench_kde
-    finally:
-        sys.path.remove(str(BENCH))
+    bench_kde = _bench_module("bench_kde")
     pos = bench_kde._halo(3000).positions
     calls = []
     reference = bench_kde._sklearn_smoothing_lengths
@@ -121,17 +117,6 @@ def test_the_smoothing_lengths_row_names_its_reference_or_its_absence(monkeypatc
     assert bench_kde.bench_smoothing_lengths(pos, rounds=1)[1].endswith(
         "(1 round) | scikit-learn not installed: no reference"
     )
-
-
-def _bench_module(name: str):
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
 
 
 def test_the_ray_tracer_rows_give_their_rounds_and_name_a_missing_reference(monkeypatch):
