@@ -1,8 +1,9 @@
 """Speed of the particle KDE (eq. 11) against the full-grid brute force (the original code's method).
 
 Renders synthetic halos of about 20k and 1M particles onto 188^2 pixels (the default 71 kpc
-grid) and prints the time of lenssim's truncated, separable Numba KDE, of the brute force
-(every particle's Gaussian evaluated on every pixel, numpy) and their ratio, plus the largest
+grid) and prints the time of lenssim's truncated, separable Numba KDE (median of 5 calls and their
+range), of the brute force (every particle's Gaussian evaluated on every pixel, numpy; timed
+once) and their ratio, plus the largest
 difference relative to the map's peak. At 1M particles the brute force is timed on a random 20k
 subset and scaled linearly (its cost is exactly linear in the number of particles), which is
 stated in the output. Then the 64-neighbour smoothing lengths: lenssim's (SciPy's k-d tree) and,
@@ -33,13 +34,19 @@ def _halo(n: int, seed: int = 0):
     return parts
 
 
-def _best(fn, repeats: int = 3) -> float:
-    best = float("inf")
+def _times(fn, repeats: int) -> list[float]:
+    """Seconds of ``repeats`` calls, each timed directly."""
+    out = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _ms(times: list[float]) -> str:
+    """Median milliseconds and the range."""
+    return f"{1e3 * statistics.median(times):8.1f} ms [{1e3 * min(times):.1f}-{1e3 * max(times):.1f}]"
 
 
 def _sklearn_smoothing_lengths(positions3d: np.ndarray, k: int = 64) -> np.ndarray | None:
@@ -84,18 +91,19 @@ def bench_one(size: int, subset: int, n: int, fov: float, rng: np.random.Generat
     sl, nn_line = bench_smoothing_lengths(parts.positions, rounds)
     pos, m = parts.positions[:, :2], parts.masses
     surface_density(pos[:100], m[:100], sl[:100], n=n, fov=fov)  # compile outside the timing
-    t_fast = _best(lambda: surface_density(pos, m, sl, n=n, fov=fov, normalize=False))
-    t_norm = _best(lambda: surface_density(pos, m, sl, n=n, fov=fov))
+    fast_times = _times(lambda: surface_density(pos, m, sl, n=n, fov=fov, normalize=False), 5)
+    norm_times = _times(lambda: surface_density(pos, m, sl, n=n, fov=fov), 5)
+    t_fast = statistics.median(fast_times)
     idx = np.arange(len(parts)) if len(parts) <= subset else rng.choice(len(parts), subset, replace=False)
-    t_sub = _best(lambda: surface_density_brute_force(pos[idx], m[idx], sl[idx], n=n, fov=fov), repeats=1)
+    (t_sub,) = _times(lambda: surface_density_brute_force(pos[idx], m[idx], sl[idx], n=n, fov=fov), 1)
     t_slow = t_sub * len(parts) / len(idx)  # the brute force is exactly linear in the particles
     slow = surface_density_brute_force(pos[idx], m[idx], sl[idx], n=n, fov=fov)
     fast = surface_density(pos[idx], m[idx], sl[idx], n=n, fov=fov, normalize=False)
     how = "measured" if len(idx) == len(parts) else f"scaled from {len(idx)} particles"
     on = "" if len(idx) == len(parts) else " on the subset"
     return (
-        f"{len(parts):>8d} particles: KDE {t_fast * 1e3:8.1f} ms (normalised {t_norm * 1e3:8.1f} ms) | "
-        f"brute force {t_slow:8.2f} s ({how}) | speed-up x{t_slow / t_fast:,.0f} | "
+        f"{len(parts):>8d} particles: KDE {_ms(fast_times)} (normalised {_ms(norm_times)}; median of 5) | "
+        f"brute force {t_slow:8.2f} s ({how}, once) | speed-up x{t_slow / t_fast:,.0f} | "
         f"max |diff| / peak{on} {np.abs(fast - slow).max() / slow.max():.1e}\n"
         f"{'':>8s}            {nn_line}"
     )
