@@ -62,7 +62,7 @@ def _row(label: str, bench, *args, **kwargs) -> None:
 
 def throughput() -> float:
     """Issue 24's table, each row beside its reference in the same run: the ray tracer against
-    caustics (batches 1, 16 and 64; Table 1's PSF directly against by FFT), the small and paper
+    caustics (batches 1, 16 and 64; Table 1's PSF convolved directly and by FFT), the small and paper
     presets (training at batch 16 / 4 and 1, inference; paper in bfloat16 too), the compiled U-net
     against eager, on-the-fly training against fixed batches, and fine-tuning together against one
     lens at a time (small and paper, extrapolated to Table 3's budget). Returns the small preset's
