@@ -113,6 +113,14 @@ ARMS: dict[str, dict] = {
         "gradient_skip": 0.03,
         "skip_normalisation": "map",
     },
+    # the network told how far its model image is from the data, in units of the noise
+    "rmsprop 0.9, final-step loss, fit 0.3 on the source, gradient skip 0.03, residual input": {
+        **PUBLISHED_FINAL,
+        "fit_weight": 0.3,
+        "fit_kappa": 0.0,
+        "gradient_skip": 0.03,
+        "residual_input": True,
+    },
 }
 LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 

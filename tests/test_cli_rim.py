@@ -152,6 +152,7 @@ def test_training_options_are_saved_kept_on_resume_and_refused_when_senseless(tm
         "--skip-normalisation",
         "map",
         "--step-gains",
+        "--residual-input",
     ]
     run(*common, *options, "--steps", 2, "--checkpoint-every", 1, "-o", tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -165,6 +166,7 @@ def test_training_options_are_saved_kept_on_resume_and_refused_when_senseless(tm
         "gradient_skip": 0.02,
         "skip_normalisation": "map",
         "step_gains": True,
+        "residual_input": True,
     }
     assert {k: saved[k] for k in chosen} == chosen
     run(*common, "--steps", 3, "-o", tmp_path / "run")  # resumed without the options: the run keeps its own

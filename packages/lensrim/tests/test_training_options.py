@@ -151,6 +151,7 @@ def test_rmsprop_decay_is_what_the_rim_sees():
         ("gradient_skip", 2.0, r"gradient_skip must lie in \[0, 1\]"),
         ("fit_weight", math.nan, "fit_weight must be finite"),
         ("skip_normalisation", "layer", "skip_normalisation must be pixel or map, got 'layer'"),
+        ("residual_input", "yes", "residual_input must be true or false, got 'yes'"),
     ],
 )
 def test_senseless_training_options_are_refused_in_one_line(field, value, message):
@@ -164,12 +165,20 @@ def test_senseless_training_options_are_refused_in_one_line(field, value, messag
 
 def test_a_run_saved_before_the_options_existed_reads_as_it_trained():
     saved = json.loads(PRESETS["tiny"].to_json())
-    for name in ("time_weights", "clipping", "fit_weight", "fit_kappa", "gradient_skip", "skip_normalisation"):
+    names = ("time_weights", "clipping", "fit_weight", "fit_kappa", "gradient_skip", "skip_normalisation")
+    for name in (*names, "residual_input"):
         del saved[name]
     old = RIMConfig.from_json(json.dumps(saved))
     assert (old.time_weights, old.clipping, old.fit_weight, old.fit_kappa) == ("uniform", "global", 0.0, 1.0)
-    assert (old.gradient_skip, old.skip_normalisation) == (0.0, "pixel")
-    new = replace(PRESETS["tiny"], time_weights="quadratic", clipping="per_tensor", fit_weight=0.2, fit_kappa=0.3)
+    assert (old.gradient_skip, old.skip_normalisation, old.residual_input) == (0.0, "pixel", False)
+    new = replace(
+        PRESETS["tiny"],
+        time_weights="quadratic",
+        clipping="per_tensor",
+        fit_weight=0.2,
+        fit_kappa=0.3,
+        residual_input=True,
+    )
     assert RIMConfig.from_json(new.to_json()) == new  # a file that has them keeps them
 
 
@@ -265,3 +274,31 @@ def test_a_gradient_skip_needs_a_normalised_gradient():
     with pytest.raises(ValueError, match="skip_normalisation map .* gradient_skip is 0") as info:
         replace(PRESETS["tiny"], gradient_skip=0.0, skip_normalisation="map")
     assert "\n" not in str(info.value)
+
+
+def test_the_residual_input_is_the_whitened_residual_of_each_estimate():
+    data = sie_lenses(2)
+    cfg = replace(PRESETS["tiny"], steps=4, residual_input=True, initial_log10_kappa=-0.3)
+    torch.manual_seed(0)
+    rim = RIM(cfg)
+    assert rim.unet.inp.in_channels == 6 and RIM(replace(cfg, residual_input=False)).unet.inp.in_channels == 5
+    seen = []
+    rim.unet.inp.register_forward_pre_hook(lambda module, args: seen.append(args[0][:, 5].float()))
+    y = data["observation"]
+    with torch.no_grad():
+        est = rim(y, LensingOf.of(cfg)(data))
+    # independently: the first call sees y / sigma; call t the residual of estimate t - 1 through the ray tracer
+    sigma = data["noise_sigma"].view(-1, 1, 1)
+    assert len(seen) == 4
+    assert torch.allclose(seen[0], torch.asinh(y[:, 0] / sigma), rtol=1e-4, atol=1e-4)
+    for t in range(1, 4):
+        s, xi = est[t - 1, :, :1], est[t - 1, :, 1:]
+        model = lenssim.lens_image(s, 10.0**xi, psf=data["psf"], image_fov=cfg.image_fov, source_fov=cfg.source_fov)
+        expected = torch.asinh((y - model)[:, 0] / sigma)
+        assert torch.allclose(seen[t], expected, rtol=1e-4, atol=1e-4), t
+    assert seen[0].abs().max() > 3  # the noise's units: bright pixels sit many sigma above it
+    # the channel is learned from (without the skip, whose zero output layer stops every gradient at init)
+    plain = RIM(replace(cfg, gradient_skip=0.0))
+    loss, _ = _batch_terms(plain, data, LensingOf.of(cfg))
+    loss.backward()
+    assert plain.unet.inp.weight.grad[:, 5].abs().sum() > 0

@@ -108,6 +108,7 @@ PRESET = {"default": None, "note": "default: the preset's"}
 )
 @config_option(RIMConfig, "fit_weight", type=FiniteFloat(0), **PRESET)
 @config_option(RIMConfig, "fit_kappa", type=FiniteFloat(0, 1), **PRESET)
+@config_option(RIMConfig, "residual_input", "--residual-input/--no-residual-input", **PRESET)
 @click.option(
     "--checkpointing",
     "activation_checkpointing",

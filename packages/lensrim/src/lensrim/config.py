@@ -107,6 +107,14 @@ class RIMConfig(JsonConfig):
     fixed, so it teaches the source to explain the data through that kappa and leaves kappa to
     eq. 7; 1 lets it bend kappa to fit the arcs too, which a larger ``fit_weight`` pays for in the
     truth."""
+    residual_input: bool = False
+    """Give the network the whitened residual of the current estimate, asinh((y - F(x)) / sigma),
+    as a sixth input channel (not in the paper; at the first call, x = 0, it is the observation
+    in units of its noise). The preprocessed gradient says which way to move but not how far the
+    model image is from the data in units of the noise: without the residual the network must
+    infer the noise level from y's texture and the model image from x. On the SIE + Sersic A/B it
+    fitted no better than without (``docs/rim_ab.md``, eighth study). Needs a forward model with
+    ``whitened_residual``."""
     learning_rate: float = 1e-4
     """Initial Adamax learning rate, per step (Table 7, first stage: 1e-4)."""
     decay_rate: float = 0.95
@@ -168,8 +176,9 @@ class RIMConfig(JsonConfig):
         for name in ("epsilon", "clip_norm", "learning_rate", "decay_rate"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if not isinstance(self.step_gains, bool):
-            raise ValueError(f"step_gains must be true or false, got {self.step_gains!r}")
+        for name in ("step_gains", "residual_input"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.fit_weight < 0:
             raise ValueError(f"fit_weight must be non-negative, got {self.fit_weight}")
         if not 0 <= self.gradient_skip <= 1:
@@ -222,6 +231,7 @@ class RIMConfig(JsonConfig):
         "step_gains": False,
         "gradient_skip": 0.0,
         "skip_normalisation": "pixel",
+        "residual_input": False,
     }
     """Training options added after runs were first saved, with the values every run saved
     without them trained with: a ``config.json`` that lacks one is read with this value, so such

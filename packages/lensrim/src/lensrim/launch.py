@@ -55,6 +55,7 @@ TRAINING_CHOICES = (
     "fit_kappa",
     "gradient_skip",
     "skip_normalisation",
+    "residual_input",
 )
 """Training options a resumed run keeps from its own configuration unless they are given again."""
 

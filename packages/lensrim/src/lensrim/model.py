@@ -65,7 +65,9 @@ class ForwardModel(Protocol):
       and evaluation's goodness of fit, fine-tuning's data term);
     - ``add_noise(image, eps)``: ``image`` observed with the model's noise, given standard normal
       draws ``eps`` of its shape (fine-tuning's simulated tasks);
-    - ``subset(index)``: the forward model of examples ``index`` (a long tensor, repeats allowed).
+    - ``subset(index)``: the forward model of examples ``index`` (a long tensor, repeats allowed);
+    - ``whitened_residual(y, source, xi)``: (y - F) / sigma, detached, ``(B, 1, N, N)``, asked for
+      only by a RIM with ``residual_input``.
 
     :class:`lensrim.LensingPhysics` and the toy :class:`lensrim.LinearPhysics` implement it.
     """
@@ -81,6 +83,8 @@ class ForwardModel(Protocol):
     def add_noise(self, image: torch.Tensor, eps: torch.Tensor) -> torch.Tensor: ...
 
     def subset(self, index: torch.Tensor) -> ForwardModel: ...
+
+    def whitened_residual(self, y: torch.Tensor, source: torch.Tensor, xi: torch.Tensor) -> torch.Tensor: ...
 
 
 @functools.cache
@@ -177,7 +181,7 @@ class _UNet(nn.Module):
     def __init__(self, c: RIMConfig) -> None:
         super().__init__()
         w = c.widths()
-        self.inp = nn.Conv2d(5, w[0], c.input_kernel, padding=c.input_kernel // 2)
+        self.inp = nn.Conv2d(5 + c.residual_input, w[0], c.input_kernel, padding=c.input_kernel // 2)
         self.enc = nn.ModuleList()
         self.skip_gru = nn.ModuleList()
         self.down = nn.ModuleList()
@@ -394,7 +398,10 @@ class RIM(nn.Module):
             step = functools.partial(self._functional_step, params, low)
         else:
             step = self._step
-        out, hidden = step(torch.cat([y, zeros, zeros, zeros, zeros], dim=1), hidden)
+        extra = []
+        if c.residual_input:  # the empty model's residual: y in units of its noise
+            extra = [torch.asinh(physics.whitened_residual(y, zeros, zeros))]
+        out, hidden = step(torch.cat([y, zeros, zeros, zeros, zeros, *extra], dim=1), hidden)
         x = out  # x^(0) = g(0, y, 0) (+ the constant log10 kappa offset)
         if c.initial_log10_kappa:  # filled on the device: a tensor from the host would wait for it
             offset = torch.zeros_like(x[:1, :, :1, :1])
@@ -413,7 +420,9 @@ class RIM(nn.Module):
                 m, v, g = moment_step(
                     m, v, g, t, beta1=c.beta1, beta2=c.beta2, eps=c.epsilon, method=c.gradient_preprocessing
                 )
-            delta, hidden = step(torch.cat([y, x, g], dim=1), hidden)
+            if c.residual_input:
+                extra = [torch.asinh(physics.whitened_residual(y, s.detach(), xi.detach()))]
+            delta, hidden = step(torch.cat([y, x, g, *extra], dim=1), hidden)
             if c.step_gains:
                 delta = delta * self.gains[t - 1].view(1, 2, 1, 1)
             if c.gradient_skip:

@@ -2,8 +2,9 @@
 
 Both implement :class:`~lensrim.model.ForwardModel`, everything the RIM, its training, its
 evaluation and its fine-tuning ask of a forward model: ``simulate``, ``gradient``, ``chi2_nu``,
-``add_noise`` and ``subset``. Nothing in lensrim reaches past these five methods, so each of
-those runs on :class:`LinearPhysics` as well as on :class:`LensingPhysics`.
+``add_noise`` and ``subset`` (and ``whitened_residual`` for a RIM with ``residual_input``).
+Nothing in lensrim reaches past these methods, so each of those runs on :class:`LinearPhysics` as
+well as on :class:`LensingPhysics`.
 """
 
 from __future__ import annotations
@@ -70,6 +71,11 @@ class LensingPhysics(_ChiSquare):
         )
         return gs, gxi
 
+    def whitened_residual(self, y: torch.Tensor, source: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        """(y - F(s, 10^xi)) / sigma, detached, ``(B, 1, N, N)``."""
+        with torch.no_grad():
+            return (y - self.simulate(source, xi)) / _per_pixel(self.sigma, y)
+
     def simulate(self, source: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
         """Noiseless model image F(s, 10^xi)."""
         return lenssim.lens_image(
@@ -104,6 +110,10 @@ class LinearPhysics(_ChiSquare):
     def gradient(self, y: torch.Tensor, source: torch.Tensor, xi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r = (y - self.simulate(source, xi)) / _per_pixel(self.sigma, y) ** 2
         return (self.a * r).detach(), (self.b * r).detach()
+
+    def whitened_residual(self, y: torch.Tensor, source: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return (y - self.simulate(source, xi)) / _per_pixel(self.sigma, y)
 
     def chi2_nu(self, y: torch.Tensor, source: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
         return ((y - self.simulate(source, xi)) / _per_pixel(self.sigma, y)).pow(2).flatten(1).mean(dim=1)
