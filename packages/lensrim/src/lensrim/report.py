@@ -124,13 +124,6 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _chi2_pdf(c_nu: np.ndarray, nu: int) -> np.ndarray:
-    """Density of chi2 / nu for the chi2 distribution with nu degrees of freedom."""
-    x = c_nu * nu
-    logpdf = (nu / 2 - 1) * np.log(x) - x / 2 - (nu / 2) * math.log(2) - math.lgamma(nu / 2)
-    return nu * np.exp(logpdf)
-
-
 RESIDUAL_SIGMA = 4.0
 """The residual panels' colour range, in units of the noise sigma (+-)."""
 
