@@ -167,6 +167,15 @@ ARMS: dict[str, dict] = {
         "rim_steps": 1000,
         "max_filters": 64,
     },
+    # The network told its whitened residual (eighth study of docs/rim_ab.md)
+    "gradient skip 0.03, fit 0.02, bf16, batch 8, 800 steps, residual input": {
+        "gradient_skip": 0.03,
+        "rim_fit_weight": 0.02,
+        "bf16": True,
+        "rim_batch": 8,
+        "rim_steps": 800,
+        "residual_input": True,
+    },
     # Losses that are not training options (STUDY_LOSSES): each tried once, none kept.
     "gradient skip 0.03, fit 0.3 on the source alone, source term x10": {
         "gradient_skip": 0.03,
