@@ -143,3 +143,13 @@ def test_the_rims_physics_refuses_a_noise_that_is_not_positive():
         CONFIG.physics(torch.ones(2, 1, 5, 5) / 25, torch.tensor([0.1, 0.0]))
     with pytest.raises(ValueError, match="positive"):
         CONFIG.physics(torch.ones(1, 1, 5, 5) / 25, float("nan"))
+
+
+def test_the_whitened_residual_is_the_misfit_in_units_of_each_lens_noise():
+    g = torch.Generator().manual_seed(3)
+    s, xi, y = (torch.rand(2, 1, N, N, generator=g, requires_grad=True) for _ in range(3))
+    toy = LinearPhysics(a=2.0, b=0.5, sigma=torch.tensor([0.1, 0.4]))
+    r = toy.whitened_residual(y, s, xi)
+    by_hand = (y - 2.0 * s - 0.5 * xi) / torch.tensor([0.1, 0.4]).view(2, 1, 1, 1)
+    assert torch.allclose(r, by_hand.detach()) and not r.requires_grad  # an input, never differentiated
+    assert torch.allclose(r[1], (y[1] - 2.0 * s[1] - 0.5 * xi[1]).detach() / 0.4)  # each lens its own sigma

@@ -37,6 +37,13 @@ def _per_pixel(sigma: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor 
 
 
 class _ChiSquare:
+    """What both forward models compute the same way from their ``simulate`` and ``sigma``."""
+
+    def whitened_residual(self, y: torch.Tensor, source: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        """(y - F(s, 10^xi)) / sigma, detached, ``(B, 1, N, N)``: a ``residual_input`` RIM's sixth channel."""
+        with torch.no_grad():
+            return (y - self.simulate(source, xi)) / _per_pixel(self.sigma, y)
+
     def reduced_chi_squared(self, y: torch.Tensor, source: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
         """Deprecated: ``chi2_nu`` under ``torch.no_grad()`` (the statistic has one name)."""
         warnings.warn("reduced_chi_squared is deprecated: use chi2_nu", DeprecationWarning, stacklevel=2)
@@ -70,11 +77,6 @@ class LensingPhysics(_ChiSquare):
             kappa_param="log10",
         )
         return gs, gxi
-
-    def whitened_residual(self, y: torch.Tensor, source: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
-        """(y - F(s, 10^xi)) / sigma, detached, ``(B, 1, N, N)``."""
-        with torch.no_grad():
-            return (y - self.simulate(source, xi)) / _per_pixel(self.sigma, y)
 
     def simulate(self, source: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
         """Noiseless model image F(s, 10^xi)."""
@@ -110,10 +112,6 @@ class LinearPhysics(_ChiSquare):
     def gradient(self, y: torch.Tensor, source: torch.Tensor, xi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r = (y - self.simulate(source, xi)) / _per_pixel(self.sigma, y) ** 2
         return (self.a * r).detach(), (self.b * r).detach()
-
-    def whitened_residual(self, y: torch.Tensor, source: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return (y - self.simulate(source, xi)) / _per_pixel(self.sigma, y)
 
     def chi2_nu(self, y: torch.Tensor, source: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
         return ((y - self.simulate(source, xi)) / _per_pixel(self.sigma, y)).pow(2).flatten(1).mean(dim=1)
