@@ -297,6 +297,12 @@ def test_the_residual_input_is_the_whitened_residual_of_each_estimate():
         expected = torch.asinh((y - model)[:, 0] / sigma)
         assert torch.allclose(seen[t], expected, rtol=1e-4, atol=1e-4), t
     assert seen[0].abs().max() > 3  # the noise's units: bright pixels sit many sigma above it
+    # fine-tuning's per-lens weights (vmap) see the channel too: each lens given the shared weights
+    # gives the shared estimates
+    params = {k: v.detach().expand(2, *v.shape).clone() for k, v in rim.unet.named_parameters()}
+    with torch.no_grad():
+        per_lens = rim(y, LensingOf.of(cfg)(data), params=params)
+    assert torch.allclose(per_lens, est, atol=1e-6)
     # the channel is learned from (without the skip, whose zero output layer stops every gradient at init)
     plain = RIM(replace(cfg, gradient_skip=0.0))
     loss, _ = _batch_terms(plain, data, LensingOf.of(cfg))

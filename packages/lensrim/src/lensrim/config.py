@@ -112,9 +112,10 @@ class RIMConfig(JsonConfig):
     as a sixth input channel (not in the paper; at the first call, x = 0, it is the observation
     in units of its noise). The preprocessed gradient says which way to move but not how far the
     model image is from the data in units of the noise: without the residual the network must
-    infer the noise level from y's texture and the model image from x. On the SIE + Sersic A/B it
-    fitted no better than without (``docs/rim_ab.md``, eighth study). Needs a forward model with
-    ``whitened_residual``."""
+    infer the noise level from y's texture and the model image from x. It fitted no better than
+    without, on the SIE + Sersic A/B and on the demo's data over two training seeds
+    (``docs/rim_ab.md``, eighth study). Costs one more forward model per RIM step; needs a forward
+    model with ``whitened_residual``."""
     learning_rate: float = 1e-4
     """Initial Adamax learning rate, per step (Table 7, first stage: 1e-4)."""
     decay_rate: float = 0.95
