@@ -162,10 +162,10 @@ class DemoConfig(JsonConfig):
     ewc_lambda: float = 2e7
     """EWC strength lambda, in Table 3's units: 100 times Table 3's 2e5. On the three standard
     demos' RIMs (seeds 0-2) and their 8 test lenses, with the demo's 30 steps at 1e-5, Table 3's
-    value cut the median chi2_nu further (4.19 -> 3.44, 2.06 -> 1.64, 2.51 -> 2.47) but cost up to
-    0.14 dex of mean log10 loss against the truth (seed 1, one lens 0.36); 2e7 cuts it by 7, 14
-    and 6 % (3.89, 1.77, 2.37) and keeps the mean loss within 0.04 dex, no lens beyond 0.09
-    (README, "Fine-tuning and evaluation")."""
+    value cut the median chi2_nu further on two seeds (4.19 -> 3.44, 2.06 -> 1.64; 2.51 -> 2.47 on
+    the third) but cost up to 0.14 dex of mean log10 loss against the truth (seed 1, one lens
+    0.36); 2e7 cuts it by 7, 14 and 6 % (3.89, 1.77, 2.37) and keeps the mean loss within 0.05 dex
+    (+0.008 to +0.040), no lens beyond 0.09 (README, "Fine-tuning and evaluation")."""
     adam_long_steps: int = 300
     """Gradients of the long Adam reference: more than the RIM's T - 1."""
     test_fraction: float = 0.2
