@@ -51,11 +51,11 @@ def test_bench_finetune_runs_every_stage_and_keeps_each_lens_best_fit(tmp_path):
         assert run["fine-tuned"]["median_chi2_nu"] <= run["baseline"]["median_chi2_nu"], name
 
 
-def test_the_gpu_fit_scan_compares_both_fishers_at_two_strengths():
+def test_the_gpu_fit_scan_compares_both_fishers_and_three_strengths():
     bench_finetune = _bench_module("bench_finetune")
     runs = bench_finetune.settings(False, "fisher-chi2")
     seen = {(c.ewc_lambda, c.fisher_chi2) for c in runs.values()}
-    assert seen == {(2e5, True), (2e5, False), (2e4, True), (2e4, False)}
+    assert seen == {(2e5, True), (2e5, False), (2e4, True), (2e6, True)}
     assert all(c.max_steps == 150 and c.fisher_samples == 32 for c in runs.values())
 
 
