@@ -4,10 +4,11 @@ Prints images per second for the forward model F(source, kappa, psf) and for for
 gradient of the log-likelihood with respect to the source and kappa pixels, at 128^2 with an
 11 x 11 PSF, batch 1 and 16, on the CPU (and CUDA when present). When caustics is installed it
 runs the same workload (PixelatedConvergence + Pixelated + LensSource, vmapped over the batch)
-in the same process and prints lenssim's speed-up over it. Then, with Table 1's 21 x 21 PSF (the
-simulations' default), forward + gradient through the direct convolution (the default before the
-FFT path) and through the FFT product, interleaved, on each device, and which one the default
-takes there (``lenssim.physics.psf.FFT_FROM_SIDE``). Never fails for being slow.
+in the same process and prints lenssim's speed-up over it. Then, with the 11 x 11 PSF and Table 1's
+21 x 21 (the simulations' default), forward + gradient through the direct convolution and through
+the FFT product, interleaved, on each device, and which one the default takes there
+(``lenssim.physics.psf.FFT_FROM_SIDE``: on a CPU, by whether it has AVX-512). Never fails for
+being slow.
 
     python benchmarks/bench_lenssim.py [--repeats 20] [--json out.json]
 """
@@ -116,14 +117,15 @@ def bench_caustics(batch: int, device: torch.device, repeats: int) -> dict[str, 
 TABLE_1_PSF = 21
 
 
-def bench_psf_paths(batch: int, device: torch.device, repeats: int) -> dict[str, float]:
-    """Forward + likelihood gradient, images per second, with a 21 x 21 PSF convolved directly and
-    as a product of FFTs (each forced through ``FFT_FROM_SIDE`` for the call, then restored)."""
+def bench_psf_paths(batch: int, device: torch.device, repeats: int, side: int = TABLE_1_PSF) -> dict[str, float]:
+    """Forward + likelihood gradient, images per second, with a ``side`` x ``side`` PSF (Table 1's
+    21 by default) convolved directly and as a product of FFTs (each forced through
+    ``FFT_FROM_SIDE`` for the call, then restored)."""
     from lenssim.physics import psf as psf_module
 
     source, kappa, _, _, sigma, _ = _inputs(batch, device)
     g = torch.Generator().manual_seed(1)
-    psf = lenssim.gaussian_psf(lenssim.sample_psf_fwhm(batch, generator=g), lenssim.IMAGE_FOV / N, TABLE_1_PSF)
+    psf = lenssim.gaussian_psf(lenssim.sample_psf_fwhm(batch, generator=g), lenssim.IMAGE_FOV / N, side)
     psf = psf.to(device)
     obs = lenssim.lens_image(source, kappa, psf=psf)
     saved = dict(psf_module.FFT_FROM_SIDE)
@@ -183,18 +185,20 @@ def ray_tracer_row(device: torch.device, batch: int, rounds: int, repeats: int) 
     return row, line
 
 
-def psf_paths_row(device: torch.device, batch: int, rounds: int, repeats: int) -> tuple[dict, str]:
+def psf_paths_row(
+    device: torch.device, batch: int, rounds: int, repeats: int, side: int = TABLE_1_PSF
+) -> tuple[dict, str]:
     """:func:`bench_psf_paths` in ``rounds`` rounds: the medians, every round's ratio, and the path
-    that ``FFT_FROM_SIDE`` gives Table 1's PSF on this device. Returns the figures and the line."""
+    that ``FFT_FROM_SIDE`` gives that PSF on this device. Returns the figures and the line."""
     from lenssim.physics.psf import FFT_FROM_SIDE
 
-    default = "fft" if TABLE_1_PSF >= FFT_FROM_SIDE.get(device.type, TABLE_1_PSF + 1) else "direct"
-    measured = [bench_psf_paths(batch, device, repeats) for _ in range(rounds)]
+    default = "fft" if side >= FFT_FROM_SIDE.get(device.type, side + 1) else "direct"
+    measured = [bench_psf_paths(batch, device, repeats, side) for _ in range(rounds)]
     direct, fft = _median([r["direct"] for r in measured]), _median([r["fft"] for r in measured])
     spread = ", ".join(f"{r['fft'] / r['direct']:.2f}" for r in measured)
-    row = {"device": device.type, "batch": batch, "psf": TABLE_1_PSF, "direct": direct, "fft": fft, "default": default}
+    row = {"device": device.type, "batch": batch, "psf": side, "direct": direct, "fft": fft, "default": default}
     line = (
-        f"{device.type:4s} B={batch:<3d} {TABLE_1_PSF}x{TABLE_1_PSF} PSF fwd+grad: direct {direct:8.1f} | FFT "
+        f"{device.type:4s} B={batch:<3d} {side}x{side} PSF fwd+grad: direct {direct:8.1f} | FFT "
         f"{fft:8.1f} | FFT x{fft / direct:.2f} (rounds {spread}); the default here: {default}"
     )
     return row, line
@@ -221,10 +225,11 @@ def main() -> None:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     results = []
     print(header(args.rounds))
-    for make in (ray_tracer_row, psf_paths_row):
+    rows = [(ray_tracer_row, ())] + [(psf_paths_row, (side,)) for side in (PSF_SIZE, TABLE_1_PSF)]
+    for make, extra in rows:
         for device in devices:
             for batch in args.batches:
-                row, line = make(device, batch, args.rounds, args.repeats)
+                row, line = make(device, batch, args.rounds, args.repeats, *extra)
                 results.append(row)
                 print(line, flush=True)
     if args.json:

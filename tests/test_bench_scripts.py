@@ -140,6 +140,8 @@ def test_the_ray_tracer_rows_give_their_rounds_and_name_a_missing_reference(monk
     assert row["caustics"] is None and line.endswith("caustics not installed: no reference")
     row, line = bench.psf_paths_row(cpu, 1, 2, 1)
     assert "(rounds " in line and line.endswith("the default here: fft") and row["default"] == "fft"
+    row, line = bench.psf_paths_row(cpu, 1, 1, 1, side=9)  # below every CPU's FFT_FROM_SIDE
+    assert " 9x9 PSF " in line and row["psf"] == 9 and row["default"] == "direct"
     assert "torch " in bench.header(2) and "median of 2 interleaved rounds" in bench.header(2)
 
 

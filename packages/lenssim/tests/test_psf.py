@@ -139,7 +139,7 @@ def test_large_psfs_take_the_fft_path_and_convolve_exactly(shared, monkeypatch):
 
     g = torch.Generator().manual_seed(2)
     k = 21  # Table 1's size
-    assert k >= psf_module.FFT_FROM_SIDE["cpu"] > 11
+    assert k >= psf_module.FFT_FROM_SIDE["cpu"] > 9
     psf = torch.rand(1 if shared else 3, 1, k, k, generator=g, dtype=torch.float64)  # asymmetric
     image = torch.rand(3, 1, 40, 40, generator=g, dtype=torch.float64)
     image[0, 0, 0, 0] = 50.0  # a bright corner: any wrap-around would light the far edges
@@ -149,10 +149,23 @@ def test_large_psfs_take_the_fft_path_and_convolve_exactly(shared, monkeypatch):
     out = lenssim.convolve_psf(image, psf)
     assert seen, "a 21x21 PSF on the CPU must take the FFT path"
     assert torch.allclose(out, _direct_convolution(image, psf), rtol=0, atol=1e-12)
-    seen.clear()
-    small = psf[..., 5:-5, 5:-5]  # 11x11: convolved directly, also exact
-    assert torch.allclose(lenssim.convolve_psf(image, small), _direct_convolution(image, small), rtol=0, atol=1e-12)
-    assert not seen
+    for side, fft in ((11, False), (11, True), (9, False)):  # each path, on any CPU, exact
+        seen.clear()
+        small = psf[..., (k - side) // 2 : (k + side) // 2, (k - side) // 2 : (k + side) // 2]
+        monkeypatch.setitem(psf_module.FFT_FROM_SIDE, "cpu", side if fft else side + 2)
+        got = lenssim.convolve_psf(image, small)
+        assert torch.allclose(got, _direct_convolution(image, small), rtol=0, atol=1e-12)
+        assert bool(seen) is fft
+
+
+@pytest.mark.parametrize(("capability", "side"), [("AVX512", 13), ("AVX2", 11), ("DEFAULT", 11)])
+def test_an_11x11_psf_takes_the_fft_path_on_a_cpu_without_avx512(capability, side, monkeypatch):
+    """oneDNN's direct one-channel convolution keeps its fast path for an 11 x 11 kernel with
+    AVX-512 only (without it, 8-10x slower than the FFT product at 128^2)."""
+    import lenssim.physics.psf as psf_module
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert psf_module._cpu_fft_from_side() == side
 
 
 def test_fft_path_in_float32_is_as_accurate_as_the_direct_path_and_differentiable():

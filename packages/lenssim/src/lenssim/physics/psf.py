@@ -198,14 +198,28 @@ class _Blur(torch.autograd.Function):
         return _Blur.apply(grad, flipped.flip(-2, -1), ctx.padding), None, None
 
 
-FFT_FROM_SIDE: dict[str, int] = {"cpu": 13}
+def _cpu_fft_from_side() -> int:
+    """The CPU's entry of :data:`FFT_FROM_SIDE`: 13 where torch dispatches AVX-512 kernels, else 11.
+
+    oneDNN's direct convolution of one-channel images keeps a fast path up to 11 x 11 kernels with
+    AVX-512 and only up to 7-9 without: on 2 cores of an AMD EPYC with AVX2 alone, forward and
+    backward of an 11 x 11 PSF took 6.5 ms against 0.8 by FFT for one 64^2 image, 8.6 against 1.3
+    for 8, and 58 against 6.2 ms for 16 images of 128^2, where on one with AVX-512 the direct path
+    took 0.57 ms against 1.1 by FFT for the 16. (9 x 9 was mixed there: faster by FFT for one
+    image, up to 3x slower for 8-16; 7 x 7 and smaller direct was as fast or faster.)"""
+    return 13 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 11
+
+
+FFT_FROM_SIDE: dict[str, int] = {"cpu": _cpu_fft_from_side()}
 """Per device type, the smallest PSF side that is convolved as a product of FFTs
 (:func:`fft_convolve`) instead of directly; a device type not listed (CUDA: not yet measured)
-always convolves directly. On a CPU, beyond 11 pixels oneDNN's per-example convolution leaves its
-fast path: on 2 cores, 16 images of 64^2 take 0.24 ms with an 11x11 PSF, 4.5 ms with a 15x15 and
-8.7 ms with Table 1's 21x21, where the FFT product takes 0.3-0.6 ms for any of them (at 128^2:
-0.57 ms direct against 1.1 ms by FFT for 11x11, 36 ms against 1.1 ms for 21x21). Both paths are
-exact to float32 rounding; ``benchmarks/bench_lenssim.py`` times them against each other."""
+always convolves directly. On a CPU, beyond 11 pixels (with AVX-512; 9 without, see
+:func:`_cpu_fft_from_side`) oneDNN's per-example convolution leaves its fast path: on 2 cores with
+AVX-512, 16 images of 64^2 take 0.24 ms with an 11x11 PSF, 4.5 ms with a 15x15 and 8.7 ms with
+Table 1's 21x21, where the FFT product takes 0.3-0.6 ms for any of them (at 128^2: 0.57 ms direct
+against 1.1 ms by FFT for 11x11, 36 ms against 1.1 ms for 21x21). Both paths are exact to float32
+rounding, so a machine's choice changes results by rounding only, and always the same way on that
+machine; ``benchmarks/bench_lenssim.py`` times them against each other."""
 
 
 def _fft_length(n: int) -> int:
