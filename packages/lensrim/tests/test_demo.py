@@ -60,3 +60,29 @@ def test_the_stages_are_one_function_each_with_their_measured_times():
         times = expected_seconds(preset)
         assert list(times) == list(STAGES) and all(t > 0 for t in times.values())
     assert expected_seconds("not measured") == {}
+
+
+def test_a_cpu_without_native_bfloat16_gets_the_times_measured_on_such_a_cpu(monkeypatch):
+    """The standard demo's RIM asks for bfloat16; a CPU that only emulates it trains in float32,
+    about three times as long, and the stages' ETAs must say so rather than promise the bfloat16
+    machine's minutes."""
+    from dataclasses import replace
+
+    import torch
+
+    from lensrim import demo, model
+
+    standard, float32 = demo.expected_seconds("standard"), demo.expected_seconds("standard", float32_cpu=True)
+    assert list(float32) == list(STAGES) and all(t > 0 for t in float32.values())
+    rim = STAGES[3]
+    assert float32[rim] > 2 * standard[rim]
+    assert demo.expected_seconds("quick", float32_cpu=True) == demo.expected_seconds("quick")  # no such row
+    for native, device, bf16, expected in (
+        (False, "cpu", True, True),
+        (True, "cpu", True, False),
+        (False, "cpu", False, False),
+        (False, torch.device("cuda"), True, False),
+    ):
+        monkeypatch.setattr(model, "native_bf16_cpu", lambda native=native: native)
+        config = replace(PRESETS["standard"], rim_bf16=bf16)
+        assert demo._float32_cpu_run(config, device) is expected

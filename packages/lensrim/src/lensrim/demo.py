@@ -21,8 +21,9 @@ checkpoints, fine-tuning per batch of lenses, Adam's results are kept in ``adam.
    from the constant predictor's maps (the reference is whichever fits better), and with many more;
 7. every estimate scored against the truth and the fit, the verdict and the report.
 
-Each stage's expected time on the 2-core development machine comes from ``demo_timings.json``
-beside this module (measured, not code).
+Each stage's expected time on a 2-core development machine comes from ``demo_timings.json``
+beside this module (measured, not code): on a CPU with native bfloat16, or, where the demo's RIM
+would run in float32 instead (:func:`_float32_cpu_run`), on one without.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def _no_bar(**kwargs) -> _NoBar:
 
 @dataclass(frozen=True)
 class DemoConfig(JsonConfig):
-    """Sizes of the demo; ``standard`` takes about 15 minutes on 2 CPU cores, ``quick`` under one.
+    """Sizes of the demo; ``standard`` takes about 15 minutes on 2 CPU cores with native bfloat16
+    (40 on 2 cores without, where its RIM runs in float32), ``quick`` under one.
     Settings that cannot make a demo are refused at construction, in one line."""
 
     RUN_KIND: ClassVar[str] = "demo"
@@ -227,8 +229,8 @@ PRESETS = {
         test_fraction=0.25,
     ),
 }
-"""``standard``: the README's demo (64^2 maps, about 15 minutes on 2 CPU cores); ``quick``: a smoke
-run of under a minute (32^2), the test suite's."""
+"""``standard``: the README's demo (64^2 maps, about 15 minutes on 2 CPU cores with native bfloat16,
+40 without); ``quick``: a smoke run of under a minute (32^2), the test suite's."""
 
 STAGES = (
     "kappa maps from synthetic halos (KDE) and GalSim synthetic sources",
@@ -244,11 +246,28 @@ STAGES = (
 TIMINGS_FILE = Path(__file__).with_name("demo_timings.json")
 
 
-def expected_seconds(preset: str) -> dict[str, float]:
-    """Seconds per stage (by title) that ``preset`` took on the 2-core development machine, as
-    measured into ``demo_timings.json``; empty for a preset not measured there."""
-    measured = json.loads(TIMINGS_FILE.read_text())["seconds"].get(preset)
+FLOAT32_CPU = ", float32 CPU"
+"""Suffix of a preset's row in ``demo_timings.json`` measured on a CPU without native bfloat16."""
+
+
+def expected_seconds(preset: str, *, float32_cpu: bool = False) -> dict[str, float]:
+    """Seconds per stage (by title) that ``preset`` took on a 2-core development machine, as
+    measured into ``demo_timings.json``; empty for a preset not measured there. ``float32_cpu``:
+    the row measured on a CPU without native bfloat16, where the RIM's ``rim_bf16`` stages run in
+    float32 (about three times as long on the 2-core machines measured), if there is one."""
+    rows = json.loads(TIMINGS_FILE.read_text())["seconds"]
+    measured = (float32_cpu and rows.get(preset + FLOAT32_CPU)) or rows.get(preset)
     return dict(zip(STAGES, measured, strict=True)) if measured else {}
+
+
+def _float32_cpu_run(config: DemoConfig, device: str | torch.device) -> bool:
+    """Whether a demo with ``config`` on ``device`` asks for bfloat16 and gets float32: a CPU
+    without native bfloat16 (:func:`lensrim.model.native_bf16_cpu`)."""
+    import torch
+
+    from lensrim.model import native_bf16_cpu
+
+    return config.rim_bf16 and torch.device(device).type == "cpu" and not native_bf16_cpu()
 
 
 def _read_json(path: Path):
@@ -660,8 +679,17 @@ class _Clock:
     seconds by title). Times add up across resumed calls: ``path`` (JSON) keeps them after
     every stage."""
 
-    def __init__(self, timings: dict, path: Path, expected: dict, *, frozen: bool, say: Callable[[str], None]) -> None:
-        self.say, self.timings, self.path, self.expected = say, timings, path, expected
+    def __init__(
+        self,
+        timings: dict,
+        path: Path,
+        expected: dict,
+        *,
+        frozen: bool,
+        say: Callable[[str], None],
+        cores: str = "2 CPU cores",
+    ) -> None:
+        self.say, self.timings, self.path, self.expected, self.cores = say, timings, path, expected, cores
         self.frozen = frozen  # a finished run's times stay those of the work, not of re-reading it
         self.count = 0
 
@@ -672,7 +700,7 @@ class _Clock:
         if self.frozen:
             eta = " (finished before: reading its results)"
         elif name in self.expected:
-            eta = f" (about {duration(self.expected[name])} on 2 CPU cores"
+            eta = f" (about {duration(self.expected[name])} on {self.cores}"
             eta += "; resuming)" if name in self.timings else ")"
         self.say(f"[{self.count}/{len(STAGES)}] {name}{eta}")
         t0 = time.perf_counter()
@@ -714,11 +742,20 @@ def run_demo(
     timing_file = output / "timings.json"  # seconds per stage, summed over every call on this directory
     timings: dict = _read_json(timing_file) if timing_file.is_file() else {}
     preset = next((k for k, v in PRESETS.items() if v == config), None)
-    expected = expected_seconds(preset) if preset else {}
+    float32 = _float32_cpu_run(config, device)
+    expected = expected_seconds(preset, float32_cpu=float32) if preset else {}
     finished = (output / "report" / "metrics.json").is_file()
+    cores = "2 CPU cores without native bfloat16" if float32 else "2 CPU cores"
     if expected and not finished:
-        say(f"the {preset} demo: about {duration(sum(expected.values()))} on 2 CPU cores in all")
-    clock = _Clock(timings, timing_file, expected, frozen=finished, say=say)
+        say(f"the {preset} demo: about {duration(sum(expected.values()))} in all on {cores}")
+        if float32:
+            fast = duration(sum(expected_seconds(preset).values()))
+            say(
+                "note: this CPU computes bfloat16 only by emulation, so the RIM trains and fine-tunes in float32; "
+                f"the times given are those measured on such a CPU ({fast} in all on one with AVX-512 BF16 or AMX); "
+                "more cores (--threads) or --device cuda go faster"
+            )
+    clock = _Clock(timings, timing_file, expected, frozen=finished, say=say, cores=cores)
     state = DemoState(
         output=output,
         config=config,
