@@ -206,7 +206,9 @@ def _cpu_fft_from_side() -> int:
     backward of an 11 x 11 PSF took 6.5 ms against 0.8 by FFT for one 64^2 image, 8.6 against 1.3
     for 8, and 58 against 6.2 ms for 16 images of 128^2, where on one with AVX-512 the direct path
     took 0.57 ms against 1.1 by FFT for the 16. (9 x 9 was mixed there: faster by FFT for one
-    image, up to 3x slower for 8-16; 7 x 7 and smaller direct was as fast or faster.)"""
+    image, up to 3x slower for 8-16; 7 x 7 and smaller direct was as fast or faster.) Other CPUs,
+    ARM ones included (not measured), take the FFT path from 11 too: exact either way, and the
+    FFT's cost grows with the image, not with a kernel's fall from a fast path."""
     return 13 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 11
 
 
