@@ -59,9 +59,11 @@ BEFORE = {
     "rim_batch": 4,
     "rim_steps": 600,
     "bf16": False,
+    "rim_float32_batch": None,
 }
 """The demo's settings when this study began; every arm starts from them, not from today's
-defaults, so that an arm means the same whenever it is run."""
+defaults, so that an arm means the same whenever it is run (on any CPU: an arm's batch is the
+one it names, in float32 too)."""
 DEMO_FIELDS = {"fit_kappa": "rim_fit_kappa", "bf16": "rim_bf16"}
 """RIMConfig fields that an arm names and the demo sets from its own fields."""
 ARMS: dict[str, dict] = {

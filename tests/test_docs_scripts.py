@@ -138,8 +138,10 @@ def test_rim_fit_frontier_arms_start_from_the_demo_as_the_study_began():
         "rim_batch": 4,
         "rim_steps": 600,
         "rim_bf16": False,
+        "rim_float32_batch": None,
     }
     demo_fields, rim, _ = frontier.arm_settings("gradient skip 0.03, fit 0.02, bf16, batch 8, 800 steps")
+    assert demo_fields["rim_float32_batch"] is None  # batch 8 on a CPU without native bfloat16 too
     assert rim["gradient_skip"] == 0.03
     config = replace(demo.PRESETS["standard"], **demo_fields)
     assert (config.rim_bf16, config.rim_batch, config.rim_steps, config.rim_fit_kappa) == (True, 8, 800, 1.0)

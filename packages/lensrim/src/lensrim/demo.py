@@ -96,7 +96,8 @@ def _no_bar(**kwargs) -> _NoBar:
 @dataclass(frozen=True)
 class DemoConfig(JsonConfig):
     """Sizes of the demo; ``standard`` takes about 15 minutes on 2 CPU cores with native bfloat16
-    (40 on 2 cores without, where its RIM runs in float32), ``quick`` under one.
+    (about 30 on 2 cores without, where its RIM runs in float32 at half the batch), ``quick``
+    under one.
     Settings that cannot make a demo are refused at construction, in one line."""
 
     RUN_KIND: ClassVar[str] = "demo"
@@ -151,6 +152,15 @@ class DemoConfig(JsonConfig):
     per second of float32 at batch 4 (``benchmarks/bench_rim.py``); elsewhere float32. Another
     thread count changes the rounding, in float32 as in bfloat16, and training's normalised steps
     grow it (see :attr:`lensrim.RIMConfig.bf16`)."""
+    rim_float32_batch: int | None = 4
+    """Lenses per RIM training step where ``rim_bf16`` meets a CPU that only emulates bfloat16,
+    so that the RIM trains in float32 (most laptops; :func:`_float32_cpu_run`); None: ``rim_batch``
+    there too. 4: float32 takes about as long per lens at batch 4 as at 8 (2.8 and 3.1 lenses/s
+    on 2 AVX2 cores), so 8 made the demo 40 minutes there; at 4 its RIM stage takes half the time
+    and, on seeds 0 and 2, gained as much (+0.49 and +0.52 dex against +0.48 and +0.54) and fitted
+    as well or better against Adam with the same gradients (``docs/rim_ab.md``, tenth study).
+    Decided at every call from the CPU: a demo directory moved between a CPU with native bfloat16
+    and one without is refused at the RIM stage rather than mixed."""
     rim_log_every: int = 25
     """RIM training steps between log lines (validation against the constant predictor)."""
     rim_validation: int = 16
@@ -195,6 +205,9 @@ class DemoConfig(JsonConfig):
                 raise ValueError(f"DemoConfig.{name} must be positive, got {getattr(self, name)}")
         if self.ewc_lambda < 0 or self.rim_fit_weight < 0:
             raise ValueError("DemoConfig.ewc_lambda and rim_fit_weight must not be negative")
+        batch = self.rim_float32_batch
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+            raise ValueError(f"DemoConfig.rim_float32_batch must be None or an integer >= 1, got {batch!r}")
         if not 0 <= self.rim_fit_kappa <= 1:
             raise ValueError(f"DemoConfig.rim_fit_kappa must lie in [0, 1], got {self.rim_fit_kappa}")
         if self.rim_preset not in RIM_PRESETS:
@@ -230,7 +243,7 @@ PRESETS = {
     ),
 }
 """``standard``: the README's demo (64^2 maps, about 15 minutes on 2 CPU cores with native bfloat16,
-40 without); ``quick``: a smoke run of under a minute (32^2), the test suite's."""
+about 30 without); ``quick``: a smoke run of under a minute (32^2), the test suite's."""
 
 STAGES = (
     "kappa maps from synthetic halos (KDE) and GalSim synthetic sources",
@@ -268,6 +281,15 @@ def _float32_cpu_run(config: DemoConfig, device: str | torch.device) -> bool:
     from lensrim.model import native_bf16_cpu
 
     return config.rim_bf16 and torch.device(device).type == "cpu" and not native_bf16_cpu()
+
+
+def _rim_batch(config: DemoConfig, device: str | torch.device) -> int:
+    """The RIM's training batch for a demo with ``config`` on ``device``: ``rim_float32_batch``
+    where the RIM asks for bfloat16 and gets float32 (:func:`_float32_cpu_run`) and that is set,
+    else ``rim_batch``."""
+    if config.rim_float32_batch is not None and _float32_cpu_run(config, device):
+        return config.rim_float32_batch
+    return config.rim_batch
 
 
 def _read_json(path: Path):
@@ -429,10 +451,24 @@ def stage_rim(state: DemoState) -> None:
     from lensrim.training import DatasetBatches, MixedBatches, SimulatedBatches, constant_log10_kappa, vae_sampler
 
     c, obs, n, say = state.config, state.observation, state.config.pixels, state.say
+    batch = _rim_batch(c, state.device)
+    rim_json = state.output / "rim" / "config.json"  # a RIM begun by an earlier call: train_rim checks the rest
+    stored = _read_json(rim_json) if rim_json.is_file() else {}
+    began = stored.get("batch_size", batch) if isinstance(stored, dict) else batch
+    if began != batch:
+        raise DemoError(
+            f"{state.output}: its RIM trains at batch {began}, and on this {state.device.type} it would train at batch "
+            f"{batch} (rim_float32_batch is for a CPU without native bfloat16): use another directory"
+        )
+    if batch != c.rim_batch:
+        state.notes["RIM batch"] = (
+            f"this CPU computes bfloat16 only by emulation: the RIM trained in float32 at batch {batch} "
+            f"(rim_float32_batch), where a CPU with native bfloat16 trains it at batch {c.rim_batch}"
+        )
     rim_cfg = replace(
         lensrim.PRESETS[c.rim_preset],
         pixels=n,
-        batch_size=c.rim_batch,
+        batch_size=batch,
         learning_rate=c.rim_learning_rate,
         train_steps=c.rim_steps,
         decay_steps=max(1, c.rim_steps),
@@ -750,8 +786,11 @@ def run_demo(
         say(f"the {preset} demo: about {duration(sum(expected.values()))} in all on {cores}")
         if float32:
             fast = duration(sum(expected_seconds(preset).values()))
+            batch = _rim_batch(config, device)
+            halved = f", training at batch {batch} instead of {config.rim_batch}" if batch != config.rim_batch else ""
             say(
-                "note: this CPU computes bfloat16 only by emulation, so the RIM trains and fine-tunes in float32; "
+                "note: this CPU computes bfloat16 only by emulation, so the RIM trains and fine-tunes in "
+                f"float32{halved}; "
                 f"the times given are those measured on such a CPU ({fast} in all on one with AVX-512 BF16 or AMX); "
                 "more cores (--threads) or --device cuda go faster"
             )
