@@ -129,6 +129,6 @@ def test_a_demo_on_a_cpu_without_native_bfloat16_trains_at_its_float32_batch_and
     # the directory moved to a CPU with native bfloat16: refused in one line, nothing retrained
     monkeypatch.setattr(model, "native_bf16_cpu", lambda: True)
     before = (tmp_path / "demo" / "rim" / "metrics.jsonl").read_text()
-    with pytest.raises(DemoError, match="trains at batch 2, and on this cpu it would train at batch 4"):
+    with pytest.raises(DemoError, match=r"trains at batch 2, and here \(cpu\) it would train at batch 4"):
         run_demo(tmp_path / "demo", config, seed=3, say=lambda line: None)
     assert (tmp_path / "demo" / "rim" / "metrics.jsonl").read_text() == before

@@ -458,7 +458,7 @@ def stage_rim(state: DemoState) -> None:
     began = stored.get("batch_size", batch) if isinstance(stored, dict) else batch
     if began != batch:
         raise DemoError(
-            f"{state.output}: its RIM trains at batch {began}, and on this {state.device.type} it would train at batch "
+            f"{state.output}: its RIM trains at batch {began}, and here ({state.device}) it would train at batch "
             f"{batch} (rim_float32_batch is for a CPU without native bfloat16): use another directory"
         )
     if batch != c.rim_batch:
