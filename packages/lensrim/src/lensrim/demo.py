@@ -157,9 +157,9 @@ class DemoConfig(JsonConfig):
     so that the RIM trains in float32 (most laptops; :func:`_float32_cpu_run`); None: ``rim_batch``
     there too. 4: float32 takes about as long per lens at batch 4 as at 8 (2.8 and 3.1 lenses/s
     on 2 AVX2 cores), so 8 made the demo 40 minutes there; at 4 its RIM stage takes half the time
-    and, on seeds 0 and 2, gained as much (+0.49 and +0.52 dex against +0.48 and +0.54) and fitted
-    as well or better against Adam with the same gradients; seed 1, at batch 4 only, gained +0.37
-    (``docs/rim_ab.md``, tenth study).
+    and, on seeds 0, 1 and 2, gained as much (+0.49, +0.37 and +0.52 dex against +0.48, +0.39 and
+    +0.54) and fitted as well or better against Adam with the same gradients (``docs/rim_ab.md``,
+    tenth study).
     Decided at every call from the CPU: a demo directory moved between a CPU with native bfloat16
     and one without is refused at the RIM stage rather than mixed."""
     rim_log_every: int = 25
