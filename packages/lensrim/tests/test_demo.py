@@ -66,8 +66,9 @@ def test_the_stages_are_one_function_each_with_their_measured_times():
 
 def test_a_cpu_without_native_bfloat16_gets_the_times_measured_on_such_a_cpu(monkeypatch):
     """The standard demo's RIM asks for bfloat16; a CPU that only emulates it trains in float32,
-    at half the batch and still about twice as long, and the stages' ETAs must say so rather than
-    promise the bfloat16 machine's minutes."""
+    at half the batch and still about 1.5 times as long (its RIM stage 1,140 s against 749 in the
+    measured rows), and the stages' ETAs must say so rather than promise the bfloat16 machine's
+    minutes."""
     from dataclasses import replace
 
     import torch
