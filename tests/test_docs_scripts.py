@@ -231,3 +231,44 @@ def test_rim_fit_frontier_study_losses_add_the_term_they_name():
     assert training._batch_terms is original and training.rim_loss_terms is rim_loss_terms
     with pytest.raises(SystemExit, match="unknown study loss 'x'"), frontier.study_loss({"x": 1.0}, 4):
         pass
+
+
+def test_rim_stopping_reads_the_final_and_the_best_validated_step_from_a_demos_log(tmp_path):
+    import json
+
+    rim = tmp_path / "demo" / "rim"
+    rim.mkdir(parents=True)
+    (rim / "config.json").write_text(json.dumps({"batch_size": 4}))
+    # validation lowest at step 50 (the first of two equals), the test lenses' best at step 75
+    val = [-1.0, -1.3, -1.2, -1.3, -1.1]
+    ext = [-1.1, -1.2, -1.4, -1.3, -1.25]
+    chi2 = [9.0, 5.0, 4.0, 3.0, 2.5]
+    rows = [
+        {
+            "step": 25 * (i + 1),
+            "val_log10_loss": v,
+            "ext_log10_loss": e,
+            "ext_constant_log10_loss": -0.9,
+            "ext_chi2_nu": c,
+        }
+        for i, (v, e, c) in enumerate(zip(val, ext, chi2, strict=True))
+    ]
+    (rim / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = subprocess.run(
+        [sys.executable, DOCS / "rim_stopping.py", tmp_path / "demo", "--last", "3"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    ((name, cells),) = [(k, v) for k, v in _table(proc.stdout).items() if k != "run"]  # the header's first cell
+    assert name == f"{tmp_path / 'demo'} (batch 4, 125 steps)"
+    final, best, last = cells
+    assert final == "+0.350 / 2.50"  # -0.9 - (-1.25)
+    assert best == "+0.300 / 5.00 (50)"  # not the test lenses' best (step 75, +0.500)
+    assert last == "+0.417, 0.076 (+0.350 to +0.500)"  # 0.5, 0.4, 0.35: mean 0.4167, sample sd 0.0764
+
+    # a log without the test lenses (not a demo's RIM) is refused in one line, naming what is missing
+    (rim / "metrics.jsonl").write_text(json.dumps({"step": 25, "val_log10_loss": -1.0}) + "\n")
+    proc = subprocess.run([sys.executable, DOCS / "rim_stopping.py", rim], capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+    assert "ext_chi2_nu, ext_constant_log10_loss, ext_log10_loss" in proc.stderr
