@@ -40,7 +40,7 @@ def cli(ctx: click.Context) -> None:
     "--preset",
     type=click.Choice(sorted(PRESETS)),
     default="standard",
-    help="standard: about 15 minutes on 2 CPU cores with native bfloat16, 24-29 without (64^2 maps); "
+    help="standard: about 15 minutes on 2 CPU cores with native bfloat16, 20-29 without (64^2 maps); "
     "quick: a smoke run of under a minute (32^2).",
 )
 @click.option(

@@ -96,7 +96,7 @@ def _no_bar(**kwargs) -> _NoBar:
 @dataclass(frozen=True)
 class DemoConfig(JsonConfig):
     """Sizes of the demo; ``standard`` takes about 15 minutes on 2 CPU cores with native bfloat16
-    (24-29 on 2 cores without, where its RIM runs in float32 at half the batch), ``quick``
+    (20-29 on 2 cores without, where its RIM runs in float32 at half the batch), ``quick``
     under one.
     Settings that cannot make a demo are refused at construction, in one line."""
 
@@ -244,7 +244,7 @@ PRESETS = {
     ),
 }
 """``standard``: the README's demo (64^2 maps, about 15 minutes on 2 CPU cores with native bfloat16,
-24-29 without); ``quick``: a smoke run of under a minute (32^2), the test suite's."""
+20-29 without); ``quick``: a smoke run of under a minute (32^2), the test suite's."""
 
 STAGES = (
     "kappa maps from synthetic halos (KDE) and GalSim synthetic sources",
