@@ -21,7 +21,6 @@ Nothing is trained or evaluated again: it reads ``metrics.jsonl`` and ``config.j
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -31,20 +30,22 @@ KEYS = ("step", "val_log10_loss", "ext_log10_loss", "ext_constant_log10_loss", "
 
 
 def read_log(run: Path) -> tuple[list[dict], int]:
-    """The log lines and the training batch of a demo directory or its ``rim`` run directory;
-    anything else is refused in one line (SystemExit). Reads JSON only."""
+    """The log lines and the training batch of a demo directory or its ``rim`` run directory,
+    read by lenscore's own readers (JSON only); anything else is refused in one line (SystemExit)."""
+    from lenscore.runs import RunError, read_json, read_metrics
+
     rim = run / "rim" if (run / "rim").is_dir() else run
     try:
-        rows = [json.loads(line) for line in (rim / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        batch = int(json.loads((rim / "config.json").read_text())["batch_size"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        rows = read_metrics(rim / "metrics.jsonl")
+        batch = int(read_json(rim / "config.json")["batch_size"])
+    except (OSError, RunError, KeyError, TypeError, ValueError) as e:
         raise SystemExit(f"{run}: not a finished demo's RIM with metrics.jsonl and config.json ({e})") from None
     if not rows:
         raise SystemExit(f"{rim / 'metrics.jsonl'}: holds no log line (training has not logged yet)")
-    missing = sorted({k for r in rows for k in KEYS if k not in r})
+    missing = sorted({k for r in rows for k in KEYS if not isinstance(r.get(k), int | float)})
     if missing:
         raise SystemExit(
-            f"{rim / 'metrics.jsonl'}: no {', '.join(missing)} (a demo's RIM logs its test lenses as ext_)"
+            f"{rim / 'metrics.jsonl'}: no number for {', '.join(missing)} (a demo's RIM logs its test lenses as ext_)"
         )
     return rows, batch
 
