@@ -158,6 +158,16 @@ def test_run_steps_takes_the_steps_a_hand_written_loop_takes_and_logs_on_its_cad
     assert [r["step"] for r in read_metrics(tmp_path / "b" / METRICS)] == [3, 5, 6, 8]
 
 
+def test_read_metrics_refuses_a_record_without_an_integer_step_before_the_last_line(tmp_path):
+    path = tmp_path / METRICS
+    for step in ("true", "2.0", '"2"', "null"):
+        path.write_text(f'{{"step": 1}}\n{{"step": {step}}}\n{{"step": 3}}\n')
+        with pytest.raises(RunError, match=r"line 2 is not a metrics record \(no integer 'step'\)"):
+            read_metrics(path)
+    path.write_text('{"step": 1}\n{"step": 2}\n')
+    assert [r["step"] for r in read_metrics(path)] == [1, 2]
+
+
 def test_run_steps_names_the_first_non_finite_step_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(RunError, match=r"step 7: the loss is not finite.*checkpoint of step 4 is kept"):
         _looped(tmp_path, 12, log_every=100, checkpoint_every=4, poison=6)  # found at step 8, the next checkpoint

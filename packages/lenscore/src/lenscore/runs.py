@@ -285,7 +285,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             continue
         try:
             record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            step = record.get("step") if isinstance(record, dict) else None
+            if not isinstance(step, int) or isinstance(step, bool):  # JSON true is an int to Python
                 raise ValueError("no integer 'step'")
         except ValueError as e:
             if i == len(lines) - 1:
