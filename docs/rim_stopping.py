@@ -21,12 +21,19 @@ Nothing is trained or evaluated again: it reads ``metrics.jsonl`` and ``config.j
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 from pathlib import Path
 
 KEYS = ("step", "val_log10_loss", "ext_log10_loss", "ext_constant_log10_loss", "ext_chi2_nu")
 """What each log line must hold (a demo's RIM logs every one of them)."""
+
+
+def _finite_number(value: object) -> bool:
+    """A JSON number that is finite: not a boolean (Python counts them as ints), NaN or infinity
+    (which Python's json module reads without complaint)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def read_log(run: Path) -> tuple[list[dict], int]:
@@ -42,10 +49,11 @@ def read_log(run: Path) -> tuple[list[dict], int]:
         raise SystemExit(f"{run}: not a finished demo's RIM with metrics.jsonl and config.json ({e})") from None
     if not rows:
         raise SystemExit(f"{rim / 'metrics.jsonl'}: holds no log line (training has not logged yet)")
-    missing = sorted({k for r in rows for k in KEYS if not isinstance(r.get(k), int | float)})
+    missing = sorted({k for r in rows for k in KEYS if not _finite_number(r.get(k))})
     if missing:
         raise SystemExit(
-            f"{rim / 'metrics.jsonl'}: no number for {', '.join(missing)} (a demo's RIM logs its test lenses as ext_)"
+            f"{rim / 'metrics.jsonl'}: no finite number for {', '.join(missing)}"
+            " (a demo's RIM logs its test lenses as ext_; a diverged run logs NaN)"
         )
     return rows, batch
 

@@ -272,9 +272,13 @@ def test_rim_stopping_reads_the_final_and_the_best_validated_step_from_a_demos_l
     proc = subprocess.run([sys.executable, DOCS / "rim_stopping.py", rim], capture_output=True, text=True)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
     assert "ext_chi2_nu, ext_constant_log10_loss, ext_log10_loss" in proc.stderr
-    # a value that is not a number, and a malformed line before the last: each refused in one line
+    # a value that is not a finite number (a string, a boolean, NaN from a diverged run), and a
+    # malformed line before the last: each refused in one line
     bad_value = json.dumps({**rows[0], "ext_chi2_nu": "nan?"}) + "\n"
-    for text, says in ((bad_value, "no number for ext_chi2_nu"), ("{oops\n" + bad_value, "line 1")):
+    cases = [(bad_value, "no finite number for ext_chi2_nu"), ("{oops\n" + bad_value, "line 1")]
+    for key, value in (("val_log10_loss", True), ("ext_log10_loss", float("nan"))):
+        cases.append((json.dumps({**rows[0], key: value}) + "\n", f"no finite number for {key}"))
+    for text, says in cases:
         (rim / "metrics.jsonl").write_text(text)
         proc = subprocess.run([sys.executable, DOCS / "rim_stopping.py", rim], capture_output=True, text=True)
         assert proc.returncode != 0 and proc.stderr.count("\n") == 1 and says in proc.stderr, proc.stderr
