@@ -18,7 +18,15 @@ def test_table_1_pixels_are_0_06_arcsec_and_every_default_is_these_numbers():
 
 @pytest.mark.parametrize(
     "args, message",
-    [((0,), "pixels"), ((32.0,), "pixels"), ((32, float("nan")), "image_fov"), ((32, 3.0, 7.69), "source_fov")],
+    [
+        ((0,), "pixels"),
+        ((32.0,), "pixels"),
+        ((True,), "pixels"),
+        ((32, float("nan")), "image_fov"),
+        ((32, True), "image_fov must be a positive number"),  # Python counts True as 1: not 1 arcsec
+        ((32, 7.69, True), "source_fov must be a positive number"),
+        ((32, 3.0, 7.69), "source_fov"),
+    ],
 )
 def test_impossible_geometries_are_refused(args, message):
     with pytest.raises(ValueError, match=message):

@@ -48,7 +48,7 @@ class Geometry:
             raise ValueError(f"pixels must be a positive integer, got {self.pixels!r}")
         for name in ("image_fov", "source_fov"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number of arcsec, got {value!r}")
         if self.source_fov > self.image_fov:
             raise ValueError(f"source_fov ({self.source_fov:g}) must not exceed image_fov ({self.image_fov:g})")

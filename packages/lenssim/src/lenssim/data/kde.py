@@ -81,7 +81,7 @@ def smoothing_lengths(positions3d: np.ndarray, k: int = 64, factor: float = math
         raise ValueError(f"positions3d must have shape (P, 3), got {pos.shape}")
     if not np.isfinite(pos).all():
         raise ValueError("positions3d contains NaN or infinite values")
-    if not (isinstance(k, int | np.integer) and k >= 1):
+    if isinstance(k, bool) or not (isinstance(k, int | np.integer) and k >= 1):
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if pos.shape[0] <= k:
         raise ValueError(f"need more than k = {k} particles for a {k}-th neighbour, got {pos.shape[0]}")
@@ -212,7 +212,7 @@ def surface_density(
     """
     global _KDE
     pos, m, sl = _check_particles(positions, masses, smoothing)
-    if not (isinstance(n, int) and n >= 1):
+    if isinstance(n, bool) or not (isinstance(n, int) and n >= 1):
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if not (np.isfinite(fov) and fov > 0):
         raise ValueError(f"fov must be positive, got {fov!r}")
