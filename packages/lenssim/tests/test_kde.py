@@ -123,11 +123,14 @@ def test_bad_particles_are_refused(pos, m, sl, match):
         surface_density(pos, m, sl, n=8, fov=1.0)
 
 
-def test_a_grid_or_neighbour_count_that_is_not_a_positive_integer_is_refused():
+def test_a_grid_size_field_of_view_or_neighbour_count_that_is_not_positive_is_refused():
     pos, ones = np.zeros((100, 2)), np.ones(100)
     for n in (0, 8.0, True):  # Python counts True as 1: not a one-pixel map
         with pytest.raises(ValueError, match="n must be a positive integer"):
             surface_density(pos, ones, ones, n=n, fov=1.0)
+    for fov in (0.0, float("nan"), True):
+        with pytest.raises(ValueError, match="fov must be positive"):
+            surface_density(pos, ones, ones, n=8, fov=fov)
     for k in (0, 2.0, True):
         with pytest.raises(ValueError, match="k must be a positive integer"):
             smoothing_lengths(np.random.default_rng(0).normal(size=(100, 3)), k=k)

@@ -214,7 +214,7 @@ def surface_density(
     pos, m, sl = _check_particles(positions, masses, smoothing)
     if isinstance(n, bool) or not (isinstance(n, int) and n >= 1):
         raise ValueError(f"n must be a positive integer, got {n!r}")
-    if not (np.isfinite(fov) and fov > 0):
+    if isinstance(fov, bool) or not (np.isfinite(fov) and fov > 0):
         raise ValueError(f"fov must be positive, got {fov!r}")
     if _KDE is None:
         _KDE = _numba_kernel()
