@@ -25,6 +25,7 @@ def test_table_1_pixels_are_0_06_arcsec_and_every_default_is_these_numbers():
         ((32, float("nan")), "image_fov"),
         ((32, True), "image_fov must be a positive number"),  # Python counts True as 1: not 1 arcsec
         ((32, 7.69, True), "source_fov must be a positive number"),
+        ((32, "7.69"), "image_fov must be a positive number"),
         ((32, 3.0, 7.69), "source_fov"),
     ],
 )

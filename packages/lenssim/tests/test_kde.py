@@ -128,8 +128,8 @@ def test_a_grid_size_field_of_view_or_neighbour_count_that_is_not_positive_is_re
     for n in (0, 8.0, True):  # Python counts True as 1: not a one-pixel map
         with pytest.raises(ValueError, match="n must be a positive integer"):
             surface_density(pos, ones, ones, n=n, fov=1.0)
-    for fov in (0.0, float("nan"), True):
-        with pytest.raises(ValueError, match="fov must be positive"):
+    for fov in (0.0, float("nan"), True, "1.0"):
+        with pytest.raises(ValueError, match="fov must be a positive"):
             surface_density(pos, ones, ones, n=8, fov=fov)
     for k in (0, 2.0, True):
         with pytest.raises(ValueError, match="k must be a positive integer"):

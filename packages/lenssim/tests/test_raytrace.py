@@ -14,6 +14,10 @@ def test_pixel_grid_is_pixel_centred():
     assert torch.equal(x[0], c) and torch.equal(y[:, 0], c)  # x along columns, y along rows
     with pytest.raises(ValueError, match="positive integer"):
         lenssim.pixel_grid(0, 1.0)
+    for fov in (True, "2.0", float("inf"), 0.0):  # True is not 1 arcsec, nor a string a number
+        with pytest.raises(ValueError, match="fov must be a positive"):
+            lenssim.pixel_grid(4, fov)
+    assert torch.equal(lenssim.pixel_coordinates(4, np.float32(2.0), dtype=torch.float64), c)  # NumPy reals pass
 
 
 def test_ray_trace_interpolates_linear_sources_exactly():

@@ -6,9 +6,10 @@ Every default field of view and redshift of the packages comes from here (Table 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from lenssim._checks import check_positive, check_size
 
 __all__ = ["FOV_TOLERANCE", "IMAGE_FOV", "SOURCE_FOV", "Z_LENS", "Z_SOURCE", "Geometry", "same_fov"]
 
@@ -44,12 +45,9 @@ class Geometry:
     """Width of the source plane, arcsec (Table 1: 3); at most ``image_fov``."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.pixels, bool) or not isinstance(self.pixels, int) or self.pixels < 1:
-            raise ValueError(f"pixels must be a positive integer, got {self.pixels!r}")
-        for name in ("image_fov", "source_fov"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number of arcsec, got {value!r}")
+        check_size("pixels", self.pixels)
+        for name in ("image_fov", "source_fov"):  # arcsec
+            check_positive(name, getattr(self, name))
         if self.source_fov > self.image_fov:
             raise ValueError(f"source_fov ({self.source_fov:g}) must not exceed image_fov ({self.image_fov:g})")
 

@@ -24,6 +24,8 @@ import math
 
 import numpy as np
 
+from lenssim._checks import check_positive, check_size
+
 __all__ = ["smoothing_lengths", "surface_density", "surface_density_brute_force", "truncation_radius"]
 
 N_BLOCKS = 16
@@ -212,10 +214,8 @@ def surface_density(
     """
     global _KDE
     pos, m, sl = _check_particles(positions, masses, smoothing)
-    if isinstance(n, bool) or not (isinstance(n, int) and n >= 1):
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    if isinstance(fov, bool) or not (np.isfinite(fov) and fov > 0):
-        raise ValueError(f"fov must be positive, got {fov!r}")
+    check_size("n", n)
+    check_positive("fov", fov)
     if _KDE is None:
         _KDE = _numba_kernel()
     t = truncation_radius(truncation)
