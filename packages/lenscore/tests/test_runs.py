@@ -26,6 +26,7 @@ from lenscore.runs import (
     memory_estimate,
     on_device,
     prepare_run,
+    read_config,
     read_metrics,
     restore,
     run_steps,
@@ -207,6 +208,29 @@ def test_configs_round_trip_and_refuse_other_kinds_and_keys():
         LineConfig.from_json(json.dumps({"model": "line", "depth": 5}))
     with pytest.raises(ValueError, match="learning_rate must be finite"):
         LineConfig(learning_rate=float("inf"))
+
+
+def test_a_stored_config_that_is_not_one_is_refused_in_one_line_naming_the_file(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(LineConfig(width=5).to_json())
+    assert read_config(LineConfig, path) == LineConfig(width=5)
+    cases = {
+        json.dumps({"model": "VAE"}): "not a line configuration (model: 'VAE')",
+        json.dumps([1, 2]): "not a line configuration (a JSON list, not an object)",
+        json.dumps({"model": "line", "depth": 5}): "not a line configuration (unknown line configuration keys",
+        json.dumps({"model": "line", "learning_rate": None}): "not a line configuration (learning_rate must be",
+        "{": "not a line configuration (Expecting property name",
+    }
+    for text, message in cases.items():
+        path.write_text(text)
+        for read in (lambda: read_config(LineConfig, path), lambda: check_run(tmp_path, LineConfig(), ())):
+            with pytest.raises(RunError) as e:
+                read()
+            assert str(e.value).startswith(f"{path}: {message}")
+            assert str(e.value).count("not a line configuration") == 1  # said once, not wrapped twice
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(RunError, match="not a line configuration .*can't decode"):
+        read_config(LineConfig, path)
 
 
 def test_files_and_configs_load_without_torch():

@@ -42,6 +42,7 @@ __all__ = [
     "load_run",
     "load_weights",
     "prepare_run",
+    "read_config",
     "read_json",
     "read_metrics",
     "restore",
@@ -189,6 +190,18 @@ def on_device(model: torch.nn.Module, device: str | torch.device) -> torch.nn.Mo
     return model
 
 
+def read_config(config_class: Any, path: Path) -> Any:
+    """The ``config_class`` (a :class:`lenscore.config.JsonConfig`) stored in the JSON file
+    ``path``, refused in one line naming the file (:class:`RunError`) when it is not one: another
+    model's configuration, unknown keys, bad values, not JSON, not text."""
+    what = getattr(config_class, "RUN_KIND", config_class.__name__)
+    try:
+        return config_class.from_json(path.read_text())
+    except (ValueError, TypeError) as e:  # JSON and Unicode decoding errors are ValueErrors
+        kind = f"not a {what} configuration"
+        raise RunError(f"{path}: {e}" if str(e).startswith(kind) else f"{path}: {kind} ({e})") from None
+
+
 def load_run(
     run_dir: str | os.PathLike,
     config_class: type,
@@ -203,10 +216,7 @@ def load_run(
     path = run_dir / CONFIG
     if not path.is_file():
         raise RunError(f"{run_dir}: no {CONFIG} (not a {what} run directory)")
-    try:
-        config = config_class.from_json(path.read_text())
-    except (ValueError, TypeError) as e:
-        raise RunError(f"{path}: not a {what} configuration ({e})") from None
+    config = read_config(config_class, path)
     state = load_checkpoint(run_dir)
     if state is None:
         raise RunError(f"{run_dir}: no {CHECKPOINT} (has the run started?)")
@@ -348,10 +358,7 @@ def check_run(run_dir: Path, config: Any, mutable: tuple[str, ...]) -> None:
     in anything but the ``mutable`` fields."""
     cls = type(config)
     if (run_dir / CONFIG).is_file():
-        try:
-            existing = cls.from_json((run_dir / CONFIG).read_text())
-        except (ValueError, TypeError, UnicodeDecodeError) as e:
-            raise RunError(f"{run_dir / CONFIG}: not a {cls.RUN_KIND} run ({e})") from None
+        existing = read_config(cls, run_dir / CONFIG)
         if replace(existing, **{k: getattr(config, k) for k in mutable}) != config:
             raise RunError(f"{run_dir} holds a run with another configuration; use a new directory")
 

@@ -23,6 +23,7 @@ import torch
 
 import lenssim
 from lenscore.config import SettingError
+from lenscore.runs import CONFIG, RunError, read_config
 from lensrim.config import PRESETS, RIMConfig
 from lensrim.training import (
     DatasetBatches,
@@ -143,7 +144,7 @@ def resolve_config(
     overrides = {k: v for k, v in given.items() if v is not None}
     config = replace(PRESETS[preset], activation_checkpointing=activation_checkpointing, bf16=bf16, **overrides)
     output = Path(output)
-    stored = output / "config.json"
+    stored = output / CONFIG
     if stored.is_file() and not second_stage:  # resuming: the run's own schedule and training options
         existing = stored_config(output)
         keep = (*RIMConfig.OPTIMISATION_FIELDS, *TRAINING_CHOICES)
@@ -158,12 +159,10 @@ def resolve_config(
 
 def stored_config(output: Path) -> RIMConfig:
     """The configuration a run directory holds, refused in one line when it is not one."""
-    stored = output / "config.json"
     try:
-        return RIMConfig.from_json(stored.read_text())
-    except (ValueError, TypeError) as e:
-        why = str(e) if "RIM configuration" in str(e) else f"not a RIM configuration ({e})"
-        raise SettingError(f"{stored}: {why}", param="output") from None
+        return read_config(RIMConfig, output / CONFIG)
+    except RunError as e:
+        raise SettingError(str(e), param="output") from None
 
 
 def sampler(
@@ -276,7 +275,7 @@ def _lenses(path, param: str, pixels: int, geometry: lenssim.Geometry, size: int
 
 def _initial_offset(value: str | float, output: Path, batches, seed: int) -> float:
     if value == "auto":
-        if (output / "config.json").is_file():
+        if (output / CONFIG).is_file():
             return stored_config(output).initial_log10_kappa  # a resumed run keeps its own
         return constant_log10_kappa(batches, seed)
     try:
