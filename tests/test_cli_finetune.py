@@ -161,7 +161,10 @@ def test_finetune_and_evaluate_errors(models, tmp_path):
         tmp_path / "x.h5",
     ]
     bad = run(*swapped, check=False)
-    assert bad.returncode == 1 and "expected a source VAE and a kappa VAE" in bad.stderr
+    assert (
+        bad.returncode == 2 and "Invalid value for --source-vae: expected a source VAE, got a kappa VAE" in bad.stderr
+    )
+    assert "fine-tuning" not in bad.stderr  # refused before any work: no progress bar opened
     bad = run("evaluate", models / "lenses.h5", "-o", tmp_path / "rep", check=False)
     assert bad.returncode == 1 and "not a reconstruction" in bad.stderr
     assert not (tmp_path / "x.h5").exists()

@@ -167,3 +167,34 @@ def test_a_dataset_reconstructed_by_blocks_is_the_reconstruction_of_its_lenses(r
     with pytest.raises(SettingError, match="image_fov 9 differs from the RIM's 7.69 arcsec") as e:
         lensrim.api.check_dataset(tmp_path / "wide.h5", rim)
     assert e.value.param == "data"
+
+
+def test_vaes_that_cannot_be_the_rims_priors_are_refused_before_any_work(runs, tmp_path):
+    from lenscore.config import SettingError
+
+    rim = lensrim.load(runs / "rim")
+    (svae, smeta), (kvae, kmeta) = lensprior.load_vae(runs / "svae"), lensprior.load_vae(runs / "kvae")
+    lensrim.api.check_priors(rim, svae, kvae, smeta, kmeta)  # the right pair passes
+    small = lensprior.VAE(lensprior.kappa_vae_config(**{**TINY_VAE, "pixels": 16}))
+    wide = {"data_attrs": {**kmeta.get("data_attrs", {}), "image_fov": 9.0}}
+    cases = (
+        ((kvae, svae, smeta, kmeta), "source_vae", "expected a source VAE, got a kappa VAE"),
+        ((svae, svae, smeta, kmeta), "kappa_vae", "expected a kappa VAE, got a source VAE"),
+        ((svae, small, smeta, kmeta), "kappa_vae", "the kappa VAE works on 16.2 maps, the RIM on 32.2"),
+        ((svae, kvae, smeta, wide), "kappa_vae", "trained on maps of image_fov 9, the RIM on 7.69 arcsec"),
+    )
+    for vaes, param, message in cases:
+        with pytest.raises(SettingError, match=message) as e:
+            lensrim.api.check_priors(rim, *vaes)
+        assert e.value.param == param
+    # the library's own entry points refuse a swapped pair before reading a lens or writing a file
+    calls = []
+    swapped = lensrim.FineTune(kvae, svae, lensrim.FineTuneConfig(max_steps=1, fisher_samples=1))
+    attrs = lensrim.api.output_attrs(lensrim.api.check_dataset(runs / "lenses.h5", rim), {})
+    with pytest.raises(SettingError, match="expected a source VAE") as e:
+        lensrim.api.finetune_to_file(
+            rim, swapped, runs / "lenses.h5", tmp_path / "f.h5", attrs=attrs, progress=calls.append
+        )
+    assert e.value.param == "source_vae" and calls == [] and list(tmp_path.iterdir()) == []
+    with pytest.raises(SettingError, match="expected a source VAE"):
+        lensrim.reconstruct(rim, lenssim.Observation.from_dataset(runs / "lenses.h5"), finetune=swapped)

@@ -118,9 +118,9 @@ def finetune(
     refuse_overwriting_inputs(outputs, {"--data": data, **runs})
     model = lensrim.load(rim_dir, device=dev)
     (svae, smeta), (kvae, kmeta) = (lensprior.load_vae(run, device=dev) for run in (source_vae, kappa_vae))
+    lensrim.api.check_priors(model, svae, kvae, smeta, kmeta)
     fits_options = {k: settings.pop(k) for k in ("pixel_scale", "psf_fwhm", "noise_sigma", "flux_scale")}
     obs, attrs = lensrim.api.load_observations(data, model, image_fov=image_fov, **fits_options)
-    lensrim.api.check_priors(model, smeta, kmeta)
     n = len(obs) if limit is None else min(limit, len(obs))
     cfg = lensrim.FineTuneConfig(target_chi2_nu=settings.pop("target_chi2"), **settings)
     # each lens of a batch has its own weights (with gradients, RMSProp state, anchor and Fisher)

@@ -25,7 +25,7 @@ import torch
 
 import lenssim
 from lenscore.config import SettingError
-from lensrim.finetune import FineTuneConfig, finetune
+from lensrim.finetune import FineTuneConfig, check_vaes, finetune
 from lensrim.model import RIM
 from lensrim.training import load_rim
 
@@ -245,6 +245,8 @@ def reconstruct(
     optionally fine-tuned with EWC per lens. Runs on the RIM's device. Lens i draws its Fisher
     samples from (seed, first_index + i); ``progress(phase, done, total)`` follows fine-tuning."""
     c = rim.config
+    if finetune is not None:
+        check_priors(rim, finetune.source_vae, finetune.kappa_vae)
     c.geometry.refuse_other("the observation", source_fov=observation.source_fov, error=lenssim.DatasetError)
     if len(observation) == 0:
         raise ValueError("the observation holds no lenses")
@@ -339,11 +341,20 @@ def check_dataset(path: str | os.PathLike, rim: RIM, *, param: str = "data") -> 
     return attrs
 
 
-def check_priors(rim: RIM, source_meta: dict, kappa_meta: dict) -> None:
-    """Refuse VAEs trained on maps of other fields of view than the RIM's (their run.json's
-    ``data_attrs``), naming the VAE (``source_vae`` or ``kappa_vae``)."""
+def check_priors(
+    rim: RIM,
+    source_vae: torch.nn.Module,
+    kappa_vae: torch.nn.Module,
+    source_meta: dict | None = None,
+    kappa_meta: dict | None = None,
+) -> None:
+    """Refuse, before any work, VAEs that cannot be ``rim``'s priors: swapped or on maps of
+    another size (:func:`lensrim.finetune.check_vaes`), or trained on maps of other fields of view
+    than the RIM's (their run.json's ``data_attrs``, when the metadata are given); a
+    :class:`SettingError` naming the VAE (``source_vae`` or ``kappa_vae``)."""
+    check_vaes(rim, source_vae, kappa_vae)
     for meta, param, key in ((source_meta, "source_vae", "source_fov"), (kappa_meta, "kappa_vae", "image_fov")):
-        trained_on = meta.get("data_attrs", {}).get(key)
+        trained_on = (meta or {}).get("data_attrs", {}).get(key)
         ours = getattr(rim.config, key)
         if trained_on is not None and not lenssim.geometry.same_fov(trained_on, ours):
             raise SettingError(
@@ -413,6 +424,8 @@ def reconstruct_to_file(
     ``finetune``, lens i draws from (seed, i) alone, so the batch size changes nothing.
     ``progress(count)`` after each block; ``phase(first, last, name, done, total)`` during a
     block's fine-tuning."""
+    if finetune is not None:
+        check_priors(rim, finetune.source_vae, finetune.kappa_vae)
     if isinstance(observation, lenssim.Observation):
         obs = observation.on_grid(rim.config.pixels, rim.config.image_fov)
         total, rows_of = len(obs), obs.__getitem__

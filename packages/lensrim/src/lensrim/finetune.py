@@ -46,12 +46,14 @@ from dataclasses import dataclass
 
 import torch
 
+from lenscore.config import SettingError
 from lensrim.config import FineTuneConfig
 from lensrim.model import RIM, ForwardModel, rim_loss
 
 __all__ = [
     "FineTuneConfig",
     "FineTuneResult",
+    "check_vaes",
     "encode_prediction",
     "ewc_penalty",
     "finetune",
@@ -104,15 +106,16 @@ def peak_normalised(source: torch.Tensor) -> torch.Tensor:
     return s / s.amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(s.dtype).tiny)
 
 
-def _check_vaes(model: RIM, source_vae: torch.nn.Module, kappa_vae: torch.nn.Module) -> None:
+def check_vaes(model: RIM, source_vae: torch.nn.Module, kappa_vae: torch.nn.Module) -> None:
+    """Refuse VAEs that cannot be ``model``'s priors: of the other kind (the two swapped) or on
+    maps of another size than the RIM's; a :class:`~lenscore.config.SettingError` naming
+    ``source_vae`` or ``kappa_vae``."""
     n = model.config.pixels
-    for name, vae in (("source", source_vae), ("kappa", kappa_vae)):
+    for param, kind, vae in (("source_vae", "source", source_vae), ("kappa_vae", "kappa", kappa_vae)):
+        if vae.config.kind != kind:
+            raise SettingError(f"expected a {kind} VAE, got a {vae.config.kind} VAE", param=param)
         if vae.config.pixels != n:
-            raise ValueError(f"the {name} VAE works on {vae.config.pixels}^2 maps, the RIM on {n}^2")
-    if source_vae.config.kind != "source" or kappa_vae.config.kind != "kappa":
-        raise ValueError(
-            f"expected a source VAE and a kappa VAE, got {source_vae.config.kind!r} and {kappa_vae.config.kind!r}"
-        )
+            raise SettingError(f"the {kind} VAE works on {vae.config.pixels}^2 maps, the RIM on {n}^2", param=param)
 
 
 @torch.no_grad()
@@ -249,7 +252,7 @@ def finetune(
     ``(len(lenses), 2, N, N)`` of the lenses still running (indices into the batch), e.g. to track
     an oracle loss against the truth without the optimisation ever seeing it.
     """
-    _check_vaes(model, source_vae, kappa_vae)
+    check_vaes(model, source_vae, kappa_vae)
     b = observation.shape[0]
     if len(generators) != b:
         raise ValueError(f"need one generator per lens, got {len(generators)} for {b} lenses")
