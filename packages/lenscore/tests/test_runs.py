@@ -287,6 +287,20 @@ def test_a_refused_resume_leaves_every_file_of_the_run_as_it_was(tmp_path):
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
 
 
+def test_a_run_is_not_rewound_to_fewer_steps_than_its_checkpoint_took(tmp_path):
+    run_dir = tmp_path / "run"
+    _adam_run(run_dir, 4, checkpoint_every=2)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    model = build(LineConfig())
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    with pytest.raises(
+        RunError, match=r"checkpoint is at step 4, past the last step asked for \(3\).*ask for 4 steps or more"
+    ):
+        restore(run_dir, model, opt, until=3)  # refused before trimming the metrics too
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert restore(run_dir, model, opt, until=4) == 4  # a finished run asked for its own steps resumes
+
+
 def test_a_checkpoint_the_disk_cannot_hold_fails_in_one_line_naming_it(tmp_path, monkeypatch):
     import contextlib
 

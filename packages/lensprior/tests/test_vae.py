@@ -114,6 +114,10 @@ def test_resumed_run_equals_uninterrupted(tmp_path):
     assert (tmp_path / "a" / "metrics.jsonl").read_text() == (tmp_path / "b" / "metrics.jsonl").read_text()
     loaded, meta = lensprior.load_vae(tmp_path / "b")
     assert meta["step"] == 40
+    before = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()}
+    with pytest.raises(lensprior.RunError, match=r"checkpoint is at step 40, past the last step asked for \(20\)"):
+        lensprior.train_vae(cfg, data, tmp_path / "b", seed=3, steps=20)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()} == before
     assert all(
         torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), whole.state_dict().values(), strict=True)
     )

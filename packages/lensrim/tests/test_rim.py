@@ -285,6 +285,12 @@ def test_resumed_training_equals_uninterrupted(tmp_path, options):
     other = "linear" if cfg.time_weights != "linear" else "uniform"  # a training option is part of the run
     with pytest.raises(lensrim.training.RunError, match="another configuration"):
         train_rim(replace(cfg, time_weights=other), batches, tmp_path / "b", steps=13)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()}
+    with pytest.raises(
+        lensrim.training.RunError, match=r"checkpoint is at step 12, past the last step asked for \(4\)"
+    ):
+        train_rim(cfg, batches, tmp_path / "b", steps=4)  # the config would claim 4 steps of 12
+    assert {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()} == before
 
 
 def test_mixed_batches_and_vae_samplers():

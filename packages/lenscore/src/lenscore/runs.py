@@ -363,16 +363,30 @@ def check_run(run_dir: Path, config: Any, mutable: tuple[str, ...]) -> None:
             raise RunError(f"{run_dir} holds a run with another configuration; use a new directory")
 
 
-def restore(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, trim: bool = True) -> int:
+def restore(
+    run_dir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    trim: bool = True,
+    until: int | None = None,
+) -> int:
     """Load the run's checkpoint (if any) into ``model`` and ``optimizer``; return its step.
 
     With ``trim``, metrics logged after the checkpoint (by a run killed before its next one)
     are dropped (all of them when there is no checkpoint yet), so that the resumed run logs them
-    again exactly once."""
+    again exactly once. With ``until`` (the steps the run is asked to reach), a checkpoint past
+    it is refused before anything is written: a run is not rewound, and its configuration must
+    not claim fewer steps than its weights took."""
     state = load_checkpoint(run_dir)
     step = 0
     if state is not None:
         path = run_dir / CHECKPOINT
+        if until is not None and state["step"] > until:
+            raise RunError(
+                f"{run_dir}: its checkpoint is at step {state['step']}, past the last step asked for ({until}); "
+                f"a run is not rewound: ask for {state['step']} steps or more to go on, or use a new directory"
+            )
         if "optimizer" not in state:
             raise RunError(f"{path}: no optimizer state to resume from")
         load_weights(model, state["model"], path)
