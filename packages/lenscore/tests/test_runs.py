@@ -27,6 +27,7 @@ from lenscore.runs import (
     on_device,
     prepare_run,
     read_config,
+    read_json,
     read_metrics,
     restore,
     run_steps,
@@ -299,6 +300,27 @@ def test_a_run_is_not_rewound_to_fewer_steps_than_its_checkpoint_took(tmp_path):
         restore(run_dir, model, opt, until=3)  # refused before trimming the metrics too
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
     assert restore(run_dir, model, opt, until=4) == 4  # a finished run asked for its own steps resumes
+
+
+def test_a_run_resumes_only_with_the_seed_it_started_with(tmp_path):
+    run_dir = tmp_path / "run"
+    _adam_run(run_dir, 4, checkpoint_every=2)
+    assert read_json(run_dir / "run.json") == {"seed": 0}  # recorded without metadata too
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    model = build(LineConfig())
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    with pytest.raises(RunError, match="was trained with seed 0, not 1: resume it with seed 0"):
+        restore(run_dir, model, opt, seed=1)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert restore(run_dir, model, opt, seed=0) == 4
+    # metadata given once stay when a later call gives none
+    prepare_run(run_dir, LineConfig(), ("steps",), metadata={"data": "x.h5"}, seed=0)
+    prepare_run(run_dir, LineConfig(), ("steps",), seed=0)
+    assert read_json(run_dir / "run.json") == {"data": "x.h5", "seed": 0}
+    # a run directory with no checkpoint yet starts afresh with any seed
+    fresh = tmp_path / "fresh"
+    prepare_run(fresh, LineConfig(), ("steps",), seed=0)
+    assert restore(fresh, model, opt, seed=7) == 0
 
 
 def test_a_checkpoint_the_disk_cannot_hold_fails_in_one_line_naming_it(tmp_path, monkeypatch):

@@ -117,6 +117,8 @@ def test_resumed_run_equals_uninterrupted(tmp_path):
     before = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()}
     with pytest.raises(lensprior.RunError, match=r"checkpoint is at step 40, past the last step asked for \(20\)"):
         lensprior.train_vae(cfg, data, tmp_path / "b", seed=3, steps=20)
+    with pytest.raises(lensprior.RunError, match="was trained with seed 3, not 4"):
+        lensprior.train_vae(cfg, data, tmp_path / "b", seed=4, steps=60)
     assert {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()} == before
     assert all(
         torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), whole.state_dict().values(), strict=True)

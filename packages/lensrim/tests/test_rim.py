@@ -289,7 +289,9 @@ def test_resumed_training_equals_uninterrupted(tmp_path, options):
     with pytest.raises(
         lensrim.training.RunError, match=r"checkpoint is at step 12, past the last step asked for \(4\)"
     ):
-        train_rim(cfg, batches, tmp_path / "b", steps=4)  # the config would claim 4 steps of 12
+        train_rim(cfg, batches, tmp_path / "b", steps=4, seed=1)  # the config would claim 4 steps of 12
+    with pytest.raises(lensrim.training.RunError, match="was trained with seed 1, not 0: resume it with seed 1"):
+        train_rim(cfg, batches, tmp_path / "b", steps=16, seed=0)  # steps 12-15 would draw seed 0's batches
     assert {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()} == before
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "CHECKPOINT",
     "CONFIG",
     "METRICS",
+    "RUN_JSON",
     "available_memory",
     "check_memory",
     "check_run",
@@ -57,6 +58,7 @@ __all__ = [
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+RUN_JSON = "run.json"
 
 
 class RunError(ValueError):
@@ -223,9 +225,7 @@ def load_run(
     check_memory(config, build, path)
     model = build(config)
     load_weights(model, state["model"], run_dir / CHECKPOINT)
-    meta = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
-    if not isinstance(meta, dict):
-        raise RunError(f"{run_dir / 'run.json'}: not a JSON object")
+    meta = _run_json(run_dir)
     meta["step"] = state["step"]
     return on_device(model, device).eval(), meta
 
@@ -342,15 +342,25 @@ def prepare_run(
 ) -> None:
     """Create or reopen a run directory: refuse one whose stored configuration differs from
     ``config`` in anything but the ``mutable`` fields (steps, schedules), then store ``config``
-    and the run's ``metadata`` (with the seed) as JSON.
+    and the run's ``metadata`` with the seed as JSON (``run.json``; without ``metadata``, the
+    stored metadata stay and the seed is recorded all the same, for :func:`restore` to check).
 
     A trainer checks everything first (:func:`check_run`, :func:`restore` with ``trim=False``,
     its data) and calls this last, so that a refused resume leaves every file as it was."""
     check_run(run_dir, config, mutable)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / CONFIG, config.to_json())
-    if metadata is not None:
-        write_text(run_dir / "run.json", json.dumps({**metadata, "seed": seed}, indent=2, sort_keys=True))
+    if metadata is None:
+        metadata = _run_json(run_dir)
+    write_text(run_dir / RUN_JSON, json.dumps({**metadata, "seed": seed}, indent=2, sort_keys=True))
+
+
+def _run_json(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / RUN_JSON
+    meta = read_json(path) if path.is_file() else {}
+    if not isinstance(meta, dict):
+        raise RunError(f"{path}: not a JSON object")
+    return meta
 
 
 def check_run(run_dir: Path, config: Any, mutable: tuple[str, ...]) -> None:
@@ -370,6 +380,7 @@ def restore(
     *,
     trim: bool = True,
     until: int | None = None,
+    seed: int | None = None,
 ) -> int:
     """Load the run's checkpoint (if any) into ``model`` and ``optimizer``; return its step.
 
@@ -377,11 +388,18 @@ def restore(
     are dropped (all of them when there is no checkpoint yet), so that the resumed run logs them
     again exactly once. With ``until`` (the steps the run is asked to reach), a checkpoint past
     it is refused before anything is written: a run is not rewound, and its configuration must
-    not claim fewer steps than its weights took."""
+    not claim fewer steps than its weights took. With ``seed``, a checkpoint of a run started with
+    another seed (``run.json``) is refused: a resumed run draws what an uninterrupted one would."""
     state = load_checkpoint(run_dir)
     step = 0
     if state is not None:
         path = run_dir / CHECKPOINT
+        started = _run_json(run_dir).get("seed")
+        if seed is not None and started is not None and started != seed:
+            raise RunError(
+                f"{run_dir} was trained with seed {started}, not {seed}: resume it with seed {started} "
+                "(its batches and validation lenses are drawn from it), or use a new directory"
+            )
         if until is not None and state["step"] > until:
             raise RunError(
                 f"{run_dir}: its checkpoint is at step {state['step']}, past the last step asked for ({until}); "

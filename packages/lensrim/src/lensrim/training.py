@@ -657,7 +657,7 @@ def _train_rim(
     check_run(run_dir, stored, RIMConfig.OPTIMISATION_FIELDS)  # everything is checked before anything is written
     model = on_device(seeded_init(lambda: RIM(config), seed), device)  # channels-last on a CPU
     opt = torch.optim.Adamax(model.parameters(), lr=config.learning_rate_at(0))
-    start = restore(run_dir, model, opt, trim=False, until=steps)
+    start = restore(run_dir, model, opt, trim=False, until=steps, seed=seed)
     distributed = _distributed()
     if distributed:
         _refuse_diverging_ranks(run_dir, start, stored)
