@@ -21,7 +21,15 @@ def test_train_resume_and_reconstruct(tmp_path):
     assert "chi2_nu(median)" in out.stderr
     out = run("train", "rim", *common, "--steps", 3, "-o", tmp_path / "whole3")
     run("train", "rim", *common, "--steps", 2, "--checkpoint-every", 1, "-o", tmp_path / "part")
-    run("train", "rim", *common, "--steps", 3, "-o", tmp_path / "part")
+    for other, says in ((["--seed", 1], "was trained with seed 0, not 1"), (["--steps", 1], "asked for (1)")):
+        bad = run("train", "rim", *common, "--steps", 3, *other, "-o", tmp_path / "part", check=False)
+        assert bad.returncode == 1 and says in bad.stderr.splitlines()[-1]  # refused, nothing written
+    with open(tmp_path / "part" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "lo')  # a run killed mid-write
+    out = run("train", "rim", *common, "--steps", 3, "-o", tmp_path / "part")
+    # the library's warning is one line of its own, not Python's file, line and source
+    assert f"warning: {tmp_path / 'part' / 'metrics.jsonl'}: dropped a half-written last line" in out.stderr
+    assert "UserWarning" not in out.stderr and "read_metrics(" not in out.stderr
     a = torch.load(tmp_path / "whole3" / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)

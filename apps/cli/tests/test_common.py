@@ -194,3 +194,32 @@ def test_options_that_mirror_a_config_field_carry_its_documentation_and_default(
     rim = {p.name: p for p in cli.commands["train"].commands["rim"].params}
     assert rim["fit_weight"].default is None and rim["fit_weight"].help.endswith("(default: the preset's)")
     assert "chi2_nu" in rim["fit_weight"].help
+
+
+def test_warnings_print_as_one_line_each_and_the_display_comes_back(capsys):
+    import warnings
+
+    from lens_cli.common import warnings_as_lines
+    from lens_cli.main import cli
+
+    before = warnings.showwarning
+    with warnings_as_lines():
+        warnings.warn("x.fits: the PSF HDU sums to 0.9; renormalised to 1", stacklevel=1)
+        warnings.warn("old name", DeprecationWarning, stacklevel=1)
+    assert warnings.showwarning is before
+    err = capsys.readouterr().err
+    assert (
+        err == "warning: x.fits: the PSF HDU sums to 0.9; renormalised to 1\nwarning (DeprecationWarning): old name\n"
+    )
+
+    @click.command("warn-once")
+    def warn_once():
+        warnings.warn("run/metrics.jsonl: dropped a half-written last line", stacklevel=1)
+
+    cli.add_command(warn_once)
+    try:
+        result = CliRunner().invoke(cli, ["warn-once"])
+    finally:
+        cli.commands.pop("warn-once")
+    assert result.exit_code == 0 and "warning: run/metrics.jsonl: dropped a half-written last line" in result.output
+    assert "UserWarning" not in result.output and warnings.showwarning is before

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,6 +65,22 @@ def say(line: str) -> None:
     from tqdm.auto import tqdm
 
     tqdm.write(line, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Within it, each Python warning the libraries raise prints as one ``warning: ...`` line on
+    stderr (above any progress bar; the category named unless it is a plain UserWarning), not as
+    the file, line and source line of the code that raised it. The warning filters and display
+    are restored on exit."""
+    with warnings.catch_warnings():
+
+        def show(message, category, filename, lineno, file=None, line=None) -> None:
+            kind = "" if category is UserWarning else f" ({category.__name__})"
+            say(f"warning{kind}: {message}")
+
+        warnings.showwarning = show
+        yield
 
 
 class CostEstimate:

@@ -15,6 +15,7 @@ from lens_cli.common import (
     refuse_distributed,
     resolve_device,
     seed_option,
+    warnings_as_lines,
 )
 from lenscore.cpu import choose_threads, idle_cores  # noqa: F401  (idle_cores: the CLI's name for it)
 from lensrim.demo import PRESETS  # torch-free: the demo imports torch when it runs
@@ -30,6 +31,7 @@ def cli(ctx: click.Context) -> None:
     --seed and --device; `lens COMMAND --help` documents its options.
     """
     refuse_distributed(ctx, allowed=("train",))  # `train` refuses all but `rim` itself
+    ctx.with_resource(warnings_as_lines())  # for the whole command, restored when it ends
 
 
 @cli.command(short_help="The whole pipeline, small, on built-in data (a CPU is enough).")
