@@ -323,6 +323,31 @@ def test_a_run_resumes_only_with_the_seed_it_started_with(tmp_path):
     assert restore(fresh, model, opt, seed=7) == 0
 
 
+def test_a_run_resumed_on_other_data_keeps_what_it_ran_on_before(tmp_path):
+    import warnings
+
+    run_dir, config = tmp_path / "run", LineConfig()
+    prepare_run(run_dir, config, ("steps",), metadata={"data": "a.h5", "world_size": 1}, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same metadata again: no word, no history
+        prepare_run(run_dir, config, ("steps",), metadata={"data": "a.h5", "world_size": 1}, seed=0, resumed_at=4)
+    assert read_json(run_dir / "run.json") == {"data": "a.h5", "world_size": 1, "seed": 0}
+    with pytest.warns(UserWarning, match="resumed at step 4 with other data than it ran with; run.json keeps"):
+        prepare_run(run_dir, config, ("steps",), metadata={"data": "b.h5", "world_size": 1}, seed=0, resumed_at=4)
+    with pytest.warns(UserWarning, match="resumed at step 6 with other data, world_size than"):
+        prepare_run(run_dir, config, ("steps",), metadata={"data": "c.h5", "world_size": 2}, seed=0, resumed_at=6)
+    prepare_run(run_dir, config, ("steps",), seed=0, resumed_at=8)  # no metadata given: all kept
+    assert read_json(run_dir / "run.json") == {
+        "data": "c.h5",
+        "world_size": 2,
+        "seed": 0,
+        "history": [
+            {"until_step": 4, "data": "a.h5", "world_size": 1},
+            {"until_step": 6, "data": "b.h5", "world_size": 1},
+        ],
+    }
+
+
 def test_a_checkpoint_the_disk_cannot_hold_fails_in_one_line_naming_it(tmp_path, monkeypatch):
     import contextlib
 

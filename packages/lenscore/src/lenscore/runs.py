@@ -338,21 +338,45 @@ class RunLock:
 
 
 def prepare_run(
-    run_dir: Path, config: Any, mutable: tuple[str, ...], *, metadata: dict[str, Any] | None = None, seed: int = 0
+    run_dir: Path,
+    config: Any,
+    mutable: tuple[str, ...],
+    *,
+    metadata: dict[str, Any] | None = None,
+    seed: int = 0,
+    resumed_at: int = 0,
 ) -> None:
     """Create or reopen a run directory: refuse one whose stored configuration differs from
     ``config`` in anything but the ``mutable`` fields (steps, schedules), then store ``config``
     and the run's ``metadata`` with the seed as JSON (``run.json``; without ``metadata``, the
     stored metadata stay and the seed is recorded all the same, for :func:`restore` to check).
+    A run resumed (from step ``resumed_at`` > 0) with other metadata than it ran with (other
+    data, another number of processes) keeps the earlier ones in ``run.json``'s ``history``,
+    each with the step it ran until, and says so in a warning.
 
     A trainer checks everything first (:func:`check_run`, :func:`restore` with ``trim=False``,
     its data) and calls this last, so that a refused resume leaves every file as it was."""
     check_run(run_dir, config, mutable)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / CONFIG, config.to_json())
+    stored = _run_json(run_dir)
+    history = stored.pop("history", [])
+    stored.pop("seed", None)
     if metadata is None:
-        metadata = _run_json(run_dir)
-    write_text(run_dir / RUN_JSON, json.dumps({**metadata, "seed": seed}, indent=2, sort_keys=True))
+        metadata = stored
+    metadata = json.loads(json.dumps(metadata))  # compared as JSON keeps it (tuples as lists)
+    if resumed_at > 0 and stored and metadata != stored:
+        import warnings
+
+        changed = sorted(k for k in {*stored, *metadata} if stored.get(k) != metadata.get(k))
+        history = [*history, {"until_step": resumed_at, **stored}]
+        warnings.warn(
+            f"{run_dir}: resumed at step {resumed_at} with other {', '.join(changed)} than it ran with; "
+            f"{RUN_JSON} keeps the earlier ones under 'history'",
+            stacklevel=3,
+        )
+    record = {**metadata, "seed": seed, **({"history": history} if history else {})}
+    write_text(run_dir / RUN_JSON, json.dumps(record, indent=2, sort_keys=True))
 
 
 def _run_json(run_dir: Path) -> dict[str, Any]:

@@ -198,7 +198,7 @@ def _fit(
     model = on_device(model, device)  # channels-last on a CPU: x1.2-1.8 a step (bench_prior)
     opt = torch.optim.Adam(model.parameters(), lr=config.learning_rate_at(0))
     start = restore(run_dir, model, opt, trim=False, until=steps, seed=seed)
-    prepare_run(run_dir, config, ("steps",), metadata=metadata, seed=seed)
+    prepare_run(run_dir, config, ("steps",), metadata=metadata, seed=seed, resumed_at=start)
     trim_metrics(run_dir, start)
     data = data.to(device)
     n = data.shape[0]

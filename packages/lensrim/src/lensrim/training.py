@@ -671,7 +671,7 @@ def _train_rim(
     checks = {"val": validation, "ext": external} if rank == 0 else {}
     checks = {k: {f: t.cpu() for f, t in as_batch(v).items()} for k, v in checks.items() if v is not None}
     if rank == 0:  # the run's files change only now, when nothing is left to refuse
-        prepare_run(run_dir, stored, RIMConfig.OPTIMISATION_FIELDS, metadata=metadata, seed=seed)
+        prepare_run(run_dir, stored, RIMConfig.OPTIMISATION_FIELDS, metadata=metadata, seed=seed, resumed_at=start)
         trim_metrics(run_dir, start)
     if distributed:
         dist.barrier()
