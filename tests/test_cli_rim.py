@@ -21,9 +21,11 @@ def test_train_resume_and_reconstruct(tmp_path):
     assert "chi2_nu(median)" in out.stderr
     out = run("train", "rim", *common, "--steps", 3, "-o", tmp_path / "whole3")
     run("train", "rim", *common, "--steps", 2, "--checkpoint-every", 1, "-o", tmp_path / "part")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "part").iterdir()}
     for other, says in ((["--seed", 1], "was trained with seed 0, not 1"), (["--steps", 1], "asked for (1)")):
         bad = run("train", "rim", *common, "--steps", 3, *other, "-o", tmp_path / "part", check=False)
-        assert bad.returncode == 1 and says in bad.stderr.splitlines()[-1]  # refused, nothing written
+        assert bad.returncode == 1 and says in bad.stderr.splitlines()[-1]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "part").iterdir()} == before  # refused, nothing written
     with open(tmp_path / "part" / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "lo')  # a run killed mid-write
     out = run("train", "rim", *common, "--steps", 3, "-o", tmp_path / "part")
