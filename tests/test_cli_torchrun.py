@@ -46,8 +46,9 @@ def _launch(*args, lens_args=(), nodes: int = 1):
 def _torchrun(*args, lens_args=(), nodes: int = 1):
     """:func:`_launch`, every node succeeding; their standard errors."""
     out = _launch(*args, lens_args=lens_args, nodes=nodes)
-    for code, err in out:
-        assert code == 0, err
+    # every node's code and standard error: a node's agent can fail because of another's
+    report = "\n".join(f"--- node {i}: exit code {code}\n{err}" for i, (code, err) in enumerate(out))
+    assert all(code == 0 for code, _ in out), report
     return [err for _, err in out]
 
 
