@@ -20,6 +20,7 @@ from lenscore.runs import (
     StepResult,
     check_finite,
     check_memory,
+    check_resume,
     check_run,
     load_checkpoint,
     load_run,
@@ -298,7 +299,10 @@ def test_a_run_is_not_rewound_to_fewer_steps_than_its_checkpoint_took(tmp_path):
         RunError, match=r"checkpoint is at step 4, past the last step asked for \(3\).*ask for 4 steps or more"
     ):
         restore(run_dir, model, opt, until=3)  # refused before trimming the metrics too
+    with pytest.raises(RunError, match=r"past the last step asked for \(3\)"):
+        check_resume(run_dir, until=3)  # what a command asks before it reports anything
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert check_resume(run_dir, until=4, seed=0) == 4 and check_resume(tmp_path / "new", until=1, seed=3) == 0
     assert restore(run_dir, model, opt, until=4) == 4  # a finished run asked for its own steps resumes
 
 
@@ -311,6 +315,8 @@ def test_a_run_resumes_only_with_the_seed_it_started_with(tmp_path):
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     with pytest.raises(RunError, match="was trained with seed 0, not 1: resume it with seed 0"):
         restore(run_dir, model, opt, seed=1)
+    with pytest.raises(RunError, match="was trained with seed 0, not 1"):
+        check_resume(run_dir, seed=1)
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
     assert restore(run_dir, model, opt, seed=0) == 4
     # metadata given once stay when a later call gives none

@@ -32,6 +32,7 @@ __all__ = [
     "RUN_JSON",
     "available_memory",
     "check_memory",
+    "check_resume",
     "check_run",
     "memory_estimate",
     "on_device",
@@ -410,25 +411,13 @@ def restore(
 
     With ``trim``, metrics logged after the checkpoint (by a run killed before its next one)
     are dropped (all of them when there is no checkpoint yet), so that the resumed run logs them
-    again exactly once. With ``until`` (the steps the run is asked to reach), a checkpoint past
-    it is refused before anything is written: a run is not rewound, and its configuration must
-    not claim fewer steps than its weights took. With ``seed``, a checkpoint of a run started with
-    another seed (``run.json``) is refused: a resumed run draws what an uninterrupted one would."""
+    again exactly once. ``until`` (the steps the run is asked to reach) and ``seed`` refuse,
+    before anything is written, what :func:`check_resume` refuses."""
     state = load_checkpoint(run_dir)
     step = 0
     if state is not None:
         path = run_dir / CHECKPOINT
-        started = _run_json(run_dir).get("seed")
-        if seed is not None and started is not None and started != seed:
-            raise RunError(
-                f"{run_dir} was trained with seed {started}, not {seed}: resume it with seed {started} "
-                "(its batches and validation lenses are drawn from it), or use a new directory"
-            )
-        if until is not None and state["step"] > until:
-            raise RunError(
-                f"{run_dir}: its checkpoint is at step {state['step']}, past the last step asked for ({until}); "
-                f"a run is not rewound: ask for {state['step']} steps or more to go on, or use a new directory"
-            )
+        check_resume(run_dir, until=until, seed=seed, step=state["step"])
         if "optimizer" not in state:
             raise RunError(f"{path}: no optimizer state to resume from")
         load_weights(model, state["model"], path)
@@ -439,6 +428,35 @@ def restore(
         step = state["step"]
     if trim:
         trim_metrics(run_dir, step)
+    return step
+
+
+def check_resume(
+    run_dir: str | os.PathLike, *, until: int | None = None, seed: int | None = None, step: int | None = None
+) -> int:
+    """Refuse (reading only) to resume the run in ``run_dir`` when its checkpoint is past
+    ``until``, the steps asked for (a run is not rewound, and its configuration must not claim
+    fewer steps than its weights took), or when it began with another seed than ``seed``
+    (``run.json``'s: a resumed run draws what an uninterrupted one would). Returns the
+    checkpoint's step, 0 without one; ``step`` is that step when the checkpoint is already read.
+    :func:`restore` calls it; a command calls it first, to refuse before it reports anything."""
+    run_dir = Path(run_dir)
+    if step is None:
+        state = load_checkpoint(run_dir)
+        if state is None:
+            return 0
+        step = int(state["step"])
+    started = _run_json(run_dir).get("seed")
+    if seed is not None and started is not None and started != seed:
+        raise RunError(
+            f"{run_dir} was trained with seed {started}, not {seed}: resume it with seed {started} "
+            "(its batches and validation lenses are drawn from it), or use a new directory"
+        )
+    if until is not None and step > until:
+        raise RunError(
+            f"{run_dir}: its checkpoint is at step {step}, past the last step asked for ({until}); "
+            f"a run is not rewound: ask for {step} steps or more to go on, or use a new directory"
+        )
     return step
 
 

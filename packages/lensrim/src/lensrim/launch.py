@@ -23,7 +23,7 @@ import torch
 
 import lenssim
 from lenscore.config import SettingError
-from lenscore.runs import CONFIG, RunError, read_config
+from lenscore.runs import CONFIG, RunError, check_resume, read_config
 from lensrim.config import PRESETS, RIMConfig
 from lensrim.training import (
     DatasetBatches,
@@ -212,6 +212,7 @@ def prepare_training(
     external ones ``external``'s. ``initial_log10_kappa`` "auto" starts the first estimate at the
     constant predictor's log10 kappa on 64 training lenses (a resumed run keeps its own)."""
     config = resolve_config(output, preset, **settings)
+    start = check_resume(output, until=config.train_steps, seed=seed)  # refused before any data is read
     obs = lenssim.ObservationConfig.at_resolution(config.pixels)  # on-the-fly lenses, as datasets are simulated
 
     def draws(kind: str, spec, vae, param: str):
@@ -255,7 +256,7 @@ def prepare_training(
     offset = _initial_offset(initial_log10_kappa, Path(output), batches, seed)
     config = replace(config, initial_log10_kappa=offset, **fovs)  # the RIM keeps its data's geometry
     meta = {**provenance, **fovs, "preset": preset, "world_size": world_size}
-    return TrainingPlan(config, batches, held[0], held[1], meta, checkpoint_step(output) or 0)
+    return TrainingPlan(config, batches, held[0], held[1], meta, start)
 
 
 def _lenses(path, param: str, pixels: int, geometry: lenssim.Geometry, size: int) -> lenssim.LensBatch:
