@@ -51,6 +51,16 @@ def test_train_resume_sample_and_use(kappa_file, tmp_path):
     metrics = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [5, 10, 15, 20] and "val_loss" in metrics[-1]
     assert (tmp_path / "part" / "samples.png").read_bytes()[:4] == b"\x89PNG"
+    before = {p.name: p.read_bytes() for p in (tmp_path / "part").iterdir()}
+    for args, says in (
+        (("--steps", 10), "its checkpoint is at step 20, past the last step asked for (10)"),
+        (("--steps", 30, "--seed", 1), "was trained with seed 0, not 1"),
+        (("--steps", 30, "--latent-dim", 8), "holds a run with another configuration"),
+    ):  # refused before the bar opens: one line, nothing written
+        common = ("train", "vae", "--kind", "kappa", "--data", kappa_file, "--preset", "small", "--batch-size", 2)
+        bad = run(*common, *args, "-o", tmp_path / "part", check=False)
+        assert bad.returncode == 1 and len(bad.stderr.splitlines()) == 1 and says in bad.stderr, bad.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "part").iterdir()} == before
     run("sample", "--vae", tmp_path / "whole", "-n", 5, "-o", tmp_path / "draws.h5", "--seed", 1)
     d = lenssim.read_dataset(tmp_path / "draws.h5", ["kappa", "split"])
     assert d["kappa"].shape == (5, 1, 128, 128) and (d["kappa"] > 0).all()

@@ -91,7 +91,8 @@ def train_vae(kind, data, output, preset, split, checkpoint_every, log_every, se
         say(f"note: {data} has no test split: no validation loss will be logged")
     meta = {"kind": kind, "data": str(data), "data_attrs": attrs, "n_train": int(train_maps.shape[0]), "preset": preset}
     run = {"checkpoint_every": checkpoint_every, "log_every": log_every, "validation": validation, "metadata": meta}
-    with progress_bar(total=config.steps, desc=f"training {kind} VAE", unit="step") as bar:
+    start = lensprior.training.check_resumable(config, output, seed=seed)
+    with progress_bar(total=config.steps, initial=start, desc=f"training {kind} VAE", unit="step") as bar:
 
         def progress(done, terms):
             bar.set_postfix(loss=f"{terms['loss']:.3g}", refresh=False)
@@ -102,7 +103,10 @@ def train_vae(kind, data, output, preset, split, checkpoint_every, log_every, se
         samples = model.sample(6, generator=torch.Generator().manual_seed(seed)).cpu()
     fig = samples_beside_data(output / "samples.png", train_maps[:6], samples, log10=(kind == "kappa"))
     last = read_metrics(output / "metrics.jsonl")[-1]
-    click.echo(f"trained {output} to step {config.steps}: {last}; figure {fig}")
+    terms = f"loss {last['loss']:.4g} (reconstruction {last['reconstruction']:.4g}, KL {last['kl']:.3g})"
+    if "val_loss" in last:
+        terms += f", validation loss {last['val_loss']:.4g}"
+    click.echo(f"trained {output} to step {config.steps}; last logged (step {last['step']}): {terms}; draws: {fig}")
 
 
 @train.command("denoiser")
@@ -130,7 +134,8 @@ def train_denoiser(data_path, output, steps, noise_min, noise_max, highpass, che
     dev = resolve_device(device)
     config = lensprior.DenoiserConfig(steps=steps, noise_min=noise_min, noise_max=noise_max, highpass=highpass)
     clean = lensprior.load_field(data_path, "source", split="train")
-    with progress_bar(total=steps, desc="training denoiser", unit="step") as bar:
+    start = lensprior.training.check_resumable(config, output, seed=seed)
+    with progress_bar(total=steps, initial=start, desc="training denoiser", unit="step") as bar:
 
         def progress(done, terms):
             bar.set_postfix(error=f"{terms['error']:.3g}", refresh=False)

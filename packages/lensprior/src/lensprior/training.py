@@ -24,6 +24,7 @@ from lenscore.runs import (  # the run core, shared with lensrim; re-exported un
     StepResult,
     check_finite,
     check_memory,
+    check_resume,
     check_run,
     load_checkpoint,
     load_run,
@@ -44,6 +45,7 @@ __all__ = [
     "RunError",
     "RunLock",
     "check_finite",
+    "check_resumable",
     "load_checkpoint",
     "load_weights",
     "prepare_run",
@@ -133,6 +135,17 @@ def has_test_split(path: str | os.PathLike, field: str) -> bool:
 def load_vae(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[VAE, dict[str, Any]]:
     """The trained VAE of a run directory (weights from its checkpoint) and the run's metadata."""
     return load_run(run_dir, VAEConfig, VAE, device=device)
+
+
+def check_resumable(config: Any, run_dir: str | os.PathLike, *, steps: int | None = None, seed: int = 0) -> int:
+    """Refuse (reading only) what :func:`fit` would refuse of ``run_dir`` for ``config`` trained to
+    ``steps`` (default ``config.steps``) from ``seed``: a run of another configuration, a
+    checkpoint past ``steps``, another seed. Returns the step training would start from (0 for a
+    new run). A command calls it to refuse before it reports anything."""
+    steps = config.steps if steps is None else steps
+    run_dir = Path(run_dir)
+    check_run(run_dir, replace(config, steps=steps), ("steps",))
+    return check_resume(run_dir, until=steps, seed=seed)
 
 
 def fit(
