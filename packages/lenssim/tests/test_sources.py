@@ -69,10 +69,19 @@ def test_missing_pieces_get_clear_messages(tmp_path):
     # the btk example has no _selection file: marginal exclusion cannot work
     with pytest.raises(SourceDataError, match="_selection.fits"):
         CosmosSources(COSMOS / "btk-26-extension", file_name="real_galaxy_catalog_26_extension_example.fits")
-    # the 23.5 example ships no galaxy images: real drawing fails with the download hint
-    cat = CosmosSources(COSMOS / "galsim-23.5-example", file_name="real_galaxy_catalog_23.5_example.fits")
-    with pytest.raises(SourceDataError, match="galsim_download_cosmos"):
-        cat.stamp(0, np.random.default_rng(0))
+    # the 23.5 example ships no galaxy images: refused when opened, naming the file, with the hint
+    with pytest.raises(SourceDataError, match=r"no real_galaxy_images\.fits in .*galsim_download_cosmos"):
+        CosmosSources(COSMOS / "galsim-23.5-example", file_name="real_galaxy_catalog_23.5_example.fits")
+    # the same files, the PSF images gone (a copy of the directory): that file is named
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in (COSMOS / "btk-26-extension").iterdir():
+        if "PSF" not in f.name:
+            (copy / f.name).symlink_to(f)
+    with pytest.raises(SourceDataError, match=r"no \S*PSF\S*\.fits in"):
+        CosmosSources(
+            copy, file_name="real_galaxy_catalog_26_extension_example.fits", exclusion_level="none", min_flux=0
+        )
 
 
 def test_synthetic_galaxies_are_seeded_and_centred():

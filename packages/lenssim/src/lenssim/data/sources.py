@@ -215,6 +215,17 @@ class CosmosSources:
             raise SourceDataError(
                 f"{cat_path}: no galaxy passes exclusion level {exclusion_level!r} and min flux {min_flux}"
             )
+        if use_real:  # refused now, not at the first galaxy drawn from a missing file
+            real, used = self.catalog.real_cat, np.asarray(self.catalog.orig_index)
+            files = {
+                str(f).strip() for names in (real.gal_file_name, real.psf_file_name) for f in np.asarray(names)[used]
+            }
+            missing = sorted(Path(f).name for f in files if not Path(f).is_file())
+            if missing:
+                raise SourceDataError(
+                    f"{cat_path}: no {', '.join(missing)} in {d}, which its real galaxies are drawn from (the "
+                    f"parametric fits, --parametric, need only the catalogue); {DOWNLOAD_HINT}"
+                )
 
     def __len__(self) -> int:
         return int(self.catalog.nobjects)
