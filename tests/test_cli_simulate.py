@@ -94,7 +94,7 @@ def test_lenses_from_files_same_seed_same_bytes(inputs, tmp_path):
     assert (tmp_path / "a.h5").read_bytes() == (tmp_path / "b.h5").read_bytes()
     d = lenssim.read_lens_dataset(tmp_path / "a.h5")
     model = lenssim.lens_image(d["source"], d["kappa"], psf=d["psf"])
-    assert ((lenssim.reduced_chi_squared(d["observation"], model, d["noise_sigma"]) - 1).abs() < 0.06).all()
+    assert ((lenssim.chi2_nu(d["observation"], model, d["noise_sigma"]) - 1).abs() < 0.06).all()
 
 
 def test_sharded_lenses_make_one_dataset(tmp_path):
