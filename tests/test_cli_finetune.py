@@ -165,6 +165,11 @@ def test_finetune_and_evaluate_errors(models, tmp_path):
         bad.returncode == 2 and "Invalid value for --source-vae: expected a source VAE, got a kappa VAE" in bad.stderr
     )
     assert "fine-tuning" not in bad.stderr  # refused before any work: no progress bar opened
+    # training on the fly from a swapped VAE: refused the same way, before any lens is simulated
+    on_the_fly = ("train", "rim", "--preset", "tiny", "--kappa-vae", models / "svae", "--sources", "sersic")
+    bad = run(*on_the_fly, "--steps", 1, "-o", tmp_path / "rim", check=False)
+    assert bad.returncode == 2 and "Invalid value for --kappa-vae: expected a kappa VAE, got a source VAE" in bad.stderr
+    assert not (tmp_path / "rim").exists()
     bad = run("evaluate", models / "lenses.h5", "-o", tmp_path / "rep", check=False)
     assert bad.returncode == 1 and "not a reconstruction" in bad.stderr
     assert not (tmp_path / "x.h5").exists()

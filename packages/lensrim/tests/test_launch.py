@@ -66,3 +66,36 @@ def test_validation_lenses_on_another_geometry_are_refused_naming_the_setting(tm
     assert e.value.param == "external"
     with pytest.raises(SettingError, match="neither a number nor 'auto'"):
         prepare_training(tmp_path / "run", preset="tiny", data=tmp_path / "train.h5", initial_log10_kappa="x")
+
+
+def test_vae_lenses_beside_a_dataset_are_simulated_on_its_grid_and_unfit_vaes_are_refused(tmp_path):
+    import lensprior
+
+    lenses = sie_lenses(4, pixels=32)
+    attrs = {"image_fov": 6.0, "source_fov": 2.5, "z_lens": 0.5, "z_source": 1.5}  # not Table 1's fields
+    lenssim.write_lens_dataset(tmp_path / "train.h5", lenses, **attrs)
+    tiny = dict(pixels=32, levels=2, filters=4, latent_dim=4, batch_size=4, steps=2)
+
+    def vae(kind, name, **fields):
+        config = (lensprior.source_vae_config if kind == "source" else lensprior.kappa_vae_config)(**tiny)
+        maps = lenses["source"] if kind == "source" else lenses["kappa"]
+        lensprior.train_vae(config, maps, tmp_path / name, metadata={"data_attrs": {**attrs, **fields}})
+        return tmp_path / name
+
+    svae, kvae = vae("source", "svae"), vae("kappa", "kvae")
+    common = dict(preset="tiny", data=tmp_path / "train.h5", initial_log10_kappa=0.0)
+    plan = prepare_training(tmp_path / "run", kappa_vae=kvae, source_vae=svae, vae_fraction=0.5, **common)
+    # the VAE-drawn half of each batch is simulated on the dataset's fields, which the RIM takes
+    assert plan.batches.extra.attrs == {"image_fov": 6.0, "source_fov": 2.5}
+    assert (plan.config.image_fov, plan.config.source_fov) == (6.0, 2.5)
+    cases = (
+        (dict(kappa_vae=svae, source_vae=svae), "kappa_vae", "expected a kappa VAE, got a source VAE"),
+        (dict(kappa_vae=kvae, source_vae=kvae), "source_vae", "expected a source VAE, got a kappa VAE"),
+        (dict(kappa_vae=vae("kappa", "k769", image_fov=7.69)), "kappa_vae", "image_fov 7.69, the RIM on 6 arcsec"),
+        (dict(source_vae=vae("source", "s3", source_fov=3.0)), "source_vae", "source_fov 3, the RIM on 2.5 arcsec"),
+    )
+    for vaes, param, message in cases:
+        with pytest.raises(SettingError, match=message) as e:
+            prepare_training(tmp_path / "other", **vaes, **common)
+        assert e.value.param == param
+    assert not (tmp_path / "other").exists()

@@ -25,7 +25,7 @@ import torch
 
 import lenssim
 from lenscore.config import SettingError
-from lensrim.finetune import FineTuneConfig, check_vaes, finetune
+from lensrim.finetune import FineTuneConfig, check_prior, finetune
 from lensrim.model import RIM
 from lensrim.training import load_rim
 
@@ -348,18 +348,13 @@ def check_priors(
     source_meta: dict | None = None,
     kappa_meta: dict | None = None,
 ) -> None:
-    """Refuse, before any work, VAEs that cannot be ``rim``'s priors: swapped or on maps of
-    another size (:func:`lensrim.finetune.check_vaes`), or trained on maps of other fields of view
-    than the RIM's (their run.json's ``data_attrs``, when the metadata are given); a
-    :class:`SettingError` naming the VAE (``source_vae`` or ``kappa_vae``)."""
-    check_vaes(rim, source_vae, kappa_vae)
-    for meta, param, key in ((source_meta, "source_vae", "source_fov"), (kappa_meta, "kappa_vae", "image_fov")):
-        trained_on = (meta or {}).get("data_attrs", {}).get(key)
-        ours = getattr(rim.config, key)
-        if trained_on is not None and not lenssim.geometry.same_fov(trained_on, ours):
-            raise SettingError(
-                f"the VAE was trained on maps of {key} {float(trained_on):g}, the RIM on {ours:g} arcsec", param=param
-            )
+    """Refuse, before any work, VAEs that cannot be ``rim``'s priors: swapped, on maps of
+    another size, or trained on maps of other fields of view than the RIM's (their run.json's
+    ``data_attrs``, when the metadata are given); a :class:`SettingError` naming the VAE
+    (``source_vae`` or ``kappa_vae``). :func:`lensrim.finetune.check_prior` checks each."""
+    for kind, vae, meta in (("source", source_vae, source_meta), ("kappa", kappa_vae, kappa_meta)):
+        fov = rim.config.source_fov if kind == "source" else rim.config.image_fov
+        check_prior(vae, kind, pixels=rim.config.pixels, fov=fov, meta=meta, param=f"{kind}_vae")
 
 
 def load_observations(

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 
 import torch
 
+import lenssim
 from lenscore.config import SettingError
 from lensrim.config import FineTuneConfig
 from lensrim.model import RIM, ForwardModel, rim_loss
@@ -53,6 +54,7 @@ from lensrim.model import RIM, ForwardModel, rim_loss
 __all__ = [
     "FineTuneConfig",
     "FineTuneResult",
+    "check_prior",
     "check_vaes",
     "encode_prediction",
     "ewc_penalty",
@@ -110,12 +112,27 @@ def check_vaes(model: RIM, source_vae: torch.nn.Module, kappa_vae: torch.nn.Modu
     """Refuse VAEs that cannot be ``model``'s priors: of the other kind (the two swapped) or on
     maps of another size than the RIM's; a :class:`~lenscore.config.SettingError` naming
     ``source_vae`` or ``kappa_vae``."""
-    n = model.config.pixels
-    for param, kind, vae in (("source_vae", "source", source_vae), ("kappa_vae", "kappa", kappa_vae)):
-        if vae.config.kind != kind:
-            raise SettingError(f"expected a {kind} VAE, got a {vae.config.kind} VAE", param=param)
-        if vae.config.pixels != n:
-            raise SettingError(f"the {kind} VAE works on {vae.config.pixels}^2 maps, the RIM on {n}^2", param=param)
+    for kind, vae in (("source", source_vae), ("kappa", kappa_vae)):
+        check_prior(vae, kind, pixels=model.config.pixels, param=f"{kind}_vae")
+
+
+def check_prior(
+    vae: torch.nn.Module, kind: str, *, pixels: int, fov: float | None = None, meta: dict | None = None, param: str
+) -> None:
+    """Refuse a VAE that cannot give ``kind`` ("source" or "kappa") maps of ``pixels``^2 on a field
+    of ``fov`` arcsec: of the other kind, on maps of another size, or trained on maps of another
+    field (its run metadata ``meta``'s ``data_attrs``, when given); a
+    :class:`~lenscore.config.SettingError` naming ``param``."""
+    if vae.config.kind != kind:
+        raise SettingError(f"expected a {kind} VAE, got a {vae.config.kind} VAE", param=param)
+    if vae.config.pixels != pixels:
+        raise SettingError(f"the {kind} VAE works on {vae.config.pixels}^2 maps, the RIM on {pixels}^2", param=param)
+    key = "image_fov" if kind == "kappa" else "source_fov"
+    trained_on = (meta or {}).get("data_attrs", {}).get(key)
+    if fov is not None and trained_on is not None and not lenssim.geometry.same_fov(trained_on, fov):
+        raise SettingError(
+            f"the VAE was trained on maps of {key} {float(trained_on):g}, the RIM on {fov:g} arcsec", param=param
+        )
 
 
 @torch.no_grad()

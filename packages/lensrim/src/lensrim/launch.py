@@ -25,6 +25,7 @@ import lenssim
 from lenscore.config import SettingError
 from lenscore.runs import CONFIG, RunError, check_resume, read_config
 from lensrim.config import PRESETS, RIMConfig
+from lensrim.finetune import check_prior
 from lensrim.training import (
     DatasetBatches,
     MixedBatches,
@@ -176,11 +177,16 @@ def sampler(
     param: str | None = None,
 ) -> lenssim.data.lenses.Sampler:
     """Draws of ``kind`` ("kappa" or "source") from a trained VAE run ``vae``, or from ``spec``
-    (:func:`lenssim.sampler_from_spec`: a dataset, or "sie" / "sersic", the default)."""
+    (:func:`lenssim.sampler_from_spec`: a dataset, or "sie" / "sersic", the default). A VAE of
+    the other kind, or trained on maps of another size or field than ``config``'s, is refused as
+    a :class:`SettingError` naming ``kappa_vae`` or ``source_vae``."""
     if vae is not None:
         import lensprior
 
-        return vae_sampler(lensprior.load_vae(vae, device=device)[0], device)
+        model, meta = lensprior.load_vae(vae, device=device)
+        fov = config.image_fov if kind == "kappa" else config.source_fov
+        check_prior(model, kind, pixels=config.image_pixels, fov=fov, meta=meta, param=f"{kind}_vae")
+        return vae_sampler(model, device)
     spec = lenssim.data.simulate.ANALYTIC[kind] if spec is None else spec
     return lenssim.sampler_from_spec(spec, kind, config=config, split=split, device=device, in_memory=None, param=param)
 
@@ -213,14 +219,9 @@ def prepare_training(
     constant predictor's log10 kappa on 64 training lenses (a resumed run keeps its own)."""
     config = resolve_config(output, preset, **settings)
     start = check_resume(output, until=config.train_steps, seed=seed)  # refused before any data is read
-    obs = lenssim.ObservationConfig.at_resolution(config.pixels)  # on-the-fly lenses, as datasets are simulated
-
-    def draws(kind: str, spec, vae, param: str):
-        return sampler(kind, spec, vae, config=obs, device=device, param=param)
-
     given = {"kappa": kappa, "sources": sources, "kappa_vae": kappa_vae, "source_vae": source_vae}
     provenance = {k: str(v) for k, v in given.items() if v is not None}
-    use_vae = kappa_vae is not None or source_vae is not None
+    fovs: dict[str, float] = {}
     if data is not None:
         holdout = 0 if validation is not None else None  # held out only when no validation set is given
         batches = DatasetBatches(data, holdout=holdout, max_holdout=validation_size, workers=workers)
@@ -230,22 +231,25 @@ def prepare_training(
             raise SettingError(
                 f"{data}: maps are {n} pixels wide, the {preset} preset needs {config.pixels}", param="data"
             )
-        if use_vae:
-            simulated = SimulatedBatches(
-                draws("kappa", kappa, kappa_vae, "kappa"),
-                draws("source", sources, source_vae, "sources"),
-                obs,
-                device=device,
-            )
-            batches = MixedBatches(batches, simulated, vae_fraction)
-            provenance["vae_fraction"] = vae_fraction
-    else:
-        batches = SimulatedBatches(
+        fovs = {k: float(batches.attrs[k]) for k in ("image_fov", "source_fov") if k in batches.attrs}
+    # lenses simulated on the fly, alone or beside the dataset's, on the dataset's grid
+    obs = lenssim.ObservationConfig.at_resolution(config.pixels, **fovs)
+
+    def draws(kind: str, spec, vae, param: str):
+        return sampler(kind, spec, vae, config=obs, device=device, param=param)
+
+    if data is None or kappa_vae is not None or source_vae is not None:
+        simulated = SimulatedBatches(
             draws("kappa", kappa, kappa_vae, "kappa"),
             draws("source", sources, source_vae, "sources"),
             obs,
             device=device,
         )
+        if data is None:
+            batches = simulated
+        else:
+            batches = MixedBatches(batches, simulated, vae_fraction)
+            provenance["vae_fraction"] = vae_fraction
     train_attrs = getattr(batches, "attrs", {}) or {}
     fovs = {k: float(train_attrs[k]) for k in ("image_fov", "source_fov") if k in train_attrs}
     geometry = replace(config, **fovs).geometry
