@@ -184,8 +184,10 @@ def sampler(
         import lensprior
 
         model, meta = lensprior.load_vae(vae, device=device)
-        fov = config.image_fov if kind == "kappa" else config.source_fov
-        check_prior(model, kind, pixels=config.image_pixels, fov=fov, meta=meta, param=f"{kind}_vae")
+        pixels, fov = (
+            (config.image_pixels, config.image_fov) if kind == "kappa" else (config.source_pixels, config.source_fov)
+        )
+        check_prior(model, kind, pixels=pixels, fov=fov, meta=meta, param=f"{kind}_vae")
         return vae_sampler(model, device)
     spec = lenssim.data.simulate.ANALYTIC[kind] if spec is None else spec
     return lenssim.sampler_from_spec(spec, kind, config=config, split=split, device=device, in_memory=None, param=param)
