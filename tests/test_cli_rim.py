@@ -200,3 +200,24 @@ def test_training_options_are_saved_kept_on_resume_and_refused_when_senseless(tm
         out = run(*common, *bad, "--steps", 1, "-o", tmp_path / "bad", check=False)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
         assert not (tmp_path / "bad").exists()
+
+
+def test_a_second_stage_run_again_resumes_the_stage_it_began(tmp_path):
+    """A requeued `--second-stage` job (the same command after a preemption) goes on with the stage
+    it began, on its schedule and with the run's training options, and ends where one
+    uninterrupted second stage ends, to the bit."""
+    common = ["train", "rim", "--kappa", "sie", "--sources", "sersic", "--preset", "tiny", "--batch-size", 2]
+    common += ["--log-every", 2, "--validation-size", 2, "--checkpoint-every", 2]
+    for name in ("whole", "requeued"):
+        run(*common, "--steps", 4, "--fit-weight", 0.7, "-o", tmp_path / name)
+    run(*common, "--second-stage", "--steps", 4, "-o", tmp_path / "whole")
+    run(*common, "--second-stage", "--steps", 2, "-o", tmp_path / "requeued")  # stopped at step 6
+    run(*common, "--second-stage", "--steps", 4, "-o", tmp_path / "requeued")  # the job's command again
+    again = run(*common, "--second-stage", "--steps", 4, "-o", tmp_path / "requeued")  # once more: nothing to do
+    assert "trained" in again.stderr + again.stdout and "from step" not in again.stderr
+    configs = [json.loads((tmp_path / n / "config.json").read_text()) for n in ("whole", "requeued")]
+    assert configs[0] == configs[1] and (configs[0]["schedule_start"], configs[0]["train_steps"]) == (4, 8)
+    assert configs[0]["fit_weight"] == 0.7  # kept without being given again
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "requeued" / "checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == 8 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

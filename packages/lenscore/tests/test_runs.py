@@ -180,8 +180,12 @@ def test_run_steps_names_the_first_non_finite_step_and_keeps_the_last_good_check
 def test_a_run_with_another_configuration_is_refused(tmp_path):
     train(tmp_path, LineConfig(), 2)
     train(tmp_path, LineConfig(steps=20), 4)  # a mutable field: a longer run
-    with pytest.raises(RunError, match="another configuration"):
+    with pytest.raises(RunError, match="another configuration") as e:
         train(tmp_path, LineConfig(width=4), 4)
+    # the fields that differ, the stored value first; the mutable ones are not named
+    assert "(width 3 there, 4 here)" in str(e.value)
+    with pytest.raises(RunError, match=r"\(width 3 there, 5 here; learning_rate 0.1 there, 0.2 here\)"):
+        check_run(tmp_path, LineConfig(width=5, learning_rate=0.2, steps=30), ("steps",))
 
 
 def test_checkpoints_are_validated_before_use(tmp_path):

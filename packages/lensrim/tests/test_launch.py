@@ -51,6 +51,47 @@ def test_a_second_stage_needs_a_checkpoint(tmp_path):
     assert e.value.param == "second_stage"
 
 
+def test_a_second_stage_keeps_the_training_options_and_resumes_as_begun(tmp_path):
+    from lenscore.runs import save_checkpoint
+    from lensrim import RIM
+
+    run = tmp_path / "run"
+    run.mkdir()
+    first = replace(PRESETS["tiny"], train_steps=40, fit_weight=0.7, time_weights="linear")
+    (run / "config.json").write_text(first.to_json())
+    model = RIM(first)
+
+    def checkpoint(step):
+        save_checkpoint(run, {"model": model.state_dict(), "optimizer": {}, "step": step})
+
+    checkpoint(40)
+    second = resolve_config(run, "tiny", second_stage=True, steps=10)
+    assert second == first.second_stage(40, 10)  # the first stage's options, Table 7's schedule
+    (run / "config.json").write_text(second.to_json())
+    checkpoint(45)  # preempted at step 45
+    # the same command again (a requeued job) resumes the stage begun at 40: same schedule, same end
+    assert resolve_config(run, "tiny", second_stage=True, steps=10) == second
+    assert resolve_config(run, "tiny", second_stage=True, steps=20) == first.second_stage(40, 20)
+    assert resolve_config(run, "tiny") == second  # a plain resume continues it too
+
+
+def test_a_resumed_run_keeps_its_batch_bf16_and_checkpointing_unless_given_again(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    stored = replace(PRESETS["tiny"], batch_size=8, bf16=True, activation_checkpointing=True)
+    (run / "config.json").write_text(stored.to_json())
+    for second_stage in (False, True):
+        if second_stage:
+            (run / "checkpoint.pt").write_bytes(b"")  # never read: the stage's start is the config's
+            (run / "config.json").write_text(replace(stored, schedule_start=100).to_json())
+        resumed = resolve_config(run, "tiny", second_stage=second_stage)
+        assert (resumed.batch_size, resumed.bf16, resumed.activation_checkpointing) == (8, True, True)
+    given = resolve_config(run, "tiny", batch_size=2, bf16=False, activation_checkpointing=False)
+    assert (given.batch_size, given.bf16, given.activation_checkpointing) == (2, False, False)
+    fresh = resolve_config(tmp_path / "fresh", "tiny")
+    assert (fresh.batch_size, fresh.bf16, fresh.activation_checkpointing) == (PRESETS["tiny"].batch_size, False, False)
+
+
 def test_validation_lenses_on_another_geometry_are_refused_naming_the_setting(tmp_path):
     lenses = sie_lenses(4, pixels=32)
     attrs = {"image_fov": 7.69, "source_fov": 3.0, "z_lens": 0.5, "z_source": 1.5}

@@ -26,6 +26,9 @@ from lensrim.config import PRESETS as RIM_PRESETS, TIME_WEIGHTS, RIMConfig  # to
 PRESET = {"default": None, "note": "default: the preset's"}
 """An option whose default is the preset's value."""
 
+KEPT = {"default": None, "note": "default: the preset's, or a resumed run's"}
+"""An option whose default is the preset's value, or the value a resumed run has trained with."""
+
 
 @train.command("rim")
 @click.option("--data", type=click.Path(path_type=Path), help="Lens dataset (file or shard directory).")
@@ -54,8 +57,8 @@ PRESET = {"default": None, "note": "default: the preset's"}
     help="Training steps (default: the preset's: paper 610,000 as in Table 7; small 2,000, about 1.5 h at "
     "128^2 on 2 CPU cores; tiny 500). The cost at this machine's speed is printed after the first steps.",
 )
-@config_option(RIMConfig, "batch_size", type=click.IntRange(1), **PRESET)
-@config_option(RIMConfig, "learning_rate", type=FiniteFloat(0, min_open=True), **PRESET)
+@config_option(RIMConfig, "batch_size", type=click.IntRange(1), **KEPT)
+@config_option(RIMConfig, "learning_rate", type=FiniteFloat(0, min_open=True), **KEPT)
 @click.option(
     "--validation",
     type=click.Path(path_type=Path),
@@ -85,40 +88,27 @@ PRESET = {"default": None, "note": "default: the preset's"}
     "training lenses (an untrained RIM then starts at the trivial guess, not at kappa = 1).",
 )
 @config_option(RIMConfig, "init", type=click.Choice(["torch", "glorot"]), **PRESET)
-@config_option(
-    RIMConfig,
-    "gradient_preprocessing",
-    type=click.Choice(["adam", "rmsprop", "raw"]),
-    default=None,
-    note="default: the preset's",
-)
-@config_option(
-    RIMConfig, "beta2", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=None, note="default: the preset's"
-)
-@config_option(
-    RIMConfig, "time_weights", type=click.Choice(list(TIME_WEIGHTS)), default=None, note="default: the preset's"
-)
-@config_option(
-    RIMConfig, "clipping", type=click.Choice(["global", "per_tensor"]), default=None, note="default: the preset's"
-)
-@config_option(RIMConfig, "step_gains", "--step-gains/--no-step-gains", **PRESET)
-@config_option(RIMConfig, "gradient_skip", type=FiniteFloat(0, 1), **PRESET)
-@config_option(
-    RIMConfig, "skip_normalisation", type=click.Choice(["pixel", "map"]), default=None, note="default: the preset's"
-)
-@config_option(RIMConfig, "fit_weight", type=FiniteFloat(0), **PRESET)
-@config_option(RIMConfig, "fit_kappa", type=FiniteFloat(0, 1), **PRESET)
-@config_option(RIMConfig, "residual_input", "--residual-input/--no-residual-input", **PRESET)
+@config_option(RIMConfig, "gradient_preprocessing", type=click.Choice(["adam", "rmsprop", "raw"]), **KEPT)
+@config_option(RIMConfig, "beta2", type=FiniteFloat(0, 1, min_open=True, max_open=True), **KEPT)
+@config_option(RIMConfig, "time_weights", type=click.Choice(list(TIME_WEIGHTS)), **KEPT)
+@config_option(RIMConfig, "clipping", type=click.Choice(["global", "per_tensor"]), **KEPT)
+@config_option(RIMConfig, "step_gains", "--step-gains/--no-step-gains", **KEPT)
+@config_option(RIMConfig, "gradient_skip", type=FiniteFloat(0, 1), **KEPT)
+@config_option(RIMConfig, "skip_normalisation", type=click.Choice(["pixel", "map"]), **KEPT)
+@config_option(RIMConfig, "fit_weight", type=FiniteFloat(0), **KEPT)
+@config_option(RIMConfig, "fit_kappa", type=FiniteFloat(0, 1), **KEPT)
+@config_option(RIMConfig, "residual_input", "--residual-input/--no-residual-input", **KEPT)
 @click.option(
-    "--checkpointing",
+    "--checkpointing/--no-checkpointing",
     "activation_checkpointing",
-    is_flag=True,
-    help="Activation checkpointing per time step (less memory, more compute).",
+    default=None,
+    help="Activation checkpointing per time step (less memory, more compute). Default: off, or a resumed run's.",
 )
 @click.option(
-    "--bf16",
-    is_flag=True,
-    help="bfloat16 autocast of the network: on a GPU, or a CPU with native bfloat16 (AMX, AVX-512 BF16).",
+    "--bf16/--no-bf16",
+    default=None,
+    help="bfloat16 autocast of the network: on a GPU, or a CPU with native bfloat16 (AMX, AVX-512 BF16). "
+    "Default: off, or a resumed run's.",
 )
 @config_option(RIMConfig, "staircase", is_flag=True)
 @click.option(

@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -395,7 +395,13 @@ def check_run(run_dir: Path, config: Any, mutable: tuple[str, ...]) -> None:
     if (run_dir / CONFIG).is_file():
         existing = read_config(cls, run_dir / CONFIG)
         if replace(existing, **{k: getattr(config, k) for k in mutable}) != config:
-            raise RunError(f"{run_dir} holds a run with another configuration; use a new directory")
+            differ = [f.name for f in fields(config) if f.name not in mutable]
+            differ = [k for k in differ if getattr(existing, k) != getattr(config, k)]
+            said = "; ".join(f"{k} {getattr(existing, k)!r} there, {getattr(config, k)!r} here" for k in differ)
+            raise RunError(
+                f"{run_dir} holds a run with another configuration ({said}): give the run's settings to resume "
+                "it, or use a new directory"
+            )
 
 
 def restore(

@@ -23,7 +23,7 @@ import torch
 
 import lenssim
 from lenscore.config import SettingError
-from lenscore.runs import CONFIG, RunError, check_resume, read_config
+from lenscore.runs import CONFIG, RunError, check_resume, check_run, read_config
 from lensrim.config import PRESETS, RIMConfig
 from lensrim.finetune import check_prior
 from lensrim.training import (
@@ -60,6 +60,9 @@ TRAINING_CHOICES = (
     "residual_input",
 )
 """Training options a resumed run keeps from its own configuration unless they are given again."""
+
+RESUMED_SETTINGS = ("batch_size", "activation_checkpointing", "bf16")
+"""Settings of the computation that a resumed run (a second stage too) keeps unless given again."""
 
 SECOND_STAGE_STEPS = 870_000
 """Steps of Table 7's second stage when none are given."""
@@ -123,14 +126,16 @@ def resolve_config(
     learning_rate: float | None = None,
     init: str | None = None,
     staircase: bool = False,
-    activation_checkpointing: bool = False,
-    bf16: bool = False,
+    activation_checkpointing: bool | None = None,
+    bf16: bool | None = None,
     **training: Any,
 ) -> RIMConfig:
     """The run's configuration: ``preset`` with the settings given (None: not given; ``training``
     holds :data:`TRAINING_CHOICES`). A run directory that holds a configuration resumes with its own
-    schedule and training options unless given again; ``second_stage`` continues its checkpoint
-    with Table 7's second stage for ``steps`` more steps."""
+    schedule, training options, batch size, bf16 and activation checkpointing unless given again;
+    ``second_stage`` continues its checkpoint with Table 7's second stage for ``steps`` steps,
+    keeping the rest. Given again (a preempted job requeued), ``second_stage`` resumes the stage
+    begun, ``steps`` counted from its start."""
     unknown = set(training) - set(TRAINING_CHOICES)
     if unknown:
         raise TypeError(f"unknown training options {sorted(unknown)}")
@@ -140,21 +145,28 @@ def resolve_config(
         "init": init,
         "train_steps": None if second_stage else steps,
         "staircase": True if staircase else None,
+        "activation_checkpointing": activation_checkpointing,
+        "bf16": bf16,
         **training,
     }
     overrides = {k: v for k, v in given.items() if v is not None}
-    config = replace(PRESETS[preset], activation_checkpointing=activation_checkpointing, bf16=bf16, **overrides)
+    config = replace(PRESETS[preset], **overrides)
     output = Path(output)
-    stored = output / CONFIG
-    if stored.is_file() and not second_stage:  # resuming: the run's own schedule and training options
-        existing = stored_config(output)
-        keep = (*RIMConfig.OPTIMISATION_FIELDS, *TRAINING_CHOICES)
+    existing = stored_config(output) if (output / CONFIG).is_file() else None
+    if existing is not None:  # resuming: the run's own settings, and its schedule but for a new stage
+        keep = (*TRAINING_CHOICES, *RESUMED_SETTINGS)
+        keep += () if second_stage else RIMConfig.OPTIMISATION_FIELDS
         config = replace(config, **{k: getattr(existing, k) for k in keep if k not in overrides})
     if second_stage:
-        done = checkpoint_step(output)
-        if done is None:
-            raise SettingError(f"{output} has no checkpoint to continue", param="second_stage")
-        config = config.second_stage(done, steps or SECOND_STAGE_STEPS)
+        if existing is not None and existing.schedule_start > 0:
+            # a second stage already begun (a preempted job run again) resumes from where it began,
+            # on its own schedule, not begun anew from its last checkpoint with steps added
+            start = existing.schedule_start
+        else:
+            start = checkpoint_step(output)
+            if start is None:
+                raise SettingError(f"{output} has no checkpoint to continue", param="second_stage")
+        config = config.second_stage(start, steps or SECOND_STAGE_STEPS)
     return config
 
 
@@ -220,7 +232,10 @@ def prepare_training(
     external ones ``external``'s. ``initial_log10_kappa`` "auto" starts the first estimate at the
     constant predictor's log10 kappa on 64 training lenses (a resumed run keeps its own)."""
     config = resolve_config(output, preset, **settings)
-    start = check_resume(output, until=config.train_steps, seed=seed)  # refused before any data is read
+    # refused before any data is read: another model or settings (the data's fields and the first
+    # estimate are checked by train_rim once known), a rewind, another seed
+    check_run(Path(output), config, (*RIMConfig.OPTIMISATION_FIELDS, "image_fov", "source_fov", "initial_log10_kappa"))
+    start = check_resume(output, until=config.train_steps, seed=seed)
     given = {"kappa": kappa, "sources": sources, "kappa_vae": kappa_vae, "source_vae": source_vae}
     provenance = {k: str(v) for k, v in given.items() if v is not None}
     fovs: dict[str, float] = {}
