@@ -115,7 +115,7 @@ KEPT = {"default": None, "note": "default: the preset's, or a resumed run's"}
     "--second-stage",
     is_flag=True,
     help="Continue a run with Table 7's second stage (Adamax from 6e-5, x0.9 per 100k steps; "
-    "--steps more steps, default 870k).",
+    "--steps steps from the stage's start, default 870k). Run again, it resumes the stage it began.",
 )
 @click.option("--checkpoint-every", default=200, type=click.IntRange(1), help="Steps between checkpoints.")
 @click.option(
