@@ -192,7 +192,9 @@ def test_options_that_mirror_a_config_field_carry_its_documentation_and_default(
     doc = field_docs(lensrim.FineTuneConfig)["ewc_lambda"]
     assert " ".join(doc.split()) == finetune["ewc_lambda"].help and "Table 3" in finetune["ewc_lambda"].help
     rim = {p.name: p for p in cli.commands["train"].commands["rim"].params}
-    assert rim["fit_weight"].default is None and rim["fit_weight"].help.endswith("(default: the preset's)")
+    kept = "(default: the preset's, or a resumed run's)"  # a resume keeps its training options
+    assert rim["fit_weight"].default is None and rim["fit_weight"].help.endswith(kept)
+    assert rim["init"].help.endswith("(default: the preset's)")  # the model: a resume must match it
     assert "chi2_nu" in rim["fit_weight"].help
 
 
