@@ -2,6 +2,7 @@
 verdict and the report, and a directory of another run is refused."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -30,8 +31,13 @@ def test_the_quick_demo_runs_from_python(tmp_path):
     rim_chi2 = next(v for k, v in result["comparison"].items() if k.startswith("RIM (T-1"))["chi2_nu"]["median"]
     assert f"median chi2_nu {rim_chi2:.3g} against" in result["verdict"]["RIM's fit"]
     assert (tmp_path / "demo" / "report" / "index.html").is_file()
-    with pytest.raises(DemoError, match="other settings"):
+    with pytest.raises(DemoError, match=r"other settings \(seed 3 there, 4 here: "):
         run_demo(tmp_path / "demo", PRESETS["quick"], seed=4, say=lines.append)
+    other = replace(PRESETS["quick"], rim_steps=9)  # each setting that differs is named
+    with pytest.raises(DemoError, match=r"\(rim_steps 8 there, 9 here: "):
+        run_demo(tmp_path / "demo", other, seed=3, say=lines.append)
+    with pytest.raises(DemoError, match=r"\(seed 3 there, 0 here; the quick preset there, the standard preset here"):
+        run_demo(tmp_path / "demo", PRESETS["standard"], say=lines.append)
 
 
 @pytest.mark.parametrize(

@@ -748,6 +748,25 @@ class _Clock:
         _write_json(self.path, self.timings)
 
 
+def _differences(before: Any, now: dict) -> str:
+    """What differs between a directory's stored demo settings and these: the seed, the preset
+    (by name when both are one) or the configuration fields, each as 'there, here'."""
+    if not isinstance(before, dict):
+        return "not a demo's settings"
+    said = []
+    if before.get("seed") != now["seed"]:
+        said.append(f"seed {before.get('seed')!r} there, {now['seed']!r} here")
+    old, new = before.get("config"), now["config"]
+    if old != new:
+        names = {json.dumps(asdict(v), sort_keys=True): k for k, v in PRESETS.items()}
+        old_name, new_name = (names.get(json.dumps(c, sort_keys=True)) for c in (old, new))
+        if old_name and new_name:
+            said.append(f"the {old_name} preset there, the {new_name} preset here")
+        elif isinstance(old, dict):
+            said += [f"{k} {old.get(k)!r} there, {v!r} here" for k, v in new.items() if old.get(k) != v]
+    return "; ".join(said) or "its settings file differs"
+
+
 def run_demo(
     output: str | os.PathLike,
     config: DemoConfig = PRESETS["standard"],
@@ -772,9 +791,12 @@ def run_demo(
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     stored = output / "demo.json"
-    settings = {"config": asdict(config), "seed": seed}
-    if stored.is_file() and _read_json(stored) != json.loads(json.dumps(settings)):
-        raise DemoError(f"{output} holds a demo run with other settings ({stored}); use another directory")
+    settings = json.loads(json.dumps({"config": asdict(config), "seed": seed}))
+    if stored.is_file() and (before := _read_json(stored)) != settings:
+        raise DemoError(
+            f"{output} holds a demo run with other settings ({_differences(before, settings)}: {stored}); "
+            "use another directory"
+        )
     _write_json(stored, settings)
     timing_file = output / "timings.json"  # seconds per stage, summed over every call on this directory
     timings: dict = _read_json(timing_file) if timing_file.is_file() else {}
