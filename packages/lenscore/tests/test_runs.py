@@ -11,7 +11,7 @@ from typing import ClassVar
 import pytest
 import torch
 
-from lenscore.config import JsonConfig
+from lenscore.config import JsonConfig, differences
 from lenscore.runs import (
     CHECKPOINT,
     METRICS,
@@ -417,3 +417,15 @@ def test_on_a_cpu_models_run_channels_last_with_the_same_weights_and_outputs(tmp
     loaded, _ = load_run(tmp_path, LineConfig, conv_net)
     assert loaded[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(loaded(x), net(x))
+
+
+def test_differences_name_each_setting_that_differs_dotted_and_short():
+    before = {"seed": 0, "config": {"steps": 10, "fov": 7.69}, "halos": list(range(40)), "gone": 1}
+    now = {"seed": 1, "config": {"steps": 10, "fov": 6.0, "new": True}, "halos": list(range(1, 41))}
+    said = differences(before, now)
+    assert said[:3] == ["seed 0 there, 1 here", "config.fov 7.69 there, 6.0 here", "config.new absent there, True here"]
+    assert said[3].startswith("halos [0, 1, 2") and said[3].count("...") == 2 and len(said[3]) < 140
+    assert said[4] == "gone 1 there, absent here" and len(said) == 5
+    assert differences(now, now) == [] and differences(1, 2) == ["the settings 1 there, 2 here"]
+    many = differences({f"k{i}": i for i in range(9)}, {f"k{i}": -i for i in range(9)}, most=3)
+    assert many == ["k1 1 there, -1 here", "k2 2 there, -2 here", "k3 3 there, -3 here", "... 5 more"]

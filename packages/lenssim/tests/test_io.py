@@ -318,12 +318,18 @@ def test_a_finished_dataset_made_otherwise_is_never_replaced_by_accident(tmp_pat
     calls = []
     lenssim.write_in_blocks(out, 4, _blocks(calls), attrs={"kind": "a"}, seed=0, block_size=2)  # same: done
     assert calls == []
-    for other in ({"attrs": {"kind": "a"}, "seed": 1}, {"attrs": {"kind": "b"}, "seed": 0}):
-        with pytest.raises(lenssim.DatasetError, match="exists and was not made with these settings"):
+    for other, says in (
+        ({"attrs": {"kind": "a"}, "seed": 1}, "(seed 0 there, 1 here)"),
+        ({"attrs": {"kind": "b"}, "seed": 0}, "(kind 'a' there, 'b' here)"),
+    ):  # the message names what differs
+        with pytest.raises(lenssim.DatasetError, match="exists and was not made with these settings") as e:
             lenssim.write_in_blocks(out, 4, _blocks(calls), block_size=2, **other)
+        assert says in str(e.value)
     assert calls == [] and hashlib.sha256(out.read_bytes()).hexdigest() == digest
     (tmp_path / "plain.h5").write_bytes(b"someone else's file")
-    with pytest.raises(lenssim.DatasetError, match="plain.h5 exists"):
+    with pytest.raises(
+        lenssim.DatasetError, match=r"plain.h5 exists and was not made with these settings \(not by lens\)"
+    ):
         lenssim.write_in_blocks(tmp_path / "plain.h5", 2, _blocks([]), attrs={}, seed=0, block_size=2)
     lenssim.write_in_blocks(out, 2, _blocks([]), attrs={"kind": "a"}, seed=1, block_size=2, overwrite=True)
     assert lenssim.read_dataset(out, ["x"])["x"].shape[0] == 2

@@ -14,7 +14,7 @@ import textwrap
 from dataclasses import asdict, fields
 from typing import Any, ClassVar, TypeVar
 
-__all__ = ["JsonConfig", "SettingError", "exponential_decay", "field_docs"]
+__all__ = ["JsonConfig", "SettingError", "differences", "exponential_decay", "field_docs"]
 
 C = TypeVar("C", bound="JsonConfig")
 
@@ -51,6 +51,32 @@ def _attributes_section(doc: str) -> dict[str, str]:
             for n in names:
                 out[n] = f"{out.get(n, '')} {line.strip()}".strip()
     return out
+
+
+def differences(before: Any, now: Any, *, most: int = 6, _at: str = "") -> list[str]:
+    """What differs between two settings read from JSON (dicts, lists, numbers, strings), each as
+    ``"key BEFORE there, NOW here"`` with nested keys dotted, in the order of ``now``'s keys, at
+    most ``most`` (then ``"... N more"``): for messages that refuse to mix two runs."""
+    said: list[str] = []
+    if isinstance(before, dict) and isinstance(now, dict):
+        for key in [*now, *(k for k in before if k not in now)]:
+            name = f"{_at}.{key}" if _at else str(key)
+            if key not in before:
+                said.append(f"{name} absent there, {_short(now[key])} here")
+            elif key not in now:
+                said.append(f"{name} {_short(before[key])} there, absent here")
+            else:
+                said += differences(before[key], now[key], most=0, _at=name)
+    elif before != now:
+        said.append(f"{_at or 'the settings'} {_short(before)} there, {_short(now)} here")
+    if most and len(said) > most:
+        said = [*said[:most], f"... {len(said) - most} more"]
+    return said
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 class SettingError(ValueError):

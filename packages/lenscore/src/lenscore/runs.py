@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lenscore.config import differences
 from lenscore.files import ExclusiveLock, remove_stale_temporaries, write_text, written
 
 __all__ = [
@@ -395,9 +396,10 @@ def check_run(run_dir: Path, config: Any, mutable: tuple[str, ...]) -> None:
     if (run_dir / CONFIG).is_file():
         existing = read_config(cls, run_dir / CONFIG)
         if replace(existing, **{k: getattr(config, k) for k in mutable}) != config:
-            differ = [f.name for f in fields(config) if f.name not in mutable]
-            differ = [k for k in differ if getattr(existing, k) != getattr(config, k)]
-            said = "; ".join(f"{k} {getattr(existing, k)!r} there, {getattr(config, k)!r} here" for k in differ)
+            fixed = [f.name for f in fields(config) if f.name not in mutable]
+            said = "; ".join(
+                differences({k: getattr(existing, k) for k in fixed}, {k: getattr(config, k) for k in fixed})
+            )
             raise RunError(
                 f"{run_dir} holds a run with another configuration ({said}): give the run's settings to resume "
                 "it, or use a new directory"

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from lenscore.config import JsonConfig
+from lenscore.config import JsonConfig, differences
 from lenscore.files import written
 from lensrim.config import PRESETS as RIM_PRESETS
 
@@ -749,22 +749,18 @@ class _Clock:
 
 
 def _differences(before: Any, now: dict) -> str:
-    """What differs between a directory's stored demo settings and these: the seed, the preset
-    (by name when both are one) or the configuration fields, each as 'there, here'."""
+    """What differs between a directory's stored demo settings and these: the seed, and the preset
+    by name when both are one, else each field that differs."""
     if not isinstance(before, dict):
         return "not a demo's settings"
-    said = []
-    if before.get("seed") != now["seed"]:
-        said.append(f"seed {before.get('seed')!r} there, {now['seed']!r} here")
-    old, new = before.get("config"), now["config"]
-    if old != new:
-        names = {json.dumps(asdict(v), sort_keys=True): k for k, v in PRESETS.items()}
-        old_name, new_name = (names.get(json.dumps(c, sort_keys=True)) for c in (old, new))
-        if old_name and new_name:
-            said.append(f"the {old_name} preset there, the {new_name} preset here")
-        elif isinstance(old, dict):
-            said += [f"{k} {old.get(k)!r} there, {v!r} here" for k, v in new.items() if old.get(k) != v]
-    return "; ".join(said) or "its settings file differs"
+    said = differences({"seed": before.get("seed")}, {"seed": now["seed"]})
+    names = {json.dumps(asdict(v), sort_keys=True): k for k, v in PRESETS.items()}
+    presets = [names.get(json.dumps(s.get("config"), sort_keys=True)) for s in (before, now)]
+    if all(presets) and presets[0] != presets[1]:
+        said.append(f"the {presets[0]} preset there, the {presets[1]} preset here")
+    else:
+        said += differences(before.get("config"), now["config"])
+    return "; ".join(said)
 
 
 def run_demo(

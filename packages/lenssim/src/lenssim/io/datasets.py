@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lenscore.config import differences
 from lenscore.files import (
     ExclusiveLock,
     hidden_sibling,
@@ -554,18 +555,20 @@ def _write_in_blocks(path, make_block, attrs, seed, sizes, manifest, identity, p
 
     remove_stale_temporaries(path)
     if path.is_file():
+        made = None
         try:
-            info = dataset_info(path)
-            if json.loads(info["attrs"].get("manifest", "null")) == manifest:
+            made = json.loads(dataset_info(path)["attrs"].get("manifest", "null"))
+            if made == manifest:
                 if progress is not None:
                     progress(sizes.total())
                 return path
         except (DatasetError, json.JSONDecodeError):
             pass
         if not overwrite:
+            why = "; ".join(differences(made, manifest)) if isinstance(made, dict) else "not by lens"
             raise DatasetError(
-                f"{path} exists and was not made with these settings: choose another output, or remove it to "
-                "make it again"
+                f"{path} exists and was not made with these settings ({why}): choose another output, or remove it "
+                "to make it again"
             )
     work = hidden_sibling(path, "blocks")
     mfile = work / "manifest.json"
