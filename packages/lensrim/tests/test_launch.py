@@ -140,3 +140,14 @@ def test_vae_lenses_beside_a_dataset_are_simulated_on_its_grid_and_unfit_vaes_ar
             prepare_training(tmp_path / "other", **vaes, **common)
         assert e.value.param == param
     assert not (tmp_path / "other").exists()
+
+
+def test_a_finished_rank_leaves_with_its_code_and_its_output_flushed():
+    import subprocess
+    import sys
+
+    code = "import sys; from lensrim.launch import leave_distributed; print('done', end=''); "
+    code += "sys.stderr.write('said'); import atexit; atexit.register(print, 'teardown'); leave_distributed(3)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    # buffered output written, the code kept, and no interpreter teardown (atexit never runs)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (3, "done", "said")

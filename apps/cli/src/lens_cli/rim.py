@@ -163,6 +163,8 @@ def train_rim(output, device, **options) -> None:
         _train(output, options, dev, rank, world)
     finally:
         lensrim.launch.close_distributed()
+    if lensrim.launch.launched_distributed():
+        lensrim.launch.leave_distributed(0)  # done and written: no interpreter teardown to abort in
 
 
 def _train(output: Path, options: dict, dev, rank: int, world: int) -> None:

@@ -15,9 +15,10 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -41,6 +42,7 @@ __all__ = [
     "close_distributed",
     "init_distributed",
     "launched_distributed",
+    "leave_distributed",
     "prepare_training",
     "resolve_config",
     "sampler",
@@ -114,6 +116,19 @@ def close_distributed() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def leave_distributed(code: int = 0) -> NoReturn:
+    """End a rank's process that has finished its work and closed its group, without Python's
+    interpreter teardown. A DistributedDataParallel wrapper keeps its process group alive (in C++)
+    past ``destroy_process_group`` and ``gc.collect()``, until the interpreter is torn down, where
+    gloo's threads can abort the process (``terminate called without an active exception``,
+    SIGABRT: seen twice in CI, after a two-node run had trained and written everything); torchrun
+    then reports the whole job failed. Everything is written and closed by then; the standard
+    streams are flushed here."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def resolve_config(
