@@ -123,8 +123,8 @@ def leave_distributed(code: int = 0) -> NoReturn:
     interpreter teardown. A DistributedDataParallel wrapper keeps its process group alive (in C++)
     past ``destroy_process_group`` and ``gc.collect()``, until the interpreter is torn down, where
     gloo's threads can abort the process (``terminate called without an active exception``,
-    SIGABRT: seen twice in CI, after a two-node run had trained and written everything); torchrun
-    then reports the whole job failed. Everything is written and closed by then; the standard
+    SIGABRT: seen in CI, after a two-node run had trained and written everything); torchrun then
+    reports the whole job failed. Everything is written and closed by then; the standard
     streams are flushed here."""
     sys.stdout.flush()
     sys.stderr.flush()
@@ -253,7 +253,7 @@ def prepare_training(
     start = check_resume(output, until=config.train_steps, seed=seed)
     given = {"kappa": kappa, "sources": sources, "kappa_vae": kappa_vae, "source_vae": source_vae}
     provenance = {k: str(v) for k, v in given.items() if v is not None}
-    fovs: dict[str, float] = {}
+    data_fields: dict[str, float] = {}
     if data is not None:
         holdout = 0 if validation is not None else None  # held out only when no validation set is given
         batches = DatasetBatches(data, holdout=holdout, max_holdout=validation_size, workers=workers)
@@ -263,9 +263,9 @@ def prepare_training(
             raise SettingError(
                 f"{data}: maps are {n} pixels wide, the {preset} preset needs {config.pixels}", param="data"
             )
-        fovs = {k: float(batches.attrs[k]) for k in ("image_fov", "source_fov") if k in batches.attrs}
+        data_fields = {k: float(batches.attrs[k]) for k in ("image_fov", "source_fov") if k in batches.attrs}
     # lenses simulated on the fly, alone or beside the dataset's, on the dataset's grid
-    obs = lenssim.ObservationConfig.at_resolution(config.pixels, **fovs)
+    obs = lenssim.ObservationConfig.at_resolution(config.pixels, **data_fields)
 
     def draws(kind: str, spec, vae, param: str):
         return sampler(kind, spec, vae, config=obs, device=device, param=param)
@@ -282,8 +282,7 @@ def prepare_training(
         else:
             batches = MixedBatches(batches, simulated, vae_fraction)
             provenance["vae_fraction"] = vae_fraction
-    train_attrs = getattr(batches, "attrs", {}) or {}
-    fovs = {k: float(train_attrs[k]) for k in ("image_fov", "source_fov") if k in train_attrs}
+    fovs = {"image_fov": obs.image_fov, "source_fov": obs.source_fov}  # every training lens's grid
     geometry = replace(config, **fovs).geometry
     held = [
         _lenses(p, name, config.pixels, geometry, validation_size) if p is not None else None
