@@ -86,4 +86,5 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(pipeline, tmp_path, args, mess
     result = CliRunner().invoke(cli, [a.format(d=pipeline, t=tmp_path) for a in args])
     assert result.exit_code != 0 and message in result.output, result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 3
+    assert "|" not in result.output  # no progress bar was opened before the refusal
     assert {p: p.read_bytes() for p in pipeline.rglob("*") if p.is_file()} == before  # nothing changed

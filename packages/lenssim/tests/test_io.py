@@ -313,19 +313,23 @@ def test_a_finished_dataset_made_otherwise_is_never_replaced_by_accident(tmp_pat
     import hashlib
 
     out = tmp_path / "d.h5"
-    lenssim.write_in_blocks(out, 4, _blocks([]), attrs={"kind": "a"}, seed=0, block_size=2)
+    reported = []
+    lenssim.write_in_blocks(out, 4, _blocks([]), attrs={"kind": "a"}, seed=0, block_size=2, progress=reported.append)
+    assert reported == [0, 2, 2]  # 0 once the checks pass (a caller's bar opens then), then each block
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
     calls = []
     lenssim.write_in_blocks(out, 4, _blocks(calls), attrs={"kind": "a"}, seed=0, block_size=2)  # same: done
     assert calls == []
+    reported.clear()
     for other, says in (
         ({"attrs": {"kind": "a"}, "seed": 1}, "(seed 0 there, 1 here)"),
         ({"attrs": {"kind": "b"}, "seed": 0}, "(kind 'a' there, 'b' here)"),
     ):  # the message names what differs
         with pytest.raises(lenssim.DatasetError, match="exists and was not made with these settings") as e:
-            lenssim.write_in_blocks(out, 4, _blocks(calls), block_size=2, **other)
+            lenssim.write_in_blocks(out, 4, _blocks(calls), block_size=2, progress=reported.append, **other)
         assert says in str(e.value)
-    assert calls == [] and hashlib.sha256(out.read_bytes()).hexdigest() == digest
+    assert calls == [] and reported == []  # nothing reported before a refusal
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == digest
     (tmp_path / "plain.h5").write_bytes(b"someone else's file")
     with pytest.raises(
         lenssim.DatasetError, match=r"plain.h5 exists and was not made with these settings \(not by lens\)"

@@ -53,6 +53,35 @@ def progress_bar(*, enabled: bool = True, **kwargs) -> tqdm:
     return _bar_class()(**kwargs, disable=not enabled, mininterval=0.1 if tty else LOG_INTERVAL)
 
 
+class BarOnFirstUse:
+    """A :func:`progress_bar` that opens at its first ``update`` or postfix, not when made.
+
+    Libraries that write resumable files (``lenssim.write_in_blocks``) check the output first and
+    report 0 once those checks pass, so a refused command prints its one-line error alone, with no
+    empty bar above it."""
+
+    def __init__(self, **kwargs) -> None:
+        self._kwargs, self._bar = kwargs, None
+
+    def _open(self) -> tqdm:
+        if self._bar is None:
+            self._bar = progress_bar(**self._kwargs)
+        return self._bar
+
+    def update(self, n: int = 1) -> None:
+        self._open().update(n)
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self._open().set_postfix_str(s, refresh=refresh)
+
+    def __enter__(self) -> BarOnFirstUse:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
 def refresh_when_due(bar: tqdm) -> None:
     """Redraw ``bar`` (after a postfix change without an update) once its interval has passed."""
     if not bar.disable and time.time() - bar.last_print_t >= bar.mininterval:

@@ -11,6 +11,7 @@ import click
 import numpy as np
 
 from lens_cli.common import (
+    BarOnFirstUse,
     FiniteFloat,
     config_option,
     device_option,
@@ -18,7 +19,6 @@ from lens_cli.common import (
     first_line,
     leaves_nothing_on_failure,
     one_line_errors,
-    progress_bar,
     refuse_overwriting_inputs,
     resolve_device,
     say,
@@ -40,7 +40,7 @@ def _with_progress(rim, finetune, obs, output: Path, *, batch_size: int, **optio
     n, cfg = len(obs), finetune.config
     batches = -(-n // batch_size)
     clock: dict = {}
-    with progress_bar(total=n, desc="fine-tuning", unit="lens") as bar:
+    with BarOnFirstUse(total=n, desc="fine-tuning", unit="lens") as bar:
 
         def phase(first, last, name, done, total):
             bar.set_postfix_str(f"lenses {first}-{last}: {name} {done}/{total}", refresh=False)

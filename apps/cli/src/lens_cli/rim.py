@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from lens_cli.common import (
+    BarOnFirstUse,
     CostEstimate,
     FiniteFloat,
     config_option,
@@ -245,7 +246,7 @@ def reconstruct(run_dir, data, output, batch_size, seed, device) -> None:
     attrs = lensrim.api.check_dataset(data, model)
     provenance = {"rim": str(run_dir), "step": model.meta.get("step"), "data": str(data)}
     total = lenssim.io.dataset_info(data)["fields"]["observation"][0]
-    with progress_bar(total=total, desc="reconstructing", unit="lens") as bar:
+    with BarOnFirstUse(total=total, desc="reconstructing", unit="lens") as bar:
         out_attrs = lensrim.api.output_attrs(attrs, provenance)
         inputs = (data, Path(run_dir) / "checkpoint.pt")
         lensrim.api.reconstruct_to_file(

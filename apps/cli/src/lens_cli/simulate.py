@@ -9,10 +9,10 @@ from pathlib import Path
 import click
 
 from lens_cli.common import (
+    BarOnFirstUse,
     FiniteFloat,
     device_option,
     one_line_errors,
-    progress_bar,
     refuse_overwriting_inputs,
     resolve_device,
     say,
@@ -76,8 +76,8 @@ def _warn_empty_split(path: Path, unit: str, hint: str) -> None:
             say(f"warning: the {name} split of {path} is empty ({sum(counts)} {unit} in all): {why}; {hint}")
 
 
-def _bar(total: int, what: str):
-    return progress_bar(total=total, desc=what, unit=what.split()[-1])
+def _bar(total: int, what: str) -> BarOnFirstUse:
+    return BarOnFirstUse(total=total, desc=what, unit=what.split()[-1])
 
 
 @click.group(short_help="Simulate kappa maps, source images and lenses.")

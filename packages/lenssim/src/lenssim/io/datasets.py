@@ -515,6 +515,9 @@ def write_in_blocks(
     otherwise (other settings, or not by this function) is refused unless ``overwrite``, so a
     mistyped option never replaces a dataset that took hours to make.
 
+    ``progress`` is called with 0 once these checks have passed (nothing is reported before a
+    refusal), then with each block's count as it is finished or found finished.
+
     One process writes ``path`` at a time (a second is refused). The size and modification
     time of the ``inputs`` files are kept with the blocks: a resume over inputs that changed since
     is refused rather than mixing blocks of the old and new data. Free space is checked before
@@ -594,6 +597,8 @@ def _write_in_blocks(path, make_block, attrs, seed, sizes, manifest, identity, p
     remove_stale_temporaries(mfile)
     if stored is None:
         write_text(mfile, json.dumps({"options": manifest, "inputs": identity}, sort_keys=True))
+    if progress is not None:
+        progress(0)  # every check passed: a caller may open its bar now, not before a refusal
     try:
         _make_blocks(path, work, sizes, make_block, seed, progress)
     except Exception:
