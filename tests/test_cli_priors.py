@@ -44,7 +44,9 @@ def _train(kappa_file, out, steps):
 def test_train_resume_sample_and_use(kappa_file, tmp_path):
     _train(kappa_file, tmp_path / "whole", 20)
     _train(kappa_file, tmp_path / "part", 10)
-    _train(kappa_file, tmp_path / "part", 20)  # resumes at 10
+    # resumes at 10 given only more steps: the run keeps its preset and batch size
+    run("train", "vae", "--kind", "kappa", "--data", kappa_file, "-o", tmp_path / "part", "--steps", 20,
+        "--checkpoint-every", 5, "--log-every", 5)  # fmt: skip
     a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -55,7 +57,8 @@ def test_train_resume_sample_and_use(kappa_file, tmp_path):
     for args, says in (
         (("--steps", 10), "its checkpoint is at step 20, past the last step asked for (10)"),
         (("--steps", 30, "--seed", 1), "was trained with seed 0, not 1"),
-        (("--steps", 30, "--latent-dim", 8), "holds a run with another configuration"),
+        (("--steps", 30, "--latent-dim", 8), "another configuration (latent_dim 16 there, 8 here)"),
+        (("--steps", 30, "--preset", "paper"), "another configuration (filters 8 there, 16 here;"),
     ):  # refused before the bar opens: one line, nothing written
         common = ("train", "vae", "--kind", "kappa", "--data", kappa_file, "--preset", "small", "--batch-size", 2)
         bad = run(*common, *args, "-o", tmp_path / "part", check=False)
@@ -93,7 +96,9 @@ def test_errors_are_one_line(kappa_file, tmp_path, args, message):
 
 def test_denoiser_trains_and_cleans_sources(tmp_path):
     run("simulate", "sources", "--synthetic", 8, "-o", tmp_path / "clean.h5")
-    run("train", "denoiser", "--data", tmp_path / "clean.h5", "-o", tmp_path / "den", "--steps", 10)
+    run("train", "denoiser", "--data", tmp_path / "clean.h5", "-o", tmp_path / "den", "--steps", 6, "--noise-max", 0.3)
+    run("train", "denoiser", "--data", tmp_path / "clean.h5", "-o", tmp_path / "den", "--steps", 10)  # keeps 0.3
+    assert json.loads((tmp_path / "den" / "config.json").read_text())["noise_max"] == 0.3
     out = run("simulate", "sources", "--synthetic", 3, "--denoiser", tmp_path / "den", "-o", tmp_path / "s.h5")
     assert "denoised with" in out.stdout
     d = lenssim.read_dataset(tmp_path / "s.h5", ["source"])

@@ -31,6 +31,8 @@ from lenscore.runs import (
     read_json,
     read_metrics,
     restore,
+    resumed_config,
+    run_metadata,
     run_steps,
     save_checkpoint,
     seeded_init,
@@ -188,6 +190,18 @@ def test_a_run_with_another_configuration_is_refused(tmp_path):
         check_run(tmp_path, LineConfig(width=5, learning_rate=0.2, steps=30), ("steps",))
 
 
+def test_a_resume_keeps_the_runs_settings_but_those_given_again(tmp_path):
+    assert resumed_config(tmp_path, LineConfig, {"width": 4}) is None and run_metadata(tmp_path) == {}  # new run
+    train(tmp_path, LineConfig(width=5, learning_rate=0.3), 2)
+    assert resumed_config(tmp_path, LineConfig, {"steps": 20, "width": None}) == LineConfig(5, 0.3, 20)
+    assert resumed_config(tmp_path, LineConfig, {"width": 6}) == LineConfig(6, 0.3, 10)  # for check_run to refuse
+    assert resumed_config(tmp_path, LineConfig, {"learning_rate": float("nan")}) is None  # not a value it takes
+    assert run_metadata(tmp_path) == {"note": "test", "seed": 0}
+    (tmp_path / "config.json").write_text('{"kind": "other"}')
+    with pytest.raises(RunError, match="config.json"):
+        resumed_config(tmp_path, LineConfig, {})
+
+
 def test_checkpoints_are_validated_before_use(tmp_path):
     torch.save({"model": {"w": torch.tensor([float("nan")])}, "step": 3}, tmp_path / CHECKPOINT)
     with pytest.raises(RunError, match="'w' hold NaN"):
@@ -342,9 +356,12 @@ def test_a_run_resumed_on_other_data_keeps_what_it_ran_on_before(tmp_path):
         warnings.simplefilter("error")  # the same metadata again: no word, no history
         prepare_run(run_dir, config, ("steps",), metadata={"data": "a.h5", "world_size": 1}, seed=0, resumed_at=4)
     assert read_json(run_dir / "run.json") == {"data": "a.h5", "world_size": 1, "seed": 0}
-    with pytest.warns(UserWarning, match="resumed at step 4 with other data than it ran with; run.json keeps"):
+    with pytest.warns(
+        UserWarning,
+        match=r"resumed at step 4 with other metadata than it ran with \(data 'a.h5' there, 'b.h5' here\); run",
+    ):
         prepare_run(run_dir, config, ("steps",), metadata={"data": "b.h5", "world_size": 1}, seed=0, resumed_at=4)
-    with pytest.warns(UserWarning, match="resumed at step 6 with other data, world_size than"):
+    with pytest.warns(UserWarning, match=r"\(data 'b.h5' there, 'c.h5' here; world_size 1 there, 2 here\)"):
         prepare_run(run_dir, config, ("steps",), metadata={"data": "c.h5", "world_size": 2}, seed=0, resumed_at=6)
     prepare_run(run_dir, config, ("steps",), seed=0, resumed_at=8)  # no metadata given: all kept
     assert read_json(run_dir / "run.json") == {

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import click
 
 from lens_cli.common import (
+    BarOnFirstUse,
     FiniteFloat,
     config_option,
     device_option,
@@ -40,7 +42,13 @@ def _by_kind(field: str) -> dict:
         if len(values) == 1
         else (f"{getattr(source, field):g} for sources, {getattr(kappa, field):g} for kappa")
     )
-    return {"default": None, "note": f"default: the preset's; paper: {paper}"}
+    return {"default": None, "note": f"default: the preset's, or a resumed run's; paper: {paper}"}
+
+
+def _kept(config: type, field: str) -> dict:
+    """An option whose default is the configuration's, or the value a resumed run has trained with."""
+    default = next(f.default for f in fields(config) if f.name == field)
+    return {"default": None, "note": f"default: {default:g}, or a resumed run's"}
 
 
 @train.command("vae")
@@ -49,9 +57,9 @@ def _by_kind(field: str) -> dict:
 @run_dir_option
 @click.option(
     "--preset",
-    default="paper",
     type=click.Choice(sorted(VAE_PRESETS)),
-    help="paper: Tables 5/6; small: a quick CPU model.",
+    help="paper: Tables 5/6; small: a quick CPU model (default: paper; a resumed run keeps its own settings, "
+    "those given again aside).",
 )
 @config_option(VAEConfig, "steps", type=click.IntRange(1), **_by_kind("steps"))
 @config_option(VAEConfig, "batch_size", type=click.IntRange(1), **_by_kind("batch_size"))
@@ -78,10 +86,14 @@ def train_vae(kind, data, output, preset, split, checkpoint_every, log_every, se
     import lensprior
     import lenssim
     from lens_cli.figures import samples_beside_data
-    from lenscore.runs import read_metrics
+    from lenscore.runs import read_metrics, resumed_config, run_metadata
 
     dev = resolve_device(device)
-    config = lensprior.vae_config(kind, preset, **sizes)
+    config = None
+    if preset is None:  # a resume keeps the run's settings (and its preset's name) but those given
+        config = resumed_config(output, lensprior.VAEConfig, {"kind": kind, **sizes})
+        preset = run_metadata(output).get("preset", "paper") if config is not None else "paper"
+    config = config or lensprior.vae_config(kind, preset, **sizes)
     train_maps = lensprior.load_field(data, kind, split=split, pixels=config.pixels)
     attrs = lenssim.io.map_attrs(data)  # fields of view and redshifts: finite, positive, in arcsec
     validation = None
@@ -118,10 +130,10 @@ def train_vae(kind, data, output, preset, split, checkpoint_every, log_every, se
     help="Clean sources (e.g. lens simulate sources --synthetic).",
 )
 @run_dir_option
-@config_option(DenoiserConfig, "steps", type=click.IntRange(1))
-@config_option(DenoiserConfig, "noise_min", type=FiniteFloat(0, min_open=True))
-@config_option(DenoiserConfig, "noise_max", type=FiniteFloat(0, min_open=True))
-@config_option(DenoiserConfig, "highpass", type=FiniteFloat(0))
+@config_option(DenoiserConfig, "steps", type=click.IntRange(1), **_kept(DenoiserConfig, "steps"))
+@config_option(DenoiserConfig, "noise_min", type=FiniteFloat(0, min_open=True), **_kept(DenoiserConfig, "noise_min"))
+@config_option(DenoiserConfig, "noise_max", type=FiniteFloat(0, min_open=True), **_kept(DenoiserConfig, "noise_max"))
+@config_option(DenoiserConfig, "highpass", type=FiniteFloat(0), **_kept(DenoiserConfig, "highpass"))
 @click.option("--checkpoint-every", default=500, type=click.IntRange(1), help="Steps between checkpoints.")
 @seed_option
 @device_option
@@ -130,9 +142,13 @@ def train_vae(kind, data, output, preset, split, checkpoint_every, log_every, se
 def train_denoiser(data_path, output, steps, noise_min, noise_max, highpass, checkpoint_every, seed, device) -> None:
     """Train the COSMOS stamp denoiser on clean sources plus COSMOS-like correlated noise."""
     import lensprior
+    from lenscore.runs import resumed_config
 
     dev = resolve_device(device)
-    config = lensprior.DenoiserConfig(steps=steps, noise_min=noise_min, noise_max=noise_max, highpass=highpass)
+    given = {"steps": steps, "noise_min": noise_min, "noise_max": noise_max, "highpass": highpass}
+    config = resumed_config(output, lensprior.DenoiserConfig, given)  # a resume keeps the run's settings
+    config = config or lensprior.DenoiserConfig(**{k: v for k, v in given.items() if v is not None})
+    steps = config.steps
     clean = lensprior.load_field(data_path, "source", split="train")
     start = lensprior.training.check_resumable(config, output, seed=seed)
     with progress_bar(total=steps, initial=start, desc="training denoiser", unit="step") as bar:
@@ -181,7 +197,7 @@ def sample(run_dir, n_samples, output, batch_size, seed, device) -> None:
 
     refuse_overwriting_inputs({"--output": output}, {"--vae": run_dir})
     dev = resolve_device(device)
-    with progress_bar(total=n_samples, desc="sampling the VAE", unit="draw") as bar:
+    with BarOnFirstUse(total=n_samples, desc="sampling the VAE", unit="draw") as bar:
         options = {"batch_size": batch_size, "seed": seed, "device": dev, "progress": bar.update}
         _, meta = lensrim.training.write_vae_draws(run_dir, n_samples, output, **options)
     click.echo(f"wrote {output} ({n_samples} {meta['kind']} draws from {run_dir} at step {meta.get('step')})")

@@ -49,6 +49,8 @@ __all__ = [
     "read_json",
     "read_metrics",
     "restore",
+    "resumed_config",
+    "run_metadata",
     "run_steps",
     "save_checkpoint",
     "StepResult",
@@ -227,7 +229,7 @@ def load_run(
     check_memory(config, build, path)
     model = build(config)
     load_weights(model, state["model"], run_dir / CHECKPOINT)
-    meta = _run_json(run_dir)
+    meta = run_metadata(run_dir)
     meta["step"] = state["step"]
     return on_device(model, device).eval(), meta
 
@@ -361,7 +363,7 @@ def prepare_run(
     check_run(run_dir, config, mutable)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / CONFIG, config.to_json())
-    stored = _run_json(run_dir)
+    stored = run_metadata(run_dir)
     history = stored.pop("history", [])
     stored.pop("seed", None)
     if metadata is None:
@@ -370,19 +372,20 @@ def prepare_run(
     if resumed_at > 0 and stored and metadata != stored:
         import warnings
 
-        changed = sorted(k for k in {*stored, *metadata} if stored.get(k) != metadata.get(k))
         history = [*history, {"until_step": resumed_at, **stored}]
         warnings.warn(
-            f"{run_dir}: resumed at step {resumed_at} with other {', '.join(changed)} than it ran with; "
-            f"{RUN_JSON} keeps the earlier ones under 'history'",
+            f"{run_dir}: resumed at step {resumed_at} with other metadata than it ran with "
+            f"({'; '.join(differences(stored, metadata))}); {RUN_JSON} keeps the earlier ones under 'history'",
             stacklevel=3,
         )
     record = {**metadata, "seed": seed, **({"history": history} if history else {})}
     write_text(run_dir / RUN_JSON, json.dumps(record, indent=2, sort_keys=True))
 
 
-def _run_json(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / RUN_JSON
+def run_metadata(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """A run directory's ``run.json`` (its metadata and seed; empty for a new run), refused in one
+    line when it is not a JSON object."""
+    path = Path(run_dir) / RUN_JSON
     meta = read_json(path) if path.is_file() else {}
     if not isinstance(meta, dict):
         raise RunError(f"{path}: not a JSON object")
@@ -404,6 +407,22 @@ def check_run(run_dir: Path, config: Any, mutable: tuple[str, ...]) -> None:
                 f"{run_dir} holds a run with another configuration ({said}): give the run's settings to resume "
                 "it, or use a new directory"
             )
+
+
+def resumed_config(run_dir: str | os.PathLike, config_class: type, given: dict[str, Any]) -> Any | None:
+    """The configuration a run directory holds with only the settings ``given`` (those not None)
+    changed, so that a resume keeps what the run was started with unless it is given again; None
+    for a new run (no configuration stored) or where the stored one cannot take what is given (the
+    caller's configuration for a new run is then refused by :func:`check_run`, naming each
+    difference)."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        return None
+    stored = read_config(config_class, path)
+    try:
+        return replace(stored, **{k: v for k, v in given.items() if v is not None})
+    except (TypeError, ValueError):
+        return None
 
 
 def restore(
@@ -454,7 +473,7 @@ def check_resume(
         if state is None:
             return 0
         step = int(state["step"])
-    started = _run_json(run_dir).get("seed")
+    started = run_metadata(run_dir).get("seed")
     if seed is not None and started is not None and started != seed:
         raise RunError(
             f"{run_dir} was trained with seed {started}, not {seed}: resume it with seed {started} "
