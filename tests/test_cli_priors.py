@@ -44,9 +44,11 @@ def _train(kappa_file, out, steps):
 def test_train_resume_sample_and_use(kappa_file, tmp_path):
     _train(kappa_file, tmp_path / "whole", 20)
     _train(kappa_file, tmp_path / "part", 10)
-    # resumes at 10 given only more steps: the run keeps its preset and batch size
-    run("train", "vae", "--kind", "kappa", "--data", kappa_file, "-o", tmp_path / "part", "--steps", 20,
+    # resumes at 10 given only more steps, the preset named again or not: the run keeps its batch size
+    run("train", "vae", "--kind", "kappa", "--data", kappa_file, "-o", tmp_path / "part", "--steps", 15,
         "--checkpoint-every", 5, "--log-every", 5)  # fmt: skip
+    run("train", "vae", "--kind", "kappa", "--data", kappa_file, "-o", tmp_path / "part", "--steps", 20,
+        "--checkpoint-every", 5, "--log-every", 5, "--preset", "small")  # fmt: skip
     a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -59,6 +61,7 @@ def test_train_resume_sample_and_use(kappa_file, tmp_path):
         (("--steps", 30, "--seed", 1), "was trained with seed 0, not 1"),
         (("--steps", 30, "--latent-dim", 8), "another configuration (latent_dim 16 there, 8 here)"),
         (("--steps", 30, "--preset", "paper"), "another configuration (filters 8 there, 16 here;"),
+        (("--steps", 30, "--preset", "small", "--batch-size", 4), "another configuration (batch_size 2 there, 4 here)"),
     ):  # refused before the bar opens: one line, nothing written
         common = ("train", "vae", "--kind", "kappa", "--data", kappa_file, "--preset", "small", "--batch-size", 2)
         bad = run(*common, *args, "-o", tmp_path / "part", check=False)

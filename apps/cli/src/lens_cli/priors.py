@@ -58,8 +58,8 @@ def _kept(config: type, field: str) -> dict:
 @click.option(
     "--preset",
     type=click.Choice(sorted(VAE_PRESETS)),
-    help="paper: Tables 5/6; small: a quick CPU model (default: paper; a resumed run keeps its own settings, "
-    "those given again aside).",
+    help="paper: Tables 5/6; small: a quick CPU model (default: paper; a resumed run keeps its own preset and "
+    "settings, those given again aside).",
 )
 @config_option(VAEConfig, "steps", type=click.IntRange(1), **_by_kind("steps"))
 @config_option(VAEConfig, "batch_size", type=click.IntRange(1), **_by_kind("batch_size"))
@@ -89,10 +89,10 @@ def train_vae(kind, data, output, preset, split, checkpoint_every, log_every, se
     from lenscore.runs import read_metrics, resumed_config, run_metadata
 
     dev = resolve_device(device)
-    config = None
-    if preset is None:  # a resume keeps the run's settings (and its preset's name) but those given
+    config, ran = None, run_metadata(output).get("preset")
+    if preset in (None, ran):  # a resume keeps the run's settings but those given (another preset: refused)
         config = resumed_config(output, lensprior.VAEConfig, {"kind": kind, **sizes})
-        preset = run_metadata(output).get("preset", "paper") if config is not None else "paper"
+    preset = (ran if config is not None else preset) or "paper"
     config = config or lensprior.vae_config(kind, preset, **sizes)
     train_maps = lensprior.load_field(data, kind, split=split, pixels=config.pixels)
     attrs = lenssim.io.map_attrs(data)  # fields of view and redshifts: finite, positive, in arcsec
