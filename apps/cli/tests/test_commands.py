@@ -63,6 +63,14 @@ def test_reconstruct_is_lensrim_reconstruct_on_the_same_lenses(pipeline):
     assert [m["step"] for m in log] == [1, 2] and all("constant_loss" in m for m in log)
 
 
+def test_a_resume_that_names_no_preset_or_batch_size_keeps_the_runs(pipeline, tmp_path):
+    common = ("train", "rim", "--data", pipeline / "l.h5", "--validation-size", 2, "-o", tmp_path / "rim")
+    invoke(*common, "--preset", "tiny", "--batch-size", 2, "--steps", 1)
+    out = invoke(*common, "--steps", 2).output  # the tiny preset at batch 2, not small's defaults
+    assert "training to step 2, from step 1" in out
+    assert lensrim.load(tmp_path / "rim").config == lensrim.load(pipeline / "rim").config
+
+
 def test_evaluate_writes_the_report_with_its_reference(pipeline, tmp_path):
     out = invoke("evaluate", pipeline / "rec.h5", "-o", tmp_path / "report").output
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())

@@ -11,7 +11,7 @@ from conftest import sie_lenses
 import lenssim
 from lenscore.config import SettingError
 from lensrim import PRESETS
-from lensrim.launch import prepare_training, resolve_config
+from lensrim.launch import prepare_training, resolve_config, run_preset
 
 
 def test_a_fresh_run_is_the_preset_with_the_options_given(tmp_path):
@@ -43,6 +43,19 @@ def test_a_resumed_run_keeps_its_schedule_and_training_options_unless_given_agai
     with pytest.raises(SettingError, match="not a RIM configuration") as e:
         resolve_config(run, "tiny")
     assert e.value.param == "output"
+
+
+def test_a_resume_that_names_no_preset_keeps_the_runs(tmp_path):
+    run = tmp_path / "run"
+    assert run_preset(run) == "small" and resolve_config(run) == PRESETS["small"]  # a new run
+    run.mkdir()
+    (run / "config.json").write_text(replace(PRESETS["tiny"], batch_size=2).to_json())
+    (run / "run.json").write_text(json.dumps({"preset": "tiny", "seed": 0}))
+    assert run_preset(run) == "tiny" and run_preset(run, "small") == "small"
+    assert resolve_config(run) == replace(PRESETS["tiny"], batch_size=2)
+    assert resolve_config(run, "small").filters == PRESETS["small"].filters  # named: refused by check_run
+    (run / "run.json").write_text(json.dumps({"seed": 0}))  # a run that did not record its preset
+    assert run_preset(run) == "small"
 
 
 def test_a_second_stage_needs_a_checkpoint(tmp_path):

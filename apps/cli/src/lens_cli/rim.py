@@ -48,9 +48,8 @@ KEPT = {"default": None, "note": "default: the preset's, or a resumed run's"}
 @run_dir_option
 @click.option(
     "--preset",
-    default="small",
     type=click.Choice(sorted(RIM_PRESETS)),
-    help="paper: Table 7 (348.5M parameters, a large GPU); small: 3.5M, CPU.",
+    help="paper: Table 7 (348.5M parameters, a large GPU); small: 3.5M, CPU (default: small, or a resumed run's).",
 )
 @click.option(
     "--steps",

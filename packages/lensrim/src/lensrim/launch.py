@@ -24,7 +24,7 @@ import torch
 
 import lenssim
 from lenscore.config import SettingError
-from lenscore.runs import CONFIG, RunError, check_resume, check_run, read_config
+from lenscore.runs import CONFIG, RunError, check_resume, check_run, read_config, run_metadata
 from lensrim.config import PRESETS, RIMConfig
 from lensrim.finetune import check_prior
 from lensrim.training import (
@@ -45,6 +45,7 @@ __all__ = [
     "leave_distributed",
     "prepare_training",
     "resolve_config",
+    "run_preset",
     "sampler",
     "summary",
 ]
@@ -131,9 +132,18 @@ def leave_distributed(code: int = 0) -> NoReturn:
     os._exit(code)
 
 
+def run_preset(output: str | os.PathLike, preset: str | None = None) -> str:
+    """``preset``; when None, the preset the run in ``output`` was started with (its ``run.json``),
+    or ``small`` for a new run: a resume that names no preset keeps the run's."""
+    if preset is not None:
+        return preset
+    ran = run_metadata(output).get("preset") if (Path(output) / CONFIG).is_file() else None
+    return ran if ran in PRESETS else "small"
+
+
 def resolve_config(
     output: str | os.PathLike,
-    preset: str = "small",
+    preset: str | None = None,
     *,
     steps: int | None = None,
     second_stage: bool = False,
@@ -147,7 +157,7 @@ def resolve_config(
 ) -> RIMConfig:
     """The run's configuration: ``preset`` with the settings given (None: not given; ``training``
     holds :data:`TRAINING_CHOICES`). A run directory that holds a configuration resumes with its own
-    schedule, training options, batch size, bf16 and activation checkpointing unless given again;
+    preset, schedule, training options, batch size, bf16 and activation checkpointing unless given again;
     ``second_stage`` continues its checkpoint with Table 7's second stage for ``steps`` steps,
     keeping the rest. Given again (a preempted job requeued), ``second_stage`` resumes the stage
     begun, ``steps`` counted from its start."""
@@ -165,7 +175,7 @@ def resolve_config(
         **training,
     }
     overrides = {k: v for k, v in given.items() if v is not None}
-    config = replace(PRESETS[preset], **overrides)
+    config = replace(PRESETS[run_preset(output, preset)], **overrides)
     output = Path(output)
     existing = stored_config(output) if (output / CONFIG).is_file() else None
     if existing is not None:  # resuming: the run's own settings, and its schedule but for a new stage
@@ -223,7 +233,7 @@ def sampler(
 def prepare_training(
     output: str | os.PathLike,
     *,
-    preset: str = "small",
+    preset: str | None = None,
     data: str | os.PathLike | None = None,
     kappa: str | None = None,
     sources: str | None = None,
@@ -245,7 +255,9 @@ def prepare_training(
     ``sources``/``source_vae``), or both (``vae_fraction`` of each batch from VAE draws). The
     validation lenses are ``validation``'s (default: held out of ``data``, or simulated), the
     external ones ``external``'s. ``initial_log10_kappa`` "auto" starts the first estimate at the
-    constant predictor's log10 kappa on 64 training lenses (a resumed run keeps its own)."""
+    constant predictor's log10 kappa on 64 training lenses (a resumed run keeps its own). ``preset``
+    None: a resumed run's (:func:`run_preset`), else ``small``."""
+    preset = run_preset(output, preset)
     config = resolve_config(output, preset, **settings)
     # refused before any data is read: another model or settings (the data's fields and the first
     # estimate are checked by train_rim once known), a rewind, another seed
