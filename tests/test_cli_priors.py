@@ -66,6 +66,9 @@ def test_train_resume_sample_and_use(kappa_file, tmp_path):
         common = ("train", "vae", "--kind", "kappa", "--data", kappa_file, "--preset", "small", "--batch-size", 2)
         bad = run(*common, *args, "-o", tmp_path / "part", check=False)
         assert bad.returncode == 1 and len(bad.stderr.splitlines()) == 1 and says in bad.stderr, bad.stderr
+    gone = tmp_path / "gone.h5"  # the run is refused before the data are read
+    gone = run("train", "vae", "--kind", "kappa", "--data", gone, "--steps", 10, "-o", tmp_path / "part", check=False)
+    assert "past the last step asked for (10)" in gone.stderr
     assert {p.name: p.read_bytes() for p in (tmp_path / "part").iterdir()} == before
     run("sample", "--vae", tmp_path / "whole", "-n", 5, "-o", tmp_path / "draws.h5", "--seed", 1)
     d = lenssim.read_dataset(tmp_path / "draws.h5", ["kappa", "split"])

@@ -94,6 +94,7 @@ def train_vae(kind, data, output, preset, split, checkpoint_every, log_every, se
         config = resumed_config(output, lensprior.VAEConfig, {"kind": kind, **sizes})
     preset = (ran if config is not None else preset) or "paper"
     config = config or lensprior.vae_config(kind, preset, **sizes)
+    start = lensprior.training.check_resumable(config, output, seed=seed)  # before the data are read
     train_maps = lensprior.load_field(data, kind, split=split, pixels=config.pixels)
     attrs = lenssim.io.map_attrs(data)  # fields of view and redshifts: finite, positive, in arcsec
     validation = None
@@ -103,7 +104,6 @@ def train_vae(kind, data, output, preset, split, checkpoint_every, log_every, se
         say(f"note: {data} has no test split: no validation loss will be logged")
     meta = {"kind": kind, "data": str(data), "data_attrs": attrs, "n_train": int(train_maps.shape[0]), "preset": preset}
     run = {"checkpoint_every": checkpoint_every, "log_every": log_every, "validation": validation, "metadata": meta}
-    start = lensprior.training.check_resumable(config, output, seed=seed)
     with progress_bar(total=config.steps, initial=start, desc=f"training {kind} VAE", unit="step") as bar:
 
         def progress(done, terms):
@@ -149,8 +149,8 @@ def train_denoiser(data_path, output, steps, noise_min, noise_max, highpass, che
     config = resumed_config(output, lensprior.DenoiserConfig, given)  # a resume keeps the run's settings
     config = config or lensprior.DenoiserConfig(**{k: v for k, v in given.items() if v is not None})
     steps = config.steps
+    start = lensprior.training.check_resumable(config, output, seed=seed)  # before the data are read
     clean = lensprior.load_field(data_path, "source", split="train")
-    start = lensprior.training.check_resumable(config, output, seed=seed)
     with progress_bar(total=steps, initial=start, desc="training denoiser", unit="step") as bar:
 
         def progress(done, terms):
