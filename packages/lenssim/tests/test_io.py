@@ -339,6 +339,45 @@ def test_a_finished_dataset_made_otherwise_is_never_replaced_by_accident(tmp_pat
     assert lenssim.read_dataset(out, ["x"])["x"].shape[0] == 2
 
 
+def test_unfinished_blocks_of_a_run_made_otherwise_are_never_removed_unasked(tmp_path):
+    out, blocks = tmp_path / "d.h5", tmp_path / ".d.h5.blocks"
+
+    def killed_at(k_stop, calls):
+        def make_block(k, count, seedseq):
+            if k == k_stop:
+                raise KeyboardInterrupt
+            return _blocks(calls)(k, count, seedseq)
+
+        return make_block
+
+    with pytest.raises(KeyboardInterrupt):
+        lenssim.write_in_blocks(out, 8, killed_at(2, []), attrs={"kind": "a"}, seed=0, block_size=2)
+    kept = sorted(p.read_bytes() for p in blocks.glob("block-*.h5"))
+    assert len(kept) == 2
+    reported = []
+    with pytest.raises(lenssim.DatasetError, match=r"blocks holds the unfinished blocks of a run with other settings"):
+        lenssim.write_in_blocks(
+            out, 10, _blocks([]), attrs={"kind": "a"}, seed=0, block_size=2, progress=reported.append
+        )
+    assert sorted(p.read_bytes() for p in blocks.glob("block-*.h5")) == kept and reported == [] and not out.exists()
+    calls = []
+    lenssim.write_in_blocks(out, 8, _blocks(calls), attrs={"kind": "a"}, seed=0, block_size=2)  # the same: resumed
+    assert calls == [2, 3] and not blocks.exists()
+    # blocks without a readable manifest are refused too; a directory with no block is not anyone's work
+    out, blocks = tmp_path / "e.h5", tmp_path / ".e.h5.blocks"
+    blocks.mkdir()
+    (blocks / "block-000000.h5").write_bytes(b"half")
+    with pytest.raises(lenssim.DatasetError, match="no readable manifest.json"):
+        lenssim.write_in_blocks(out, 2, _blocks([]), attrs={}, seed=1, block_size=2)
+    lenssim.write_in_blocks(out, 2, _blocks([]), attrs={}, seed=1, block_size=2, overwrite=True)  # asked: replaced
+    assert lenssim.read_dataset(out, ["x"])["x"].shape[0] == 2 and not blocks.exists()
+    out, blocks = tmp_path / "f.h5", tmp_path / ".f.h5.blocks"
+    blocks.mkdir()
+    (blocks / "manifest.json").write_text('{"options": {"other": 1}}')
+    lenssim.write_in_blocks(out, 2, _blocks([]), attrs={}, seed=1, block_size=2)
+    assert lenssim.read_dataset(out, ["x"])["x"].shape[0] == 2 and not blocks.exists()
+
+
 def test_a_block_no_reader_would_accept_is_never_written(tmp_path):
     def make_block(k, count, seedseq):  # a chi2 that overflowed float32 in the second block
         return {"chi2_nu": np.full(count, np.inf if k == 1 else 1.0, np.float32)}

@@ -513,7 +513,8 @@ def write_in_blocks(
     Finished blocks live in ``.NAME.blocks/`` beside ``path`` until the assembly; if ``path``
     already holds the finished dataset with the same attributes, nothing is done; a file made
     otherwise (other settings, or not by this function) is refused unless ``overwrite``, so a
-    mistyped option never replaces a dataset that took hours to make.
+    mistyped option never replaces a dataset that took hours to make, and so are the unfinished
+    blocks of a run with other settings.
 
     ``progress`` is called with 0 once these checks have passed (nothing is reported before a
     refusal), then with each block's count as it is finished or found finished.
@@ -582,7 +583,14 @@ def _write_in_blocks(path, make_block, attrs, seed, sizes, manifest, identity, p
         except (json.JSONDecodeError, UnicodeDecodeError):
             stored = None
     if work.is_dir() and (not isinstance(stored, dict) or stored.get("options") != manifest):
-        shutil.rmtree(work)  # left by a run with other options: not ours to resume
+        made = stored.get("options") if isinstance(stored, dict) else None
+        if any(work.glob("block-*.h5")) and not overwrite:  # hours of work, perhaps: never removed unasked
+            why = "; ".join(differences(made, manifest)) if isinstance(made, dict) else "no readable manifest.json"
+            raise DatasetError(
+                f"{work} holds the unfinished blocks of a run with other settings ({why}): run with those settings "
+                "to finish it, or remove the directory to start again"
+            )
+        shutil.rmtree(work)  # nothing of another run's to keep
         stored = None
     if stored is not None and stored.get("inputs") != identity and any(work.glob("block-*.h5")):
         changed = sorted(
