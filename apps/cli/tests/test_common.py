@@ -137,6 +137,10 @@ def test_every_command_and_option_has_help():
     ]
     assert not missing, missing
     assert all(cmd.help for _, cmd in walk(cli, ["lens"]))
+    # what `lens --help` says: every command that computes takes --seed and --device, all but evaluate
+    leaves = {" ".join(path[1:]): cmd for path, cmd in walk(cli, ["lens"]) if not isinstance(cmd, click.Group)}
+    without = sorted(name for name, cmd in leaves.items() if not {"seed", "device"} <= {p.name for p in cmd.params})
+    assert without == ["evaluate"] and "(evaluate only reads a reconstruction)" in " ".join(cli.help.split())
 
 
 def test_option_defaults_are_the_library_defaults():

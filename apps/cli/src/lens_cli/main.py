@@ -27,8 +27,9 @@ from lensrim.demo import PRESETS  # torch-free: the demo imports torch when it r
 def cli(ctx: click.Context) -> None:
     """lens: pixelated reconstruction of strong gravitational lenses with a Recurrent Inference Machine.
 
-    Simulate lenses, train priors and the RIM, reconstruct and fine-tune. Every command takes
-    --seed and --device; `lens COMMAND --help` documents its options.
+    Simulate lenses, train priors and the RIM, reconstruct and fine-tune. Every command that
+    computes takes --seed and --device (evaluate only reads a reconstruction); `lens COMMAND --help`
+    documents its options.
     """
     refuse_distributed(ctx, allowed=("train",))  # `train` refuses all but `rim` itself
     ctx.with_resource(warnings_as_lines())  # for the whole command, restored when it ends
