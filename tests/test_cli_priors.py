@@ -45,10 +45,9 @@ def test_train_resume_sample_and_use(kappa_file, tmp_path):
     _train(kappa_file, tmp_path / "whole", 20)
     _train(kappa_file, tmp_path / "part", 10)
     # resumes at 10 given only more steps, the preset named again or not: the run keeps its batch size
-    run("train", "vae", "--kind", "kappa", "--data", kappa_file, "-o", tmp_path / "part", "--steps", 15,
-        "--checkpoint-every", 5, "--log-every", 5)  # fmt: skip
-    run("train", "vae", "--kind", "kappa", "--data", kappa_file, "-o", tmp_path / "part", "--steps", 20,
-        "--checkpoint-every", 5, "--log-every", 5, "--preset", "small")  # fmt: skip
+    bare = ("train", "vae", "--kind", "kappa", "--data", kappa_file, "-o", tmp_path / "part", "--checkpoint-every", 5)
+    run(*bare, "--steps", 15, "--log-every", 5)
+    run(*bare, "--steps", 20, "--log-every", 5, "--preset", "small")
     a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
