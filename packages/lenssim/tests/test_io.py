@@ -355,10 +355,13 @@ def test_unfinished_blocks_of_a_run_made_otherwise_are_never_removed_unasked(tmp
     kept = sorted(p.read_bytes() for p in blocks.glob("block-*.h5"))
     assert len(kept) == 2
     reported = []
-    with pytest.raises(lenssim.DatasetError, match=r"blocks holds the unfinished blocks of a run with other settings"):
+    with pytest.raises(lenssim.DatasetError, match=r"blocks holds the unfinished blocks of a run with other") as e:
         lenssim.write_in_blocks(
             out, 10, _blocks([]), attrs={"kind": "a"}, seed=0, block_size=2, progress=reported.append
         )
+    assert "(n_total 8 there, 10 here)" in str(e.value)  # the block range that follows from it is not named
+    with pytest.raises(lenssim.DatasetError, match=r"\(seed 0 there, 1 here\)"):
+        lenssim.write_in_blocks(out, 8, _blocks([]), attrs={"kind": "a"}, seed=1, block_size=2)
     assert sorted(p.read_bytes() for p in blocks.glob("block-*.h5")) == kept and reported == [] and not out.exists()
     calls = []
     lenssim.write_in_blocks(out, 8, _blocks(calls), attrs={"kind": "a"}, seed=0, block_size=2)  # the same: resumed

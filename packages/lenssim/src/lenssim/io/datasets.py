@@ -554,6 +554,14 @@ def write_in_blocks(
         return _write_in_blocks(path, make_block, attrs, seed, sizes, manifest, identity, progress, overwrite)
 
 
+def _settings_that_differ(made: dict, manifest: dict) -> str:
+    """What differs between two runs' manifests, for a refusal: the block range is left out where
+    the count or the block size differs, since it follows from them."""
+    follows = {"blocks"} if any(made.get(k) != manifest[k] for k in ("n_total", "block_size")) else set()
+    made, manifest = ({k: v for k, v in m.items() if k not in follows} for m in (made, manifest))
+    return "; ".join(differences(made, manifest))
+
+
 def _write_in_blocks(path, make_block, attrs, seed, sizes, manifest, identity, progress, overwrite) -> Path:
     import h5py
 
@@ -569,7 +577,7 @@ def _write_in_blocks(path, make_block, attrs, seed, sizes, manifest, identity, p
         except (DatasetError, json.JSONDecodeError):
             pass
         if not overwrite:
-            why = "; ".join(differences(made, manifest)) if isinstance(made, dict) else "not by lens"
+            why = _settings_that_differ(made, manifest) if isinstance(made, dict) else "not by lens"
             raise DatasetError(
                 f"{path} exists and was not made with these settings ({why}): choose another output, or remove it "
                 "to make it again"
@@ -585,7 +593,7 @@ def _write_in_blocks(path, make_block, attrs, seed, sizes, manifest, identity, p
     if work.is_dir() and (not isinstance(stored, dict) or stored.get("options") != manifest):
         made = stored.get("options") if isinstance(stored, dict) else None
         if any(work.glob("block-*.h5")) and not overwrite:  # hours of work, perhaps: never removed unasked
-            why = "; ".join(differences(made, manifest)) if isinstance(made, dict) else "no readable manifest.json"
+            why = _settings_that_differ(made, manifest) if isinstance(made, dict) else "no readable manifest.json"
             raise DatasetError(
                 f"{work} holds the unfinished blocks of a run with other settings ({why}): run with those settings "
                 "to finish it, or remove the directory to start again"
