@@ -81,7 +81,12 @@ def _with_progress(rim, finetune, obs, output: Path, *, batch_size: int, **optio
 @config_option(FineTuneConfig, "learning_rate", type=FiniteFloat(0, min_open=True))
 @config_option(FineTuneConfig, "max_steps", type=click.IntRange(0))
 @config_option(FineTuneConfig, "target_chi2_nu", "--target-chi2", "target_chi2", type=FiniteFloat(0))
-@click.option("--batch-size", default=8, type=click.IntRange(1), help="Lenses fine-tuned together.")
+@click.option(
+    "--batch-size",
+    default=8,
+    type=click.IntRange(1),
+    help="Lenses fine-tuned together: the block_size of the resumable blocks on disk.",
+)
 @config_option(FineTuneConfig, "fisher_chunk", type=click.IntRange(1))
 @config_option(FineTuneConfig, "fisher_chi2", "--fisher-chi2/--no-fisher-chi2")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N lenses of the dataset.")

@@ -227,7 +227,12 @@ def _show(bar, estimate: CostEstimate, done: int, terms: dict) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Output HDF5 (the inputs plus source_pred, kappa_pred, chi2_nu).",
 )
-@click.option("--batch-size", default=8, type=click.IntRange(1), help="Lenses reconstructed at a time.")
+@click.option(
+    "--batch-size",
+    default=8,
+    type=click.IntRange(1),
+    help="Lenses reconstructed at a time: the block_size of the resumable blocks on disk.",
+)
 @seed_option
 @device_option
 @one_line_errors
