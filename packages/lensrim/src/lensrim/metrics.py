@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "EVAL_CHUNK",
     "ConstantReference",
     "constant_reference",
     "coherence_spectrum",
@@ -30,6 +31,17 @@ __all__ = [
 ]
 
 
+EVAL_CHUNK = 256
+"""Examples per pass of the per-example metrics: their temporaries (FFTs and sums in float64) then
+take a few hundred MB at 128^2 however many lenses a test set holds, not several times its size."""
+
+
+def chunks(n: int, size: int | None = None) -> list[slice]:
+    """Consecutive slices of at most ``size`` (default :data:`EVAL_CHUNK`) of ``n`` examples."""
+    size = EVAL_CHUNK if size is None else size
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)] or [slice(0, 0)]
+
+
 def _maps(x: torch.Tensor) -> torch.Tensor:
     x = torch.as_tensor(x)
     if x.dim() == 4 and x.shape[1] == 1:
@@ -38,7 +50,7 @@ def _maps(x: torch.Tensor) -> torch.Tensor:
         x = x.unsqueeze(0)
     if x.dim() != 3 or x.shape[-1] != x.shape[-2]:
         raise ValueError(f"expected square maps (B, 1, N, N), (B, N, N) or (N, N), got {tuple(x.shape)}")
-    return x.double()
+    return x
 
 
 def coherence_spectrum(
@@ -56,22 +68,23 @@ def coherence_spectrum(
         raise ValueError(f"prediction {tuple(a.shape)} and truth {tuple(b.shape)} differ in shape")
     n = a.shape[-1]
     bins = n // 2 if bins is None else bins
-    fa, fb = torch.fft.fft2(a), torch.fft.fft2(b)
     k = torch.fft.fftfreq(n, d=1.0 / n, dtype=torch.float64)  # integer wavenumbers
     kr = torch.sqrt(k[:, None] ** 2 + k[None, :] ** 2)
     edges = torch.linspace(0.0, n / 2, bins + 1, dtype=torch.float64)
     idx = torch.bucketize(kr, edges, right=False) - 1  # (edges[i], edges[i+1]] -> i
     inside = (kr > 0) & (idx >= 0) & (idx < bins)
     idx = idx[inside]
-    cross = (fa * fb.conj()).real[:, inside]
-    p11 = fa.abs().pow(2)[:, inside]
-    p22 = fb.abs().pow(2)[:, inside]
 
     def binned(v: torch.Tensor) -> torch.Tensor:
         return torch.zeros(v.shape[0], bins, dtype=v.dtype).index_add_(1, idx, v)
 
-    denom = torch.sqrt(binned(p11) * binned(p22))
-    gamma = torch.where(denom > 0, binned(cross) / denom.clamp_min(1e-300), torch.full_like(denom, math.nan))
+    def gamma_of(rows: slice) -> torch.Tensor:  # in chunks of examples: the float64 FFTs stay small
+        fa, fb = torch.fft.fft2(a[rows].double()), torch.fft.fft2(b[rows].double())
+        cross = (fa * fb.conj()).real[:, inside]
+        denom = torch.sqrt(binned(fa.abs().pow(2)[:, inside]) * binned(fb.abs().pow(2)[:, inside]))
+        return torch.where(denom > 0, binned(cross) / denom.clamp_min(1e-300), torch.full_like(denom, math.nan))
+
+    gamma = torch.cat([gamma_of(rows) for rows in chunks(a.shape[0])])
     centres = 0.5 * (edges[1:] + edges[:-1]) / fov
     return centres.numpy(), gamma.numpy()
 
@@ -145,10 +158,16 @@ def constant_reference(source: torch.Tensor, kappa: torch.Tensor) -> ConstantRef
     """
     if source.dim() != 4 or kappa.dim() != 4 or source.shape[0] != kappa.shape[0]:
         raise ValueError(f"expected (B, 1, N, N) source and kappa, got {tuple(source.shape)}, {tuple(kappa.shape)}")
-    k = kappa[:, 0].double().clamp_min(1e-6)
-    xi = torch.log10(k)
-    w = torch.sqrt(k)
-    w = w / w.sum(dim=(-1, -2), keepdim=True)
-    c = float((w * xi).sum(dim=(-1, -2)).mean())
-    loss = source[:, 0].double().pow(2).mean(dim=(-1, -2)) + (w * (c - xi).pow(2)).sum(dim=(-1, -2))
-    return ConstantReference(c, loss.to(source.dtype))
+
+    def weights(rows: slice) -> tuple[torch.Tensor, torch.Tensor]:  # in chunks: float64 copies stay small
+        k = kappa[rows, 0].double().clamp_min(1e-6)
+        w = torch.sqrt(k)
+        return w / w.sum(dim=(-1, -2), keepdim=True), torch.log10(k)
+
+    def loss(rows: slice, c: float) -> torch.Tensor:
+        w, xi = weights(rows)
+        return source[rows, 0].double().pow(2).mean(dim=(-1, -2)) + (w * (c - xi).pow(2)).sum(dim=(-1, -2))
+
+    parts = chunks(kappa.shape[0])
+    c = float(torch.cat([(w * xi).sum(dim=(-1, -2)) for w, xi in map(weights, parts)]).mean())
+    return ConstantReference(c, torch.cat([loss(rows, c) for rows in parts]).to(source.dtype))

@@ -23,7 +23,15 @@ import torch
 import lenssim
 from lenscore.files import remove_stale_temporaries, written
 from lensrim.api import Reconstruction, read_reconstruction
-from lensrim.metrics import chi2_summary, coherence_bands, coherence_spectrum, constant_reference, log_loss_moments, snr
+from lensrim.metrics import (
+    chi2_summary,
+    chunks,
+    coherence_bands,
+    coherence_spectrum,
+    constant_reference,
+    log_loss_moments,
+    snr,
+)
 from lensrim.model import rim_loss
 
 __all__ = [
@@ -59,8 +67,16 @@ as 1e-12, 12 dex below a perfect-fit kappa map's usual losses, not as minus infi
 
 
 def _loss(source_pred, kappa_pred, source, kappa) -> np.ndarray:
-    est = torch.cat([source_pred, torch.log10(kappa_pred.clamp_min(1e-6))], dim=1)[None]
-    return rim_loss(est, source, kappa.clamp_min(1e-6)).clamp_min(LOSS_FLOOR).numpy()
+    def part(rows: slice) -> torch.Tensor:  # in chunks of lenses: the temporaries stay small
+        est = torch.cat([source_pred[rows], torch.log10(kappa_pred[rows].clamp_min(1e-6))], dim=1)[None]
+        return rim_loss(est, source[rows], kappa[rows].clamp_min(1e-6)).clamp_min(LOSS_FLOOR)
+
+    return torch.cat([part(rows) for rows in chunks(len(source))]).numpy()
+
+
+def _chi2_of_nothing(obs: lenssim.Observation) -> torch.Tensor:
+    """chi2_nu of the constant predictor's model: no source, so no light at all."""
+    return lenssim.chi2_nu(obs.observation, torch.zeros_like(obs.observation), obs.noise)
 
 
 def compute_metrics(rec: Reconstruction) -> dict:
@@ -89,7 +105,7 @@ def compute_metrics(rec: Reconstruction) -> dict:
             }
         # the reference every loss is judged against: source 0 and the best constant log10 kappa
         ref = constant_reference(truth["source"], truth["kappa"])
-        chi2 = lenssim.chi2_nu(obs.observation, torch.zeros_like(obs.observation), obs.noise)
+        chi2 = torch.cat([_chi2_of_nothing(obs[rows]) for rows in chunks(len(obs))])
         out["constant_predictor"] = {
             "log10_kappa": ref.log10_kappa,
             "log10_loss": log_loss_moments(ref.loss.numpy()),
