@@ -26,6 +26,7 @@ __all__ = [
     "coherence_bands",
     "log_loss_moments",
     "chi2_summary",
+    "chunks",
     "median",
     "snr",
 ]
