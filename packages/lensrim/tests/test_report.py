@@ -64,7 +64,7 @@ def test_the_report_is_written_from_python_with_its_references(recon_file, tmp_p
 
 
 def test_metrics_taken_a_few_lenses_at_a_time_are_those_taken_at_once(recon_file, monkeypatch):
-    # the per-lens metrics run in chunks (memory stays flat over a large test set); the constant
+    # the per-lens metrics run in chunks (their temporaries stay small over a large test set); the constant
     # predictor's one log10 kappa is still the best over all the lenses, not per chunk
     rec = report.read_reconstruction(recon_file[0])
     at_once = json.dumps(report.compute_metrics(rec))
