@@ -73,6 +73,74 @@ def test_resampling_matches_a_dense_numerical_integral_and_conserves_flux(tmp_pa
     assert whole.observation.sum().item() * (10.0 / 24) ** 2 == pytest.approx(img.sum() * s_in**2, rel=1e-5)
 
 
+def _header(**cards):
+    hdr = fits.Header()
+    hdr["CTYPE1"], hdr["CTYPE2"] = "RA---TAN", "DEC--TAN"
+    for k, v in cards.items():
+        hdr[k] = v
+    return hdr
+
+
+def _astropy_scale(hdr):  # an independent reading of the same WCS: wcslib through astropy
+    from astropy.wcs import WCS
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    return proj_plane_pixel_scales(WCS(hdr)) * 3600.0
+
+
+@pytest.mark.parametrize("angle", [0.0, 30.0, 60.0, 90.0, 137.0, 270.0])
+def test_rotated_and_flipped_wcs_give_the_true_pixel_scale(tmp_path, angle):
+    # drizzled HST / JWST images keep the detector's orientation: the CD matrix is a rotation,
+    # with the sky's east-left flip. CD2_2 alone read 0.05 * cos(angle) (and nothing at 90 deg).
+    s, t = 0.05 / 3600, np.radians(angle)
+    cd = {"CD1_1": -s * np.cos(t), "CD1_2": s * np.sin(t), "CD2_1": s * np.sin(t), "CD2_2": s * np.cos(t)}
+    cd = {k: v for k, v in cd.items() if v != 0.0}  # a writer leaves zero entries out
+    hdr = _header(**cd)
+    np.testing.assert_allclose(_astropy_scale(hdr), 0.05, rtol=1e-12)
+    img = np.random.default_rng(3).random((200, 200))
+    fits.PrimaryHDU(img, header=hdr).writeto(tmp_path / "rot.fits")
+    assert lenssim.load_fits(tmp_path / "rot.fits", psf_fwhm=0.1, noise_sigma=0.1)[1] == pytest.approx(0.05, rel=1e-12)
+    plain = _write(tmp_path / "plain.fits", img, scale=0.05)  # the same pixels, north up
+    kw = dict(pixels=32, image_fov=7.69, psf_fwhm=0.1, noise_sigma=0.1)
+    rotated, reference = (lenssim.read_fits_observation(p, **kw) for p in (tmp_path / "rot.fits", plain))
+    np.testing.assert_allclose(rotated.observation.numpy(), reference.observation.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "cards",
+    [
+        {"CDELT1": -0.03 / 3600, "CDELT2": 0.03 / 3600, "PC1_1": 0.6, "PC1_2": -0.8, "PC2_1": 0.8, "PC2_2": 0.6},
+        {"CDELT1": -0.5 / 60, "CDELT2": 0.5 / 60, "CUNIT1": "arcmin", "CUNIT2": "arcmin"},  # 30"
+        {"CD1_1": -0.1, "CD2_2": 0.1, "CUNIT1": "arcsec", "CUNIT2": "arcsec"},
+        {"CDELT1": -0.03 / 3600, "CDELT2": 0.03 / 3600, "CROTA2": 40.0},  # the old AIPS rotation
+    ],
+)
+def test_pixel_scale_from_pc_matrices_and_units_agrees_with_wcslib(tmp_path, cards):
+    hdr = _header(**cards)
+    expected = _astropy_scale(hdr)
+    assert expected[0] == pytest.approx(expected[1], rel=1e-12)
+    fits.PrimaryHDU(np.ones((8, 8)), header=hdr).writeto(tmp_path / "o.fits")
+    assert lenssim.load_fits(tmp_path / "o.fits", psf_fwhm=0.1, noise_sigma=0.1)[1] == pytest.approx(expected[0])
+
+
+@pytest.mark.parametrize(
+    "cards, message",
+    [
+        ({"CD1_1": -0.05 / 3600, "CD2_2": 0.06 / 3600}, r"pixels of 0.05 by 0.06 arcsec at 90 degrees, not square"),
+        ({"CD1_1": -0.05 / 3600, "CD1_2": 0.01 / 3600, "CD2_2": 0.05 / 3600}, r"not square: resample"),  # skewed
+        ({"CD1_1": 1e-5, "PC2_2": 1.0}, "both CD1_1 and PC2_2, two WCS matrices"),
+        ({"CDELT1": 1.0, "CDELT2": 1.0, "CUNIT1": "pixel"}, "CUNIT1 is 'pixel', not an angle"),
+        ({"CD1_2": 0.0, "CD2_1": 0.0}, "gives pixels of zero size"),
+    ],
+)
+def test_wcs_that_give_no_square_pixel_scale_are_refused(tmp_path, cards, message):
+    fits.PrimaryHDU(np.ones((8, 8)), header=_header(**cards)).writeto(tmp_path / "o.fits")
+    with pytest.raises(lenssim.FitsError, match=message) as e:
+        lenssim.load_fits(tmp_path / "o.fits", psf_fwhm=0.1, noise_sigma=0.1)
+    assert str(tmp_path / "o.fits") in str(e.value) and "\n" not in str(e.value)
+    assert lenssim.load_fits(tmp_path / "o.fits", pixel_scale=0.05, psf_fwhm=0.1, noise_sigma=0.1)[1] == 0.05
+
+
 def test_bad_inputs_get_one_line_reasons(tmp_path):
     img = np.ones((40, 40))
     p = _write(tmp_path / "a.fits", img, scale=0.25)

@@ -1,10 +1,11 @@
 """Real observations in and reconstructions out as FITS.
 
 An observation is a 2-D image HDU (the primary HDU, or the first image extension, preferring
-one named ``SCI``), centred on the lens. Its pixel scale comes from the header (``CD2_2`` or
-``CDELT2`` in degrees, or ``PIXSCALE`` in arcsec) unless given. The PSF is an image HDU named
-``PSF`` (odd, square, on the image's pixel scale) or a Gaussian FWHM; the noise is a sigma (in the
-image's units) or a noise-map HDU named ``NOISE``, ``SIGMA`` or ``ERR``.
+one named ``SCI``), centred on the lens. Its pixel scale comes from the header's WCS (the ``CD``
+matrix, or ``CDELT`` with ``PC``, in ``CUNIT`` or degrees; axes rotated or flipped, as drizzled HST
+and JWST images have them, but square pixels) or ``PIXSCALE`` in arcsec, unless given. The PSF is
+an image HDU named ``PSF`` (odd, square, on the image's pixel scale and axes) or a Gaussian FWHM;
+the noise is a sigma (in the image's units) or a noise-map HDU named ``NOISE``, ``SIGMA`` or ``ERR``.
 
 The image is cut and resampled onto the model's grid (``pixels`` across ``image_fov``) by exact
 pixel-area overlap, which conserves surface brightness; the noise map goes through the same
@@ -94,13 +95,66 @@ def _header_number(header, key: str, path: Path) -> float:
     return value
 
 
+ARCSEC_PER = {"deg": 3600.0, "arcmin": 60.0, "arcsec": 1.0, "mas": 1e-3}
+"""Arcseconds per angular unit a WCS axis may be in (``CUNITi``; degrees when absent)."""
+
+SQUARE_PIXELS = 1e-3
+"""Largest relative difference between a pixel's two sides, and largest cosine of the angle
+between them, read as a square pixel: the model's grid has square pixels."""
+
+
+def _wcs_matrix(header, path: Path) -> np.ndarray | None:
+    """The WCS's linear transformation from pixel offsets to intermediate world coordinates (row i:
+    world axis i, in its own unit): ``CDi_j``, or ``CDELTi`` times ``PCi_j`` (identity by default;
+    a single ``CDELT`` serves both axes). None when the header has neither ``CD`` nor ``CDELT``."""
+    cd = [k for k in header if k in ("CD1_1", "CD1_2", "CD2_1", "CD2_2")]
+    pc = [k for k in header if k in ("PC1_1", "PC1_2", "PC2_1", "PC2_2")]
+    if cd and pc:
+        raise FitsError(f"{path}: the header has both {cd[0]} and {pc[0]}, two WCS matrices; pass a pixel scale")
+
+    def entry(prefix: str, i: int, j: int) -> float:  # absent entries: 0 for CD, the identity's for PC
+        key = f"{prefix}{i}_{j}"
+        return _header_number(header, key, path) if key in header else float(prefix == "PC" and i == j)
+
+    if cd:
+        return np.array([[entry("CD", i, j) for j in (1, 2)] for i in (1, 2)])
+    given = [k for k in ("CDELT1", "CDELT2") if k in header]
+    if not given:
+        return None
+    cdelt = [_header_number(header, k if k in header else given[0], path) for k in ("CDELT1", "CDELT2")]
+    return np.array([[cdelt[i - 1] * entry("PC", i, j) for j in (1, 2)] for i in (1, 2)])
+
+
+def _arcsec_per_unit(header, axis: int, path: Path) -> float:
+    unit = str(header.get(f"CUNIT{axis}", "deg")).strip().lower() or "deg"
+    if unit not in ARCSEC_PER:
+        raise FitsError(f"{path}: header keyword CUNIT{axis} is {unit!r}, not an angle; pass a pixel scale")
+    return ARCSEC_PER[unit]
+
+
 def _pixel_scale(header, path: Path) -> float:
-    for key in ("CD2_2", "CDELT2"):
-        if key in header and header[key]:
-            return abs(_header_number(header, key, path)) * 3600.0
-    if "PIXSCALE" in header:
-        return _header_number(header, "PIXSCALE", path)
-    raise FitsError(f"{path}: the header gives no pixel scale (CD2_2, CDELT2 or PIXSCALE); pass one")
+    """The side of a pixel in arcsec: from the WCS (``CD``, or ``CDELT`` with ``PC``; rotated or
+    flipped, as drizzled HST and JWST images are), else ``PIXSCALE``. Pixels that are not square
+    (distorted, unresampled frames) are refused."""
+    m = _wcs_matrix(header, path)
+    if m is None:
+        if "PIXSCALE" in header:
+            return _header_number(header, "PIXSCALE", path)
+        raise FitsError(f"{path}: the header gives no pixel scale (CD, CDELT or PIXSCALE); pass one")
+    m = m * np.array([_arcsec_per_unit(header, i, path) for i in (1, 2)])[:, None]
+    sides = np.hypot(m[0], m[1])  # the sky length of one pixel step along x and along y
+    if not sides.min() > 0:
+        raise FitsError(
+            f"{path}: the header's WCS matrix {m.ravel().tolist()} gives pixels of zero size; pass a pixel scale"
+        )
+    cosine = float(m[:, 0] @ m[:, 1]) / (sides[0] * sides[1])
+    if abs(sides[0] - sides[1]) > SQUARE_PIXELS * sides.max() or abs(cosine) > SQUARE_PIXELS:
+        raise FitsError(
+            f"{path}: the header's WCS gives pixels of {sides[0]:.6g} by {sides[1]:.6g} arcsec at "
+            f"{np.degrees(np.arccos(np.clip(cosine, -1, 1))):.4g} degrees, not square: resample the "
+            "image onto square pixels (e.g. drizzle it) or pass a pixel scale"
+        )
+    return float(np.sqrt(sides[0] * sides[1]))
 
 
 def _array(hdu, path: Path, what: str) -> np.ndarray:
