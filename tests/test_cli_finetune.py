@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from astropy.io import fits
+from astropy.wcs import WCS
 from lens_runner import LENS, requires_lens, run
 
 import lensprior
@@ -126,6 +127,8 @@ def test_finetune_a_fits_observation(models, tmp_path):
     img = np.pad(img, 8, mode="edge") * 250.0
     hdr = fits.Header()
     hdr["CDELT2"] = scale / 2 / 3600
+    hdr["CTYPE1"], hdr["CTYPE2"], hdr["CRVAL1"], hdr["CRVAL2"] = "RA---TAN", "DEC--TAN", 30.0, -10.0
+    hdr["CRPIX1"], hdr["CRPIX2"] = 40.5 + 4, 40.5  # 4 input pixels right of the cutout's centre
     fits.HDUList([fits.PrimaryHDU(img, header=hdr), fits.ImageHDU(np.full_like(img, 2.0), name="NOISE")]).writeto(
         tmp_path / "obs.fits"
     )
@@ -138,6 +141,10 @@ def test_finetune_a_fits_observation(models, tmp_path):
     with fits.open(tmp_path / "recon.fits") as h:
         assert h["SOURCE"].data.shape == (32, 32) and h[0].header["CHI2NU"] == pytest.approx(float(r["chi2_nu"][0]))
         np.testing.assert_allclose(h["OBSERVATION"].data, d["observation"][0, 0].numpy() * 250, rtol=1e-4)
+        # the maps on the image grid carry the sky WCS, moved onto the RIM's grid (2 of its pixels)
+        wcs = WCS(h["KAPPA"].header)
+        np.testing.assert_allclose(wcs.all_pix2world([[16.5 + 2, 16.5]], 1)[0], [30.0, -10.0], atol=1e-12)
+        np.testing.assert_allclose(wcs.proj_plane_pixel_scales()[0].to_value("arcsec"), scale, rtol=1e-12)
     bad = run(*finetune_args(models, tmp_path / "obs.fits", tmp_path / "x.h5"), check=False)
     assert bad.returncode == 1 and "no PSF" in bad.stderr and not (tmp_path / "x.h5").exists()
 

@@ -198,3 +198,40 @@ def test_vaes_that_cannot_be_the_rims_priors_are_refused_before_any_work(runs, t
     assert e.value.param == "source_vae" and calls == [] and list(tmp_path.iterdir()) == []
     with pytest.raises(SettingError, match="expected a source VAE"):
         lensrim.reconstruct(rim, lenssim.Observation.from_dataset(runs / "lenses.h5"), finetune=swapped)
+
+
+def test_the_fits_output_carries_the_input_sky_wcs_on_the_rim_grid(runs, tmp_path):
+    from astropy.wcs import WCS
+
+    with fits.open(runs / "lens.fits") as h:
+        image = h[0].data
+    hdr = fits.Header()
+    hdr["CTYPE1"], hdr["CTYPE2"], hdr["CRVAL1"], hdr["CRVAL2"] = "RA---TAN", "DEC--TAN", 177.1, 19.5
+    hdr["CRPIX1"], hdr["CRPIX2"] = 24.5, 24.5  # the cutout's centre (48 pixels)
+    hdr["CD1_1"], hdr["CD1_2"], hdr["CD2_1"], hdr["CD2_2"] = 0.0, 0.2 / 3600, 0.2 / 3600, 0.0  # rotated 90, flipped
+    fits.PrimaryHDU(image, header=hdr).writeto(tmp_path / "sky.fits")
+    rim = lensrim.load(runs / "rim")
+    rec = lensrim.reconstruct(rim, lenssim.Observation.from_fits(tmp_path / "sky.fits", psf_fwhm=0.08, noise_sigma=0.5))
+    written = [rec.to_fits(tmp_path / "a.fits")]
+    rec.to_hdf5(tmp_path / "a.h5")  # what `lens finetune` writes, then turns into FITS
+    written.append(lensrim.Reconstruction.from_hdf5(tmp_path / "a.h5").to_fits(tmp_path / "b.fits"))
+    for path in written:
+        with fits.open(path) as h:
+            for name in ("OBSERVATION", "MODEL", "RESIDUAL", "KAPPA"):
+                w = WCS(h[name].header)
+                # the RIM's 32 pixels across 7.69": the grid's centre is the cutout's centre
+                np.testing.assert_allclose(w.all_pix2world([[16.5, 16.5]], 1)[0], [177.1, 19.5], atol=1e-12)
+                np.testing.assert_allclose(np.abs(w.pixel_scale_matrix) * 3600, [[0, 7.69 / 32], [7.69 / 32, 0]])
+            assert "CTYPE1" not in h["SOURCE"].header  # the source plane is not on the sky
+
+
+def test_a_reconstruction_file_with_a_corrupt_sky_wcs_is_refused(runs, tmp_path):
+    import h5py
+
+    rec = lensrim.reconstruct(lensrim.load(runs / "rim"), lenssim.Observation.from_dataset(runs / "lenses.h5"))
+    rec.to_hdf5(tmp_path / "r.h5")
+    for bad, message in [("{", "'fits' is not JSON"), ('{"wcs": {"CTYPE1": 3}}', "the sky WCS is not a dict")]:
+        with h5py.File(tmp_path / "r.h5", "a") as f:
+            f.attrs["fits"] = bad
+        with pytest.raises(lenssim.DatasetError, match=message):
+            lensrim.Reconstruction.from_hdf5(tmp_path / "r.h5")

@@ -206,3 +206,76 @@ def test_reconstruction_round_trips(tmp_path):
         assert h[0].header["FLUXSCL"] == 2.5
         np.testing.assert_allclose(h["SOURCE"].data, maps["source"], rtol=1e-6)
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def _sky(cards, x, y):  # wcslib through astropy: (RA, Dec) of the 1-based pixel (x, y)
+    from astropy.wcs import WCS
+
+    return np.array(WCS(fits.Header(cards)).all_pix2world([[x, y]], 1)[0])
+
+
+def test_the_sky_wcs_follows_the_pixels_onto_the_model_grid(tmp_path):
+    # a rotated, flipped TAN cutout, reference pixel off-centre; the model's grid has pixels 3x wider
+    n_in, s_in, t = 120, 0.04, np.radians(37.0)
+    cards = _header(
+        CRVAL1=150.1,
+        CRVAL2=2.2,
+        CRPIX1=70.3,
+        CRPIX2=41.7,
+        RADESYS="ICRS",
+        **{
+            "CD1_1": -s_in * np.cos(t) / 3600,
+            "CD1_2": s_in * np.sin(t) / 3600,
+            "CD2_1": s_in * np.sin(t) / 3600,
+            "CD2_2": s_in * np.cos(t) / 3600,
+        },
+    )
+    cards["CTYPE1"], cards["CTYPE2"] = "RA---TAN-SIP", "DEC--TAN-SIP"  # the distortion is left out
+    image = np.zeros((n_in, n_in))
+    image[42:45, 75:78] = 1.0  # exactly one output pixel: 0-based row 10, column 21 (input centre 60)
+    fits.PrimaryHDU(image, header=cards).writeto(tmp_path / "lens.fits")
+    obs = lenssim.Observation.from_fits(tmp_path / "lens.fits", psf_fwhm=0.1, noise_sigma=0.1)
+    assert obs.origin["wcs"]["CTYPE1"] == "RA---TAN" and obs.origin["wcs"]["CRPIX1"] == 70.3
+    gridded = obs.on_grid(32, 3.84)
+    ((row, col),) = np.argwhere(gridded.observation[0, 0].numpy() > 0.5)
+    assert (row, col) == (10, 21) and gridded.observation.sum().item() == pytest.approx(1.0)
+    wcs = gridded.origin["wcs"]
+    assert lenssim.wcs_pixel_scale(wcs) == pytest.approx(0.12, rel=1e-12)
+    linear = {**cards, "CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN"}
+    # the lit output pixel's centre is where the lit input block's centre is on the sky
+    np.testing.assert_allclose(_sky(wcs, col + 1, row + 1), _sky(linear, 77, 44), rtol=0, atol=1e-10)
+    # and so is every output pixel's centre: input pixel 60.5 + 3 (k - 15.5), 1-based
+    for x, y in [(1, 1), (32, 5), (17, 30)]:
+        np.testing.assert_allclose(
+            _sky(wcs, x, y), _sky(linear, 60.5 + 3 * (x - 16.5), 60.5 + 3 * (y - 16.5)), rtol=0, atol=1e-10
+        )
+
+
+def test_a_header_without_a_usable_sky_wcs_gives_none_or_a_warning(tmp_path):
+    img = np.ones((8, 8))
+    plain = _write(tmp_path / "plain.fits", img, scale=0.05)  # CDELT but no celestial CTYPE
+    assert lenssim.read_sky_wcs(plain) is None
+    fits.PrimaryHDU(img, header=_header(CD1_1=-1e-5, CD2_2=1.2e-5)).writeto(tmp_path / "rect.fits")
+    with pytest.warns(UserWarning, match="not square.*the outputs carry no sky coordinates"):
+        assert lenssim.read_sky_wcs(tmp_path / "rect.fits") is None
+    good = _header(CD1_1=-1e-5, CD2_2=1e-5)
+    fits.PrimaryHDU(img, header=good).writeto(tmp_path / "good.fits")
+    with pytest.warns(UserWarning, match="WCS has 0.036 arcsec pixels, not the 0.05 given"):
+        obs = lenssim.Observation.from_fits(tmp_path / "good.fits", pixel_scale=0.05, psf_fwhm=0.1, noise_sigma=0.1)
+    assert "wcs" not in obs.origin
+    cards = lenssim.read_sky_wcs(tmp_path / "good.fits")
+    assert lenssim.check_sky_wcs(cards, "x") is cards
+    for bad in ({**cards, "CRVAL1": float("nan")}, {**cards, "CTYPE1": "RA\n"}, {**cards, "EVIL": 1.0}, [1]):
+        with pytest.raises(lenssim.FitsError, match="^x: the sky WCS"):
+            lenssim.check_sky_wcs(bad, "x")
+
+
+def test_the_reconstruction_maps_on_the_image_grid_carry_the_wcs(tmp_path):
+    maps = {"observation": np.ones((4, 4)), "source": np.ones((4, 4)), "kappa": np.ones((4, 4))}
+    wcs = {"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 10.0, "CRVAL2": -5.0, "CRPIX1": 2.5}
+    wcs |= {"CRPIX2": 2.5, "CUNIT1": "deg", "CUNIT2": "deg", "CD1_1": -1e-5, "CD1_2": 0.0, "CD2_1": 0.0, "CD2_2": 1e-5}
+    out = lenssim.write_fits_reconstruction(tmp_path / "r.fits", maps, {}, wcs=wcs, on_sky=("observation", "kappa"))
+    with fits.open(out) as h:
+        for name in ("OBSERVATION", "KAPPA"):
+            np.testing.assert_allclose(_sky(h[name].header, 2.5, 2.5), [10.0, -5.0], atol=1e-12)
+        assert "CTYPE1" not in h["SOURCE"].header

@@ -143,9 +143,18 @@ class Reconstruction:
         path = Path(path)
         d = _reconstruction_fields(path)
         attrs = d["attrs"]
-        flux = attrs.get("flux_scale")
-        if flux is None and "fits" in attrs:
-            flux = json.loads(attrs["fits"]).get("flux_scale") if isinstance(attrs["fits"], str) else None
+        try:
+            fits = json.loads(attrs["fits"]) if isinstance(attrs.get("fits"), str) else {}
+        except json.JSONDecodeError:
+            raise lenssim.DatasetError(f"{path}: the attribute 'fits' is not JSON") from None
+        fits = fits if isinstance(fits, dict) else {}
+        flux = attrs.get("flux_scale", fits.get("flux_scale"))
+        origin: dict[str, Any] = {"reconstruction": str(path)}
+        if "wcs" in fits:  # written into FITS headers later: checked card by card
+            try:
+                origin["wcs"] = lenssim.io.check_sky_wcs(fits["wcs"], str(path))
+            except lenssim.FitsError as e:
+                raise lenssim.DatasetError(str(e)) from None
         obs = lenssim.Observation(
             observation=d["observation"],
             psf=d["psf"],
@@ -154,7 +163,7 @@ class Reconstruction:
             source_fov=float(attrs["source_fov"]),
             flux_scale=float(flux or 1.0),
             truth={k: d[k] for k in ("source", "kappa") if k in d},
-            origin={"reconstruction": str(path)},
+            origin=origin,
         )
         return cls(
             observation=obs,
@@ -202,12 +211,16 @@ class Reconstruction:
             "flux_scale": self.observation.flux_scale,
             "config": self.meta,
         }
+        if "wcs" in self.observation.origin:
+            attrs["fits"] = {"wcs": self.observation.origin["wcs"]}
         return lenssim.write_dataset(path, self.arrays(), attrs)
 
     def to_fits(self, path: str | os.PathLike, *, index: int = 0) -> Path:
         """Lens ``index`` as FITS image extensions (observation, model, residual, source, kappa,
         and the baseline maps after fine-tuning), in the observation's original units (the flux
-        scale undone), with the geometry and chi2_nu in the primary header; written atomically."""
+        scale undone), with the geometry and chi2_nu in the primary header; written atomically.
+        The maps on the image's grid carry the observation's sky WCS when it came from a FITS
+        file that had one (resampled with it onto the RIM's grid)."""
         o, i, scale = self.observation, index, float(self.observation.flux_scale)
         model = self.model_image()
         maps = {
@@ -228,7 +241,13 @@ class Reconstruction:
         if self.chi2_nu_baseline is not None:
             maps.update(source_baseline=self.source_baseline[i, 0] * scale, kappa_baseline=self.kappa_baseline[i, 0])
             header["chi2nu0"] = float(self.chi2_nu_baseline[i])
-        return lenssim.write_fits_reconstruction(path, {k: v.detach().cpu().numpy() for k, v in maps.items()}, header)
+        return lenssim.write_fits_reconstruction(
+            path,
+            {k: v.detach().cpu().numpy() for k, v in maps.items()},
+            header,
+            wcs=o.origin.get("wcs"),
+            on_sky=("observation", "model", "residual", "kappa", "kappa_baseline"),
+        )
 
 
 def reconstruct(
@@ -386,6 +405,8 @@ def load_observations(
         "z_source": lenssim.Z_SOURCE,
         "fits": {**fits, "resampled": origin["resampled"]},
     }
+    if "wcs" in origin:  # the sky coordinates of the RIM's grid, for the FITS output
+        attrs["fits"]["wcs"] = origin["wcs"]
     return obs, attrs
 
 

@@ -21,10 +21,14 @@ from lenssim.io.datasets import (
 from lenssim.io.fits import (
     FitsError as FitsError,
     FitsObservation as FitsObservation,
+    check_sky_wcs as check_sky_wcs,
     fits_onto_grid as fits_onto_grid,
     load_fits as load_fits,
     read_fits_observation as read_fits_observation,
+    read_sky_wcs as read_sky_wcs,
     resample_matrix as resample_matrix,
+    wcs_on_grid as wcs_on_grid,
+    wcs_pixel_scale as wcs_pixel_scale,
     write_fits_reconstruction as write_fits_reconstruction,
 )
 from lenssim.io.observation import Observation as Observation

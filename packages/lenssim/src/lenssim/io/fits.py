@@ -33,10 +33,14 @@ from lenssim.physics.psf import gaussian_psf
 __all__ = [
     "FitsError",
     "FitsObservation",
+    "check_sky_wcs",
     "fits_onto_grid",
     "load_fits",
     "read_fits_observation",
+    "read_sky_wcs",
     "resample_matrix",
+    "wcs_on_grid",
+    "wcs_pixel_scale",
     "write_fits_reconstruction",
 ]
 
@@ -155,6 +159,103 @@ def _pixel_scale(header, path: Path) -> float:
             "image onto square pixels (e.g. drizzle it) or pass a pixel scale"
         )
     return float(np.sqrt(sides[0] * sides[1]))
+
+
+SKY_AXES = ("RA", "DEC", "GLON", "GLAT", "ELON", "ELAT")
+"""The celestial axis types whose WCS a reconstruction's image-plane maps carry over."""
+
+
+def read_sky_wcs(path: str | os.PathLike) -> dict[str, float | str] | None:
+    """The celestial WCS of a FITS observation's image HDU as linear FITS cards (``CTYPEi``,
+    ``CRVALi``, ``CRPIXi``, the ``CD`` matrix in degrees, the frame's ``RADESYS``, ``EQUINOX``,
+    ``LONPOLE``, ``LATPOLE``), or None when the header has none. Distortion terms (SIP, TPV) are
+    left out: the model's grid is linear. A WCS that cannot be read is warned about, not fatal:
+    the reconstruction does not need it."""
+    from astropy.io import fits
+
+    path = Path(path)
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            header = _image_hdu(hdul, path).header.copy()
+    except OSError as e:
+        raise FitsError(f"{path}: not a readable FITS file ({e})") from None
+    ctypes = [str(header.get(f"CTYPE{i}", "")).strip().upper() for i in (1, 2)]
+    if not all(c.split("-")[0] in SKY_AXES for c in ctypes):
+        return None
+    try:
+        m = _wcs_matrix(header, path)
+        if m is None:
+            return None
+        _pixel_scale(header, path)  # square pixels, as the model's grid has
+        m = m * np.array([_arcsec_per_unit(header, i, path) for i in (1, 2)])[:, None] / 3600.0
+        cards: dict[str, float | str] = {}
+        for i, c in zip((1, 2), ctypes, strict=True):
+            projection = c[5:8] if len(c) >= 8 else ""
+            cards[f"CTYPE{i}"] = c[:5] + ("TAN" if projection in ("TPV", "TPD") else projection)
+            for key in ("CRVAL", "CRPIX"):  # 0 when absent (FITS WCS paper I)
+                cards[f"{key}{i}"] = _header_number(header, f"{key}{i}", path) if f"{key}{i}" in header else 0.0
+            cards[f"CUNIT{i}"] = "deg"
+        cards.update({f"CD{i}_{j}": float(m[i - 1, j - 1]) for i in (1, 2) for j in (1, 2)})
+        for key in ("LONPOLE", "LATPOLE", "EQUINOX"):
+            if key in header:
+                cards[key] = _header_number(header, key, path)
+        if "RADESYS" in header:
+            cards["RADESYS"] = str(header["RADESYS"]).strip()
+        check_sky_wcs(cards, str(path))
+    except FitsError as e:
+        warnings.warn(f"{e}: the outputs carry no sky coordinates", stacklevel=2)
+        return None
+    return cards
+
+
+WCS_CARDS = {
+    **{f"{k}{i}": float for k in ("CRVAL", "CRPIX") for i in (1, 2)},
+    **{f"CD{i}_{j}": float for i in (1, 2) for j in (1, 2)},
+    **{f"{k}{i}": str for k in ("CTYPE", "CUNIT") for i in (1, 2)},
+    "LONPOLE": float,
+    "LATPOLE": float,
+    "EQUINOX": float,
+    "RADESYS": str,
+}
+"""The cards of :func:`read_sky_wcs` and their types."""
+
+
+def check_sky_wcs(cards: object, where: str) -> dict[str, float | str]:
+    """``cards`` if they are :func:`read_sky_wcs`'s (as a file hands them back: every required
+    card, known names, finite numbers, short printable strings), else a one-line FitsError."""
+    required = [k for k in WCS_CARDS if k[-1] in "12"]
+    if not isinstance(cards, dict) or not all(k in cards for k in required):
+        raise FitsError(f"{where}: the sky WCS is not a dict of the cards {', '.join(required)}")
+    for k, v in cards.items():
+        kind = WCS_CARDS.get(k)
+        if kind is float:
+            ok = isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)
+        else:
+            ok = kind is str and isinstance(v, str) and len(v) <= 68 and v.isprintable() and v.isascii()
+        if not ok:
+            raise FitsError(f"{where}: the sky WCS card {str(k)[:20]!r} is {str(v)[:20]!r}, not a valid value")
+    return cards
+
+
+def wcs_pixel_scale(wcs: dict[str, float | str]) -> float:
+    """The pixel side (arcsec) of :func:`read_sky_wcs`'s cards."""
+    m = np.array([[float(wcs[f"CD{i}_{j}"]) for j in (1, 2)] for i in (1, 2)])
+    return float(np.sqrt(abs(np.linalg.det(m)))) * 3600.0
+
+
+def wcs_on_grid(
+    wcs: dict[str, float | str], n_in: int, scale_in: float, pixels: int, image_fov: float
+) -> dict[str, float | str]:
+    """``wcs`` (:func:`read_sky_wcs`'s cards for an ``n_in``-pixel image at ``scale_in`` arcsec)
+    for the grid the image is resampled onto: ``pixels`` across ``image_fov`` arcsec around the
+    same centre. The reference point keeps its sky position; the matrix scales with the pixel."""
+    ratio = image_fov / pixels / scale_in
+    out = dict(wcs)
+    for i in (1, 2):
+        out[f"CRPIX{i}"] = (pixels + 1) / 2 + (float(wcs[f"CRPIX{i}"]) - (n_in + 1) / 2) / ratio
+        for j in (1, 2):
+            out[f"CD{i}_{j}"] = float(wcs[f"CD{i}_{j}"]) * ratio
+    return out
 
 
 def _array(hdu, path: Path, what: str) -> np.ndarray:
@@ -357,17 +458,27 @@ def fits_onto_grid(
 
 
 def write_fits_reconstruction(
-    path: str | os.PathLike, maps: dict[str, np.ndarray], header: dict[str, float | int | str]
+    path: str | os.PathLike,
+    maps: dict[str, np.ndarray],
+    header: dict[str, float | int | str],
+    *,
+    wcs: dict[str, float | str] | None = None,
+    on_sky: tuple[str, ...] = (),
 ) -> Path:
     """Write named 2-D maps as image extensions (after an empty primary HDU holding ``header``),
-    atomically."""
+    atomically; the maps named in ``on_sky`` (those on the image's grid) carry ``wcs``'s cards."""
     from astropy.io import fits
 
     path = Path(path)
     primary = fits.PrimaryHDU()
     for k, v in header.items():
         primary.header[k[:8].upper()] = v
-    hdus = [primary] + [fits.ImageHDU(np.asarray(v, dtype=np.float32), name=k.upper()) for k, v in maps.items()]
+    hdus = [primary]
+    for k, v in maps.items():
+        hdu = fits.ImageHDU(np.asarray(v, dtype=np.float32), name=k.upper())
+        if wcs is not None and k in on_sky:
+            hdu.header.update(wcs)
+        hdus.append(hdu)
     with written(path) as tmp:
         fits.HDUList(hdus).writeto(tmp, overwrite=True)
     return path

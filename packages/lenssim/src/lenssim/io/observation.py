@@ -10,6 +10,7 @@ that grid.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 
 from lenssim.geometry import same_fov
 from lenssim.io.datasets import DatasetError, dataset_info, read_dataset
-from lenssim.io.fits import fits_onto_grid, load_fits
+from lenssim.io.fits import fits_onto_grid, load_fits, read_sky_wcs, wcs_on_grid, wcs_pixel_scale
 
 __all__ = ["Observation"]
 
@@ -81,7 +82,9 @@ class Observation:
     ) -> Observation:
         """One lens from FITS, at the file's own resolution (see :mod:`lenssim.io.fits` for the
         layout; the arguments override the file). Divided by ``flux_scale`` (default: the peak
-        of the image on the grid it is finally put on)."""
+        of the image on the grid it is finally put on). A celestial WCS in the header is kept in
+        ``origin["wcs"]`` (:func:`lenssim.io.fits.read_sky_wcs`) and follows the pixels onto the
+        grid."""
         path = Path(path)
         image, scale, psf_in, noise_map = load_fits(
             path, pixel_scale=pixel_scale, psf_fwhm=psf_fwhm, noise_sigma=noise_sigma
@@ -100,13 +103,23 @@ class Observation:
             flux_scale=flux_scale,
         )
         options = {"psf_fwhm": psf_fwhm, "noise_sigma": noise_sigma, "flux_scale": flux_scale}
+        origin: dict[str, Any] = {"fits": str(path), "pixel_scale": scale}
+        wcs = read_sky_wcs(path)
+        if wcs is not None and not np.isclose(wcs_pixel_scale(wcs), scale, rtol=1e-3):
+            warnings.warn(
+                f"{path}: the header's WCS has {wcs_pixel_scale(wcs):.4g} arcsec pixels, not the {scale:.4g} given: "
+                "the outputs carry no sky coordinates",
+                stacklevel=2,
+            )
+        elif wcs is not None:  # on the file's own grid; on_grid moves it with the pixels
+            origin["wcs"] = wcs
         return cls(
             observation=native.observation,
             psf=native.psf,
             noise=native.noise,
             image_fov=n * scale,
             flux_scale=native.flux_scale,
-            origin={"fits": str(path), "pixel_scale": scale},
+            origin=origin,
             _fits=(path, image, scale, psf_in, noise_map, options),
         )
 
@@ -142,6 +155,8 @@ class Observation:
             )
             noise = o.noise if o.noise.dim() == 4 else o.noise.reshape(1)
             origin = {**self.origin, "resampled": o.resampled}
+            if "wcs" in origin:
+                origin["wcs"] = wcs_on_grid(origin["wcs"], image.shape[0], scale, pixels, image_fov)
             return replace(  # on its grid now: slicing or moving it no longer goes back to the file
                 self,
                 observation=o.observation,
