@@ -67,7 +67,12 @@ def _with_progress(rim, finetune, obs, output: Path, *, batch_size: int, **optio
 @click.option("--rim", "rim_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="RIM run.")
 @click.option("--source-vae", required=True, type=click.Path(file_okay=False, path_type=Path), help="Source VAE run.")
 @click.option("--kappa-vae", required=True, type=click.Path(file_okay=False, path_type=Path), help="Kappa VAE run.")
-@click.option("--data", required=True, type=click.Path(path_type=Path), help="Lens dataset (HDF5) or obs.fits.")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Lens dataset (HDF5), or a FITS cutout with its sky and lens light subtracted.",
+)
 @click.option(
     "-o",
     "--output",

@@ -1,7 +1,8 @@
 """Real observations in and reconstructions out as FITS.
 
 An observation is a 2-D image HDU (the primary HDU, or the first image extension, preferring
-one named ``SCI``), centred on the lens. Its pixel scale comes from the header's WCS (the ``CD``
+one named ``SCI``), centred on the lens, its sky and the lens galaxy's light subtracted (the model
+image is the lensed source alone). Its pixel scale comes from the header's WCS (the ``CD``
 matrix, or ``CDELT`` with ``PC``, in ``CUNIT`` or degrees; axes rotated or flipped, as drizzled HST
 and JWST images have them, but square pixels) or ``PIXSCALE`` in arcsec, unless given. The PSF is
 an image HDU named ``PSF`` (odd, square, on the image's pixel scale and axes) or a Gaussian FWHM;
