@@ -147,6 +147,26 @@ def test_finetune_a_fits_observation(models, tmp_path):
         np.testing.assert_allclose(wcs.proj_plane_pixel_scales()[0].to_value("arcsec"), scale, rtol=1e-12)
     bad = run(*finetune_args(models, tmp_path / "obs.fits", tmp_path / "x.h5"), check=False)
     assert bad.returncode == 1 and "no PSF" in bad.stderr and not (tmp_path / "x.h5").exists()
+    # the PSF from a file of its own (--psf), on the input's pixel scale: put on the model's
+    # pixels of twice the size. Output pixels span input pixels [-3,-1], [-1,1], [1,3] (in
+    # half model pixels) over input pixels [-2.5,-1.5], ..., [1.5,2.5]: these overlap weights
+    psf = np.arange(1.0, 26.0).reshape(5, 5) ** 2  # asymmetric, so a flip or transpose shows
+    hdr = fits.Header()
+    hdr["PIXSCALE"] = scale / 2
+    fits.PrimaryHDU(psf, header=hdr).writeto(tmp_path / "psf.fits")
+    run(*finetune_args(models, tmp_path / "obs.fits", tmp_path / "with-psf.h5", "--psf", tmp_path / "psf.fits"))
+    w = np.array([[1, 0.5, 0, 0, 0], [0, 0.5, 1, 0.5, 0], [0, 0, 0, 0.5, 1]])
+    expected = w @ psf @ w.T
+    got = lenssim.read_dataset(tmp_path / "with-psf.h5", ["psf"])["psf"][0, 0].numpy()
+    np.testing.assert_allclose(got, expected / expected.sum(), rtol=1e-5)
+    hdr["PIXSCALE"] = scale
+    fits.PrimaryHDU(psf, header=hdr).writeto(tmp_path / "psf-coarse.fits")
+    bad = run(
+        *finetune_args(models, tmp_path / "obs.fits", tmp_path / "x.h5", "--psf", tmp_path / "psf-coarse.fits"),
+        check=False,
+    )
+    assert bad.returncode == 1 and "give the PSF on the image's pixel scale" in bad.stderr
+    assert not (tmp_path / "x.h5").exists()
 
 
 def test_finetune_and_evaluate_errors(models, tmp_path):
@@ -154,6 +174,10 @@ def test_finetune_and_evaluate_errors(models, tmp_path):
     assert bad.returncode == 2 and "no such file" in bad.stderr
     bad = run(*finetune_args(models, models / "lenses.h5", tmp_path / "x.h5", "--psf-fwhm", 0.1), check=False)
     assert bad.returncode == 2 and "FITS input only" in bad.stderr
+    bad = run(
+        *finetune_args(models, models / "lenses.h5", tmp_path / "x.h5", "--psf", models / "lenses.h5"), check=False
+    )
+    assert bad.returncode == 2 and "Invalid value for --psf" in bad.stderr and "FITS input only" in bad.stderr
     swapped = [
         "finetune",
         "--rim",

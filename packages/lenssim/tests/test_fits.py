@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from astropy.io import fits
 
 import lenssim
@@ -279,3 +280,36 @@ def test_the_reconstruction_maps_on_the_image_grid_carry_the_wcs(tmp_path):
         for name in ("OBSERVATION", "KAPPA"):
             np.testing.assert_allclose(_sky(h[name].header, 2.5, 2.5), [10.0, -5.0], atol=1e-12)
         assert "CTYPE1" not in h["SOURCE"].header
+
+
+def test_a_psf_file_serves_as_the_psf_hdu_and_is_validated(tmp_path):
+    img = np.random.default_rng(4).random((40, 40))
+    psf = np.arange(1.0, 10.0).reshape(3, 3) / 45  # asymmetric (a transpose or flip would show), sums to 1
+    kw = dict(pixels=32, image_fov=8.0, noise_sigma=0.1)
+    in_hdu = lenssim.read_fits_observation(_write(tmp_path / "a.fits", img, scale=0.25, psf=psf), **kw)
+    plain = _write(tmp_path / "b.fits", img, scale=0.25)
+    fits.PrimaryHDU(psf).writeto(tmp_path / "psf.fits")  # no pixel scale: the image's is assumed
+    from_file = lenssim.read_fits_observation(plain, psf_file=tmp_path / "psf.fits", **kw)
+    np.testing.assert_allclose(from_file.psf[0, 0].numpy(), psf, rtol=1e-6)
+    assert torch.equal(from_file.psf, in_hdu.psf)
+    hdr = fits.Header()
+    hdr["PIXSCALE"] = 0.25
+    named = fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.ones((5, 5))), fits.ImageHDU(psf, hdr, name="PSF")])
+    named.writeto(tmp_path / "named.fits")  # the HDU named PSF is preferred
+    assert torch.equal(lenssim.read_fits_observation(plain, psf_file=tmp_path / "named.fits", **kw).psf, in_hdu.psf)
+    hdr["PIXSCALE"] = 0.125
+    fits.PrimaryHDU(psf, header=hdr).writeto(tmp_path / "fine.fits")
+    (tmp_path / "text.fits").write_text("not fits")
+    fits.PrimaryHDU(np.ones((4, 4))).writeto(tmp_path / "even.fits")
+    fits.PrimaryHDU(psf - 0.05).writeto(tmp_path / "neg.fits")
+    cases = {
+        "fine.fits: the PSF's pixels are 0.125 arcsec, the image's 0.25": {"psf_file": tmp_path / "fine.fits"},
+        "nope.fits: no such PSF file": {"psf_file": tmp_path / "nope.fits"},
+        "text.fits: not a readable FITS PSF": {"psf_file": tmp_path / "text.fits"},
+        r"even.fits: the PSF is \(4, 4\), expected an odd square": {"psf_file": tmp_path / "even.fits"},
+        "neg.fits: the PSF has negative pixels": {"psf_file": tmp_path / "neg.fits"},
+        "give a PSF FWHM or a PSF file, not both": {"psf_file": tmp_path / "psf.fits", "psf_fwhm": 0.3},
+    }
+    for message, extra in cases.items():
+        with pytest.raises(lenssim.FitsError, match=message):
+            lenssim.read_fits_observation(plain, **kw, **extra)

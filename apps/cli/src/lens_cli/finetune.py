@@ -98,6 +98,12 @@ def _with_progress(rim, finetune, obs, output: Path, *, batch_size: int, **optio
 @click.option("--image-fov", type=FiniteFloat(0, min_open=True), help="FITS: model field (default: the RIM's).")
 @click.option("--pixel-scale", type=FiniteFloat(0, min_open=True), help="FITS: arcsec per pixel (else header).")
 @click.option("--psf-fwhm", type=FiniteFloat(0, min_open=True), help="FITS: Gaussian PSF FWHM, arcsec.")
+@click.option(
+    "--psf",
+    "psf_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="FITS: the PSF as a FITS image on the image's pixel scale (else a PSF HDU in --data).",
+)
 @click.option("--noise-sigma", type=FiniteFloat(0, min_open=True), help="FITS: noise sigma, image units.")
 @click.option("--flux-scale", type=FiniteFloat(0, min_open=True), help="FITS: divide by this (default: peak).")
 @seed_option
@@ -125,11 +131,13 @@ def finetune(
     fits = lensrim.api.is_fits(data)
     outputs = {"--output": output, **({"--output (its FITS copy)": output.with_suffix(".fits")} if fits else {})}
     runs = {"--rim": rim_dir, "--source-vae": source_vae, "--kappa-vae": kappa_vae}
-    refuse_overwriting_inputs(outputs, {"--data": data, **runs})
+    psf = settings.pop("psf_file")
+    refuse_overwriting_inputs(outputs, {"--data": data, "--psf": psf, **runs})
     model = lensrim.load(rim_dir, device=dev)
     (svae, smeta), (kvae, kmeta) = (lensprior.load_vae(run, device=dev) for run in (source_vae, kappa_vae))
     lensrim.api.check_priors(model, svae, kvae, smeta, kmeta)
     fits_options = {k: settings.pop(k) for k in ("pixel_scale", "psf_fwhm", "noise_sigma", "flux_scale")}
+    fits_options["psf_file"] = psf
     obs, attrs = lensrim.api.load_observations(data, model, image_fov=image_fov, **fits_options)
     n = len(obs) if limit is None else min(limit, len(obs))
     cfg = lensrim.FineTuneConfig(target_chi2_nu=settings.pop("target_chi2"), **settings)
@@ -140,8 +148,10 @@ def finetune(
     check_memory(model.config, lensrim.RIM, what, batch=draws, factor=5 * min(batch_size, n))
     steps = {"rim_step": model.meta, "source_vae_step": smeta, "kappa_vae_step": kmeta}
     provenance = {"rim": str(rim_dir), "source_vae": str(source_vae), "kappa_vae": str(kappa_vae), "data": str(data)}
+    if psf is not None:
+        provenance["psf"] = str(psf)
     provenance.update({k: m.get("step") for k, m in steps.items()}, limit=limit, finetune=asdict(cfg))
-    inputs = (data, *(Path(r) / "checkpoint.pt" for r in runs.values()))
+    inputs = (data, *(Path(r) / "checkpoint.pt" for r in runs.values()), *([psf] if psf is not None else []))
     out_attrs = lensrim.api.output_attrs(attrs, provenance)
     task = lensrim.FineTune(svae, kvae, cfg, seed)
     _with_progress(model, task, obs[:n], output, batch_size=batch_size, attrs=out_attrs, inputs=inputs)

@@ -391,7 +391,8 @@ def load_observations(
     if not is_fits(path):
         if options:
             raise SettingError(
-                "pixel_scale, psf_fwhm, noise_sigma and flux_scale apply to FITS input only", param=next(iter(options))
+                "pixel_scale, psf_fwhm, psf_file, noise_sigma and flux_scale apply to FITS input only",
+                param=next(iter(options)),
             )
         attrs = check_dataset(path, rim)
         return lenssim.Observation.from_dataset(path), attrs

@@ -5,8 +5,9 @@ one named ``SCI``), centred on the lens, its sky and the lens galaxy's light sub
 image is the lensed source alone). Its pixel scale comes from the header's WCS (the ``CD``
 matrix, or ``CDELT`` with ``PC``, in ``CUNIT`` or degrees; axes rotated or flipped, as drizzled HST
 and JWST images have them, but square pixels) or ``PIXSCALE`` in arcsec, unless given. The PSF is
-an image HDU named ``PSF`` (odd, square, on the image's pixel scale and axes) or a Gaussian FWHM;
-the noise is a sigma (in the image's units) or a noise-map HDU named ``NOISE``, ``SIGMA`` or ``ERR``.
+an image HDU named ``PSF`` or a FITS file of its own (odd, square, on the image's pixel scale and
+axes), or a Gaussian FWHM; the noise is a sigma (in the image's units) or a noise-map HDU named
+``NOISE``, ``SIGMA`` or ``ERR``.
 
 The image is cut and resampled onto the model's grid (``pixels`` across ``image_fov``) by exact
 pixel-area overlap, which conserves surface brightness; the noise map goes through the same
@@ -276,8 +277,43 @@ def _array(hdu, path: Path, what: str) -> np.ndarray:
     return data
 
 
-def _read_hdus(hdul, path: Path, pixel_scale, psf_fwhm, noise_sigma):
-    """The image, its pixel scale, the PSF HDU (or None) and the noise map (or None), validated."""
+def _read_psf_file(psf_file: str | os.PathLike, scale_in: float) -> np.ndarray:
+    """The PSF of a FITS file of its own (its ``PSF`` HDU, else its first image), validated, on
+    the image's pixel scale (a pixel scale its header gives must be the image's)."""
+    from astropy.io import fits
+
+    path = Path(psf_file)
+    if not path.is_file():
+        raise FitsError(f"{path}: no such PSF file")
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            named = [h for h in hdul if h.name == "PSF" and h.is_image and h.header.get("NAXIS", 0) >= 2]
+            candidates = named or [h for h in hdul if h.is_image and h.header.get("NAXIS", 0) >= 2]
+            if not candidates:
+                raise FitsError(f"{path}: no image HDU with data for the PSF")
+            psf = _array(candidates[0], path, "PSF")
+            header = candidates[0].header
+            if _wcs_matrix(header, path) is not None or "PIXSCALE" in header:
+                scale = _pixel_scale(header, path)
+                if not np.isclose(scale, scale_in, rtol=1e-3):
+                    raise FitsError(
+                        f"{path}: the PSF's pixels are {scale:.4g} arcsec, the image's {scale_in:.4g}: "
+                        "give the PSF on the image's pixel scale"
+                    )
+    except (OSError, ValueError, TypeError, IndexError) as e:
+        if isinstance(e, FitsError):
+            raise
+        raise FitsError(f"{path}: not a readable FITS PSF ({type(e).__name__}: {e})") from None
+    if psf.shape[0] != psf.shape[1] or psf.shape[0] % 2 == 0:
+        raise FitsError(f"{path}: the PSF is {psf.shape}, expected an odd square")
+    if (psf < 0).any():
+        raise FitsError(f"{path}: the PSF has negative pixels")
+    return psf
+
+
+def _read_hdus(hdul, path: Path, pixel_scale, psf_fwhm, noise_sigma, psf_file=None):
+    """The image, its pixel scale, the PSF (a file's, the PSF HDU, or None) and the noise map
+    (or None), validated."""
     sci = _image_hdu(hdul, path)
     image = _array(sci, path, "image")
     if image.shape[0] != image.shape[1]:
@@ -286,7 +322,10 @@ def _read_hdus(hdul, path: Path, pixel_scale, psf_fwhm, noise_sigma):
     if not (np.isfinite(scale_in) and scale_in > 0):
         raise FitsError(f"{path}: pixel scale must be a positive finite number, got {scale_in}")
     names = {h.name for h in hdul}
-    psf_in = _array(hdul["PSF"], path, "PSF") if psf_fwhm is None and "PSF" in names else None
+    if psf_file is not None:
+        psf_in = _read_psf_file(psf_file, scale_in)
+    else:
+        psf_in = _array(hdul["PSF"], path, "PSF") if psf_fwhm is None and "PSF" in names else None
     noise_map = None
     if noise_sigma is None:
         found = [n for n in NOISE_HDUS if n in names]
@@ -312,12 +351,14 @@ def read_fits_observation(
     noise_sigma: float | None = None,
     flux_scale: float | None = None,
     psf_size: int = 21,
+    psf_file: str | os.PathLike | None = None,
 ) -> FitsObservation:
     """Read a lens observation from FITS onto the model's ``pixels`` x ``pixels`` grid of side
-    ``image_fov`` arcsec (see the module). Explicit ``pixel_scale``, ``psf_fwhm`` (arcsec) and
-    ``noise_sigma`` (image units) override the file."""
+    ``image_fov`` arcsec (see the module). Explicit ``pixel_scale``, ``psf_fwhm`` (arcsec) or
+    ``psf_file`` (a FITS PSF on the image's pixel scale) and ``noise_sigma`` (image units)
+    override the file."""
     image, scale_in, psf_in, noise_map = load_fits(
-        path, pixel_scale=pixel_scale, psf_fwhm=psf_fwhm, noise_sigma=noise_sigma
+        path, pixel_scale=pixel_scale, psf_fwhm=psf_fwhm, noise_sigma=noise_sigma, psf_file=psf_file
     )
     return fits_onto_grid(
         Path(path),
@@ -340,28 +381,31 @@ def load_fits(
     pixel_scale: float | None = None,
     psf_fwhm: float | None = None,
     noise_sigma: float | None = None,
+    psf_file: str | os.PathLike | None = None,
 ) -> tuple[np.ndarray, float, np.ndarray | None, np.ndarray | None]:
     """The validated pieces of a FITS observation at its own resolution: the image (float64),
-    its pixel scale (arcsec), the PSF HDU (None when ``psf_fwhm`` is given) and the noise map
-    (None when ``noise_sigma`` is given)."""
+    its pixel scale (arcsec), the PSF (``psf_file``'s, else the PSF HDU; None when ``psf_fwhm``
+    is given) and the noise map (None when ``noise_sigma`` is given)."""
     from astropy.io import fits
 
     path = Path(path)
     if not path.is_file():
         raise FitsError(f"{path}: no such file")
+    if psf_file is not None and psf_fwhm is not None:
+        raise FitsError(f"{path}: give a PSF FWHM or a PSF file, not both")
     try:
         hdul = fits.open(path, memmap=False)
     except OSError as e:
         raise FitsError(f"{path}: not a readable FITS file ({e})") from None
     try:
         with hdul:
-            image, scale_in, psf_in, noise_map = _read_hdus(hdul, path, pixel_scale, psf_fwhm, noise_sigma)
+            image, scale_in, psf_in, noise_map = _read_hdus(hdul, path, pixel_scale, psf_fwhm, noise_sigma, psf_file)
     except (OSError, ValueError, TypeError, IndexError) as e:  # astropy on truncated or corrupt data
         if isinstance(e, FitsError):
             raise
         raise FitsError(f"{path}: truncated or corrupt FITS data ({type(e).__name__}: {e})") from None
     if psf_in is None and psf_fwhm is None:
-        raise FitsError(f"{path}: no PSF given: pass a FWHM or add a PSF HDU")
+        raise FitsError(f"{path}: no PSF given: pass a FWHM or a PSF file, or add a PSF HDU")
     return image, scale_in, psf_in, noise_map
 
 
