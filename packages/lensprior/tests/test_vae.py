@@ -159,6 +159,20 @@ def test_load_field_validates(tmp_path):
     assert math.isfinite(float(lensprior.load_field(p, "kappa").sum()))
 
 
+def test_load_field_reads_the_first_maps_of_a_split_and_can_skip_the_scan(tmp_path):
+    p = tmp_path / "d.h5"
+    maps = np.arange(1.0, 7.0, dtype=np.float32)[:, None, None, None] * np.ones((6, 1, 4, 4), np.float32)
+    maps[0] = -1.0  # a bad map in the train split: every read that scans the file refuses it
+    with h5py.File(p, "w") as f:
+        f["kappa"] = maps
+        f["split"] = np.array([0, 1, 0, 1, 1, 0])
+    test = lensprior.load_field(p, "kappa", split="test", limit=2, check=False)
+    assert test[:, 0, 0, 0].tolist() == [2.0, 4.0]  # the first two test maps, in file order
+    assert lensprior.load_field(p, "kappa", split="all", limit=3, check=False)[:, 0, 0, 0].tolist() == [-1.0, 2.0, 3.0]
+    with pytest.raises(lensprior.RunError, match="negative"):
+        lensprior.load_field(p, "kappa", split="test", limit=2)
+
+
 def test_source_vae_encodes_sparse_galaxies_instead_of_collapsing(tmp_path):
     # compact blobs at random places on an empty 32^2 sky (3 % of pixels lit, like real stamps):
     # a collapsed VAE (decoder ignoring z) cannot beat the mean image

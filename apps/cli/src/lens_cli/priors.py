@@ -99,7 +99,8 @@ def train_vae(kind, data, output, preset, split, checkpoint_every, log_every, se
     attrs = lenssim.io.map_attrs(data)  # fields of view and redshifts: finite, positive, in arcsec
     validation = None
     if lensprior.training.has_test_split(data, kind):  # a bad test split is an error, not a reason to skip
-        validation = lensprior.load_field(data, kind, split="test", pixels=config.pixels)[:64]
+        # the file's maps were all checked above: read the first 64 of the test split alone
+        validation = lensprior.load_field(data, kind, split="test", pixels=config.pixels, limit=64, check=False)
     else:
         say(f"note: {data} has no test split: no validation loss will be logged")
     meta = {"kind": kind, "data": str(data), "data_attrs": attrs, "n_train": int(train_maps.shape[0]), "preset": preset}

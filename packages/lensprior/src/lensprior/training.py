@@ -61,12 +61,22 @@ __all__ = [
 ]
 
 
-def load_field(path: str | os.PathLike, field: str, *, split: str = "all", pixels: int | None = None) -> torch.Tensor:
+def load_field(
+    path: str | os.PathLike,
+    field: str,
+    *,
+    split: str = "all",
+    pixels: int | None = None,
+    limit: int | None = None,
+    check: bool = True,
+) -> torch.Tensor:
     """Images ``(n, 1, P, P)`` of ``field`` from an HDF5 dataset, validated.
 
-    ``split`` selects "train" (0), "test" (1) or "all" via the file's ``split`` field. Every
-    map of the file is checked (finite; kappa non-negative and, for the kappa VAE's log10, not
-    empty), whichever split is read: a file with one bad map is refused whole.
+    ``split`` selects "train" (0), "test" (1) or "all" via the file's ``split`` field; ``limit``
+    keeps only its first maps (only those are read). Every map of the file is checked (finite;
+    kappa non-negative and, for the kappa VAE's log10, not empty), whichever split is read: a
+    file with one bad map is refused whole. ``check=False`` skips that scan, for a second read
+    of a file already checked (the shapes and the split are still validated).
     """
     import h5py
 
@@ -83,16 +93,16 @@ def load_field(path: str | os.PathLike, field: str, *, split: str = "all", pixel
             raise RunError(f"{path}: {field!r} maps are {d.shape[-1]} pixels wide, the model needs {pixels}")
         if d.shape[0] == 0:
             raise RunError(f"{path}: {field!r} is empty")
-        for start in range(0, d.shape[0], 256):  # every map, a chunk at a time
+        for start in range(0, d.shape[0] if check else 0, 256):  # every map, a chunk at a time
             _check_maps(path, field, d[start : start + 256], start)
         if split == "all":
-            data = d[()]
+            data = d[: d.shape[0] if limit is None else limit]
         else:
             labels = _split_labels(f, path, d.shape[0])
             idx = np.flatnonzero(labels == (1 if split == "test" else 0))
             if idx.size == 0:
                 raise RunError(f"{path}: no {split} examples")
-            data = d[idx]
+            data = d[idx[:limit]]
     return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
 
 
