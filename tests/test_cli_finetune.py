@@ -147,6 +147,19 @@ def test_finetune_a_fits_observation(models, tmp_path):
         np.testing.assert_allclose(wcs.proj_plane_pixel_scales()[0].to_value("arcsec"), scale, rtol=1e-12)
     bad = run(*finetune_args(models, tmp_path / "obs.fits", tmp_path / "x.h5"), check=False)
     assert bad.returncode == 1 and "no PSF" in bad.stderr and not (tmp_path / "x.h5").exists()
+    # the RIM alone on the same FITS: lens reconstruct reads it the same way, its estimate is
+    # the fine-tuning's baseline, and its FITS copy carries the same sky WCS
+    base = tmp_path / "base.h5"
+    run("reconstruct", "--rim", models / "rim", "--data", tmp_path / "obs.fits", "-o", base, "--psf-fwhm", 0.2)
+    b = lenssim.read_dataset(base, ["observation", "source_pred", "kappa_pred", "chi2_nu"])
+    f = lenssim.read_dataset(out, ["source_baseline", "kappa_baseline"])
+    torch.testing.assert_close(b["observation"], r["observation"], rtol=0, atol=0)
+    torch.testing.assert_close(b["source_pred"], f["source_baseline"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b["kappa_pred"], f["kappa_baseline"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b["chi2_nu"], r["chi2_nu_baseline"], rtol=1e-5, atol=0)
+    with fits.open(tmp_path / "base.fits") as h:
+        assert h[0].header["CHI2NU"] == pytest.approx(float(b["chi2_nu"][0]), rel=1e-6)
+        np.testing.assert_allclose(WCS(h["MODEL"].header).all_pix2world([[18.5, 16.5]], 1)[0], [30.0, -10.0])
     # the PSF from a file of its own (--psf), on the input's pixel scale: put on the model's
     # pixels of twice the size. Output pixels span input pixels [-3,-1], [-1,1], [1,3] (in
     # half model pixels) over input pixels [-2.5,-1.5], ..., [1.5,2.5]: these overlap weights
@@ -178,6 +191,10 @@ def test_finetune_and_evaluate_errors(models, tmp_path):
         *finetune_args(models, models / "lenses.h5", tmp_path / "x.h5", "--psf", models / "lenses.h5"), check=False
     )
     assert bad.returncode == 2 and "Invalid value for --psf" in bad.stderr and "FITS input only" in bad.stderr
+    reconstruct = ["reconstruct", "--rim", models / "rim", "--data", models / "lenses.h5", "-o", tmp_path / "x.h5"]
+    bad = run(*reconstruct, "--noise-sigma", 0.1, check=False)
+    assert bad.returncode == 2 and "Invalid value for --noise-sigma" in bad.stderr and "FITS input only" in bad.stderr
+    assert not (tmp_path / "x.h5").exists()
     swapped = [
         "finetune",
         "--rim",

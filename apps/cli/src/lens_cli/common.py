@@ -195,6 +195,41 @@ def run_dir_option(f: Callable) -> Callable:
     )(f)
 
 
+FITS_OPTIONS = ("pixel_scale", "psf_fwhm", "psf_file", "noise_sigma", "flux_scale")
+"""The parameters of :func:`fits_options` that go to ``lensrim.api.load_observations``."""
+
+
+def fits_options(f: Callable) -> Callable:
+    """The options of a FITS observation given as ``--data`` (``--image-fov`` and
+    :data:`FITS_OPTIONS`); given with a lens dataset, they are refused."""
+    positive = FiniteFloat(0, min_open=True)
+    options = [
+        click.option("--image-fov", type=positive, help="FITS: model field (default: the RIM's)."),
+        click.option("--pixel-scale", type=positive, help="FITS: arcsec per pixel (else header)."),
+        click.option("--psf-fwhm", type=positive, help="FITS: Gaussian PSF FWHM, arcsec."),
+        click.option(
+            "--psf",
+            "psf_file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="FITS: the PSF as a FITS image on the image's pixel scale (else a PSF HDU in --data).",
+        ),
+        click.option("--noise-sigma", type=positive, help="FITS: noise sigma, image units."),
+        click.option("--flux-scale", type=positive, help="FITS: divide by this (default: peak)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def fits_copy(output: Path) -> Path:
+    """Write the reconstruction ``output`` of a FITS observation again as FITS beside it."""
+    import lensrim
+
+    path = lensrim.Reconstruction.from_hdf5(output).to_fits(output.with_suffix(".fits"))
+    click.echo(f"wrote {path} (observation, model, residual, source, kappa; image units as the input)")
+    return path
+
+
 def seed_option(f: Callable) -> Callable:
     return click.option("--seed", default=0, type=click.IntRange(0, 2**63 - 1), help="Random seed.")(f)
 

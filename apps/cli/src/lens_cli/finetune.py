@@ -5,18 +5,20 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 import numpy as np
 
 from lens_cli.common import (
+    FITS_OPTIONS,
     BarOnFirstUse,
     FiniteFloat,
     config_option,
     device_option,
     duration,
     first_line,
+    fits_copy,
+    fits_options,
     leaves_nothing_on_failure,
     one_line_errors,
     refuse_overwriting_inputs,
@@ -25,11 +27,6 @@ from lens_cli.common import (
     seed_option,
 )
 from lensrim.config import FineTuneConfig  # torch-free
-
-if TYPE_CHECKING:
-    pass
-
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz")
 
 
 def _with_progress(rim, finetune, obs, output: Path, *, batch_size: int, **options) -> Path:
@@ -95,17 +92,7 @@ def _with_progress(rim, finetune, obs, output: Path, *, batch_size: int, **optio
 @config_option(FineTuneConfig, "fisher_chunk", type=click.IntRange(1))
 @config_option(FineTuneConfig, "fisher_chi2", "--fisher-chi2/--no-fisher-chi2")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N lenses of the dataset.")
-@click.option("--image-fov", type=FiniteFloat(0, min_open=True), help="FITS: model field (default: the RIM's).")
-@click.option("--pixel-scale", type=FiniteFloat(0, min_open=True), help="FITS: arcsec per pixel (else header).")
-@click.option("--psf-fwhm", type=FiniteFloat(0, min_open=True), help="FITS: Gaussian PSF FWHM, arcsec.")
-@click.option(
-    "--psf",
-    "psf_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="FITS: the PSF as a FITS image on the image's pixel scale (else a PSF HDU in --data).",
-)
-@click.option("--noise-sigma", type=FiniteFloat(0, min_open=True), help="FITS: noise sigma, image units.")
-@click.option("--flux-scale", type=FiniteFloat(0, min_open=True), help="FITS: divide by this (default: peak).")
+@fits_options
 @seed_option
 @device_option
 @one_line_errors
@@ -131,14 +118,13 @@ def finetune(
     fits = lensrim.api.is_fits(data)
     outputs = {"--output": output, **({"--output (its FITS copy)": output.with_suffix(".fits")} if fits else {})}
     runs = {"--rim": rim_dir, "--source-vae": source_vae, "--kappa-vae": kappa_vae}
-    psf = settings.pop("psf_file")
+    fits_input = {k: settings.pop(k) for k in FITS_OPTIONS}
+    psf = fits_input["psf_file"]
     refuse_overwriting_inputs(outputs, {"--data": data, "--psf": psf, **runs})
     model = lensrim.load(rim_dir, device=dev)
     (svae, smeta), (kvae, kmeta) = (lensprior.load_vae(run, device=dev) for run in (source_vae, kappa_vae))
     lensrim.api.check_priors(model, svae, kvae, smeta, kmeta)
-    fits_options = {k: settings.pop(k) for k in ("pixel_scale", "psf_fwhm", "noise_sigma", "flux_scale")}
-    fits_options["psf_file"] = psf
-    obs, attrs = lensrim.api.load_observations(data, model, image_fov=image_fov, **fits_options)
+    obs, attrs = lensrim.api.load_observations(data, model, image_fov=image_fov, **fits_input)
     n = len(obs) if limit is None else min(limit, len(obs))
     cfg = lensrim.FineTuneConfig(target_chi2_nu=settings.pop("target_chi2"), **settings)
     # each lens of a batch has its own weights (with gradients, RMSProp state, anchor and Fisher)
@@ -161,14 +147,7 @@ def finetune(
         f"{np.median(rec['chi2_nu'].numpy()):.3g} (fine-tuned), median steps {int(rec['finetune_steps'].median())}"
     )
     if fits:
-        _write_fits(output)
-
-
-def _write_fits(output: Path) -> None:
-    import lensrim
-
-    path = lensrim.Reconstruction.from_hdf5(output).to_fits(output.with_suffix(".fits"))
-    click.echo(f"wrote {path} (observation, model, residual, source, kappa; image units as the input)")
+        fits_copy(output)
 
 
 @click.command("evaluate", short_help="Metrics, figures and a summary page of a reconstruction.")

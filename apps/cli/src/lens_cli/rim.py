@@ -13,6 +13,8 @@ from lens_cli.common import (
     FiniteFloat,
     config_option,
     device_option,
+    fits_copy,
+    fits_options,
     leaves_nothing_on_failure,
     one_line_errors,
     progress_bar,
@@ -215,11 +217,16 @@ def _show(bar, estimate: CostEstimate, done: int, terms: dict) -> None:
     bar.update(done - bar.n)
 
 
-@click.command("reconstruct", short_help="Baseline RIM predictions for every lens of a dataset.")
+@click.command("reconstruct", short_help="Baseline RIM predictions for every lens of a dataset (HDF5 or FITS).")
 @click.option(
     "--rim", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="A RIM run directory."
 )
-@click.option("--data", required=True, type=click.Path(path_type=Path), help="Lens dataset to reconstruct.")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Lens dataset (HDF5), or a FITS cutout with its sky and lens light subtracted.",
+)
 @click.option(
     "-o",
     "--output",
@@ -233,28 +240,39 @@ def _show(bar, estimate: CostEstimate, done: int, terms: dict) -> None:
     type=click.IntRange(1),
     help="Lenses reconstructed at a time: the block_size of the resumable blocks on disk.",
 )
+@fits_options
 @seed_option
 @device_option
 @one_line_errors
-def reconstruct(run_dir, data, output, batch_size, seed, device) -> None:
-    """Baseline RIM predictions (no fine-tuning) for every lens of a dataset."""
+@leaves_nothing_on_failure()
+def reconstruct(run_dir, data, output, batch_size, image_fov, seed, device, **fits_input) -> None:
+    """Baseline RIM predictions (no fine-tuning) for every lens of --data: a lens dataset, read a
+    block at a time, or one FITS observation (resampled onto the RIM's grid; a FITS copy of the
+    reconstruction is written beside the output, as `lens finetune` writes one)."""
     import numpy as np
 
     import lensrim
     import lenssim
     from lenscore.runs import check_memory
 
-    refuse_overwriting_inputs({"--output": output}, {"--data": data, "--rim": run_dir})
+    fits = lensrim.api.is_fits(data)  # a missing file: refused by the reader, in one line
+    outputs = {"--output": output, **({"--output (its FITS copy)": output.with_suffix(".fits")} if fits else {})}
+    psf = fits_input["psf_file"]
+    refuse_overwriting_inputs(outputs, {"--data": data, "--psf": psf, "--rim": run_dir})
     model = lensrim.load(run_dir, device=resolve_device(device))
     check_memory(model.config, lensrim.RIM, f"--batch-size {batch_size}", batch=batch_size)
-    attrs = lensrim.api.check_dataset(data, model)
+    source, attrs = lensrim.api.load_observations(data, model, image_fov=image_fov, stream=True, **fits_input)
     provenance = {"rim": str(run_dir), "step": model.meta.get("step"), "data": str(data)}
-    total = lenssim.io.dataset_info(data)["fields"]["observation"][0]
+    if psf is not None:
+        provenance["psf"] = str(psf)
+    total = len(source) if fits else lenssim.io.dataset_info(data)["fields"]["observation"][0]
     with BarOnFirstUse(total=total, desc="reconstructing", unit="lens") as bar:
         out_attrs = lensrim.api.output_attrs(attrs, provenance)
-        inputs = (data, Path(run_dir) / "checkpoint.pt")
+        inputs = (data, Path(run_dir) / "checkpoint.pt", *([psf] if psf is not None else []))
         lensrim.api.reconstruct_to_file(
-            model, data, output, attrs=out_attrs, batch_size=batch_size, seed=seed, progress=bar.update, inputs=inputs
+            model, source, output, attrs=out_attrs, batch_size=batch_size, seed=seed, progress=bar.update, inputs=inputs
         )
     c = lenssim.read_dataset(output, ["chi2_nu"])["chi2_nu"].numpy()
     click.echo(f"wrote {output}: {total} lenses, chi2_nu median {np.median(c):.3g} (baseline RIM)")
+    if fits:
+        fits_copy(output)

@@ -377,11 +377,13 @@ def check_priors(
 
 
 def load_observations(
-    path: str | os.PathLike, rim: RIM, *, image_fov: float | None = None, **fits_options: Any
-) -> tuple[lenssim.Observation, dict[str, Any]]:
+    path: str | os.PathLike, rim: RIM, *, image_fov: float | None = None, stream: bool = False, **fits_options: Any
+) -> tuple[lenssim.Observation | Path, dict[str, Any]]:
     """The observations in ``path`` on ``rim``'s grid, and the attributes their reconstruction
     keeps: one FITS observation (``fits_options``: :meth:`lenssim.Observation.from_fits`'s,
-    resampled onto the grid) or a lens dataset (truth kept; :func:`check_dataset`)."""
+    resampled onto the grid) or a lens dataset (truth kept; :func:`check_dataset`). With
+    ``stream``, a dataset is checked but not read: its path comes back, for
+    :func:`reconstruct_to_file` to read a block at a time."""
     c = rim.config
     if image_fov is not None and not lenssim.geometry.same_fov(image_fov, c.image_fov):
         raise SettingError(
@@ -395,7 +397,7 @@ def load_observations(
                 param=next(iter(options)),
             )
         attrs = check_dataset(path, rim)
-        return lenssim.Observation.from_dataset(path), attrs
+        return (Path(path) if stream else lenssim.Observation.from_dataset(path)), attrs
     obs = lenssim.Observation.from_fits(path, **options).on_grid(c.pixels, c.image_fov)
     origin = obs.origin
     fits = {"path": str(path), "flux_scale": obs.flux_scale, "pixel_scale": origin["pixel_scale"]}
