@@ -188,7 +188,10 @@ def read_sky_wcs(path: str | os.PathLike) -> dict[str, float | str] | None:
         m = _wcs_matrix(header, path)
         if m is None:
             return None
-        _pixel_scale(header, path)  # square pixels, as the model's grid has
+        try:
+            _pixel_scale(header, path)  # square pixels, as the model's grid has
+        except FitsError:  # its own message advises a pixel scale, which the caller may have given
+            raise FitsError(f"{path}: the header's WCS has no square pixels of a size in arcsec") from None
         m = m * np.array([_arcsec_per_unit(header, i, path) for i in (1, 2)])[:, None] / 3600.0
         cards: dict[str, float | str] = {}
         for i, c in zip((1, 2), ctypes, strict=True):
