@@ -313,3 +313,38 @@ def test_a_psf_file_serves_as_the_psf_hdu_and_is_validated(tmp_path):
     for message, extra in cases.items():
         with pytest.raises(lenssim.FitsError, match=message):
             lenssim.read_fits_observation(plain, **kw, **extra)
+
+
+def test_a_cutout_that_is_not_square_is_cut_or_resampled_per_axis(tmp_path):
+    rng = np.random.default_rng(5)
+    img = rng.random((40, 44)) + 0.5  # 40 rows, 44 columns, at the model's pixel scale
+    noise = rng.random((40, 44)) + 0.1
+    p = _write(tmp_path / "wide.fits", img, scale=0.25, noise=noise)
+    obs = lenssim.read_fits_observation(p, pixels=32, image_fov=8.0, psf_fwhm=0.3, flux_scale=1.0)
+    assert not obs.resampled  # both sides differ from 32 by an even count: a central crop
+    np.testing.assert_allclose(obs.observation[0, 0].numpy(), img[4:36, 6:38], rtol=1e-6)
+    np.testing.assert_allclose(obs.noise[0, 0].numpy(), noise[4:36, 6:38], rtol=1e-6)
+    # 41 columns: the columns are resampled by half a pixel (pairs averaged), the rows cut
+    odd = _write(tmp_path / "odd.fits", img[:, :41], scale=0.25)
+    half = lenssim.read_fits_observation(odd, pixels=32, image_fov=8.0, psf_fwhm=0.3, noise_sigma=0.1, flux_scale=1)
+    cols = 0.5 * (img[4:36, 4:36] + img[4:36, 5:37])
+    assert half.resampled
+    np.testing.assert_allclose(half.observation[0, 0].numpy(), cols, rtol=1e-6)
+    np.testing.assert_allclose(half.noise[0, 0].numpy(), 0.1 * np.sqrt(0.5), rtol=1e-6)
+    narrow = _write(tmp_path / "narrow.fits", img[:, :20], scale=0.25)
+    with pytest.raises(lenssim.FitsError, match="covers 5 by 10 arcsec, less than the model's field of 8.0"):
+        lenssim.read_fits_observation(narrow, pixels=32, image_fov=8.0, psf_fwhm=0.3, noise_sigma=0.1)
+    native = lenssim.Observation.from_fits(p, psf_fwhm=0.3, noise_sigma=0.1, flux_scale=1.0)
+    assert native.pixels == 40 and native.image_fov == pytest.approx(10.0)
+    np.testing.assert_allclose(native.observation[0, 0].numpy(), img[:, 2:42], rtol=1e-6)
+
+
+def test_the_sky_wcs_follows_each_axis_of_a_cutout_that_is_not_square(tmp_path):
+    ny, nx = 108, 132  # centres at 1-based 54.5 and 66.5; the model's pixels 3x wider
+    cards = _header(CRVAL1=20.0, CRVAL2=-30.0, CRPIX1=10.0, CRPIX2=99.0, CD1_1=-0.04 / 3600, CD2_2=0.04 / 3600)
+    fits.PrimaryHDU(np.ones((ny, nx)), header=cards).writeto(tmp_path / "wide.fits")
+    wcs = lenssim.Observation.from_fits(tmp_path / "wide.fits", psf_fwhm=0.1, noise_sigma=0.1).on_grid(32, 3.84)
+    for x, y in [(1, 1), (32, 5), (17, 30)]:
+        np.testing.assert_allclose(
+            _sky(wcs.origin["wcs"], x, y), _sky(cards, 66.5 + 3 * (x - 16.5), 54.5 + 3 * (y - 16.5)), atol=1e-10
+        )

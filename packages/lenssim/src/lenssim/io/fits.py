@@ -1,13 +1,13 @@
 """Real observations in and reconstructions out as FITS.
 
-An observation is a 2-D image HDU (the primary HDU, or the first image extension, preferring
-one named ``SCI``), centred on the lens, its sky and the lens galaxy's light subtracted (the model
-image is the lensed source alone). Its pixel scale comes from the header's WCS (the ``CD``
-matrix, or ``CDELT`` with ``PC``, in ``CUNIT`` or degrees; axes rotated or flipped, as drizzled HST
-and JWST images have them, but square pixels) or ``PIXSCALE`` in arcsec, unless given. The PSF is
-an image HDU named ``PSF`` or a FITS file of its own (odd, square, on the image's pixel scale and
-axes), or a Gaussian FWHM; the noise is a sigma (in the image's units) or a noise-map HDU named
-``NOISE``, ``SIGMA`` or ``ERR``.
+An observation is a 2-D image HDU (the primary HDU, or the first image extension, preferring one
+named ``SCI``; square or not), centred on the lens, its sky and the lens galaxy's light subtracted
+(the model image is the lensed source alone). Its pixel scale comes from the header's WCS (the
+``CD`` matrix, or ``CDELT`` with ``PC``, in ``CUNIT`` or degrees; axes rotated or flipped, as
+drizzled HST and JWST images have them, but square pixels) or ``PIXSCALE`` in arcsec, unless given.
+The PSF is an image HDU named ``PSF`` or a FITS file of its own (odd, square, on the image's pixel
+scale and axes), or a Gaussian FWHM; the noise is a sigma (in the image's units) or a noise-map HDU
+named ``NOISE``, ``SIGMA`` or ``ERR``.
 
 The image is cut and resampled onto the model's grid (``pixels`` across ``image_fov``) by exact
 pixel-area overlap, which conserves surface brightness; the noise map goes through the same
@@ -249,14 +249,15 @@ def wcs_pixel_scale(wcs: dict[str, float | str]) -> float:
 
 
 def wcs_on_grid(
-    wcs: dict[str, float | str], n_in: int, scale_in: float, pixels: int, image_fov: float
+    wcs: dict[str, float | str], shape: tuple[int, int], scale_in: float, pixels: int, image_fov: float
 ) -> dict[str, float | str]:
-    """``wcs`` (:func:`read_sky_wcs`'s cards for an ``n_in``-pixel image at ``scale_in`` arcsec)
-    for the grid the image is resampled onto: ``pixels`` across ``image_fov`` arcsec around the
-    same centre. The reference point keeps its sky position; the matrix scales with the pixel."""
+    """``wcs`` (:func:`read_sky_wcs`'s cards for an image of ``shape`` (rows, columns) at
+    ``scale_in`` arcsec) for the grid the image is resampled onto: ``pixels`` across ``image_fov``
+    arcsec around the same centre. The reference point keeps its sky position; the matrix scales
+    with the pixel."""
     ratio = image_fov / pixels / scale_in
     out = dict(wcs)
-    for i in (1, 2):
+    for i, n_in in zip((1, 2), (shape[1], shape[0]), strict=True):  # FITS axis 1: the columns
         out[f"CRPIX{i}"] = (pixels + 1) / 2 + (float(wcs[f"CRPIX{i}"]) - (n_in + 1) / 2) / ratio
         for j in (1, 2):
             out[f"CD{i}_{j}"] = float(wcs[f"CD{i}_{j}"]) * ratio
@@ -319,8 +320,6 @@ def _read_hdus(hdul, path: Path, pixel_scale, psf_fwhm, noise_sigma, psf_file=No
     (or None), validated."""
     sci = _image_hdu(hdul, path)
     image = _array(sci, path, "image")
-    if image.shape[0] != image.shape[1]:
-        raise FitsError(f"{path}: the image is {image.shape[1]}x{image.shape[0]}, expected a square cutout")
     scale_in = float(pixel_scale) if pixel_scale is not None else _pixel_scale(sci.header, path)
     if not (np.isfinite(scale_in) and scale_in > 0):
         raise FitsError(f"{path}: pixel scale must be a positive finite number, got {scale_in}")
@@ -429,19 +428,18 @@ def fits_onto_grid(
     """The pieces from :func:`load_fits` resampled onto ``pixels`` across ``image_fov`` and
     divided by the flux scale (see the module)."""
 
-    n_in = image.shape[0]
     scale_out = image_fov / pixels
-    if n_in * scale_in < image_fov * (1 - FOV_TOLERANCE):
-        raise FitsError(
-            f"{path}: the image covers {n_in * scale_in:.3g} arcsec, less than the model's field of {image_fov} arcsec"
-        )
-    resampled = not (np.isclose(scale_in, scale_out, rtol=1e-6) and (n_in - pixels) % 2 == 0)
-    w = resample_matrix(n_in, scale_in, pixels, scale_out)
-    obs = w @ image @ w.T
+    if min(image.shape) * scale_in < image_fov * (1 - FOV_TOLERANCE):
+        sides = " by ".join(f"{n * scale_in:.3g}" for n in image.shape[::-1])
+        raise FitsError(f"{path}: the image covers {sides} arcsec, less than the model's field of {image_fov} arcsec")
+    same_scale = np.isclose(scale_in, scale_out, rtol=1e-6)
+    resampled = not (same_scale and all((n - pixels) % 2 == 0 for n in image.shape))
+    wy, wx = (resample_matrix(n, scale_in, pixels, scale_out) for n in image.shape)  # rows, columns
+    obs = wy @ image @ wx.T
     if noise_map is not None:
-        noise = np.sqrt((w**2) @ noise_map**2 @ (w**2).T)
+        noise = np.sqrt((wy**2) @ noise_map**2 @ (wx**2).T)
     else:
-        noise = np.sqrt((w**2).sum(axis=1)[:, None] * (w**2).sum(axis=1)[None, :]) * noise_sigma
+        noise = np.sqrt((wy**2).sum(axis=1)[:, None] * (wx**2).sum(axis=1)[None, :]) * noise_sigma
         if not resampled:
             noise = np.array([noise_sigma])
 

@@ -90,7 +90,7 @@ class Observation:
         image, scale, psf_in, noise_map = load_fits(
             path, pixel_scale=pixel_scale, psf_fwhm=psf_fwhm, noise_sigma=noise_sigma, psf_file=psf_file
         )
-        n = image.shape[0]
+        n = min(image.shape)  # a square around the centre (a crop, or a resampling by half a pixel)
         native = fits_onto_grid(
             path,
             image,
@@ -157,7 +157,7 @@ class Observation:
             noise = o.noise if o.noise.dim() == 4 else o.noise.reshape(1)
             origin = {**self.origin, "resampled": o.resampled}
             if "wcs" in origin:
-                origin["wcs"] = wcs_on_grid(origin["wcs"], image.shape[0], scale, pixels, image_fov)
+                origin["wcs"] = wcs_on_grid(origin["wcs"], image.shape, scale, pixels, image_fov)
             return replace(  # on its grid now: slicing or moving it no longer goes back to the file
                 self,
                 observation=o.observation,
