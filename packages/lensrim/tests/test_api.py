@@ -79,6 +79,10 @@ def test_the_readme_example_runs_in_five_lines_and_writes_consistent_fits(runs, 
         noise = ref.noise[0, 0].numpy() if ref.noise.dim() == 4 else ref.noise.item()
         chi2 = float(np.mean((residual / scale / noise) ** 2))
         assert h[0].header["CHI2NU"] == pytest.approx(chi2, rel=1e-3)
+        # the noise and chi maps say the same pixel by pixel, in the input's units
+        np.testing.assert_allclose(h["NOISE"].data, np.broadcast_to(noise * scale, residual.shape), rtol=1e-6)
+        np.testing.assert_allclose(h["CHI"].data, residual / h["NOISE"].data, rtol=1e-4, atol=1e-4)
+        assert float(np.mean(h["CHI"].data.astype(np.float64) ** 2)) == pytest.approx(chi2, rel=1e-3)
         assert h[0].header["CHI2NU"] == pytest.approx(float(rec.chi2_nu[0]), rel=1e-5)
 
 

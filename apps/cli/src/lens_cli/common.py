@@ -226,7 +226,7 @@ def fits_copy(output: Path) -> Path:
     import lensrim
 
     path = lensrim.Reconstruction.from_hdf5(output).to_fits(output.with_suffix(".fits"))
-    click.echo(f"wrote {path} (observation, model, residual, source, kappa; image units as the input)")
+    click.echo(f"wrote {path} (observation, model, residual, noise, chi, source, kappa; the input's units)")
     return path
 
 

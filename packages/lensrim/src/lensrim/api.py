@@ -216,17 +216,22 @@ class Reconstruction:
         return lenssim.write_dataset(path, self.arrays(), attrs)
 
     def to_fits(self, path: str | os.PathLike, *, index: int = 0) -> Path:
-        """Lens ``index`` as FITS image extensions (observation, model, residual, source, kappa,
-        and the baseline maps after fine-tuning), in the observation's original units (the flux
-        scale undone), with the geometry and chi2_nu in the primary header; written atomically.
+        """Lens ``index`` as FITS image extensions (observation, model, residual, noise, chi:
+        the residual over the noise, whose mean square is chi2_nu; source, kappa, and the
+        baseline maps after fine-tuning), in the observation's original units (the flux scale
+        undone), with the geometry and chi2_nu in the primary header; written atomically.
         The maps on the image's grid carry the observation's sky WCS when it came from a FITS
         file that had one (resampled with it onto the RIM's grid)."""
         o, i, scale = self.observation, index, float(self.observation.flux_scale)
         model = self.model_image()
+        residual = o.observation[i, 0] - model[i, 0]
+        noise = o.noise[i, 0] if o.noise.dim() == 4 else o.noise.reshape(-1)[i].expand_as(residual)
         maps = {
             "observation": o.observation[i, 0] * scale,
             "model": model[i, 0] * scale,
-            "residual": (o.observation[i, 0] - model[i, 0]) * scale,
+            "residual": residual * scale,
+            "noise": noise * scale,
+            "chi": residual / noise,
             "source": self.source[i, 0] * scale,
             "kappa": self.kappa[i, 0],
         }
@@ -246,7 +251,7 @@ class Reconstruction:
             {k: v.detach().cpu().numpy() for k, v in maps.items()},
             header,
             wcs=o.origin.get("wcs"),
-            on_sky=("observation", "model", "residual", "kappa", "kappa_baseline"),
+            on_sky=("observation", "model", "residual", "noise", "chi", "kappa", "kappa_baseline"),
         )
 
 
