@@ -221,6 +221,28 @@ def fits_options(f: Callable) -> Callable:
     return f
 
 
+def observations_option(f: Callable) -> Callable:
+    """``--data``: the observations a reconstruction reads (a lens dataset or one FITS cutout)."""
+    return click.option(
+        "--data",
+        required=True,
+        type=click.Path(path_type=Path),
+        help="Lens dataset (HDF5), or a FITS cutout with its sky and lens light subtracted.",
+    )(f)
+
+
+def observation_files(data: Path, output: Path, psf: Path | None) -> tuple[dict[str, Path], dict[str, Path]]:
+    """A reconstruction's outputs (``--output``, and its FITS copy for a FITS ``--data``) and the
+    observation's input files (``--data``, and ``--psf`` when given), keyed by option, for
+    :func:`refuse_overwriting_inputs`, the provenance and a resume's input check."""
+    import lensrim
+
+    outputs = {"--output": output}
+    if lensrim.api.is_fits(data):
+        outputs["--output (its FITS copy)"] = output.with_suffix(".fits")
+    return outputs, {"--data": data, **({"--psf": psf} if psf is not None else {})}
+
+
 def fits_copy(output: Path) -> Path:
     """Write the reconstruction ``output`` of a FITS observation again as FITS beside it."""
     import lensrim

@@ -20,6 +20,8 @@ from lens_cli.common import (
     fits_copy,
     fits_options,
     leaves_nothing_on_failure,
+    observation_files,
+    observations_option,
     one_line_errors,
     refuse_overwriting_inputs,
     resolve_device,
@@ -64,12 +66,7 @@ def _with_progress(rim, finetune, obs, output: Path, *, batch_size: int, **optio
 @click.option("--rim", "rim_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="RIM run.")
 @click.option("--source-vae", required=True, type=click.Path(file_okay=False, path_type=Path), help="Source VAE run.")
 @click.option("--kappa-vae", required=True, type=click.Path(file_okay=False, path_type=Path), help="Kappa VAE run.")
-@click.option(
-    "--data",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Lens dataset (HDF5), or a FITS cutout with its sky and lens light subtracted.",
-)
+@observations_option
 @click.option(
     "-o",
     "--output",
@@ -115,12 +112,10 @@ def finetune(
     dev = resolve_device(device)
     if not data.exists():
         raise click.BadParameter(f"{data}: no such file", param_hint="--data")
-    fits = lensrim.api.is_fits(data)
-    outputs = {"--output": output, **({"--output (its FITS copy)": output.with_suffix(".fits")} if fits else {})}
     runs = {"--rim": rim_dir, "--source-vae": source_vae, "--kappa-vae": kappa_vae}
     fits_input = {k: settings.pop(k) for k in FITS_OPTIONS}
-    psf = fits_input["psf_file"]
-    refuse_overwriting_inputs(outputs, {"--data": data, "--psf": psf, **runs})
+    outputs, observed = observation_files(data, output, fits_input["psf_file"])
+    refuse_overwriting_inputs(outputs, {**observed, **runs})
     model = lensrim.load(rim_dir, device=dev)
     (svae, smeta), (kvae, kmeta) = (lensprior.load_vae(run, device=dev) for run in (source_vae, kappa_vae))
     lensrim.api.check_priors(model, svae, kvae, smeta, kmeta)
@@ -133,11 +128,10 @@ def finetune(
     what = f"--batch-size {batch_size} with --fisher-chunk {cfg.fisher_chunk}"
     check_memory(model.config, lensrim.RIM, what, batch=draws, factor=5 * min(batch_size, n))
     steps = {"rim_step": model.meta, "source_vae_step": smeta, "kappa_vae_step": kmeta}
-    provenance = {"rim": str(rim_dir), "source_vae": str(source_vae), "kappa_vae": str(kappa_vae), "data": str(data)}
-    if psf is not None:
-        provenance["psf"] = str(psf)
+    provenance = {"rim": str(rim_dir), "source_vae": str(source_vae), "kappa_vae": str(kappa_vae)}
+    provenance.update({k.lstrip("-"): str(v) for k, v in observed.items()})
     provenance.update({k: m.get("step") for k, m in steps.items()}, limit=limit, finetune=asdict(cfg))
-    inputs = (data, *(Path(r) / "checkpoint.pt" for r in runs.values()), *([psf] if psf is not None else []))
+    inputs = (*observed.values(), *(Path(r) / "checkpoint.pt" for r in runs.values()))
     out_attrs = lensrim.api.output_attrs(attrs, provenance)
     task = lensrim.FineTune(svae, kvae, cfg, seed)
     _with_progress(model, task, obs[:n], output, batch_size=batch_size, attrs=out_attrs, inputs=inputs)
@@ -146,7 +140,7 @@ def finetune(
         f"wrote {output}: {n} lenses, chi2_nu median {np.median(rec['chi2_nu_baseline'].numpy()):.3g} (baseline) -> "
         f"{np.median(rec['chi2_nu'].numpy()):.3g} (fine-tuned), median steps {int(rec['finetune_steps'].median())}"
     )
-    if fits:
+    if lensrim.api.is_fits(data):
         fits_copy(output)
 
 

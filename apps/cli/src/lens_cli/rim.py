@@ -16,6 +16,8 @@ from lens_cli.common import (
     fits_copy,
     fits_options,
     leaves_nothing_on_failure,
+    observation_files,
+    observations_option,
     one_line_errors,
     progress_bar,
     refuse_overwriting_inputs,
@@ -221,12 +223,7 @@ def _show(bar, estimate: CostEstimate, done: int, terms: dict) -> None:
 @click.option(
     "--rim", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="A RIM run directory."
 )
-@click.option(
-    "--data",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Lens dataset (HDF5), or a FITS cutout with its sky and lens light subtracted.",
-)
+@observations_option
 @click.option(
     "-o",
     "--output",
@@ -256,19 +253,17 @@ def reconstruct(run_dir, data, output, batch_size, image_fov, seed, device, **fi
     from lenscore.runs import check_memory
 
     fits = lensrim.api.is_fits(data)  # a missing file: refused by the reader, in one line
-    outputs = {"--output": output, **({"--output (its FITS copy)": output.with_suffix(".fits")} if fits else {})}
-    psf = fits_input["psf_file"]
-    refuse_overwriting_inputs(outputs, {"--data": data, "--psf": psf, "--rim": run_dir})
+    outputs, observed = observation_files(data, output, fits_input["psf_file"])
+    refuse_overwriting_inputs(outputs, {**observed, "--rim": run_dir})
     model = lensrim.load(run_dir, device=resolve_device(device))
     check_memory(model.config, lensrim.RIM, f"--batch-size {batch_size}", batch=batch_size)
     source, attrs = lensrim.api.load_observations(data, model, image_fov=image_fov, stream=True, **fits_input)
-    provenance = {"rim": str(run_dir), "step": model.meta.get("step"), "data": str(data)}
-    if psf is not None:
-        provenance["psf"] = str(psf)
+    provenance = {"rim": str(run_dir), "step": model.meta.get("step")}
+    provenance.update({k.lstrip("-"): str(v) for k, v in observed.items()})
     total = len(source) if fits else lenssim.io.dataset_info(data)["fields"]["observation"][0]
     with BarOnFirstUse(total=total, desc="reconstructing", unit="lens") as bar:
         out_attrs = lensrim.api.output_attrs(attrs, provenance)
-        inputs = (data, Path(run_dir) / "checkpoint.pt", *([psf] if psf is not None else []))
+        inputs = (*observed.values(), Path(run_dir) / "checkpoint.pt")
         lensrim.api.reconstruct_to_file(
             model, source, output, attrs=out_attrs, batch_size=batch_size, seed=seed, progress=bar.update, inputs=inputs
         )
