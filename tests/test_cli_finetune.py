@@ -160,6 +160,19 @@ def test_finetune_a_fits_observation(models, tmp_path):
     with fits.open(tmp_path / "base.fits") as h:
         assert h[0].header["CHI2NU"] == pytest.approx(float(b["chi2_nu"][0]), rel=1e-6)
         np.testing.assert_allclose(WCS(h["MODEL"].header).all_pix2world([[18.5, 16.5]], 1)[0], [30.0, -10.0])
+    # blank input pixels: the 2x2 under model pixel (10, 5) is left out, and said to be
+    with fits.open(tmp_path / "obs.fits") as h:
+        blank = h[0].data.copy()
+        blank[8 + 20 : 8 + 22, 8 + 10 : 8 + 12] = np.nan  # the field starts 8 input pixels in
+        fits.HDUList([fits.PrimaryHDU(blank, header=h[0].header), h["NOISE"].copy()]).writeto(tmp_path / "blank.fits")
+    args = ("--data", tmp_path / "blank.fits", "-o", tmp_path / "nan.h5", "--psf-fwhm", 0.2)
+    said = run("reconstruct", "--rim", models / "rim", *args)
+    assert "1 of the 32x32 model pixels had no data" in said.stdout
+    m = lenssim.read_dataset(tmp_path / "nan.h5", ["noise_map", "chi2_nu"])
+    assert torch.isinf(m["noise_map"]).nonzero().tolist() == [[0, 0, 10, 5]]
+    with fits.open(tmp_path / "nan.fits") as h:
+        assert np.isnan(h["CHI"].data[10, 5]) and np.isfinite(np.delete(h["CHI"].data.ravel(), 10 * 32 + 5)).all()
+        assert h[0].header["NMASKED"] == 1
     # the PSF from a file of its own (--psf), on the input's pixel scale: put on the model's
     # pixels of twice the size. Output pixels span input pixels [-3,-1], [-1,1], [1,3] (in
     # half model pixels) over input pixels [-2.5,-1.5], ..., [1.5,2.5]: these overlap weights

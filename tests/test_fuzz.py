@@ -330,6 +330,8 @@ def test_reconstructions(valid, target):
 FITS_BREAKS = (
     "nan",
     "inf",
+    "all-nan",
+    "mask-shape",
     "zeros",
     "cube",
     "line",
@@ -357,8 +359,12 @@ def break_fits(path: Path, how: str) -> None:
     with fits.open(path) as h:
         image, header, noise = h[0].data.copy(), h[0].header.copy(), h["NOISE"].data.copy()
     extra = []
-    if how in ("nan", "inf"):
+    if how in ("nan", "inf"):  # a pixel without data: masked, not refused
         image[5, 5] = np.nan if how == "nan" else np.inf
+    elif how == "all-nan":
+        image[:] = np.nan
+    elif how == "mask-shape":
+        extra = [fits.ImageHDU(np.zeros((3, 3), np.int16), name="MASK")]
     elif how == "zeros":
         image[:] = 0
     elif how == "cube":
@@ -396,7 +402,8 @@ def test_fits_observations(valid, how, psf):
         break_fits(data, how)
         psf_args = [] if psf == "hdu" else ["--psf-fwhm", psf]
         args = [*FINETUNE, "--data", data, "-o", work / "out.h5", *psf_args]
-        benign = how in ("psf-even",) and psf != "hdu"  # the PSF HDU is not read when a FWHM is given
+        # a masked pixel is data like any other; the PSF HDU is not read when a FWHM is given
+        benign = how in ("nan", "inf") or (how == "psf-even" and psf != "hdu")
         refuse = psf != "0.1" or not benign
         with _in(work):
             check(work, args, data, must_refuse=refuse, outputs=["out.h5", "out.fits"])

@@ -239,3 +239,43 @@ def test_a_reconstruction_file_with_a_corrupt_sky_wcs_is_refused(runs, tmp_path)
             f.attrs["fits"] = bad
         with pytest.raises(lenssim.DatasetError, match=message):
             lensrim.Reconstruction.from_hdf5(tmp_path / "r.h5")
+
+
+def test_masked_pixels_change_nothing_and_are_blank_in_the_fits_copy(runs, tmp_path):
+    source_vae, _ = lensprior.load_vae(runs / "svae")
+    kappa_vae, _ = lensprior.load_vae(runs / "kvae")
+    quick = lensrim.FineTune(source_vae, kappa_vae, lensrim.FineTuneConfig(max_steps=2, fisher_samples=2))
+    rim = lensrim.load(runs / "rim")
+    with fits.open(runs / "lens.fits") as h:
+        image, header = h[0].data.astype(np.float64), h[0].header
+    mask = np.zeros(image.shape, np.int16)
+    mask[20:22, 30:32] = 1  # one 0.2" pixel of 0.24" model pixels each: some masked, some not
+    recs = []
+    for i, (value, hdus) in enumerate([(1e5, [fits.ImageHDU(mask, name="MASK")]), (np.nan, []), (-3.0, [])]):
+        bad = image.copy()
+        bad[20:22, 30:32] = value  # a cosmic ray flagged in a MASK HDU, or blank pixels (NaN, then -3 masked)
+        if i == 2:
+            hdus = [fits.ImageHDU(mask, name="MASK")]
+        fits.HDUList([fits.PrimaryHDU(bad, header=header), *hdus]).writeto(tmp_path / f"m{i}.fits")
+        obs = lenssim.Observation.from_fits(tmp_path / f"m{i}.fits", psf_fwhm=0.08, noise_sigma=0.5, flux_scale=250)
+        recs.append(lensrim.reconstruct(rim, obs, finetune=quick))
+    masked = torch.isinf(recs[0].observation.noise)
+    assert masked.shape == (1, 1, 32, 32) and 1 <= int(masked.sum()) <= 4
+    for rec in recs[1:]:  # what lies under the mask cannot change the reconstruction
+        assert torch.equal(rec.observation.noise, recs[0].observation.noise)
+        for name in ("source", "kappa", "chi2_nu", "source_baseline", "chi2_nu_baseline"):
+            assert torch.equal(getattr(rec, name), getattr(recs[0], name)), name
+    rec = recs[0]
+    assert torch.isfinite(rec.chi2_nu).all() and torch.isfinite(rec.source).all()
+    rec.to_fits(tmp_path / "out.fits")
+    with fits.open(tmp_path / "out.fits") as h:
+        blank = masked[0, 0].numpy()
+        assert h[0].header["NMASKED"] == blank.sum()
+        for name in ("OBSERVATION", "RESIDUAL", "NOISE", "CHI"):
+            assert np.isnan(h[name].data[blank]).all() and np.isfinite(h[name].data[~blank]).all(), name
+        assert np.isfinite(h["MODEL"].data).all()
+        chi = h["CHI"].data.astype(np.float64)
+        assert h[0].header["CHI2NU"] == pytest.approx(float(np.nanmean(chi**2)), rel=1e-4)
+    rec.to_hdf5(tmp_path / "r.h5")  # the masked noise map survives the file's checks
+    again = lensrim.Reconstruction.from_hdf5(tmp_path / "r.h5")
+    assert torch.equal(again.observation.noise, rec.observation.noise)

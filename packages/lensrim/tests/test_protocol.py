@@ -3,6 +3,7 @@ the linear toy operator, and the lensing model's ``subset`` and ``add_noise`` ar
 and adding noise by hand give."""
 
 import json
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -143,6 +144,24 @@ def test_the_rims_physics_refuses_a_noise_that_is_not_positive():
         CONFIG.physics(torch.ones(2, 1, 5, 5) / 25, torch.tensor([0.1, 0.0]))
     with pytest.raises(ValueError, match="positive"):
         CONFIG.physics(torch.ones(1, 1, 5, 5) / 25, float("nan"))
+
+
+def test_a_noise_map_may_mask_pixels_but_not_a_whole_lens():
+    psf = torch.ones(2, 1, 5, 5) / 25
+    noise = torch.full((2, 1, N, N), 0.1)
+    noise[0, 0, :3] = math.inf
+    physics = CONFIG.physics(psf, noise)
+    image = torch.rand(2, 1, N, N)
+    noisy = physics.add_noise(image, torch.randn(2, 1, N, N))
+    assert torch.equal(noisy[0, 0, :3], image[0, 0, :3]) and torch.isfinite(noisy).all()
+    assert (noisy[0, 0, 3:] != image[0, 0, 3:]).all()
+    for value, match in [(math.nan, "NaN or <= 0"), (0.0, "NaN or <= 0"), (math.inf, "masks every pixel of a lens")]:
+        bad = noise.clone()
+        bad[1] = value
+        with pytest.raises(ValueError, match=match):
+            CONFIG.physics(psf, bad)
+    with pytest.raises(ValueError, match="positive and finite"):
+        CONFIG.physics(psf, torch.tensor([0.1, math.inf]))  # one sigma per lens: no masking
 
 
 def test_the_whitened_residual_is_the_misfit_in_units_of_each_lens_noise():

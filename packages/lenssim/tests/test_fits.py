@@ -152,10 +152,10 @@ def test_bad_inputs_get_one_line_reasons(tmp_path):
         lenssim.read_fits_observation(p, noise_sigma=0.1, **kw)
     with pytest.raises(lenssim.FitsError, match="less than the model's field"):
         lenssim.read_fits_observation(p, psf_fwhm=0.3, noise_sigma=0.1, pixels=32, image_fov=12.0)
-    bad = img.copy()
-    bad[3, 3] = np.nan
-    with pytest.raises(lenssim.FitsError, match="NaN"):
-        lenssim.read_fits_observation(_write(tmp_path / "b.fits", bad, scale=0.25), psf_fwhm=0.3, noise_sigma=0.1, **kw)
+    with pytest.raises(lenssim.FitsError, match="no pixel has data"):
+        lenssim.read_fits_observation(
+            _write(tmp_path / "b.fits", img * np.nan, scale=0.25), psf_fwhm=0.3, noise_sigma=0.1, **kw
+        )
     with pytest.raises(lenssim.FitsError, match="pixel scale"):
         lenssim.read_fits_observation(_write(tmp_path / "c.fits", img), psf_fwhm=0.3, noise_sigma=0.1, **kw)
     (tmp_path / "d.fits").write_text("not fits")
@@ -347,4 +347,77 @@ def test_the_sky_wcs_follows_each_axis_of_a_cutout_that_is_not_square(tmp_path):
     for x, y in [(1, 1), (32, 5), (17, 30)]:
         np.testing.assert_allclose(
             _sky(wcs.origin["wcs"], x, y), _sky(cards, 66.5 + 3 * (x - 16.5), 54.5 + 3 * (y - 16.5)), atol=1e-10
+        )
+
+
+def test_pixels_without_data_are_masked_on_the_native_grid(tmp_path):
+    rng = np.random.default_rng(5)
+    img = rng.random((40, 40)) + 0.5
+    img[10, 12] = np.nan  # inside the 32^2 field
+    img[20, 30] = np.inf
+    img[1, 1] = np.nan  # outside it: cut away
+    mask = np.zeros((40, 40), dtype=np.int16)
+    mask[25, 7] = 4  # a flagged cosmic ray
+    img[25, 7] = 1e4
+    p = _write(tmp_path / "o.fits", img, scale=0.25)
+    with fits.open(p, mode="append") as hdul:
+        hdul.append(fits.ImageHDU(mask, name="MASK"))
+    obs = lenssim.read_fits_observation(p, pixels=32, image_fov=8.0, psf_fwhm=0.3, noise_sigma=0.1, flux_scale=1)
+    bad = np.zeros((40, 40), bool)
+    bad[10, 12] = bad[20, 30] = bad[25, 7] = True
+    bad = bad[4:36, 4:36]
+    noise, y = obs.noise[0, 0].numpy(), obs.observation[0, 0].numpy()
+    assert np.isinf(noise[bad]).all() and (y[bad] == 0).all()
+    np.testing.assert_allclose(noise[~bad], 0.1, rtol=1e-6)
+    np.testing.assert_allclose(y[~bad], img[4:36, 4:36][~bad], rtol=1e-6)
+    assert not obs.resampled
+
+
+def test_resampling_averages_only_the_good_pixels(tmp_path):
+    rng = np.random.default_rng(6)
+    img = rng.random((64, 64)) + 1.0
+    noise = rng.random((64, 64)) * 0.1 + 0.1
+    img[0, 0] = np.nan  # 3 of 4 left in the output pixel (0, 0)
+    img[2:4, 2] = np.nan  # 2 of 4 in (1, 1): half covered, still fitted
+    noise[4:6, 4:6] = np.inf  # 0 of 4 in (2, 2)
+    noise[6, 6] = noise[7, 6] = noise[6, 7] = np.nan  # 1 of 4 in (3, 3): masked
+    p = _write(tmp_path / "o.fits", img, scale=0.125, noise=noise)
+    obs = lenssim.read_fits_observation(p, pixels=32, image_fov=8.0, psf_fwhm=0.3, flux_scale=1)
+    good = np.isfinite(img) & np.isfinite(noise)
+    y, sigma = obs.observation[0, 0].numpy(), obs.noise[0, 0].numpy()
+    for j in range(32):  # each output pixel: the mean of its good 2x2 inputs, or masked
+        for i in range(32):
+            g = good[2 * j : 2 * j + 2, 2 * i : 2 * i + 2]
+            if g.sum() < 2:
+                assert y[j, i] == 0 and np.isinf(sigma[j, i]), (j, i)
+                continue
+            block = img[2 * j : 2 * j + 2, 2 * i : 2 * i + 2][g]
+            var = noise[2 * j : 2 * j + 2, 2 * i : 2 * i + 2][g] ** 2
+            assert y[j, i] == pytest.approx(block.mean(), rel=1e-6)
+            assert sigma[j, i] == pytest.approx(np.sqrt(var.sum()) / g.sum(), rel=1e-6)
+    assert np.isinf(sigma).sum() == 2
+
+
+def test_a_mask_or_noise_that_makes_no_sense_is_refused(tmp_path):
+    img = np.ones((40, 40))
+    kw = dict(pixels=32, image_fov=8.0, psf_fwhm=0.3)
+    zero = np.full((40, 40), 0.1)
+    zero[3, 3] = 0.0
+    with pytest.raises(lenssim.FitsError, match="non-positive pixels \\(mark pixels without data NaN"):
+        lenssim.read_fits_observation(_write(tmp_path / "z.fits", img, scale=0.25, noise=zero), **kw)
+    p = _write(tmp_path / "m.fits", img, scale=0.25)
+    with fits.open(p, mode="append") as hdul:
+        hdul.append(fits.ImageHDU(np.zeros((8, 8)), name="MASK"))
+    with pytest.raises(lenssim.FitsError, match="the mask is \\(8, 8\\), the image \\(40, 40\\)"):
+        lenssim.read_fits_observation(p, noise_sigma=0.1, **kw)
+    edge = img.copy()
+    edge[:, :22] = np.nan  # the model's field (the central 32) more than half empty, column by column
+    edge[:22, :] = np.nan
+    obs = lenssim.read_fits_observation(_write(tmp_path / "e.fits", edge, scale=0.25), noise_sigma=0.1, **kw)
+    assert np.isinf(obs.noise[0, 0].numpy()).sum() == 32 * 32 - 14 * 14
+    one = np.full((40, 40), np.nan)
+    one[20, 20] = 1.0  # data in 1/64 of one 2-arcsec model pixel
+    with pytest.raises(lenssim.FitsError, match="no pixel of the model's field is at least 50% covered by data"):
+        lenssim.read_fits_observation(
+            _write(tmp_path / "f.fits", one, scale=0.25), noise_sigma=0.1, pixels=4, image_fov=8.0, psf_fwhm=0.3
         )

@@ -417,3 +417,28 @@ def test_readers_refuse_groups_noise_below_float32_and_shards_of_two_resolutions
     write_lens_dataset(tmp_path / "shards" / "b.h5", wide, **attrs)
     with pytest.raises(DatasetError, match=r"b.h5: 'source' maps are \(1, 16, 16\), the other shards' \(1, 8, 8\)"):
         LensDataset(tmp_path / "shards")
+
+
+def _noise_map(*masked):
+    noise = np.full((3, 1, 16, 16), 0.1, np.float32)
+    for value, where in masked:
+        noise[where] = value
+    return noise
+
+
+def test_a_noise_map_masks_pixels_with_inf_but_keeps_some_data_per_lens(tmp_path):
+    path = _write_raw(tmp_path / "ok.h5", noise_map=_noise_map((np.inf, (1, 0, 3, slice(None)))))
+    obs = lenssim.Observation.from_dataset(path)
+    assert torch.isinf(obs.noise).sum() == 16 and torch.isinf(obs.noise[1, 0, 3]).all()
+    assert torch.allclose(obs.noise_sigma(), torch.full((3,), 0.1))  # the median of the pixels with data
+    cases = {
+        "masks every pixel of a lens": (np.inf, (2,)),
+        "contains NaN": (np.nan, (0, 0, 0, 0)),
+        "contains NaN or infinite": (-np.inf, (0, 0, 0, 0)),
+        "noise must be positive": (0.0, (0, 0, 0, 0)),
+    }
+    for match, masked in cases.items():
+        bad = _write_raw(tmp_path / "bad.h5", noise_map=_noise_map((np.inf, (1, 0, 3)), masked))
+        with pytest.raises(lenssim.DatasetError, match=match) as e:
+            lenssim.Observation.from_dataset(bad)
+        assert "noise_map" in str(e.value)

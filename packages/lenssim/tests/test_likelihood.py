@@ -42,6 +42,37 @@ def test_a_noise_map_weights_each_pixel():
         lenssim.chi_squared(obs, model, noise_map[..., :-1, :-1])
 
 
+def test_masked_pixels_weigh_nothing_and_chi2_nu_counts_the_others():
+    obs, source, kappa, sigma, kw = _problem()
+    g = torch.Generator().manual_seed(4)
+    noise_map = 0.05 + torch.rand(obs.shape, generator=g, dtype=obs.dtype)
+    masked = torch.rand(obs.shape, generator=g, dtype=obs.dtype) < 0.2
+    masked[0] = False  # one lens with every pixel
+    noise_map[masked] = math.inf
+    obs = obs.clone()
+    obs[masked] = 0.0  # no data there
+    model = lenssim.lens_image(source, kappa, **kw)
+    r = ((obs - model).numpy() / noise_map.numpy().clip(None, 1e300)) ** 2
+    good = ~masked.numpy()
+    ref = (r * good).sum(axis=(1, 2, 3))
+    assert np.allclose(lenssim.chi_squared(obs, model, noise_map).numpy(), ref)
+    count = good.sum(axis=(1, 2, 3))
+    assert count[0] == 256 and count[1] < 256
+    assert np.allclose(lenssim.data_pixels(noise_map, obs).numpy(), count)
+    assert np.allclose(lenssim.chi2_nu(obs, model, noise_map).numpy(), ref / count)
+    # the gradient is the one of the likelihood of the unmasked pixels alone (autograd, masked sum)
+    gs, gk, logp = lenssim.likelihood_gradient(obs, source, kappa, noise_map, **kw)
+    s, k = source.clone().requires_grad_(True), kappa.clone().requires_grad_(True)
+    finite = torch.where(masked, 1.0, noise_map)
+    logp_ref = -0.5 * (((obs - lenssim.lens_image(s, k, **kw)) / finite).pow(2) * ~masked).flatten(1).sum(1)
+    gs_ref, gk_ref = torch.autograd.grad(logp_ref.sum(), (s, k))
+    assert torch.allclose(logp, logp_ref.detach()) and torch.isfinite(gs).all() and torch.isfinite(gk).all()
+    assert torch.allclose(gs, gs_ref) and torch.allclose(gk, gk_ref)
+    # noise goes only where there are data
+    noisy = lenssim.add_noise(model, noise_map, generator=g)
+    assert torch.equal(noisy[masked], model[masked]) and (noisy[~masked] != model[~masked]).all()
+
+
 def test_noise_has_the_requested_sigma_and_chi2_nu_is_one():
     g = torch.Generator().manual_seed(1)
     clean = torch.zeros(3, 1, 128, 128, dtype=torch.float64)

@@ -247,8 +247,15 @@ def fits_copy(output: Path) -> Path:
     """Write the reconstruction ``output`` of a FITS observation again as FITS beside it."""
     import lensrim
 
-    path = lensrim.Reconstruction.from_hdf5(output).to_fits(output.with_suffix(".fits"))
+    rec = lensrim.Reconstruction.from_hdf5(output)
+    path = rec.to_fits(output.with_suffix(".fits"))
     click.echo(f"wrote {path} (observation, model, residual, noise, chi, source, kappa; the input's units)")
+    masked = int((~rec.observation.noise[0].isfinite()).sum())
+    if masked:
+        n = rec.observation.pixels
+        click.echo(
+            f"{masked} of the {n}x{n} model pixels had no data (NaN or masked in the input): left out of the fit"
+        )
     return path
 
 

@@ -217,7 +217,8 @@ class Reconstruction:
 
     def to_fits(self, path: str | os.PathLike, *, index: int = 0) -> Path:
         """Lens ``index`` as FITS image extensions (observation, model, residual, noise, chi:
-        the residual over the noise, whose mean square is chi2_nu; source, kappa, and the
+        the residual over the noise, whose mean square is chi2_nu; NaN where a pixel has no
+        data, ``NMASKED`` of them in the header; source, kappa, and the
         baseline maps after fine-tuning), in the observation's original units (the flux scale
         undone), with the geometry and chi2_nu in the primary header; written atomically.
         The maps on the image's grid carry the observation's sky WCS when it came from a FITS
@@ -226,12 +227,13 @@ class Reconstruction:
         model = self.model_image()
         residual = o.observation[i, 0] - model[i, 0]
         noise = o.noise[i, 0] if o.noise.dim() == 4 else o.noise.reshape(-1)[i].expand_as(residual)
+        blank = torch.where(torch.isfinite(noise), 1.0, torch.nan)  # NaN where a pixel has no data
         maps = {
-            "observation": o.observation[i, 0] * scale,
+            "observation": o.observation[i, 0] * scale * blank,
             "model": model[i, 0] * scale,
-            "residual": residual * scale,
-            "noise": noise * scale,
-            "chi": residual / noise,
+            "residual": residual * scale * blank,
+            "noise": noise * scale * blank,
+            "chi": residual / noise * blank,
             "source": self.source[i, 0] * scale,
             "kappa": self.kappa[i, 0],
         }
@@ -242,6 +244,7 @@ class Reconstruction:
             "srcpix": self.source_fov / self.source.shape[-1],
             "fluxscl": scale,
             "chi2nu": float(self.chi2_nu[i]),
+            "nmasked": int((~torch.isfinite(noise)).sum()),
         }
         if self.chi2_nu_baseline is not None:
             maps.update(source_baseline=self.source_baseline[i, 0] * scale, kappa_baseline=self.kappa_baseline[i, 0])

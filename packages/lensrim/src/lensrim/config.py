@@ -263,7 +263,8 @@ class RIMConfig(JsonConfig):
     def physics(self, psf: torch.Tensor, noise: torch.Tensor | float) -> LensingPhysics:
         """The lensing forward model on this RIM's grid, for observations with these PSFs
         ``(B or 1, 1, k, k)`` and noise (a sigma per lens ``(B,)``, one for all, or a noise map
-        ``(B, 1, N, N)``); a noise that is not positive and finite is refused."""
+        ``(B, 1, N, N)``, infinite at masked pixels, which then weigh nothing); a noise that is
+        not positive, or not finite outside a map, or a map without a finite pixel, is refused."""
         import torch
 
         from lensrim.physics import LensingPhysics
@@ -271,7 +272,13 @@ class RIMConfig(JsonConfig):
         noise = torch.as_tensor(noise, dtype=torch.float32) if not isinstance(noise, torch.Tensor) else noise
         if noise.dim() == 0:
             noise = noise.reshape(1)
-        if not (torch.isfinite(noise).all() and (noise > 0).all()):
+        finite = torch.isfinite(noise)
+        if noise.dim() == 4:  # a noise map: +inf masks a pixel, but each lens keeps some data
+            if torch.isnan(noise).any() or not (noise > 0).all():
+                raise ValueError("a noise map must be positive (+inf where a pixel is masked), got NaN or <= 0")
+            if not finite.flatten(1).any(dim=1).all():
+                raise ValueError("a noise map masks every pixel of a lens: nothing is left to fit")
+        elif not (finite.all() and (noise > 0).all()):
             raise ValueError("noise sigma must be positive and finite")
         return LensingPhysics(psf, noise, self.image_fov, self.source_fov)
 

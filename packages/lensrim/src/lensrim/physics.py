@@ -89,8 +89,12 @@ class LensingPhysics(_ChiSquare):
         return lenssim.chi2_nu(y, self.simulate(source, xi), self.sigma)
 
     def add_noise(self, image: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """``image`` observed with this noise, given standard normal draws ``eps`` of its shape."""
-        return image + _per_pixel(self.sigma, image) * eps
+        """``image`` observed with this noise, given standard normal draws ``eps`` of its shape
+        (none where a noise map masks a pixel: its sigma is infinite there)."""
+        noise = _per_pixel(self.sigma, image) * eps
+        if self.sigma.dim() == image.dim():  # a noise map: none where it masks a pixel
+            noise = torch.where(torch.isfinite(self.sigma), noise, 0.0)
+        return image + noise
 
     def subset(self, index: torch.Tensor) -> LensingPhysics:
         """The forward model of examples ``index`` (repeats allowed), on the same grid."""

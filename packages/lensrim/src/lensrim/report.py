@@ -234,7 +234,8 @@ def chi2_histogram(rec: Reconstruction, path: Path) -> Path:
     """chi2_nu of the lenses (final, and the RIM's baseline after fine-tuning) against the band
     that pure noise fills."""
     plt = _pyplot()
-    nu = int(rec.observation.observation[0].numel())
+    obs = rec.observation
+    nu = int(lenssim.data_pixels(obs.noise, obs.observation).median())  # pixels with data
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     c = rec.chi2_nu.numpy()
     width = 6 * math.sqrt(2 / nu)  # the chi2_nu distribution of pure noise: 1 +- 6 sigma

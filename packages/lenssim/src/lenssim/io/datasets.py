@@ -246,10 +246,15 @@ def _check_attrs(f, path: Path, required_attrs: Sequence[str]) -> None:
 
 def check_values(path: Path | str, name: str, arr: np.ndarray, *, image_pixels: int | None = None) -> None:
     """What a field's values must mean, checked on (a chunk of) its rows: finite and within
-    MAX_ABS; kappa non-negative; noise sigma and noise maps positive; PSFs non-negative, odd, no
-    larger than the image, each summing to 1 within 1e-3."""
+    MAX_ABS; kappa non-negative; noise sigma and noise maps positive (a map +inf where a pixel is
+    masked, but not everywhere); PSFs non-negative, odd, no larger than the image, each summing to
+    1 within 1e-3."""
     if arr.dtype.kind != "f" or arr.size == 0:
         return
+    if name == "noise_map" and np.isposinf(arr).any():  # +inf: a masked pixel
+        if np.isposinf(arr).reshape(arr.shape[0], -1).all(axis=1).any():
+            raise DatasetError(f"{path}: dataset 'noise_map' masks every pixel of a lens (all +inf)")
+        arr = np.where(np.isposinf(arr), 1.0, arr)  # the remaining checks are on the pixels with data
     if not np.isfinite(arr).all():
         raise DatasetError(f"{path}: dataset {name!r} contains NaN or infinite values")
     if name in UNBOUNDED:

@@ -7,7 +7,9 @@ named ``SCI``; square or not), centred on the lens, its sky and the lens galaxy'
 drizzled HST and JWST images have them, but square pixels) or ``PIXSCALE`` in arcsec, unless given.
 The PSF is an image HDU named ``PSF`` or a FITS file of its own (odd, square, on the image's pixel
 scale and axes), or a Gaussian FWHM; the noise is a sigma (in the image's units) or a noise-map HDU
-named ``NOISE``, ``SIGMA`` or ``ERR``.
+named ``NOISE``, ``SIGMA`` or ``ERR``. Pixels without data (cosmic rays, chip gaps, a drizzled
+frame's edge) are NaN or infinite in the image or the noise map, or non-zero in an optional image
+HDU named ``MASK`` (0 where the data are good).
 
 The image is cut and resampled onto the model's grid (``pixels`` across ``image_fov``) by exact
 pixel-area overlap, which conserves surface brightness; the noise map goes through the same
@@ -15,6 +17,11 @@ weights (the standard deviation of each resampled pixel for independent input no
 correlations that resampling introduces between neighbours are not modelled). The PSF is
 resampled the same way and renormalised. Finally image and noise are divided by a flux scale
 (by default the image's peak) so that, like the training data, the lensed arcs peak near 1.
+
+Pixels without data are left out of the resampling: a model pixel is the mean of the good data
+it overlaps (and its noise that mean's), as long as they cover at least ``MIN_COVER`` of it; the
+others are masked, with an observation of 0 and an infinite noise sigma, so that they weigh
+nothing in the likelihood (:mod:`lenssim.physics.likelihood`).
 """
 
 from __future__ import annotations
@@ -47,6 +54,9 @@ __all__ = [
 ]
 
 NOISE_HDUS = ("NOISE", "SIGMA", "ERR")
+MASK_HDU = "MASK"
+MIN_COVER = 0.5
+"""The least fraction of a model pixel's area that good data must cover for it to be fitted."""
 
 
 class FitsError(ValueError):
@@ -83,7 +93,7 @@ MAX_SIDE = 8192
 
 def _image_hdu(hdul, path: Path):
     candidates = [
-        h for h in hdul if h.is_image and h.header.get("NAXIS", 0) >= 2 and h.name not in ("PSF", *NOISE_HDUS)
+        h for h in hdul if h.is_image and h.header.get("NAXIS", 0) >= 2 and h.name not in ("PSF", MASK_HDU, *NOISE_HDUS)
     ]
     named = [h for h in candidates if h.name == "SCI"]
     if not (named or candidates):
@@ -264,7 +274,9 @@ def wcs_on_grid(
     return out
 
 
-def _array(hdu, path: Path, what: str) -> np.ndarray:
+def _array(hdu, path: Path, what: str, *, blanks: bool = False) -> np.ndarray:
+    """A 2-D image HDU's data as float64, validated; NaN or infinite pixels are refused unless
+    ``blanks`` (pixels without data)."""
     sides = [int(hdu.header.get(f"NAXIS{i}", 0)) for i in range(1, int(hdu.header.get("NAXIS", 0)) + 1)]
     if any(side > MAX_SIDE for side in sides):
         raise FitsError(
@@ -276,7 +288,7 @@ def _array(hdu, path: Path, what: str) -> np.ndarray:
     if data.dtype.kind not in "fiu":
         raise FitsError(f"{path}: the {what} HDU {hdu.name!r} holds {data.dtype}, expected numbers")
     data = data.astype(np.float64)
-    if not np.isfinite(data).all():
+    if not blanks and not np.isfinite(data).all():
         raise FitsError(f"{path}: the {what} HDU {hdu.name!r} contains NaN or infinite pixels")
     return data
 
@@ -317,9 +329,9 @@ def _read_psf_file(psf_file: str | os.PathLike, scale_in: float) -> np.ndarray:
 
 def _read_hdus(hdul, path: Path, pixel_scale, psf_fwhm, noise_sigma, psf_file=None):
     """The image, its pixel scale, the PSF (a file's, the PSF HDU, or None) and the noise map
-    (or None), validated."""
+    (or None), validated; pixels without data are NaN in both."""
     sci = _image_hdu(hdul, path)
-    image = _array(sci, path, "image")
+    image = _array(sci, path, "image", blanks=True)
     scale_in = float(pixel_scale) if pixel_scale is not None else _pixel_scale(sci.header, path)
     if not (np.isfinite(scale_in) and scale_in > 0):
         raise FitsError(f"{path}: pixel scale must be a positive finite number, got {scale_in}")
@@ -333,13 +345,26 @@ def _read_hdus(hdul, path: Path, pixel_scale, psf_fwhm, noise_sigma, psf_file=No
         found = [n for n in NOISE_HDUS if n in names]
         if not found:
             raise FitsError(f"{path}: no noise given: pass a sigma or add a NOISE/SIGMA/ERR HDU")
-        noise_map = _array(hdul[found[0]], path, "noise")
+        noise_map = _array(hdul[found[0]], path, "noise", blanks=True)
         if noise_map.shape != image.shape:
             raise FitsError(f"{path}: the noise map is {noise_map.shape}, the image {image.shape}")
         if (noise_map <= 0).any():
-            raise FitsError(f"{path}: the noise map has non-positive pixels")
+            raise FitsError(
+                f"{path}: the noise map has non-positive pixels (mark pixels without data NaN, or in a MASK HDU)"
+            )
     elif not noise_sigma > 0:
         raise FitsError(f"noise sigma must be positive, got {noise_sigma}")
+    good = np.isfinite(image) if noise_map is None else np.isfinite(image) & np.isfinite(noise_map)
+    if MASK_HDU in names:
+        mask = _array(hdul[MASK_HDU], path, "mask")
+        if mask.shape != image.shape:
+            raise FitsError(f"{path}: the mask is {mask.shape}, the image {image.shape}")
+        good &= mask == 0
+    if not good.any():
+        raise FitsError(f"{path}: no pixel has data (all NaN, infinite or masked)")
+    if not good.all():  # one convention from here on: NaN where there are no data
+        image = np.where(good, image, np.nan)
+        noise_map = None if noise_map is None else np.where(good, noise_map, np.nan)
     return image, scale_in, psf_in, noise_map
 
 
@@ -387,7 +412,8 @@ def load_fits(
 ) -> tuple[np.ndarray, float, np.ndarray | None, np.ndarray | None]:
     """The validated pieces of a FITS observation at its own resolution: the image (float64),
     its pixel scale (arcsec), the PSF (``psf_file``'s, else the PSF HDU; None when ``psf_fwhm``
-    is given) and the noise map (None when ``noise_sigma`` is given)."""
+    is given) and the noise map (None when ``noise_sigma`` is given). Pixels without data (NaN or
+    infinite in the image or noise map, non-zero in a ``MASK`` HDU) are NaN in both."""
     from astropy.io import fits
 
     path = Path(path)
@@ -435,13 +461,19 @@ def fits_onto_grid(
     same_scale = np.isclose(scale_in, scale_out, rtol=1e-6)
     resampled = not (same_scale and all((n - pixels) % 2 == 0 for n in image.shape))
     wy, wx = (resample_matrix(n, scale_in, pixels, scale_out) for n in image.shape)  # rows, columns
-    obs = wy @ image @ wx.T
+    good = np.isfinite(image)
     if noise_map is not None:
-        noise = np.sqrt((wy**2) @ noise_map**2 @ (wx**2).T)
+        good &= np.isfinite(noise_map)
+    if good.all():
+        obs = wy @ image @ wx.T
+        if noise_map is not None:
+            noise = np.sqrt((wy**2) @ noise_map**2 @ (wx**2).T)
+        else:
+            noise = np.sqrt((wy**2).sum(axis=1)[:, None] * (wx**2).sum(axis=1)[None, :]) * noise_sigma
+            if not resampled:
+                noise = np.array([noise_sigma])
     else:
-        noise = np.sqrt((wy**2).sum(axis=1)[:, None] * (wx**2).sum(axis=1)[None, :]) * noise_sigma
-        if not resampled:
-            noise = np.array([noise_sigma])
+        obs, noise = _resample_masked(path, image, noise_map, noise_sigma, good, wy, wx)
 
     if psf_in is not None:
         k = psf_in.shape[0]
@@ -501,6 +533,25 @@ def fits_onto_grid(
         pixel_scale=scale_in,
         resampled=bool(resampled),
     )
+
+
+def _resample_masked(path, image, noise_map, noise_sigma, good, wy, wx) -> tuple[np.ndarray, np.ndarray]:
+    """Image and noise map on the output grid from the good input pixels alone: each output
+    pixel the weighted mean of the good data it overlaps (its variance that mean's), scaled as if
+    fully covered; masked (0, +inf noise) where they cover less than ``MIN_COVER`` of it."""
+    g = good.astype(np.float64)
+    full = wy.sum(axis=1)[:, None] * wx.sum(axis=1)[None, :]  # an output pixel's overlap with the image
+    cover = wy @ g @ wx.T
+    fitted = cover >= MIN_COVER * full
+    if not fitted.any():
+        raise FitsError(
+            f"{path}: no pixel of the model's field is at least {MIN_COVER:.0%} covered by data (NaN or masked)"
+        )
+    gain = np.where(fitted, full / np.where(fitted, cover, 1.0), 0.0)
+    obs = (wy @ np.where(good, image, 0.0) @ wx.T) * gain
+    var_in = np.where(good, noise_map, 0.0) ** 2 if noise_map is not None else g * float(noise_sigma) ** 2
+    var = ((wy**2) @ var_in @ (wx**2).T) * gain**2
+    return obs, np.where(fitted, np.sqrt(var), np.inf)
 
 
 def write_fits_reconstruction(

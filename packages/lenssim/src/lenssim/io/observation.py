@@ -28,9 +28,10 @@ __all__ = ["Observation"]
 @dataclass
 class Observation:
     """``observation (B, 1, N, N)`` across ``image_fov`` arcsec, ``psf (B, 1, k, k)`` on the same
-    pixel scale, ``noise`` a sigma per lens ``(B,)`` or a noise map ``(B, 1, N, N)``, all divided
-    by ``flux_scale``. ``source_fov`` is the source plane's field when the data fix it (datasets);
-    ``truth`` holds ``source`` and ``kappa`` when known."""
+    pixel scale, ``noise`` a sigma per lens ``(B,)`` or a noise map ``(B, 1, N, N)`` (+inf where a
+    pixel has no data; the observation is 0 there), all divided by ``flux_scale``. ``source_fov``
+    is the source plane's field when the data fix it (datasets); ``truth`` holds ``source`` and
+    ``kappa`` when known."""
 
     observation: torch.Tensor
     psf: torch.Tensor
@@ -183,9 +184,11 @@ class Observation:
         )
 
     def noise_sigma(self) -> torch.Tensor:
-        """One sigma per lens ``(B,)``: the noise map's median where there is one."""
+        """One sigma per lens ``(B,)``: the noise map's median over the pixels with data where
+        there is one."""
         if self.noise.dim() == 4:
-            return self.noise.flatten(1).median(dim=1).values
+            noise = self.noise.flatten(1)
+            return torch.where(torch.isfinite(noise), noise, torch.nan).nanmedian(dim=1).values
         return self.noise.reshape(-1)
 
     def arrays(self) -> dict[str, np.ndarray]:

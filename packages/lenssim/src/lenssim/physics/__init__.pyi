@@ -15,6 +15,7 @@ from lenssim.physics.likelihood import (
     add_noise as add_noise,
     chi2_nu as chi2_nu,
     chi_squared as chi_squared,
+    data_pixels as data_pixels,
     likelihood_gradient as likelihood_gradient,
     log_likelihood as log_likelihood,
     reduced_chi_squared as reduced_chi_squared,

@@ -3,6 +3,10 @@
 All reductions are per example: a ``(B, 1, N, N)`` image gives ``(B,)`` values, and the
 gradient of their sum with respect to a batch of parameters is the batch of per-example
 gradients, since examples do not interact.
+
+A noise map may hold ``+inf`` at pixels without data (masked: a cosmic ray, a chip gap, the edge
+of a drizzled frame): they weigh nothing in chi^2 and its gradient, ``chi2_nu`` counts only the
+pixels with data, and ``add_noise`` leaves them as they are.
 """
 
 from __future__ import annotations
@@ -17,12 +21,25 @@ from lenssim._checks import check_bchw
 from lenssim.physics.psf import SeparablePSF
 from lenssim.physics.raytrace import IMAGE_FOV, SOURCE_FOV, _lens_image_vjp, lens_image
 
-__all__ = ["add_noise", "chi_squared", "likelihood_gradient", "log_likelihood", "chi2_nu", "reduced_chi_squared"]
+__all__ = [
+    "add_noise",
+    "chi_squared",
+    "chi2_nu",
+    "data_pixels",
+    "likelihood_gradient",
+    "log_likelihood",
+    "reduced_chi_squared",
+]
+
+
+def _is_map(sigma: torch.Tensor | float, like: torch.Tensor) -> bool:
+    """Whether ``sigma`` is a noise map (one sigma per pixel of ``like``), not one per example."""
+    return isinstance(sigma, torch.Tensor) and sigma.dim() == like.dim() and sigma.dim() > 1
 
 
 def _per_example(sigma: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
     s = torch.as_tensor(sigma, dtype=like.dtype, device=like.device)
-    if s.dim() == like.dim() and s.dim() > 1:  # a noise map, one sigma per pixel
+    if _is_map(s, like):
         if s.shape[1:] != like.shape[1:] or s.shape[0] not in (1, like.shape[0]):
             raise ValueError(f"a noise map must have the image's shape {tuple(like.shape)}, got {tuple(s.shape)}")
         return s
@@ -40,12 +57,14 @@ def add_noise(
 ) -> torch.Tensor:
     """``image + eta`` with white Gaussian ``eta`` of standard deviation ``sigma`` per example.
 
-    ``sigma`` is a scalar or ``(B,)``; ``generator`` (on ``image``'s device) makes it
-    reproducible.
+    ``sigma`` is a scalar, ``(B,)`` or a noise map (nothing added where it is infinite);
+    ``generator`` (on ``image``'s device) makes it reproducible.
     """
     s = _per_example(sigma, image)
-    noise = torch.randn(image.shape, generator=generator, dtype=image.dtype, device=image.device)
-    return image + s * noise
+    noise = s * torch.randn(image.shape, generator=generator, dtype=image.dtype, device=image.device)
+    if _is_map(sigma, image):  # its masked (infinite) pixels get no noise
+        noise = torch.where(torch.isfinite(s), noise, 0.0)
+    return image + noise
 
 
 def chi_squared(observation: torch.Tensor, model: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
@@ -60,10 +79,22 @@ def chi_squared(observation: torch.Tensor, model: torch.Tensor, sigma: torch.Ten
     return r.pow(2).flatten(1).sum(dim=1)
 
 
+def data_pixels(sigma: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    """The number of pixels with data in each example of ``like``, ``(B,)``: all of them, except
+    where a noise map is infinite (masked)."""
+    if _is_map(sigma, like):
+        s = _per_example(sigma, like)
+        return torch.isfinite(s).flatten(1).sum(dim=1).expand(like.shape[0]).to(like.dtype)
+    return torch.full((like.shape[0],), float(like[0].numel()), dtype=like.dtype, device=like.device)
+
+
 def chi2_nu(observation: torch.Tensor, model: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-    """chi^2_nu = chi^2 / N^2 (the number of image pixels), ``(B,)``: 1 where the residuals are
-    the noise."""
-    return chi_squared(observation, model, sigma) / observation[0].numel()
+    """chi^2_nu = chi^2 / (the number of image pixels with data: N^2 unless a noise map masks
+    some), ``(B,)``: 1 where the residuals are the noise."""
+    chi2 = chi_squared(observation, model, sigma)
+    if _is_map(sigma, observation):
+        return chi2 / data_pixels(sigma, observation)
+    return chi2 / observation[0].numel()
 
 
 def reduced_chi_squared(observation: torch.Tensor, model: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
