@@ -173,6 +173,29 @@ def test_finetune_a_fits_observation(models, tmp_path):
     with fits.open(tmp_path / "nan.fits") as h:
         assert np.isnan(h["CHI"].data[10, 5]) and np.isfinite(np.delete(h["CHI"].data.ravel(), 10 * 32 + 5)).all()
         assert h[0].header["NMASKED"] == 1
+    # the same pixels flagged in a mask file of their own (--mask): the same reconstruction
+    flags = np.zeros(blank.shape, np.uint8)
+    flags[np.isnan(blank)] = 1
+    fits.PrimaryHDU(flags).writeto(tmp_path / "mask.fits")
+    args = ("--data", tmp_path / "obs.fits", "-o", tmp_path / "masked.h5", "--psf-fwhm", 0.2)
+    run("reconstruct", "--rim", models / "rim", *args, "--mask", tmp_path / "mask.fits")
+    fields = ["noise_map", "source_pred", "kappa_pred", "chi2_nu"]
+    a, b = (lenssim.read_dataset(tmp_path / f, fields) for f in ("nan.h5", "masked.h5"))
+    assert all(torch.equal(a[k], b[k]) for k in fields)
+    fits.PrimaryHDU(flags[1:]).writeto(tmp_path / "short.fits")
+    args = (
+        "--data",
+        tmp_path / "obs.fits",
+        "-o",
+        tmp_path / "y.h5",
+        "--psf-fwhm",
+        0.2,
+        "--mask",
+        tmp_path / "short.fits",
+    )
+    bad = run("reconstruct", "--rim", models / "rim", *args, check=False)
+    assert bad.returncode == 1 and "short.fits: the mask is (79, 80), the image (80, 80)" in bad.stderr
+    assert not (tmp_path / "y.h5").exists()
     # the PSF from a file of its own (--psf), on the input's pixel scale: put on the model's
     # pixels of twice the size. Output pixels span input pixels [-3,-1], [-1,1], [1,3] (in
     # half model pixels) over input pixels [-2.5,-1.5], ..., [1.5,2.5]: these overlap weights

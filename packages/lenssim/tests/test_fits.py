@@ -421,3 +421,32 @@ def test_a_mask_or_noise_that_makes_no_sense_is_refused(tmp_path):
         lenssim.read_fits_observation(
             _write(tmp_path / "f.fits", one, scale=0.25), noise_sigma=0.1, pixels=4, image_fov=8.0, psf_fwhm=0.3
         )
+
+
+def test_a_mask_file_replaces_the_mask_hdu(tmp_path):
+    rng = np.random.default_rng(7)
+    img = rng.random((40, 40)) + 0.5
+    hdu_mask = np.zeros((40, 40), np.uint8)
+    hdu_mask[10, 10] = 1
+    p = _write(tmp_path / "o.fits", img, scale=0.25)
+    with fits.open(p, mode="append") as hdul:
+        hdul.append(fits.ImageHDU(hdu_mask, name="MASK"))
+    own = np.zeros((40, 40), np.int32)
+    own[20:22, 5] = 7
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(own, name="MASK")]).writeto(tmp_path / "mask.fits")
+    kw = dict(pixels=32, image_fov=8.0, psf_fwhm=0.3, noise_sigma=0.1, flux_scale=1)
+    by_hdu = lenssim.read_fits_observation(p, **kw)
+    by_file = lenssim.read_fits_observation(p, mask_file=tmp_path / "mask.fits", **kw)
+    assert torch.isinf(by_hdu.noise).nonzero()[:, 2:].tolist() == [[6, 6]]
+    assert torch.isinf(by_file.noise).nonzero()[:, 2:].tolist() == [[16, 1], [17, 1]]
+    obs = lenssim.Observation.from_fits(p, mask_file=tmp_path / "mask.fits", psf_fwhm=0.3, noise_sigma=0.1)
+    assert torch.equal(torch.isinf(obs.on_grid(32, 8.0).noise), torch.isinf(by_file.noise))
+    (tmp_path / "junk.fits").write_text("not fits")
+    fits.PrimaryHDU(own * np.nan).writeto(tmp_path / "nan.fits")
+    for mask, message in [
+        ("none.fits", "none.fits: no such mask file"),
+        ("junk.fits", "junk.fits: not a readable FITS mask"),
+        ("nan.fits", "nan.fits: the mask HDU 'PRIMARY' contains NaN"),
+    ]:
+        with pytest.raises(lenssim.FitsError, match=message):
+            lenssim.read_fits_observation(p, mask_file=tmp_path / mask, **kw)

@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -195,7 +195,7 @@ def run_dir_option(f: Callable) -> Callable:
     )(f)
 
 
-FITS_OPTIONS = ("pixel_scale", "psf_fwhm", "psf_file", "noise_sigma", "flux_scale")
+FITS_OPTIONS = ("pixel_scale", "psf_fwhm", "psf_file", "mask_file", "noise_sigma", "flux_scale")
 """The parameters of :func:`fits_options` that go to ``lensrim.api.load_observations``."""
 
 
@@ -212,6 +212,12 @@ def fits_options(f: Callable) -> Callable:
             "psf_file",
             type=click.Path(dir_okay=False, path_type=Path),
             help="FITS: the PSF as a FITS image on the image's pixel scale (else a PSF HDU in --data).",
+        ),
+        click.option(
+            "--mask",
+            "mask_file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="FITS: a FITS image of the image's shape, non-zero where pixels have no data (else a MASK HDU).",
         ),
         click.option("--noise-sigma", type=positive, help="FITS: noise sigma, image units."),
         click.option("--flux-scale", type=positive, help="FITS: divide by this (default: peak)."),
@@ -231,16 +237,18 @@ def observations_option(f: Callable) -> Callable:
     )(f)
 
 
-def observation_files(data: Path, output: Path, psf: Path | None) -> tuple[dict[str, Path], dict[str, Path]]:
+def observation_files(data: Path, output: Path, fits_input: dict[str, Any]) -> tuple[dict[str, Path], dict[str, Path]]:
     """A reconstruction's outputs (``--output``, and its FITS copy for a FITS ``--data``) and the
-    observation's input files (``--data``, and ``--psf`` when given), keyed by option, for
-    :func:`refuse_overwriting_inputs`, the provenance and a resume's input check."""
+    observation's input files (``--data``, and ``--psf`` and ``--mask`` when given in
+    ``fits_input``), keyed by option, for :func:`refuse_overwriting_inputs`, the provenance and a
+    resume's input check."""
     import lensrim
 
     outputs = {"--output": output}
     if lensrim.api.is_fits(data):
         outputs["--output (its FITS copy)"] = output.with_suffix(".fits")
-    return outputs, {"--data": data, **({"--psf": psf} if psf is not None else {})}
+    files = {"--psf": fits_input.get("psf_file"), "--mask": fits_input.get("mask_file")}
+    return outputs, {"--data": data, **{k: v for k, v in files.items() if v is not None}}
 
 
 def fits_copy(output: Path) -> Path:

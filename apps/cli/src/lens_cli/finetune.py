@@ -114,7 +114,7 @@ def finetune(
         raise click.BadParameter(f"{data}: no such file", param_hint="--data")
     runs = {"--rim": rim_dir, "--source-vae": source_vae, "--kappa-vae": kappa_vae}
     fits_input = {k: settings.pop(k) for k in FITS_OPTIONS}
-    outputs, observed = observation_files(data, output, fits_input["psf_file"])
+    outputs, observed = observation_files(data, output, fits_input)
     refuse_overwriting_inputs(outputs, {**observed, **runs})
     model = lensrim.load(rim_dir, device=dev)
     (svae, smeta), (kvae, kmeta) = (lensprior.load_vae(run, device=dev) for run in (source_vae, kappa_vae))

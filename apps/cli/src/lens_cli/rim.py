@@ -253,7 +253,7 @@ def reconstruct(run_dir, data, output, batch_size, image_fov, seed, device, **fi
     from lenscore.runs import check_memory
 
     fits = lensrim.api.is_fits(data)  # a missing file: refused by the reader, in one line
-    outputs, observed = observation_files(data, output, fits_input["psf_file"])
+    outputs, observed = observation_files(data, output, fits_input)
     refuse_overwriting_inputs(outputs, {**observed, "--rim": run_dir})
     model = lensrim.load(run_dir, device=resolve_device(device))
     check_memory(model.config, lensrim.RIM, f"--batch-size {batch_size}", batch=batch_size)

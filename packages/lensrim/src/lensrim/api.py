@@ -401,7 +401,7 @@ def load_observations(
     if not is_fits(path):
         if options:
             raise SettingError(
-                "pixel_scale, psf_fwhm, psf_file, noise_sigma and flux_scale apply to FITS input only",
+                "pixel_scale, psf_fwhm, psf_file, mask_file, noise_sigma and flux_scale apply to FITS input only",
                 param=next(iter(options)),
             )
         attrs = check_dataset(path, rim)

@@ -9,7 +9,8 @@ The PSF is an image HDU named ``PSF`` or a FITS file of its own (odd, square, on
 scale and axes), or a Gaussian FWHM; the noise is a sigma (in the image's units) or a noise-map HDU
 named ``NOISE``, ``SIGMA`` or ``ERR``. Pixels without data (cosmic rays, chip gaps, a drizzled
 frame's edge) are NaN or infinite in the image or the noise map, or non-zero in an optional image
-HDU named ``MASK`` (0 where the data are good).
+HDU named ``MASK`` (0 where the data are good) or in a FITS mask file of their own, which replaces
+that HDU.
 
 The image is cut and resampled onto the model's grid (``pixels`` across ``image_fov``) by exact
 pixel-area overlap, which conserves surface brightness; the noise map goes through the same
@@ -327,7 +328,31 @@ def _read_psf_file(psf_file: str | os.PathLike, scale_in: float) -> np.ndarray:
     return psf
 
 
-def _read_hdus(hdul, path: Path, pixel_scale, psf_fwhm, noise_sigma, psf_file=None):
+def _read_mask_file(mask_file: str | os.PathLike, shape: tuple[int, ...]) -> np.ndarray:
+    """The mask of a FITS file of its own (its ``MASK`` HDU, else its first image): the image's
+    shape, finite numbers, non-zero where a pixel has no data."""
+    from astropy.io import fits
+
+    path = Path(mask_file)
+    if not path.is_file():
+        raise FitsError(f"{path}: no such mask file")
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            named = [h for h in hdul if h.name == MASK_HDU and h.is_image and h.header.get("NAXIS", 0) >= 2]
+            candidates = named or [h for h in hdul if h.is_image and h.header.get("NAXIS", 0) >= 2]
+            if not candidates:
+                raise FitsError(f"{path}: no image HDU with data for the mask")
+            mask = _array(candidates[0], path, "mask")
+    except (OSError, ValueError, TypeError, IndexError) as e:
+        if isinstance(e, FitsError):
+            raise
+        raise FitsError(f"{path}: not a readable FITS mask ({type(e).__name__}: {e})") from None
+    if mask.shape != shape:
+        raise FitsError(f"{path}: the mask is {mask.shape}, the image {shape}")
+    return mask
+
+
+def _read_hdus(hdul, path: Path, pixel_scale, psf_fwhm, noise_sigma, psf_file=None, mask_file=None):
     """The image, its pixel scale, the PSF (a file's, the PSF HDU, or None) and the noise map
     (or None), validated; pixels without data are NaN in both."""
     sci = _image_hdu(hdul, path)
@@ -355,7 +380,9 @@ def _read_hdus(hdul, path: Path, pixel_scale, psf_fwhm, noise_sigma, psf_file=No
     elif not noise_sigma > 0:
         raise FitsError(f"noise sigma must be positive, got {noise_sigma}")
     good = np.isfinite(image) if noise_map is None else np.isfinite(image) & np.isfinite(noise_map)
-    if MASK_HDU in names:
+    if mask_file is not None:
+        good &= _read_mask_file(mask_file, image.shape) == 0
+    elif MASK_HDU in names:
         mask = _array(hdul[MASK_HDU], path, "mask")
         if mask.shape != image.shape:
             raise FitsError(f"{path}: the mask is {mask.shape}, the image {image.shape}")
@@ -379,13 +406,20 @@ def read_fits_observation(
     flux_scale: float | None = None,
     psf_size: int = 21,
     psf_file: str | os.PathLike | None = None,
+    mask_file: str | os.PathLike | None = None,
 ) -> FitsObservation:
     """Read a lens observation from FITS onto the model's ``pixels`` x ``pixels`` grid of side
     ``image_fov`` arcsec (see the module). Explicit ``pixel_scale``, ``psf_fwhm`` (arcsec) or
-    ``psf_file`` (a FITS PSF on the image's pixel scale) and ``noise_sigma`` (image units)
-    override the file."""
+    ``psf_file`` (a FITS PSF on the image's pixel scale), ``noise_sigma`` (image units) and
+    ``mask_file`` (a FITS mask of the image's shape, non-zero where there are no data) override
+    the file."""
     image, scale_in, psf_in, noise_map = load_fits(
-        path, pixel_scale=pixel_scale, psf_fwhm=psf_fwhm, noise_sigma=noise_sigma, psf_file=psf_file
+        path,
+        pixel_scale=pixel_scale,
+        psf_fwhm=psf_fwhm,
+        noise_sigma=noise_sigma,
+        psf_file=psf_file,
+        mask_file=mask_file,
     )
     return fits_onto_grid(
         Path(path),
@@ -409,11 +443,13 @@ def load_fits(
     psf_fwhm: float | None = None,
     noise_sigma: float | None = None,
     psf_file: str | os.PathLike | None = None,
+    mask_file: str | os.PathLike | None = None,
 ) -> tuple[np.ndarray, float, np.ndarray | None, np.ndarray | None]:
     """The validated pieces of a FITS observation at its own resolution: the image (float64),
     its pixel scale (arcsec), the PSF (``psf_file``'s, else the PSF HDU; None when ``psf_fwhm``
     is given) and the noise map (None when ``noise_sigma`` is given). Pixels without data (NaN or
-    infinite in the image or noise map, non-zero in a ``MASK`` HDU) are NaN in both."""
+    infinite in the image or noise map, non-zero in ``mask_file``'s mask, else in a ``MASK`` HDU)
+    are NaN in both."""
     from astropy.io import fits
 
     path = Path(path)
@@ -427,7 +463,9 @@ def load_fits(
         raise FitsError(f"{path}: not a readable FITS file ({e})") from None
     try:
         with hdul:
-            image, scale_in, psf_in, noise_map = _read_hdus(hdul, path, pixel_scale, psf_fwhm, noise_sigma, psf_file)
+            image, scale_in, psf_in, noise_map = _read_hdus(
+                hdul, path, pixel_scale, psf_fwhm, noise_sigma, psf_file, mask_file
+            )
     except (OSError, ValueError, TypeError, IndexError) as e:  # astropy on truncated or corrupt data
         if isinstance(e, FitsError):
             raise

@@ -81,15 +81,22 @@ class Observation:
         pixel_scale: float | None = None,
         flux_scale: float | None = None,
         psf_file: str | os.PathLike | None = None,
+        mask_file: str | os.PathLike | None = None,
     ) -> Observation:
         """One lens from FITS, at the file's own resolution (see :mod:`lenssim.io.fits` for the
         layout; the arguments override the file; ``psf_file``: a FITS PSF on the image's pixel
-        scale). Divided by ``flux_scale`` (default: the peak of the image on the grid it is
+        scale; ``mask_file``: a FITS mask of the image's shape, non-zero where there are no
+        data). Divided by ``flux_scale`` (default: the peak of the image on the grid it is
         finally put on). A celestial WCS in the header is kept in ``origin["wcs"]``
         (:func:`lenssim.io.fits.read_sky_wcs`) and follows the pixels onto the grid."""
         path = Path(path)
         image, scale, psf_in, noise_map = load_fits(
-            path, pixel_scale=pixel_scale, psf_fwhm=psf_fwhm, noise_sigma=noise_sigma, psf_file=psf_file
+            path,
+            pixel_scale=pixel_scale,
+            psf_fwhm=psf_fwhm,
+            noise_sigma=noise_sigma,
+            psf_file=psf_file,
+            mask_file=mask_file,
         )
         n = min(image.shape)  # a square around the centre (a crop, or a resampling by half a pixel)
         native = fits_onto_grid(
