@@ -229,6 +229,33 @@ def test_the_fits_output_carries_the_input_sky_wcs_on_the_rim_grid(runs, tmp_pat
             assert "CTYPE1" not in h["SOURCE"].header  # the source plane is not on the sky
 
 
+def test_the_fits_output_says_the_inputs_unit_telescope_and_filter(runs, tmp_path):
+    with fits.open(runs / "lens.fits") as h:
+        image, hdr = h[0].data, h[0].header.copy()
+    hdr["BUNIT"], hdr["TELESCOP"], hdr["FILTER"], hdr["EXPTIME"] = "ELECTRONS/S", "JWST", "F150W", 1200.0
+    fits.PrimaryHDU(image, header=hdr).writeto(tmp_path / "in.fits")
+    rim = lensrim.load(runs / "rim")
+    obs, attrs = lensrim.api.load_observations(tmp_path / "in.fits", rim, psf_fwhm=0.08, noise_sigma=0.5)
+    assert attrs["fits"]["cards"] == {"BUNIT": "ELECTRONS/S", "TELESCOP": "JWST", "FILTER": "F150W", "EXPTIME": 1200.0}
+    rec = lensrim.reconstruct(rim, obs)
+    rec.to_hdf5(tmp_path / "r.h5")
+    for path in (
+        rec.to_fits(tmp_path / "a.fits"),
+        lensrim.Reconstruction.from_hdf5(tmp_path / "r.h5").to_fits(tmp_path / "b.fits"),
+    ):
+        with fits.open(path) as h:
+            assert (h[0].header["TELESCOP"], h[0].header["FILTER"], h[0].header["EXPTIME"]) == ("JWST", "F150W", 1200.0)
+            for name in ("OBSERVATION", "MODEL", "RESIDUAL", "NOISE", "SOURCE"):
+                assert h[name].header["BUNIT"] == "ELECTRONS/S", name
+            assert "BUNIT" not in h["CHI"].header and "BUNIT" not in h["KAPPA"].header  # dimensionless
+    import h5py
+
+    with h5py.File(tmp_path / "r.h5", "a") as f:
+        f.attrs["fits"] = '{"cards": {"BUNIT": ["x"]}}'
+    with pytest.raises(lenssim.DatasetError, match="card 'BUNIT' is"):
+        lensrim.Reconstruction.from_hdf5(tmp_path / "r.h5")
+
+
 def test_a_reconstruction_file_with_a_corrupt_sky_wcs_is_refused(runs, tmp_path):
     import h5py
 

@@ -450,3 +450,33 @@ def test_a_mask_file_replaces_the_mask_hdu(tmp_path):
     ]:
         with pytest.raises(lenssim.FitsError, match=message):
             lenssim.read_fits_observation(p, mask_file=tmp_path / mask, **kw)
+
+
+def test_the_observation_cards_come_from_both_headers_the_image_winning(tmp_path):
+    primary = fits.Header()
+    primary["TELESCOP"], primary["INSTRUME"], primary["FILTER"] = "HST", "WFC3", "F160W"
+    primary["BUNIT"], primary["OBJECT"] = "COUNTS", ""  # the image's BUNIT wins; an empty card says nothing
+    sci = fits.Header()
+    sci["PIXSCALE"], sci["BUNIT"], sci["EXPTIME"], sci["DATE-OBS"] = 0.25, "ELECTRONS/S", 2397, "2011-11-09"
+    sci["DETECTOR"] = "IR" * 40  # longer than a card's string: left out
+    img = fits.ImageHDU(np.ones((40, 40)), header=sci, name="SCI")
+    fits.HDUList([fits.PrimaryHDU(header=primary), img]).writeto(tmp_path / "o.fits")
+    cards = lenssim.read_observation_cards(tmp_path / "o.fits")
+    assert cards == {
+        "TELESCOP": "HST",
+        "INSTRUME": "WFC3",
+        "FILTER": "F160W",
+        "BUNIT": "ELECTRONS/S",
+        "EXPTIME": 2397.0,
+        "DATE-OBS": "2011-11-09",
+    }
+    obs = lenssim.Observation.from_fits(tmp_path / "o.fits", psf_fwhm=0.3, noise_sigma=0.1)
+    assert obs.on_grid(32, 8.0).origin["cards"] == cards
+    assert lenssim.check_observation_cards(cards, "x") == cards
+    for bad, message in [
+        ([1], "not a dict"),
+        ({"EXPTIME": "long"}, "'EXPTIME' is 'long'"),
+        ({"SECRET": "x"}, "'SECRET' is 'x'"),
+    ]:
+        with pytest.raises(lenssim.FitsError, match=message):
+            lenssim.check_observation_cards(bad, "x")

@@ -150,11 +150,13 @@ class Reconstruction:
         fits = fits if isinstance(fits, dict) else {}
         flux = attrs.get("flux_scale", fits.get("flux_scale"))
         origin: dict[str, Any] = {"reconstruction": str(path)}
-        if "wcs" in fits:  # written into FITS headers later: checked card by card
-            try:
+        try:  # written into FITS headers later: checked card by card
+            if "wcs" in fits:
                 origin["wcs"] = lenssim.io.check_sky_wcs(fits["wcs"], str(path))
-            except lenssim.FitsError as e:
-                raise lenssim.DatasetError(str(e)) from None
+            if "cards" in fits:
+                origin["cards"] = lenssim.io.check_observation_cards(fits["cards"], str(path))
+        except lenssim.FitsError as e:
+            raise lenssim.DatasetError(str(e)) from None
         obs = lenssim.Observation(
             observation=d["observation"],
             psf=d["psf"],
@@ -211,8 +213,9 @@ class Reconstruction:
             "flux_scale": self.observation.flux_scale,
             "config": self.meta,
         }
-        if "wcs" in self.observation.origin:
-            attrs["fits"] = {"wcs": self.observation.origin["wcs"]}
+        kept = {k: self.observation.origin[k] for k in ("wcs", "cards") if k in self.observation.origin}
+        if kept:
+            attrs["fits"] = kept
         return lenssim.write_dataset(path, self.arrays(), attrs)
 
     def to_fits(self, path: str | os.PathLike, *, index: int = 0) -> Path:
@@ -222,7 +225,8 @@ class Reconstruction:
         baseline maps after fine-tuning), in the observation's original units (the flux scale
         undone), with the geometry and chi2_nu in the primary header; written atomically.
         The maps on the image's grid carry the observation's sky WCS when it came from a FITS
-        file that had one (resampled with it onto the RIM's grid)."""
+        file that had one (resampled with it onto the RIM's grid), the maps in its units its
+        ``BUNIT``, and the primary header its telescope, instrument, filter, target and date."""
         o, i, scale = self.observation, index, float(self.observation.flux_scale)
         model = self.model_image()
         residual = o.observation[i, 0] - model[i, 0]
@@ -249,12 +253,16 @@ class Reconstruction:
         if self.chi2_nu_baseline is not None:
             maps.update(source_baseline=self.source_baseline[i, 0] * scale, kappa_baseline=self.kappa_baseline[i, 0])
             header["chi2nu0"] = float(self.chi2_nu_baseline[i])
+        cards = o.origin.get("cards", {})
+        header.update({k: v for k, v in cards.items() if k != "BUNIT"})
         return lenssim.write_fits_reconstruction(
             path,
             {k: v.detach().cpu().numpy() for k, v in maps.items()},
             header,
             wcs=o.origin.get("wcs"),
             on_sky=("observation", "model", "residual", "noise", "chi", "kappa", "kappa_baseline"),
+            bunit=cards.get("BUNIT"),
+            in_units=("observation", "model", "residual", "noise", "source", "source_baseline"),
         )
 
 
@@ -416,8 +424,9 @@ def load_observations(
         "z_source": lenssim.Z_SOURCE,
         "fits": {**fits, "resampled": origin["resampled"]},
     }
-    if "wcs" in origin:  # the sky coordinates of the RIM's grid, for the FITS output
-        attrs["fits"]["wcs"] = origin["wcs"]
+    for key in ("wcs", "cards"):  # the sky coordinates of the RIM's grid, the unit...: for the FITS output
+        if key in origin:
+            attrs["fits"][key] = origin[key]
     return obs, attrs
 
 

@@ -19,12 +19,15 @@ from lenssim.io.datasets import (
     write_lens_dataset as write_lens_dataset,
 )
 from lenssim.io.fits import (
+    OBSERVATION_CARDS as OBSERVATION_CARDS,
     FitsError as FitsError,
     FitsObservation as FitsObservation,
+    check_observation_cards as check_observation_cards,
     check_sky_wcs as check_sky_wcs,
     fits_onto_grid as fits_onto_grid,
     load_fits as load_fits,
     read_fits_observation as read_fits_observation,
+    read_observation_cards as read_observation_cards,
     read_sky_wcs as read_sky_wcs,
     resample_matrix as resample_matrix,
     wcs_on_grid as wcs_on_grid,

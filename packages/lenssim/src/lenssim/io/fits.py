@@ -43,10 +43,13 @@ from lenssim.physics.psf import gaussian_psf
 __all__ = [
     "FitsError",
     "FitsObservation",
+    "OBSERVATION_CARDS",
+    "check_observation_cards",
     "check_sky_wcs",
     "fits_onto_grid",
     "load_fits",
     "read_fits_observation",
+    "read_observation_cards",
     "read_sky_wcs",
     "resample_matrix",
     "wcs_on_grid",
@@ -243,13 +246,62 @@ def check_sky_wcs(cards: object, where: str) -> dict[str, float | str]:
     if not isinstance(cards, dict) or not all(k in cards for k in required):
         raise FitsError(f"{where}: the sky WCS is not a dict of the cards {', '.join(required)}")
     for k, v in cards.items():
-        kind = WCS_CARDS.get(k)
-        if kind is float:
-            ok = isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)
-        else:
-            ok = kind is str and isinstance(v, str) and len(v) <= 68 and v.isprintable() and v.isascii()
-        if not ok:
+        if not _card_ok(WCS_CARDS.get(k), v):
             raise FitsError(f"{where}: the sky WCS card {str(k)[:20]!r} is {str(v)[:20]!r}, not a valid value")
+    return cards
+
+
+OBSERVATION_CARDS = {
+    "BUNIT": str,
+    "TELESCOP": str,
+    "INSTRUME": str,
+    "DETECTOR": str,
+    "FILTER": str,
+    "OBJECT": str,
+    "DATE-OBS": str,
+    "EXPTIME": float,
+}
+"""What an observation's header says of it that its reconstruction keeps: the image's unit, the
+telescope, instrument, detector and filter, the target, date and exposure time (s)."""
+
+
+def _card_ok(kind: type | None, v: object) -> bool:
+    if kind is float:
+        return isinstance(v, int | float) and not isinstance(v, bool) and bool(np.isfinite(v))
+    return kind is str and isinstance(v, str) and len(v) <= 68 and v.isprintable() and v.isascii()
+
+
+def read_observation_cards(path: str | os.PathLike) -> dict[str, float | str]:
+    """The :data:`OBSERVATION_CARDS` a FITS observation's headers hold (the primary's, then the
+    image HDU's, which wins), for its reconstruction's files; a card whose value is not of its
+    kind (a number, a short printable string) is left out."""
+    from astropy.io import fits
+
+    path = Path(path)
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            headers = [hdul[0].header, _image_hdu(hdul, path).header]
+            cards: dict[str, float | str] = {}
+            for header in headers:
+                for key, kind in OBSERVATION_CARDS.items():
+                    v = header.get(key)
+                    v = v.strip() if isinstance(v, str) else v
+                    v = float(v) if kind is float and isinstance(v, int) and not isinstance(v, bool) else v
+                    if v != "" and _card_ok(kind, v):
+                        cards[key] = v
+    except OSError as e:
+        raise FitsError(f"{path}: not a readable FITS file ({e})") from None
+    return cards
+
+
+def check_observation_cards(cards: object, where: str) -> dict[str, float | str]:
+    """``cards`` if they are :func:`read_observation_cards`'s (as a file hands them back), else
+    a one-line FitsError."""
+    if not isinstance(cards, dict):
+        raise FitsError(f"{where}: the observation's header cards are not a dict")
+    for k, v in cards.items():
+        if not _card_ok(OBSERVATION_CARDS.get(k), v):
+            raise FitsError(f"{where}: the observation's card {str(k)[:20]!r} is {str(v)[:20]!r}, not a valid value")
     return cards
 
 
@@ -599,9 +651,12 @@ def write_fits_reconstruction(
     *,
     wcs: dict[str, float | str] | None = None,
     on_sky: tuple[str, ...] = (),
+    bunit: str | None = None,
+    in_units: tuple[str, ...] = (),
 ) -> Path:
     """Write named 2-D maps as image extensions (after an empty primary HDU holding ``header``),
-    atomically; the maps named in ``on_sky`` (those on the image's grid) carry ``wcs``'s cards."""
+    atomically; the maps named in ``on_sky`` (those on the image's grid) carry ``wcs``'s cards,
+    those named in ``in_units`` (in the observation's units) ``BUNIT = bunit``."""
     from astropy.io import fits
 
     path = Path(path)
@@ -613,6 +668,8 @@ def write_fits_reconstruction(
         hdu = fits.ImageHDU(np.asarray(v, dtype=np.float32), name=k.upper())
         if wcs is not None and k in on_sky:
             hdu.header.update(wcs)
+        if bunit is not None and k in in_units:
+            hdu.header["BUNIT"] = bunit
         hdus.append(hdu)
     with written(path) as tmp:
         fits.HDUList(hdus).writeto(tmp, overwrite=True)

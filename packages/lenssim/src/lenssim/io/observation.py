@@ -20,7 +20,14 @@ import torch
 
 from lenssim.geometry import same_fov
 from lenssim.io.datasets import DatasetError, dataset_info, read_dataset
-from lenssim.io.fits import fits_onto_grid, load_fits, read_sky_wcs, wcs_on_grid, wcs_pixel_scale
+from lenssim.io.fits import (
+    fits_onto_grid,
+    load_fits,
+    read_observation_cards,
+    read_sky_wcs,
+    wcs_on_grid,
+    wcs_pixel_scale,
+)
 
 __all__ = ["Observation"]
 
@@ -88,7 +95,9 @@ class Observation:
         scale; ``mask_file``: a FITS mask of the image's shape, non-zero where there are no
         data). Divided by ``flux_scale`` (default: the peak of the image on the grid it is
         finally put on). A celestial WCS in the header is kept in ``origin["wcs"]``
-        (:func:`lenssim.io.fits.read_sky_wcs`) and follows the pixels onto the grid."""
+        (:func:`lenssim.io.fits.read_sky_wcs`) and follows the pixels onto the grid; the unit,
+        telescope, instrument, filter, target and date in ``origin["cards"]``
+        (:func:`lenssim.io.fits.read_observation_cards`)."""
         path = Path(path)
         image, scale, psf_in, noise_map = load_fits(
             path,
@@ -122,6 +131,9 @@ class Observation:
             )
         elif wcs is not None:  # on the file's own grid; on_grid moves it with the pixels
             origin["wcs"] = wcs
+        cards = read_observation_cards(path)
+        if cards:  # the unit, telescope, instrument, filter, target, date: for the outputs' headers
+            origin["cards"] = cards
         return cls(
             observation=native.observation,
             psf=native.psf,
