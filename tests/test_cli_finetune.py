@@ -160,6 +160,17 @@ def test_finetune_a_fits_observation(models, tmp_path):
     with fits.open(tmp_path / "base.fits") as h:
         assert h[0].header["CHI2NU"] == pytest.approx(float(b["chi2_nu"][0]), rel=1e-6)
         np.testing.assert_allclose(WCS(h["MODEL"].header).all_pix2world([[18.5, 16.5]], 1)[0], [30.0, -10.0])
+    # the lens one model pixel (2 input pixels) right of the cutout's centre (40.5, 40.5): --center
+    args = ("--data", tmp_path / "obs.fits", "-o", tmp_path / "moved.h5", "--psf-fwhm", 0.2, "--center", "42.5,40.5")
+    run("reconstruct", "--rim", models / "rim", *args)
+    moved = lenssim.read_dataset(tmp_path / "moved.h5", ["observation"])["observation"]
+    torch.testing.assert_close(moved[..., :-1], b["observation"][..., 1:], rtol=0, atol=1e-6)
+    with fits.open(tmp_path / "moved.fits") as h:  # the sky WCS moves with the field
+        np.testing.assert_allclose(WCS(h["MODEL"].header).all_pix2world([[18.5 - 1, 16.5]], 1)[0], [30.0, -10.0])
+    bad = run("reconstruct", "--rim", models / "rim", *args[:-1], "40,40,1", check=False)
+    assert bad.returncode == 2 and "'40,40,1' is not two finite numbers X,Y" in bad.stderr
+    bad = run("reconstruct", "--rim", models / "rim", *args[:-1], "12,40", check=False)
+    assert bad.returncode == 1 and "around the lens centre (12, 40) the image holds a field of" in bad.stderr
     # blank input pixels: the 2x2 under model pixel (10, 5) is left out, and said to be
     with fits.open(tmp_path / "obs.fits") as h:
         blank = h[0].data.copy()

@@ -480,3 +480,54 @@ def test_the_observation_cards_come_from_both_headers_the_image_winning(tmp_path
     ]:
         with pytest.raises(lenssim.FitsError, match=message):
             lenssim.check_observation_cards(bad, "x")
+
+
+def test_a_lens_centre_off_the_cutouts_centre_moves_the_field_and_its_wcs(tmp_path):
+    rng = np.random.default_rng(8)
+    img = rng.random((64, 64))
+    p = _write(tmp_path / "o.fits", img, scale=0.25)
+    kw = dict(pixels=32, image_fov=8.0, psf_fwhm=0.3, noise_sigma=0.1, flux_scale=1)
+    # centred between pixels 30 and 31 (x) and 36 and 37 (y): an exact crop, 0-based columns 14-45, rows 20-51
+    crop = lenssim.read_fits_observation(p, center=(30.5, 36.5), **kw)
+    assert not crop.resampled
+    np.testing.assert_allclose(crop.observation[0, 0].numpy(), img[20:52, 14:46], rtol=1e-6)
+    # centred on pixel 31 (x): each model pixel half of two columns
+    half = lenssim.read_fits_observation(p, center=(31, 36.5), **kw)
+    expected = 0.5 * (img[20:52, 14:46] + img[20:52, 15:47])
+    assert half.resampled
+    np.testing.assert_allclose(half.observation[0, 0].numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(half.noise[0, 0].numpy(), 0.1 * np.sqrt(0.5), rtol=1e-6)
+    obs = lenssim.Observation.from_fits(p, center=(31, 36.5), psf_fwhm=0.3, noise_sigma=0.1, flux_scale=1)
+    assert torch.equal(obs.on_grid(32, 8.0).observation, half.observation)
+    for center, message in [
+        ((70.0, 3.0), r"the lens centre \(70, 3\) is outside the image's 64 by 64 pixels"),
+        ((10.5, 32.5), r"around the lens centre \(10.5, 32.5\) the image holds a field of 5 arcsec, less than"),
+        ((np.nan, 3.0), "two finite pixel coordinates"),
+    ]:
+        with pytest.raises(lenssim.FitsError, match=message):
+            lenssim.read_fits_observation(p, center=center, **kw)
+
+
+def test_the_sky_wcs_follows_a_lens_centre_off_the_cutouts_centre(tmp_path):
+    s_in, t = 0.05, np.radians(-23.0)
+    cards = _header(
+        CRVAL1=34.5,
+        CRVAL2=-5.1,
+        CRPIX1=50.0,
+        CRPIX2=45.0,
+        **{
+            "CD1_1": -s_in * np.cos(t) / 3600,
+            "CD1_2": s_in * np.sin(t) / 3600,
+            "CD2_1": s_in * np.sin(t) / 3600,
+            "CD2_2": s_in * np.cos(t) / 3600,
+        },
+    )
+    fits.PrimaryHDU(np.ones((90, 100)), header=cards).writeto(tmp_path / "lens.fits")
+    center = (61.3, 40.8)  # 1-based x, y: not a pixel edge, so the image is resampled
+    obs = lenssim.Observation.from_fits(tmp_path / "lens.fits", psf_fwhm=0.1, noise_sigma=0.1, center=center)
+    gridded = obs.on_grid(24, 3.0)  # 0.125" pixels
+    wcs = gridded.origin["wcs"]
+    # the model grid's centre is the given centre on the sky; a corner pixel 11.5 model pixels away
+    np.testing.assert_allclose(_sky(wcs, 12.5, 12.5), _sky(cards, *center), rtol=0, atol=1e-10)
+    corner = (center[0] - 11.5 * 2.5, center[1] - 11.5 * 2.5)
+    np.testing.assert_allclose(_sky(wcs, 1, 1), _sky(cards, *corner), rtol=0, atol=1e-10)

@@ -150,6 +150,24 @@ class FiniteFloat(click.FloatRange):
         return number
 
 
+class PixelPair(click.ParamType):
+    """``X,Y``: two finite numbers (1-based FITS pixel coordinates, as DS9 shows them)."""
+
+    name = "x,y"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        parts = str(value).split(",")
+        try:
+            pair = tuple(float(v) for v in parts)
+        except ValueError:
+            pair = ()
+        if len(pair) != 2 or not all(math.isfinite(v) for v in pair):
+            self.fail(f"{value!r} is not two finite numbers X,Y", param, ctx)
+        return pair
+
+
 def config_option(config: type, field: str, *decls: str, note: str = "", **kwargs) -> Callable:
     """A click option for ``field`` of the config dataclass ``config``: its help is the field's
     documentation (its unit and meaning, written once, in the config), its default the field's
@@ -195,7 +213,7 @@ def run_dir_option(f: Callable) -> Callable:
     )(f)
 
 
-FITS_OPTIONS = ("pixel_scale", "psf_fwhm", "psf_file", "mask_file", "noise_sigma", "flux_scale")
+FITS_OPTIONS = ("pixel_scale", "psf_fwhm", "psf_file", "mask_file", "noise_sigma", "flux_scale", "center")
 """The parameters of :func:`fits_options` that go to ``lensrim.api.load_observations``."""
 
 
@@ -221,6 +239,11 @@ def fits_options(f: Callable) -> Callable:
         ),
         click.option("--noise-sigma", type=positive, help="FITS: noise sigma, image units."),
         click.option("--flux-scale", type=positive, help="FITS: divide by this (default: peak)."),
+        click.option(
+            "--center",
+            type=PixelPair(),
+            help="FITS: the lens's pixel X,Y (1-based, as DS9 shows it; default: the cutout's centre).",
+        ),
     ]
     for option in reversed(options):
         f = option(f)

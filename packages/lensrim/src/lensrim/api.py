@@ -408,15 +408,15 @@ def load_observations(
     options = {k: v for k, v in fits_options.items() if v is not None}
     if not is_fits(path):
         if options:
-            raise SettingError(
-                "pixel_scale, psf_fwhm, psf_file, mask_file, noise_sigma and flux_scale apply to FITS input only",
-                param=next(iter(options)),
-            )
+            given = " and ".join(options) + (" applies" if len(options) == 1 else " apply")
+            raise SettingError(f"{given} to FITS input only, not to a lens dataset", param=next(iter(options)))
         attrs = check_dataset(path, rim)
         return (Path(path) if stream else lenssim.Observation.from_dataset(path)), attrs
     obs = lenssim.Observation.from_fits(path, **options).on_grid(c.pixels, c.image_fov)
     origin = obs.origin
     fits = {"path": str(path), "flux_scale": obs.flux_scale, "pixel_scale": origin["pixel_scale"]}
+    if "center" in origin:
+        fits["center"] = origin["center"]
     attrs = {
         "image_fov": c.image_fov,
         "source_fov": c.source_fov,

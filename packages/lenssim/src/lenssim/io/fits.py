@@ -1,8 +1,9 @@
 """Real observations in and reconstructions out as FITS.
 
 An observation is a 2-D image HDU (the primary HDU, or the first image extension, preferring one
-named ``SCI``; square or not), centred on the lens, its sky and the lens galaxy's light subtracted
-(the model image is the lensed source alone). Its pixel scale comes from the header's WCS (the
+named ``SCI``; square or not), centred on the lens unless its centre is given (``center``, 1-based
+FITS pixel coordinates ``(x, y)`` as DS9 shows them), its sky and the lens galaxy's light
+subtracted (the model image is the lensed source alone). Its pixel scale comes from the header's WCS (the
 ``CD`` matrix, or ``CDELT`` with ``PC``, in ``CUNIT`` or degrees; axes rotated or flipped, as
 drizzled HST and JWST images have them, but square pixels) or ``PIXSCALE`` in arcsec, unless given.
 The PSF is an image HDU named ``PSF`` or a FITS file of its own (odd, square, on the image's pixel
@@ -81,14 +82,38 @@ class FitsObservation:
     resampled: bool
 
 
-def resample_matrix(n_in: int, scale_in: float, n_out: int, scale_out: float) -> np.ndarray:
-    """``(n_out, n_in)`` weights of 1-D area-overlap resampling between two grids sharing their
-    centre: row j holds the fraction of output pixel j covered by each input pixel."""
+def resample_matrix(n_in: int, scale_in: float, n_out: int, scale_out: float, shift: float = 0.0) -> np.ndarray:
+    """``(n_out, n_in)`` weights of 1-D area-overlap resampling between two grids, the output's
+    centre ``shift`` input pixels from the input's: row j holds the fraction of output pixel j
+    covered by each input pixel."""
     a = (np.arange(n_in + 1) - n_in / 2) * scale_in  # input pixel edges
-    b = (np.arange(n_out + 1) - n_out / 2) * scale_out
+    b = (np.arange(n_out + 1) - n_out / 2) * scale_out + shift * scale_in
     lo = np.maximum(b[:-1, None], a[None, :-1])
     hi = np.minimum(b[1:, None], a[None, 1:])
     return np.clip(hi - lo, 0.0, None) / scale_out
+
+
+def _image_center(shape: tuple[int, ...], center: tuple[float, float] | None) -> tuple[float, float]:
+    """The model field's centre on an image of ``shape`` (rows, columns): ``center``, 1-based
+    FITS pixel coordinates ``(x, y)``, or the image's middle."""
+    if center is None:
+        return (shape[1] + 1) / 2, (shape[0] + 1) / 2
+    return float(center[0]), float(center[1])
+
+
+def _field_room(path: Path, shape: tuple[int, ...], center: tuple[float, float] | None) -> float:
+    """The side, in input pixels, of the widest square centred at ``center`` (see
+    :func:`_image_center`) that the image of ``shape`` holds; a centre that is not a pair of
+    finite numbers inside the image is refused."""
+    if center is not None:
+        if len(center) != 2 or not all(isinstance(v, int | float) and np.isfinite(v) for v in center):
+            raise FitsError(f"{path}: the lens centre must be two finite pixel coordinates (x, y), got {center!r}")
+    x, y = _image_center(shape, center)
+    ny, nx = shape
+    room = 2 * min(x - 0.5, nx + 0.5 - x, y - 0.5, ny + 0.5 - y)
+    if room <= 0:
+        raise FitsError(f"{path}: the lens centre ({x:g}, {y:g}) is outside the image's {nx} by {ny} pixels")
+    return room
 
 
 MAX_SIDE = 8192
@@ -312,16 +337,22 @@ def wcs_pixel_scale(wcs: dict[str, float | str]) -> float:
 
 
 def wcs_on_grid(
-    wcs: dict[str, float | str], shape: tuple[int, int], scale_in: float, pixels: int, image_fov: float
+    wcs: dict[str, float | str],
+    shape: tuple[int, int],
+    scale_in: float,
+    pixels: int,
+    image_fov: float,
+    center: tuple[float, float] | None = None,
 ) -> dict[str, float | str]:
     """``wcs`` (:func:`read_sky_wcs`'s cards for an image of ``shape`` (rows, columns) at
     ``scale_in`` arcsec) for the grid the image is resampled onto: ``pixels`` across ``image_fov``
-    arcsec around the same centre. The reference point keeps its sky position; the matrix scales
-    with the pixel."""
+    arcsec around ``center`` (the image's 1-based ``(x, y)``; its centre by default). The
+    reference point keeps its sky position; the matrix scales with the pixel."""
     ratio = image_fov / pixels / scale_in
+    middle = _image_center(shape, center)
     out = dict(wcs)
-    for i, n_in in zip((1, 2), (shape[1], shape[0]), strict=True):  # FITS axis 1: the columns
-        out[f"CRPIX{i}"] = (pixels + 1) / 2 + (float(wcs[f"CRPIX{i}"]) - (n_in + 1) / 2) / ratio
+    for i, c in zip((1, 2), middle, strict=True):  # FITS axis 1: x, the columns
+        out[f"CRPIX{i}"] = (pixels + 1) / 2 + (float(wcs[f"CRPIX{i}"]) - c) / ratio
         for j in (1, 2):
             out[f"CD{i}_{j}"] = float(wcs[f"CD{i}_{j}"]) * ratio
     return out
@@ -459,12 +490,13 @@ def read_fits_observation(
     psf_size: int = 21,
     psf_file: str | os.PathLike | None = None,
     mask_file: str | os.PathLike | None = None,
+    center: tuple[float, float] | None = None,
 ) -> FitsObservation:
     """Read a lens observation from FITS onto the model's ``pixels`` x ``pixels`` grid of side
     ``image_fov`` arcsec (see the module). Explicit ``pixel_scale``, ``psf_fwhm`` (arcsec) or
     ``psf_file`` (a FITS PSF on the image's pixel scale), ``noise_sigma`` (image units) and
     ``mask_file`` (a FITS mask of the image's shape, non-zero where there are no data) override
-    the file."""
+    the file; ``center``: the lens's 1-based FITS pixel ``(x, y)``, else the image's centre."""
     image, scale_in, psf_in, noise_map = load_fits(
         path,
         pixel_scale=pixel_scale,
@@ -485,6 +517,7 @@ def read_fits_observation(
         noise_sigma=noise_sigma,
         flux_scale=flux_scale,
         psf_size=psf_size,
+        center=center,
     )
 
 
@@ -540,17 +573,32 @@ def fits_onto_grid(
     noise_sigma: float | None,
     flux_scale: float | None,
     psf_size: int = 21,
+    center: tuple[float, float] | None = None,
 ) -> FitsObservation:
-    """The pieces from :func:`load_fits` resampled onto ``pixels`` across ``image_fov`` and
-    divided by the flux scale (see the module)."""
+    """The pieces from :func:`load_fits` resampled onto ``pixels`` across ``image_fov`` around
+    ``center`` (1-based FITS ``(x, y)``; the image's centre by default) and divided by the flux
+    scale (see the module)."""
 
     scale_out = image_fov / pixels
-    if min(image.shape) * scale_in < image_fov * (1 - FOV_TOLERANCE):
-        sides = " by ".join(f"{n * scale_in:.3g}" for n in image.shape[::-1])
-        raise FitsError(f"{path}: the image covers {sides} arcsec, less than the model's field of {image_fov} arcsec")
+    room = _field_room(path, image.shape, center)
+    if room * scale_in < image_fov * (1 - FOV_TOLERANCE):
+        if center is None:
+            sides = " by ".join(f"{n * scale_in:.3g}" for n in image.shape[::-1])
+            raise FitsError(
+                f"{path}: the image covers {sides} arcsec, less than the model's field of {image_fov} arcsec"
+            )
+        raise FitsError(
+            f"{path}: around the lens centre ({center[0]:g}, {center[1]:g}) the image holds a field of "
+            f"{room * scale_in:.3g} arcsec, less than the model's {image_fov} arcsec"
+        )
+    x, y = _image_center(image.shape, center)
+    shifts = (y - (image.shape[0] + 1) / 2, x - (image.shape[1] + 1) / 2)  # input pixels: rows, columns
     same_scale = np.isclose(scale_in, scale_out, rtol=1e-6)
-    resampled = not (same_scale and all((n - pixels) % 2 == 0 for n in image.shape))
-    wy, wx = (resample_matrix(n, scale_in, pixels, scale_out) for n in image.shape)  # rows, columns
+    edges = [(n - pixels) / 2 + d for n, d in zip(image.shape, shifts, strict=True)]  # first output edge
+    resampled = not (same_scale and all(np.isclose(e, round(e), rtol=0, atol=1e-9) for e in edges))
+    wy, wx = (
+        resample_matrix(n, scale_in, pixels, scale_out, d) for n, d in zip(image.shape, shifts, strict=True)
+    )  # rows, columns
     good = np.isfinite(image)
     if noise_map is not None:
         good &= np.isfinite(noise_map)

@@ -21,6 +21,7 @@ import torch
 from lenssim.geometry import same_fov
 from lenssim.io.datasets import DatasetError, dataset_info, read_dataset
 from lenssim.io.fits import (
+    _field_room,
     fits_onto_grid,
     load_fits,
     read_observation_cards,
@@ -89,11 +90,13 @@ class Observation:
         flux_scale: float | None = None,
         psf_file: str | os.PathLike | None = None,
         mask_file: str | os.PathLike | None = None,
+        center: tuple[float, float] | None = None,
     ) -> Observation:
         """One lens from FITS, at the file's own resolution (see :mod:`lenssim.io.fits` for the
         layout; the arguments override the file; ``psf_file``: a FITS PSF on the image's pixel
         scale; ``mask_file``: a FITS mask of the image's shape, non-zero where there are no
-        data). Divided by ``flux_scale`` (default: the peak of the image on the grid it is
+        data; ``center``: the lens's 1-based FITS pixel ``(x, y)``, else the image's centre, which
+        the model's field is centred on). Divided by ``flux_scale`` (default: the peak of the image on the grid it is
         finally put on). A celestial WCS in the header is kept in ``origin["wcs"]``
         (:func:`lenssim.io.fits.read_sky_wcs`) and follows the pixels onto the grid; the unit,
         telescope, instrument, filter, target and date in ``origin["cards"]``
@@ -107,7 +110,8 @@ class Observation:
             psf_file=psf_file,
             mask_file=mask_file,
         )
-        n = min(image.shape)  # a square around the centre (a crop, or a resampling by half a pixel)
+        # the widest square around the centre (a crop, or a resampling by a fraction of a pixel)
+        n = max(1, int(np.floor(_field_room(path, image.shape, center) + 1e-9)))
         native = fits_onto_grid(
             path,
             image,
@@ -119,9 +123,12 @@ class Observation:
             psf_fwhm=psf_fwhm,
             noise_sigma=noise_sigma,
             flux_scale=flux_scale,
+            center=center,
         )
-        options = {"psf_fwhm": psf_fwhm, "noise_sigma": noise_sigma, "flux_scale": flux_scale}
+        options = {"psf_fwhm": psf_fwhm, "noise_sigma": noise_sigma, "flux_scale": flux_scale, "center": center}
         origin: dict[str, Any] = {"fits": str(path), "pixel_scale": scale}
+        if center is not None:
+            origin["center"] = [float(v) for v in center]
         wcs = read_sky_wcs(path)
         if wcs is not None and not np.isclose(wcs_pixel_scale(wcs), scale, rtol=1e-3):
             warnings.warn(
@@ -177,7 +184,7 @@ class Observation:
             noise = o.noise if o.noise.dim() == 4 else o.noise.reshape(1)
             origin = {**self.origin, "resampled": o.resampled}
             if "wcs" in origin:
-                origin["wcs"] = wcs_on_grid(origin["wcs"], image.shape, scale, pixels, image_fov)
+                origin["wcs"] = wcs_on_grid(origin["wcs"], image.shape, scale, pixels, image_fov, options["center"])
             return replace(  # on its grid now: slicing or moving it no longer goes back to the file
                 self,
                 observation=o.observation,
