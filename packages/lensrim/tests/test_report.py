@@ -107,3 +107,23 @@ def test_a_killed_reports_temporaries_go_and_a_perfect_reconstruction_has_a_fini
     metrics = report.write_report(rec, out, title="exact")
     assert not list(out.glob(".*.tmp"))
     assert metrics["log10_loss"]["final"]["mu"] == pytest.approx(np.log10(report.LOSS_FLOOR))
+
+
+def test_a_report_on_masked_data_blanks_those_pixels_and_counts_only_the_others(recon_file, tmp_path):
+    path, _ = recon_file
+    rec = report.read_reconstruction(path)
+    noise = rec.observation.noise.reshape(-1, 1, 1, 1).expand_as(rec.observation.observation).clone()
+    noise[1, 0, 5:9, 3] = float("inf")  # four pixels of lens 1 without data
+    obs = replace(rec.observation, noise=noise)
+    model = rec.model_image()
+    data, resid = report.data_panels(obs, model[1], 1)
+    blank = np.zeros((32, 32), bool)
+    blank[5:9, 3] = True
+    assert np.isnan(data[blank]).all() and np.isnan(resid[blank]).all()
+    expected = (rec.observation.observation[1, 0] - model[1, 0]).numpy() / float(rec.observation.noise[1])
+    np.testing.assert_allclose(resid[~blank], expected[~blank], rtol=1e-5)
+    assert np.isfinite(data[~blank]).all()
+    masked = replace(rec, observation=obs)
+    metrics = report.write_report(masked, tmp_path / "out", title="masked")
+    assert metrics["lenses"] == 4 and (tmp_path / "out" / "lenses.png").stat().st_size > 0
+    assert lenssim.data_pixels(noise, obs.observation).tolist() == [1024, 1020, 1024, 1024]

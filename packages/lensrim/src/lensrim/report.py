@@ -161,6 +161,17 @@ def figures(rec: Reconstruction, metrics: dict, report: Path, *, count: int = 8)
     return paths
 
 
+def data_panels(obs: lenssim.Observation, model: torch.Tensor, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """The observation and the residual over the noise of lens ``index`` (``model`` its model
+    image, ``(1, N, N)`` or ``(N, N)``) as the panels show them: NaN where a pixel has no data."""
+    sigma = obs.noise[index, 0] if obs.noise.dim() == 4 else obs.noise.reshape(-1)[index]
+    y = obs.observation[index, 0]
+    blank = ~torch.isfinite(torch.as_tensor(sigma).expand_as(y))
+    data = y.masked_fill(blank, float("nan"))
+    resid = ((y - model.reshape(y.shape)) / sigma).masked_fill(blank, float("nan"))
+    return data.numpy(), resid.numpy()
+
+
 def lens_panels(rec: Reconstruction, path: Path, *, count: int = 8) -> Path:
     """Per-lens panels, ``count`` lenses from the best to the worst chi2_nu (all of them when
     there are at most ``count``): observation, model, residual / sigma, source and log10 kappa
@@ -169,7 +180,6 @@ def lens_panels(rec: Reconstruction, path: Path, *, count: int = 8) -> Path:
     obs, truth = rec.observation, rec.observation.truth
     ifov, sfov = obs.image_fov, rec.source_fov
     n = len(obs)
-    physics_sigma = obs.noise if obs.noise.dim() == 4 else obs.noise.reshape(-1, 1, 1, 1)
     noise_sigma = obs.noise_sigma()
     order = np.argsort(rec.chi2_nu.numpy())
     rows = order[np.linspace(0, n - 1, min(count, n)).round().astype(int)]  # best to worst
@@ -182,9 +192,8 @@ def lens_panels(rec: Reconstruction, path: Path, *, count: int = 8) -> Path:
     fig, axes = plt.subplots(len(rows), cols, figsize=(2.9 * cols, 2.6 * len(rows)), squeeze=False)
     ext_i, ext_s = [-ifov / 2, ifov / 2] * 2, [-sfov / 2, sfov / 2] * 2
     for r, i in enumerate(rows):
-        resid = ((obs.observation[i, 0] - model[r, 0]) / physics_sigma[i, 0]).numpy()
-        obs_img = obs.observation[i, 0].numpy()
-        flux = (float(obs_img.min()), float(obs_img.max()))  # data and model on one scale
+        obs_img, resid = data_panels(obs, model[r, 0], int(i))  # pixels without data: NaN, drawn grey
+        flux = (float(np.nanmin(obs_img)), float(np.nanmax(obs_img)))  # data and model on one scale
         log_k = np.log10(rec.kappa[i, 0].clamp_min(1e-3).numpy())
         snr_i = 1.0 / float(noise_sigma[i])
         panels = [
@@ -215,7 +224,8 @@ def lens_panels(rec: Reconstruction, path: Path, *, count: int = 8) -> Path:
             panels.append((log_t, ext_i, r"true $\log_{10}\kappa$", "viridis", k_lim, ""))
         for c, (ax, (img, ext, title, cmap, lim, unit)) in enumerate(zip(axes[r], panels, strict=True)):
             kw = {} if lim is None else {"vmin": lim[0], "vmax": lim[1]}
-            im = ax.imshow(np.asarray(img), origin="lower", extent=ext, cmap=cmap, **kw)
+            colours = plt.get_cmap(cmap).with_extremes(bad="0.6")
+            im = ax.imshow(np.asarray(img), origin="lower", extent=ext, cmap=colours, **kw)
             ax.set_title(title, fontsize=8)
             ax.tick_params(labelsize=6)
             if r == len(rows) - 1:
