@@ -276,13 +276,13 @@ def test_masked_pixels_change_nothing_and_are_blank_in_the_fits_copy(runs, tmp_p
     with fits.open(runs / "lens.fits") as h:
         image, header = h[0].data.astype(np.float64), h[0].header
     mask = np.zeros(image.shape, np.int16)
-    mask[20:22, 30:32] = 1  # one 0.2" pixel of 0.24" model pixels each: some masked, some not
+    mask[20:22, 30:32] = 1  # 2x2 input pixels of 0.2": the 0.24" model pixels half covered by them are masked
     recs = []
-    for i, (value, hdus) in enumerate([(1e5, [fits.ImageHDU(mask, name="MASK")]), (np.nan, []), (-3.0, [])]):
+    # a cosmic ray flagged in a MASK HDU; blank pixels (NaN); any other value under the same MASK
+    for i, (value, flagged) in enumerate([(1e5, True), (np.nan, False), (-3.0, True)]):
         bad = image.copy()
-        bad[20:22, 30:32] = value  # a cosmic ray flagged in a MASK HDU, or blank pixels (NaN, then -3 masked)
-        if i == 2:
-            hdus = [fits.ImageHDU(mask, name="MASK")]
+        bad[20:22, 30:32] = value
+        hdus = [fits.ImageHDU(mask, name="MASK")] if flagged else []
         fits.HDUList([fits.PrimaryHDU(bad, header=header), *hdus]).writeto(tmp_path / f"m{i}.fits")
         obs = lenssim.Observation.from_fits(tmp_path / f"m{i}.fits", psf_fwhm=0.08, noise_sigma=0.5, flux_scale=250)
         recs.append(lensrim.reconstruct(rim, obs, finetune=quick))

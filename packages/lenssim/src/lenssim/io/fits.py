@@ -3,15 +3,15 @@
 An observation is a 2-D image HDU (the primary HDU, or the first image extension, preferring one
 named ``SCI``; square or not), centred on the lens unless its centre is given (``center``, 1-based
 FITS pixel coordinates ``(x, y)`` as DS9 shows them), its sky and the lens galaxy's light
-subtracted (the model image is the lensed source alone). Its pixel scale comes from the header's WCS (the
-``CD`` matrix, or ``CDELT`` with ``PC``, in ``CUNIT`` or degrees; axes rotated or flipped, as
-drizzled HST and JWST images have them, but square pixels) or ``PIXSCALE`` in arcsec, unless given.
-The PSF is an image HDU named ``PSF`` or a FITS file of its own (odd, square, on the image's pixel
-scale and axes), or a Gaussian FWHM; the noise is a sigma (in the image's units) or a noise-map HDU
-named ``NOISE``, ``SIGMA`` or ``ERR``. Pixels without data (cosmic rays, chip gaps, a drizzled
-frame's edge) are NaN or infinite in the image or the noise map, or non-zero in an optional image
-HDU named ``MASK`` (0 where the data are good) or in a FITS mask file of their own, which replaces
-that HDU.
+subtracted (the model image is the lensed source alone). Its pixel scale comes from the header's
+WCS (the ``CD`` matrix, or ``CDELT`` with ``PC``, in ``CUNIT`` or degrees; axes rotated or flipped,
+as drizzled HST and JWST images have them, but square pixels) or ``PIXSCALE`` in arcsec, unless
+given. The PSF is an image HDU named ``PSF`` or a FITS file of its own (odd, square, on the image's
+pixel scale and axes), or a Gaussian FWHM; the noise is a sigma (in the image's units) or a
+noise-map HDU named ``NOISE``, ``SIGMA`` or ``ERR``. Pixels without data (cosmic rays, chip gaps, a
+drizzled frame's edge) are NaN or infinite in the image or the noise map, or non-zero in an
+optional image HDU named ``MASK`` (0 where the data are good) or in a FITS mask file of their own,
+which replaces that HDU.
 
 The image is cut and resampled onto the model's grid (``pixels`` across ``image_fov``) by exact
 pixel-area overlap, which conserves surface brightness; the noise map goes through the same
@@ -28,6 +28,7 @@ nothing in the likelihood (:mod:`lenssim.physics.likelihood`).
 
 from __future__ import annotations
 
+import numbers
 import os
 import warnings
 from dataclasses import dataclass
@@ -106,7 +107,7 @@ def _field_room(path: Path, shape: tuple[int, ...], center: tuple[float, float] 
     :func:`_image_center`) that the image of ``shape`` holds; a centre that is not a pair of
     finite numbers inside the image is refused."""
     if center is not None:
-        if len(center) != 2 or not all(isinstance(v, int | float) and np.isfinite(v) for v in center):
+        if len(center) != 2 or not all(isinstance(v, numbers.Real) and np.isfinite(v) for v in center):
             raise FitsError(f"{path}: the lens centre must be two finite pixel coordinates (x, y), got {center!r}")
     x, y = _image_center(shape, center)
     ny, nx = shape
