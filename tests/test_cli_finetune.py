@@ -167,6 +167,8 @@ def test_finetune_a_fits_observation(models, tmp_path):
     torch.testing.assert_close(moved[..., :-1], b["observation"][..., 1:], rtol=0, atol=1e-6)
     with fits.open(tmp_path / "moved.fits") as h:  # the sky WCS moves with the field
         np.testing.assert_allclose(WCS(h["MODEL"].header).all_pix2world([[18.5 - 1, 16.5]], 1)[0], [30.0, -10.0])
+    again = run("reconstruct", "--rim", models / "rim", *args[:-1], "44.5,40.5", check=False)  # same output
+    assert again.returncode == 1 and "fits.center [42.5, 40.5] there, [44.5, 40.5] here" in again.stderr
     bad = run("reconstruct", "--rim", models / "rim", *args[:-1], "40,40,1", check=False)
     assert bad.returncode == 2 and "'40,40,1' is not two finite numbers X,Y" in bad.stderr
     bad = run("reconstruct", "--rim", models / "rim", *args[:-1], "12,40", check=False)
