@@ -160,6 +160,10 @@ def test_finetune_a_fits_observation(models, tmp_path):
     with fits.open(tmp_path / "base.fits") as h:
         assert h[0].header["CHI2NU"] == pytest.approx(float(b["chi2_nu"][0]), rel=1e-6)
         np.testing.assert_allclose(WCS(h["MODEL"].header).all_pix2world([[18.5, 16.5]], 1)[0], [30.0, -10.0])
+    # a rerun into it with another noise is refused: the result made with the first one would stand
+    rim = ("reconstruct", "--rim", models / "rim")
+    again = run(*rim, "--data", tmp_path / "obs.fits", "-o", base, "--psf-fwhm", 0.2, "--noise-sigma", 3, check=False)
+    assert again.returncode == 1 and "fits.noise_sigma absent there, 3.0 here" in again.stderr
     # the lens one model pixel (2 input pixels) right of the cutout's centre (40.5, 40.5): --center
     args = ("--data", tmp_path / "obs.fits", "-o", tmp_path / "moved.h5", "--psf-fwhm", 0.2, "--center", "42.5,40.5")
     run("reconstruct", "--rim", models / "rim", *args)
