@@ -164,6 +164,16 @@ def test_finetune_a_fits_observation(models, tmp_path):
     rim = ("reconstruct", "--rim", models / "rim")
     again = run(*rim, "--data", tmp_path / "obs.fits", "-o", base, "--psf-fwhm", 0.2, "--noise-sigma", 3, check=False)
     assert again.returncode == 1 and "fits.noise_sigma absent there, 3.0 here" in again.stderr
+    # --exposure-time: the NOISE HDU is the sky's; the counts add their Poisson variance, 2x2 averaged
+    poisson = tmp_path / "poisson.h5"
+    args = ("--data", tmp_path / "obs.fits", "-o", poisson, "--psf-fwhm", 0.2, "--exposure-time", 10)
+    run(*rim, *args)
+    p = lenssim.read_dataset(poisson, ["noise_map"])["noise_map"]
+    counts = d["observation"][0, 0].double() * 250
+    want = torch.sqrt(4 + counts.clamp(min=0) / 10) / 2 / (250 * peak)
+    torch.testing.assert_close(p[0, 0].double(), want, rtol=1e-5, atol=0)
+    bad = run(*rim, "--data", models / "lenses.h5", "-o", tmp_path / "y.h5", "--exposure-time", 10, check=False)
+    assert bad.returncode == 2 and "--exposure-time: exposure_time applies to FITS input only" in bad.stderr
     # the lens one model pixel (2 input pixels) right of the cutout's centre (40.5, 40.5): --center
     args = ("--data", tmp_path / "obs.fits", "-o", tmp_path / "moved.h5", "--psf-fwhm", 0.2, "--center", "42.5,40.5")
     run("reconstruct", "--rim", models / "rim", *args)

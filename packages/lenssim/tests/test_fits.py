@@ -531,3 +531,63 @@ def test_the_sky_wcs_follows_a_lens_centre_off_the_cutouts_centre(tmp_path):
     np.testing.assert_allclose(_sky(wcs, 12.5, 12.5), _sky(cards, *center), rtol=0, atol=1e-10)
     corner = (center[0] - 11.5 * 2.5, center[1] - 11.5 * 2.5)
     np.testing.assert_allclose(_sky(wcs, 1, 1), _sky(cards, *corner), rtol=0, atol=1e-10)
+
+
+def test_an_exposure_time_adds_the_sources_poisson_noise_to_the_background(tmp_path):
+    rng = np.random.default_rng(11)
+    img = rng.normal(0.0, 1.0, (40, 40)) + 3.0  # some pixels negative: no Poisson variance there
+    img[12, 15] = np.nan  # no data: stays masked
+    p = _write(tmp_path / "o.fits", img, scale=0.25)
+    kw = dict(pixels=32, image_fov=8.0, psf_fwhm=0.3, flux_scale=2.0)
+    obs = lenssim.read_fits_observation(p, noise_sigma=0.1, exposure_time=50.0, **kw)
+    cut = img[4:36, 4:36]
+    want = np.sqrt(0.1**2 + np.where(cut > 0, cut, 0.0) / 50.0) / 2.0
+    got = obs.noise[0, 0].numpy()
+    good = np.isfinite(cut)
+    np.testing.assert_allclose(got[good], want[good], rtol=1e-6)
+    assert np.isinf(got[~good]).all() and (cut < 0).any()
+    noise = np.full((40, 40), 0.3)  # a background noise map instead of a sigma
+    q = _write(tmp_path / "n.fits", np.abs(np.nan_to_num(img)), scale=0.25, noise=noise)
+    obs = lenssim.read_fits_observation(q, exposure_time=8.0, **kw)
+    want = np.sqrt(0.3**2 + np.abs(np.nan_to_num(cut)) / 8.0) / 2.0
+    np.testing.assert_allclose(obs.noise[0, 0].numpy(), want, rtol=1e-6)
+
+
+def test_with_the_exposure_time_bright_arcs_have_residuals_like_noise(tmp_path):
+    """Counts drawn from Poisson statistics over a sky noise, resampled 2x2: the true model's
+    chi2_nu is 1 with the source's Poisson noise, and far above 1 with the sky's alone."""
+    rng = np.random.default_rng(12)
+    y, x = np.mgrid[:64, :64] - 31.5
+    r = np.hypot(x, y)
+    model = 4.0 * np.exp(-0.5 * ((r - 14.0) / 2.5) ** 2)  # a ring peaking at 4 electrons/s
+    t, sky = 300.0, 0.02
+    image = rng.poisson(model * t) / t + rng.normal(0.0, sky, model.shape)
+    p = _write(tmp_path / "arc.fits", image, scale=0.125)
+    kw = dict(pixels=32, image_fov=8.0, psf_fwhm=0.3, noise_sigma=sky, flux_scale=1.0)
+    truth = model.reshape(32, 2, 32, 2).mean(axis=(1, 3))
+    for exposure, (low, high) in ((t, (0.9, 1.1)), (None, (3.0, np.inf))):
+        obs = lenssim.read_fits_observation(p, exposure_time=exposure, **kw)
+        chi2_nu = float(((obs.observation[0, 0].numpy() - truth) ** 2 / obs.noise.numpy().squeeze() ** 2).mean())
+        assert low < chi2_nu < high, (exposure, chi2_nu)
+
+
+@pytest.mark.parametrize(
+    ("exposure", "bunit", "message"),
+    [
+        (0.0, None, "exposure time must be a positive number of seconds, got 0.0"),
+        (float("nan"), None, "exposure time must be a positive number of seconds, got nan"),
+        (True, None, "exposure time must be a positive number of seconds, got True"),
+        (100.0, "MJy/sr", "the image is in MJy/sr, not electrons: its Poisson noise cannot come from an exposure"),
+        (100.0, "erg / (s cm2 Angstrom)", "the image is in erg / \\(s cm2 Angstrom\\), not electrons"),
+    ],
+)
+def test_an_exposure_time_that_makes_no_sense_is_refused(tmp_path, exposure, bunit, message):
+    p = _write(tmp_path / "o.fits", np.ones((40, 40)), scale=0.25)
+    if bunit is not None:
+        fits.setval(p, "BUNIT", value=bunit)
+    with pytest.raises(lenssim.FitsError, match=message):
+        lenssim.read_fits_observation(
+            p, pixels=32, image_fov=8.0, psf_fwhm=0.3, noise_sigma=0.1, exposure_time=exposure
+        )
+    fits.setval(p, "BUNIT", value="ELECTRONS/S")  # HST's drizzled unit: accepted
+    lenssim.read_fits_observation(p, pixels=32, image_fov=8.0, psf_fwhm=0.3, noise_sigma=0.1, exposure_time=100.0)

@@ -213,7 +213,16 @@ def run_dir_option(f: Callable) -> Callable:
     )(f)
 
 
-FITS_OPTIONS = ("pixel_scale", "psf_fwhm", "psf_file", "mask_file", "noise_sigma", "flux_scale", "center")
+FITS_OPTIONS = (
+    "pixel_scale",
+    "psf_fwhm",
+    "psf_file",
+    "mask_file",
+    "noise_sigma",
+    "exposure_time",
+    "flux_scale",
+    "center",
+)
 """The parameters of :func:`fits_options` that go to ``lensrim.api.load_observations``."""
 
 
@@ -238,6 +247,11 @@ def fits_options(f: Callable) -> Callable:
             help="FITS: a FITS image of the image's shape, non-zero where pixels have no data (else a MASK HDU).",
         ),
         click.option("--noise-sigma", type=positive, help="FITS: noise sigma, image units."),
+        click.option(
+            "--exposure-time",
+            type=positive,
+            help="FITS: seconds; adds the source's Poisson noise to a background noise (image in electrons/s).",
+        ),
         click.option("--flux-scale", type=positive, help="FITS: divide by this (default: peak)."),
         click.option(
             "--center",

@@ -417,7 +417,7 @@ def load_observations(
     fits = {"path": str(path), "flux_scale": obs.flux_scale, "pixel_scale": origin["pixel_scale"]}
     if "center" in origin:
         fits["center"] = origin["center"]
-    for key in ("psf_fwhm", "noise_sigma"):  # given, not in the file: a rerun must agree
+    for key in ("psf_fwhm", "noise_sigma", "exposure_time"):  # given, not in the file: a rerun must agree
         if key in options:
             fits[key] = float(options[key])
     attrs = {

@@ -8,7 +8,13 @@ WCS (the ``CD`` matrix, or ``CDELT`` with ``PC``, in ``CUNIT`` or degrees; axes 
 as drizzled HST and JWST images have them, but square pixels) or ``PIXSCALE`` in arcsec, unless
 given. The PSF is an image HDU named ``PSF`` or a FITS file of its own (odd, square, on the image's
 pixel scale and axes), or a Gaussian FWHM; the noise is a sigma (in the image's units) or a
-noise-map HDU named ``NOISE``, ``SIGMA`` or ``ERR``. Pixels without data (cosmic rays, chip gaps, a
+noise-map HDU named ``NOISE``, ``SIGMA`` or ``ERR``. Where that noise is the background's alone
+(as a sky RMS or a drizzled weight map give it), an exposure time adds the source's Poisson noise:
+a variance of the image over the exposure time, for an image whose values times the exposure time
+are detected electrons (electrons per second, as HST's drizzled images are; 1 for an image in
+electrons). The image stands in for the noiseless model there, clipped at 0, as lens-modelling codes
+commonly do; a calibrated image (in Jy or erg) is refused, its ``ERR`` map already holds that noise.
+Pixels without data (cosmic rays, chip gaps, a
 drizzled frame's edge) are NaN or infinite in the image or the noise map, or non-zero in an
 optional image HDU named ``MASK`` (0 where the data are good) or in a FITS mask file of their own,
 which replaces that HDU.
@@ -492,12 +498,14 @@ def read_fits_observation(
     psf_file: str | os.PathLike | None = None,
     mask_file: str | os.PathLike | None = None,
     center: tuple[float, float] | None = None,
+    exposure_time: float | None = None,
 ) -> FitsObservation:
     """Read a lens observation from FITS onto the model's ``pixels`` x ``pixels`` grid of side
     ``image_fov`` arcsec (see the module). Explicit ``pixel_scale``, ``psf_fwhm`` (arcsec) or
     ``psf_file`` (a FITS PSF on the image's pixel scale), ``noise_sigma`` (image units) and
     ``mask_file`` (a FITS mask of the image's shape, non-zero where there are no data) override
-    the file; ``center``: the lens's 1-based FITS pixel ``(x, y)``, else the image's centre."""
+    the file; ``center``: the lens's 1-based FITS pixel ``(x, y)``, else the image's centre;
+    ``exposure_time`` (s): add the source's Poisson noise to a background noise."""
     image, scale_in, psf_in, noise_map = load_fits(
         path,
         pixel_scale=pixel_scale,
@@ -505,6 +513,7 @@ def read_fits_observation(
         noise_sigma=noise_sigma,
         psf_file=psf_file,
         mask_file=mask_file,
+        exposure_time=exposure_time,
     )
     return fits_onto_grid(
         Path(path),
@@ -530,12 +539,14 @@ def load_fits(
     noise_sigma: float | None = None,
     psf_file: str | os.PathLike | None = None,
     mask_file: str | os.PathLike | None = None,
+    exposure_time: float | None = None,
 ) -> tuple[np.ndarray, float, np.ndarray | None, np.ndarray | None]:
     """The validated pieces of a FITS observation at its own resolution: the image (float64),
     its pixel scale (arcsec), the PSF (``psf_file``'s, else the PSF HDU; None when ``psf_fwhm``
-    is given) and the noise map (None when ``noise_sigma`` is given). Pixels without data (NaN or
-    infinite in the image or noise map, non-zero in ``mask_file``'s mask, else in a ``MASK`` HDU)
-    are NaN in both."""
+    is given) and the noise map (None when ``noise_sigma`` is given without ``exposure_time``;
+    with it, the background noise and the source's Poisson noise added in quadrature, see the
+    module). Pixels without data (NaN or infinite in the image or noise map, non-zero in
+    ``mask_file``'s mask, else in a ``MASK`` HDU) are NaN in both."""
     from astropy.io import fits
 
     path = Path(path)
@@ -558,7 +569,29 @@ def load_fits(
         raise FitsError(f"{path}: truncated or corrupt FITS data ({type(e).__name__}: {e})") from None
     if psf_in is None and psf_fwhm is None:
         raise FitsError(f"{path}: no PSF given: pass a FWHM or a PSF file, or add a PSF HDU")
+    if exposure_time is not None:
+        noise_map = _with_poisson_noise(path, image, noise_map, noise_sigma, exposure_time)
     return image, scale_in, psf_in, noise_map
+
+
+CALIBRATED_UNITS = ("JY", "ERG", "W/", "MAG", "/SR")
+"""Pieces of a ``BUNIT`` that mark a calibrated image, not counts: no Poisson noise from it."""
+
+
+def _with_poisson_noise(path: Path, image, noise_map, noise_sigma, exposure_time) -> np.ndarray:
+    """The background noise (``noise_map``, else ``noise_sigma``) with the source's Poisson noise,
+    ``image / exposure_time`` in variance where the image is positive (see the module)."""
+    t = exposure_time
+    if isinstance(t, bool) or not isinstance(t, numbers.Real) or not (np.isfinite(t) and t > 0):
+        raise FitsError(f"exposure time must be a positive number of seconds, got {t!r}")
+    unit = str(read_observation_cards(path).get("BUNIT", ""))
+    if any(u in unit.upper().replace(" ", "") for u in CALIBRATED_UNITS):
+        raise FitsError(
+            f"{path}: the image is in {unit}, not electrons: its Poisson noise cannot come from an exposure time "
+            "(a calibrated image's ERR map holds it already)"
+        )
+    background = noise_map**2 if noise_map is not None else float(noise_sigma) ** 2
+    return np.sqrt(background + np.clip(image, 0.0, None) / float(t))  # NaN where there are no data
 
 
 def fits_onto_grid(

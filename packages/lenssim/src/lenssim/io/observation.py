@@ -91,12 +91,14 @@ class Observation:
         psf_file: str | os.PathLike | None = None,
         mask_file: str | os.PathLike | None = None,
         center: tuple[float, float] | None = None,
+        exposure_time: float | None = None,
     ) -> Observation:
         """One lens from FITS, at the file's own resolution (see :mod:`lenssim.io.fits` for the
         layout; the arguments override the file; ``psf_file``: a FITS PSF on the image's pixel
         scale; ``mask_file``: a FITS mask of the image's shape, non-zero where there are no
         data; ``center``: the lens's 1-based FITS pixel ``(x, y)``, else the image's centre, which
-        the model's field is centred on). Divided by ``flux_scale`` (default: the peak of the image on the grid it is
+        the model's field is centred on; ``exposure_time``: seconds, to add the source's Poisson
+        noise to a background noise). Divided by ``flux_scale`` (default: the peak of the image on the grid it is
         finally put on). A celestial WCS in the header is kept in ``origin["wcs"]``
         (:func:`lenssim.io.fits.read_sky_wcs`) and follows the pixels onto the grid; the unit,
         telescope, instrument, filter, target and date in ``origin["cards"]``
@@ -109,6 +111,7 @@ class Observation:
             noise_sigma=noise_sigma,
             psf_file=psf_file,
             mask_file=mask_file,
+            exposure_time=exposure_time,
         )
         # the widest square around the centre (a crop, or a resampling by a fraction of a pixel)
         n = max(1, int(np.floor(_field_room(path, image.shape, center) + 1e-9)))
