@@ -314,17 +314,21 @@ def read_observation_cards(path: str | os.PathLike) -> dict[str, float | str]:
     path = Path(path)
     try:
         with fits.open(path, memmap=False) as hdul:
-            headers = [hdul[0].header, _image_hdu(hdul, path).header]
-            cards: dict[str, float | str] = {}
-            for header in headers:
-                for key, kind in OBSERVATION_CARDS.items():
-                    v = header.get(key)
-                    v = v.strip() if isinstance(v, str) else v
-                    v = float(v) if kind is float and isinstance(v, int) and not isinstance(v, bool) else v
-                    if v != "" and _card_ok(kind, v):
-                        cards[key] = v
+            return _observation_cards(hdul, path)
     except OSError as e:
         raise FitsError(f"{path}: not a readable FITS file ({e})") from None
+
+
+def _observation_cards(hdul, path: Path) -> dict[str, float | str]:
+    """:func:`read_observation_cards` of an open file."""
+    cards: dict[str, float | str] = {}
+    for header in (hdul[0].header, _image_hdu(hdul, path).header):
+        for key, kind in OBSERVATION_CARDS.items():
+            v = header.get(key)
+            v = v.strip() if isinstance(v, str) else v
+            v = float(v) if kind is float and isinstance(v, int) and not isinstance(v, bool) else v
+            if v != "" and _card_ok(kind, v):
+                cards[key] = v
     return cards
 
 
@@ -565,6 +569,7 @@ def load_fits(
             image, scale_in, psf_in, noise_map = _read_hdus(
                 hdul, path, pixel_scale, psf_fwhm, noise_sigma, psf_file, mask_file
             )
+            unit = str(_observation_cards(hdul, path).get("BUNIT", ""))
     except (OSError, ValueError, TypeError, IndexError) as e:  # astropy on truncated or corrupt data
         if isinstance(e, FitsError):
             raise
@@ -572,7 +577,7 @@ def load_fits(
     if psf_in is None and psf_fwhm is None:
         raise FitsError(f"{path}: no PSF given: pass a FWHM or a PSF file, or add a PSF HDU")
     if exposure_time is not None:
-        noise_map = _with_poisson_noise(path, image, noise_map, noise_sigma, exposure_time)
+        noise_map = _with_poisson_noise(path, image, unit, noise_map, noise_sigma, exposure_time)
     return image, scale_in, psf_in, noise_map
 
 
@@ -580,13 +585,13 @@ CALIBRATED_UNITS = ("JY", "ERG", "W/", "MAG", "/SR")
 """Pieces of a ``BUNIT`` that mark a calibrated image, not counts: no Poisson noise from it."""
 
 
-def _with_poisson_noise(path: Path, image, noise_map, noise_sigma, exposure_time) -> np.ndarray:
+def _with_poisson_noise(path: Path, image, unit: str, noise_map, noise_sigma, exposure_time) -> np.ndarray:
     """The background noise (``noise_map``, else ``noise_sigma``) with the source's Poisson noise,
-    ``image / exposure_time`` in variance where the image is positive (see the module)."""
+    ``image / exposure_time`` in variance where the image (in ``unit``, its ``BUNIT``) is positive
+    (see the module)."""
     t = exposure_time
     if isinstance(t, bool) or not isinstance(t, numbers.Real) or not (np.isfinite(t) and t > 0):
         raise FitsError(f"exposure time must be a positive number of seconds, got {t!r}")
-    unit = str(read_observation_cards(path).get("BUNIT", ""))
     if any(u in unit.upper().replace(" ", "") for u in CALIBRATED_UNITS):
         raise FitsError(
             f"{path}: the image is in {unit}, not electrons: its Poisson noise cannot come from an exposure time "
