@@ -235,8 +235,10 @@ def test_the_fits_output_says_the_inputs_unit_telescope_and_filter(runs, tmp_pat
     hdr["BUNIT"], hdr["TELESCOP"], hdr["FILTER"], hdr["EXPTIME"] = "ELECTRONS/S", "JWST", "F150W", 1200.0
     fits.PrimaryHDU(image, header=hdr).writeto(tmp_path / "in.fits")
     rim = lensrim.load(runs / "rim")
-    obs, attrs = lensrim.api.load_observations(tmp_path / "in.fits", rim, psf_fwhm=0.08, noise_sigma=0.5)
+    given = dict(psf_fwhm=0.08, noise_sigma=0.5, exposure_time=1200)
+    obs, attrs = lensrim.api.load_observations(tmp_path / "in.fits", rim, **given)
     assert attrs["fits"]["cards"] == {"BUNIT": "ELECTRONS/S", "TELESCOP": "JWST", "FILTER": "F150W", "EXPTIME": 1200.0}
+    assert {k: attrs["fits"][k] for k in given} == given  # a rerun with others is refused
     rec = lensrim.reconstruct(rim, obs)
     rec.to_hdf5(tmp_path / "r.h5")
     for path in (
@@ -245,6 +247,7 @@ def test_the_fits_output_says_the_inputs_unit_telescope_and_filter(runs, tmp_pat
     ):
         with fits.open(path) as h:
             assert (h[0].header["TELESCOP"], h[0].header["FILTER"], h[0].header["EXPTIME"]) == ("JWST", "F150W", 1200.0)
+            assert (h[0].header["PSFFWHM"], h[0].header["NOISESIG"], h[0].header["POISSEXP"]) == (0.08, 0.5, 1200.0)
             for name in ("OBSERVATION", "MODEL", "RESIDUAL", "NOISE", "SOURCE"):
                 assert h[name].header["BUNIT"] == "ELECTRONS/S", name
             assert "BUNIT" not in h["CHI"].header and "BUNIT" not in h["KAPPA"].header  # dimensionless
@@ -253,6 +256,10 @@ def test_the_fits_output_says_the_inputs_unit_telescope_and_filter(runs, tmp_pat
     with h5py.File(tmp_path / "r.h5", "a") as f:
         f.attrs["fits"] = '{"cards": {"BUNIT": ["x"]}}'
     with pytest.raises(lenssim.DatasetError, match="card 'BUNIT' is"):
+        lensrim.Reconstruction.from_hdf5(tmp_path / "r.h5")
+    with h5py.File(tmp_path / "r.h5", "a") as f:
+        f.attrs["fits"] = '{"noise_sigma": -1}'
+    with pytest.raises(lenssim.DatasetError, match="the observation's noise_sigma is '-1', not a positive number"):
         lensrim.Reconstruction.from_hdf5(tmp_path / "r.h5")
 
 

@@ -31,6 +31,7 @@ from lensrim.training import load_rim
 
 __all__ = [
     "FineTune",
+    "NOISE_MODEL",
     "RECONSTRUCTION_FIELDS",
     "RECONSTRUCTION_OPTIONAL",
     "Reconstruction",
@@ -45,6 +46,11 @@ __all__ = [
     "reconstruct_to_file",
 ]
 
+NOISE_MODEL = {"psf_fwhm": "PSFFWHM", "noise_sigma": "NOISESIG", "exposure_time": "POISSEXP"}
+"""The options of a FITS observation that its file does not hold, kept with its reconstruction
+(HDF5 ``fits`` attribute) and written into its FITS copy's primary header as these cards: the
+Gaussian PSF's FWHM (arcsec), the noise sigma (the input's units), the exposure time (s) of the
+source's Poisson noise."""
 RECONSTRUCTION_FIELDS = ("observation", "psf", "noise_sigma", "source_pred", "kappa_pred", "chi2_nu")
 """The fields every reconstruction file holds (:meth:`Reconstruction.arrays` writes them)."""
 RECONSTRUCTION_OPTIONAL = (
@@ -157,6 +163,13 @@ class Reconstruction:
                 origin["cards"] = lenssim.io.check_observation_cards(fits["cards"], str(path))
         except lenssim.FitsError as e:
             raise lenssim.DatasetError(str(e)) from None
+        for key in NOISE_MODEL:
+            v = fits.get(key)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (np.isfinite(v) and v > 0):
+                raise lenssim.DatasetError(f"{path}: the observation's {key} is {str(v)[:20]!r}, not a positive number")
+            origin[key] = float(v)
         obs = lenssim.Observation(
             observation=d["observation"],
             psf=d["psf"],
@@ -213,7 +226,7 @@ class Reconstruction:
             "flux_scale": self.observation.flux_scale,
             "config": self.meta,
         }
-        kept = {k: self.observation.origin[k] for k in ("wcs", "cards") if k in self.observation.origin}
+        kept = {k: self.observation.origin[k] for k in ("wcs", "cards", *NOISE_MODEL) if k in self.observation.origin}
         if kept:
             attrs["fits"] = kept
         return lenssim.write_dataset(path, self.arrays(), attrs)
@@ -223,7 +236,8 @@ class Reconstruction:
         the residual over the noise, whose mean square is chi2_nu; NaN where a pixel has no
         data, ``NMASKED`` of them in the header; source, kappa, and the
         baseline maps after fine-tuning), in the observation's original units (the flux scale
-        undone), with the geometry and chi2_nu in the primary header; written atomically.
+        undone), with the geometry and chi2_nu in the primary header (and the noise model given
+        with the observation: :data:`NOISE_MODEL`); written atomically.
         The maps on the image's grid carry the observation's sky WCS when it came from a FITS
         file that had one (resampled with it onto the RIM's grid), the maps in its units its
         ``BUNIT``, and the primary header its telescope, instrument, filter, target and date."""
@@ -253,6 +267,7 @@ class Reconstruction:
         if self.chi2_nu_baseline is not None:
             maps.update(source_baseline=self.source_baseline[i, 0] * scale, kappa_baseline=self.kappa_baseline[i, 0])
             header["chi2nu0"] = float(self.chi2_nu_baseline[i])
+        header.update({card: o.origin[k] for k, card in NOISE_MODEL.items() if k in o.origin})
         cards = o.origin.get("cards", {})
         header.update({k: v for k, v in cards.items() if k != "BUNIT"})
         return lenssim.write_fits_reconstruction(
@@ -417,9 +432,9 @@ def load_observations(
     fits = {"path": str(path), "flux_scale": obs.flux_scale, "pixel_scale": origin["pixel_scale"]}
     if "center" in origin:
         fits["center"] = origin["center"]
-    for key in ("psf_fwhm", "noise_sigma", "exposure_time"):  # given, not in the file: a rerun must agree
-        if key in options:
-            fits[key] = float(options[key])
+    for key in NOISE_MODEL:  # given, not in the file: a rerun must agree, and the outputs say them
+        if key in origin:
+            fits[key] = origin[key]
     attrs = {
         "image_fov": c.image_fov,
         "source_fov": c.source_fov,

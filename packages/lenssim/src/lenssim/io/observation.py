@@ -102,7 +102,8 @@ class Observation:
         finally put on). A celestial WCS in the header is kept in ``origin["wcs"]``
         (:func:`lenssim.io.fits.read_sky_wcs`) and follows the pixels onto the grid; the unit,
         telescope, instrument, filter, target and date in ``origin["cards"]``
-        (:func:`lenssim.io.fits.read_observation_cards`)."""
+        (:func:`lenssim.io.fits.read_observation_cards`); ``psf_fwhm``, ``noise_sigma`` and
+        ``exposure_time``, when given, in ``origin`` under their names."""
         path = Path(path)
         image, scale, psf_in, noise_map = load_fits(
             path,
@@ -132,6 +133,8 @@ class Observation:
         origin: dict[str, Any] = {"fits": str(path), "pixel_scale": scale}
         if center is not None:
             origin["center"] = [float(v) for v in center]
+        given = {"psf_fwhm": psf_fwhm, "noise_sigma": noise_sigma, "exposure_time": exposure_time}
+        origin.update({k: float(v) for k, v in given.items() if v is not None})  # the noise model, for the outputs
         wcs = read_sky_wcs(path)
         if wcs is not None and not np.isclose(wcs_pixel_scale(wcs), scale, rtol=1e-3):
             warnings.warn(
