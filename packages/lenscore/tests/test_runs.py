@@ -444,5 +444,9 @@ def test_differences_name_each_setting_that_differs_dotted_and_short():
     assert said[3].startswith("halos [0, 1, 2") and said[3].count("...") == 2 and len(said[3]) < 140
     assert said[4] == "gone 1 there, absent here" and len(said) == 5
     assert differences(now, now) == [] and differences(1, 2) == ["the settings 1 there, 2 here"]
+    lenses = [{"name": "a", "psf_fwhm": 0.1}, {"name": "b", "psf_fwhm": 0.2}]  # records: each one's keys named
+    changed = [lenses[0], {"name": "b", "psf_fwhm": 0.3}]
+    assert differences({"lenses": lenses}, {"lenses": changed}) == ["lenses[1].psf_fwhm 0.2 there, 0.3 here"]
+    assert differences(lenses, lenses[:1])[0].startswith("the settings [{'name': 'a', 'psf_fwhm': 0.1}, {")  # whole
     many = differences({f"k{i}": i for i in range(9)}, {f"k{i}": -i for i in range(9)}, most=3)
     assert many == ["k1 1 there, -1 here", "k2 2 there, -2 here", "k3 3 there, -3 here", "... 5 more"]

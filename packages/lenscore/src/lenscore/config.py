@@ -55,10 +55,15 @@ def _attributes_section(doc: str) -> dict[str, str]:
 
 def differences(before: Any, now: Any, *, most: int = 6, _at: str = "") -> list[str]:
     """What differs between two settings read from JSON (dicts, lists, numbers, strings), each as
-    ``"key BEFORE there, NOW here"`` with nested keys dotted, in the order of ``now``'s keys, at
-    most ``most`` (then ``"... N more"``): for messages that refuse to mix two runs."""
+    ``"key BEFORE there, NOW here"`` with nested keys dotted (and the records of two lists of
+    dicts of one length indexed, ``key[i]``), in the order of ``now``'s keys, at most ``most`` (then
+    ``"... N more"``): for messages that refuse to mix two runs."""
     said: list[str] = []
-    if isinstance(before, dict) and isinstance(now, dict):
+    records = isinstance(before, list) and isinstance(now, list) and len(before) == len(now)
+    if records and all(isinstance(r, dict) for r in (*before, *now)):
+        for i, (b, n) in enumerate(zip(before, now, strict=True)):
+            said += differences(b, n, most=0, _at=f"{_at}[{i}]")
+    elif isinstance(before, dict) and isinstance(now, dict):
         for key in [*now, *(k for k in before if k not in now)]:
             name = f"{_at}.{key}" if _at else str(key)
             if key not in before:
