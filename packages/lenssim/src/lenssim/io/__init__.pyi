@@ -1,6 +1,12 @@
 """The public names of :mod:`lenssim.io`, each written once, here: the package loads a name on first
 use (:func:`lenscore.lazy.attach_stub` reads this file) and type checkers read its types here."""
 
+from lenssim.io.catalogue import (
+    CATALOGUE_COLUMNS as CATALOGUE_COLUMNS,
+    MAX_CATALOGUE_ROWS as MAX_CATALOGUE_ROWS,
+    is_catalogue as is_catalogue,
+    read_lens_catalogue as read_lens_catalogue,
+)
 from lenssim.io.datasets import (
     FIELD_NDIM as FIELD_NDIM,
     LENS_FIELDS as LENS_FIELDS,

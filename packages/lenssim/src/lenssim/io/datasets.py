@@ -78,6 +78,7 @@ FIELD_NDIM = {
     "finetune_steps": 1,
     "best_step": 1,
     "noise_map": 4,
+    "flux_scale": 1,
 }
 """Expected number of axes of every known field; images are ``(n, 1, M, M)``."""
 LENS_ATTRS = ("image_fov", "source_fov", "z_lens", "z_source")
@@ -182,9 +183,10 @@ MAX_ABS = 1e6
 MIN_NOISE = 1e-12
 """Smallest noise sigma, in units of the image (normalised to peak ~1): below it, chi2 of a
 residual of order 1 overflows float32 (1/sigma^2 per pixel, summed over the image)."""
-UNBOUNDED = ("chi2_nu", "chi2_nu_baseline")
-"""Fields that are figures, not maps: finite and non-negative, but not bounded by MAX_ABS (a
-poor fit to a bright lens has chi2_nu far above 1e6)."""
+UNBOUNDED = ("chi2_nu", "chi2_nu_baseline", "flux_scale")
+"""Fields that are figures, not maps: finite and non-negative (a flux scale positive), but not
+bounded by MAX_ABS (a poor fit to a bright lens has chi2_nu far above 1e6; an image in counts can
+peak far above it)."""
 
 
 def _check_storage(f, path: Path, name: str) -> None:
@@ -258,8 +260,8 @@ def check_values(path: Path | str, name: str, arr: np.ndarray, *, image_pixels: 
     if not np.isfinite(arr).all():
         raise DatasetError(f"{path}: dataset {name!r} contains NaN or infinite values")
     if name in UNBOUNDED:
-        if (arr < 0).any():
-            raise DatasetError(f"{path}: dataset {name!r} has negative values")
+        if (arr < 0).any() or (name == "flux_scale" and (arr == 0).any()):
+            raise DatasetError(f"{path}: dataset {name!r} has {'negative' if (arr < 0).any() else 'zero'} values")
         return
     if np.abs(arr).max() > MAX_ABS:
         raise DatasetError(

@@ -37,16 +37,17 @@ __all__ = ["Observation"]
 class Observation:
     """``observation (B, 1, N, N)`` across ``image_fov`` arcsec, ``psf (B, 1, k, k)`` on the same
     pixel scale, ``noise`` a sigma per lens ``(B,)`` or a noise map ``(B, 1, N, N)`` (+inf where a
-    pixel has no data; the observation is 0 there), all divided by ``flux_scale``. ``source_fov``
-    is the source plane's field when the data fix it (datasets); ``truth`` holds ``source`` and
-    ``kappa`` when known."""
+    pixel has no data; the observation is 0 there), all divided by ``flux_scale`` (one number, or
+    one per lens ``(B,)`` for lenses stacked from several files, whose origins are then
+    ``origin["lenses"]``). ``source_fov`` is the source plane's field when the data fix it
+    (datasets); ``truth`` holds ``source`` and ``kappa`` when known."""
 
     observation: torch.Tensor
     psf: torch.Tensor
     noise: torch.Tensor
     image_fov: float
     source_fov: float | None = None
-    flux_scale: float = 1.0
+    flux_scale: float | torch.Tensor = 1.0
     truth: dict[str, torch.Tensor] = field(default_factory=dict)
     origin: dict[str, Any] = field(default_factory=dict)
     _fits: tuple | None = field(default=None, repr=False)
@@ -71,12 +72,73 @@ class Observation:
         kept = range(len(self))[rows]
         if self._fits is not None and len(kept) != len(self):
             raise ValueError("put a FITS observation on a grid (on_grid) before selecting its lenses")
+        origin = self.origin
+        if "lenses" in origin:
+            origin = {**origin, "lenses": origin["lenses"][rows]}
         return replace(
             self,
             observation=self.observation[rows],
             psf=self.psf[rows],
             noise=self.noise[rows],
+            flux_scale=self.flux_scale[rows] if isinstance(self.flux_scale, torch.Tensor) else self.flux_scale,
             truth={k: v[rows] for k, v in self.truth.items()},
+            origin=origin,
+        )
+
+    def lens_scale(self, index: int) -> float:
+        """The flux scale lens ``index`` was divided by."""
+        scale = self.flux_scale
+        return float(scale[index]) if isinstance(scale, torch.Tensor) else float(scale)
+
+    def lens_origin(self, index: int) -> dict[str, Any]:
+        """Where lens ``index`` came from: its own entry of ``origin["lenses"]`` for stacked
+        lenses, else ``origin``."""
+        return self.origin["lenses"][index] if "lenses" in self.origin else self.origin
+
+    @classmethod
+    def stack(cls, observations: list[Observation], *, origin: dict[str, Any] | None = None) -> Observation:
+        """The lenses of ``observations`` (each already on one grid, with one source field) as one
+        batch: PSFs zero-padded to the widest (the same convolution), sigmas made maps when any
+        lens has a map, a flux scale per lens, each lens's origin in ``origin["lenses"]``."""
+        if not observations:
+            raise ValueError("no observations to stack")
+        first = observations[0]
+        for o in observations:
+            if o._fits is not None:
+                raise ValueError("put FITS observations on a grid (on_grid) before stacking them")
+            if o.pixels != first.pixels or not same_fov(o.image_fov, first.image_fov):
+                raise DatasetError(
+                    f"observations on different grids: {first.pixels} pixels across {first.image_fov:g} arcsec, "
+                    f"{o.pixels} across {o.image_fov:g}"
+                )
+            if (o.source_fov is None) != (first.source_fov is None) or (
+                o.source_fov is not None and not same_fov(o.source_fov, first.source_fov)
+            ):
+                raise DatasetError(f"observations with different source fields: {first.source_fov}, {o.source_fov}")
+            if set(o.truth) != set(first.truth):
+                raise ValueError("observations with different truths: stack those that all have it, or none")
+        k = max(o.psf.shape[-1] for o in observations)
+        psfs = [torch.nn.functional.pad(o.psf, [(k - o.psf.shape[-1]) // 2] * 4) for o in observations]
+        n = first.pixels
+        if all(o.noise.dim() == 1 for o in observations):
+            noise = torch.cat([o.noise for o in observations])
+        else:
+            as_map = [
+                o.noise.reshape(-1, 1, 1, 1).expand(-1, 1, n, n) if o.noise.dim() == 1 else o.noise
+                for o in observations
+            ]
+            noise = torch.cat(as_map)
+        scales = [torch.tensor([o.lens_scale(i) for i in range(len(o))], dtype=torch.float64) for o in observations]
+        lenses = [o.lens_origin(i) for o in observations for i in range(len(o))]
+        return cls(
+            observation=torch.cat([o.observation for o in observations]),
+            psf=torch.cat(psfs),
+            noise=noise,
+            image_fov=first.image_fov,
+            source_fov=first.source_fov,
+            flux_scale=torch.cat(scales),
+            truth={key: torch.cat([o.truth[key] for o in observations]) for key in first.truth},
+            origin={**(origin or {}), "lenses": lenses},
         )
 
     @classmethod
@@ -225,9 +287,11 @@ class Observation:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The dataset fields of these lenses (``noise_map`` beside ``noise_sigma`` when the
-        noise is a map), as numpy arrays."""
+        noise is a map, ``flux_scale`` when there is one per lens), as numpy arrays."""
         out = {"observation": self.observation, "psf": self.psf, "noise_sigma": self.noise_sigma()}
         if self.noise.dim() == 4:
             out["noise_map"] = self.noise
+        if isinstance(self.flux_scale, torch.Tensor):
+            out["flux_scale"] = self.flux_scale
         out.update(self.truth)
         return {k: v.detach().cpu().numpy() for k, v in out.items()}
