@@ -245,6 +245,41 @@ def test_finetune_a_fits_observation(models, tmp_path):
     assert not (tmp_path / "x.h5").exists()
 
 
+def test_a_catalogue_of_fits_lenses_is_fine_tuned_in_one_batch(models, tmp_path):
+    d = lenssim.read_lens_dataset(models / "lenses.h5")
+    hdr = fits.Header({"PIXSCALE": OBS.image_fov / 32, "BUNIT": "ELECTRONS/S"})
+    for i in range(2):  # lens i on the RIM's grid, in counts, with 4 pixels of margin
+        img = np.pad(d["observation"][i, 0].numpy(), 4, mode="edge") * 100.0 * (i + 1)
+        fits.PrimaryHDU(img, header=hdr).writeto(tmp_path / f"lens{i}.fits")
+    catalogue = tmp_path / "lenses.csv"
+    catalogue.write_text("name,fits,psf_fwhm\nleft,lens0.fits,0.2\nright,lens1.fits,0.3\n")
+    out = tmp_path / "cat.h5"
+    said = run(*finetune_args(models, catalogue, out, "--noise-sigma", 1.0, "--batch-size", 2))
+    assert "wrote 2 FITS copies" in said.stdout
+    r = lenssim.read_dataset(out, ["observation", "flux_scale", "chi2_nu", "chi2_nu_baseline"])
+    torch.testing.assert_close(r["flux_scale"], 100.0 * torch.tensor([1.0, 2.0]) * d["observation"][:2].amax((1, 2, 3)))
+    for i, name in enumerate(("left", "right")):
+        with fits.open(tmp_path / f"cat.{name}.fits") as h:
+            np.testing.assert_allclose(h["OBSERVATION"].data, d["observation"][i, 0].numpy() * 100 * (i + 1), rtol=1e-5)
+            assert h[0].header["PSFFWHM"] == [0.2, 0.3][i] and h[0].header["NOISESIG"] == 1.0
+            assert h[0].header["CHI2NU"] == pytest.approx(float(r["chi2_nu"][i]))
+    # the RIM alone on each file gives the fine-tuning's baselines
+    for i, name in enumerate(("left", "right")):
+        one = tmp_path / f"{name}.h5"
+        args = ("--data", tmp_path / f"lens{i}.fits", "-o", one, "--psf-fwhm", [0.2, 0.3][i], "--noise-sigma", 1)
+        run("reconstruct", "--rim", models / "rim", *args)
+        b = lenssim.read_dataset(one, ["chi2_nu"])["chi2_nu"]
+        torch.testing.assert_close(b[0], r["chi2_nu_baseline"][i], rtol=1e-3, atol=0)
+    # a rerun with a row changed is refused, naming the lens and the setting
+    catalogue.write_text("name,fits,psf_fwhm\nleft,lens0.fits,0.2\nright,lens1.fits,0.25\n")
+    again = run(*finetune_args(models, catalogue, out, "--noise-sigma", 1.0, "--batch-size", 2), check=False)
+    assert again.returncode == 1 and "fits.lenses[1].psf_fwhm 0.3 there, 0.25 here" in again.stderr
+    catalogue.write_text("name,fits,psf_fwhm\nleft,lens0.fits,0.2\nright,lens9.fits,0.3\n")
+    bad = run(*finetune_args(models, catalogue, tmp_path / "x.h5", "--noise-sigma", 1.0), check=False)
+    assert bad.returncode == 1 and "lenses.csv row 3: " in bad.stderr and "lens9.fits: no such file" in bad.stderr
+    assert not (tmp_path / "x.h5").exists() and not list(tmp_path.glob("x.*.fits"))
+
+
 def test_finetune_and_evaluate_errors(models, tmp_path):
     bad = run(*finetune_args(models, tmp_path / "nope.h5", tmp_path / "x.h5"), check=False)
     assert bad.returncode == 2 and "no such file" in bad.stderr

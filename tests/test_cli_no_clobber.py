@@ -20,6 +20,8 @@ def inputs(tmp_path):
         (tmp_path / run_dir).mkdir()
         (tmp_path / run_dir / "checkpoint.pt").write_bytes(b"weights")
     os.symlink(tmp_path / "x.h5", tmp_path / "link.h5")
+    (tmp_path / "x.b.fits").write_bytes(b"precious x.b.fits")
+    (tmp_path / "cat.csv").write_text("name,fits\nb,x.b.fits\n")  # a catalogue's lens named b
     return tmp_path
 
 
@@ -39,6 +41,8 @@ FINETUNE = ["finetune", "--rim", "{d}/rim", "--source-vae", "{d}/svae", "--kappa
         (FINETUNE + ["--data", "{d}/x.h5", "-o", "{d}/link.h5"], "--output"),
         (FINETUNE + ["--data", "{d}/x.h5", "-o", "{d}/rim/recon.h5"], "--output"),
         (["reconstruct", "--rim", "{d}/rim", "--data", "{d}/x.h5", "-o", "{d}/x.h5"], "--output"),
+        # a catalogue's lens b reconstructed into x.h5: its FITS copy x.b.fits is the lens's own file
+        (["reconstruct", "--rim", "{d}/rim", "--data", "{d}/cat.csv", "-o", "{d}/x.h5"], "the FITS copy of b"),
         (["sample", "--vae", "{d}/vae", "-n", "2", "-o", "{d}/vae/checkpoint.pt"], "--output"),
         (
             ["simulate", "lenses", "--kappa", "{d}/k.h5", "--sources", "{d}/s.h5", "-n", "2", "-o", "{d}/k.h5"],

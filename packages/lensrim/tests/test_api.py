@@ -313,3 +313,50 @@ def test_masked_pixels_change_nothing_and_are_blank_in_the_fits_copy(runs, tmp_p
     rec.to_hdf5(tmp_path / "r.h5")  # the masked noise map survives the file's checks
     again = lensrim.Reconstruction.from_hdf5(tmp_path / "r.h5")
     assert torch.equal(again.observation.noise, rec.observation.noise)
+
+
+def test_a_catalogue_reconstructs_each_lens_as_its_file_alone(runs, tmp_path):
+    """Two FITS lenses listed in a CSV catalogue, each with its own options: the batch's
+    observations, estimates and FITS copies are those of each file reconstructed alone."""
+    with fits.open(runs / "lens.fits") as h:
+        image, hdr = h[0].data, h[0].header.copy()
+    hdr["TELESCOP"] = "HST"
+    fits.PrimaryHDU(image[::-1] * 3.0, header=hdr).writeto(tmp_path / "flipped.fits")  # another lens, 3x brighter
+    (tmp_path / "lenses.csv").write_text(
+        f"name,fits,psf_fwhm,exposure_time\nfirst,{runs / 'lens.fits'},0.08,\nsecond,flipped.fits,0.12,500\n"
+    )
+    rim = lensrim.load(runs / "rim")
+    both, attrs = lensrim.api.load_observations(tmp_path / "lenses.csv", rim, noise_sigma=0.5)
+    alone = [
+        lensrim.api.load_observations(runs / "lens.fits", rim, psf_fwhm=0.08, noise_sigma=0.5),
+        lensrim.api.load_observations(
+            tmp_path / "flipped.fits", rim, psf_fwhm=0.12, noise_sigma=0.5, exposure_time=500
+        ),
+    ]
+    for i, (obs, one) in enumerate(alone):
+        torch.testing.assert_close(both.observation[i], obs.observation[0], rtol=0, atol=0)
+        noise = obs.noise[0] if obs.noise.dim() == 4 else obs.noise.reshape(1, 1, 1).expand(1, 32, 32)
+        torch.testing.assert_close(both.noise[i], noise, rtol=0, atol=0)
+        assert both.lens_scale(i) == obs.flux_scale and attrs["fits"]["lenses"][i] == {
+            "name": ["first", "second"][i],
+            **one["fits"],
+        }
+    assert both.lens_scale(1) == pytest.approx(3 * both.lens_scale(0))
+    assert attrs["fits"]["catalogue"] == str(tmp_path / "lenses.csv")
+    rec = lensrim.reconstruct(rim, both)
+    rec.to_hdf5(tmp_path / "r.h5")
+    back = lensrim.Reconstruction.from_hdf5(tmp_path / "r.h5")
+    for i, (obs, _) in enumerate(alone):
+        single = lensrim.reconstruct(rim, obs)
+        # the same up to float32 summation order (a batch of 2 against 1)
+        torch.testing.assert_close(rec.kappa[i], single.kappa[0], rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(back.source[i], single.source[0], rtol=1e-3, atol=1e-5)
+        single.to_fits(tmp_path / f"alone{i}.fits")
+        back.to_fits(tmp_path / f"batch{i}.fits", index=i)
+        with fits.open(tmp_path / f"alone{i}.fits") as s, fits.open(tmp_path / f"batch{i}.fits") as b:
+            assert b[0].header.get("TELESCOP") == s[0].header.get("TELESCOP") == [None, "HST"][i]
+            assert b[0].header["PSFFWHM"] == [0.08, 0.12][i] and b[0].header.get("POISSEXP") == [None, 500.0][i]
+            for name in ("OBSERVATION", "MODEL", "NOISE", "SOURCE"):  # in the input's units: its own scale undone
+                np.testing.assert_allclose(
+                    b[name].data, s[name].data, rtol=1e-3, atol=1e-4 * np.abs(s[name].data).max()
+                )

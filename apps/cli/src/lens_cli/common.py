@@ -265,43 +265,68 @@ def fits_options(f: Callable) -> Callable:
 
 
 def observations_option(f: Callable) -> Callable:
-    """``--data``: the observations a reconstruction reads (a lens dataset or one FITS cutout)."""
+    """``--data``: the observations a reconstruction reads (a lens dataset, one FITS cutout or a
+    catalogue of them)."""
     return click.option(
         "--data",
         required=True,
         type=click.Path(path_type=Path),
-        help="Lens dataset (HDF5), or a FITS cutout with its sky and lens light subtracted.",
+        help="Lens dataset (HDF5); a FITS cutout with its sky and lens light subtracted; or a CSV catalogue of them.",
     )(f)
 
 
 def observation_files(data: Path, output: Path, fits_input: dict[str, Any]) -> tuple[dict[str, Path], dict[str, Path]]:
-    """A reconstruction's outputs (``--output``, and its FITS copy for a FITS ``--data``) and the
-    observation's input files (``--data``, and ``--psf`` and ``--mask`` when given in
-    ``fits_input``), keyed by option, for :func:`refuse_overwriting_inputs`, the provenance and a
-    resume's input check."""
+    """A reconstruction's outputs (``--output``, and the FITS copy of each lens for a FITS
+    ``--data`` or a catalogue) and the observation's input files (``--data``, ``--psf`` and
+    ``--mask`` when given in ``fits_input``, and the files a catalogue's rows name), keyed by
+    option, for :func:`refuse_overwriting_inputs`, the provenance and a resume's input check."""
     import lensrim
+    import lenssim
 
     outputs = {"--output": output}
     if lensrim.api.is_fits(data):
         outputs["--output (its FITS copy)"] = output.with_suffix(".fits")
     files = {"--psf": fits_input.get("psf_file"), "--mask": fits_input.get("mask_file")}
-    return outputs, {"--data": data, **{k: v for k, v in files.items() if v is not None}}
+    inputs = {"--data": data, **{k: v for k, v in files.items() if v is not None}}
+    if lensrim.api.is_catalogue(data):
+        for lens in lenssim.io.read_lens_catalogue(data):
+            outputs[f"--output (the FITS copy of {lens['name']})"] = lens_copy(output, lens["name"])
+            for key in ("fits", "psf_file", "mask_file"):
+                if key in lens:
+                    inputs[f"--data row {lens['row']} ({key.removesuffix('_file')})"] = lens[key]
+    return outputs, inputs
 
 
-def fits_copy(output: Path) -> Path:
-    """Write the reconstruction ``output`` of a FITS observation again as FITS beside it."""
+def lens_copy(output: Path, name: str) -> Path:
+    """The FITS copy of a catalogue's lens ``name`` reconstructed into ``output``."""
+    return output.with_name(f"{output.stem}.{name}.fits")
+
+
+def fits_copy(output: Path) -> list[Path]:
+    """Write the reconstruction ``output`` of a FITS observation (or of a catalogue of them: one
+    file per lens) again as FITS beside it."""
     import lensrim
 
     rec = lensrim.Reconstruction.from_hdf5(output)
-    path = rec.to_fits(output.with_suffix(".fits"))
-    click.echo(f"wrote {path} (observation, model, residual, noise, chi, source, kappa; the input's units)")
-    masked = int((~rec.observation.noise[0].isfinite()).sum())
-    if masked:
-        n = rec.observation.pixels
-        click.echo(
-            f"{masked} of the {n}x{n} model pixels had no data (NaN or masked in the input): left out of the fit"
-        )
-    return path
+    obs, n = rec.observation, rec.observation.pixels
+    lenses = obs.origin.get("lenses")
+    maps = "(observation, model, residual, noise, chi, source, kappa; the input's units)"
+    paths = []
+    for i in range(len(obs)):
+        name = None if lenses is None else lenses[i]["name"]
+        paths.append(rec.to_fits(output.with_suffix(".fits") if name is None else lens_copy(output, name), index=i))
+        masked = int((~obs.noise[i].isfinite()).sum()) if obs.noise.dim() == 4 else 0
+        if masked:
+            which = "" if name is None else f"{name}: "
+            click.echo(
+                f"{which}{masked} of the {n}x{n} model pixels had no data (NaN or masked in the input): "
+                "left out of the fit"
+            )
+    if lenses is None:
+        click.echo(f"wrote {paths[0]} {maps}")
+    else:
+        click.echo(f"wrote {len(paths)} FITS copies, {lens_copy(output, '<name>')} {maps}")
+    return paths
 
 
 def seed_option(f: Callable) -> Callable:

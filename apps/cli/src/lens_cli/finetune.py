@@ -100,9 +100,10 @@ def finetune(
     """Fine-tune the RIM on each observation with an EWC prior (paper section 2.5, Table 3).
 
     Writes the baseline and fine-tuned source and kappa, chi2_nu before and after, and the steps
-    taken, for every lens of --data (a lens dataset or one FITS observation; for FITS also a
-    FITS file beside the output). Lenses are fine-tuned --batch-size at a time, each with its
-    own weights; a run that is stopped resumes from its last finished batch.
+    taken, for every lens of --data (a lens dataset, one FITS observation or a CSV catalogue of
+    them; for FITS also a FITS file per lens beside the output). Lenses are fine-tuned
+    --batch-size at a time, each with its own weights; a run that is stopped resumes from its last
+    finished batch.
     """
     import lensprior
     import lensrim
@@ -140,7 +141,7 @@ def finetune(
         f"wrote {output}: {n} lenses, chi2_nu median {np.median(rec['chi2_nu_baseline'].numpy()):.3g} (baseline) -> "
         f"{np.median(rec['chi2_nu'].numpy()):.3g} (fine-tuned), median steps {int(rec['finetune_steps'].median())}"
     )
-    if lensrim.api.is_fits(data):
+    if lensrim.api.is_fits(data) or lensrim.api.is_catalogue(data):
         fits_copy(output)
 
 

@@ -244,15 +244,16 @@ def _show(bar, estimate: CostEstimate, done: int, terms: dict) -> None:
 @leaves_nothing_on_failure()
 def reconstruct(run_dir, data, output, batch_size, image_fov, seed, device, **fits_input) -> None:
     """Baseline RIM predictions (no fine-tuning) for every lens of --data: a lens dataset, read a
-    block at a time, or one FITS observation (resampled onto the RIM's grid; a FITS copy of the
-    reconstruction is written beside the output, as `lens finetune` writes one)."""
+    block at a time, one FITS observation or a CSV catalogue of them (resampled onto the RIM's grid;
+    a FITS copy of each lens's reconstruction is written beside the output, as `lens finetune`
+    writes them)."""
     import numpy as np
 
     import lensrim
     import lenssim
     from lenscore.runs import check_memory
 
-    fits = lensrim.api.is_fits(data)  # a missing file: refused by the reader, in one line
+    fits = lensrim.api.is_fits(data) or lensrim.api.is_catalogue(data)  # a missing file: refused by the reader
     outputs, observed = observation_files(data, output, fits_input)
     refuse_overwriting_inputs(outputs, {**observed, "--rim": run_dir})
     model = lensrim.load(run_dir, device=resolve_device(device))

@@ -61,8 +61,41 @@ RECONSTRUCTION_OPTIONAL = (
     "kappa_baseline",
     "chi2_nu_baseline",
     "finetune_steps",
+    "flux_scale",
 )
-"""The fields it holds when known: a noise map, the truth, the baseline before fine-tuning."""
+"""The fields it holds when known: a noise map, the truth, the baseline before fine-tuning, a flux
+scale per lens (lenses from a catalogue of FITS files)."""
+
+
+KEPT = ("wcs", "cards", *NOISE_MODEL)
+"""What a reconstruction keeps of a FITS observation's origin for its FITS copy."""
+
+
+def _fits_origin(fits: object, path: Path) -> dict[str, Any]:
+    """The :data:`KEPT` part of a reconstruction file's FITS origin (of one lens), checked: it is
+    written into FITS headers later."""
+    if not isinstance(fits, dict):
+        raise lenssim.DatasetError(f"{path}: a lens's FITS origin is not a dict")
+    origin: dict[str, Any] = {}
+    try:
+        if "wcs" in fits:
+            origin["wcs"] = lenssim.io.check_sky_wcs(fits["wcs"], str(path))
+        if "cards" in fits:
+            origin["cards"] = lenssim.io.check_observation_cards(fits["cards"], str(path))
+    except lenssim.FitsError as e:
+        raise lenssim.DatasetError(str(e)) from None
+    for key in NOISE_MODEL:
+        v = fits.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (np.isfinite(v) and v > 0):
+            raise lenssim.DatasetError(f"{path}: the observation's {key} is {str(v)[:20]!r}, not a positive number")
+        origin[key] = float(v)
+    if "name" in fits:  # a catalogue's lens: its FITS copy is named after it
+        if not isinstance(fits["name"], str) or not lenssim.io.catalogue.NAME.fullmatch(fits["name"]):
+            raise lenssim.DatasetError(f"{path}: a lens's name {str(fits['name'])[:70]!r} is not a file-name part")
+        origin["name"] = fits["name"]
+    return origin
 
 
 def read_reconstruction(path: str | os.PathLike) -> Reconstruction:
@@ -154,29 +187,22 @@ class Reconstruction:
         except json.JSONDecodeError:
             raise lenssim.DatasetError(f"{path}: the attribute 'fits' is not JSON") from None
         fits = fits if isinstance(fits, dict) else {}
-        flux = attrs.get("flux_scale", fits.get("flux_scale"))
-        origin: dict[str, Any] = {"reconstruction": str(path)}
-        try:  # written into FITS headers later: checked card by card
-            if "wcs" in fits:
-                origin["wcs"] = lenssim.io.check_sky_wcs(fits["wcs"], str(path))
-            if "cards" in fits:
-                origin["cards"] = lenssim.io.check_observation_cards(fits["cards"], str(path))
-        except lenssim.FitsError as e:
-            raise lenssim.DatasetError(str(e)) from None
-        for key in NOISE_MODEL:
-            v = fits.get(key)
-            if v is None:
-                continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (np.isfinite(v) and v > 0):
-                raise lenssim.DatasetError(f"{path}: the observation's {key} is {str(v)[:20]!r}, not a positive number")
-            origin[key] = float(v)
+        if "flux_scale" in d:  # one per lens: a catalogue's lenses, each with its own origin
+            flux = d["flux_scale"].double()
+            lenses = fits.get("lenses")
+            if not isinstance(lenses, list) or len(lenses) != len(flux):
+                raise lenssim.DatasetError(f"{path}: the attribute 'fits' does not hold one origin per lens")
+            origin = {"reconstruction": str(path), "lenses": [_fits_origin(o, path) for o in lenses]}
+        else:
+            flux = float(attrs.get("flux_scale", fits.get("flux_scale")) or 1.0)
+            origin = {"reconstruction": str(path), **_fits_origin(fits, path)}
         obs = lenssim.Observation(
             observation=d["observation"],
             psf=d["psf"],
             noise=d.get("noise_map", d["noise_sigma"]),
             image_fov=float(attrs["image_fov"]),
             source_fov=float(attrs["source_fov"]),
-            flux_scale=float(flux or 1.0),
+            flux_scale=flux,
             truth={k: d[k] for k in ("source", "kappa") if k in d},
             origin=origin,
         )
@@ -226,9 +252,11 @@ class Reconstruction:
             "flux_scale": self.observation.flux_scale,
             "config": self.meta,
         }
-        kept = {k: self.observation.origin[k] for k in ("wcs", "cards", *NOISE_MODEL) if k in self.observation.origin}
-        if kept:
-            attrs["fits"] = kept
+        origin = self.observation.origin
+        if "lenses" in origin:
+            attrs["fits"] = {"lenses": [{k: o[k] for k in (*KEPT, "name") if k in o} for o in origin["lenses"]]}
+        elif any(k in origin for k in KEPT):
+            attrs["fits"] = {k: origin[k] for k in KEPT if k in origin}
         return lenssim.write_dataset(path, self.arrays(), attrs)
 
     def to_fits(self, path: str | os.PathLike, *, index: int = 0) -> Path:
@@ -241,7 +269,8 @@ class Reconstruction:
         The maps on the image's grid carry the observation's sky WCS when it came from a FITS
         file that had one (resampled with it onto the RIM's grid), the maps in its units its
         ``BUNIT``, and the primary header its telescope, instrument, filter, target and date."""
-        o, i, scale = self.observation, index, float(self.observation.flux_scale)
+        o, i, scale = self.observation, index, self.observation.lens_scale(index)
+        origin = o.lens_origin(index)
         model = self.model_image()
         residual = o.observation[i, 0] - model[i, 0]
         noise = o.noise[i, 0] if o.noise.dim() == 4 else o.noise.reshape(-1)[i].expand_as(residual)
@@ -267,14 +296,14 @@ class Reconstruction:
         if self.chi2_nu_baseline is not None:
             maps.update(source_baseline=self.source_baseline[i, 0] * scale, kappa_baseline=self.kappa_baseline[i, 0])
             header["chi2nu0"] = float(self.chi2_nu_baseline[i])
-        header.update({card: o.origin[k] for k, card in NOISE_MODEL.items() if k in o.origin})
-        cards = o.origin.get("cards", {})
+        header.update({card: origin[k] for k, card in NOISE_MODEL.items() if k in origin})
+        cards = origin.get("cards", {})
         header.update({k: v for k, v in cards.items() if k != "BUNIT"})
         return lenssim.write_fits_reconstruction(
             path,
             {k: v.detach().cpu().numpy() for k, v in maps.items()},
             header,
-            wcs=o.origin.get("wcs"),
+            wcs=origin.get("wcs"),
             on_sky=("observation", "model", "residual", "noise", "chi", "kappa", "kappa_baseline"),
             bunit=cards.get("BUNIT"),
             in_units=("observation", "model", "residual", "noise", "source", "source_baseline"),
@@ -360,6 +389,11 @@ def is_fits(path: str | os.PathLike) -> bool:
     return Path(path).name.lower().endswith(FITS_SUFFIXES)
 
 
+def is_catalogue(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a catalogue of FITS observations (:mod:`lenssim.io.catalogue`)."""
+    return lenssim.io.is_catalogue(path)
+
+
 def other_resolution(where: str, n: int, pixels: int) -> str:
     """The message for data at another resolution than the model, with the two ways around it."""
     return (
@@ -412,15 +446,36 @@ def load_observations(
 ) -> tuple[lenssim.Observation | Path, dict[str, Any]]:
     """The observations in ``path`` on ``rim``'s grid, and the attributes their reconstruction
     keeps: one FITS observation (``fits_options``: :meth:`lenssim.Observation.from_fits`'s,
-    resampled onto the grid) or a lens dataset (truth kept; :func:`check_dataset`). With
-    ``stream``, a dataset is checked but not read: its path comes back, for
-    :func:`reconstruct_to_file` to read a block at a time."""
+    resampled onto the grid), a catalogue of them (:mod:`lenssim.io.catalogue`: each row's options
+    over ``fits_options``, the lenses stacked) or a lens dataset (truth kept;
+    :func:`check_dataset`). With ``stream``, a dataset is checked but not read: its path comes
+    back, for :func:`reconstruct_to_file` to read a block at a time."""
     c = rim.config
     if image_fov is not None and not lenssim.geometry.same_fov(image_fov, c.image_fov):
         raise SettingError(
             f"{image_fov:g} differs from the field the RIM was trained at, {c.image_fov:g} arcsec", param="image_fov"
         )
     options = {k: v for k, v in fits_options.items() if v is not None}
+    geometry = {
+        "image_fov": c.image_fov,
+        "source_fov": c.source_fov,
+        "z_lens": lenssim.Z_LENS,
+        "z_source": lenssim.Z_SOURCE,
+    }
+    if is_catalogue(path):
+        observations, lenses = [], []
+        for lens in lenssim.io.read_lens_catalogue(path):
+            given = {k: v for k, v in lens.items() if k not in ("row", "name", "fits")}
+            try:
+                obs = lenssim.Observation.from_fits(lens["fits"], **{**options, **given})
+                obs = obs.on_grid(c.pixels, c.image_fov)
+            except (lenssim.FitsError, lenssim.DatasetError) as e:
+                raise type(e)(f"{path} row {lens['row']}: {e}") from None
+            obs.origin["name"] = lens["name"]
+            observations.append(obs)
+            lenses.append({"name": lens["name"], **_fits_attrs(lens["fits"], obs)})
+        stacked = lenssim.Observation.stack(observations, origin={"catalogue": str(path)})
+        return stacked, {**geometry, "fits": {"catalogue": str(path), "lenses": lenses}}
     if not is_fits(path):
         if options:
             given = " and ".join(options) + (" applies" if len(options) == 1 else " apply")
@@ -428,24 +483,25 @@ def load_observations(
         attrs = check_dataset(path, rim)
         return (Path(path) if stream else lenssim.Observation.from_dataset(path)), attrs
     obs = lenssim.Observation.from_fits(path, **options).on_grid(c.pixels, c.image_fov)
+    return obs, {**geometry, "fits": _fits_attrs(path, obs)}
+
+
+def _fits_attrs(path: str | os.PathLike, obs: lenssim.Observation) -> dict[str, Any]:
+    """What a reconstruction keeps of one FITS observation ``obs`` (on the RIM's grid): where it
+    came from, its flux and pixel scale, centre and noise model (a rerun must agree), its sky WCS on
+    the grid and its header's cards (for the FITS output)."""
     origin = obs.origin
-    fits = {"path": str(path), "flux_scale": obs.flux_scale, "pixel_scale": origin["pixel_scale"]}
+    fits = {"path": str(path), "flux_scale": obs.lens_scale(0), "pixel_scale": origin["pixel_scale"]}
     if "center" in origin:
         fits["center"] = origin["center"]
-    for key in NOISE_MODEL:  # given, not in the file: a rerun must agree, and the outputs say them
+    for key in NOISE_MODEL:
         if key in origin:
             fits[key] = origin[key]
-    attrs = {
-        "image_fov": c.image_fov,
-        "source_fov": c.source_fov,
-        "z_lens": lenssim.Z_LENS,
-        "z_source": lenssim.Z_SOURCE,
-        "fits": {**fits, "resampled": origin["resampled"]},
-    }
-    for key in ("wcs", "cards"):  # the sky coordinates of the RIM's grid, the unit...: for the FITS output
+    fits["resampled"] = origin["resampled"]
+    for key in ("wcs", "cards"):
         if key in origin:
-            attrs["fits"][key] = origin[key]
-    return obs, attrs
+            fits[key] = origin[key]
+    return fits
 
 
 def output_attrs(attrs: dict[str, Any], provenance: dict[str, Any]) -> dict[str, Any]:
