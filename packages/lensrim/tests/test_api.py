@@ -346,6 +346,8 @@ def test_a_catalogue_reconstructs_each_lens_as_its_file_alone(runs, tmp_path):
     rec = lensrim.reconstruct(rim, both)
     rec.to_hdf5(tmp_path / "r.h5")
     back = lensrim.Reconstruction.from_hdf5(tmp_path / "r.h5")
+    torch.testing.assert_close(back.observation.flux_scale, both.flux_scale, rtol=1e-7, atol=0)  # a field, float32
+    assert "flux_scale" not in lenssim.io.dataset_info(tmp_path / "r.h5")["attrs"]
     for i, (obs, _) in enumerate(alone):
         single = lensrim.reconstruct(rim, obs)
         # the same up to float32 summation order (a batch of 2 against 1)

@@ -249,9 +249,10 @@ class Reconstruction:
             "source_fov": self.source_fov,
             "z_lens": lenssim.ObservationConfig.z_lens,
             "z_source": lenssim.ObservationConfig.z_source,
-            "flux_scale": self.observation.flux_scale,
             "config": self.meta,
         }
+        if not isinstance(self.observation.flux_scale, torch.Tensor):  # else one per lens, a field
+            attrs["flux_scale"] = self.observation.flux_scale
         origin = self.observation.origin
         if "lenses" in origin:
             attrs["fits"] = {"lenses": [{k: o[k] for k in (*KEPT, "name") if k in o} for o in origin["lenses"]]}
