@@ -288,7 +288,7 @@ def observation_files(data: Path, output: Path, fits_input: dict[str, Any]) -> t
         outputs["--output (its FITS copy)"] = output.with_suffix(".fits")
     files = {"--psf": fits_input.get("psf_file"), "--mask": fits_input.get("mask_file")}
     inputs = {"--data": data, **{k: v for k, v in files.items() if v is not None}}
-    if lensrim.api.is_catalogue(data):
+    if lenssim.io.is_catalogue(data):
         for lens in lenssim.io.read_lens_catalogue(data):
             outputs[f"--output (the FITS copy of {lens['name']})"] = lens_copy(output, lens["name"])
             for key in ("fits", "psf_file", "mask_file"):

@@ -141,7 +141,7 @@ def finetune(
         f"wrote {output}: {n} lenses, chi2_nu median {np.median(rec['chi2_nu_baseline'].numpy()):.3g} (baseline) -> "
         f"{np.median(rec['chi2_nu'].numpy()):.3g} (fine-tuned), median steps {int(rec['finetune_steps'].median())}"
     )
-    if lensrim.api.is_fits(data) or lensrim.api.is_catalogue(data):
+    if lensrim.api.is_fits(data) or lenssim.io.is_catalogue(data):
         fits_copy(output)
 
 

@@ -253,7 +253,7 @@ def reconstruct(run_dir, data, output, batch_size, image_fov, seed, device, **fi
     import lenssim
     from lenscore.runs import check_memory
 
-    fits = lensrim.api.is_fits(data) or lensrim.api.is_catalogue(data)  # a missing file: refused by the reader
+    fits = lensrim.api.is_fits(data) or lenssim.io.is_catalogue(data)  # a missing file: refused by the reader
     outputs, observed = observation_files(data, output, fits_input)
     refuse_overwriting_inputs(outputs, {**observed, "--rim": run_dir})
     model = lensrim.load(run_dir, device=resolve_device(device))

@@ -390,11 +390,6 @@ def is_fits(path: str | os.PathLike) -> bool:
     return Path(path).name.lower().endswith(FITS_SUFFIXES)
 
 
-def is_catalogue(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a catalogue of FITS observations (:mod:`lenssim.io.catalogue`)."""
-    return lenssim.io.is_catalogue(path)
-
-
 def other_resolution(where: str, n: int, pixels: int) -> str:
     """The message for data at another resolution than the model, with the two ways around it."""
     return (
@@ -463,7 +458,7 @@ def load_observations(
         "z_lens": lenssim.Z_LENS,
         "z_source": lenssim.Z_SOURCE,
     }
-    if is_catalogue(path):
+    if lenssim.io.is_catalogue(path):
         observations, lenses = [], []
         for lens in lenssim.io.read_lens_catalogue(path):
             given = {k: v for k, v in lens.items() if k not in ("row", "name", "fits")}
