@@ -172,6 +172,23 @@ def test_finetune_a_fits_observation(models, tmp_path):
     counts = d["observation"][0, 0].double() * 250
     want = torch.sqrt(4 + counts.clamp(min=0) / 10) / 2 / (250 * peak)
     torch.testing.assert_close(p[0, 0].double(), want, rtol=1e-5, atol=0)
+    # --noise-sigma auto: measured from the sky on the RIM's grid, where the 2x2 copies average back
+    # to the simulated lens and its noise
+    auto = tmp_path / "auto.h5"
+    args = ("--data", tmp_path / "obs.fits", "-o", auto, "--psf-fwhm", 0.2)
+    said = run(*rim, *args, "--noise-sigma", "auto")
+    measured = lenssim.read_dataset(auto, ["noise_sigma"])["noise_sigma"][0]
+    assert float(measured) == pytest.approx(float(d["noise_sigma"][0]) / peak, rel=0.1)
+    assert "noise sigma measured from the sky: " in said.stdout
+    with fits.open(tmp_path / "auto.fits") as h:
+        assert h[0].header["NOISESIG"] == "auto" and h[0].header["SKYSIGMA"] == pytest.approx(
+            float(measured) * peak * 250 * 2,
+            rel=1e-5,  # per input pixel: 2x2 of them make a model pixel
+        )
+    again = run(*rim, *args, "--noise-sigma", 2, check=False)
+    assert again.returncode == 1 and "fits.noise_sigma 'auto' there, 2.0 here" in again.stderr
+    bad = run(*rim, *args, "--noise-sigma", "automatic", check=False)
+    assert bad.returncode == 2 and "'automatic' is neither a positive number nor 'auto'" in bad.stderr
     bad = run(*rim, "--data", models / "lenses.h5", "-o", tmp_path / "y.h5", "--exposure-time", 10, check=False)
     assert bad.returncode == 2 and "--exposure-time: exposure_time applies to FITS input only" in bad.stderr
     # the lens one model pixel (2 input pixels) right of the cutout's centre (40.5, 40.5): --center
@@ -293,6 +310,14 @@ def test_finetune_and_evaluate_errors(models, tmp_path):
     bad = run(*reconstruct, "--noise-sigma", 0.1, check=False)
     assert bad.returncode == 2 and "Invalid value for --noise-sigma" in bad.stderr and "FITS input only" in bad.stderr
     assert not (tmp_path / "x.h5").exists()
+    # a noise to be measured from a sky without scatter (a flat image): one line, nothing written
+    fits.PrimaryHDU(np.ones((32, 32)), header=fits.Header({"PIXSCALE": OBS.image_fov / 32})).writeto(
+        tmp_path / "flat.fits"
+    )
+    flat = ["reconstruct", "--rim", models / "rim", "--data", tmp_path / "flat.fits", "-o", tmp_path / "x.h5"]
+    bad = run(*flat, "--psf-fwhm", 0.2, "--noise-sigma", "auto", check=False)
+    assert bad.returncode == 1 and "flat.fits: the sky has no scatter to measure the noise from" in bad.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flat.fits"]
     swapped = [
         "finetune",
         "--rim",

@@ -263,6 +263,30 @@ def test_the_fits_output_says_the_inputs_unit_telescope_and_filter(runs, tmp_pat
         lensrim.Reconstruction.from_hdf5(tmp_path / "r.h5")
 
 
+def test_a_measured_noise_is_kept_with_the_reconstruction_and_written_in_its_fits_copy(runs, tmp_path):
+    with fits.open(runs / "lens.fits") as h:
+        image, hdr = h[0].data, h[0].header.copy()
+    noise = np.random.default_rng(0).normal(0.0, 2.0, image.shape)
+    fits.PrimaryHDU(image + noise, header=hdr).writeto(tmp_path / "in.fits")
+    rim = lensrim.load(runs / "rim")
+    obs, attrs = lensrim.api.load_observations(tmp_path / "in.fits", rim, psf_fwhm=0.08, noise_sigma="auto")
+    measured = attrs["fits"]["sky_sigma"]
+    assert attrs["fits"]["noise_sigma"] == "auto" and measured == pytest.approx(2.0, rel=0.15)  # 32^2 pixels
+    rec = lensrim.reconstruct(rim, obs)
+    rec.to_hdf5(tmp_path / "r.h5")
+    again = lensrim.Reconstruction.from_hdf5(tmp_path / "r.h5")
+    assert again.observation.origin["noise_sigma"] == "auto" and again.observation.origin["sky_sigma"] == measured
+    with fits.open(again.to_fits(tmp_path / "b.fits")) as h:
+        assert (h[0].header["NOISESIG"], h[0].header["SKYSIGMA"]) == ("auto", measured)
+    import h5py
+
+    for bad in ('{"noise_sigma": "Auto"}', '{"sky_sigma": "auto"}'):
+        with h5py.File(tmp_path / "r.h5", "a") as f:
+            f.attrs["fits"] = bad
+        with pytest.raises(lenssim.DatasetError, match="not a positive number"):
+            lensrim.Reconstruction.from_hdf5(tmp_path / "r.h5")
+
+
 def test_a_reconstruction_file_with_a_corrupt_sky_wcs_is_refused(runs, tmp_path):
     import h5py
 

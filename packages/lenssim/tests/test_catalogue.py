@@ -25,9 +25,11 @@ def test_a_catalogue_gives_each_lens_its_files_and_options(tmp_path):
         "Name,fits,psf,mask,psf_fwhm,noise_sigma,exposure_time,flux_scale,pixel_scale,center_x,center_y\n"
         "j0946,cut/j0946.fits,psf.fits,,,0.1,2184,,,,\n"
         ",cut/j1148.fits.gz,,m.fits,0.12,,,3.5,0.05,101.5,-2\n"
+        "j2321,j2321.fits,,,0.1, auto ,,,,,\n"  # the noise measured from the sky
     )
     (tmp_path / "lenses.csv").write_text(text, encoding="utf-8")
-    a, b = read_lens_catalogue(tmp_path / "lenses.csv")
+    a, b, c = read_lens_catalogue(tmp_path / "lenses.csv")
+    assert c == {"row": 5, "name": "j2321", "fits": tmp_path / "j2321.fits", "psf_fwhm": 0.1, "noise_sigma": "auto"}
     assert a == {
         "row": 3,
         "name": "j0946",
@@ -62,6 +64,7 @@ def test_a_catalogue_gives_each_lens_its_files_and_options(tmp_path):
         ("fits,psf_fwhm\na.fits,0.1,3\n", "row 2: 3 cells for 2 columns"),
         ("fits,psf_fwhm\n\na.fits,zero\n", "row 3: psf_fwhm 'zero' is not a number"),
         ("fits,noise_sigma\na.fits,-1\n", "row 2: noise_sigma '-1' is not a positive number"),
+        ("fits,noise_sigma\na.fits,Auto\n", "row 2: noise_sigma 'Auto' is not a number or 'auto'"),
         ("fits,flux_scale\na.fits,nan\n", "row 2: flux_scale 'nan' is not a positive number"),
         ("fits,center_x,center_y\na.fits,inf,1\n", "row 2: center_x 'inf' is not a finite number"),
         ("fits,name\n,a\n", "row 2: no FITS file given"),

@@ -47,3 +47,18 @@ def test_a_fits_lens_is_resampled_once_then_selected(tmp_path):
     )
     assert torch.equal(gridded.observation, ref.observation) and torch.equal(gridded.psf, ref.psf)
     assert gridded.flux_scale == ref.flux_scale and gridded[0:1].observation.shape == (1, 1, 16, 16)
+
+
+def test_an_auto_noise_is_measured_again_on_the_grid_the_lens_is_put_on(tmp_path):
+    """White noise of sigma 0.2 per input pixel: measured on the file's own grid and again on a 2x
+    coarser one (where its sigma per model pixel is halved), the sigma per input pixel stays 0.2."""
+    noise = np.random.default_rng(7).normal(0.0, 0.2, (128, 128))
+    fits.PrimaryHDU(noise, header=fits.Header({"PIXSCALE": 0.1})).writeto(tmp_path / "o.fits")
+    native = lenssim.Observation.from_fits(tmp_path / "o.fits", psf_fwhm=0.3, noise_sigma="auto", flux_scale=0.5)
+    assert native.origin["noise_sigma"] == "auto" and native.origin["sky_sigma"] == pytest.approx(0.2, rel=0.03)
+    assert native.noise.item() == pytest.approx(native.origin["sky_sigma"] / 0.5)
+    coarse = native.on_grid(64, 12.8)
+    assert coarse.origin["sky_sigma"] != native.origin["sky_sigma"]  # measured on this grid
+    assert coarse.origin["sky_sigma"] == pytest.approx(0.2, rel=0.05)
+    assert coarse.noise.median().item() == pytest.approx(coarse.origin["sky_sigma"] / 2 / 0.5, rel=1e-5)
+    assert np.std(coarse.observation.numpy()) * 0.5 == pytest.approx(0.1, rel=0.05)  # what was measured

@@ -150,6 +150,24 @@ class FiniteFloat(click.FloatRange):
         return number
 
 
+class NoiseSigma(FiniteFloat):
+    """A positive noise sigma, or ``auto``: measured from the sky on the model's grid."""
+
+    name = "sigma|auto"
+
+    def __init__(self) -> None:
+        super().__init__(0, min_open=True)
+
+    def convert(self, value, param, ctx):
+        if value == "auto":
+            return value
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither a positive number nor 'auto'", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 class PixelPair(click.ParamType):
     """``X,Y``: two finite numbers (1-based FITS pixel coordinates, as DS9 shows them)."""
 
@@ -246,7 +264,11 @@ def fits_options(f: Callable) -> Callable:
             type=click.Path(dir_okay=False, path_type=Path),
             help="FITS: a FITS image of the image's shape, non-zero where pixels have no data (else a MASK HDU).",
         ),
-        click.option("--noise-sigma", type=positive, help="FITS: noise sigma, image units."),
+        click.option(
+            "--noise-sigma",
+            type=NoiseSigma(),
+            help="FITS: noise sigma, image units; 'auto' measures it from the sky on the RIM's grid.",
+        ),
         click.option(
             "--exposure-time",
             type=positive,
@@ -316,8 +338,13 @@ def fits_copy(output: Path) -> list[Path]:
         name = None if lenses is None else lenses[i]["name"]
         paths.append(rec.to_fits(output.with_suffix(".fits") if name is None else lens_copy(output, name), index=i))
         masked = int((~obs.noise[i].isfinite()).sum()) if obs.noise.dim() == 4 else 0
+        which = "" if name is None else f"{name}: "
+        measured = obs.lens_origin(i).get("sky_sigma")
+        if measured is not None:
+            click.echo(
+                f"{which}noise sigma measured from the sky: {measured:.4g} per input pixel, in the input's units"
+            )
         if masked:
-            which = "" if name is None else f"{name}: "
             click.echo(
                 f"{which}{masked} of the {n}x{n} model pixels had no data (NaN or masked in the input): "
                 "left out of the fit"

@@ -46,11 +46,12 @@ __all__ = [
     "reconstruct_to_file",
 ]
 
-NOISE_MODEL = {"psf_fwhm": "PSFFWHM", "noise_sigma": "NOISESIG", "exposure_time": "POISSEXP"}
+NOISE_MODEL = {"psf_fwhm": "PSFFWHM", "noise_sigma": "NOISESIG", "exposure_time": "POISSEXP", "sky_sigma": "SKYSIGMA"}
 """The options of a FITS observation that its file does not hold, kept with its reconstruction
 (HDF5 ``fits`` attribute) and written into its FITS copy's primary header as these cards: the
-Gaussian PSF's FWHM (arcsec), the noise sigma (the input's units), the exposure time (s) of the
-source's Poisson noise."""
+Gaussian PSF's FWHM (arcsec), the noise sigma (the input's units, or ``auto``), the exposure time
+(s) of the source's Poisson noise, and the sigma measured with ``auto`` (the input's units, per
+input pixel)."""
 RECONSTRUCTION_FIELDS = ("observation", "psf", "noise_sigma", "source_pred", "kappa_pred", "chi2_nu")
 """The fields every reconstruction file holds (:meth:`Reconstruction.arrays` writes them)."""
 RECONSTRUCTION_OPTIONAL = (
@@ -87,6 +88,9 @@ def _fits_origin(fits: object, path: Path) -> dict[str, Any]:
     for key in NOISE_MODEL:
         v = fits.get(key)
         if v is None:
+            continue
+        if key == "noise_sigma" and v == lenssim.io.fits.AUTO:
+            origin[key] = v
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not (np.isfinite(v) and v > 0):
             raise lenssim.DatasetError(f"{path}: the observation's {key} is {str(v)[:20]!r}, not a positive number")

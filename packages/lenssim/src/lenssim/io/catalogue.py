@@ -2,11 +2,11 @@
 
 A CSV file with a header row, one lens per row. The column ``fits`` (the cutout) is required; the
 others are optional and give that lens's options of :meth:`lenssim.Observation.from_fits`:
-``name`` (the lens's outputs are named after it; default the FITS file's stem), ``psf`` and
-``mask`` (FITS files), ``pixel_scale``, ``psf_fwhm``, ``noise_sigma``, ``exposure_time``,
-``flux_scale`` (numbers) and ``center_x``, ``center_y`` (the lens's 1-based FITS pixel, both or
-neither). Paths are relative to the catalogue's folder; an empty cell gives nothing (the command's
-option, or the file's own, applies). Lines starting with ``#`` are comments::
+``name`` (the lens's outputs are named after it; default the FITS file's stem), ``psf`` and ``mask``
+(FITS files), ``pixel_scale``, ``psf_fwhm``, ``noise_sigma`` (or ``auto``: measured from the sky),
+``exposure_time``, ``flux_scale`` (numbers) and ``center_x``, ``center_y`` (the lens's 1-based FITS
+pixel, both or neither). Paths are relative to the catalogue's folder; an empty cell gives nothing
+(the command's option, or the file's own, applies). Lines starting with ``#`` are comments::
 
     name,fits,psf,exposure_time,center_x,center_y
     j0946,cutouts/j0946.fits,psf/f814w.fits,2184,,
@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lenssim.io.fits import FitsError
+from lenssim.io.fits import AUTO, FitsError
 
 __all__ = ["CATALOGUE_COLUMNS", "MAX_CATALOGUE_ROWS", "is_catalogue", "read_lens_catalogue"]
 
@@ -119,12 +119,15 @@ def _lens(path: Path, row: int, cells: dict[str, str], n_cells: int, n_columns: 
         if column in cells:
             lens[CATALOGUE_COLUMNS[column]] = path.parent / cells[column]
     numbers = {}
+    if cells.get("noise_sigma") == AUTO:  # measured from the sky
+        lens["noise_sigma"] = cells.pop("noise_sigma")
     for column in ("pixel_scale", "psf_fwhm", "noise_sigma", "exposure_time", "flux_scale", "center_x", "center_y"):
         if column in cells:
             try:
                 numbers[column] = float(cells[column])
             except ValueError:
-                raise FitsError(f"{where}: {column} {cells[column][:20]!r} is not a number") from None
+                kind = f"a number or {AUTO!r}" if column == "noise_sigma" else "a number"
+                raise FitsError(f"{where}: {column} {cells[column][:20]!r} is not {kind}") from None
             if not math.isfinite(numbers[column]) or (not column.startswith("center") and numbers[column] <= 0):
                 kind = "a finite number" if column.startswith("center") else "a positive number"
                 raise FitsError(f"{where}: {column} {cells[column][:20]!r} is not {kind}")

@@ -147,7 +147,7 @@ class Observation:
         path: str | os.PathLike,
         *,
         psf_fwhm: float | None = None,
-        noise_sigma: float | None = None,
+        noise_sigma: float | str | None = None,
         pixel_scale: float | None = None,
         flux_scale: float | None = None,
         psf_file: str | os.PathLike | None = None,
@@ -160,8 +160,10 @@ class Observation:
         scale; ``mask_file``: a FITS mask of the image's shape, non-zero where there are no
         data; ``center``: the lens's 1-based FITS pixel ``(x, y)``, else the image's centre, which
         the model's field is centred on; ``exposure_time``: seconds, to add the source's Poisson
-        noise to a background noise). Divided by ``flux_scale`` (default: the peak of the image on the grid it is
-        finally put on). A celestial WCS in the header is kept in ``origin["wcs"]``
+        noise to a background noise; ``noise_sigma="auto"``: the background's sigma measured from
+        the sky on the grid the lens is put on, kept in ``origin["sky_sigma"]``). Divided by
+        ``flux_scale`` (default: the peak of the image on the grid it is finally put on). A
+        celestial WCS in the header is kept in ``origin["wcs"]``
         (:func:`lenssim.io.fits.read_sky_wcs`) and follows the pixels onto the grid; the unit,
         telescope, instrument, filter, target and date in ``origin["cards"]``
         (:func:`lenssim.io.fits.read_observation_cards`); ``psf_fwhm``, ``noise_sigma`` and
@@ -196,7 +198,9 @@ class Observation:
         if center is not None:
             origin["center"] = [float(v) for v in center]
         given = {"psf_fwhm": psf_fwhm, "noise_sigma": noise_sigma, "exposure_time": exposure_time}
-        origin.update({k: float(v) for k, v in given.items() if v is not None})  # the noise model, for the outputs
+        origin.update({k: v if isinstance(v, str) else float(v) for k, v in given.items() if v is not None})
+        if native.sky_sigma is not None:  # on this grid; on_grid measures it again on its own
+            origin["sky_sigma"] = native.sky_sigma
         wcs = read_sky_wcs(path)
         if wcs is not None and not np.isclose(wcs_pixel_scale(wcs), scale, rtol=1e-3):
             warnings.warn(
@@ -251,6 +255,8 @@ class Observation:
             )
             noise = o.noise if o.noise.dim() == 4 else o.noise.reshape(1)
             origin = {**self.origin, "resampled": o.resampled}
+            if o.sky_sigma is not None:
+                origin["sky_sigma"] = o.sky_sigma
             if "wcs" in origin:
                 origin["wcs"] = wcs_on_grid(origin["wcs"], image.shape, scale, pixels, image_fov, options["center"])
             return replace(  # on its grid now: slicing or moving it no longer goes back to the file
