@@ -282,3 +282,44 @@ def test_rim_stopping_reads_the_final_and_the_best_validated_step_from_a_demos_l
         (rim / "metrics.jsonl").write_text(text)
         proc = subprocess.run([sys.executable, DOCS / "rim_stopping.py", rim], capture_output=True, text=True)
         assert proc.returncode != 0 and proc.stderr.count("\n") == 1 and says in proc.stderr, proc.stderr
+
+
+def test_noise_auto_measures_the_simulated_sigmas_of_the_lenses(tmp_path):
+    demo = tmp_path / "demo"
+    run(
+        "simulate",
+        "lenses",
+        "--kappa",
+        "sie",
+        "--sources",
+        "sersic",
+        "-n",
+        3,
+        "--pixels",
+        32,
+        "-o",
+        demo / "lenses-test.h5",
+    )
+    run(
+        "train",
+        "rim",
+        "--data",
+        demo / "lenses-test.h5",
+        "--preset",
+        "tiny",
+        "--steps",
+        2,
+        "--batch-size",
+        1,
+        "-o",
+        demo / "rim",
+    )
+    proc = subprocess.run(
+        [sys.executable, DOCS / "noise_auto.py", str(demo)], capture_output=True, text=True, check=True
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("lens ")]
+    assert len(lines) == 3
+    for line in lines:  # each sigma measured to within 15 % on 32^2 pixels
+        ratio = float(line.split("(x")[1].split(")")[0])
+        assert 0.85 < ratio < 1.15, line
+    assert "measured / simulated sigma:" in proc.stdout.splitlines()[-1]

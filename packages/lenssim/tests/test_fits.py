@@ -146,7 +146,9 @@ def test_bad_inputs_get_one_line_reasons(tmp_path):
     img = np.ones((40, 40))
     p = _write(tmp_path / "a.fits", img, scale=0.25)
     kw = dict(pixels=32, image_fov=8.0)
-    with pytest.raises(lenssim.FitsError, match="no noise"):
+    with pytest.raises(
+        lenssim.FitsError, match=r"no noise given: pass a sigma \(or auto, to measure it from the sky\)"
+    ):
         lenssim.read_fits_observation(p, psf_fwhm=0.3, **kw)
     with pytest.raises(lenssim.FitsError, match="no PSF"):
         lenssim.read_fits_observation(p, noise_sigma=0.1, **kw)

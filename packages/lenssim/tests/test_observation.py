@@ -1,5 +1,7 @@
 """Observation: lenses from a dataset or a FITS file, selected by rows, put on a model's grid."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -62,3 +64,16 @@ def test_an_auto_noise_is_measured_again_on_the_grid_the_lens_is_put_on(tmp_path
     assert coarse.origin["sky_sigma"] == pytest.approx(0.2, rel=0.05)
     assert coarse.noise.median().item() == pytest.approx(coarse.origin["sky_sigma"] / 2 / 0.5, rel=1e-5)
     assert np.std(coarse.observation.numpy()) * 0.5 == pytest.approx(0.1, rel=0.05)  # what was measured
+
+
+def test_a_sky_left_in_a_fits_lens_is_warned_of_once_on_the_grid_it_is_put_on(tmp_path):
+    import warnings
+
+    noise = np.random.default_rng(9).normal(0.3, 0.2, (128, 128))  # a sky of 0.3 left in
+    fits.PrimaryHDU(noise, header=fits.Header({"PIXSCALE": 0.1})).writeto(tmp_path / "o.fits")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        native = lenssim.Observation.from_fits(tmp_path / "o.fits", psf_fwhm=0.3, noise_sigma="auto")
+        assert not said
+        native.on_grid(64, 12.8)
+    assert len(said) == 1 and re.search(r"o\.fits: the sky is at 0\.(29|30)\d ", str(said[0].message))

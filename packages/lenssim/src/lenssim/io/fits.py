@@ -555,7 +555,10 @@ def _read_hdus(hdul, path: Path, pixel_scale, psf_fwhm, noise_sigma, psf_file=No
     if noise_sigma is None:
         found = [n for n in NOISE_HDUS if n in names]
         if not found:
-            raise FitsError(f"{path}: no noise given: pass a sigma or add a NOISE/SIGMA/ERR HDU")
+            raise FitsError(
+                f"{path}: no noise given: pass a sigma (or auto, to measure it from the sky) or add a "
+                "NOISE/SIGMA/ERR HDU"
+            )
         noise_map = _array(hdul[found[0]], path, "noise", blanks=True)
         if noise_map.shape != image.shape:
             raise FitsError(f"{path}: the noise map is {noise_map.shape}, the image {image.shape}")
@@ -713,11 +716,13 @@ def fits_onto_grid(
     flux_scale: float | None,
     psf_size: int = 21,
     center: tuple[float, float] | None = None,
+    sky_warning: bool = True,
 ) -> FitsObservation:
     """The pieces from :func:`load_fits` resampled onto ``pixels`` across ``image_fov`` around
     ``center`` (1-based FITS ``(x, y)``; the image's centre by default) and divided by the flux
     scale (see the module). With ``noise_sigma="auto"`` the sky's sigma is measured there
-    (:func:`measure_sky`; ``noise_map`` then holds only the source's Poisson noise, if any)."""
+    (:func:`measure_sky`; ``noise_map`` then holds only the source's Poisson noise, if any), and
+    a sky level off 0 warned of unless ``sky_warning`` is False."""
 
     scale_out = image_fov / pixels
     room = _field_room(path, image.shape, center)
@@ -757,10 +762,13 @@ def fits_onto_grid(
             )
         if not sky.sigma > 0:
             raise FitsError(f"{path}: the sky has no scatter to measure the noise from: give the noise sigma")
-        if abs(sky.level) > SKY_LEVEL * sky.sigma:
+        if (
+            sky_warning and abs(sky.level) > SKY_LEVEL * sky.sigma
+        ):  # in the input's units, and in sigmas of the grid's pixels
+            level = sky.level * float(np.median(noise[np.isfinite(noise)]))
             warnings.warn(
-                f"{path}: the sky is at {sky.level * np.median(noise):.3g} ({sky.level / sky.sigma:+.2f} sigma), not "
-                "0: subtract it first (the model has no background, and chi2_nu counts it)",
+                f"{path}: the sky is at {level:.3g} ({sky.level / sky.sigma:+.2f} sigma), not 0: subtract it first "
+                "(the model has no background, and chi2_nu counts it)",
                 stacklevel=3,
             )
         measured = sky.sigma

@@ -192,6 +192,7 @@ class Observation:
             noise_sigma=noise_sigma,
             flux_scale=flux_scale,
             center=center,
+            sky_warning=False,  # said where it counts: on the grid the lens is put on
         )
         options = {"psf_fwhm": psf_fwhm, "noise_sigma": noise_sigma, "flux_scale": flux_scale, "center": center}
         origin: dict[str, Any] = {"fits": str(path), "pixel_scale": scale}
