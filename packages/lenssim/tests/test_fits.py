@@ -757,3 +757,14 @@ def test_a_sky_left_in_the_image_is_measured_around_and_warned_of(tmp_path):
                 warnings.simplefilter("error")
                 obs = lenssim.read_fits_observation(p, **kw)
         assert obs.sky_sigma == pytest.approx(0.2, rel=0.06)
+
+
+def test_the_half_sample_mode_finds_a_sky_peak_under_widely_spread_arcs():
+    rng = np.random.default_rng(10)
+    sky, arcs = rng.normal(0.0, 1.0, 1000), rng.uniform(3.0, 100.0, 3000)  # the sky a quarter of the pixels
+    mode = lenssim.io.fits.half_sample_mode(np.concatenate([arcs, sky]))
+    assert abs(mode) < 0.5 and np.median(np.concatenate([arcs, sky])) > 20
+    # where the arcs crowd one level more than the sky does, that level is the densest
+    crowded = rng.normal(20.0, 1.0, 3000)
+    assert abs(lenssim.io.fits.half_sample_mode(np.concatenate([sky, crowded])) - 20.0) < 0.5
+    assert np.isnan(lenssim.io.fits.half_sample_mode(np.array([])))

@@ -70,6 +70,7 @@ __all__ = [
     "read_sky_wcs",
     "resample_matrix",
     "Sky",
+    "half_sample_mode",
     "measure_sky",
     "wcs_on_grid",
     "wcs_pixel_scale",
@@ -125,8 +126,8 @@ class Sky(NamedTuple):
 
 def half_sample_mode(x: np.ndarray) -> float:
     """The densest point of the values ``x``: the half of them that spans the shortest interval,
-    halved again and again (Bickel's half-sample mode). A peak of a quarter of the values stands out
-    of any spread of the others."""
+    halved again and again (Bickel's half-sample mode). It finds the sky's level under arcs that
+    cover most of a field, as long as no level of the arcs is as crowded as the sky's."""
     x = np.sort(np.asarray(x, dtype=np.float64).ravel())
     if not x.size:
         return float("nan")
