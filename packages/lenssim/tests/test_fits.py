@@ -688,6 +688,9 @@ def test_auto_noise_keeps_masks_adds_the_sources_poisson_noise_and_is_a_sigma_wh
     given = lenssim.read_fits_observation(q, noise_sigma=auto.sky_sigma, **kw)
     assert torch.equal(auto.observation, given.observation) and np.isinf(auto.noise.numpy()).any()
     np.testing.assert_allclose(auto.noise.numpy(), given.noise.numpy(), rtol=1e-6)
+    # like a number, it takes the place of a noise-map HDU
+    with_map = _write(tmp_path / "map.fits", img, scale=0.25, noise=np.full(img.shape, 7.0))
+    assert torch.equal(lenssim.read_fits_observation(with_map, noise_sigma="auto", **kw).noise, auto.noise)
     # with an exposure time: the source's Poisson noise on top of the sky's measured sigma
     t = 40.0
     poisson = lenssim.read_fits_observation(q, noise_sigma="auto", exposure_time=t, **kw)
