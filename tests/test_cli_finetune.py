@@ -172,19 +172,18 @@ def test_finetune_a_fits_observation(models, tmp_path):
     counts = d["observation"][0, 0].double() * 250
     want = torch.sqrt(4 + counts.clamp(min=0) / 10) / 2 / (250 * peak)
     torch.testing.assert_close(p[0, 0].double(), want, rtol=1e-5, atol=0)
-    # --noise-sigma auto: measured from the sky on the RIM's grid, where the 2x2 copies average back
-    # to the simulated lens and its noise
+    # --noise-sigma auto: the NOISE HDU (2 per input pixel, 1 once 2x2 are averaged, far from the
+    # truth: the copies are not independent) scaled to the sky on the RIM's grid, where the 2x2
+    # copies average back to the simulated lens and its noise
     auto = tmp_path / "auto.h5"
     args = ("--data", tmp_path / "obs.fits", "-o", auto, "--psf-fwhm", 0.2)
     said = run(*rim, *args, "--noise-sigma", "auto")
-    measured = lenssim.read_dataset(auto, ["noise_sigma"])["noise_sigma"][0]
-    assert float(measured) == pytest.approx(float(d["noise_sigma"][0]) / peak, rel=0.1)
-    assert "noise sigma measured from the sky: " in said.stdout
+    measured = float(lenssim.read_dataset(auto, ["noise_map"])["noise_map"].median())
+    assert measured == pytest.approx(float(d["noise_sigma"][0]) / peak, rel=0.1)
+    assert "noise map scaled by " in said.stdout
     with fits.open(tmp_path / "auto.fits") as h:
-        assert h[0].header["NOISESIG"] == "auto" and h[0].header["SKYSIGMA"] == pytest.approx(
-            float(measured) * peak * 250 * 2,
-            rel=1e-5,  # per input pixel: 2x2 of them make a model pixel
-        )
+        factor = h[0].header["NOISESCL"]
+        assert h[0].header["NOISESIG"] == "auto" and factor == pytest.approx(measured * peak * 250 / 1.0, rel=1e-5)
     again = run(*rim, *args, "--noise-sigma", 2, check=False)
     assert again.returncode == 1 and "fits.noise_sigma 'auto' there, 2.0 here" in again.stderr
     bad = run(*rim, *args, "--noise-sigma", "automatic", check=False)

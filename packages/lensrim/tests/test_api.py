@@ -280,7 +280,15 @@ def test_a_measured_noise_is_kept_with_the_reconstruction_and_written_in_its_fit
         assert (h[0].header["NOISESIG"], h[0].header["SKYSIGMA"]) == ("auto", measured)
     import h5py
 
-    for bad in ('{"noise_sigma": "Auto"}', '{"sky_sigma": "auto"}'):
+    # a file with a noise map: the map scaled, by a factor kept and written as NOISESCL
+    fits.HDUList(
+        [fits.PrimaryHDU(image + noise, header=hdr), fits.ImageHDU(np.full(image.shape, 4.0), name="ERR")]
+    ).writeto(tmp_path / "map.fits")
+    obs, attrs = lensrim.api.load_observations(tmp_path / "map.fits", rim, psf_fwhm=0.08, noise_sigma="auto")
+    assert "sky_sigma" not in attrs["fits"] and attrs["fits"]["noise_scale"] == pytest.approx(0.5, rel=0.15)
+    with fits.open(lensrim.reconstruct(rim, obs).to_fits(tmp_path / "m.fits")) as h:
+        assert h[0].header["NOISESCL"] == attrs["fits"]["noise_scale"] and "SKYSIGMA" not in h[0].header
+    for bad in ('{"noise_sigma": "Auto"}', '{"sky_sigma": "auto"}', '{"noise_scale": 0}'):
         with h5py.File(tmp_path / "r.h5", "a") as f:
             f.attrs["fits"] = bad
         with pytest.raises(lenssim.DatasetError, match="not a positive number"):

@@ -641,9 +641,12 @@ def test_the_sky_sigma_is_unbiased_on_pure_noise_and_beside_bright_arcs(amplitud
 
 
 def test_auto_noise_measures_correlated_noise_where_a_sigma_per_input_pixel_cannot(tmp_path):
-    """A drizzled image's noise is correlated between neighbouring pixels: its ERR map, taken
-    through a 4x4 resampling as if the pixels were independent, gives the true model a chi2_nu of
-    4.6. The sigma measured on the model's grid gives it 1."""
+    """A drizzled image's noise is correlated between neighbouring pixels, and its ERR map says how
+    it varies across the field (here from 0.5 to 1.5 times 0.05, left to right). Taken through a
+    4x4 resampling as if the pixels were independent, the map gives the true model a chi2_nu of
+    4.6. With auto the map is scaled to the sky's scatter on the model's grid: chi2_nu 1.01, 0.99 on
+    the left and 1.04 on the right. A uniform sigma measured from a file without the map fits
+    neither side (0.84 and 2.4)."""
     from scipy import ndimage
 
     rng = np.random.default_rng(4)
@@ -651,24 +654,33 @@ def test_auto_noise_measures_correlated_noise_where_a_sigma_per_input_pixel_cann
     truth = model.reshape(64, 4, 64, 4).mean(axis=(1, 3))
     kernel = np.outer([0.5, 1.0, 0.5], [0.5, 1.0, 0.5])
     kernel /= np.sqrt((kernel**2).sum())  # unit variance per pixel, correlated over 3x3
-    chi2 = {"err map": [], "auto": []}
-    measured = []
+    err = np.broadcast_to(0.05 * np.linspace(0.5, 1.5, 256), model.shape)
+    kw = dict(pixels=64, image_fov=7.68, psf_fwhm=0.1, flux_scale=1.0)
+    chi2 = {"err map": [], "auto, map": [], "auto, uniform": []}
     for draw in range(4):
-        image = model + ndimage.convolve(rng.normal(0.0, 0.05, model.shape), kernel, mode="wrap")
-        p = _write(tmp_path / f"d{draw}.fits", image, scale=0.03, noise=np.full(model.shape, 0.05))
-        kw = dict(pixels=64, image_fov=7.68, psf_fwhm=0.1, flux_scale=1.0)
-        for how, sigma in (("err map", None), ("auto", "auto")):
-            obs = lenssim.read_fits_observation(p, noise_sigma=sigma, **kw)
+        image = model + err * ndimage.convolve(rng.normal(size=model.shape), kernel, mode="wrap")
+        with_map = _write(tmp_path / f"d{draw}.fits", image, scale=0.03, noise=err)
+        without = _write(tmp_path / f"u{draw}.fits", image, scale=0.03)
+        for how, path, sigma in (
+            ("err map", with_map, None),
+            ("auto, map", with_map, "auto"),
+            ("auto, uniform", without, "auto"),
+        ):
+            obs = lenssim.read_fits_observation(path, noise_sigma=sigma, **kw)
             residual = (obs.observation[0, 0].numpy() - truth) / obs.noise.numpy().squeeze()
-            chi2[how].append(np.mean(residual**2))
-            assert (obs.sky_sigma is None) == (sigma is None)
-        measured.append(obs.sky_sigma)
-    assert np.mean(chi2["err map"]) > 4.0
-    assert np.mean(chi2["auto"]) == pytest.approx(1.0, abs=0.05)
-    # independent pixels of this variance would make the sky on the grid what it is
-    unit = lenssim.read_fits_observation(p, noise_sigma=1.0, **kw).noise.numpy().squeeze()
-    sky_std = np.std(image.reshape(64, 4, 64, 4).mean(axis=(1, 3)) - truth)
-    assert np.mean(measured) * unit.mean() == pytest.approx(sky_std, rel=0.05)
+            chi2[how].append([np.mean(residual**2), np.mean(residual[:, :32] ** 2), np.mean(residual[:, 32:] ** 2)])
+            assert (obs.noise_scale is not None, obs.sky_sigma is not None) == (
+                how == "auto, map",
+                how == "auto, uniform",
+            )
+            if how == "auto, map":
+                assert obs.noise_scale**2 == pytest.approx(chi2["err map"][-1][0], rel=0.1)  # what it scales away
+    field, left, right = np.mean(chi2["err map"], axis=0)
+    assert field > 4.0 and left > 4.0 and right > 4.0
+    for side in np.mean(chi2["auto, map"], axis=0):
+        assert side == pytest.approx(1.0, abs=0.06)
+    field, left, right = np.mean(chi2["auto, uniform"], axis=0)
+    assert left < 0.9 and right > 2.0 and field > 1.3
 
 
 def test_auto_noise_keeps_masks_adds_the_sources_poisson_noise_and_is_a_sigma_when_only_cut(tmp_path):
@@ -688,9 +700,15 @@ def test_auto_noise_keeps_masks_adds_the_sources_poisson_noise_and_is_a_sigma_wh
     given = lenssim.read_fits_observation(q, noise_sigma=auto.sky_sigma, **kw)
     assert torch.equal(auto.observation, given.observation) and np.isinf(auto.noise.numpy()).any()
     np.testing.assert_allclose(auto.noise.numpy(), given.noise.numpy(), rtol=1e-6)
-    # like a number, it takes the place of a noise-map HDU
+    # a noise-map HDU is scaled to the sky: a flat map gives the uniform sigma
     with_map = _write(tmp_path / "map.fits", img, scale=0.25, noise=np.full(img.shape, 7.0))
-    assert torch.equal(lenssim.read_fits_observation(with_map, noise_sigma="auto", **kw).noise, auto.noise)
+    scaled = lenssim.read_fits_observation(with_map, noise_sigma="auto", **kw)
+    np.testing.assert_allclose(scaled.noise.numpy(), auto.noise.numpy(), rtol=1e-9)
+    assert scaled.sky_sigma is None and scaled.noise_scale == pytest.approx(auto.sky_sigma / 7.0, rel=1e-9)
+    # with an exposure time the map carries the source's Poisson noise too, and is scaled whole
+    both = [lenssim.read_fits_observation(with_map, noise_sigma=s, exposure_time=0.5, **kw) for s in ("auto", None)]
+    np.testing.assert_allclose(both[0].noise.numpy(), both[1].noise.numpy() * both[0].noise_scale, rtol=1e-6)
+    assert (both[1].noise > scaled.noise / scaled.noise_scale * (1 + 1e-6)).any()  # the Poisson part is there
     # with an exposure time: the source's Poisson noise on top of the sky's measured sigma
     t = 40.0
     poisson = lenssim.read_fits_observation(q, noise_sigma="auto", exposure_time=t, **kw)

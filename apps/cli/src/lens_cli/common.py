@@ -339,11 +339,14 @@ def fits_copy(output: Path) -> list[Path]:
         paths.append(rec.to_fits(output.with_suffix(".fits") if name is None else lens_copy(output, name), index=i))
         masked = int((~obs.noise[i].isfinite()).sum()) if obs.noise.dim() == 4 else 0
         which = "" if name is None else f"{name}: "
-        measured = obs.lens_origin(i).get("sky_sigma")
-        if measured is not None:
+        origin = obs.lens_origin(i)
+        if "sky_sigma" in origin:
             click.echo(
-                f"{which}noise sigma measured from the sky: {measured:.4g} per input pixel, in the input's units"
+                f"{which}noise sigma measured from the sky: {origin['sky_sigma']:.4g} per input pixel, in the "
+                "input's units"
             )
+        if "noise_scale" in origin:
+            click.echo(f"{which}noise map scaled by {origin['noise_scale']:.4g} to the sky's scatter")
         if masked:
             click.echo(
                 f"{which}{masked} of the {n}x{n} model pixels had no data (NaN or masked in the input): "

@@ -46,12 +46,18 @@ __all__ = [
     "reconstruct_to_file",
 ]
 
-NOISE_MODEL = {"psf_fwhm": "PSFFWHM", "noise_sigma": "NOISESIG", "exposure_time": "POISSEXP", "sky_sigma": "SKYSIGMA"}
+NOISE_MODEL = {
+    "psf_fwhm": "PSFFWHM",
+    "noise_sigma": "NOISESIG",
+    "exposure_time": "POISSEXP",
+    "sky_sigma": "SKYSIGMA",
+    "noise_scale": "NOISESCL",
+}
 """The options of a FITS observation that its file does not hold, kept with its reconstruction
 (HDF5 ``fits`` attribute) and written into its FITS copy's primary header as these cards: the
 Gaussian PSF's FWHM (arcsec), the noise sigma (the input's units, or ``auto``), the exposure time
-(s) of the source's Poisson noise, and the sigma measured with ``auto`` (the input's units, per
-input pixel)."""
+(s) of the source's Poisson noise, and what ``auto`` measured: a sigma (the input's units, per
+input pixel) or, for a file with a noise map, the factor the map was scaled by."""
 RECONSTRUCTION_FIELDS = ("observation", "psf", "noise_sigma", "source_pred", "kappa_pred", "chi2_nu")
 """The fields every reconstruction file holds (:meth:`Reconstruction.arrays` writes them)."""
 RECONSTRUCTION_OPTIONAL = (

@@ -16,11 +16,11 @@ electrons). The image stands in for the noiseless model there, clipped at 0, as 
 commonly do (in pure sky the clip makes the variance slightly too large: the true model's chi2_nu
 there is about 1 - 0.8 / sigma_e, sigma_e the sky noise in electrons: 0.90 at 6, 0.96 at 20); a
 calibrated image (in Jy or erg) is refused, its ``ERR`` map already holds that noise.
-The noise sigma may also be measured (``noise_sigma="auto"``): the white-noise sigma per input pixel
-that, taken through the resampling, matches the scatter of the sky on the model's grid
-(:func:`measure_sky`). Measured where it is used, it takes in what a sigma per input pixel leaves out:
-the correlations of a drizzled image's noise, which make the sky on the coarser grid noisier than
-independent pixels would.
+The noise may also be measured (``noise_sigma="auto"``) on the model's grid, from the scatter of the
+sky there (:func:`measure_sky`): a noise map, where the file has one, scaled to it, else the
+white-noise sigma per input pixel that, taken through the resampling, matches it. Measured where it
+is used, it takes in what a noise per input pixel leaves out: the correlations of a drizzled image's
+noise, which make the sky on the coarser grid noisier than independent pixels would.
 Pixels without data (cosmic rays, chip gaps, a
 drizzled frame's edge) are NaN or infinite in the image or the noise map, or non-zero in an
 optional image HDU named ``MASK`` (0 where the data are good) or in a FITS mask file of their own,
@@ -113,6 +113,8 @@ class FitsObservation:
     resampled: bool
     sky_sigma: float | None = None
     """The sigma measured with ``noise_sigma="auto"`` (the input's units, per input pixel)."""
+    noise_scale: float | None = None
+    """With ``noise_sigma="auto"`` and a noise map: the factor the map was scaled by."""
 
 
 class Sky(NamedTuple):
@@ -553,8 +555,10 @@ def _read_hdus(hdul, path: Path, pixel_scale, psf_fwhm, noise_sigma, psf_file=No
     else:
         psf_in = _array(hdul["PSF"], path, "PSF") if psf_fwhm is None and "PSF" in names else None
     noise_map = None
-    if noise_sigma is None:
-        found = [n for n in NOISE_HDUS if n in names]
+    if isinstance(noise_sigma, str) and noise_sigma != AUTO:
+        raise FitsError(f"noise sigma must be a positive number or {AUTO!r}, got {noise_sigma[:20]!r}")
+    found = [n for n in NOISE_HDUS if n in names]
+    if noise_sigma is None or (noise_sigma == AUTO and found):  # auto scales a map where there is one
         if not found:
             raise FitsError(
                 f"{path}: no noise given: pass a sigma (or auto, to measure it from the sky) or add a "
@@ -567,10 +571,7 @@ def _read_hdus(hdul, path: Path, pixel_scale, psf_fwhm, noise_sigma, psf_file=No
             raise FitsError(
                 f"{path}: the noise map has non-positive pixels (mark pixels without data NaN, or in a MASK HDU)"
             )
-    elif isinstance(noise_sigma, str):
-        if noise_sigma != AUTO:
-            raise FitsError(f"noise sigma must be a positive number or {AUTO!r}, got {noise_sigma[:20]!r}")
-    elif not noise_sigma > 0:
+    elif noise_sigma != AUTO and not noise_sigma > 0:
         raise FitsError(f"noise sigma must be positive, got {noise_sigma}")
     good = np.isfinite(image) if noise_map is None else np.isfinite(image) & np.isfinite(noise_map)
     if mask_file is not None:
@@ -632,6 +633,7 @@ def read_fits_observation(
         flux_scale=flux_scale,
         psf_size=psf_size,
         center=center,
+        exposure_time=exposure_time,
     )
 
 
@@ -676,7 +678,9 @@ def load_fits(
     if psf_in is None and psf_fwhm is None:
         raise FitsError(f"{path}: no PSF given: pass a FWHM or a PSF file, or add a PSF HDU")
     if exposure_time is not None:
-        noise_map = _with_poisson_noise(path, image, unit, noise_map, noise_sigma, exposure_time)
+        poisson = _with_poisson_noise(path, image, unit, noise_map, noise_sigma, exposure_time)
+        if noise_map is not None or noise_sigma != AUTO:  # else added on the grid, to the sky measured there
+            noise_map = poisson
     return image, scale_in, psf_in, noise_map
 
 
@@ -696,10 +700,12 @@ def _with_poisson_noise(path: Path, image, unit: str, noise_map, noise_sigma, ex
             f"{path}: the image is in {unit}, not electrons: its Poisson noise cannot come from an exposure time "
             "(a calibrated image's ERR map holds it already)"
         )
-    if noise_sigma == AUTO:  # the source's part alone: the sky's is measured on the model's grid
+    if noise_map is not None:
+        background = noise_map**2
+    elif noise_sigma == AUTO:  # the source's part alone: the sky's is measured on the model's grid
         background = np.where(np.isfinite(image), 0.0, np.nan)
     else:
-        background = noise_map**2 if noise_map is not None else float(noise_sigma) ** 2
+        background = float(noise_sigma) ** 2
     return np.sqrt(background + np.clip(image, 0.0, None) / float(t))  # NaN where there are no data
 
 
@@ -717,13 +723,16 @@ def fits_onto_grid(
     flux_scale: float | None,
     psf_size: int = 21,
     center: tuple[float, float] | None = None,
+    exposure_time: float | None = None,
     sky_warning: bool = True,
 ) -> FitsObservation:
     """The pieces from :func:`load_fits` resampled onto ``pixels`` across ``image_fov`` around
     ``center`` (1-based FITS ``(x, y)``; the image's centre by default) and divided by the flux
-    scale (see the module). With ``noise_sigma="auto"`` the sky's sigma is measured there
-    (:func:`measure_sky`; ``noise_map`` then holds only the source's Poisson noise, if any), and
-    a sky level off 0 warned of unless ``sky_warning`` is False."""
+    scale (see the module). With ``noise_sigma="auto"`` the noise is scaled to the sky's scatter
+    there (:func:`measure_sky`): ``noise_map`` (the file's, with the source's Poisson noise when
+    :func:`load_fits` had an exposure time) by a factor, else a uniform sigma per input pixel, to
+    which the Poisson noise of ``exposure_time`` is added; a sky level off 0 is warned of unless
+    ``sky_warning`` is False."""
 
     scale_out = image_fov / pixels
     room = _field_room(path, image.shape, center)
@@ -746,14 +755,14 @@ def fits_onto_grid(
         resample_matrix(n, scale_in, pixels, scale_out, d) for n, d in zip(image.shape, shifts, strict=True)
     )  # rows, columns
     auto = isinstance(noise_sigma, str) and noise_sigma == AUTO
-    poisson = noise_map if auto else None  # with an exposure time, the source's Poisson noise
-    if auto:  # the noise for a unit sigma, scaled to the sky's below
-        noise_map, noise_sigma = None, 1.0
+    uniform = auto and noise_map is None  # a sigma per input pixel, else the file's map scaled
+    if uniform:  # the noise for a unit sigma, scaled to the sky's below
+        noise_sigma = 1.0
     good = np.isfinite(image)
     if noise_map is not None:
         good &= np.isfinite(noise_map)
     obs, noise = _resample(path, image, noise_map, noise_sigma, good, wy, wx, resampled)
-    measured = None
+    measured = scale_factor = None
     if auto:
         sky = measure_sky(obs / noise, np.isfinite(noise) & np.ones(obs.shape, dtype=bool))
         if sky.pixels < MIN_SKY_PIXELS:
@@ -772,10 +781,14 @@ def fits_onto_grid(
                 "(the model has no background, and chi2_nu counts it)",
                 stacklevel=3,
             )
-        measured = sky.sigma
-        noise = noise * measured
-        if poisson is not None:
-            noise = np.sqrt(noise**2 + _resample(path, image, poisson, None, good, wy, wx, True)[1] ** 2)
+        noise = noise * sky.sigma
+        if not uniform:
+            scale_factor = sky.sigma
+        else:
+            measured = sky.sigma
+            if exposure_time is not None:  # the source's Poisson noise, on top of the sky's
+                poisson = _with_poisson_noise(path, image, "", None, AUTO, exposure_time)
+                noise = np.sqrt(noise**2 + _resample(path, image, poisson, None, good, wy, wx, True)[1] ** 2)
 
     if psf_in is not None:
         k = psf_in.shape[0]
@@ -835,6 +848,7 @@ def fits_onto_grid(
         pixel_scale=scale_in,
         resampled=bool(resampled),
         sky_sigma=measured,
+        noise_scale=scale_factor,
     )
 
 

@@ -33,6 +33,11 @@ from lenssim.io.fits import (
 __all__ = ["Observation"]
 
 
+def _measured(o) -> dict[str, float]:
+    """What ``noise_sigma="auto"`` measured on the grid of ``o`` (a :class:`FitsObservation`)."""
+    return {k: getattr(o, k) for k in ("sky_sigma", "noise_scale") if getattr(o, k) is not None}
+
+
 @dataclass
 class Observation:
     """``observation (B, 1, N, N)`` across ``image_fov`` arcsec, ``psf (B, 1, k, k)`` on the same
@@ -160,8 +165,9 @@ class Observation:
         scale; ``mask_file``: a FITS mask of the image's shape, non-zero where there are no
         data; ``center``: the lens's 1-based FITS pixel ``(x, y)``, else the image's centre, which
         the model's field is centred on; ``exposure_time``: seconds, to add the source's Poisson
-        noise to a background noise; ``noise_sigma="auto"``: the background's sigma measured from
-        the sky on the grid the lens is put on, kept in ``origin["sky_sigma"]``). Divided by
+        noise to a background noise; ``noise_sigma="auto"``: the noise measured from the sky on
+        the grid the lens is put on, a sigma in ``origin["sky_sigma"]``, or for a file with a noise map
+        the factor it was scaled by in ``origin["noise_scale"]``). Divided by
         ``flux_scale`` (default: the peak of the image on the grid it is finally put on). A
         celestial WCS in the header is kept in ``origin["wcs"]``
         (:func:`lenssim.io.fits.read_sky_wcs`) and follows the pixels onto the grid; the unit,
@@ -192,16 +198,22 @@ class Observation:
             noise_sigma=noise_sigma,
             flux_scale=flux_scale,
             center=center,
+            exposure_time=exposure_time,
             sky_warning=False,  # said where it counts: on the grid the lens is put on
         )
-        options = {"psf_fwhm": psf_fwhm, "noise_sigma": noise_sigma, "flux_scale": flux_scale, "center": center}
+        options = {
+            "psf_fwhm": psf_fwhm,
+            "noise_sigma": noise_sigma,
+            "flux_scale": flux_scale,
+            "center": center,
+            "exposure_time": exposure_time,
+        }
         origin: dict[str, Any] = {"fits": str(path), "pixel_scale": scale}
         if center is not None:
             origin["center"] = [float(v) for v in center]
         given = {"psf_fwhm": psf_fwhm, "noise_sigma": noise_sigma, "exposure_time": exposure_time}
         origin.update({k: v if isinstance(v, str) else float(v) for k, v in given.items() if v is not None})
-        if native.sky_sigma is not None:  # on this grid; on_grid measures it again on its own
-            origin["sky_sigma"] = native.sky_sigma
+        origin.update(_measured(native))  # on this grid; on_grid measures it again on its own
         wcs = read_sky_wcs(path)
         if wcs is not None and not np.isclose(wcs_pixel_scale(wcs), scale, rtol=1e-3):
             warnings.warn(
@@ -256,8 +268,7 @@ class Observation:
             )
             noise = o.noise if o.noise.dim() == 4 else o.noise.reshape(1)
             origin = {**self.origin, "resampled": o.resampled}
-            if o.sky_sigma is not None:
-                origin["sky_sigma"] = o.sky_sigma
+            origin.update(_measured(o))
             if "wcs" in origin:
                 origin["wcs"] = wcs_on_grid(origin["wcs"], image.shape, scale, pixels, image_fov, options["center"])
             return replace(  # on its grid now: slicing or moving it no longer goes back to the file
