@@ -768,14 +768,12 @@ def fits_onto_grid(
         if sky.pixels < MIN_SKY_PIXELS:
             raise FitsError(
                 f"{path}: {sky.pixels} pixels of sky on the model's grid, too few to measure the noise from (at "
-                f"least {MIN_SKY_PIXELS}): give the noise sigma, or a noise map"
+                f"least {MIN_SKY_PIXELS}): give the noise instead of auto"
             )
         if not sky.sigma > 0:
-            raise FitsError(f"{path}: the sky has no scatter to measure the noise from: give the noise sigma")
-        if (
-            sky_warning and abs(sky.level) > SKY_LEVEL * sky.sigma
-        ):  # in the input's units, and in sigmas of the grid's pixels
-            level = sky.level * float(np.median(noise[np.isfinite(noise)]))
+            raise FitsError(f"{path}: the sky has no scatter to measure the noise from: give the noise instead of auto")
+        if sky_warning and abs(sky.level) > SKY_LEVEL * sky.sigma:
+            level = sky.level * float(np.median(noise[np.isfinite(noise)]))  # in the input's units
             warnings.warn(
                 f"{path}: the sky is at {level:.3g} ({sky.level / sky.sigma:+.2f} sigma), not 0: subtract it first "
                 "(the model has no background, and chi2_nu counts it)",
