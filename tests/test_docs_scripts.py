@@ -286,34 +286,9 @@ def test_rim_stopping_reads_the_final_and_the_best_validated_step_from_a_demos_l
 
 def test_noise_auto_measures_the_simulated_sigmas_of_the_lenses(tmp_path):
     demo = tmp_path / "demo"
-    run(
-        "simulate",
-        "lenses",
-        "--kappa",
-        "sie",
-        "--sources",
-        "sersic",
-        "-n",
-        3,
-        "--pixels",
-        32,
-        "-o",
-        demo / "lenses-test.h5",
-    )
-    run(
-        "train",
-        "rim",
-        "--data",
-        demo / "lenses-test.h5",
-        "--preset",
-        "tiny",
-        "--steps",
-        2,
-        "--batch-size",
-        1,
-        "-o",
-        demo / "rim",
-    )
+    lenses = demo / "lenses-test.h5"
+    run("simulate", "lenses", "--kappa", "sie", "--sources", "sersic", "-n", 3, "--pixels", 32, "-o", lenses)
+    run("train", "rim", "--data", lenses, "--preset", "tiny", "--steps", 2, "--batch-size", 1, "-o", demo / "rim")
     proc = subprocess.run(
         [sys.executable, DOCS / "noise_auto.py", str(demo)], capture_output=True, text=True, check=True
     )
