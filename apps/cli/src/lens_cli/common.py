@@ -151,7 +151,8 @@ class FiniteFloat(click.FloatRange):
 
 
 class NoiseSigma(FiniteFloat):
-    """A positive noise sigma, or ``auto``: measured from the sky on the model's grid."""
+    """A positive noise sigma, or ``auto``: measured from the sky on the model's grid (a noise-map
+    HDU, where there is one, scaled to it)."""
 
     name = "sigma|auto"
 
@@ -267,7 +268,7 @@ def fits_options(f: Callable) -> Callable:
         click.option(
             "--noise-sigma",
             type=NoiseSigma(),
-            help="FITS: noise sigma, image units; 'auto' measures it from the sky on the RIM's grid.",
+            help="FITS: noise sigma, image units; 'auto': measured on the RIM's grid (a noise map scaled to the sky).",
         ),
         click.option(
             "--exposure-time",
