@@ -26,7 +26,9 @@ COUNTS = 100.0
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("demo", type=Path, help="a `lens demo` output directory")
-    parser.add_argument("--work", type=Path, help="where the FITS cutouts go (default: a temporary folder)")
+    parser.add_argument(
+        "--work", type=Path, help="where the FITS cutouts' temporary folder goes (default: the system's)"
+    )
     args = parser.parse_args(argv)
     from astropy.io import fits
 
@@ -34,17 +36,16 @@ def main(argv: list[str] | None = None) -> None:
     path = args.demo / "lenses-test.h5"
     data = lenssim.read_lens_dataset(path)
     fov = float(lenssim.io.dataset_info(path)["attrs"]["image_fov"])
-    with tempfile.TemporaryDirectory() as tmp:
-        work = args.work or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp:  # a folder of its own: nothing there overwritten
+        work = Path(tmp)
         rows = []
         for i in range(data["observation"].shape[0]):
             image = data["observation"][i, 0].double().numpy() * COUNTS
             n = image.shape[-1]
-            fits.PrimaryHDU(image, header=fits.Header({"PIXSCALE": fov / n})).writeto(
-                work / f"lens{i}.fits", overwrite=True
-            )
-            fits.PrimaryHDU(data["psf"][i, 0].double().numpy()).writeto(work / f"psf{i}.fits", overwrite=True)
+            fits.PrimaryHDU(image, header=fits.Header({"PIXSCALE": fov / n})).writeto(work / f"lens{i}.fits")
+            fits.PrimaryHDU(data["psf"][i, 0].double().numpy()).writeto(work / f"psf{i}.fits")
             sigma = float(data["noise_sigma"][i]) * COUNTS
             chi2 = {}
             for how, noise in (("given", sigma), ("auto", "auto")):

@@ -614,7 +614,7 @@ def _ring(n, amplitude, width):
 def test_the_sky_sigma_is_unbiased_on_pure_noise_and_beside_bright_arcs(amplitude, width, correlated):
     """Unit noise, white or correlated over 3x3 pixels, alone and under arcs 5-90 sigma bright
     covering up to 60 % of the field: the measured sigma is 1 to within 1 % (2 % correlated) on
-    average over 40 draws, where the median absolute deviation of all the pixels is 15 % to 3.5
+    average over 40 draws, where the median absolute deviation of all the pixels is 20 % to 3.7
     times too large under the arcs."""
     from scipy import ndimage
 
@@ -637,7 +637,7 @@ def test_the_sky_sigma_is_unbiased_on_pure_noise_and_beside_bright_arcs(amplitud
     assert np.min(sky) >= 1000 and np.max(sky) <= good.sum()
     assert abs(np.mean(levels)) < 0.1  # the sky's 0 (the arcs' faintest wings lift it by a few hundredths)
     if amplitude > 0:
-        assert np.mean(naive) > 1.15
+        assert np.mean(naive) > 1.18
 
 
 def test_auto_noise_measures_correlated_noise_where_a_sigma_per_input_pixel_cannot(tmp_path):

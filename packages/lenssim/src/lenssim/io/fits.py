@@ -764,7 +764,7 @@ def fits_onto_grid(
     obs, noise = _resample(path, image, noise_map, noise_sigma, good, wy, wx, resampled)
     measured = scale_factor = None
     if auto:
-        sky = measure_sky(obs / noise, np.isfinite(noise) & np.ones(obs.shape, dtype=bool))
+        sky = measure_sky(obs / noise, np.broadcast_to(np.isfinite(noise), obs.shape))
         if sky.pixels < MIN_SKY_PIXELS:
             raise FitsError(
                 f"{path}: {sky.pixels} pixels of sky on the model's grid, too few to measure the noise from (at "
