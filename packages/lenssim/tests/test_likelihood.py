@@ -87,6 +87,62 @@ def test_noise_has_the_requested_sigma_and_chi2_nu_is_one():
     assert torch.equal(noisy, again)
 
 
+def test_binned_chi2_nu_is_one_for_white_noise_of_any_sigma_map():
+    g = torch.Generator().manual_seed(5)
+    clean = torch.zeros(8, 1, 64, 64, dtype=torch.float64)
+    noise_map = 0.02 + 0.2 * torch.rand(clean.shape, generator=g, dtype=clean.dtype)
+    noisy = lenssim.add_noise(clean, noise_map, generator=g)
+    for block in (2, 4, 8):
+        binned = lenssim.binned_chi2_nu(noisy, clean, noise_map, block=block)
+        # (64 / block)^2 blocks per lens, 8 lenses: the mean of chi^2_1 draws, std sqrt(2 / count)
+        count = 8 * (64 // block) ** 2
+        assert abs(float(binned.mean()) - 1) < 4 * math.sqrt(2 / count), (block, binned)
+    # a noise level wrong by one factor moves chi2_nu and the binned chi2_nu alike: white residuals
+    assert torch.allclose(
+        lenssim.binned_chi2_nu(noisy, clean, noise_map / 2).mean(),
+        4 * lenssim.binned_chi2_nu(noisy, clean, noise_map).mean(),
+    )
+    assert torch.allclose(
+        lenssim.binned_chi2_nu(noisy, clean, noise_map, block=1), lenssim.chi2_nu(noisy, clean, noise_map)
+    )
+
+
+def test_binned_chi2_nu_adds_up_smooth_structure_and_cancels_a_checkerboard():
+    sigma, d = 0.5, 0.1
+    model = torch.zeros(2, 1, 10, 10, dtype=torch.float64)
+    offset = model + d  # a residual of d everywhere: chi2_nu (d / sigma)^2
+    assert torch.allclose(lenssim.chi2_nu(offset, model, sigma), torch.tensor(0.04, dtype=torch.float64))
+    # 4 x 4 blocks of 10 x 10 pixels: block sides 4, 4, 2, so blocks of 16, 8, 8, 16, 16, 8, 8, 8, 4 pixels;
+    # each adds (n d)^2 / (n sigma^2) = n (d / sigma)^2: the mean block size 100 / 9 times chi2_nu
+    assert torch.allclose(
+        lenssim.binned_chi2_nu(offset, model, sigma), torch.full((2,), 0.04 * 100 / 9, dtype=torch.float64)
+    )
+    i = torch.arange(10)
+    checker = model + d * (-1.0) ** (i[:, None] + i[None, :])
+    assert torch.allclose(lenssim.chi2_nu(checker, model, sigma), torch.tensor(0.04, dtype=torch.float64))
+    assert torch.allclose(lenssim.binned_chi2_nu(checker, model, sigma, block=2), torch.zeros(2, dtype=torch.float64))
+
+
+def test_binned_chi2_nu_leaves_out_masked_pixels_and_blocks_without_data():
+    sigma = torch.full((1, 1, 8, 8), 0.5, dtype=torch.float64)
+    model = torch.zeros_like(sigma)
+    obs = model + 0.1
+    sigma[..., :4, :4] = math.inf  # one 4 x 4 block without data, its observation garbage
+    obs[..., :4, :4] = math.nan
+    sigma[..., 4, 4] = math.inf  # one pixel of another block: that block sums 15 pixels
+    obs[..., 4, 4] = 1e6
+    # the three blocks with data: 16, 16 and 15 pixels, each adding n (0.1 / 0.5)^2
+    expected = 0.04 * (16 + 16 + 15) / 3
+    assert torch.allclose(lenssim.binned_chi2_nu(obs, model, sigma), torch.tensor([expected], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("block", [0, -1, 2.5, True, 17])
+def test_binned_chi2_nu_refuses_a_block_that_is_no_block(block):
+    y = torch.zeros(1, 1, 16, 16)
+    with pytest.raises(ValueError, match="block must be"):
+        lenssim.binned_chi2_nu(y, y, 1.0, block=block)
+
+
 @pytest.mark.parametrize("kappa_param", ["kappa", "log10"])
 def test_gradient_against_finite_differences(kappa_param):
     obs, source, kappa, sigma, kw = _problem(b=2, n=10, ns=8)

@@ -13,6 +13,7 @@ from lenssim.physics.grid import (
 )
 from lenssim.physics.likelihood import (
     add_noise as add_noise,
+    binned_chi2_nu as binned_chi2_nu,
     chi2_nu as chi2_nu,
     chi_squared as chi_squared,
     data_pixels as data_pixels,
