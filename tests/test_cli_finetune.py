@@ -102,6 +102,8 @@ def test_finetune_resumes_after_a_kill_and_evaluate_writes_the_report(models, tm
     assert "chi2_nu median" in out.stdout
     m = json.loads((report / "metrics.json").read_text())
     assert m["lenses"] == 5
+    assert f"in 4x4 blocks {m['chi2_nu_binned']['final']['median']:.3g} (1: noise)" in out.stdout
+    assert set(m["chi2_nu_binned"]) == {"block_pixels", "baseline", "final"}
     assert m["chi2_nu"]["final"]["median"] == pytest.approx(float(d["chi2_nu"].median()), rel=1e-5)
     assert set(m["log10_loss"]) == {"baseline", "final"} and np.isfinite(m["log10_loss"]["final"]["mu"])
     assert len(m["coherence"]["final"]["source"]["mean"]) == 16

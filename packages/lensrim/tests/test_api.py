@@ -84,6 +84,19 @@ def test_the_readme_example_runs_in_five_lines_and_writes_consistent_fits(runs, 
         np.testing.assert_allclose(h["CHI"].data, residual / h["NOISE"].data, rtol=1e-4, atol=1e-4)
         assert float(np.mean(h["CHI"].data.astype(np.float64) ** 2)) == pytest.approx(chi2, rel=1e-3)
         assert h[0].header["CHI2NU"] == pytest.approx(float(rec.chi2_nu[0]), rel=1e-5)
+        # CHI2BIN: the residual summed in 4 x 4 blocks over its summed variance, from the written maps
+        assert h[0].header["BINPIX"] == 4
+        assert h[0].header["CHI2BIN"] == pytest.approx(_block_chi2(h["RESIDUAL"].data, h["NOISE"].data), rel=1e-3)
+
+
+def _block_chi2(residual, noise, b=4):
+    """numpy, from FITS maps (NaN without data): each block's residual sum squared over its summed
+    variance, averaged over the blocks with data."""
+    r = np.nan_to_num(residual.astype(np.float64))
+    v = np.nan_to_num(noise.astype(np.float64) ** 2)
+    n = r.shape[0] // b
+    sums, var = (x.reshape(n, b, n, b).sum(axis=(1, 3)) for x in (r, v))
+    return float(np.mean(sums[var > 0] ** 2 / var[var > 0]))
 
 
 def test_reconstruct_equals_the_rim_on_its_own_physics(runs):
@@ -342,6 +355,7 @@ def test_masked_pixels_change_nothing_and_are_blank_in_the_fits_copy(runs, tmp_p
         assert np.isfinite(h["MODEL"].data).all()
         chi = h["CHI"].data.astype(np.float64)
         assert h[0].header["CHI2NU"] == pytest.approx(float(np.nanmean(chi**2)), rel=1e-4)
+        assert h[0].header["CHI2BIN"] == pytest.approx(_block_chi2(h["RESIDUAL"].data, h["NOISE"].data), rel=1e-4)
     rec.to_hdf5(tmp_path / "r.h5")  # the masked noise map survives the file's checks
     again = lensrim.Reconstruction.from_hdf5(tmp_path / "r.h5")
     assert torch.equal(again.observation.noise, rec.observation.noise)

@@ -30,6 +30,12 @@ def test_the_quick_demo_runs_from_python(tmp_path):
     assert f"is {excess:.1f} % above the best step's" in result["verdict"]["RIM's last step"]
     rim_chi2 = next(v for k, v in result["comparison"].items() if k.startswith("RIM (T-1"))["chi2_nu"]["median"]
     assert f"median chi2_nu {rim_chi2:.3g} against" in result["verdict"]["RIM's fit"]
+    # the binned chi2_nu of each method, and the report's of the baseline and fine-tuned maps, computed
+    # apart (the demo's forward model, the reconstruction's model image) agree
+    assert all("chi2_nu_binned" in m for m in result["comparison"].values())
+    binned = {k.split(" ")[1]: v["chi2_nu_binned"]["median"] for k, v in result["comparison"].items() if k[:3] == "RIM"}
+    assert metrics["chi2_nu_binned"]["baseline"]["median"] == pytest.approx(binned["(T-1"], rel=1e-4)
+    assert metrics["chi2_nu_binned"]["final"]["median"] == pytest.approx(binned["+"], rel=1e-4)
     assert (tmp_path / "demo" / "report" / "index.html").is_file()
     with pytest.raises(DemoError, match=r"other settings \(seed 3 there, 4 here: "):
         run_demo(tmp_path / "demo", PRESETS["quick"], seed=4, say=lines.append)

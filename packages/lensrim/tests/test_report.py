@@ -60,7 +60,40 @@ def test_the_report_is_written_from_python_with_its_references(recon_file, tmp_p
     gain = on_disk["log10_loss_gain_over_constant"]["final"]
     assert gain == pytest.approx(const["log10_loss"]["mu"] - on_disk["log10_loss"]["final"]["mu"])
     page = (tmp_path / "out" / "index.html").read_text()
-    assert "four SIE lenses" in page and "constant predictor" in page
+    assert "four SIE lenses" in page and "constant predictor" in page and "4 x 4-pixel blocks, final" in page
+
+
+def _block_chi2_by_hand(y, model, sigma, b):
+    """numpy: each b x b block's residual sum over the root of its summed variance, squared, averaged."""
+    r = (y - model)[:, 0]
+    n = r.shape[-1] // b
+    sums = r.reshape(len(r), n, b, n, b).sum(axis=(2, 4))
+    return (sums**2 / (b * b * sigma[:, None, None] ** 2)).mean(axis=(1, 2))
+
+
+def test_the_report_says_whether_the_residuals_are_noise_or_structure(recon_file):
+    path, lenses = recon_file
+    rec = report.read_reconstruction(path)
+    obs = rec.observation
+    metrics = report.compute_metrics(rec)
+    assert metrics["chi2_nu_binned"]["block_pixels"] == 4
+    sigma = obs.noise.double().numpy()
+    model = lenssim.lens_image(
+        rec.source, rec.kappa.clamp_min(1e-6), image_fov=obs.image_fov, source_fov=rec.source_fov, psf=obs.psf
+    )
+    by_hand = _block_chi2_by_hand(obs.observation.double().numpy(), model.double().numpy(), sigma, 4)
+    np.testing.assert_allclose(metrics["per_lens"]["chi2_nu_binned"], by_hand, rtol=1e-4)
+    assert metrics["chi2_nu_binned"]["final"]["median"] == pytest.approx(np.median(by_hand), rel=1e-4)
+    # the true maps leave the noise, white: 64 blocks a lens, so about 1 (std sqrt(2 / 256) over the four)
+    true = replace(rec, source=lenses.source, kappa=lenses.kappa)
+    assert abs(np.mean(report.compute_metrics(true)["per_lens"]["chi2_nu_binned"]) - 1) < 4 * (2 / 256) ** 0.5
+    # no light at all leaves the arcs, which add up in the blocks: well above chi2_nu of the same residual
+    const = metrics["constant_predictor"]
+    assert const["chi2_nu_binned"]["median"] > 2 * const["chi2_nu"]["median"] > 2
+    dark = _block_chi2_by_hand(obs.observation.double().numpy(), 0 * model.double().numpy(), sigma, 4)
+    assert const["chi2_nu_binned"]["median"] == pytest.approx(np.median(dark), rel=1e-4)
+    with pytest.raises(ValueError, match="no baseline estimates"):
+        rec.model_image(baseline=True)
 
 
 def test_metrics_taken_a_few_lenses_at_a_time_are_those_taken_at_once(recon_file, monkeypatch):

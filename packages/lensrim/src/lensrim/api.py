@@ -26,6 +26,7 @@ import torch
 import lenssim
 from lenscore.config import SettingError
 from lensrim.finetune import FineTuneConfig, check_prior, finetune
+from lensrim.metrics import RESIDUAL_BLOCK
 from lensrim.model import RIM
 from lensrim.training import load_rim
 
@@ -228,12 +229,17 @@ class Reconstruction:
             steps=d.get("finetune_steps"),
         )
 
-    def model_image(self) -> torch.Tensor:
-        """The noiseless model image of the estimates, ``(B, 1, N, N)``, in the observation's units."""
+    def model_image(self, rows: slice | torch.Tensor = slice(None), *, baseline: bool = False) -> torch.Tensor:
+        """The noiseless model image of the estimates of lenses ``rows`` (a slice or indices; all
+        by default), ``(B, 1, N, N)``, in the observation's units; of the baseline RIM estimates
+        with ``baseline`` (a fine-tuned reconstruction's)."""
         o = self.observation
+        source, kappa = (self.source_baseline, self.kappa_baseline) if baseline else (self.source, self.kappa)
+        if source is None:
+            raise ValueError("this reconstruction has no baseline estimates: it was not fine-tuned")
         with torch.no_grad():
             return lenssim.lens_image(
-                self.source, self.kappa, image_fov=o.image_fov, source_fov=self.source_fov, psf=o.psf
+                source[rows], kappa[rows], image_fov=o.image_fov, source_fov=self.source_fov, psf=o.psf[rows]
             )
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -275,20 +281,22 @@ class Reconstruction:
         the residual over the noise, whose mean square is chi2_nu; NaN where a pixel has no
         data, ``NMASKED`` of them in the header; source, kappa, and the
         baseline maps after fine-tuning), in the observation's original units (the flux scale
-        undone), with the geometry and chi2_nu in the primary header (and the noise model given
-        with the observation: :data:`NOISE_MODEL`); written atomically.
+        undone), with the geometry, chi2_nu and ``CHI2BIN`` (chi2_nu of the residual summed in
+        blocks of ``BINPIX`` pixels a side: :func:`lenssim.binned_chi2_nu`) in the primary header
+        (and the noise model given with the observation: :data:`NOISE_MODEL`); written atomically.
         The maps on the image's grid carry the observation's sky WCS when it came from a FITS
         file that had one (resampled with it onto the RIM's grid), the maps in its units its
         ``BUNIT``, and the primary header its telescope, instrument, filter, target and date."""
         o, i, scale = self.observation, index, self.observation.lens_scale(index)
         origin = o.lens_origin(index)
-        model = self.model_image()
-        residual = o.observation[i, 0] - model[i, 0]
+        model = self.model_image(slice(i, i + 1))  # this lens's alone
+        residual = o.observation[i, 0] - model[0, 0]
         noise = o.noise[i, 0] if o.noise.dim() == 4 else o.noise.reshape(-1)[i].expand_as(residual)
         blank = torch.where(torch.isfinite(noise), 1.0, torch.nan)  # NaN where a pixel has no data
+        block = min(RESIDUAL_BLOCK, o.pixels)  # CHI2BIN: chi2_nu of the residual summed in blocks
         maps = {
             "observation": o.observation[i, 0] * scale * blank,
-            "model": model[i, 0] * scale,
+            "model": model[0, 0] * scale,
             "residual": residual * scale * blank,
             "noise": noise * scale * blank,
             "chi": residual / noise * blank,
@@ -302,6 +310,8 @@ class Reconstruction:
             "srcpix": self.source_fov / self.source.shape[-1],
             "fluxscl": scale,
             "chi2nu": float(self.chi2_nu[i]),
+            "chi2bin": float(lenssim.binned_chi2_nu(o.observation[i : i + 1], model, noise[None, None], block=block)),
+            "binpix": block,
             "nmasked": int((~torch.isfinite(noise)).sum()),
         }
         if self.chi2_nu_baseline is not None:
