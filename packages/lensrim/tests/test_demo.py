@@ -36,6 +36,7 @@ def test_the_quick_demo_runs_from_python(tmp_path):
     binned = {k.split(" ")[1]: v["chi2_nu_binned"]["median"] for k, v in result["comparison"].items() if k[:3] == "RIM"}
     assert metrics["chi2_nu_binned"]["baseline"]["median"] == pytest.approx(binned["(T-1"], rel=1e-4)
     assert metrics["chi2_nu_binned"]["final"]["median"] == pytest.approx(binned["+"], rel=1e-4)
+    assert f"4x4-pixel blocks its residual gives {binned['(T-1']:.3g} (white" in result["verdict"]["RIM's fit"]
     assert (tmp_path / "demo" / "report" / "index.html").is_file()
     with pytest.raises(DemoError, match=r"other settings \(seed 3 there, 4 here: "):
         run_demo(tmp_path / "demo", PRESETS["quick"], seed=4, say=lines.append)

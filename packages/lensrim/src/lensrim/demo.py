@@ -928,6 +928,15 @@ def _verdict(comparison: dict, budget: int, labels: dict[str, str], per_step: li
         f"{rc:.3g} against the constant predictor's {cc:.3g} (an empty model image) and {ac:.3g} for Adam with the "
         f"same {budget} gradients (1 = the noise)"
     )
+    if "chi2_nu_binned" in r:  # what is left: noise (about 1 in blocks) or structure (above chi2_nu)
+        from lensrim.metrics import RESIDUAL_BLOCK
+
+        rb = r["chi2_nu_binned"]["median"]
+        out["RIM's fit"] += (
+            f"; summed in {RESIDUAL_BLOCK}x{RESIDUAL_BLOCK}-pixel blocks its residual gives {rb:.3g} (white noise "
+            f"gives about 1, a noise level off by one factor chi2_nu's {rc:.3g}): "
+            + ("structure the model misses" if rb > 1.5 * rc else "close to white")
+        )
     if per_step is not None:
         best = min(range(len(per_step)), key=per_step.__getitem__)
         excess = per_step[-1] / per_step[best] - 1
