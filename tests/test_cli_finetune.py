@@ -281,6 +281,9 @@ def test_a_catalogue_of_fits_lenses_is_fine_tuned_in_one_batch(models, tmp_path)
             np.testing.assert_allclose(h["OBSERVATION"].data, d["observation"][i, 0].numpy() * 100 * (i + 1), rtol=1e-5)
             assert h[0].header["PSFFWHM"] == [0.2, 0.3][i] and h[0].header["NOISESIG"] == 1.0
             assert h[0].header["CHI2NU"] == pytest.approx(float(r["chi2_nu"][i]))
+            # each lens's fit is said as its copy carries it: chi2_nu, and in 4x4 blocks (CHI2BIN)
+            chi2, binned = h[0].header["CHI2NU"], h[0].header["CHI2BIN"]
+            assert f"{name}: chi2_nu {chi2:.3g}; in 4x4-pixel blocks {binned:.3g} (noise: about 1" in said.stdout
     # the RIM alone on each file gives the fine-tuning's baselines
     for i, name in enumerate(("left", "right")):
         one = tmp_path / f"{name}.h5"

@@ -329,6 +329,7 @@ def fits_copy(output: Path) -> list[Path]:
     """Write the reconstruction ``output`` of a FITS observation (or of a catalogue of them: one
     file per lens) again as FITS beside it."""
     import lensrim
+    from lensrim.metrics import residual_block
 
     rec = lensrim.Reconstruction.from_hdf5(output)
     obs, n = rec.observation, rec.observation.pixels
@@ -353,6 +354,11 @@ def fits_copy(output: Path) -> list[Path]:
                 f"{which}{masked} of the {n}x{n} model pixels had no data (NaN or masked in the input): "
                 "left out of the fit"
             )
+        block = residual_block(n)
+        click.echo(
+            f"{which}chi2_nu {float(rec.chi2_nu[i]):.3g}; in {block}x{block}-pixel blocks "
+            f"{float(rec.binned_chi2_nu(slice(i, i + 1))[0]):.3g} (noise: about 1; above chi2_nu: structure left)"
+        )
     if lenses is None:
         click.echo(f"wrote {paths[0]} {maps}")
     else:

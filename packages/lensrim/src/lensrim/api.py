@@ -26,7 +26,7 @@ import torch
 import lenssim
 from lenscore.config import SettingError
 from lensrim.finetune import FineTuneConfig, check_prior, finetune
-from lensrim.metrics import RESIDUAL_BLOCK
+from lensrim.metrics import residual_block
 from lensrim.model import RIM
 from lensrim.training import load_rim
 
@@ -242,6 +242,14 @@ class Reconstruction:
                 source[rows], kappa[rows], image_fov=o.image_fov, source_fov=self.source_fov, psf=o.psf[rows]
             )
 
+    def binned_chi2_nu(self, rows: slice = slice(None), *, baseline: bool = False) -> torch.Tensor:
+        """chi2_nu of the residual of lenses ``rows`` summed in blocks of
+        :data:`~lensrim.metrics.RESIDUAL_BLOCK` pixels a side (:func:`lenssim.binned_chi2_nu`),
+        ``(B,)``: about 1 when the residual is noise, above chi2_nu when it is structure."""
+        o = self.observation[rows]
+        model = self.model_image(rows, baseline=baseline)
+        return lenssim.binned_chi2_nu(o.observation, model, o.noise, block=residual_block(o.pixels))
+
     def arrays(self) -> dict[str, np.ndarray]:
         """The reconstruction's fields as ``lens evaluate`` reads them (truth included when known)."""
         out = self.observation.arrays()
@@ -293,7 +301,6 @@ class Reconstruction:
         residual = o.observation[i, 0] - model[0, 0]
         noise = o.noise[i, 0] if o.noise.dim() == 4 else o.noise.reshape(-1)[i].expand_as(residual)
         blank = torch.where(torch.isfinite(noise), 1.0, torch.nan)  # NaN where a pixel has no data
-        block = min(RESIDUAL_BLOCK, o.pixels)  # CHI2BIN: chi2_nu of the residual summed in blocks
         maps = {
             "observation": o.observation[i, 0] * scale * blank,
             "model": model[0, 0] * scale,
@@ -310,8 +317,8 @@ class Reconstruction:
             "srcpix": self.source_fov / self.source.shape[-1],
             "fluxscl": scale,
             "chi2nu": float(self.chi2_nu[i]),
-            "chi2bin": float(lenssim.binned_chi2_nu(o.observation[i : i + 1], model, noise[None, None], block=block)),
-            "binpix": block,
+            "chi2bin": float(self.binned_chi2_nu(slice(i, i + 1))[0]),
+            "binpix": residual_block(o.pixels),
             "nmasked": int((~torch.isfinite(noise)).sum()),
         }
         if self.chi2_nu_baseline is not None:

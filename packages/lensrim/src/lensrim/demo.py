@@ -670,13 +670,13 @@ def _score(
 
     import lensrim
     import lenssim
-    from lensrim.metrics import RESIDUAL_BLOCK, chi2_summary, coherence_spectrum, log_loss_moments
+    from lensrim.metrics import chi2_summary, coherence_spectrum, log_loss_moments, residual_block
 
     s, xi = estimate.source.cpu(), estimate.log10_kappa.cpu()
     truth_s, truth_k = test.source, test.kappa.clamp_min(1e-6)
     model = physics.simulate(s.to(y.device), xi.to(y.device))
     chi2 = lenssim.chi2_nu(y, model, physics.sigma).cpu()
-    binned = lenssim.binned_chi2_nu(y, model, physics.sigma, block=min(RESIDUAL_BLOCK, y.shape[-1])).cpu()
+    binned = lenssim.binned_chi2_nu(y, model, physics.sigma, block=residual_block(y.shape[-1])).cpu()
     loss = lensrim.rim_loss(torch.cat([s, xi], dim=1)[None], truth_s, truth_k)
     _, gs = coherence_spectrum(s, truth_s, fov=obs.source_fov)
     _, gk = coherence_spectrum(torch.pow(10.0, xi), truth_k, fov=obs.image_fov)

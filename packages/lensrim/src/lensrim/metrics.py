@@ -29,6 +29,7 @@ __all__ = [
     "chi2_summary",
     "chunks",
     "median",
+    "residual_block",
     "snr",
 ]
 
@@ -42,6 +43,12 @@ RESIDUAL_BLOCK = 4
 """The block side in pixels of the binned chi2_nu that reports and FITS copies give beside chi2_nu
 (:func:`lenssim.binned_chi2_nu`): about 1 when the residuals are noise, above chi2_nu when they are
 structure. 4 x 4 blocks leave 256 of them on a 64^2 image, so pure noise scatters it by +-0.09."""
+
+
+def residual_block(pixels: int) -> int:
+    """The binned chi2_nu's block side on an image of ``pixels`` a side: :data:`RESIDUAL_BLOCK`, or
+    the whole image where it is smaller."""
+    return min(RESIDUAL_BLOCK, pixels)
 
 
 def chunks(n: int, size: int | None = None) -> list[slice]:

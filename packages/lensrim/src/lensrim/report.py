@@ -24,13 +24,13 @@ import lenssim
 from lenscore.files import remove_stale_temporaries, written
 from lensrim.api import Reconstruction, read_reconstruction
 from lensrim.metrics import (
-    RESIDUAL_BLOCK,
     chi2_summary,
     chunks,
     coherence_bands,
     coherence_spectrum,
     constant_reference,
     log_loss_moments,
+    residual_block,
     snr,
 )
 from lensrim.model import rim_loss
@@ -78,21 +78,10 @@ def _loss(source_pred, kappa_pred, source, kappa) -> np.ndarray:
 def _chi2_of_nothing(obs: lenssim.Observation) -> tuple[torch.Tensor, torch.Tensor]:
     """chi2_nu and binned chi2_nu of the constant predictor's model: no source, so no light at all."""
     dark = torch.zeros_like(obs.observation)
-    block = min(RESIDUAL_BLOCK, obs.pixels)
+    block = residual_block(obs.pixels)
     return lenssim.chi2_nu(obs.observation, dark, obs.noise), lenssim.binned_chi2_nu(
         obs.observation, dark, obs.noise, block=block
     )
-
-
-def _binned_chi2(rec: Reconstruction, *, baseline: bool = False) -> torch.Tensor:
-    """The binned chi2_nu of every lens of ``rec`` (its baseline RIM estimates with ``baseline``)."""
-
-    def part(rows: slice) -> torch.Tensor:
-        obs = rec.observation[rows]
-        model = rec.model_image(rows, baseline=baseline)
-        return lenssim.binned_chi2_nu(obs.observation, model, obs.noise, block=min(RESIDUAL_BLOCK, obs.pixels))
-
-    return torch.cat([part(rows) for rows in chunks(len(rec.observation))])
 
 
 def compute_metrics(rec: Reconstruction) -> dict:
@@ -108,9 +97,9 @@ def compute_metrics(rec: Reconstruction) -> dict:
         stages = {"baseline": (rec.source_baseline, rec.kappa_baseline), **stages}
         per_lens["chi2_nu_baseline"] = rec.chi2_nu_baseline.tolist()
     # whether what chi2_nu leaves is noise (about 1) or structure on the blocks' scale (above chi2_nu)
-    out["chi2_nu_binned"] = {"block_pixels": min(RESIDUAL_BLOCK, obs.pixels)}
+    out["chi2_nu_binned"] = {"block_pixels": residual_block(obs.pixels)}
     for stage in stages:
-        binned = _binned_chi2(rec, baseline=stage == "baseline")
+        binned = torch.cat([rec.binned_chi2_nu(rows, baseline=stage == "baseline") for rows in chunks(len(obs))])
         out["chi2_nu_binned"][stage] = chi2_summary(binned)
         per_lens["chi2_nu_binned" if stage == "final" else f"chi2_nu_binned_{stage}"] = binned.tolist()
     if "source" in truth and "kappa" in truth:
