@@ -345,9 +345,10 @@ HOW_TO_READ = (
     (
         "chi2_nu of pixel blocks",
         "the residual summed in blocks of pixels, each sum over its own noise (lenssim.binned_chi2_nu): "
-        "about 1 when the residuals are white noise whatever their amplitude, so beside chi2_nu it tells why a fit "
-        "misses. Both equal and above 1: the noise is underestimated. Binned well above chi2_nu: structure left "
-        "on the blocks' scale (an arc not modelled adds up coherently, up to the block's pixel count times what it "
+        "about 1 when the residuals are the stated noise, and about chi2_nu when they are white noise of another "
+        "level, so beside chi2_nu it tells why a fit misses. Both about equal and above 1: a noise level set too low "
+        "(or a misfit that alternates from pixel to pixel). Binned well above chi2_nu: structure left on the blocks' "
+        "scale (an arc not modelled adds up coherently, up to the block's pixel count times what it "
         "adds to chi2_nu). Correlated noise (drizzled frames) raises it too.",
     ),
     (
