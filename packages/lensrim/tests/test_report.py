@@ -42,7 +42,14 @@ def test_the_report_is_written_from_python_with_its_references(recon_file, tmp_p
     metrics = report.write_report(rec, tmp_path / "out", title="four SIE lenses")
     on_disk = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert on_disk["lenses"] == metrics["lenses"] == 4
-    for name in ("index.html", "lenses.png", "chi2_histogram.png", "chi2_vs_snr.png", "coherence.png"):
+    for name in (
+        "index.html",
+        "lenses.png",
+        "chi2_histogram.png",
+        "chi2_vs_snr.png",
+        "chi2_by_block.png",
+        "coherence.png",
+    ):
         assert (tmp_path / "out" / name).stat().st_size > 0, name
     assert not list((tmp_path / "out").glob(".*.tmp"))
     # the loss is eq. 7 of the final maps against the truth, computed here independently
@@ -94,6 +101,28 @@ def test_the_report_says_whether_the_residuals_are_noise_or_structure(recon_file
     assert const["chi2_nu_binned"]["median"] == pytest.approx(np.median(dark), rel=1e-4)
     with pytest.raises(ValueError, match="no baseline estimates"):
         rec.model_image(baseline=True)
+
+
+def test_the_block_scan_runs_from_chi2_nu_to_the_arcs_scale(recon_file, tmp_path):
+    path, lenses = recon_file
+    rec = report.read_reconstruction(path)
+    metrics = report.compute_metrics(rec)
+    scan = metrics["chi2_nu_by_block"]
+    assert scan["block_pixels"] == [1, 2, 4, 8] and scan["pixel_arcsec"] == rec.observation.pixel_scale
+    # block 1 is chi2_nu itself; block 4 the headline binned value, from the same model images
+    assert scan["final"]["median"][0] == pytest.approx(metrics["chi2_nu"]["final"]["median"], rel=1e-4)
+    assert scan["final"]["median"][2] == pytest.approx(metrics["chi2_nu_binned"]["final"]["median"], rel=1e-6)
+    by_block = rec.binned_chi2_nu_by_block((1, 2, 4, 8))
+    assert by_block.shape == (4, 4) and torch.allclose(by_block[2], rec.binned_chi2_nu())
+    # the true maps leave white noise: about 1 at every side (mean over the lenses: 4 x (32 / b)^2 blocks)
+    true = replace(rec, source=lenses.source, kappa=lenses.kappa).binned_chi2_nu_by_block((1, 2, 4, 8))
+    for b, row in zip((1, 2, 4, 8), true, strict=True):
+        assert abs(float(row.mean()) - 1) < 4 * (2 / (4 * (32 // b) ** 2)) ** 0.5, (b, row)
+    # no light at all: the arcs add up more with every doubling of the block
+    dark = scan["constant_predictor"]["median"]
+    assert all(dark[i + 1] > 1.5 * dark[i] for i in range(len(dark) - 1))
+    report.write_report(rec, tmp_path / "out", title="blocks")
+    assert (tmp_path / "out" / "chi2_by_block.png").stat().st_size > 0
 
 
 def test_metrics_taken_a_few_lenses_at_a_time_are_those_taken_at_once(recon_file, monkeypatch):

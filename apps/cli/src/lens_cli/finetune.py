@@ -156,7 +156,7 @@ def evaluate(recon: Path, output: Path) -> None:
     Writes OUTPUT/metrics.json (chi2_nu before and after fine-tuning, and of the residual summed in
     4x4-pixel blocks: about 1 when it is noise, above chi2_nu when it is structure; with the truth, the log10
     loss moments of Table 4 and the phase-aware coherence of source and kappa), the figures
-    (lenses.png, chi2_histogram.png, chi2_vs_snr.png, coherence.png) and OUTPUT/index.html.
+    (lenses.png, chi2_histogram.png, chi2_vs_snr.png, chi2_by_block.png, coherence.png) and OUTPUT/index.html.
     """
     from lensrim.report import read_reconstruction, write_report
 

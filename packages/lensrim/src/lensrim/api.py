@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -245,10 +245,18 @@ class Reconstruction:
     def binned_chi2_nu(self, rows: slice = slice(None), *, baseline: bool = False) -> torch.Tensor:
         """chi2_nu of the residual of lenses ``rows`` summed in blocks of
         :data:`~lensrim.metrics.RESIDUAL_BLOCK` pixels a side (:func:`lenssim.binned_chi2_nu`),
-        ``(B,)``: about 1 when the residual is noise, above chi2_nu when it is structure."""
+        ``(B,)``: about 1 when the residual is the noise, above chi2_nu when it is structure."""
+        return self.binned_chi2_nu_by_block((residual_block(self.observation.pixels),), rows, baseline=baseline)[0]
+
+    def binned_chi2_nu_by_block(
+        self, blocks: Sequence[int], rows: slice = slice(None), *, baseline: bool = False
+    ) -> torch.Tensor:
+        """The binned chi2_nu of lenses ``rows`` at each block side in ``blocks``, ``(len(blocks), B)``,
+        from one model image: flat at 1 when the residual is the noise, flat above 1 when the noise
+        level is off by one factor, rising with the block where structure is left on that scale."""
         o = self.observation[rows]
         model = self.model_image(rows, baseline=baseline)
-        return lenssim.binned_chi2_nu(o.observation, model, o.noise, block=residual_block(o.pixels))
+        return torch.stack([lenssim.binned_chi2_nu(o.observation, model, o.noise, block=b) for b in blocks])
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The reconstruction's fields as ``lens evaluate`` reads them (truth included when known)."""

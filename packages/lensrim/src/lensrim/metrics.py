@@ -22,6 +22,7 @@ __all__ = [
     "EVAL_CHUNK",
     "RESIDUAL_BLOCK",
     "ConstantReference",
+    "block_scan",
     "constant_reference",
     "coherence_spectrum",
     "coherence_bands",
@@ -49,6 +50,13 @@ def residual_block(pixels: int) -> int:
     """The binned chi2_nu's block side on an image of ``pixels`` a side: :data:`RESIDUAL_BLOCK`, or
     the whole image where it is smaller."""
     return min(RESIDUAL_BLOCK, pixels)
+
+
+def block_scan(pixels: int) -> tuple[int, ...]:
+    """The block sides a report scans on an image of ``pixels`` a side: 1 (chi2_nu itself), 2, 4, ...
+    while at least 16 blocks fit, and :func:`residual_block` always."""
+    sides = [b for b in (1, 2, 4, 8, 16, 32, 64) if b <= pixels // 4]
+    return tuple(sorted({*sides, residual_block(pixels)}))
 
 
 def chunks(n: int, size: int | None = None) -> list[slice]:

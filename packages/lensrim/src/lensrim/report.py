@@ -24,6 +24,7 @@ import lenssim
 from lenscore.files import remove_stale_temporaries, written
 from lensrim.api import Reconstruction, read_reconstruction
 from lensrim.metrics import (
+    block_scan,
     chi2_summary,
     chunks,
     coherence_bands,
@@ -37,6 +38,7 @@ from lensrim.model import rim_loss
 
 __all__ = [
     "chi2_histogram",
+    "block_figure",
     "chi2_vs_snr",
     "coherence_figure",
     "comparison_figure",
@@ -75,13 +77,18 @@ def _loss(source_pred, kappa_pred, source, kappa) -> np.ndarray:
     return torch.cat([part(rows) for rows in chunks(len(source))]).numpy()
 
 
-def _chi2_of_nothing(obs: lenssim.Observation) -> tuple[torch.Tensor, torch.Tensor]:
-    """chi2_nu and binned chi2_nu of the constant predictor's model: no source, so no light at all."""
+def _chi2_of_nothing(obs: lenssim.Observation, sides: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """chi2_nu ``(B,)`` and the binned chi2_nu at each block side in ``sides`` ``(len(sides), B)`` of
+    the constant predictor's model: no source, so no light at all."""
     dark = torch.zeros_like(obs.observation)
-    block = residual_block(obs.pixels)
-    return lenssim.chi2_nu(obs.observation, dark, obs.noise), lenssim.binned_chi2_nu(
-        obs.observation, dark, obs.noise, block=block
-    )
+    scan = torch.stack([lenssim.binned_chi2_nu(obs.observation, dark, obs.noise, block=b) for b in sides])
+    return lenssim.chi2_nu(obs.observation, dark, obs.noise), scan
+
+
+def _percentiles(scan: torch.Tensor) -> dict[str, list[float]]:
+    """Median and 16-84 % over the lenses of a block scan ``(sides, B)``, per side."""
+    q = np.percentile(scan.double().numpy(), [16, 50, 84], axis=1)
+    return {"p16": q[0].tolist(), "median": q[1].tolist(), "p84": q[2].tolist()}
 
 
 def compute_metrics(rec: Reconstruction) -> dict:
@@ -96,12 +103,19 @@ def compute_metrics(rec: Reconstruction) -> dict:
         out["chi2_nu"]["baseline"] = chi2_summary(rec.chi2_nu_baseline)
         stages = {"baseline": (rec.source_baseline, rec.kappa_baseline), **stages}
         per_lens["chi2_nu_baseline"] = rec.chi2_nu_baseline.tolist()
-    # whether what chi2_nu leaves is noise (about 1) or structure on the blocks' scale (above chi2_nu)
-    out["chi2_nu_binned"] = {"block_pixels": residual_block(obs.pixels)}
+    # whether what chi2_nu leaves is noise (about 1) or structure on the blocks' scale (above chi2_nu),
+    # at RESIDUAL_BLOCK and across block sides (one model image per lens and stage)
+    block, sides = residual_block(obs.pixels), block_scan(obs.pixels)
+    out["chi2_nu_binned"] = {"block_pixels": block}
+    out["chi2_nu_by_block"] = {"block_pixels": list(sides), "pixel_arcsec": obs.pixel_scale}
     for stage in stages:
-        binned = torch.cat([rec.binned_chi2_nu(rows, baseline=stage == "baseline") for rows in chunks(len(obs))])
+        scan = torch.cat(
+            [rec.binned_chi2_nu_by_block(sides, rows, baseline=stage == "baseline") for rows in chunks(len(obs))], dim=1
+        )
+        binned = scan[sides.index(block)]
         out["chi2_nu_binned"][stage] = chi2_summary(binned)
         per_lens["chi2_nu_binned" if stage == "final" else f"chi2_nu_binned_{stage}"] = binned.tolist()
+        out["chi2_nu_by_block"][stage] = _percentiles(scan)
     if "source" in truth and "kappa" in truth:
         out["log10_loss"], out["coherence"] = {}, {}
         for stage, (source, kappa) in stages.items():
@@ -116,14 +130,15 @@ def compute_metrics(rec: Reconstruction) -> dict:
             }
         # the reference every loss is judged against: source 0 and the best constant log10 kappa
         ref = constant_reference(truth["source"], truth["kappa"])
-        parts = [_chi2_of_nothing(obs[rows]) for rows in chunks(len(obs))]
-        chi2, binned = torch.cat([c for c, _ in parts]), torch.cat([b for _, b in parts])
+        parts = [_chi2_of_nothing(obs[rows], sides) for rows in chunks(len(obs))]
+        chi2, dark = torch.cat([c for c, _ in parts]), torch.cat([d for _, d in parts], dim=1)
         out["constant_predictor"] = {
             "log10_kappa": ref.log10_kappa,
             "log10_loss": log_loss_moments(ref.loss.numpy()),
             "chi2_nu": chi2_summary(chi2),
-            "chi2_nu_binned": chi2_summary(binned),
+            "chi2_nu_binned": chi2_summary(dark[sides.index(block)]),
         }
+        out["chi2_nu_by_block"]["constant_predictor"] = _percentiles(dark)
         per_lens["loss_constant"] = ref.loss.tolist()
         out["log10_loss_gain_over_constant"] = {
             stage: out["constant_predictor"]["log10_loss"]["mu"] - m["mu"] for stage, m in out["log10_loss"].items()
@@ -159,13 +174,14 @@ RESIDUAL_SIGMA = 4.0
 
 def figures(rec: Reconstruction, metrics: dict, report: Path, *, count: int = 8) -> list[Path]:
     """The report's figures in ``report``: :func:`lens_panels`, :func:`chi2_histogram`,
-    :func:`chi2_vs_snr` and, when the metrics hold them, :func:`loss_change_histogram` and
+    :func:`chi2_vs_snr`, :func:`block_figure` and, when the metrics hold them, :func:`loss_change_histogram` and
     :func:`coherence_figure`."""
     rec = _typed(rec)
     paths = [
         lens_panels(rec, report / "lenses.png", count=count),
         chi2_histogram(rec, report / "chi2_histogram.png"),
         chi2_vs_snr(rec, report / "chi2_vs_snr.png"),
+        block_figure(metrics, report / "chi2_by_block.png"),
     ]
     if "log10_loss_change" in metrics:
         paths.append(loss_change_histogram(metrics, report / "loss_change.png"))
@@ -297,6 +313,32 @@ def chi2_vs_snr(rec: Reconstruction, path: Path) -> Path:
     return _save(fig, path)
 
 
+def block_figure(metrics: dict, path: Path) -> Path:
+    """The binned chi2_nu of the residual against the block side (median and 16-84 % over the
+    lenses): flat at 1 for noise, flat above 1 for a noise level off by one factor, rising with the
+    block where the fit leaves structure on that scale."""
+    plt = _pyplot()
+    scan = metrics["chi2_nu_by_block"]
+    sides = scan["block_pixels"]
+    pixel = scan["pixel_arcsec"]
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    styles = {"constant_predictor": ("0.5", "constant predictor (no light)"), "baseline": ("k", "RIM baseline")}
+    for key, (color, label) in {**styles, "final": ("C3", "final")}.items():
+        if key in scan:
+            m = scan[key]
+            ax.plot(sides, m["median"], "o-", color=color, label=label)
+            ax.fill_between(sides, m["p16"], m["p84"], color=color, alpha=0.15)
+    ax.axhline(1.0, color="k", lw=0.8, ls="--", label="the noise")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(sides, [str(b) for b in sides])
+    ax.set_xlabel(f'block side (pixels of {pixel:.3g}")')
+    ax.set_ylabel(r"$\chi^2_\nu$ of the residual summed in blocks")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def loss_change_histogram(metrics: dict, path: Path) -> Path:
     """The per-lens change of log10 loss by fine-tuning (Fig. 8, left)."""
     plt = _pyplot()
@@ -349,7 +391,8 @@ HOW_TO_READ = (
         "level, so beside chi2_nu it tells why a fit misses. Both about equal and above 1: a noise level set too low "
         "(or a misfit that alternates from pixel to pixel). Binned well above chi2_nu: structure left on the blocks' "
         "scale (an arc not modelled adds up coherently, up to the block's pixel count times what it "
-        "adds to chi2_nu). Correlated noise (drizzled frames) raises it too.",
+        "adds to chi2_nu). Correlated noise (drizzled frames) raises it too. The figure chi2 by block scans the block "
+        "side from 1 pixel (chi2_nu itself): where the curve rises is the scale of what the fit misses.",
     ),
     (
         "log10 loss",
