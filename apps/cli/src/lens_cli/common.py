@@ -335,6 +335,7 @@ def fits_copy(output: Path) -> list[Path]:
     obs, n = rec.observation, rec.observation.pixels
     lenses = obs.origin.get("lenses")
     maps = "(observation, model, residual, noise, chi, source, kappa; the input's units)"
+    binned, block = rec.binned_chi2_nu(), residual_block(n)  # every lens's at once
     paths = []
     for i in range(len(obs)):
         name = None if lenses is None else lenses[i]["name"]
@@ -354,10 +355,9 @@ def fits_copy(output: Path) -> list[Path]:
                 f"{which}{masked} of the {n}x{n} model pixels had no data (NaN or masked in the input): "
                 "left out of the fit"
             )
-        block = residual_block(n)
         click.echo(
-            f"{which}chi2_nu {float(rec.chi2_nu[i]):.3g}; in {block}x{block}-pixel blocks "
-            f"{float(rec.binned_chi2_nu(slice(i, i + 1))[0]):.3g} (noise: about 1; above chi2_nu: structure left)"
+            f"{which}chi2_nu {float(rec.chi2_nu[i]):.3g}; in {block}x{block}-pixel blocks {float(binned[i]):.3g} "
+            "(noise: about 1; above chi2_nu: structure left)"
         )
     if lenses is None:
         click.echo(f"wrote {paths[0]} {maps}")

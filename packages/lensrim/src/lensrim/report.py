@@ -37,8 +37,8 @@ from lensrim.metrics import (
 from lensrim.model import rim_loss
 
 __all__ = [
-    "chi2_histogram",
     "block_figure",
+    "chi2_histogram",
     "chi2_vs_snr",
     "coherence_figure",
     "comparison_figure",
