@@ -186,6 +186,10 @@ def test_finetune_a_fits_observation(models, tmp_path):
     with fits.open(tmp_path / "auto.fits") as h:
         factor = h[0].header["NOISESCL"]
         assert h[0].header["NOISESIG"] == "auto" and factor == pytest.approx(measured * peak * 250 / 1.0, rel=1e-5)
+        # the copies averaged back: white noise again, its correlation measured from the sky and said
+        along = h[0].header["CORRX"], h[0].header["CORRY"]
+    assert max(abs(c) for c in along) < 0.15
+    assert f"measured from the sky: {along[0]:.2f} along x, {along[1]:.2f} along y" in said.stdout
     again = run(*rim, *args, "--noise-sigma", 2, check=False)
     assert again.returncode == 1 and "fits.noise_sigma 'auto' there, 2.0 here" in again.stderr
     bad = run(*rim, *args, "--noise-sigma", "automatic", check=False)

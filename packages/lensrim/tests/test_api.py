@@ -308,6 +308,46 @@ def test_a_measured_noise_is_kept_with_the_reconstruction_and_written_in_its_fit
             lensrim.Reconstruction.from_hdf5(tmp_path / "r.h5")
 
 
+def test_the_noise_correlation_is_kept_with_the_reconstruction_and_its_blocks_allow_for_it(runs, tmp_path):
+    """A FITS lens's noise correlation, measured from its sky on the RIM's grid, goes into the
+    reconstruction file and back, into the binned chi2_nu (the report's, the FITS copy's) and into
+    the FITS copy as CORRX and CORRY; a lens dataset (white, simulated noise) has none; a corrupt
+    one in a file is refused in one line."""
+    import h5py
+    from scipy import ndimage
+
+    with fits.open(runs / "lens.fits") as h:
+        image, hdr = h[0].data, h[0].header.copy()
+    kernel = np.outer([0.5, 1.0, 0.5], [0.5, 1.0, 0.5])
+    noise = ndimage.convolve(np.random.default_rng(1).normal(0.0, 1.0, image.shape), kernel, mode="wrap")
+    fits.PrimaryHDU(image + noise, header=hdr).writeto(tmp_path / "in.fits")
+    rim = lensrim.load(runs / "rim")
+    obs, attrs = lensrim.api.load_observations(tmp_path / "in.fits", rim, psf_fwhm=0.08, noise_sigma="auto")
+    rho = np.array(attrs["fits"]["noise_correlation"])
+    along_x, along_y = lenssim.io.fits.neighbour_correlation(rho)
+    assert rho.shape == (7, 7) and along_x > 0.3 and along_y > 0.3
+    rec = lensrim.reconstruct(rim, obs)
+    rec.to_hdf5(tmp_path / "r.h5")
+    again = lensrim.Reconstruction.from_hdf5(tmp_path / "r.h5")
+    assert again.observation.origin["noise_correlation"] == rho.tolist()
+    o, model = again.observation, again.model_image()
+    white = lenssim.binned_chi2_nu(o.observation, model, o.noise)
+    allowed = lenssim.binned_chi2_nu(o.observation, model, o.noise, correlation=torch.from_numpy(rho))
+    assert torch.allclose(again.binned_chi2_nu(), allowed) and not torch.allclose(allowed, white, rtol=0.05)
+    with fits.open(again.to_fits(tmp_path / "c.fits")) as h:
+        assert (h[0].header["CORRX"], h[0].header["CORRY"]) == (along_x, along_y)
+        assert h[0].header["CHI2BIN"] == pytest.approx(float(allowed[0]), rel=1e-6)
+    dataset = lensrim.reconstruct(rim, lenssim.Observation.from_dataset(runs / "lenses.h5"))
+    assert dataset.observation.noise_correlation() is None
+    with fits.open(dataset.to_fits(tmp_path / "d.fits")) as h:
+        assert "CORRX" not in h[0].header
+    for bad in ('{"noise_correlation": [[1, 0], [0, 1]]}', '{"noise_correlation": [[0, 0, 0], [0, 2, 0], [0, 0, 0]]}'):
+        with h5py.File(tmp_path / "r.h5", "a") as f:
+            f.attrs["fits"] = bad
+        with pytest.raises(lenssim.DatasetError, match="the noise correlation"):
+            lensrim.Reconstruction.from_hdf5(tmp_path / "r.h5")
+
+
 def test_a_reconstruction_file_with_a_corrupt_sky_wcs_is_refused(runs, tmp_path):
     import h5py
 

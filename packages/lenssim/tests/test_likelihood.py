@@ -246,3 +246,80 @@ def test_written_out_gradient_sums_a_shared_source():
     ref_s, ref_k, _ = lenssim.likelihood_gradient(obs, shared, kappa, sigma, create_graph=True, **kw)
     assert gs.shape == (1, 1, 12, 12)
     assert torch.allclose(gs, ref_s.detach()) and torch.allclose(gk, ref_k.detach())
+
+
+def _autocorrelation(kernel: torch.Tensor, lags: int) -> torch.Tensor:
+    """The correlation coefficient between pixels (dy, dx) apart of white noise convolved with
+    ``kernel``, offsets up to ``lags``: sum_u k(u) k(u + d) over sum_u k(u)^2, by explicit sums."""
+    k = kernel.shape[0]
+    rho = torch.zeros(2 * lags + 1, 2 * lags + 1, dtype=torch.float64)
+    for dy in range(-lags, lags + 1):
+        for dx in range(-lags, lags + 1):
+            total = 0.0
+            for y in range(k):
+                for x in range(k):
+                    if 0 <= y + dy < k and 0 <= x + dx < k:
+                        total += float(kernel[y, x] * kernel[y + dy, x + dx])
+            rho[lags + dy, lags + dx] = total
+    return rho / rho[lags, lags]
+
+
+def _correlated_noise(shape, kernel, generator):
+    """Unit-variance noise: white noise convolved with ``kernel`` (normalised to unit sum of squares)."""
+    k = kernel.shape[0]
+    white = torch.randn(shape[0], 1, shape[-2] + k - 1, shape[-1] + k - 1, generator=generator, dtype=torch.float64)
+    return torch.nn.functional.conv2d(white, (kernel / kernel.pow(2).sum().sqrt())[None, None])
+
+
+def test_binned_chi2_nu_allows_for_correlated_noise():
+    """Noise correlated over 3x3 pixels (as drizzling leaves it) sums in 4x4 blocks to 4.7 times
+    the variance of white noise (the sum over offsets d of rho(d) (4 - |dy|)(4 - |dx|) / 16):
+    read as white it looks like structure. Given its correlation, the binned chi2_nu of that
+    noise is 1 again, under a uniform sigma and a varying sigma map alike, at every block side."""
+    g = torch.Generator().manual_seed(11)
+    kernel = torch.tensor([[0.5, 1.0, 0.5], [1.0, 2.0, 1.0], [0.5, 1.0, 0.5]], dtype=torch.float64)
+    rho = _autocorrelation(kernel, 3)  # 0 beyond 2 pixels
+    assert rho[3, 4] == pytest.approx(2 / 3) and rho[3, 6] == 0
+    noise = _correlated_noise((8, 1, 64, 64), kernel, g)
+    clean = torch.zeros_like(noise)
+    white = lenssim.binned_chi2_nu(0.1 * noise, clean, 0.1, block=4)
+    d = torch.arange(-3, 4, dtype=torch.float64).abs()
+    factor = float((rho * torch.outer(4 - d, 4 - d)).sum() / 16)
+    assert factor == pytest.approx(169 / 36)  # 1 + 4 (2/3)(3/4) + 4 (4/9)(9/16) + ...
+    count = 8 * 16**2  # blocks
+    assert abs(float(white.mean()) - factor) < 5 * factor * math.sqrt(2 / count)
+    noise_map = 0.02 + 0.2 * torch.rand(noise.shape, generator=g, dtype=torch.float64)
+    for block in (2, 4, 8):
+        count = 8 * (64 // block) ** 2
+        for sigma in (torch.tensor(0.1, dtype=torch.float64), noise_map):
+            binned = lenssim.binned_chi2_nu(sigma * noise, clean, sigma, block=block, correlation=rho)
+            assert abs(float(binned.mean()) - 1) < 5 * math.sqrt(2 / count), (block, binned)
+    # the pixels alone do not see it (chi2_nu), and white noise's own correlation changes nothing
+    y = 0.1 * noise
+    assert torch.allclose(
+        lenssim.binned_chi2_nu(y, clean, 0.1, block=1, correlation=rho), lenssim.chi2_nu(y, clean, 0.1)
+    )
+    delta = torch.zeros(3, 3, dtype=torch.float64)
+    delta[1, 1] = 1
+    assert torch.allclose(lenssim.binned_chi2_nu(y, clean, 0.1, correlation=delta), white)
+    # one correlation per lens: white lenses and correlated lenses side by side
+    per_lens = torch.stack([torch.nn.functional.pad(delta, (2, 2, 2, 2)), rho] * 4)
+    mixed = lenssim.binned_chi2_nu(y, clean, 0.1, correlation=per_lens)
+    assert torch.allclose(mixed[0::2], white[0::2])
+    assert torch.allclose(mixed[1::2], lenssim.binned_chi2_nu(y, clean, 0.1, correlation=rho)[1::2])
+
+
+@pytest.mark.parametrize(
+    ("correlation", "message"),
+    [
+        (torch.ones(2, 2), r"must be \(2L \+ 1, 2L \+ 1\)"),
+        (torch.ones(3, 3, 3), r"or \(2, 2L \+ 1, 2L \+ 1\)"),
+        (torch.full((3, 3), 0.5), "1 at the centre"),
+        (torch.tensor([[0, 0, 0], [0, 1, 2.0], [0, 0, 0]]), r"in \[-1, 1\]"),
+        (torch.tensor([[0, 0, 0], [0, 1, math.nan], [0, 0, 0]]), r"in \[-1, 1\]"),
+    ],
+)
+def test_binned_chi2_nu_refuses_a_correlation_that_is_none(correlation, message):
+    y = torch.zeros(2, 1, 16, 16)
+    with pytest.raises(ValueError, match=message):
+        lenssim.binned_chi2_nu(y, y, 1.0, correlation=correlation)

@@ -329,6 +329,7 @@ def fits_copy(output: Path) -> list[Path]:
     """Write the reconstruction ``output`` of a FITS observation (or of a catalogue of them: one
     file per lens) again as FITS beside it."""
     import lensrim
+    import lenssim
     from lensrim.metrics import residual_block
 
     rec = lensrim.Reconstruction.from_hdf5(output)
@@ -350,6 +351,12 @@ def fits_copy(output: Path) -> list[Path]:
             )
         if "noise_scale" in origin:
             click.echo(f"{which}noise map scaled by {origin['noise_scale']:.4g} to the sky's scatter")
+        if "noise_correlation" in origin:
+            along_x, along_y = lenssim.io.fits.neighbour_correlation(origin["noise_correlation"])
+            click.echo(
+                f"{which}noise correlation between neighbouring pixels, measured from the sky: "
+                f"{along_x:.2f} along x, {along_y:.2f} along y (the blocks allow for it)"
+            )
         if masked:
             click.echo(
                 f"{which}{masked} of the {n}x{n} model pixels had no data (NaN or masked in the input): "

@@ -75,8 +75,9 @@ RECONSTRUCTION_OPTIONAL = (
 scale per lens (lenses from a catalogue of FITS files)."""
 
 
-KEPT = ("wcs", "cards", *NOISE_MODEL)
-"""What a reconstruction keeps of a FITS observation's origin for its FITS copy."""
+KEPT = ("wcs", "cards", *NOISE_MODEL, "noise_correlation")
+"""What a reconstruction keeps of a FITS observation's origin: for its FITS copy, and the noise's
+correlation measured from the sky, for the binned chi2_nu (:func:`lenssim.binned_chi2_nu`)."""
 
 
 def _fits_origin(fits: object, path: Path) -> dict[str, Any]:
@@ -90,6 +91,9 @@ def _fits_origin(fits: object, path: Path) -> dict[str, Any]:
             origin["wcs"] = lenssim.io.check_sky_wcs(fits["wcs"], str(path))
         if "cards" in fits:
             origin["cards"] = lenssim.io.check_observation_cards(fits["cards"], str(path))
+        if "noise_correlation" in fits:
+            rho = lenssim.io.fits.check_noise_correlation(fits["noise_correlation"], str(path))
+            origin["noise_correlation"] = rho.tolist()
     except lenssim.FitsError as e:
         raise lenssim.DatasetError(str(e)) from None
     for key in NOISE_MODEL:
@@ -256,7 +260,10 @@ class Reconstruction:
         level is off by one factor, rising with the block where structure is left on that scale."""
         o = self.observation[rows]
         model = self.model_image(rows, baseline=baseline)
-        return torch.stack([lenssim.binned_chi2_nu(o.observation, model, o.noise, block=b) for b in blocks])
+        rho = o.noise_correlation()  # a FITS observation's, measured from its sky; else white
+        return torch.stack(
+            [lenssim.binned_chi2_nu(o.observation, model, o.noise, block=b, correlation=rho) for b in blocks]
+        )
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The reconstruction's fields as ``lens evaluate`` reads them (truth included when known)."""
@@ -298,8 +305,10 @@ class Reconstruction:
         data, ``NMASKED`` of them in the header; source, kappa, and the
         baseline maps after fine-tuning), in the observation's original units (the flux scale
         undone), with the geometry, chi2_nu and ``CHI2BIN`` (chi2_nu of the residual summed in
-        blocks of ``BINPIX`` pixels a side: :func:`lenssim.binned_chi2_nu`) in the primary header
-        (and the noise model given with the observation: :data:`NOISE_MODEL`); written atomically.
+        blocks of ``BINPIX`` pixels a side: :func:`lenssim.binned_chi2_nu`, allowing for the noise's
+        correlation measured from the sky, whose value between neighbours along x and y is in
+        ``CORRX`` and ``CORRY``) in the primary header (and the noise model given with the
+        observation: :data:`NOISE_MODEL`); written atomically.
         The maps on the image's grid carry the observation's sky WCS when it came from a FITS
         file that had one (resampled with it onto the RIM's grid), the maps in its units its
         ``BUNIT``, and the primary header its telescope, instrument, filter, target and date."""
@@ -333,6 +342,8 @@ class Reconstruction:
             maps.update(source_baseline=self.source_baseline[i, 0] * scale, kappa_baseline=self.kappa_baseline[i, 0])
             header["chi2nu0"] = float(self.chi2_nu_baseline[i])
         header.update({card: origin[k] for k, card in NOISE_MODEL.items() if k in origin})
+        if "noise_correlation" in origin:  # between neighbours, along x (columns) and y (rows)
+            header["corrx"], header["corry"] = lenssim.io.fits.neighbour_correlation(origin["noise_correlation"])
         cards = origin.get("cards", {})
         header.update({k: v for k, v in cards.items() if k != "BUNIT"})
         return lenssim.write_fits_reconstruction(
@@ -520,7 +531,8 @@ def load_observations(
 def _fits_attrs(path: str | os.PathLike, obs: lenssim.Observation) -> dict[str, Any]:
     """What a reconstruction keeps of one FITS observation ``obs`` (on the RIM's grid): where it
     came from, its flux and pixel scale, centre and noise model (a rerun must agree), its sky WCS on
-    the grid and its header's cards (for the FITS output)."""
+    the grid and its header's cards (for the FITS output), and its noise's correlation measured
+    there (for the binned chi2_nu)."""
     origin = obs.origin
     fits = {"path": str(path), "flux_scale": obs.lens_scale(0), "pixel_scale": origin["pixel_scale"]}
     if "center" in origin:
@@ -529,7 +541,7 @@ def _fits_attrs(path: str | os.PathLike, obs: lenssim.Observation) -> dict[str, 
         if key in origin:
             fits[key] = origin[key]
     fits["resampled"] = origin["resampled"]
-    for key in ("wcs", "cards"):
+    for key in ("wcs", "cards", "noise_correlation"):
         if key in origin:
             fits[key] = origin[key]
     return fits

@@ -391,8 +391,10 @@ HOW_TO_READ = (
         "level, so beside chi2_nu it tells why a fit misses. Both about equal and above 1: a noise level set too low "
         "(or a misfit that alternates from pixel to pixel). Binned well above chi2_nu: structure left on the blocks' "
         "scale (an arc not modelled adds up coherently, up to the block's pixel count times what it "
-        "adds to chi2_nu). Correlated noise (drizzled frames) raises it too. The figure chi2 by block scans the block "
-        "side from 1 pixel (chi2_nu itself): where the curve rises is the scale of what the fit misses.",
+        "adds to chi2_nu). Correlated noise (drizzled or resampled frames) would raise it too: for a FITS "
+        "observation the block sums' noise allows for the correlation measured from its sky. The figure chi2 by "
+        "block scans the block side from 1 pixel (chi2_nu itself): where the curve rises is the scale of what "
+        "the fit misses.",
     ),
     (
         "log10 loss",

@@ -61,6 +61,7 @@ __all__ = [
     "FitsObservation",
     "AUTO",
     "OBSERVATION_CARDS",
+    "check_noise_correlation",
     "check_observation_cards",
     "check_sky_wcs",
     "fits_onto_grid",
@@ -72,6 +73,9 @@ __all__ = [
     "Sky",
     "half_sample_mode",
     "measure_sky",
+    "neighbour_correlation",
+    "sky_correlation",
+    "sky_pixels",
     "wcs_on_grid",
     "wcs_pixel_scale",
     "write_fits_reconstruction",
@@ -93,6 +97,10 @@ SKY_LEVEL = 0.25
 """A measured sky further than this many sigma from 0 is warned of (it adds over 0.06 to chi2_nu)."""
 MIN_SKY_PIXELS = 200
 """The fewest sky pixels a sigma is measured from (its error is then about 8 %)."""
+SKY_LAGS = 3
+"""The farthest offset, in pixels each way, at which :func:`sky_correlation` measures the noise's
+correlation: a drizzled frame's neighbours, and those a resampling onto a grid up to twice as fine
+spreads one input pixel over."""
 
 
 class FitsError(ValueError):
@@ -115,6 +123,9 @@ class FitsObservation:
     """The sigma measured with ``noise_sigma="auto"`` (the input's units, per input pixel)."""
     noise_scale: float | None = None
     """With ``noise_sigma="auto"`` and a noise map: the factor the map was scaled by."""
+    noise_correlation: np.ndarray | None = None
+    """The noise's correlation between pixels measured from the sky on this grid
+    (:func:`sky_correlation`), when there was enough sky."""
 
 
 class Sky(NamedTuple):
@@ -142,7 +153,12 @@ def half_sample_mode(x: np.ndarray) -> float:
 
 def measure_sky(whitened: np.ndarray, good: np.ndarray) -> Sky:
     """The scatter and level of the sky in ``whitened`` (an image over its noise for a unit sigma),
-    measured on the pixels of ``good`` that are sky.
+    measured on the pixels of ``good`` that are sky (:func:`sky_pixels`)."""
+    return sky_pixels(whitened, good)[0]
+
+
+def sky_pixels(whitened: np.ndarray, good: np.ndarray) -> tuple[Sky, np.ndarray]:
+    """What :func:`measure_sky` finds, and the mask of the pixels of ``good`` it found to be sky.
 
     The sky is found by iteration: around the median of the current sky, a pixel leaves it when it,
     or the mean of the 3x3 pixels around it, lies more than :data:`SKY_CLIP` of their own sigmas
@@ -158,13 +174,13 @@ def measure_sky(whitened: np.ndarray, good: np.ndarray) -> Sky:
 
     good = np.asarray(good, dtype=bool) & np.isfinite(whitened)
     if not good.any():
-        return Sky(float("nan"), float("nan"), 0)
+        return Sky(float("nan"), float("nan"), 0), good
     z = np.where(good, whitened, 0.0)
     level = half_sample_mode(z[good])
     below = level - z[good & (z < level)]  # the sky's lower half: arcs are brighter than the sky
     sigma = 1.4826 * float(np.median(below)) if below.size else 0.0
     if not sigma > 0:  # no scatter at all: nothing to measure
-        return Sky(0.0, level, int(good.sum()))
+        return Sky(0.0, level, int(good.sum())), good
     count = np.maximum(np.round(ndimage.uniform_filter(good.astype(np.float64), 3, mode="constant") * 9), 1.0)
     grow = np.ones((2 * SKY_GROW + 1,) * 2, dtype=bool)
     sigma_mean = sigma  # the scatter of the 3x3 means times the root of their pixels: sigma for white noise
@@ -174,14 +190,71 @@ def measure_sky(whitened: np.ndarray, good: np.ndarray) -> Sky:
         out = good & ((np.abs(d) > SKY_CLIP * sigma) | (np.abs(mean) > SKY_CLIP * sigma_mean))
         sky = good & ~ndimage.binary_dilation(out, grow)
         if not sky.any():
-            return Sky(float("nan"), level, 0)
+            return Sky(float("nan"), level, 0), sky
         previous = (level, sigma, sigma_mean)
         level = float(np.median(z[sky]))
         sigma = 1.4826 * float(np.median(np.abs(z[sky] - level)))
         sigma_mean = 1.4826 * float(np.median(np.abs(mean[sky] - np.median(mean[sky]))))
         if np.allclose((level, sigma, sigma_mean), previous, rtol=0, atol=1e-6 * sigma):
             break
-    return Sky(sigma, level, int(sky.sum()))
+    return Sky(sigma, level, int(sky.sum())), sky
+
+
+def sky_correlation(whitened: np.ndarray, good: np.ndarray, lags: int | None = None) -> np.ndarray | None:
+    """The correlation coefficient of the noise in ``whitened`` (an image over its noise) between
+    pixels ``(dy, dx)`` apart, for offsets up to ``lags`` (:data:`SKY_LAGS` by default) each way,
+    ``(2 lags + 1, 2 lags + 1)`` with offset 0 at the centre; measured on its sky pixels
+    (:func:`sky_pixels`), over every pair of them at each offset; 0 at an offset with fewer than
+    :data:`MIN_SKY_PIXELS` pairs. White noise gives 1 at the centre and about 0 elsewhere (to
+    1 / sqrt(pairs)); a drizzled or resampled frame's noise is correlated between neighbours,
+    which :func:`lenssim.binned_chi2_nu` needs to know. ``None`` where the sky has fewer than
+    :data:`MIN_SKY_PIXELS` pixels or no scatter."""
+    lags = SKY_LAGS if lags is None else lags
+    sky, mask = sky_pixels(whitened, good)
+    if sky.pixels < MIN_SKY_PIXELS or not sky.sigma > 0:
+        return None
+    m = mask.astype(np.float64)
+    z = np.where(mask, whitened - sky.level, 0.0)
+    height, width = z.shape
+    k = 2 * lags + 1
+    moments = np.zeros((k, k))
+    for dy in range(-lags, lags + 1):
+        for dx in range(-lags, lags + 1):
+            rows = slice(max(0, -dy), height - max(0, dy)), slice(max(0, dy), height - max(0, -dy))
+            cols = slice(max(0, -dx), width - max(0, dx)), slice(max(0, dx), width - max(0, -dx))
+            pairs = float((m[rows[0], cols[0]] * m[rows[1], cols[1]]).sum())
+            if pairs >= MIN_SKY_PIXELS:
+                moments[lags + dy, lags + dx] = float((z[rows[0], cols[0]] * z[rows[1], cols[1]]).sum()) / pairs
+    return np.clip(moments / moments[lags, lags], -1.0, 1.0)
+
+
+MAX_LAGS = 7
+"""The farthest offset a noise correlation read from a file may reach (15 x 15 coefficients)."""
+
+
+def check_noise_correlation(value: object, where: str) -> np.ndarray:
+    """``value`` checked as a noise correlation (see :func:`lenssim.binned_chi2_nu`): a square table
+    of odd side up to ``2 MAX_LAGS + 1`` holding coefficients in [-1, 1], 1 at its centre."""
+    try:
+        a = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise FitsError(f"{where}: the noise correlation is not a table of numbers") from None
+    k = a.shape[0] if a.ndim == 2 else 0
+    if a.shape != (k, k) or k % 2 == 0 or k > 2 * MAX_LAGS + 1:
+        raise FitsError(
+            f"{where}: the noise correlation is {a.shape}, not an odd square up to {2 * MAX_LAGS + 1} a side"
+        )
+    if not (np.isfinite(a).all() and (np.abs(a) <= 1).all() and a[k // 2, k // 2] == 1):
+        raise FitsError(f"{where}: the noise correlation must hold coefficients in [-1, 1], 1 at its centre")
+    return a
+
+
+def neighbour_correlation(correlation: object) -> tuple[float, float]:
+    """The correlation between neighbouring pixels along x (columns) and y (rows) in a noise
+    correlation table (:func:`sky_correlation`)."""
+    rho = np.asarray(correlation, dtype=np.float64)
+    lags = rho.shape[0] // 2
+    return float(rho[lags, lags + 1]), float(rho[lags + 1, lags])
 
 
 def resample_matrix(n_in: int, scale_in: float, n_out: int, scale_out: float, shift: float = 0.0) -> np.ndarray:
@@ -725,6 +798,7 @@ def fits_onto_grid(
     center: tuple[float, float] | None = None,
     exposure_time: float | None = None,
     sky_warning: bool = True,
+    correlation: bool = True,
 ) -> FitsObservation:
     """The pieces from :func:`load_fits` resampled onto ``pixels`` across ``image_fov`` around
     ``center`` (1-based FITS ``(x, y)``; the image's centre by default) and divided by the flux
@@ -732,7 +806,8 @@ def fits_onto_grid(
     there (:func:`measure_sky`): ``noise_map`` (the file's, with the source's Poisson noise when
     :func:`load_fits` had an exposure time) by a factor, else a uniform sigma per input pixel, to
     which the Poisson noise of ``exposure_time`` is added; a sky level off 0 is warned of unless
-    ``sky_warning`` is False."""
+    ``sky_warning`` is False. The noise's correlation between neighbouring pixels there is measured
+    from the sky (:func:`sky_correlation`) unless ``correlation`` is False."""
 
     scale_out = image_fov / pixels
     room = _field_room(path, image.shape, center)
@@ -838,6 +913,7 @@ def fits_onto_grid(
     noise_t = torch.from_numpy(noise / scale).float()
     if noise_t.dim() == 2:
         noise_t = noise_t[None, None]
+    rho = sky_correlation(obs / noise, np.broadcast_to(np.isfinite(noise), obs.shape)) if correlation else None
     return FitsObservation(
         observation=torch.from_numpy(obs / scale).float()[None, None],
         psf=psf_t,
@@ -847,6 +923,7 @@ def fits_onto_grid(
         resampled=bool(resampled),
         sky_sigma=measured,
         noise_scale=scale_factor,
+        noise_correlation=rho,
     )
 
 

@@ -33,9 +33,13 @@ from lenssim.io.fits import (
 __all__ = ["Observation"]
 
 
-def _measured(o) -> dict[str, float]:
-    """What ``noise_sigma="auto"`` measured on the grid of ``o`` (a :class:`FitsObservation`)."""
-    return {k: getattr(o, k) for k in ("sky_sigma", "noise_scale") if getattr(o, k) is not None}
+def _measured(o) -> dict[str, Any]:
+    """What was measured on the grid of ``o`` (a :class:`FitsObservation`): by ``noise_sigma="auto"``,
+    and the noise's correlation (as nested lists, for JSON)."""
+    out: dict[str, Any] = {k: getattr(o, k) for k in ("sky_sigma", "noise_scale") if getattr(o, k) is not None}
+    if o.noise_correlation is not None:
+        out["noise_correlation"] = o.noise_correlation.tolist()
+    return out
 
 
 @dataclass
@@ -200,6 +204,7 @@ class Observation:
             center=center,
             exposure_time=exposure_time,
             sky_warning=False,  # said where it counts: on the grid the lens is put on
+            correlation=False,  # measured there too (the file's whole field may be large)
         )
         options = {
             "psf_fwhm": psf_fwhm,
@@ -294,6 +299,22 @@ class Observation:
         return replace(
             self, **{k: v.to(device) for k, v in move.items()}, truth={k: v.to(device) for k, v in self.truth.items()}
         )
+
+    def noise_correlation(self) -> torch.Tensor | None:
+        """The noise's correlation between pixels of each lens as measured from its sky
+        (``origin["noise_correlation"]``, :func:`lenssim.io.fits.sky_correlation`), ``(B, K, K)``
+        for :func:`lenssim.binned_chi2_nu`, K the widest measured; a lens without one (too little
+        sky) taken as white. ``None`` when no lens has one: white noise, as simulated."""
+        found = [self.lens_origin(i).get("noise_correlation") for i in range(len(self))]
+        if all(c is None for c in found):
+            return None
+        k = max(len(c) for c in found if c is not None)
+        out = torch.zeros(len(self), k, k, dtype=torch.float64)
+        for i, c in enumerate(found):
+            c = torch.tensor([[1.0]] if c is None else c, dtype=torch.float64)
+            at = (k - c.shape[-1]) // 2
+            out[i, at : at + c.shape[-1], at : at + c.shape[-1]] = c
+        return out
 
     def noise_sigma(self) -> torch.Tensor:
         """One sigma per lens ``(B,)``: the noise map's median over the pixels with data where

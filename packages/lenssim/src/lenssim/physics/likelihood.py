@@ -99,7 +99,12 @@ def chi2_nu(observation: torch.Tensor, model: torch.Tensor, sigma: torch.Tensor 
 
 
 def binned_chi2_nu(
-    observation: torch.Tensor, model: torch.Tensor, sigma: torch.Tensor | float, *, block: int = 4
+    observation: torch.Tensor,
+    model: torch.Tensor,
+    sigma: torch.Tensor | float,
+    *,
+    block: int = 4,
+    correlation: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """chi2_nu of the residual summed in ``block`` x ``block`` pixel blocks, each sum over its own
     noise, ``(B,)``: whether what chi2_nu leaves is noise or structure.
@@ -109,9 +114,16 @@ def binned_chi2_nu(
     chi2_nu where the noise is under- or overestimated by one factor. Structure smooth on the
     block's scale (a missed arc, a wrong total flux) adds up coherently instead: a residual d per
     pixel adds d^2 / sigma^2 to chi2_nu but block^2 d^2 / sigma^2 here, while structure that
-    alternates within a block (a checkerboard) cancels. Correlated noise (drizzled frames) also
-    raises it. Masked pixels (infinite sigma) and blocks without data are left out; the last row
-    and column of blocks are partial when ``block`` does not divide the image. ``block`` 1 is chi2_nu.
+    alternates within a block (a checkerboard) cancels. Masked pixels (infinite sigma) and blocks
+    without data are left out; the last row and column of blocks are partial when ``block`` does
+    not divide the image. ``block`` 1 is chi2_nu.
+
+    Correlated noise (a drizzled or resampled frame) adds up too, and would read as structure.
+    ``correlation`` gives it: the noise's correlation coefficient between pixels ``(dy, dx)``
+    apart, ``(2L + 1, 2L + 1)`` (or one per example, ``(B, 2L + 1, 2L + 1)``) with offset 0 at the
+    centre (1 there), 0 beyond L pixels; V is then sum_ij rho(i - j) sigma_i sigma_j over the
+    block's pairs, and residuals that are that noise give about 1 again
+    (:func:`lenssim.io.fits.sky_correlation` measures it from the sky).
     """
     if observation.shape != model.shape:
         raise ValueError(f"observation {tuple(observation.shape)} and model {tuple(model.shape)} differ in shape")
@@ -120,20 +132,53 @@ def binned_chi2_nu(
     height, width = observation.shape[-2:]
     if isinstance(block, bool) or not isinstance(block, int) or not 1 <= block <= min(height, width):
         raise ValueError(f"block must be a whole number of pixels from 1 to {min(height, width)}, got {block!r}")
-    variance = _per_example(sigma, observation).pow(2).expand_as(observation)
-    data = torch.isfinite(variance)
+    std = _per_example(sigma, observation).expand_as(observation)
+    data = torch.isfinite(std)
     pad = (0, -width % block, 0, -height % block)  # partial blocks: padded with pixels without data
     r = torch.nn.functional.pad(torch.where(data, observation - model, 0.0), pad)
-    v = torch.nn.functional.pad(torch.where(data, variance, 0.0), pad)
+    s = torch.nn.functional.pad(torch.where(data, std, 0.0), pad)
+    blocks = (*s.shape[:-2], s.shape[-2] // block, block, s.shape[-1] // block, block)
 
     def block_sums(x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        return x.reshape(*x.shape[:-2], h // block, block, w // block, block).sum(dim=(-3, -1)).flatten(1)
+        return x.reshape(blocks).sum(dim=(-3, -1)).flatten(1)
 
-    total, var = block_sums(r), block_sums(v)
-    has_data = var > 0
+    total, white = block_sums(r), block_sums(s * s)
+    var = white if correlation is None else _correlated_block_variance(s.reshape(blocks), correlation, white)
+    has_data = white > 0
     chi2 = torch.where(has_data, total.pow(2) / var.clamp_min(torch.finfo(var.dtype).tiny), 0.0).sum(dim=1)
     return chi2 / has_data.sum(dim=1).clamp_min(1).to(chi2.dtype)
+
+
+def _correlated_block_variance(s: torch.Tensor, correlation: torch.Tensor, white: torch.Tensor) -> torch.Tensor:
+    """The variance of each block's sum of noise with sigmas ``s`` (``(B, ..., rows, block, columns,
+    block)``, 0 without data) correlated by ``correlation`` (see :func:`binned_chi2_nu`), flattened
+    per example like ``white``, the sum of the sigma^2 (the offset-0 term)."""
+    batch, block = s.shape[0], s.shape[-1]
+    rho = torch.as_tensor(correlation, dtype=s.dtype, device=s.device)
+    given = tuple(rho.shape)
+    if rho.dim() == 2:
+        rho = rho.unsqueeze(0)
+    k = rho.shape[-1]
+    if rho.dim() != 3 or rho.shape[-2] != k or k % 2 == 0 or rho.shape[0] not in (1, batch):
+        raise ValueError(f"correlation must be (2L + 1, 2L + 1) or ({batch}, 2L + 1, 2L + 1), got {given}")
+    lags = k // 2
+    if (
+        not torch.isfinite(rho).all()
+        or (rho.abs() > 1).any()
+        or not torch.allclose(rho[:, lags, lags], rho.new_ones(1))
+    ):
+        raise ValueError("correlation must hold coefficients in [-1, 1], with 1 at the centre (offset 0)")
+    rho = rho.expand(batch, k, k).reshape(batch, k, k, *([1] * (s.dim() - 1)))
+    var = white.clone()
+    reach = min(lags, block - 1)  # offsets beyond the block pair no pixels of it
+    for dy in range(-reach, reach + 1):
+        for dx in range(-reach, reach + 1):
+            if dy == 0 and dx == 0:
+                continue
+            a = s[..., max(0, -dy) : block - max(0, dy), :, max(0, -dx) : block - max(0, dx)]
+            b = s[..., max(0, dy) : block - max(0, -dy), :, max(0, dx) : block - max(0, -dx)]
+            var += (rho[:, lags + dy, lags + dx] * (a * b)).sum(dim=(-3, -1)).flatten(1)
+    return var
 
 
 def reduced_chi_squared(observation: torch.Tensor, model: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
