@@ -2,6 +2,7 @@
 verdict and the report, and a directory of another run is refused."""
 
 import json
+import statistics
 from dataclasses import replace
 
 import pytest
@@ -30,6 +31,19 @@ def test_the_quick_demo_runs_from_python(tmp_path):
     assert f"is {excess:.1f} % above the best step's" in result["verdict"]["RIM's last step"]
     rim_chi2 = next(v for k, v in result["comparison"].items() if k.startswith("RIM (T-1"))["chi2_nu"]["median"]
     assert f"median chi2_nu {rim_chi2:.3g} against" in result["verdict"]["RIM's fit"]
+    # lens by lens against the same-budget Adam the verdict names: each method's chi2_nu per lens,
+    # whose median is the summary's, and the count of lenses the RIM fits better
+    rim = next(v for k, v in result["comparison"].items() if k.startswith("RIM (T-1"))
+    adam = result["comparison"][metrics["references"]["adam_same_gradients"]["method"]]
+    lenses = len(metrics["per_lens"]["chi2_nu"])
+    for m in result["comparison"].values():
+        assert len(m["chi2_nu_per_lens"]) == lenses
+        assert statistics.median(m["chi2_nu_per_lens"]) == pytest.approx(m["chi2_nu"]["median"], rel=1e-6)
+    assert rim["chi2_nu_per_lens"] == pytest.approx(metrics["per_lens"]["chi2_nu_baseline"], rel=1e-4)
+    wins = sum(r < a for r, a in zip(rim["chi2_nu_per_lens"], adam["chi2_nu_per_lens"], strict=True))
+    ratio = statistics.median(r / a for r, a in zip(rim["chi2_nu_per_lens"], adam["chi2_nu_per_lens"], strict=True))
+    said = f"better than that Adam on {wins} of {lenses} (its chi2_nu over Adam's: median {ratio:.3g})"
+    assert said in result["verdict"]["RIM's fit"]
     # the binned chi2_nu of each method, and the report's of the baseline and fine-tuned maps, computed
     # apart (the demo's forward model, the reconstruction's model image) agree
     assert all("chi2_nu_binned" in m for m in result["comparison"].values())
