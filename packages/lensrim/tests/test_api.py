@@ -337,6 +337,12 @@ def test_the_noise_correlation_is_kept_with_the_reconstruction_and_its_blocks_al
     with fits.open(again.to_fits(tmp_path / "c.fits")) as h:
         assert (h[0].header["CORRX"], h[0].header["CORRY"]) == (along_x, along_y)
         assert h[0].header["CHI2BIN"] == pytest.approx(float(allowed[0]), rel=1e-6)
+    # the report's constant predictor (an empty model image: here with the truth of a simulated lens
+    # put beside the FITS lens) is binned with the same correlation
+    truth = lenssim.Observation.from_dataset(runs / "lenses.h5", rows=slice(0, 1)).truth
+    metrics = lensrim.report.compute_metrics(replace(again, observation=replace(again.observation, truth=truth)))
+    empty = lenssim.binned_chi2_nu(o.observation, torch.zeros_like(model), o.noise, correlation=torch.from_numpy(rho))
+    assert metrics["constant_predictor"]["chi2_nu_binned"]["median"] == pytest.approx(float(empty[0]), rel=1e-5)
     dataset = lensrim.reconstruct(rim, lenssim.Observation.from_dataset(runs / "lenses.h5"))
     assert dataset.observation.noise_correlation() is None
     with fits.open(dataset.to_fits(tmp_path / "d.fits")) as h:

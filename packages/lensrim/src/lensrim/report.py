@@ -80,8 +80,10 @@ def _loss(source_pred, kappa_pred, source, kappa) -> np.ndarray:
 def _chi2_of_nothing(obs: lenssim.Observation, sides: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """chi2_nu ``(B,)`` and the binned chi2_nu at each block side in ``sides`` ``(len(sides), B)`` of
     the constant predictor's model: no source, so no light at all."""
-    dark = torch.zeros_like(obs.observation)
-    scan = torch.stack([lenssim.binned_chi2_nu(obs.observation, dark, obs.noise, block=b) for b in sides])
+    dark, rho = torch.zeros_like(obs.observation), obs.noise_correlation()
+    scan = torch.stack(
+        [lenssim.binned_chi2_nu(obs.observation, dark, obs.noise, block=b, correlation=rho) for b in sides]
+    )
     return lenssim.chi2_nu(obs.observation, dark, obs.noise), scan
 
 
