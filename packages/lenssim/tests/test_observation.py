@@ -51,6 +51,36 @@ def test_a_fits_lens_is_resampled_once_then_selected(tmp_path):
     assert gridded.flux_scale == ref.flux_scale and gridded[0:1].observation.shape == (1, 1, 16, 16)
 
 
+def test_the_noise_correlation_of_stacked_lenses_is_each_lens_own(tmp_path):
+    """A FITS lens with plenty of sky carries the correlation measured there; one with data in 144
+    pixels alone (too few to measure from) does not. Stacked, each lens keeps its own (the second
+    white: 1 at the centre alone); a lens alone gives one table for the batch, and lenses without
+    one give none."""
+    rng = np.random.default_rng(2)
+    noisy = np.zeros((48, 48)) + rng.normal(0.0, 1.0, (48, 48))
+    noisy[20:28, 20:28] += 50.0
+    full = np.full((48, 48), np.nan)  # no data but a 12 x 12 window
+    full[18:30, 18:30] = rng.normal(0.0, 1.0, (12, 12))
+    full[22:26, 22:26] += 50.0
+    hdr = fits.Header({"PIXSCALE": OBS.image_fov / 48})
+    fits.PrimaryHDU(noisy, header=hdr).writeto(tmp_path / "sky.fits")
+    fits.PrimaryHDU(full, header=hdr).writeto(tmp_path / "full.fits")
+    lenses = [
+        lenssim.Observation.from_fits(tmp_path / n, psf_fwhm=0.3, noise_sigma=1.0).on_grid(48, OBS.image_fov)
+        for n in ("sky.fits", "full.fits")
+    ]
+    rho = np.array(lenses[0].origin["noise_correlation"])
+    assert rho.shape == (7, 7) and "noise_correlation" not in lenses[1].origin
+    assert torch.equal(lenses[0].noise_correlation(), torch.from_numpy(rho)[None])
+    stacked = lenssim.Observation.stack(lenses).noise_correlation()
+    white = np.zeros((7, 7))
+    white[3, 3] = 1.0
+    assert torch.equal(stacked, torch.from_numpy(np.stack([rho, white])))
+    both = lenssim.Observation.stack(lenses)
+    assert torch.equal(both[0:1].noise_correlation(), torch.from_numpy(rho)[None])
+    assert both[1:2].noise_correlation() is None and lenses[1].noise_correlation() is None
+
+
 def test_an_auto_noise_is_measured_again_on_the_grid_the_lens_is_put_on(tmp_path):
     """White noise of sigma 0.2 per input pixel: measured on the file's own grid and again on a 2x
     coarser one (where its sigma per model pixel is halved), the sigma per input pixel stays 0.2."""

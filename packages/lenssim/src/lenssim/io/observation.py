@@ -304,8 +304,12 @@ class Observation:
         """The noise's correlation between pixels of each lens as measured from its sky
         (``origin["noise_correlation"]``, :func:`lenssim.io.fits.sky_correlation`), ``(B, K, K)``
         for :func:`lenssim.binned_chi2_nu`, K the widest measured; a lens without one (too little
-        sky) taken as white. ``None`` when no lens has one: white noise, as simulated."""
-        found = [self.lens_origin(i).get("noise_correlation") for i in range(len(self))]
+        sky) taken as white; ``(1, K, K)`` for one origin shared by every lens. ``None`` when no lens
+        has one: white noise, as simulated."""
+        if "lenses" not in self.origin:  # one origin (a FITS lens, a dataset): one table or none
+            shared = self.origin.get("noise_correlation")
+            return None if shared is None else torch.tensor(shared, dtype=torch.float64)[None]
+        found = [o.get("noise_correlation") for o in self.origin["lenses"]]
         if all(c is None for c in found):
             return None
         k = max(len(c) for c in found if c is not None)
